@@ -1,0 +1,60 @@
+#!/bin/bash
+# A local single-member etcd on 127.0.0.1, for one machine and for tests. Not for production:
+# production runs a 3- or 5-member cluster (see README).
+#
+#   deploy/etcd.sh start DIR [CLIENT_PORT [PEER_PORT]]   start (idempotent), wait until healthy
+#   deploy/etcd.sh stop DIR                              stop (SIGTERM, then SIGKILL after 10 s)
+#   deploy/etcd.sh status DIR                            exit 0 if running and healthy
+#
+# Everything lives under DIR: data/, etcd.log, etcd.pid, and etcd.env (the ports, remembered so
+# that a restart reuses them). Ports default to 2379 / 2380.
+set -euo pipefail
+
+usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+[ $# -ge 2 ] || usage
+cmd=$1; dir=$2
+mkdir -p "$dir"; dir=$(cd "$dir" && pwd)
+pidfile=$dir/etcd.pid envfile=$dir/etcd.env
+
+running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
+healthy() { ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$CLIENT_PORT" --dial-timeout=1s --command-timeout=1s endpoint health >/dev/null 2>&1; }
+
+case $cmd in
+start)
+    if [ -f "$envfile" ]; then . "$envfile"; fi
+    CLIENT_PORT=${3:-${CLIENT_PORT:-2379}}; PEER_PORT=${4:-${PEER_PORT:-2380}}
+    if running; then
+        echo "etcd already running (pid $(cat "$pidfile")) on 127.0.0.1:$CLIENT_PORT"; exit 0
+    fi
+    command -v etcd >/dev/null || { echo "etcd is not installed (apt-get install etcd-server etcd-client)" >&2; exit 1; }
+    printf 'CLIENT_PORT=%s\nPEER_PORT=%s\n' "$CLIENT_PORT" "$PEER_PORT" > "$envfile"
+    setsid etcd --name ucloud-local --data-dir "$dir/data" \
+        --listen-client-urls "http://127.0.0.1:$CLIENT_PORT" --advertise-client-urls "http://127.0.0.1:$CLIENT_PORT" \
+        --listen-peer-urls "http://127.0.0.1:$PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$PEER_PORT" \
+        --initial-cluster "ucloud-local=http://127.0.0.1:$PEER_PORT" \
+        >>"$dir/etcd.log" 2>&1 < /dev/null &
+    echo $! > "$pidfile"
+    for _ in $(seq 100); do
+        if healthy; then echo "etcd running (pid $(cat "$pidfile")) on 127.0.0.1:$CLIENT_PORT"; exit 0; fi
+        running || break
+        sleep 0.1
+    done
+    echo "etcd did not become healthy; last lines of $dir/etcd.log:" >&2
+    tail -n 20 "$dir/etcd.log" >&2
+    exit 1
+    ;;
+stop)
+    if ! running; then echo "etcd not running"; rm -f "$pidfile"; exit 0; fi
+    pid=$(cat "$pidfile")
+    kill "$pid"
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then kill -9 "$pid"; echo "etcd killed (did not stop within 10 s)"; else echo "etcd stopped"; fi
+    rm -f "$pidfile"
+    ;;
+status)
+    [ -f "$envfile" ] && . "$envfile"
+    CLIENT_PORT=${CLIENT_PORT:-2379}
+    if running && healthy; then echo "etcd running (pid $(cat "$pidfile")) on 127.0.0.1:$CLIENT_PORT"; else echo "etcd not running"; exit 1; fi
+    ;;
+*) usage ;;
+esac

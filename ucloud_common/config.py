@@ -1,0 +1,124 @@
+"""Configuration: `UCLOUD_*` environment variables over an optional file.
+
+The file (`/etc/ucloud/ucloud.conf`, or the path in `UCLOUD_CONFIG`) holds the same `UCLOUD_*=value`
+lines as the environment, so that one file serves the daemons, the CLI tools and systemd's
+`EnvironmentFile=`. The environment wins over the file. Timing invariants are checked when the
+configuration loads, so a daemon refuses to start with numbers that would make it misbehave later.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Self
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_CONFIG_FILE = Path("/etc/ucloud/ucloud.conf")
+
+
+class EtcdEndpoint(BaseModel, frozen=True):
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+    @classmethod
+    def parse(cls, text: str) -> EtcdEndpoint:
+        host, sep, port = text.strip().rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"etcd endpoint {text!r} is not host:port")
+        return cls(host=host.strip("[]"), port=int(port))
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="UCLOUD_", extra="ignore", frozen=True)
+
+    etcd_endpoints: Annotated[list[EtcdEndpoint], NoDecode] = Field(
+        default_factory=lambda: [EtcdEndpoint(host="127.0.0.1", port=2379)],
+        description="Comma-separated host:port of the etcd cluster's members; the client fails over "
+        "between them.",
+    )
+    etcd_ca_cert: Path | None = Field(None, description="CA bundle; setting it turns TLS on.")
+    etcd_cert_cert: Path | None = Field(None, description="Client certificate for mutual TLS.")
+    etcd_cert_key: Path | None = Field(None, description="Client key for mutual TLS.")
+    etcd_user: str | None = None
+    etcd_password: str | None = Field(None, repr=False)
+    etcd_timeout: float = Field(
+        5.0, gt=0, description="Seconds any single etcd call may take before the store is declared "
+        "unreachable; a daemon then takes its safe branch instead of hanging."
+    )
+    cas_attempts: int = Field(
+        30, ge=1, description="Compare-and-swap attempts before an update gives up with a conflict "
+        "error. Each lost race means another writer made progress, so this only runs out under a "
+        "pathological write storm on one key."
+    )
+
+    host_lease_ttl: int = Field(
+        10, ge=2, description="Seconds after an agent's last heartbeat until its host is DOWN and its "
+        "VMs are rescheduled. Shorter means faster failover but more false alarms on a loaded host."
+    )
+    heartbeat_interval: float = Field(
+        2.0, gt=0, description="Seconds between an agent's lease keep-alives."
+    )
+    leader_lease_ttl: int = Field(
+        10, ge=2, description="Seconds a dead scheduler leader keeps the leadership before a standby "
+        "takes over."
+    )
+    resync_interval: float = Field(
+        60.0, gt=0, description="Seconds between full relists of a daemon's prefix: repairs anything "
+        "a lost watch event missed, at the cost of one list."
+    )
+
+    log_level: str = Field("INFO", pattern="^(?i)(DEBUG|INFO|WARNING|ERROR)$")
+
+    @field_validator("etcd_endpoints", mode="before")
+    @classmethod
+    def _split_endpoints(cls, value: object) -> object:
+        if isinstance(value, str):
+            endpoints = [EtcdEndpoint.parse(part) for part in value.split(",") if part.strip()]
+            if not endpoints:
+                raise ValueError("at least one etcd endpoint is needed")
+            return endpoints
+        return value
+
+    @model_validator(mode="after")
+    def _check_invariants(self) -> Self:
+        # Three heartbeats fit in one TTL, so one delayed keep-alive (a loaded host, a slow etcd
+        # call of up to etcd_timeout) never lets a live host's lease expire.
+        if 3 * self.heartbeat_interval > self.host_lease_ttl:
+            raise ValueError(
+                f"UCLOUD_HEARTBEAT_INTERVAL={self.heartbeat_interval} is too long for "
+                f"UCLOUD_HOST_LEASE_TTL={self.host_lease_ttl}: three heartbeats must fit in one TTL"
+            )
+        if self.heartbeat_interval + self.etcd_timeout > self.host_lease_ttl:
+            raise ValueError(
+                "UCLOUD_HEARTBEAT_INTERVAL + UCLOUD_ETCD_TIMEOUT must stay below UCLOUD_HOST_LEASE_TTL, "
+                "or one slow keep-alive expires a live host"
+            )
+        if self.etcd_timeout >= self.leader_lease_ttl:
+            raise ValueError(
+                "UCLOUD_ETCD_TIMEOUT must be below UCLOUD_LEADER_LEASE_TTL, or a leader can lose its "
+                "lease while one call is still waiting"
+            )
+        if bool(self.etcd_cert_cert) != bool(self.etcd_cert_key):
+            raise ValueError("UCLOUD_ETCD_CERT_CERT and UCLOUD_ETCD_CERT_KEY go together")
+        if bool(self.etcd_user) != bool(self.etcd_password):
+            raise ValueError("UCLOUD_ETCD_USER and UCLOUD_ETCD_PASSWORD go together")
+        return self
+
+
+def load_settings(config_file: Path | None = None, **overrides: object) -> Settings:
+    """Read the settings: explicit overrides, then the environment, then the config file.
+
+    A missing default file is fine (everything has a default); a missing file that was asked for
+    explicitly (argument or `UCLOUD_CONFIG`) is an error, because the operator expected it to count.
+    """
+    explicit = config_file or (Path(os.environ["UCLOUD_CONFIG"]) if os.environ.get("UCLOUD_CONFIG") else None)
+    path = explicit or DEFAULT_CONFIG_FILE
+    if explicit is not None and not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    env_file = path if path.is_file() else None
+    return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]

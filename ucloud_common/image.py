@@ -1,0 +1,27 @@
+"""The image family: `/v1/image/<uuid>`: a request to turn a file into an image, and its outcome."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from ucloud_common.record import Family, Name, Record
+
+
+class ImageStatus(StrEnum):
+    TO_BE_CREATED = "TO_BE_CREATED"
+    CREATED = "CREATED"
+    ERROR = "ERROR"
+
+
+class Image(Record):
+    uuid: Name
+    owner: Name
+    name: Name
+    store_name: Name
+    file_uuid: str = ""
+    public: bool = False
+    status: ImageStatus = ImageStatus.TO_BE_CREATED
+    error: str = ""
+
+
+IMAGES: Family[Image] = Family("/v1/image/", Image)

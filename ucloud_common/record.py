@@ -1,0 +1,104 @@
+"""The base of every record stored in etcd, and the family that maps records to keys.
+
+A `Family` is the only code that turns a record's name into an etcd key and back: daemons never
+concatenate key strings. Records are frozen (a reconcile cycle decides on one immutable snapshot)
+and keep fields they do not know (`extra="allow"`), so that an older daemon's compare-and-swap
+update never drops a field a newer one wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, Generic, Self, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+# What may stand between two slashes of a key: never a slash, never `.` or `..`, no control
+# characters, short enough for a DNS label (VM and host names end up in hostnames and file names).
+_KEY_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,62}")
+
+
+def check_name(name: str) -> str:
+    if not _KEY_PART.fullmatch(name) or ".." in name:
+        raise ValueError(
+            "must be 1-63 characters of letters, digits and . _ - : @, start with a letter or digit, "
+            "and contain no '..'"
+        )
+    return name
+
+
+Name = Annotated[str, AfterValidator(check_name)]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+    def evolve(self, **changes: Any) -> Self:
+        """A validated copy with `changes` applied and `updated_at` moved to now.
+
+        (`model_copy(update=…)` would skip validation and let a bad value into etcd.)
+        """
+        data = self.model_dump()
+        data.update(changes)
+        data["updated_at"] = utcnow()
+        return self.model_validate(data)
+
+
+class InvalidRecord(ValueError):
+    """A value in etcd that is not JSON or does not fit its family's model."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}")
+        self.key = key
+        self.reason = reason
+
+
+R = TypeVar("R", bound=Record)
+
+
+@dataclass(frozen=True)
+class Family(Generic[R]):
+    """A key family: every key under `prefix` holds one `model` as JSON, named by the rest of the key."""
+
+    prefix: str
+    model: type[R]
+
+    def key(self, name: str) -> str:
+        return self.prefix + check_name(name)
+
+    def name_of(self, key: str | bytes) -> str:
+        text = key.decode() if isinstance(key, bytes) else key
+        if not text.startswith(self.prefix):
+            raise ValueError(f"{text} is not under {self.prefix}")
+        return text[len(self.prefix):]
+
+    def encode(self, record: R) -> bytes:
+        return record.model_dump_json().encode()
+
+    def decode(self, key: str | bytes, value: bytes) -> R:
+        key_text = key.decode(errors="replace") if isinstance(key, bytes) else key
+        try:
+            check_name(self.name_of(key_text))
+        except ValueError as exc:
+            raise InvalidRecord(key_text, f"not a valid key for this family ({exc})") from None
+        try:
+            data = json.loads(value)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InvalidRecord(key_text, f"not JSON ({exc})") from None
+        try:
+            return self.model.model_validate(data)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, err['loc'])) or 'value'}: {err['msg']}" for err in exc.errors()
+            )
+            raise InvalidRecord(key_text, f"does not fit {self.model.__name__} ({problems})") from None

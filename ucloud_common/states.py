@@ -1,0 +1,160 @@
+"""The dual state model as one table.
+
+A VM carries two states. `requested` is what its owner wants (RUNNING, STOPPED, SUSPENDED, DELETED)
+and only the API writes it. `status` is what is true, and only the scheduler and the host agent
+write it. The seed kept both in one field, and a KILLED VM that its owner asked to suspend was left
+in REQUESTED_SUSPEND: no longer KILLED, so never rescheduled; not RUNNING, so never suspended.
+
+Here that request is checked against the actual status before anything is written:
+
+    >>> check_action(Action.SUSPEND, Status.KILLED, Requested.RUNNING)
+    Traceback (most recent call last):
+    ...
+    ucloud_common.states.ActionRefused: cannot suspend: the VM is KILLED (suspend is possible when it is RUNNING)
+
+The API answers 409 with that sentence and writes nothing; `requested` stays RUNNING and the
+scheduler, which (re)schedules every VM that is requested RUNNING and KILLED, restarts it.
+
+`ACTIONS` says, for each user request, in which actual statuses it is accepted and what
+`requested` becomes. `TRANSITIONS` says which `status` moves the scheduler and the agent may make;
+a writer checks its move with `check_transition` before its compare-and-swap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    """What is true of a VM (written by the scheduler and the agent)."""
+
+    REQUESTED_NEW = "REQUESTED_NEW"  # created, no host yet
+    SCHEDULED_DEPLOY = "SCHEDULED_DEPLOY"  # a host was chosen; its agent has not started it yet
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    SUSPENDED = "SUSPENDED"
+    STOPPING = "STOPPING"
+    STOPPED = "STOPPED"
+    KILLED = "KILLED"  # its QEMU or its host died while it should run
+    MIGRATING = "MIGRATING"
+    DELETING = "DELETING"
+    ERROR = "ERROR"  # a permanent failure; `error` says why
+
+
+class Requested(StrEnum):
+    """What the owner wants (written by the API only)."""
+
+    RUNNING = "RUNNING"
+    STOPPED = "STOPPED"
+    SUSPENDED = "SUSPENDED"
+    DELETED = "DELETED"
+
+
+class Action(StrEnum):
+    START = "start"
+    SHUTDOWN = "shutdown"
+    REBOOT = "reboot"
+    SUSPEND = "suspend"
+    RESUME = "resume"
+    DELETE = "delete"
+    MIGRATE = "migrate"
+
+
+class Writer(StrEnum):
+    SCHEDULER = "scheduler"
+    AGENT = "agent"
+
+
+S = Status
+
+
+@dataclass(frozen=True)
+class ActionRule:
+    valid_in: frozenset[Status]
+    requested: Requested
+    """What `requested` becomes. Reboot and migrate keep RUNNING and are told apart by the VM's
+    `reboot_generation` / `migrate_to` fields, which the API writes with the same request."""
+
+
+ACTIONS: dict[Action, ActionRule] = {
+    # ERROR and KILLED accept start so an owner can retry after fixing the cause.
+    Action.START: ActionRule(frozenset({S.STOPPED, S.ERROR}), Requested.RUNNING),
+    # A KILLED VM may be shut down: it means "stop restarting it".
+    Action.SHUTDOWN: ActionRule(frozenset({S.RUNNING, S.SUSPENDED, S.KILLED, S.ERROR}), Requested.STOPPED),
+    Action.REBOOT: ActionRule(frozenset({S.RUNNING}), Requested.RUNNING),
+    Action.SUSPEND: ActionRule(frozenset({S.RUNNING}), Requested.SUSPENDED),
+    Action.RESUME: ActionRule(frozenset({S.SUSPENDED}), Requested.RUNNING),
+    Action.DELETE: ActionRule(frozenset(Status), Requested.DELETED),
+    Action.MIGRATE: ActionRule(frozenset({S.RUNNING}), Requested.RUNNING),
+}
+
+
+# Statuses in which a VM occupies a host: a dead host turns them into KILLED.
+ON_HOST = frozenset({S.SCHEDULED_DEPLOY, S.STARTING, S.RUNNING, S.SUSPENDED, S.STOPPING, S.MIGRATING})
+
+TRANSITIONS: dict[Writer, dict[Status, frozenset[Status]]] = {
+    Writer.SCHEDULER: {
+        S.REQUESTED_NEW: frozenset({S.SCHEDULED_DEPLOY}),
+        S.KILLED: frozenset({S.SCHEDULED_DEPLOY}),
+        **{status: frozenset({S.KILLED}) for status in ON_HOST},
+    },
+    Writer.AGENT: {
+        S.SCHEDULED_DEPLOY: frozenset({S.STARTING, S.STOPPED, S.DELETING, S.ERROR}),
+        S.STARTING: frozenset({S.RUNNING, S.STOPPED, S.KILLED, S.DELETING, S.ERROR}),
+        S.RUNNING: frozenset({S.SUSPENDED, S.STOPPING, S.STOPPED, S.KILLED, S.MIGRATING, S.DELETING, S.ERROR}),
+        S.SUSPENDED: frozenset({S.RUNNING, S.STOPPING, S.STOPPED, S.KILLED, S.DELETING, S.ERROR}),
+        S.STOPPING: frozenset({S.STOPPED, S.KILLED, S.DELETING, S.ERROR}),
+        S.STOPPED: frozenset({S.STARTING, S.DELETING, S.ERROR}),
+        S.KILLED: frozenset({S.STARTING, S.STOPPED, S.DELETING, S.ERROR}),
+        S.MIGRATING: frozenset({S.RUNNING, S.KILLED, S.ERROR}),
+        S.ERROR: frozenset({S.STARTING, S.STOPPED, S.DELETING}),
+        S.DELETING: frozenset({S.ERROR}),
+    },
+}
+
+
+class ActionRefused(Exception):
+    """A user request that the VM's actual status does not allow; `str()` is the sentence for the user."""
+
+    def __init__(self, action: Action, status: Status, detail: str) -> None:
+        super().__init__(f"cannot {action.value}: {detail}")
+        self.action = action
+        self.status = status
+
+
+class IllegalTransition(Exception):
+    def __init__(self, writer: Writer, old: Status, new: Status) -> None:
+        super().__init__(f"the {writer.value} may not move a VM from {old} to {new}")
+
+
+def check_action(action: Action, status: Status, requested: Requested) -> Requested:
+    """Return the `requested` state the action sets, or raise `ActionRefused` saying why not."""
+    if requested is Requested.DELETED and action is not Action.DELETE:
+        raise ActionRefused(action, status, "the VM is being deleted")
+    rule = ACTIONS[action]
+    if status not in rule.valid_in:
+        possible = ", ".join(s.value for s in Status if s in rule.valid_in)
+        raise ActionRefused(
+            action, status, f"the VM is {status} ({action.value} is possible when it is {possible})"
+        )
+    return rule.requested
+
+
+def check_transition(writer: Writer, old: Status, new: Status) -> None:
+    """Raise `IllegalTransition` unless `writer` may move a VM from `old` to `new` (staying is allowed)."""
+    if old is not new and new not in TRANSITIONS[writer].get(old, frozenset()):
+        raise IllegalTransition(writer, old, new)
+
+
+def render_markdown() -> str:
+    """The action table as Markdown, for the README (a test keeps the README equal to it)."""
+    statuses = list(Status)
+    lines = [
+        "| request → `requested` | " + " | ".join(s.value for s in statuses) + " |",
+        "|---|" + "---|" * len(statuses),
+    ]
+    for action, rule in ACTIONS.items():
+        cells = ["✓" if s in rule.valid_in else "409" for s in statuses]
+        lines.append(f"| {action.value} → {rule.requested.value} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

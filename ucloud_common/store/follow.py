@@ -1,0 +1,165 @@
+"""List a key family, then follow its changes, so that no change is ever missed.
+
+The pattern of kopf and client-go's informers: list (remembering the revision), watch from that
+revision + 1; when the watch breaks (etcd restarted, connection lost), watch again from the last
+revision seen; when etcd says that revision was compacted, list again. A periodic resync lists
+again anyway, repairing whatever a bug or a lost event could have left behind.
+
+The consumer sees two kinds of items:
+- `Snapshot`: the whole family as it is now. Replace everything you knew with it (an item absent
+  from it was deleted while you were not watching).
+- `Change`: one key was put (`value` set) or deleted (`value` None) at `revision`.
+Every change after a snapshot's revision comes exactly once, in revision order.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Generic
+
+import pyetcd.exceptions
+import pyetcd.utils
+from pyetcd.events import DeleteEvent
+
+from ucloud_common.record import Family, InvalidRecord, R
+from ucloud_common.retry import Backoff
+from ucloud_common.store.errors import StoreUnavailable
+from ucloud_common.store.etcd import Listing, Store, Versioned
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Snapshot(Generic[R]):
+    items: dict[str, Versioned[R]]
+    revision: int
+
+
+@dataclass(frozen=True)
+class Change(Generic[R]):
+    name: str
+    value: Versioned[R] | None  # None: the key was deleted
+    revision: int
+
+
+_BACKOFF = Backoff(initial=0.05, maximum=2.0)
+
+
+class _Relist(Exception):
+    """The watch cannot resume where it stopped (compaction, or the resync is due)."""
+
+
+class Follower(Generic[R]):
+    """Iterate over a family's snapshots and changes until `stop()`.
+
+    `start_revision` resumes from a revision remembered earlier (e.g. before a restart); without it,
+    following begins with a list. Iterating blocks; run it in the thread that owns the consumer.
+    """
+
+    _POLL_S = 0.2  # how often a blocked iteration checks for stop() and a due resync
+
+    def __init__(self, store: Store, family: Family[R], *, resync_interval: float | None = None,
+                 start_revision: int | None = None) -> None:
+        self._store = store
+        self._family = family
+        self._resync_interval = resync_interval
+        self._next_revision = start_revision
+        self._stopped = threading.Event()
+        self.relists = 0  # how many times following had to list again (observable in tests and logs)
+        self._backoff = _BACKOFF.delays()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def __iter__(self) -> Iterator[Snapshot[R] | Change[R]]:
+        listed_at = 0.0
+        while not self._stopped.is_set():
+            try:
+                if self._next_revision is None:
+                    listing = self._store.list(self._family)
+                    listed_at = time.monotonic()
+                    self._next_revision = listing.revision + 1
+                    self._backoff = _BACKOFF.delays()
+                    yield Snapshot(listing.items, listing.revision)
+                yield from self._watch(listed_at)
+            except _Relist:
+                self._next_revision = None
+                self.relists += 1
+                continue
+            except StoreUnavailable as exc:
+                log.warning("following %s: %s; retrying", self._family.prefix, exc)
+            # The watch broke or could not start: wait a little, so that a flapping etcd does not
+            # turn this loop hot, then resume from the next revision.
+            self._stopped.wait(next(self._backoff))
+
+    def _watch(self, listed_at: float) -> Iterator[Change[R]]:
+        """Watch from `_next_revision` until the stream breaks (returns) or a relist is due (raises)."""
+        assert self._next_revision is not None
+        inbox: queue.Queue[Any] = queue.Queue()
+        client = self._store.client
+        prefix = self._family.prefix.encode()
+        with self._store.unavailable_as_error("watch"):
+            watch_id = client.add_watch_callback(
+                prefix, inbox.put, range_end=pyetcd.utils.prefix_range_end(prefix),
+                start_revision=self._next_revision,
+            )
+        try:
+            while not self._stopped.is_set():
+                if self._resync_interval and time.monotonic() - listed_at > self._resync_interval:
+                    log.debug("resync of %s is due", self._family.prefix)
+                    raise _Relist()
+                try:
+                    item = inbox.get(timeout=self._POLL_S)
+                except queue.Empty:
+                    continue
+                if isinstance(item, pyetcd.exceptions.RevisionCompactedError):
+                    log.info("following %s: revision %d was compacted (now %d); listing again",
+                             self._family.prefix, self._next_revision, item.compacted_revision)
+                    raise _Relist()
+                if not hasattr(item, "events"):
+                    # An exception or None: the stream broke. Watching again from the next
+                    # revision loses nothing: etcd keeps history until it is compacted.
+                    log.info("following %s: watch broke (%s); resuming from revision %d",
+                             self._family.prefix, item or "stream closed", self._next_revision)
+                    return
+                self._backoff = _BACKOFF.delays()
+                for event in item.events:
+                    change = self._change(event)
+                    self._next_revision = event.mod_revision + 1
+                    if change is not None:
+                        yield change
+        finally:
+            try:
+                client.cancel_watch(watch_id)
+            except Exception:  # the stream may already be gone; nothing to cancel then
+                pass
+
+    def _change(self, event: Any) -> Change[R] | None:
+        name = self._family.name_of(event.key)
+        if isinstance(event, DeleteEvent):
+            return Change(name, None, event.mod_revision)
+        try:
+            record = self._family.decode(event.key, event.value)
+        except InvalidRecord as exc:
+            log.warning("skipping invalid record %s", exc)
+            return None
+        return Change(name, Versioned(name, record, event.mod_revision, event.create_revision), event.mod_revision)
+
+
+def apply(state: dict[str, Versioned[R]], item: Snapshot[R] | Change[R]) -> None:
+    """Fold one followed item into a name → record map (the simplest consumer)."""
+    if isinstance(item, Snapshot):
+        state.clear()
+        state.update(item.items)
+    elif item.value is None:
+        state.pop(item.name, None)
+    else:
+        state[item.name] = item.value
+
+
+__all__ = ["Change", "Follower", "Listing", "Snapshot", "apply"]

@@ -1,0 +1,47 @@
+"""The VM family: `/v1/vm/<uuid>`.
+
+Field families and their one writer each: the spec (`owner`, `name`, `specs`, `image`, `networks`,
+`ssh_keys`, `storage`) and the request (`requested`, `generation`, `reboot_generation`,
+`migrate_to`) belong to the API; placement (`hostname`) to the scheduler; what is true (`status`,
+`observed_generation`, `error`, `restarts`, `console`) to the scheduler and the agent, as
+`states.TRANSITIONS` allows.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ucloud_common.record import Family, Name, Record
+from ucloud_common.specs import Specs
+from ucloud_common.states import Requested, Status
+
+
+class NIC(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    network: str  # the network's uuid
+    mac: str
+
+
+class VM(Record):
+    uuid: Name
+    owner: Name
+    name: Name
+    specs: Specs
+    image: str
+    storage: str = "local"
+    hostname: str = ""  # the host's key, e.g. /v1/host/h1; empty until scheduled
+    requested: Requested = Requested.RUNNING
+    status: Status = Status.REQUESTED_NEW
+    generation: int = Field(1, ge=1)  # bumped by the API with every accepted request
+    observed_generation: int = Field(0, ge=0)  # the generation the agent last acted on
+    reboot_generation: int = Field(0, ge=0)  # a reboot is wanted while this exceeds observed_generation
+    migrate_to: str = ""
+    error: str = ""
+    restarts: int = Field(0, ge=0)
+    networks: tuple[NIC, ...] = ()
+    ssh_keys: tuple[str, ...] = ()
+    anti_affinity: str = ""
+
+
+VMS: Family[VM] = Family("/v1/vm/", VM)
