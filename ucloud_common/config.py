@@ -29,8 +29,13 @@ class EtcdEndpoint(BaseModel, frozen=True):
             raise ValueError(f"etcd endpoint {text!r} is not host:port")
         return cls(host=host.strip("[]"), port=int(port))
 
+    @property
+    def netloc(self) -> str:
+        """host:port, with an IPv6 address in brackets as gRPC and URLs need it."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
     def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
+        return self.netloc
 
 
 class Settings(BaseSettings):

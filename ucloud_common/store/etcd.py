@@ -96,7 +96,7 @@ class Store:
                 str(settings.etcd_cert_cert) if settings.etcd_cert_cert else None,
             )
         endpoints = [
-            Endpoint(ep.host, ep.port, secure=creds is not None, creds=creds,
+            Endpoint(ep.netloc.rpartition(":")[0], ep.port, secure=creds is not None, creds=creds,
                      time_retry=_FAILED_MEMBER_SKIP_S, opts=_GRPC_OPTIONS)
             for ep in settings.etcd_endpoints
         ]
