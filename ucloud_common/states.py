@@ -78,7 +78,7 @@ class ActionRule:
 
 
 ACTIONS: dict[Action, ActionRule] = {
-    # ERROR and KILLED accept start so an owner can retry after fixing the cause.
+    # ERROR accepts start so that an owner can retry after fixing the cause.
     Action.START: ActionRule(frozenset({S.STOPPED, S.ERROR}), Requested.RUNNING),
     # A KILLED VM may be shut down: it means "stop restarting it".
     Action.SHUTDOWN: ActionRule(frozenset({S.RUNNING, S.SUSPENDED, S.KILLED, S.ERROR}), Requested.STOPPED),

@@ -126,7 +126,11 @@ class Store:
                 pyetcd.exceptions.InternalServerError, ValueError) as exc:
             # ValueError: the client's "Trying to use a failed node" while every member is skipped.
             endpoints = ",".join(str(ep) for ep in self.settings.etcd_endpoints)
-            raise StoreUnavailable(f"etcd at {endpoints} is unavailable ({what}): {exc or type(exc).__name__}") from None
+            if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
+                reason = f"{exc.code().name}: {exc.details()}"
+            else:
+                reason = str(exc) or type(exc).__name__
+            raise StoreUnavailable(f"etcd at {endpoints} is unavailable ({what}): {reason}") from None
 
     # -- reads ------------------------------------------------------------------------------------
 

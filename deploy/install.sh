@@ -1,0 +1,30 @@
+#!/bin/bash
+# Install what ucloud needs on this Debian 12 machine: the Debian packages in deploy/apt-packages.txt,
+# pipenv, and the project's environment (.venv/, exactly as Pipfile.lock pins it). Idempotent: a
+# second run installs nothing new. Needs root for apt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+mapfile -t packages < <(grep -v '^\s*#' deploy/apt-packages.txt | grep -v '^\s*$')
+missing=()
+for pkg in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "install: apt packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # Recommends would pull GTK, mesa and ffmpeg into a server (LAB.md).
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v pipenv >/dev/null; then
+    echo "install: pipenv"
+    python3 -m pip install -q pipenv 2>/dev/null || python3 -m pip install -q --break-system-packages pipenv
+    hash -r
+fi
+PIPENV=$(command -v pipenv || echo "python3 -m pipenv")
+
+echo "install: Python environment in .venv/ (from Pipfile.lock)"
+export PIPENV_VENV_IN_PROJECT=1 PIPENV_NOSPIN=1 PIPENV_VERBOSITY=-1
+$PIPENV sync --dev >/dev/null

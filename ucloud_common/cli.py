@@ -1,0 +1,77 @@
+"""The command-line frame every daemon shares: `--config`, and the `config` and `check` commands.
+
+Each daemon adds its own commands (`run`, `serve`, …) to the group this builds, so that options,
+error messages and exit codes are the same across all of ucloud's entry points.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from pydantic import ValidationError
+
+from ucloud_common.config import Settings, load_settings
+from ucloud_common.logs import setup_logging
+from ucloud_common.store import Store, StoreUnavailable
+
+
+def settings_from(ctx: click.Context) -> Settings:
+    """The validated settings, or exit 2 with one line per problem (never a traceback)."""
+    config_file: Path | None = ctx.find_root().params.get("config")
+    try:
+        settings = load_settings(config_file)
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from None
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+        click.echo(f"Error: invalid configuration: {problems}", err=True)
+        sys.exit(2)
+    setup_logging(settings.log_level)
+    return settings
+
+
+def daemon_group(name: str, description: str) -> click.Group:
+    @click.group(name=name, help=description, context_settings={"help_option_names": ["-h", "--help"]})
+    @click.option("--config", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                  help="Config file of UCLOUD_*=value lines [default: $UCLOUD_CONFIG or /etc/ucloud/ucloud.conf; "
+                  "UCLOUD_* environment variables override it].")
+    def group(config: Path | None) -> None:
+        pass
+
+    @group.command("config")
+    @click.pass_context
+    def show_config(ctx: click.Context) -> None:
+        """Print the effective configuration (environment over file) as UCLOUD_* lines.
+
+        Example: ucloud-scheduler config > /etc/ucloud/ucloud.conf
+        """
+        settings = settings_from(ctx)
+        for field, value in settings.model_dump(mode="json").items():
+            if field == "etcd_password" and value:
+                value = "********"
+            elif field == "etcd_endpoints":
+                value = ",".join(str(ep) for ep in settings.etcd_endpoints)
+            # An unset option is shown commented out: `UCLOUD_ETCD_CA_CERT=` would set it to "".
+            click.echo(f"# UCLOUD_{field.upper()}=" if value is None else f"UCLOUD_{field.upper()}={value}")
+
+    @group.command()
+    @click.pass_context
+    def check(ctx: click.Context) -> None:
+        """Check the configuration and that etcd answers; exit 1 if it does not.
+
+        Example: ucloud-vm check && echo ready
+        """
+        settings = settings_from(ctx)
+        store = Store(settings)
+        try:
+            revision = store.revision()
+        except StoreUnavailable as exc:
+            raise click.ClickException(str(exc)) from None
+        finally:
+            store.close()
+        endpoints = ",".join(str(ep) for ep in settings.etcd_endpoints)
+        click.echo(f"{name}: configuration valid; etcd at {endpoints} answers (revision {revision})")
+
+    return group

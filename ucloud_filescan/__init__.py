@@ -1,0 +1,1 @@
+"""ucloud-filescan. File-scan: registers the files users uploaded into their folders."""

@@ -1,0 +1,1 @@
+"""ucloud-imagescanner. Image-scanner: turns requested files into VM images, safely."""

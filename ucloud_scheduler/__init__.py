@@ -1,0 +1,1 @@
+"""ucloud-scheduler. The scheduler: places VMs on hosts, and reschedules the VMs of hosts that died."""
