@@ -22,7 +22,7 @@ up)
 
 ucloud runs on this machine: etcd at $UCLOUD_ETCD_ENDPOINTS (data and log in $state/etcd).
 Its daemons use it with the configuration printed by: $repo/.venv/bin/ucloud-api config
-Stop everything with: bash $repo/deploy/local.sh down
+Stop everything with: ${UCLOUD_LOCAL_DIR:+UCLOUD_LOCAL_DIR=$state }bash $repo/deploy/local.sh down
 EOT
     ;;
 down)
