@@ -1,5 +1,64 @@
-"""Entry point of `ucloud-api`."""
+"""Entry point of `ucloud-api`: serve the API under gunicorn, create the first admin."""
 
-from ucloud_common.cli import daemon_group
+from __future__ import annotations
 
-cli = daemon_group("ucloud-api", "The REST API: users' requests about VMs, networks, images and keys, checked and written to etcd.")
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from ucloud_api.auth import create_user
+from ucloud_api.errors import APIError
+from ucloud_common.cli import daemon_group, settings_from
+from ucloud_common.store import Store, StoreUnavailable
+from ucloud_common.user import Role
+
+cli = daemon_group("ucloud-api", "The REST API: users' requests about VMs, networks, images and keys, "
+                   "checked and written to etcd.")
+
+GUNICORN_CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "gunicorn.conf.py"
+
+
+@cli.command()
+@click.option("--bind", default="127.0.0.1:8080", show_default=True, help="HOST:PORT to listen on.")
+@click.option("--workers", type=click.IntRange(1, 64), default=None,
+              help="Worker processes [default: from the gunicorn config: 2 per CPU + 1].")
+@click.option("--gunicorn-config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=GUNICORN_CONFIG, show_default=True, help="gunicorn settings (timeouts, limits, logging).")
+@click.pass_context
+def serve(ctx: click.Context, bind: str, workers: int | None, gunicorn_config: Path) -> None:
+    """Serve the API under gunicorn (replaces this process).
+
+    Example: ucloud-api serve --bind 0.0.0.0:8080
+    """
+    settings_from(ctx)  # refuse to start on a bad configuration, before forking workers
+    config = ctx.find_root().params.get("config")
+    if config:
+        os.environ["UCLOUD_CONFIG"] = str(config)
+    argv = [sys.executable, "-m", "gunicorn", "--config", str(gunicorn_config), "--bind", bind]
+    if workers:
+        argv += ["--workers", str(workers)]
+    os.execv(sys.executable, [*argv, "ucloud_api.wsgi:app"])
+
+
+@cli.command("create-admin")
+@click.argument("name")
+@click.pass_context
+def create_admin(ctx: click.Context, name: str) -> None:
+    """Create an admin user and print its token (only the token) on stdout.
+
+    Example: TOKEN=$(ucloud-api create-admin alice)
+    """
+    store = Store(settings_from(ctx))
+    try:
+        _, token = create_user(store, name, Role.ADMIN)
+    except APIError as exc:
+        raise click.ClickException(exc.message) from None
+    except StoreUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    except ValueError as exc:
+        raise click.ClickException(f"invalid name {name!r}: {exc}") from None
+    finally:
+        store.close()
+    click.echo(token)

@@ -16,18 +16,26 @@ from typing import Annotated, Any, Generic, Self, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-# What may stand between two slashes of a key: never a slash, never `.` or `..`, no control
-# characters, short enough for a DNS label (VM and host names end up in hostnames and file names).
-_KEY_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,62}")
+# A name: never a slash, never `.` or `..`, no control characters, short enough for a DNS label
+# (VM and host names end up in hostnames and file names).
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,62}")
+# What may stand after a family's prefix: a name, or names joined by ':' (e.g. owner:name claims).
+_KEY_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,190}")
 
 
 def check_name(name: str) -> str:
-    if not _KEY_PART.fullmatch(name) or ".." in name:
+    if not _NAME.fullmatch(name) or ".." in name:
         raise ValueError(
             "must be 1-63 characters of letters, digits and . _ - : @, start with a letter or digit, "
             "and contain no '..'"
         )
     return name
+
+
+def check_key_part(part: str) -> str:
+    if not _KEY_PART.fullmatch(part) or ".." in part:
+        raise ValueError(f"{part!r} cannot be part of a key")
+    return part
 
 
 Name = Annotated[str, AfterValidator(check_name)]
@@ -74,7 +82,7 @@ class Family(Generic[R]):
     model: type[R]
 
     def key(self, name: str) -> str:
-        return self.prefix + check_name(name)
+        return self.prefix + check_key_part(name)
 
     def name_of(self, key: str | bytes) -> str:
         text = key.decode() if isinstance(key, bytes) else key
@@ -88,7 +96,7 @@ class Family(Generic[R]):
     def decode(self, key: str | bytes, value: bytes) -> R:
         key_text = key.decode(errors="replace") if isinstance(key, bytes) else key
         try:
-            check_name(self.name_of(key_text))
+            check_key_part(self.name_of(key_text))
         except ValueError as exc:
             raise InvalidRecord(key_text, f"not a valid key for this family ({exc})") from None
         try:

@@ -1,8 +1,15 @@
-"""The user family: `/v1/user/<name>`. Tokens are kept only as salted hashes."""
+"""The user family `/v1/user/<name>` and the API-token family `/v1/token/<id>`.
+
+A token is `<id>.<secret>`, shown once when it is made. Only a salted SHA-256 of the secret is
+stored: tokens are 256 random bits, so a fast hash is as safe as a slow one and keeps every
+request cheap.
+"""
 
 from __future__ import annotations
 
 from enum import StrEnum
+
+from pydantic import Field
 
 from ucloud_common.record import Family, Name, Record
 
@@ -15,7 +22,14 @@ class Role(StrEnum):
 class User(Record):
     name: Name
     role: Role = Role.USER
-    token_hashes: tuple[str, ...] = ()
+    ssh_keys: dict[str, str] = Field(default_factory=dict)  # key name → OpenSSH public key
+
+
+class Token(Record):
+    user: Name
+    salt: str = Field(pattern=r"^[0-9a-f]{32}$")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
 USERS: Family[User] = Family("/v1/user/", User)
+TOKENS: Family[Token] = Family("/v1/token/", Token)

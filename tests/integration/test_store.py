@@ -130,3 +130,18 @@ def test_garbage_under_the_vm_prefix_is_skipped_with_a_log_line(
         assert f"skipping invalid record {key}" in logged
     with pytest.raises(InvalidRecord, match="/v1/vm/garbage: not JSON"):
         store.get(VMS, "garbage")
+
+
+def test_transact_writes_all_or_nothing(store: Store) -> None:
+    from ucloud_common.store import Put, Remove
+
+    one = store.create(VMS, "one", a_vm("one"))
+    store.transact([Put(VMS, "two", a_vm("two"), 0), Put(VMS, "one", a_vm("one").evolve(restarts=1), one.mod_revision)])
+    with pytest.raises(Conflict, match="/v1/vm/two already exists"):
+        store.transact([Put(VMS, "three", a_vm("three"), 0), Put(VMS, "two", a_vm("two"), 0)])
+    assert store.get(VMS, "three") is None
+    with pytest.raises(Conflict, match=f"/v1/vm/one changed since revision {one.mod_revision}"):
+        store.transact([Remove(VMS, "two", None), Remove(VMS, "one", one.mod_revision)])
+    assert store.get(VMS, "two") is not None
+    store.transact([Remove(VMS, "two", None), Remove(VMS, "one", None)])
+    assert store.list(VMS).items == {}

@@ -13,12 +13,12 @@ from ucloud_common.store.errors import (
     StoreError,
     StoreUnavailable,
 )
-from ucloud_common.store.etcd import Guard, Listing, Store, Versioned
+from ucloud_common.store.etcd import Guard, Listing, Put, Remove, Store, Versioned
 from ucloud_common.store.follow import Change, Follower, Snapshot, apply
 from ucloud_common.store.lease import KeptLease
 
 __all__ = [
     "AlreadyExists", "Change", "Conflict", "Election", "Follower", "Guard", "GuardFailed",
-    "KeptLease", "Listing", "NotFound", "Snapshot", "Store", "StoreError", "StoreUnavailable",
+    "KeptLease", "Listing", "NotFound", "Put", "Remove", "Snapshot", "Store", "StoreError", "StoreUnavailable",
     "Versioned", "apply",
 ]

@@ -70,6 +70,26 @@ class Listing(Generic[R]):
 
 
 @dataclass(frozen=True)
+class Put(Generic[R]):
+    """Store `record`; `expect` is the key's mod_revision it must still have, 0 for "must not
+    exist", None for no expectation."""
+
+    family: Family[R]
+    name: str
+    record: R
+    expect: int | None
+
+
+@dataclass(frozen=True)
+class Remove(Generic[R]):
+    """Delete the key; `expect` as for `Put`."""
+
+    family: Family[R]
+    name: str
+    expect: int | None
+
+
+@dataclass(frozen=True)
 class Guard:
     """A precondition a write must satisfy besides its own: `key` still has this `create_revision`.
 
@@ -157,9 +177,10 @@ class Store:
         kv = response.kvs[0]
         return Versioned(name, family.decode(key, kv.value), kv.mod_revision, kv.create_revision)
 
-    def list(self, family: Family[R]) -> Listing[R]:
-        """Every valid record of the family, as one consistent snapshot."""
-        prefix = family.prefix.encode()
+    def list(self, family: Family[R], within: str = "") -> Listing[R]:
+        """Every valid record of the family (whose name starts with `within`), as one consistent
+        snapshot."""
+        prefix = (family.prefix + within).encode()
         response = self._range(prefix, range_end=_prefix_end(prefix))
         items: dict[str, Versioned[R]] = {}
         for kv in response.kvs:
@@ -239,6 +260,36 @@ class Store:
             self._raise_guard_failure(response, guard)
             raise Conflict(f"{key} changed since revision {mod_revision}")
         return response.responses[0].response_delete_range.deleted > 0
+
+    def transact(self, writes: list[Put[Any] | Remove[Any]], *, guard: Guard | None = None) -> int:
+        """Apply several writes atomically, each under its own expectation; return the revision.
+
+        For keeping records consistent with each other (a VM and the claim on its name, a network
+        and the VMs attached to it). Raises `Conflict` naming the first key that was not as expected
+        (nothing is written then), or `GuardFailed`.
+        """
+        tx = self._client.transactions
+        compare, success = [], []
+        for write in writes:
+            key = write.family.key(write.name)
+            if write.expect is not None:
+                compare.append(tx.mod(key) == write.expect if write.expect else tx.create(key) == 0)
+            if isinstance(write, Put):
+                success.append(self._put(key, write.family.encode(write.record), None))
+            else:
+                success.append(tx.delete(key))
+        response = self._txn(compare, success, guard)
+        if not response.succeeded:
+            self._raise_guard_failure(response, guard)
+            expected = [w for w in writes if w.expect is not None]
+            for write, read in zip(expected, response.responses):
+                kvs = read.response_range.kvs
+                actual = kvs[0].mod_revision if kvs else 0
+                if actual != write.expect:
+                    key = write.family.key(write.name)
+                    raise Conflict(f"{key} already exists" if write.expect == 0 else f"{key} changed since revision {write.expect}")
+            raise Conflict("a key changed during the transaction")
+        return int(response.header.revision)
 
     # -- leases -----------------------------------------------------------------------------------
 

@@ -1,0 +1,78 @@
+"""The Flask application factory: views, authentication, and errors that are always JSON."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from ucloud_api import openapi
+from ucloud_api.auth import Authenticator
+from ucloud_api.errors import APIError
+from ucloud_api.views import users, vms
+from ucloud_common.config import Settings
+from ucloud_common.store import Store, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1024 * 1024
+PUBLIC_PATHS = frozenset({"/healthz", "/api/v1/openapi.json"})
+
+
+def create_app(settings: Settings, store: Store | None = None) -> Flask:
+    app = Flask("ucloud_api")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    the_store = store or Store(settings)
+    app.extensions["ucloud.store"] = the_store
+    authenticator = Authenticator(the_store)
+
+    @app.before_request
+    def authenticate() -> None:
+        if request.path not in PUBLIC_PATHS:
+            g.caller = authenticator.caller()
+
+    for blueprint in (users.bp, vms.bp):
+        app.register_blueprint(blueprint)
+
+    @app.get("/healthz")
+    def healthz() -> Response | tuple[Response, int]:
+        try:
+            revision = the_store.revision()
+        except StoreUnavailable as exc:
+            return jsonify({"status": "unavailable", "etcd": str(exc)}), 503
+        return jsonify({"status": "ok", "etcd_revision": revision})
+
+    @app.get("/api/v1/openapi.json")
+    def spec() -> Response:
+        return jsonify(openapi.document(app))
+
+    @app.errorhandler(APIError)
+    def api_error(exc: APIError) -> tuple[Response, int]:
+        return jsonify(exc.body()), exc.status
+
+    @app.errorhandler(StoreUnavailable)
+    def unavailable(exc: StoreUnavailable) -> tuple[Response, int, dict[str, str]]:
+        log.error("%s %s: %s", request.method, request.path, exc)
+        body = APIError(503, "unavailable", "the state store (etcd) is unreachable; retry shortly (a "
+                        "write answered with this may or may not have been applied: retry it with the "
+                        "same Idempotency-Key)").body()
+        return jsonify(body), 503, {"Retry-After": "2"}
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> tuple[Response, int]:
+        status = exc.code or 500
+        code = (exc.name or "error").lower().replace(" ", "_")
+        message = "the request body exceeds the limit" if status == 413 else (exc.description or exc.name)
+        return jsonify(APIError(status, code, message).body()), status
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> tuple[Response, int]:
+        log.exception("%s %s failed", request.method, request.path)
+        body: dict[str, Any] = APIError(500, "internal", "the API failed on this request; the error is in "
+                                        "its log").body()
+        return jsonify(body), 500
+
+    return app

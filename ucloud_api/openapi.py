@@ -1,0 +1,124 @@
+"""The OpenAPI 3.1 document, built from the request and record models, so it cannot drift from them.
+
+Every route of the app must be described in `ROUTES` (a test checks it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask
+from pydantic import BaseModel
+
+from ucloud_api.schemas import Migrate, UserCreate, VMCreate
+from ucloud_common.event import Event
+from ucloud_common.user import User
+from ucloud_common.vm import VM
+
+
+@dataclass(frozen=True)
+class Route:
+    summary: str
+    body: type[BaseModel] | None = None
+    ok: int = 200
+    returns: str | None = None  # a schema name, "[Name]" for a list of them
+    admin: bool = False
+    errors: tuple[int, ...] = ()
+
+
+ROUTES: dict[tuple[str, str], Route] = {
+    ("get", "/healthz"): Route("Whether etcd is reachable", returns="Health", errors=(503,)),
+    ("get", "/api/v1/openapi.json"): Route("This document", returns="Object"),
+    ("post", "/api/v1/users"): Route("Create a user; the answer holds its token, shown once", UserCreate, 201,
+                                     "NewUser", admin=True, errors=(409, 422)),
+    ("get", "/api/v1/users"): Route("List users", returns="[User]", admin=True),
+    ("get", "/api/v1/users/{name}"): Route("Read a user", returns="User", admin=True, errors=(404,)),
+    ("delete", "/api/v1/users/{name}"): Route("Delete a user and its tokens", ok=204, admin=True, errors=(404,)),
+    ("post", "/api/v1/vms"): Route("Create a VM", VMCreate, 201, "VM", errors=(409, 422)),
+    ("get", "/api/v1/vms"): Route("List your VMs (an admin: all, filtered by owner, host, status)", returns="[VM]"),
+    ("get", "/api/v1/vms/{uuid}"): Route("Read a VM with its last events", returns="VM", errors=(404,)),
+    ("get", "/api/v1/vms/{uuid}/events"): Route("A VM's event log", returns="[Event]", errors=(404,)),
+    ("delete", "/api/v1/vms/{uuid}"): Route("Delete a VM", ok=202, returns="VM", errors=(404, 409, 412)),
+    ("post", "/api/v1/vms/{uuid}/{action}"): Route(
+        "Ask a VM to start, shutdown, reboot, suspend, resume or migrate (migrate: admin, optional body)",
+        Migrate, 202, "VM", errors=(404, 409, 412)),
+}
+
+SCHEMAS: dict[str, type[BaseModel]] = {"VM": VM, "User": User, "Event": Event}
+
+
+def _ref(name: str) -> dict[str, Any]:
+    if name.startswith("["):
+        return {"type": "array", "items": _ref(name[1:-1])}
+    if name == "Object":
+        return {"type": "object"}
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _error_schema() -> dict[str, Any]:
+    return {"type": "object", "required": ["error"], "properties": {"error": {
+        "type": "object", "required": ["code", "message"],
+        "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+    }}}
+
+
+def document(app: Flask) -> dict[str, Any]:
+    components: dict[str, Any] = {"Error": _error_schema()}
+    paths: dict[str, dict[str, Any]] = {}
+    for model_name, model in {**SCHEMAS, **{m.__name__: m for m in (VMCreate, Migrate, UserCreate)}}.items():
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}", mode="serialization")
+        components.update(schema.pop("$defs", {}))
+        components[model_name] = schema
+    components["NewUser"] = {"allOf": [_ref("User"), {"type": "object", "required": ["token"],
+                                                      "properties": {"token": {"type": "string"}}}]}
+    components["Health"] = {"type": "object", "properties": {"status": {"type": "string"}}}
+    for (method, path), route in ROUTES.items():
+        responses: dict[str, Any] = {}
+        ok: dict[str, Any] = {"description": "OK"}
+        if route.returns:
+            ok["content"] = {"application/json": {"schema": _ref(route.returns)}}
+        responses[str(route.ok)] = ok
+        for status in (*route.errors, 400, 401, 403, 413, 503):
+            if path in ("/healthz", "/api/v1/openapi.json") and status != 503:
+                continue
+            responses[str(status)] = {"description": "error",
+                                      "content": {"application/json": {"schema": _ref("Error")}}}
+        operation: dict[str, Any] = {"summary": route.summary + (" (admin)" if route.admin else ""),
+                                     "responses": responses}
+        parameters = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+                      for p in _path_parameters(path)]
+        if parameters:
+            operation["parameters"] = parameters
+        if route.body is not None:
+            operation["requestBody"] = {
+                "required": method == "post" and route.body is not Migrate,
+                "content": {"application/json": {"schema": _ref(route.body.__name__)}},
+            }
+        if path not in ("/healthz", "/api/v1/openapi.json"):
+            operation["security"] = [{"token": []}]
+        paths.setdefault(path, {})[method] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "ucloud API", "version": "1"},
+        "paths": paths,
+        "components": {"schemas": components,
+                       "securitySchemes": {"token": {"type": "http", "scheme": "bearer"}}},
+    }
+
+
+def _path_parameters(path: str) -> list[str]:
+    return [part[1:-1] for part in path.split("/") if part.startswith("{")]
+
+
+def flask_routes(app: Flask) -> set[tuple[str, str]]:
+    """(method, OpenAPI path) of every route the app serves."""
+    routes = set()
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        path = rule.rule.replace("<", "{").replace(">", "}")
+        for method in rule.methods or ():
+            if method not in ("HEAD", "OPTIONS"):
+                routes.add((method.lower(), path))
+    return routes

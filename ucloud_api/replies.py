@@ -1,0 +1,75 @@
+"""Answers for stored objects: JSON with the object's etcd revision as its ETag."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Response, current_app, jsonify, request
+
+from ucloud_api.auth import current
+from ucloud_api.errors import APIError, not_found
+from ucloud_common.record import Family, InvalidRecord, R, Record, check_key_part
+from ucloud_common.store import Store, Versioned
+
+log = logging.getLogger(__name__)
+
+
+def store() -> Store:
+    the_store: Store = current_app.extensions["ucloud.store"]
+    return the_store
+
+
+def object_reply(obj: Versioned[Any], status: int = 200, body: dict[str, Any] | None = None) -> Response:
+    response = jsonify(body if body is not None else dump(obj.value))
+    response.status_code = status
+    response.headers["ETag"] = f'"{obj.mod_revision}"'
+    return response
+
+
+def dump(record: Record) -> dict[str, Any]:
+    return record.model_dump(mode="json")
+
+
+def if_match() -> int | None:
+    """The revision the client's If-Match names, if it sent one."""
+    header = request.headers.get("If-Match")
+    if header is None or header.strip() == "*":
+        return None
+    tag = header.strip().removeprefix("W/").strip('"')
+    if not tag.isdigit():
+        raise APIError(412, "precondition_failed", "If-Match does not match the object's ETag")
+    return int(tag)
+
+
+def check_if_match(obj: Versioned[Any]) -> None:
+    wanted = if_match()
+    if wanted is not None and wanted != obj.mod_revision:
+        raise APIError(412, "precondition_failed",
+                       f"the object changed (ETag is now \"{obj.mod_revision}\"); read it again")
+
+
+def lookup(family: Family[R], name: str, what: str) -> Versioned[R]:
+    """The object, or 404 (also for a name that cannot be a key: it cannot exist either)."""
+    try:
+        check_key_part(name)
+    except ValueError:
+        raise not_found(what) from None
+    try:
+        found = store().get(family, name)
+    except InvalidRecord as exc:
+        # As a listing skips it, so does a read: the operator learns of it from the log.
+        log.warning("skipping invalid record %s", exc)
+        raise not_found(what) from None
+    if found is None:
+        raise not_found(what)
+    return found
+
+
+def lookup_own(family: Family[R], name: str, what: str) -> Versioned[R]:
+    """Like `lookup`, but another user's object is 404 too, exactly like a missing one."""
+    found = lookup(family, name, what)
+    caller = current()
+    if not caller.is_admin and getattr(found.value, "owner", None) != caller.name:
+        raise not_found(what)
+    return found

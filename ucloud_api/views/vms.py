@@ -1,0 +1,179 @@
+"""VMs: create, list, read, delete, the actions, and each VM's event log.
+
+Every action is checked against the VM's actual status by `ucloud_common.states` and written with
+compare-and-swap: accepted → 202 with the VM; not valid now → 409 saying why, and nothing written.
+"""
+
+from __future__ import annotations
+
+import uuid as uuidlib
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+
+from ucloud_api.auth import current, require_admin
+from ucloud_api.body import parse
+from ucloud_api.errors import APIError
+from ucloud_api.idempotency import idempotent
+from ucloud_api.replies import check_if_match, dump, if_match, lookup_own, object_reply, store
+from ucloud_api.schemas import Migrate, VMCreate
+from ucloud_common.claim import VM_NAMES, Claim, owned
+from ucloud_common.event import EVENTS, events_of
+from ucloud_common.host import HOSTS
+from ucloud_common.image import IMAGES, ImageStatus
+from ucloud_common.record import check_key_part
+from ucloud_common.retry import Backoff, sleeps
+from ucloud_common.states import Action, ActionRefused, Status, check_action
+from ucloud_common.store import Conflict, Put, Remove, Versioned
+from ucloud_common.user import USERS
+from ucloud_common.vm import VMS, VM
+
+bp = Blueprint("vms", __name__, url_prefix="/api/v1/vms")
+
+EVENTS_SHOWN = 20
+_RETRY = Backoff(initial=0.002, maximum=0.1)
+
+
+@bp.post("")
+@idempotent
+def create() -> Response:
+    caller = current()
+    body = parse(VMCreate)
+    image = store().get(IMAGES, body.image)
+    if image is None or image.value.status is not ImageStatus.CREATED or not (
+            image.value.public or image.value.owner == caller.name):
+        raise APIError(422, "invalid", f"image: no usable image {body.image}", fields=[
+            {"field": "image", "message": "no such image, or it is not CREATED"}])
+    user_keys = _user_keys(caller.name)
+    missing = [k for k in body.ssh_keys if k not in user_keys]
+    if missing:
+        raise APIError(422, "invalid", f"ssh_keys: you have no key named {missing[0]}",
+                       fields=[{"field": "ssh_keys", "message": f"unknown key {missing[0]}"}])
+    if body.networks:
+        raise APIError(422, "invalid", "networks: attach networks after creating the VM",
+                       fields=[{"field": "networks", "message": "not supported at creation yet"}])
+    vm = VM(
+        uuid=str(uuidlib.uuid4()), owner=caller.name, name=body.name, specs=body.specs,
+        image=body.image, storage=body.storage, ssh_keys=tuple(user_keys[k] for k in body.ssh_keys),
+        anti_affinity=body.anti_affinity or "",
+    )
+    claim_name = owned(caller.name, body.name)
+    for _ in sleeps(_RETRY, attempts=5):
+        claim = store().get(VM_NAMES, claim_name)
+        expect = 0
+        if claim is not None:
+            holder = store().get(VMS, claim.value.holder)
+            if holder is not None:
+                raise APIError(409, "exists", f"you already have a VM named {body.name}")
+            expect = claim.mod_revision  # the VM it named is gone: the name is free again
+        try:
+            revision = store().transact([Put(VM_NAMES, claim_name, Claim(holder=vm.uuid), expect),
+                                         Put(VMS, vm.uuid, vm, 0)])
+        except Conflict:
+            continue
+        response = object_reply(Versioned(vm.uuid, vm, revision, revision), 201)
+        response.headers["Location"] = f"/api/v1/vms/{vm.uuid}"
+        return response
+    raise APIError(409, "exists", f"you already have a VM named {body.name}")
+
+
+@bp.get("")
+def list_() -> Response:
+    caller = current()
+    owner, host, status = (request.args.get(k) for k in ("owner", "host", "status"))
+    if (owner or host) and not caller.is_admin:
+        raise APIError(403, "forbidden", "only an admin filters by owner or host")
+    if status is not None and status not in Status.__members__:
+        raise APIError(400, "bad_request", f"status must be one of {', '.join(Status)}")
+    host_key = HOSTS.key(host) if host and _is_key_part(host) else None
+    vms = []
+    for item in store().list(VMS).items.values():
+        vm = item.value
+        if (not caller.is_admin and vm.owner != caller.name) or (owner and vm.owner != owner) \
+                or (host and vm.hostname != host_key) or (status and vm.status != status):
+            continue
+        vms.append(dump(vm))
+    return jsonify(vms)
+
+
+@bp.get("/<uuid>")
+def get(uuid: str) -> Response:
+    vm = lookup_own(VMS, uuid, f"VM {uuid}")
+    return object_reply(vm, body={**dump(vm.value), "events": _events(uuid)[-EVENTS_SHOWN:]})
+
+
+@bp.get("/<uuid>/events")
+def events(uuid: str) -> Response:
+    lookup_own(VMS, uuid, f"VM {uuid}")
+    return jsonify(_events(uuid))
+
+
+@bp.delete("/<uuid>")
+def delete(uuid: str) -> Response:
+    return _act(uuid, Action.DELETE)
+
+
+@bp.post("/<uuid>/<action>")
+@idempotent
+def act(uuid: str, action: str) -> Response:
+    try:
+        chosen = Action(action)
+    except ValueError:
+        raise APIError(404, "not_found", f"no action {action}; actions are {', '.join(Action)}") from None
+    if chosen is Action.DELETE:
+        raise APIError(405, "method_not_allowed", "delete a VM with DELETE /api/v1/vms/<uuid>")
+    return _act(uuid, chosen)
+
+
+def _act(uuid: str, action: Action) -> Response:
+    extra: dict[str, Any] = {}
+    if action is Action.MIGRATE:
+        require_admin()
+        target = parse(Migrate, optional=True).host
+        if target is not None and store().get(HOSTS, target) is None:
+            raise APIError(422, "invalid", f"host: no host {target}", fields=[{"field": "host", "message": "no such host"}])
+        extra["migrate_to"] = HOSTS.key(target) if target else "*"
+    conditional = if_match() is not None
+    for _ in sleeps(_RETRY, attempts=store().settings.cas_attempts):
+        current_vm = lookup_own(VMS, uuid, f"VM {uuid}")
+        check_if_match(current_vm)
+        vm = current_vm.value
+        try:
+            requested = check_action(action, vm.status, vm.requested)
+        except ActionRefused as refused:
+            raise APIError(409, "conflict", str(refused), status=vm.status.value) from None
+        try:
+            if action is Action.DELETE and vm.status is Status.REQUESTED_NEW and not vm.hostname:
+                # Nothing exists anywhere yet: no agent will ever clean up, so the VM goes now.
+                store().transact([Remove(VMS, uuid, current_vm.mod_revision),
+                                  Remove(VM_NAMES, owned(vm.owner, vm.name), None)])
+                return Response(status=204)
+            generation = vm.generation + 1
+            if action is Action.REBOOT:
+                extra["reboot_generation"] = generation
+            new = vm.evolve(requested=requested, generation=generation, **extra)
+            written = store().replace(VMS, uuid, new, current_vm.mod_revision)
+        except Conflict:
+            if conditional:
+                raise APIError(412, "precondition_failed", "the VM changed; read it again") from None
+            continue
+        return object_reply(written, 202)
+    raise APIError(409, "busy", "the VM kept changing; retry the request")
+
+
+def _events(uuid: str) -> list[dict[str, Any]]:
+    listing = store().list(EVENTS, within=events_of(uuid))
+    return [dump(e.value) for _, e in sorted(listing.items.items())]
+
+
+def _user_keys(name: str) -> dict[str, str]:
+    user = store().get(USERS, name)
+    return dict(user.value.ssh_keys) if user else {}
+
+
+def _is_key_part(text: str) -> bool:
+    try:
+        check_key_part(text)
+    except ValueError:
+        return False
+    return True

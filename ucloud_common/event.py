@@ -1,0 +1,33 @@
+"""A VM's event log: `/v1/event/<vm uuid>:<time>` — what the scheduler and the agent did, and when.
+
+Kept under its own prefix, never under `/v1/vm/`, so that a watch on VMs sees VMs only. The name
+sorts by time, so a prefix read returns a VM's story in order.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from pydantic import Field
+
+from ucloud_common.record import Family, Name, Record
+
+
+class Event(Record):
+    vm: Name
+    source: str = Field(min_length=1)  # "scheduler", "agent h1", "api"
+    message: str
+
+
+EVENTS: Family[Event] = Family("/v1/event/", Event)
+
+
+def event_name(vm_uuid: str) -> str:
+    """A new event's name: the VM, the time in ns (sortable), and a random tail against collisions."""
+    return f"{vm_uuid}:{time.time_ns():020d}{os.urandom(2).hex()}"
+
+
+def events_of(vm_uuid: str) -> str:
+    """The name prefix of one VM's events, for `Store.list(EVENTS, within=...)`."""
+    return f"{vm_uuid}:"
