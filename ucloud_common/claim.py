@@ -17,6 +17,7 @@ class Claim(Record):
 
 VM_NAMES: Family[Claim] = Family("/v1/claim/vm-name/", Claim)  # <owner>:<name>
 NETWORK_NAMES: Family[Claim] = Family("/v1/claim/network-name/", Claim)  # <owner>:<name>
+IMAGE_NAMES: Family[Claim] = Family("/v1/claim/image-name/", Claim)  # <owner>:<name>
 VXLAN_IDS: Family[Claim] = Family("/v1/claim/vxlan-id/", Claim)  # <id>
 MACS: Family[Claim] = Family("/v1/claim/mac/", Claim)  # <mac, with - for :>
 

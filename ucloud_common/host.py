@@ -25,7 +25,8 @@ class Host(Record):
     name: Name
     address: str = ""
     capacity: Specs
-    status: HostStatus = HostStatus.UP
+    status: HostStatus = HostStatus.UP  # UP by the agent, DOWN by the scheduler
+    maintenance: bool = False  # set by an admin through the API: no new VMs while it is on
     storage_backends: tuple[str, ...] = ("local",)
 
 

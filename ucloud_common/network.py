@@ -16,6 +16,9 @@ class Network(Record):
     type: Literal["vxlan"] = "vxlan"
     vxlan_id: int = Field(ge=1, le=16_777_215)
     ipv6_prefix: str = ""  # a /64, e.g. 2001:db8:1::/64; empty when the network has none
+    # VMs attached through the API, kept here so that deleting the network and attaching a VM to it
+    # conflict in etcd (an entry may outlive its VM: the VM's own NICs are the truth).
+    attached: tuple[str, ...] = ()
 
 
 NETWORKS: Family[Network] = Family("/v1/network/", Network)

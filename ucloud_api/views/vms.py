@@ -15,16 +15,17 @@ from ucloud_api.auth import current, require_admin
 from ucloud_api.body import parse
 from ucloud_api.errors import APIError
 from ucloud_api.idempotency import idempotent
+from ucloud_api.naming import create_named
 from ucloud_api.replies import check_if_match, dump, if_match, lookup_own, object_reply, store
 from ucloud_api.schemas import Migrate, VMCreate
-from ucloud_common.claim import VM_NAMES, Claim, owned
+from ucloud_common.claim import VM_NAMES, owned
 from ucloud_common.event import EVENTS, events_of
 from ucloud_common.host import HOSTS
 from ucloud_common.image import IMAGES, ImageStatus
 from ucloud_common.record import check_key_part
 from ucloud_common.retry import Backoff, sleeps
 from ucloud_common.states import Action, ActionRefused, Status, check_action
-from ucloud_common.store import Conflict, Put, Remove, Versioned
+from ucloud_common.store import Conflict, Remove
 from ucloud_common.user import USERS
 from ucloud_common.vm import VMS, VM
 
@@ -57,24 +58,10 @@ def create() -> Response:
         image=body.image, storage=body.storage, ssh_keys=tuple(user_keys[k] for k in body.ssh_keys),
         anti_affinity=body.anti_affinity or "",
     )
-    claim_name = owned(caller.name, body.name)
-    for _ in sleeps(_RETRY, attempts=5):
-        claim = store().get(VM_NAMES, claim_name)
-        expect = 0
-        if claim is not None:
-            holder = store().get(VMS, claim.value.holder)
-            if holder is not None:
-                raise APIError(409, "exists", f"you already have a VM named {body.name}")
-            expect = claim.mod_revision  # the VM it named is gone: the name is free again
-        try:
-            revision = store().transact([Put(VM_NAMES, claim_name, Claim(holder=vm.uuid), expect),
-                                         Put(VMS, vm.uuid, vm, 0)])
-        except Conflict:
-            continue
-        response = object_reply(Versioned(vm.uuid, vm, revision, revision), 201)
-        response.headers["Location"] = f"/api/v1/vms/{vm.uuid}"
-        return response
-    raise APIError(409, "exists", f"you already have a VM named {body.name}")
+    created = create_named(VMS, VM_NAMES, caller.name, body.name, vm.uuid, lambda: (vm, []), "VM")
+    response = object_reply(created, 201)
+    response.headers["Location"] = f"/api/v1/vms/{vm.uuid}"
+    return response
 
 
 @bp.get("")
@@ -141,7 +128,7 @@ def _act(uuid: str, action: Action) -> Response:
         try:
             requested = check_action(action, vm.status, vm.requested)
         except ActionRefused as refused:
-            raise APIError(409, "conflict", str(refused), status=vm.status.value) from None
+            raise APIError(409, "conflict", str(refused), vm_status=vm.status.value) from None
         try:
             if action is Action.DELETE and vm.status is Status.REQUESTED_NEW and not vm.hostname:
                 # Nothing exists anywhere yet: no agent will ever clean up, so the VM goes now.

@@ -1,0 +1,191 @@
+"""VMs through the API: create, read, list, every action × every status, ETag, idempotency."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from tests.api.conftest import As, set_status
+from ucloud_common.states import ACTIONS, Action, Requested, Status
+from ucloud_common.store import Store
+from ucloud_common.vm import VMS
+
+
+def test_create_read_list(alice: As, store: Store) -> None:
+    vm = alice.create_vm()
+    assert vm["owner"] == "alice" and vm["status"] == "REQUESTED_NEW" and vm["requested"] == "RUNNING"
+    got = alice.get(f"/api/v1/vms/{vm['uuid']}")
+    assert got.status_code == 200 and got.json["name"] == "web1" and got.json["events"] == []
+    assert got.headers["ETag"].strip('"').isdigit()
+    assert [v["uuid"] for v in alice.get("/api/v1/vms").json] == [vm["uuid"]]
+    stored = store.get(VMS, vm["uuid"])
+    assert stored is not None and f'"{stored.mod_revision}"' == got.headers["ETag"]
+
+
+def test_names_are_unique_per_owner(alice: As, bob: As) -> None:
+    alice.create_vm("web1")
+    again = alice.post("/api/v1/vms", json={"name": "web1", "specs": {"cpu": 1, "ram": 1, "ssd": 1}, "image": "tiny"})
+    assert again.status_code == 409 and "already have a VM named web1" in again.json["error"]["message"]
+    bob.create_vm("web1")  # another owner may use the same name
+
+
+def test_concurrent_creates_of_one_name_make_one_vm(app, alice: As, store: Store) -> None:  # type: ignore[no-untyped-def]
+    results: list[int] = []
+
+    def create() -> None:
+        client = app.test_client()
+        response = client.post("/api/v1/vms", headers={"Authorization": f"Bearer {alice.token}"},
+                               json={"name": "race", "specs": {"cpu": 1, "ram": 1, "ssd": 1}, "image": "tiny"})
+        results.append(response.status_code)
+
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [201] + [409] * 7
+    assert len([v for v in store.list(VMS).items.values() if v.value.name == "race"]) == 1
+
+
+@pytest.mark.parametrize("action", [a for a in Action if a not in (Action.DELETE, Action.MIGRATE)])
+@pytest.mark.parametrize("status", list(Status))
+def test_every_action_in_every_status(alice: As, store: Store, action: Action, status: Status) -> None:
+    vm = alice.create_vm()
+    set_status(store, vm["uuid"], status)
+    before = store.get(VMS, vm["uuid"])
+    response = alice.post(f"/api/v1/vms/{vm['uuid']}/{action.value}")
+    after = store.get(VMS, vm["uuid"])
+    assert before is not None and after is not None
+    if status in ACTIONS[action].valid_in:
+        assert response.status_code == 202, response.json
+        assert response.json["requested"] == ACTIONS[action].requested.value
+        assert after.value.generation == before.value.generation + 1
+        assert response.headers["ETag"] == f'"{after.mod_revision}"'
+    else:
+        assert response.status_code == 409
+        assert response.json["error"]["message"].startswith(f"cannot {action.value}: the VM is {status}")
+        assert after.mod_revision == before.mod_revision, "a refused request writes nothing"
+
+
+def test_the_seeds_case_a_killed_vm_asked_to_suspend(alice: As, store: Store) -> None:
+    vm = alice.create_vm()
+    set_status(store, vm["uuid"], Status.KILLED)
+    response = alice.post(f"/api/v1/vms/{vm['uuid']}/suspend")
+    assert response.status_code == 409
+    assert response.json["error"]["message"] == "cannot suspend: the VM is KILLED (suspend is possible when it is RUNNING)"
+    stored = store.get(VMS, vm["uuid"])
+    assert stored is not None and stored.value.requested is Requested.RUNNING
+
+
+def test_reboot_sets_the_reboot_generation(alice: As, store: Store) -> None:
+    vm = alice.create_vm()
+    set_status(store, vm["uuid"], Status.RUNNING)
+    response = alice.post(f"/api/v1/vms/{vm['uuid']}/reboot")
+    assert response.status_code == 202
+    assert response.json["reboot_generation"] == response.json["generation"] == 2
+
+
+@pytest.mark.parametrize("status", list(Status))
+def test_delete_in_every_status(alice: As, store: Store, status: Status) -> None:
+    vm = alice.create_vm()
+    set_status(store, vm["uuid"], status, hostname="" if status is Status.REQUESTED_NEW else "/v1/host/h1")
+    response = alice.delete(f"/api/v1/vms/{vm['uuid']}")
+    if status is Status.REQUESTED_NEW:
+        assert response.status_code == 204 and store.get(VMS, vm["uuid"]) is None
+        alice.create_vm()  # its name is free again at once
+    else:
+        assert response.status_code == 202 and response.json["requested"] == "DELETED"
+        again = alice.post(f"/api/v1/vms/{vm['uuid']}/start")
+        assert again.status_code == 409 and "being deleted" in again.json["error"]["message"]
+
+
+def test_a_name_is_free_again_once_its_vm_is_gone(alice: As, store: Store) -> None:
+    vm = alice.create_vm()
+    store.delete(VMS, vm["uuid"])  # what the agent does at the end of a deletion
+    alice.create_vm()
+
+
+def test_migrate_is_for_admins(alice: As, admin: As, store: Store) -> None:
+    vm = alice.create_vm()
+    set_status(store, vm["uuid"], Status.RUNNING)
+    assert alice.post(f"/api/v1/vms/{vm['uuid']}/migrate").status_code == 403
+    unknown = admin.post(f"/api/v1/vms/{vm['uuid']}/migrate", json={"host": "nowhere"})
+    assert unknown.status_code == 422
+    response = admin.post(f"/api/v1/vms/{vm['uuid']}/migrate")
+    assert response.status_code == 202 and response.json["migrate_to"] == "*"
+
+
+def test_unknown_action(alice: As) -> None:
+    vm = alice.create_vm()
+    response = alice.post(f"/api/v1/vms/{vm['uuid']}/explode")
+    assert response.status_code == 404 and "actions are start" in response.json["error"]["message"]
+
+
+def test_if_match(alice: As, store: Store) -> None:
+    vm = alice.create_vm()
+    set_status(store, vm["uuid"], Status.RUNNING)
+    etag = alice.get(f"/api/v1/vms/{vm['uuid']}").headers["ETag"]
+    set_status(store, vm["uuid"], Status.RUNNING, hostname="/v1/host/h2")  # someone else wrote
+    stale = alice.post(f"/api/v1/vms/{vm['uuid']}/suspend", headers={"If-Match": etag})
+    assert stale.status_code == 412
+    stored = store.get(VMS, vm["uuid"])
+    assert stored is not None and stored.value.requested is Requested.RUNNING
+    fresh = alice.get(f"/api/v1/vms/{vm['uuid']}").headers["ETag"]
+    assert alice.post(f"/api/v1/vms/{vm['uuid']}/suspend", headers={"If-Match": fresh}).status_code == 202
+    assert alice.post(f"/api/v1/vms/{vm['uuid']}/resume", headers={"If-Match": "garbage"}).status_code == 412
+
+
+def test_idempotency_key_returns_the_first_result_and_creates_nothing_twice(alice: As, store: Store) -> None:
+    body = {"name": "once", "specs": {"cpu": 1, "ram": 1, "ssd": 1}, "image": "tiny"}
+    first = alice.post("/api/v1/vms", json=body, headers={"Idempotency-Key": "k-1"})
+    second = alice.post("/api/v1/vms", json=body, headers={"Idempotency-Key": "k-1"})
+    assert first.status_code == second.status_code == 201
+    assert first.json == second.json and second.headers["Idempotent-Replayed"] == "true"
+    assert second.headers["ETag"] == first.headers["ETag"]
+    assert len(store.list(VMS).items) == 1
+    other = alice.post("/api/v1/vms", json={**body, "name": "other"}, headers={"Idempotency-Key": "k-1"})
+    assert other.status_code == 422 and other.json["error"]["code"] == "idempotency_key_reused"
+
+
+def test_idempotent_actions(alice: As, store: Store) -> None:
+    vm = alice.create_vm()
+    set_status(store, vm["uuid"], Status.RUNNING)
+    first = alice.post(f"/api/v1/vms/{vm['uuid']}/reboot", headers={"Idempotency-Key": "r"})
+    second = alice.post(f"/api/v1/vms/{vm['uuid']}/reboot", headers={"Idempotency-Key": "r"})
+    assert first.json == second.json
+    stored = store.get(VMS, vm["uuid"])
+    assert stored is not None and stored.value.generation == 2, "the reboot was requested once"
+
+
+def test_concurrent_actions_lose_no_update(app, alice: As, store: Store) -> None:  # type: ignore[no-untyped-def]
+    vm = alice.create_vm()
+    set_status(store, vm["uuid"], Status.RUNNING)
+    codes: list[int] = []
+
+    def reboot() -> None:
+        client = app.test_client()
+        for _ in range(5):
+            codes.append(client.post(f"/api/v1/vms/{vm['uuid']}/reboot",
+                                     headers={"Authorization": f"Bearer {alice.token}"}).status_code)
+
+    threads = [threading.Thread(target=reboot) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert codes == [202] * 30
+    stored = store.get(VMS, vm["uuid"])
+    assert stored is not None and stored.value.generation == 31
+
+
+def test_admin_lists_all_and_filters(alice: As, bob: As, admin: As, store: Store) -> None:
+    a = alice.create_vm("a")
+    b = bob.create_vm("b")
+    set_status(store, b["uuid"], Status.RUNNING, hostname="/v1/host/h2")
+    assert {v["uuid"] for v in admin.get("/api/v1/vms").json} == {a["uuid"], b["uuid"]}
+    assert [v["uuid"] for v in admin.get("/api/v1/vms?owner=alice").json] == [a["uuid"]]
+    assert [v["uuid"] for v in admin.get("/api/v1/vms?host=h2").json] == [b["uuid"]]
+    assert [v["uuid"] for v in admin.get("/api/v1/vms?status=RUNNING").json] == [b["uuid"]]
+    assert alice.get("/api/v1/vms?owner=bob").status_code == 403
+    assert alice.get("/api/v1/vms?status=NAPPING").status_code == 400

@@ -1,0 +1,41 @@
+"""Creating an object whose name is unique per owner: the object and its name claim in one transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ucloud_api.errors import APIError
+from ucloud_api.replies import store
+from ucloud_common.claim import Claim, owned
+from ucloud_common.record import Family, R
+from ucloud_common.retry import Backoff, sleeps
+from ucloud_common.store import Conflict, Put, Versioned
+
+_RETRY = Backoff(initial=0.002, maximum=0.1)
+
+
+def create_named(family: Family[R], claims: Family[Claim], owner: str, name: str, uuid: str,
+                 make: Callable[[], tuple[R, list[Put[Claim]]]], what: str) -> Versioned[R]:
+    """Create the record `make()` returns under `uuid`, claiming `name` for `owner` and the other
+    claims `make()` returns; 409 if the name is taken.
+
+    `make` runs again after a lost race, so that it can pick other values for its own claims (a
+    VXLAN id that another request took meanwhile). A name claim whose holder no longer exists (an
+    agent deleted the VM) is taken over.
+    """
+    claim_name = owned(owner, name)
+    for _ in sleeps(_RETRY, attempts=10):
+        record, also = make()
+        claim = store().get(claims, claim_name)
+        expect = 0
+        if claim is not None:
+            if store().get(family, claim.value.holder) is not None:
+                raise APIError(409, "exists", f"you already have a {what} named {name}")
+            expect = claim.mod_revision
+        try:
+            revision = store().transact([Put(claims, claim_name, Claim(holder=uuid), expect),
+                                         Put(family, uuid, record, 0), *also])
+        except Conflict:
+            continue
+        return Versioned(uuid, record, revision, revision)
+    raise APIError(409, "exists", f"you already have a {what} named {name}")
