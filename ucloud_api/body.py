@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import TypeVar
 
-from flask import request
+from flask import current_app, g, request
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -14,13 +14,30 @@ from ucloud_api.errors import APIError, invalid
 M = TypeVar("M", bound=BaseModel)
 
 
+def raw_body() -> bytes:
+    """The request body, read once; 413 beyond MAX_CONTENT_LENGTH, also when sent chunked."""
+    if "body" in g:
+        return g.body  # type: ignore[no-any-return]
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    too_large = APIError(413, "too_large", f"the request body exceeds the limit of {limit} bytes")
+    if request.content_length is None:
+        # Chunked: Werkzeug would silently cut the stream at the limit (and the JSON with it),
+        # so read one byte past it from the server's stream and refuse if it is there.
+        raw = request.environ["wsgi.input"].read(limit + 1) if request.environ.get("wsgi.input_terminated") else b""
+        if len(raw) > limit:
+            raise too_large
+    else:
+        try:
+            raw = request.get_data()
+        except RequestEntityTooLarge:
+            raise too_large from None
+    g.body = raw
+    return raw
+
+
 def parse(model: type[M], *, optional: bool = False) -> M:
     """The body as `model`, or an APIError (413 too large, 400 not JSON, 422 not fitting)."""
-    try:
-        # Werkzeug enforces MAX_CONTENT_LENGTH here, for chunked bodies too (no Content-Length).
-        raw = request.get_data(cache=True)
-    except RequestEntityTooLarge:
-        raise APIError(413, "too_large", "the request body exceeds the limit") from None
+    raw = raw_body()
     if not raw.strip():
         if optional:
             return model()

@@ -17,6 +17,7 @@ from flask import Response, current_app, request
 from pydantic import Field
 
 from ucloud_api.auth import current
+from ucloud_api.body import raw_body
 from ucloud_api.errors import APIError
 from ucloud_common.record import Family, Record
 from ucloud_common.store import AlreadyExists, Store
@@ -46,7 +47,7 @@ def idempotent(view: Callable[..., Response]) -> Callable[..., Response]:
         store: Store = current_app.extensions["ucloud.store"]
         name = f"{current().name}:{hashlib.sha256(key.encode()).hexdigest()[:40]}"
         fingerprint = hashlib.sha256(
-            request.method.encode() + request.path.encode() + b"\0" + request.get_data(cache=True)
+            request.method.encode() + request.path.encode() + b"\0" + raw_body()
         ).hexdigest()
         try:
             store.create(REPLIES, name, Reply(fingerprint=fingerprint), lease=store.grant_lease(KEEP_SECONDS))

@@ -11,8 +11,21 @@ from typing import Any
 from flask import Flask
 from pydantic import BaseModel
 
-from ucloud_api.schemas import Migrate, UserCreate, VMCreate
+from ucloud_api.schemas import (
+    Attachment,
+    ImageCreate,
+    Maintenance,
+    Migrate,
+    NetworkCreate,
+    SSHKeyCreate,
+    UserCreate,
+    VMCreate,
+)
 from ucloud_common.event import Event
+from ucloud_common.file import File
+from ucloud_common.host import Host
+from ucloud_common.image import Image
+from ucloud_common.network import Network
 from ucloud_common.user import User
 from ucloud_common.vm import VM
 
@@ -43,9 +56,33 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("post", "/api/v1/vms/{uuid}/{action}"): Route(
         "Ask a VM to start, shutdown, reboot, suspend, resume or migrate (migrate: admin, optional body)",
         Migrate, 202, "VM", errors=(404, 409, 412)),
+    ("post", "/api/v1/networks"): Route("Create a network (VXLAN)", NetworkCreate, 201, "Network", errors=(409, 422)),
+    ("get", "/api/v1/networks"): Route("List your networks", returns="[Network]"),
+    ("get", "/api/v1/networks/{uuid}"): Route("Read a network", returns="Network", errors=(404,)),
+    ("delete", "/api/v1/networks/{uuid}"): Route("Delete a network no VM uses", ok=204, errors=(404, 409)),
+    ("post", "/api/v1/networks/{uuid}/attach"): Route("Attach a VM to the network", Attachment, 202, "VM",
+                                                      errors=(404, 409, 422)),
+    ("post", "/api/v1/networks/{uuid}/detach"): Route("Detach a VM from the network", Attachment, 202, "VM",
+                                                      errors=(404, 409, 422)),
+    ("post", "/api/v1/ssh-keys"): Route("Add an SSH public key", SSHKeyCreate, 201, "SSHKey", errors=(409, 422)),
+    ("get", "/api/v1/ssh-keys"): Route("List your SSH keys", returns="[SSHKey]"),
+    ("delete", "/api/v1/ssh-keys/{name}"): Route("Delete an SSH key", ok=204, errors=(404,)),
+    ("get", "/api/v1/files"): Route("List your uploaded files (registered by file-scan)", returns="[File]"),
+    ("post", "/api/v1/images"): Route("Create an image from one of your files", ImageCreate, 201, "Image",
+                                      errors=(409, 422)),
+    ("get", "/api/v1/images"): Route("List public images and yours", returns="[Image]"),
+    ("get", "/api/v1/images/{uuid}"): Route("Read an image", returns="Image", errors=(404,)),
+    ("delete", "/api/v1/images/{uuid}"): Route("Delete your image", ok=204, errors=(404, 409)),
+    ("get", "/api/v1/hosts"): Route("List hosts with capacity, allocation and liveness", returns="[HostView]",
+                                    admin=True),
+    ("get", "/api/v1/hosts/{name}"): Route("Read a host", returns="HostView", admin=True, errors=(404,)),
+    ("post", "/api/v1/hosts/{name}/maintenance"): Route("Turn maintenance on or off", Maintenance,
+                                                        returns="Host", admin=True, errors=(404, 422)),
 }
 
-SCHEMAS: dict[str, type[BaseModel]] = {"VM": VM, "User": User, "Event": Event}
+SCHEMAS: dict[str, type[BaseModel]] = {
+    "VM": VM, "User": User, "Event": Event, "Network": Network, "File": File, "Image": Image, "Host": Host,
+}
 
 
 def _ref(name: str) -> dict[str, Any]:
@@ -66,12 +103,17 @@ def _error_schema() -> dict[str, Any]:
 def document(app: Flask) -> dict[str, Any]:
     components: dict[str, Any] = {"Error": _error_schema()}
     paths: dict[str, dict[str, Any]] = {}
-    for model_name, model in {**SCHEMAS, **{m.__name__: m for m in (VMCreate, Migrate, UserCreate)}}.items():
+    bodies = (VMCreate, Migrate, UserCreate, NetworkCreate, Attachment, SSHKeyCreate, ImageCreate, Maintenance)
+    for model_name, model in {**SCHEMAS, **{m.__name__: m for m in bodies}}.items():
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}", mode="serialization")
         components.update(schema.pop("$defs", {}))
         components[model_name] = schema
     components["NewUser"] = {"allOf": [_ref("User"), {"type": "object", "required": ["token"],
                                                       "properties": {"token": {"type": "string"}}}]}
+    components["SSHKey"] = {"type": "object", "required": ["name", "key"],
+                            "properties": {"name": {"type": "string"}, "key": {"type": "string"}}}
+    components["HostView"] = {"allOf": [_ref("Host"), {"type": "object", "properties": {
+        "alive": {"type": "boolean"}, "allocated": {"type": "object"}}}]}
     components["Health"] = {"type": "object", "properties": {"status": {"type": "string"}}}
     for (method, path), route in ROUTES.items():
         responses: dict[str, Any] = {}

@@ -53,6 +53,8 @@ def daemon_group(name: str, description: str) -> click.Group:
                 value = "********"
             elif field == "etcd_endpoints":
                 value = ",".join(str(ep) for ep in settings.etcd_endpoints)
+            elif isinstance(value, list):
+                value = ",".join(value)
             # An unset option is shown commented out: `UCLOUD_ETCD_CA_CERT=` would set it to "".
             click.echo(f"# UCLOUD_{field.upper()}=" if value is None else f"UCLOUD_{field.upper()}={value}")
 

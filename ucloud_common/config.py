@@ -77,6 +77,11 @@ class Settings(BaseSettings):
         "a lost watch event missed, at the cost of one list."
     )
 
+    image_stores: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["local"],
+        description="Comma-separated names of the image stores users may create images in.",
+    )
+
     log_level: str = Field("INFO", pattern="^(?i)(DEBUG|INFO|WARNING|ERROR)$")
 
     @field_validator("etcd_endpoints", mode="before")
@@ -87,6 +92,13 @@ class Settings(BaseSettings):
             if not endpoints:
                 raise ValueError("at least one etcd endpoint is needed")
             return endpoints
+        return value
+
+    @field_validator("image_stores", mode="before")
+    @classmethod
+    def _split_names(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
     @model_validator(mode="after")

@@ -1,0 +1,169 @@
+"""Networks, SSH keys, files, images, hosts and users through the API."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+
+from flask import Flask
+
+from tests.api.conftest import As, set_status
+from ucloud_common.claim import MACS, VXLAN_IDS
+from ucloud_common.file import FILES, File
+from ucloud_common.host import HOSTS, HOSTS_ALIVE, Host, HostAlive
+from ucloud_common.specs import Specs
+from ucloud_common.states import Status
+from ucloud_common.store import Store
+from ucloud_common.vm import VMS
+
+ED25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl alice@laptop"
+
+
+def test_network_lifecycle(alice: As, store: Store) -> None:
+    created = alice.post("/api/v1/networks", json={"name": "net1", "ipv6_prefix": "2001:db8:1::/64"})
+    assert created.status_code == 201, created.json
+    net = created.json
+    assert 1 <= net["vxlan_id"] < 2**24 and net["ipv6_prefix"] == "2001:db8:1::/64"
+    assert store.get(VXLAN_IDS, str(net["vxlan_id"])) is not None
+    vm = alice.create_vm()
+    attached = alice.post(f"/api/v1/networks/{net['uuid']}/attach", json={"vm": vm["uuid"]})
+    assert attached.status_code == 202
+    (nic,) = attached.json["networks"]
+    assert nic["network"] == net["uuid"] and nic["mac"].startswith("02:")
+    assert store.get(MACS, nic["mac"].replace(":", "-")) is not None
+    assert alice.post(f"/api/v1/networks/{net['uuid']}/attach", json={"vm": vm["uuid"]}).status_code == 409
+    busy = alice.delete(f"/api/v1/networks/{net['uuid']}")
+    assert busy.status_code == 409 and "detach it first" in busy.json["error"]["message"]
+    detached = alice.post(f"/api/v1/networks/{net['uuid']}/detach", json={"vm": vm["uuid"]})
+    assert detached.status_code == 202 and detached.json["networks"] == []
+    assert store.get(MACS, nic["mac"].replace(":", "-")) is None
+    assert alice.delete(f"/api/v1/networks/{net['uuid']}").status_code == 204
+    assert store.get(VXLAN_IDS, str(net["vxlan_id"])) is None
+    assert alice.get(f"/api/v1/networks/{net['uuid']}").status_code == 404
+
+
+def test_a_deleted_vm_does_not_keep_a_network_busy(alice: As, store: Store) -> None:
+    net = alice.post("/api/v1/networks", json={"name": "net1"}).json
+    vm = alice.create_vm()
+    alice.post(f"/api/v1/networks/{net['uuid']}/attach", json={"vm": vm["uuid"]})
+    store.delete(VMS, vm["uuid"])  # the agent finished deleting it
+    assert alice.delete(f"/api/v1/networks/{net['uuid']}").status_code == 204
+
+
+def test_concurrent_network_creation_allocates_distinct_vxlan_ids_and_macs(app: Flask, alice: As, store: Store) -> None:
+    ids: list[int] = []
+
+    def create(i: int) -> None:
+        response = app.test_client().post("/api/v1/networks", json={"name": f"n{i}"},
+                                          headers={"Authorization": f"Bearer {alice.token}"})
+        assert response.status_code == 201
+        ids.append(response.json["vxlan_id"])
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(ids) == len(set(ids)) == 12
+    assert len(store.list(VXLAN_IDS).items) == 12
+
+
+def test_bad_networks(alice: As) -> None:
+    for body, field in [({"name": "x", "ipv6_prefix": "2001:db8::/48"}, "ipv6_prefix"),
+                        ({"name": "x", "ipv6_prefix": "10.0.0.0/24"}, "ipv6_prefix"),
+                        ({"name": "x", "type": "vlan"}, "type"), ({"name": "a/b"}, "name")]:
+        response = alice.post("/api/v1/networks", json=body)
+        assert response.status_code == 422 and response.json["error"]["fields"][0]["field"] == field
+
+
+def test_ssh_keys(alice: As) -> None:
+    assert alice.post("/api/v1/ssh-keys", json={"name": "laptop", "key": ED25519}).status_code == 201
+    assert alice.post("/api/v1/ssh-keys", json={"name": "laptop", "key": ED25519}).status_code == 409
+    assert alice.get("/api/v1/ssh-keys").json == [{"name": "laptop", "key": ED25519}]
+    vm = alice.create_vm(ssh_keys=["laptop"])
+    assert vm["ssh_keys"] == [ED25519]
+    unknown = alice.post("/api/v1/vms", json={"name": "x", "specs": {"cpu": 1, "ram": 1, "ssd": 1},
+                                              "image": "tiny", "ssh_keys": ["nope"]})
+    assert unknown.status_code == 422
+    assert alice.delete("/api/v1/ssh-keys/laptop").status_code == 204
+    assert alice.delete("/api/v1/ssh-keys/laptop").status_code == 404
+    assert alice.get("/api/v1/ssh-keys").json == []
+
+
+def test_bad_ssh_keys(alice: As) -> None:
+    for key in ["", "ssh-ed25519", "ssh-dss AAAAB3NzaC1kc3M=", "ssh-ed25519 !!!notbase64",
+                "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl",
+                ED25519 + "\x07bell"]:
+        response = alice.post("/api/v1/ssh-keys", json={"name": "k", "key": key})
+        assert response.status_code == 422, key
+        assert response.json["error"]["fields"][0]["field"] == "key"
+
+
+def test_files_and_images(alice: As, bob: As, admin: As, store: Store) -> None:
+    store.create(FILES, "f1", File(uuid="f1", owner="alice", filename="disk.qcow2", size=10,
+                                   sha512="0" * 128, mtime=datetime.now(UTC)))
+    assert [f["uuid"] for f in alice.get("/api/v1/files").json] == ["f1"]
+    assert bob.get("/api/v1/files").json == []
+    created = alice.post("/api/v1/images", json={"name": "mine", "file": "f1", "store": "local"})
+    assert created.status_code == 201 and created.json["status"] == "TO_BE_CREATED"
+    image = created.json["uuid"]
+    assert bob.post("/api/v1/images", json={"name": "stolen", "file": "f1", "store": "local"}).status_code == 422
+    assert alice.post("/api/v1/images", json={"name": "x", "file": "f1", "store": "mars"}).status_code == 422
+    assert alice.post("/api/v1/images", json={"name": "p", "file": "f1", "store": "local",
+                                              "public": True}).status_code == 403
+    assert {i["uuid"] for i in alice.get("/api/v1/images").json} == {image, "tiny"}
+    assert {i["uuid"] for i in bob.get("/api/v1/images").json} == {"tiny"}
+    assert bob.get(f"/api/v1/images/{image}").status_code == 404
+    assert bob.delete(f"/api/v1/images/{image}").status_code == 404
+    assert alice.delete(f"/api/v1/images/{image}").status_code == 204
+    used = admin.delete("/api/v1/images/tiny")
+    assert used.status_code == 204  # no VM uses it
+    alice.post("/api/v1/images", json={"name": "mine", "file": "f1", "store": "local"})  # name free again
+
+
+def test_an_image_in_use_is_not_deleted(alice: As, admin: As) -> None:
+    alice.create_vm()
+    response = admin.delete("/api/v1/images/tiny")
+    assert response.status_code == 409 and "delete the VM first" in response.json["error"]["message"]
+
+
+def test_hosts(admin: As, alice: As, store: Store) -> None:
+    store.create(HOSTS, "h1", Host(name="h1", capacity=Specs(cpu=8, ram=32, ssd=100)))
+    store.create(HOSTS, "h2", Host(name="h2", capacity=Specs(cpu=8, ram=32, ssd=100)))
+    lease = store.grant_lease(30)
+    store.create(HOSTS_ALIVE, "h1", HostAlive(agent_id="a"), lease=lease)
+    vm = alice.create_vm()
+    set_status(store, vm["uuid"], Status.RUNNING, hostname=HOSTS.key("h1"))
+    hosts = {h["name"]: h for h in admin.get("/api/v1/hosts").json}
+    assert hosts["h1"]["alive"] and not hosts["h2"]["alive"]
+    assert hosts["h1"]["allocated"] == {"cpu": 1, "ram": 1.0, "ssd": 10, "hdd": 0}
+    assert hosts["h2"]["allocated"]["cpu"] == 0
+    assert alice.get("/api/v1/hosts").status_code == 403
+    on = admin.post("/api/v1/hosts/h2/maintenance", json={"on": True})
+    assert on.status_code == 200 and on.json["maintenance"] is True
+    assert admin.post("/api/v1/hosts/h9/maintenance", json={"on": True}).status_code == 404
+    assert admin.post("/api/v1/hosts/h2/maintenance", json={"on": "yes please"}).status_code == 422
+    store.revoke_lease(lease)
+
+
+def test_users(admin: As, alice: As, client) -> None:  # type: ignore[no-untyped-def]
+    created = admin.post("/api/v1/users", json={"name": "carol"})
+    assert created.status_code == 201 and created.json["role"] == "user"
+    token = created.json["token"]
+    carol = As(client, token, "carol")
+    assert carol.get("/api/v1/vms").status_code == 200
+    assert admin.post("/api/v1/users", json={"name": "carol"}).status_code == 409
+    assert alice.post("/api/v1/users", json={"name": "eve"}).status_code == 403
+    assert {u["name"] for u in admin.get("/api/v1/users").json} == {"admin", "alice", "carol"}
+    assert "token" not in admin.get("/api/v1/users/carol").json
+    assert admin.delete("/api/v1/users/carol").status_code == 204
+    assert admin.get("/api/v1/users/carol").status_code == 404
+
+
+def test_a_deleted_users_token_stops_working(admin: As, client, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr("ucloud_api.auth.CACHE_SECONDS", 0)
+    token = admin.post("/api/v1/users", json={"name": "dave"}).json["token"]
+    dave = As(client, token, "dave")
+    assert dave.get("/api/v1/vms").status_code == 200
+    admin.delete("/api/v1/users/dave")
+    assert dave.get("/api/v1/vms").status_code == 401

@@ -1,0 +1,81 @@
+"""Files (registered by file-scan) and images (made from them by image-scanner)."""
+
+from __future__ import annotations
+
+import uuid as uuidlib
+
+from flask import Blueprint, Response, jsonify
+
+from ucloud_api.auth import current
+from ucloud_api.body import parse
+from ucloud_api.errors import APIError, not_found
+from ucloud_api.idempotency import idempotent
+from ucloud_api.naming import create_named
+from ucloud_api.replies import dump, lookup, lookup_own, object_reply, store
+from ucloud_api.schemas import ImageCreate
+from ucloud_common.claim import IMAGE_NAMES, owned
+from ucloud_common.file import FILES
+from ucloud_common.image import IMAGES, Image
+from ucloud_common.store import Remove
+from ucloud_common.vm import VMS
+
+files = Blueprint("files", __name__, url_prefix="/api/v1/files")
+images = Blueprint("images", __name__, url_prefix="/api/v1/images")
+
+
+@files.get("")
+def list_files() -> Response:
+    caller = current()
+    return jsonify([dump(f.value) for f in store().list(FILES).items.values()
+                    if caller.is_admin or f.value.owner == caller.name])
+
+
+@images.post("")
+@idempotent
+def create() -> Response:
+    caller = current()
+    body = parse(ImageCreate)
+    if body.public and not caller.is_admin:
+        raise APIError(403, "forbidden", "only an admin makes public images")
+    stores = store().settings.image_stores
+    if body.store not in stores:
+        raise APIError(422, "invalid", f"store: no image store {body.store}; there are: {', '.join(stores)}",
+                       fields=[{"field": "store", "message": "no such image store"}])
+    file = store().get(FILES, body.file)
+    if file is None or file.value.owner != caller.name:
+        raise APIError(422, "invalid", f"file: you have no file {body.file}",
+                       fields=[{"field": "file", "message": "no such file"}])
+    uuid = str(uuidlib.uuid4())
+    image = Image(uuid=uuid, owner=caller.name, name=body.name, store_name=body.store,
+                  file_uuid=body.file, public=body.public)
+    created = create_named(IMAGES, IMAGE_NAMES, caller.name, body.name, uuid, lambda: (image, []), "image")
+    response = object_reply(created, 201)
+    response.headers["Location"] = f"/api/v1/images/{uuid}"
+    return response
+
+
+@images.get("")
+def list_images() -> Response:
+    caller = current()
+    return jsonify([dump(i.value) for i in store().list(IMAGES).items.values()
+                    if caller.is_admin or i.value.public or i.value.owner == caller.name])
+
+
+@images.get("/<uuid>")
+def get(uuid: str) -> Response:
+    image = lookup(IMAGES, uuid, f"image {uuid}")
+    caller = current()
+    if not (caller.is_admin or image.value.public or image.value.owner == caller.name):
+        raise not_found(f"image {uuid}")
+    return object_reply(image)
+
+
+@images.delete("/<uuid>")
+def delete(uuid: str) -> Response:
+    image = lookup_own(IMAGES, uuid, f"image {uuid}")
+    users = [vm.value.name for vm in store().list(VMS).items.values() if vm.value.image == uuid]
+    if users:
+        raise APIError(409, "in_use", f"image {uuid} is the base of VM {users[0]}; delete the VM first")
+    store().transact([Remove(IMAGES, uuid, image.mod_revision),
+                      Remove(IMAGE_NAMES, owned(image.value.owner, image.value.name), None)])
+    return Response(status=204)

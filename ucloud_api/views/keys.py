@@ -1,0 +1,61 @@
+"""A user's SSH public keys, kept in the user's record."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify
+
+from ucloud_api.auth import current
+from ucloud_api.body import parse
+from ucloud_api.errors import APIError, not_found
+from ucloud_api.idempotency import idempotent
+from ucloud_api.replies import store
+from ucloud_api.schemas import SSHKeyCreate
+from ucloud_common.store import NotFound
+from ucloud_common.user import USERS, User
+
+bp = Blueprint("keys", __name__, url_prefix="/api/v1/ssh-keys")
+
+MAX_KEYS = 100
+
+
+@bp.post("")
+@idempotent
+def add() -> Response:
+    body = parse(SSHKeyCreate)
+
+    def with_key(user: User) -> User:
+        if body.name in user.ssh_keys:
+            raise APIError(409, "exists", f"you already have a key named {body.name}")
+        if len(user.ssh_keys) >= MAX_KEYS:
+            raise APIError(409, "too_many", f"a user has at most {MAX_KEYS} keys")
+        return user.evolve(ssh_keys={**user.ssh_keys, body.name: body.key})
+
+    _update(with_key)
+    response = jsonify({"name": body.name, "key": body.key})
+    response.status_code = 201
+    return response
+
+
+@bp.get("")
+def list_() -> Response:
+    user = store().get(USERS, current().name)
+    keys = user.value.ssh_keys if user else {}
+    return jsonify([{"name": name, "key": key} for name, key in sorted(keys.items())])
+
+
+@bp.delete("/<name>")
+def delete(name: str) -> Response:
+    def without_key(user: User) -> User:
+        if name not in user.ssh_keys:
+            raise not_found(f"SSH key {name}")
+        return user.evolve(ssh_keys={k: v for k, v in user.ssh_keys.items() if k != name})
+
+    _update(without_key)
+    return Response(status=204)
+
+
+def _update(change) -> None:  # type: ignore[no-untyped-def]
+    try:
+        store().update(USERS, current().name, change)
+    except NotFound:
+        raise APIError(401, "unauthenticated", "your user no longer exists") from None

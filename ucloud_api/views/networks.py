@@ -1,0 +1,152 @@
+"""Networks: records with a VXLAN id and MAC addresses allocated without collision.
+
+A VXLAN id and a MAC are claimed (`ucloud_common.claim`) in the same transaction as the object they
+belong to, so concurrent requests can never get the same one. Attaching and detaching also
+rewrite the network record, so that deleting a network and attaching a VM to it cannot both win.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid as uuidlib
+
+from flask import Blueprint, Response, jsonify
+
+from ucloud_api.auth import current
+from ucloud_api.body import parse
+from ucloud_api.errors import APIError
+from ucloud_api.idempotency import idempotent
+from ucloud_api.naming import create_named
+from ucloud_api.replies import dump, lookup_own, object_reply, store
+from ucloud_api.schemas import Attachment, NetworkCreate
+from ucloud_common.claim import MACS, NETWORK_NAMES, VXLAN_IDS, Claim, owned
+from ucloud_common.network import NETWORKS, Network
+from ucloud_common.retry import Backoff, sleeps
+from ucloud_common.states import Requested
+from ucloud_common.store import Conflict, Put, Remove, Versioned
+from ucloud_common.vm import NIC, VMS, VM
+
+bp = Blueprint("networks", __name__, url_prefix="/api/v1/networks")
+
+VXLAN_IDS_RANGE = (1, 2**24 - 1)
+_RETRY = Backoff(initial=0.002, maximum=0.1)
+
+
+def _mac() -> str:
+    # Locally administered, unicast: never a vendor's address.
+    octets = [0x02] + [random.randrange(256) for _ in range(5)]
+    return ":".join(f"{o:02x}" for o in octets)
+
+
+def _mac_claim(mac: str) -> str:
+    return mac.replace(":", "-")
+
+
+@bp.post("")
+@idempotent
+def create() -> Response:
+    caller = current()
+    body = parse(NetworkCreate)
+    uuid = str(uuidlib.uuid4())
+
+    def make() -> tuple[Network, list[Put[Claim]]]:
+        vxlan_id = random.randint(*VXLAN_IDS_RANGE)
+        network = Network(uuid=uuid, owner=caller.name, name=body.name, vxlan_id=vxlan_id,
+                          ipv6_prefix=body.ipv6_prefix or "")
+        return network, [Put(VXLAN_IDS, str(vxlan_id), Claim(holder=uuid), 0)]
+
+    created = create_named(NETWORKS, NETWORK_NAMES, caller.name, body.name, uuid, make, "network")
+    response = object_reply(created, 201)
+    response.headers["Location"] = f"/api/v1/networks/{uuid}"
+    return response
+
+
+@bp.get("")
+def list_() -> Response:
+    caller = current()
+    return jsonify([dump(n.value) for n in store().list(NETWORKS).items.values()
+                    if caller.is_admin or n.value.owner == caller.name])
+
+
+@bp.get("/<uuid>")
+def get(uuid: str) -> Response:
+    return object_reply(lookup_own(NETWORKS, uuid, f"network {uuid}"))
+
+
+@bp.delete("/<uuid>")
+def delete(uuid: str) -> Response:
+    for _ in sleeps(_RETRY, attempts=store().settings.cas_attempts):
+        network = lookup_own(NETWORKS, uuid, f"network {uuid}")
+        users = [vm for vm in (store().get(VMS, v) for v in network.value.attached)
+                 if vm is not None and any(nic.network == uuid for nic in vm.value.networks)]
+        if users:
+            raise APIError(409, "in_use", f"network {uuid} is attached to VM {users[0].name}; detach it first")
+        n = network.value
+        try:
+            store().transact([Remove(NETWORKS, uuid, network.mod_revision),
+                              Remove(NETWORK_NAMES, owned(n.owner, n.name), None),
+                              Remove(VXLAN_IDS, str(n.vxlan_id), None)])
+        except Conflict:
+            continue  # a VM was attached meanwhile: look again
+        return Response(status=204)
+    raise APIError(409, "busy", "the network kept changing; retry the request")
+
+
+@bp.post("/<uuid>/attach")
+@idempotent
+def attach(uuid: str) -> Response:
+    body = parse(Attachment)
+    for _ in sleeps(_RETRY, attempts=store().settings.cas_attempts):
+        network, vm = _both(uuid, body.vm)
+        if any(nic.network == uuid for nic in vm.value.networks):
+            raise APIError(409, "attached", f"VM {vm.name} is already attached to network {uuid}")
+        if len(vm.value.networks) >= 8:
+            raise APIError(409, "too_many", "a VM has at most 8 network interfaces")
+        mac = _mac()
+        new_vm = vm.value.evolve(networks=(*vm.value.networks, NIC(network=uuid, mac=mac)),
+                                 generation=vm.value.generation + 1)
+        attached = tuple(v for v in network.value.attached if v != vm.name) + (vm.name,)
+        try:
+            revision = store().transact([
+                Put(VMS, vm.name, new_vm, vm.mod_revision),
+                Put(NETWORKS, uuid, network.value.evolve(attached=attached), network.mod_revision),
+                Put(MACS, _mac_claim(mac), Claim(holder=vm.name), 0),
+            ])
+        except Conflict:
+            continue
+        return object_reply(Versioned(vm.name, new_vm, revision, vm.create_revision), 202)
+    raise APIError(409, "busy", "the VM or network kept changing; retry the request")
+
+
+@bp.post("/<uuid>/detach")
+@idempotent
+def detach(uuid: str) -> Response:
+    body = parse(Attachment)
+    for _ in sleeps(_RETRY, attempts=store().settings.cas_attempts):
+        network, vm = _both(uuid, body.vm)
+        nics = [nic for nic in vm.value.networks if nic.network == uuid]
+        if not nics:
+            raise APIError(409, "not_attached", f"VM {vm.name} is not attached to network {uuid}")
+        new_vm = vm.value.evolve(networks=tuple(n for n in vm.value.networks if n.network != uuid),
+                                 generation=vm.value.generation + 1)
+        attached = tuple(v for v in network.value.attached if v != vm.name)
+        try:
+            revision = store().transact([
+                Put(VMS, vm.name, new_vm, vm.mod_revision),
+                Put(NETWORKS, uuid, network.value.evolve(attached=attached), network.mod_revision),
+                *(Remove(MACS, _mac_claim(nic.mac), None) for nic in nics),
+            ])
+        except Conflict:
+            continue
+        return object_reply(Versioned(vm.name, new_vm, revision, vm.create_revision), 202)
+    raise APIError(409, "busy", "the VM or network kept changing; retry the request")
+
+
+def _both(network_uuid: str, vm_uuid: str) -> tuple[Versioned[Network], Versioned[VM]]:
+    network = lookup_own(NETWORKS, network_uuid, f"network {network_uuid}")
+    vm = lookup_own(VMS, vm_uuid, f"VM {vm_uuid}")
+    if vm.value.owner != network.value.owner:
+        raise APIError(409, "owner_mismatch", "a VM can only be attached to a network of its owner")
+    if vm.value.requested is Requested.DELETED:
+        raise APIError(409, "conflict", f"VM {vm_uuid} is being deleted")
+    return network, vm
