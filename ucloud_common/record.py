@@ -8,7 +8,6 @@ update never drops a field a newer one wrote.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -100,13 +99,12 @@ class Family(Generic[R]):
         except ValueError as exc:
             raise InvalidRecord(key_text, f"not a valid key for this family ({exc})") from None
         try:
-            data = json.loads(value)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InvalidRecord(key_text, f"not JSON ({exc})") from None
-        try:
-            return self.model.model_validate(data)
+            return self.model.model_validate_json(value)
         except ValidationError as exc:
+            errors = exc.errors()
+            if errors and errors[0]["type"] == "json_invalid":
+                raise InvalidRecord(key_text, f"not JSON ({errors[0]['msg']})") from None
             problems = "; ".join(
-                f"{'.'.join(map(str, err['loc'])) or 'value'}: {err['msg']}" for err in exc.errors()
+                f"{'.'.join(map(str, err['loc'])) or 'value'}: {err['msg']}" for err in errors
             )
             raise InvalidRecord(key_text, f"does not fit {self.model.__name__} ({problems})") from None

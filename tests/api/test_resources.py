@@ -167,3 +167,23 @@ def test_a_deleted_users_token_stops_working(admin: As, client, monkeypatch) -> 
     assert dave.get("/api/v1/vms").status_code == 200
     admin.delete("/api/v1/users/dave")
     assert dave.get("/api/v1/vms").status_code == 401
+
+
+def test_if_match_guards_every_write(alice: As, admin: As, store: Store) -> None:
+    net = alice.post("/api/v1/networks", json={"name": "n"})
+    stale = {"If-Match": net.headers["ETag"]}
+    vm = alice.create_vm()
+    alice.post(f"/api/v1/networks/{net.json['uuid']}/attach", json={"vm": vm["uuid"]})
+    alice.post(f"/api/v1/networks/{net.json['uuid']}/detach", json={"vm": vm["uuid"]})
+    assert alice.delete(f"/api/v1/networks/{net.json['uuid']}", headers=stale).status_code == 412
+    vm_etag = alice.get(f"/api/v1/vms/{vm['uuid']}").headers["ETag"]
+    set_status(store, vm["uuid"], Status.RUNNING)
+    assert alice.post(f"/api/v1/networks/{net.json['uuid']}/attach", json={"vm": vm["uuid"]},
+                      headers={"If-Match": vm_etag}).status_code == 412
+    store.create(HOSTS, "h1", Host(name="h1", capacity=Specs(cpu=8, ram=32, ssd=100)))
+    etag = admin.get("/api/v1/hosts/h1").headers["ETag"]
+    assert admin.post("/api/v1/hosts/h1/maintenance", json={"on": True}, headers={"If-Match": etag}).status_code == 200
+    assert admin.post("/api/v1/hosts/h1/maintenance", json={"on": False}, headers={"If-Match": etag}).status_code == 412
+    user_etag = admin.get("/api/v1/users/alice").headers["ETag"]
+    alice.post("/api/v1/ssh-keys", json={"name": "k", "key": ED25519})
+    assert admin.delete("/api/v1/users/alice", headers={"If-Match": user_etag}).status_code == 412

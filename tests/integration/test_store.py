@@ -145,3 +145,14 @@ def test_transact_writes_all_or_nothing(store: Store) -> None:
     assert store.get(VMS, "two") is not None
     store.transact([Remove(VMS, "two", None), Remove(VMS, "one", None)])
     assert store.list(VMS).items == {}
+
+
+def test_a_listing_larger_than_a_grpc_message_is_read_in_pages_at_one_revision(store: Store) -> None:
+    big = "x" * 5000  # 1,200 records of ≈5 KB: ≈6 MB, more than one gRPC message may carry
+    puts = [store.client.transactions.put(VMS.key(f"vm{i:04}"), VMS.encode(a_vm(f"vm{i:04}").evolve(error=big)))
+            for i in range(1200)]
+    for i in range(0, len(puts), 100):
+        store.client.transaction(compare=[], success=puts[i:i + 100], failure=[])
+    listing = store.list(VMS)
+    assert len(listing.items) == 1200 and listing.revision == store.revision()
+    assert all(v.mod_revision <= listing.revision for v in listing.items.values())

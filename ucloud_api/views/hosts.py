@@ -9,7 +9,7 @@ from flask import Blueprint, Response, jsonify
 
 from ucloud_api.auth import require_admin
 from ucloud_api.body import parse
-from ucloud_api.replies import dump, lookup, object_reply, store
+from ucloud_api.replies import check_if_match, dump, lookup, object_reply, store
 from ucloud_api.schemas import Maintenance
 from ucloud_common.host import HOSTS, HOSTS_ALIVE, Host
 from ucloud_common.states import Status
@@ -56,7 +56,7 @@ def get(name: str) -> Response:
 @bp.post("/<name>/maintenance")
 def maintenance(name: str) -> Response:
     require_admin()
-    lookup(HOSTS, name, f"host {name}")
+    check_if_match(lookup(HOSTS, name, f"host {name}"))
     on = parse(Maintenance).on
     updated = store().update(HOSTS, name, lambda h: None if h.maintenance == on else h.evolve(maintenance=on))
     return object_reply(updated)

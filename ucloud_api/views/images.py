@@ -11,7 +11,7 @@ from ucloud_api.body import parse
 from ucloud_api.errors import APIError, not_found
 from ucloud_api.idempotency import idempotent
 from ucloud_api.naming import create_named
-from ucloud_api.replies import dump, lookup, lookup_own, object_reply, store
+from ucloud_api.replies import check_if_match, dump, lookup, lookup_own, object_reply, store
 from ucloud_api.schemas import ImageCreate
 from ucloud_common.claim import IMAGE_NAMES, owned
 from ucloud_common.file import FILES
@@ -73,6 +73,7 @@ def get(uuid: str) -> Response:
 @images.delete("/<uuid>")
 def delete(uuid: str) -> Response:
     image = lookup_own(IMAGES, uuid, f"image {uuid}")
+    check_if_match(image)
     users = [vm.value.name for vm in store().list(VMS).items.values() if vm.value.image == uuid]
     if users:
         raise APIError(409, "in_use", f"image {uuid} is the base of VM {users[0]}; delete the VM first")

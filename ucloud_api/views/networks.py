@@ -17,7 +17,7 @@ from ucloud_api.body import parse
 from ucloud_api.errors import APIError
 from ucloud_api.idempotency import idempotent
 from ucloud_api.naming import create_named
-from ucloud_api.replies import dump, lookup_own, object_reply, store
+from ucloud_api.replies import check_if_match, dump, lookup_own, object_reply, store
 from ucloud_api.schemas import Attachment, NetworkCreate
 from ucloud_common.claim import MACS, NETWORK_NAMES, VXLAN_IDS, Claim, owned
 from ucloud_common.network import NETWORKS, Network
@@ -77,6 +77,7 @@ def get(uuid: str) -> Response:
 def delete(uuid: str) -> Response:
     for _ in sleeps(_RETRY, attempts=store().settings.cas_attempts):
         network = lookup_own(NETWORKS, uuid, f"network {uuid}")
+        check_if_match(network)
         users = [vm for vm in (store().get(VMS, v) for v in network.value.attached)
                  if vm is not None and any(nic.network == uuid for nic in vm.value.networks)]
         if users:
@@ -145,6 +146,7 @@ def detach(uuid: str) -> Response:
 def _both(network_uuid: str, vm_uuid: str) -> tuple[Versioned[Network], Versioned[VM]]:
     network = lookup_own(NETWORKS, network_uuid, f"network {network_uuid}")
     vm = lookup_own(VMS, vm_uuid, f"VM {vm_uuid}")
+    check_if_match(vm)  # the answer is the VM, so its ETag is what If-Match names
     if vm.value.owner != network.value.owner:
         raise APIError(409, "owner_mismatch", "a VM can only be attached to a network of its owner")
     if vm.value.requested is Requested.DELETED:

@@ -7,7 +7,7 @@ from flask import Blueprint, Response, jsonify
 from ucloud_api.auth import create_user, require_admin
 from ucloud_api.body import parse
 from ucloud_api.idempotency import idempotent
-from ucloud_api.replies import dump, lookup, object_reply, store
+from ucloud_api.replies import check_if_match, dump, lookup, object_reply, store
 from ucloud_api.schemas import UserCreate
 from ucloud_common.store import Remove
 from ucloud_common.user import TOKENS, USERS
@@ -42,6 +42,7 @@ def get(name: str) -> Response:
 def delete(name: str) -> Response:
     require_admin()
     user = lookup(USERS, name, f"user {name}")
+    check_if_match(user)
     tokens = [t for t in store().list(TOKENS).items.values() if t.value.user == name]
     store().transact([Remove(USERS, name, user.mod_revision), *(Remove(TOKENS, t.name, None) for t in tokens)])
     return Response(status=204)

@@ -74,7 +74,8 @@ def list_() -> Response:
         raise APIError(400, "bad_request", f"status must be one of {', '.join(Status)}")
     host_key = HOSTS.key(host) if host and _is_key_part(host) else None
     vms = []
-    for item in store().list(VMS).items.values():
+    where = {"owner": caller.name} if not caller.is_admin else {"owner": owner} if owner else None
+    for item in store().list(VMS, where=where).items.values():
         vm = item.value
         if (not caller.is_admin and vm.owner != caller.name) or (owner and vm.owner != owner) \
                 or (host and vm.hostname != host_key) or (status and vm.status != status):

@@ -16,8 +16,9 @@ Contract:
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Generic
@@ -36,6 +37,13 @@ from ucloud_common.store.errors import AlreadyExists, Conflict, GuardFailed, Not
 
 log = logging.getLogger(__name__)
 
+# Keys per range request when listing: a 10,000-VM family is ≈6 MB, more than one answer should
+# carry; pages keep each answer and its memory small.
+_PAGE = 500
+# etcd accepts values up to 1.5 MiB, so even a page of small records may exceed gRPC's default
+# 4 MiB message limit when a few values are large.
+_MAX_MESSAGE = 256 * 1024 * 1024
+
 # gRPC's default reconnect backoff grows to two minutes: after an etcd restart a daemon would sit
 # idle that long. Keep-alives notice a dead TCP connection (a crashed member, a cut network) that
 # would otherwise leave a watch hanging silently.
@@ -43,10 +51,11 @@ _GRPC_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
+    # Pings only while a call (e.g. a watch) is open, and no more often than etcd allows (its
+    # --grpc-keepalive-min-time is 5 s; pinging an idle connection earns a GOAWAY "too_many_pings").
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", _MAX_MESSAGE),
 ]
 # How long a member that failed a call is skipped in favour of the others. The client's default of
 # 300 s makes a single-member cluster unusable for five minutes after any restart (LAB.md).
@@ -177,21 +186,31 @@ class Store:
         kv = response.kvs[0]
         return Versioned(name, family.decode(key, kv.value), kv.mod_revision, kv.create_revision)
 
-    def list(self, family: Family[R], within: str = "") -> Listing[R]:
-        """Every valid record of the family (whose name starts with `within`), as one consistent
-        snapshot."""
+    def list(self, family: Family[R], within: str = "", where: Mapping[str, str] | None = None) -> Listing[R]:
+        """Every valid record of the family (whose name starts with `within`, and whose top-level
+        fields equal `where`), as one consistent snapshot: read in pages, every page at the first
+        page's revision. `where` is checked before a record is validated, which is most of the cost
+        of a large listing."""
         prefix = (family.prefix + within).encode()
-        response = self._range(prefix, range_end=_prefix_end(prefix))
+        end = _prefix_end(prefix)
         items: dict[str, Versioned[R]] = {}
-        for kv in response.kvs:
-            try:
-                record = family.decode(kv.key, kv.value)
-            except InvalidRecord as exc:
-                log.warning("skipping invalid record %s", exc)
-                continue
-            name = family.name_of(kv.key)
-            items[name] = Versioned(name, record, kv.mod_revision, kv.create_revision)
-        return Listing(items, response.header.revision)
+        start, revision = prefix, 0
+        while True:
+            response = self._range(start, range_end=end, limit=_PAGE, revision=revision)
+            revision = revision or response.header.revision
+            for kv in response.kvs:
+                if where and not _matches(kv.value, where):
+                    continue
+                try:
+                    record = family.decode(kv.key, kv.value)
+                except InvalidRecord as exc:
+                    log.warning("skipping invalid record %s", exc)
+                    continue
+                name = family.name_of(kv.key)
+                items[name] = Versioned(name, record, kv.mod_revision, kv.create_revision)
+            if not response.more:
+                return Listing(items, revision)
+            start = response.kvs[-1].key + b"\0"
 
     # -- writes -----------------------------------------------------------------------------------
 
@@ -346,6 +365,14 @@ class Store:
         holder = guard_read.kvs[0].create_revision if guard_read.kvs else 0
         if holder != guard.create_revision:
             raise GuardFailed(f"{guard.key} is no longer the one this process holds")
+
+
+def _matches(value: bytes, where: Mapping[str, str]) -> bool:
+    try:
+        data = json.loads(value)
+    except ValueError:
+        return True  # let decoding report it
+    return isinstance(data, dict) and all(data.get(k) == v for k, v in where.items())
 
 
 def _b(key: bytes | str) -> bytes:
