@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
+from typing import Any
 
 from ucloud_api.errors import APIError
 from ucloud_api.replies import store
@@ -10,17 +12,19 @@ from ucloud_common.claim import Claim, owned
 from ucloud_common.record import Family, R
 from ucloud_common.retry import Backoff, sleeps
 from ucloud_common.store import Conflict, Put, Versioned
+from ucloud_common.vm import NIC
 
 _RETRY = Backoff(initial=0.002, maximum=0.1)
 
 
 def create_named(family: Family[R], claims: Family[Claim], owner: str, name: str, uuid: str,
-                 make: Callable[[], tuple[R, list[Put[Claim]]]], what: str) -> Versioned[R]:
-    """Create the record `make()` returns under `uuid`, claiming `name` for `owner` and the other
-    claims `make()` returns; 409 if the name is taken.
+                 make: Callable[[], tuple[R, list[Put[Any]]]], what: str) -> Versioned[R]:
+    """Create the record `make()` returns under `uuid`, claiming `name` for `owner`, together with
+    the other writes `make()` returns (claims, records that must change with it); 409 if the name is
+    taken.
 
-    `make` runs again after a lost race, so that it can pick other values for its own claims (a
-    VXLAN id that another request took meanwhile). A name claim whose holder no longer exists (an
+    `make` runs again after a lost race, so that it can re-read what it writes and pick other values
+    for its claims (a VXLAN id that another request took meanwhile). A name claim whose holder no longer exists (an
     agent deleted the VM) is taken over.
     """
     claim_name = owned(owner, name)
@@ -39,3 +43,14 @@ def create_named(family: Family[R], claims: Family[Claim], owner: str, name: str
             continue
         return Versioned(uuid, record, revision, revision)
     raise APIError(409, "exists", f"you already have a {what} named {name}")
+
+
+def new_nic(network_uuid: str) -> NIC:
+    """A NIC on the network with a fresh MAC: locally administered and unicast, never a vendor's.
+    Its claim (`mac_claim`) makes a collision a lost race, retried with another one."""
+    octets = [0x02] + [random.randrange(256) for _ in range(5)]
+    return NIC(network=network_uuid, mac=":".join(f"{o:02x}" for o in octets))
+
+
+def mac_claim(mac: str) -> str:
+    return mac.replace(":", "-")

@@ -187,3 +187,22 @@ def test_if_match_guards_every_write(alice: As, admin: As, store: Store) -> None
     user_etag = admin.get("/api/v1/users/alice").headers["ETag"]
     alice.post("/api/v1/ssh-keys", json={"name": "k", "key": ED25519})
     assert admin.delete("/api/v1/users/alice", headers={"If-Match": user_etag}).status_code == 412
+
+
+def test_networks_and_keys_at_creation(alice: As, bob: As, store: Store) -> None:
+    n1 = alice.post("/api/v1/networks", json={"name": "n1"}).json["uuid"]
+    n2 = alice.post("/api/v1/networks", json={"name": "n2"}).json["uuid"]
+    theirs = bob.post("/api/v1/networks", json={"name": "n3"}).json["uuid"]
+    alice.post("/api/v1/ssh-keys", json={"name": "laptop", "key": ED25519})
+    vm = alice.create_vm(networks=[n1, n2], ssh_keys=["laptop"])
+    assert [nic["network"] for nic in vm["networks"]] == [n1, n2]
+    assert len({nic["mac"] for nic in vm["networks"]}) == 2
+    for nic in vm["networks"]:
+        assert store.get(MACS, nic["mac"].replace(":", "-")) is not None
+    assert alice.get(f"/api/v1/networks/{n1}").json["attached"] == [vm["uuid"]]
+    assert alice.delete(f"/api/v1/networks/{n1}").status_code == 409
+    for networks in ([theirs], ["../x"], [n1, n1]):
+        bad = alice.post("/api/v1/vms", json={"name": "x", "specs": {"cpu": 1, "ram": 1, "ssd": 1},
+                                              "image": "tiny", "networks": networks})
+        assert bad.status_code == 422, networks
+    assert store.get(VMS, "x") is None and len(store.list(VMS).items) == 1

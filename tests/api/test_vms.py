@@ -189,3 +189,17 @@ def test_admin_lists_all_and_filters(alice: As, bob: As, admin: As, store: Store
     assert [v["uuid"] for v in admin.get("/api/v1/vms?status=RUNNING").json] == [b["uuid"]]
     assert alice.get("/api/v1/vms?owner=bob").status_code == 403
     assert alice.get("/api/v1/vms?status=NAPPING").status_code == 400
+
+
+def test_the_owner_reads_the_event_log_in_order(alice: As, bob: As, store: Store) -> None:
+    from ucloud_common.event import EVENTS, Event, event_name
+
+    vm = alice.create_vm()["uuid"]
+    other = alice.create_vm("other")["uuid"]
+    for source, message in [("scheduler", "placed on h1"), ("agent h1", "disk created"), ("agent h1", "RUNNING")]:
+        store.create(EVENTS, event_name(vm), Event(vm=vm, source=source, message=message))
+    store.create(EVENTS, event_name(other), Event(vm=other, source="scheduler", message="not mine"))
+    events = alice.get(f"/api/v1/vms/{vm}/events").json
+    assert [e["message"] for e in events] == ["placed on h1", "disk created", "RUNNING"]
+    assert alice.get(f"/api/v1/vms/{vm}").json["events"] == events
+    assert bob.get(f"/api/v1/vms/{vm}/events").status_code == 404

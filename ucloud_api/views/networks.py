@@ -16,7 +16,7 @@ from ucloud_api.auth import current
 from ucloud_api.body import parse
 from ucloud_api.errors import APIError
 from ucloud_api.idempotency import idempotent
-from ucloud_api.naming import create_named
+from ucloud_api.naming import create_named, mac_claim, new_nic
 from ucloud_api.replies import check_if_match, dump, lookup_own, object_reply, store
 from ucloud_api.schemas import Attachment, NetworkCreate
 from ucloud_common.claim import MACS, NETWORK_NAMES, VXLAN_IDS, Claim, owned
@@ -24,22 +24,12 @@ from ucloud_common.network import NETWORKS, Network
 from ucloud_common.retry import Backoff, sleeps
 from ucloud_common.states import Requested
 from ucloud_common.store import Conflict, Put, Remove, Versioned
-from ucloud_common.vm import NIC, VMS, VM
+from ucloud_common.vm import VMS, VM
 
 bp = Blueprint("networks", __name__, url_prefix="/api/v1/networks")
 
 VXLAN_IDS_RANGE = (1, 2**24 - 1)
 _RETRY = Backoff(initial=0.002, maximum=0.1)
-
-
-def _mac() -> str:
-    # Locally administered, unicast: never a vendor's address.
-    octets = [0x02] + [random.randrange(256) for _ in range(5)]
-    return ":".join(f"{o:02x}" for o in octets)
-
-
-def _mac_claim(mac: str) -> str:
-    return mac.replace(":", "-")
 
 
 @bp.post("")
@@ -103,15 +93,15 @@ def attach(uuid: str) -> Response:
             raise APIError(409, "attached", f"VM {vm.name} is already attached to network {uuid}")
         if len(vm.value.networks) >= 8:
             raise APIError(409, "too_many", "a VM has at most 8 network interfaces")
-        mac = _mac()
-        new_vm = vm.value.evolve(networks=(*vm.value.networks, NIC(network=uuid, mac=mac)),
+        nic = new_nic(uuid)
+        new_vm = vm.value.evolve(networks=(*vm.value.networks, nic),
                                  generation=vm.value.generation + 1)
         attached = tuple(v for v in network.value.attached if v != vm.name) + (vm.name,)
         try:
             revision = store().transact([
                 Put(VMS, vm.name, new_vm, vm.mod_revision),
                 Put(NETWORKS, uuid, network.value.evolve(attached=attached), network.mod_revision),
-                Put(MACS, _mac_claim(mac), Claim(holder=vm.name), 0),
+                Put(MACS, mac_claim(nic.mac), Claim(holder=vm.name), 0),
             ])
         except Conflict:
             continue
@@ -135,7 +125,7 @@ def detach(uuid: str) -> Response:
             revision = store().transact([
                 Put(VMS, vm.name, new_vm, vm.mod_revision),
                 Put(NETWORKS, uuid, network.value.evolve(attached=attached), network.mod_revision),
-                *(Remove(MACS, _mac_claim(nic.mac), None) for nic in nics),
+                *(Remove(MACS, mac_claim(nic.mac), None) for nic in nics),
             ])
         except Conflict:
             continue

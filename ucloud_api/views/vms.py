@@ -15,17 +15,18 @@ from ucloud_api.auth import current, require_admin
 from ucloud_api.body import parse
 from ucloud_api.errors import APIError
 from ucloud_api.idempotency import idempotent
-from ucloud_api.naming import create_named
+from ucloud_api.naming import create_named, mac_claim, new_nic
 from ucloud_api.replies import check_if_match, dump, if_match, lookup_own, object_reply, store
 from ucloud_api.schemas import Migrate, VMCreate
-from ucloud_common.claim import VM_NAMES, owned
+from ucloud_common.claim import MACS, VM_NAMES, Claim, owned
 from ucloud_common.event import EVENTS, events_of
 from ucloud_common.host import HOSTS
 from ucloud_common.image import IMAGES, ImageStatus
 from ucloud_common.record import check_key_part
 from ucloud_common.retry import Backoff, sleeps
 from ucloud_common.states import Action, ActionRefused, Status, check_action
-from ucloud_common.store import Conflict, Remove
+from ucloud_common.network import NETWORKS
+from ucloud_common.store import Conflict, Put, Remove
 from ucloud_common.user import USERS
 from ucloud_common.vm import VMS, VM
 
@@ -50,17 +51,34 @@ def create() -> Response:
     if missing:
         raise APIError(422, "invalid", f"ssh_keys: you have no key named {missing[0]}",
                        fields=[{"field": "ssh_keys", "message": f"unknown key {missing[0]}"}])
-    if body.networks:
-        raise APIError(422, "invalid", "networks: attach networks after creating the VM",
-                       fields=[{"field": "networks", "message": "not supported at creation yet"}])
-    vm = VM(
-        uuid=str(uuidlib.uuid4()), owner=caller.name, name=body.name, specs=body.specs,
-        image=body.image, storage=body.storage, ssh_keys=tuple(user_keys[k] for k in body.ssh_keys),
-        anti_affinity=body.anti_affinity or "",
-    )
-    created = create_named(VMS, VM_NAMES, caller.name, body.name, vm.uuid, lambda: (vm, []), "VM")
+    if len(set(body.networks)) != len(body.networks):
+        raise APIError(422, "invalid", "networks: a network is listed twice",
+                       fields=[{"field": "networks", "message": "listed twice"}])
+    uuid = str(uuidlib.uuid4())
+
+    def make() -> tuple[VM, list[Put[Any]]]:
+        writes: list[Put[Any]] = []
+        nics = []
+        for network_uuid in body.networks:
+            network = store().get(NETWORKS, network_uuid) if _is_key_part(network_uuid) else None
+            if network is None or network.value.owner != caller.name:
+                raise APIError(422, "invalid", f"networks: you have no network {network_uuid}",
+                               fields=[{"field": "networks", "message": f"no network {network_uuid}"}])
+            nic = new_nic(network_uuid)
+            nics.append(nic)
+            writes += [Put(NETWORKS, network_uuid, network.value.evolve(attached=(*network.value.attached, uuid)),
+                           network.mod_revision),
+                       Put(MACS, mac_claim(nic.mac), Claim(holder=uuid), 0)]
+        vm = VM(
+            uuid=uuid, owner=caller.name, name=body.name, specs=body.specs, image=body.image,
+            storage=body.storage, ssh_keys=tuple(user_keys[k] for k in body.ssh_keys),
+            anti_affinity=body.anti_affinity or "", networks=tuple(nics),
+        )
+        return vm, writes
+
+    created = create_named(VMS, VM_NAMES, caller.name, body.name, uuid, make, "VM")
     response = object_reply(created, 201)
-    response.headers["Location"] = f"/api/v1/vms/{vm.uuid}"
+    response.headers["Location"] = f"/api/v1/vms/{uuid}"
     return response
 
 
