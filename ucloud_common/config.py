@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -81,6 +81,25 @@ class Settings(BaseSettings):
         default_factory=lambda: ["local"],
         description="Comma-separated names of the image stores users may create images in.",
     )
+
+    cpu_allocation_ratio: float = Field(
+        4.0, gt=0, le=64, description="Virtual CPUs a host may give per physical CPU (vCPUs mostly idle)."
+    )
+    ram_allocation_ratio: float = Field(
+        1.0, gt=0, le=4, description="RAM over-commit; above 1 a busy host swaps or kills guests."
+    )
+    disk_allocation_ratio: float = Field(
+        1.0, gt=0, le=16, description="Disk over-commit; copy-on-write disks start small, but may fill."
+    )
+    placement: Literal["spread", "pack"] = Field(
+        "spread", description="spread: least loaded host first (fewer VMs hit by one host's failure); "
+        "pack: most loaded host that fits first (frees whole hosts)."
+    )
+    fence_command: str = Field(
+        "", description="Command run (with the host's name and address appended) to fence a dead host "
+        "before its VMs restart elsewhere, e.g. an IPMI power-off. Exit 0 means fenced."
+    )
+    fence_timeout: float = Field(60.0, gt=0, description="Seconds a fence command may take.")
 
     log_level: str = Field("INFO", pattern="^(?i)(DEBUG|INFO|WARNING|ERROR)$")
 

@@ -12,6 +12,7 @@ import time
 from pydantic import Field
 
 from ucloud_common.record import Family, Name, Record
+from ucloud_common.store import Put
 
 
 class Event(Record):
@@ -31,3 +32,8 @@ def event_name(vm_uuid: str) -> str:
 def events_of(vm_uuid: str) -> str:
     """The name prefix of one VM's events, for `Store.list(EVENTS, within=...)`."""
     return f"{vm_uuid}:"
+
+
+def new_event(vm_uuid: str, source: str, message: str) -> Put[Event]:
+    """The write that appends an event, to go in the same transaction as what it tells of."""
+    return Put(EVENTS, event_name(vm_uuid), Event(vm=vm_uuid, source=source, message=message), 0)

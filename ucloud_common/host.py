@@ -7,6 +7,7 @@ VM's `hostname` holds.
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 
 from pydantic import Field
@@ -22,10 +23,19 @@ class HostStatus(StrEnum):
 
 
 class Host(Record):
+    """A host. `status` is UP when its agent registers (the agent writes it) and DOWN when its
+    lease expired (the scheduler writes it, with `down_since`, and `fenced` once the fence ran).
+
+    A host that returns after DOWN finds, in each VM's `hostname`, whether that VM is still its: its
+    agent must stop (without touching the disk) any QEMU whose VM now names another host.
+    """
+
     name: Name
     address: str = ""
     capacity: Specs
-    status: HostStatus = HostStatus.UP  # UP by the agent, DOWN by the scheduler
+    status: HostStatus = HostStatus.UP
+    down_since: datetime | None = None
+    fenced: bool = False
     maintenance: bool = False  # set by an admin through the API: no new VMs while it is on
     storage_backends: tuple[str, ...] = ("local",)
 

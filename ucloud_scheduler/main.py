@@ -1,5 +1,38 @@
 """Entry point of `ucloud-scheduler`."""
 
-from ucloud_common.cli import daemon_group
+from __future__ import annotations
 
-cli = daemon_group("ucloud-scheduler", "The scheduler: places VMs on hosts, and reschedules the VMs of hosts that died.")
+import signal
+import threading
+
+import click
+
+from ucloud_common.cli import daemon_group, settings_from
+from ucloud_common.store import Store
+from ucloud_scheduler.fencing import CommandFence, Fence, NoFence
+from ucloud_scheduler.scheduler import Scheduler
+
+cli = daemon_group("ucloud-scheduler", "The scheduler: places VMs on hosts, and reschedules the VMs of hosts "
+                   "that died.")
+
+
+@cli.command()
+@click.option("--name", default=None, help="This instance's name in the leader election [default: random].")
+@click.pass_context
+def run(ctx: click.Context, name: str | None) -> None:
+    """Run the scheduler until SIGTERM or SIGINT. Start several: one leads, the others stand by.
+
+    Example: ucloud-scheduler run --name sched-a
+    """
+    settings = settings_from(ctx)
+    fence: Fence = CommandFence(settings.fence_command, settings.fence_timeout) if settings.fence_command else NoFence()
+    store = Store(settings)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    scheduler = Scheduler(store, settings, fence, name)
+    click.echo(f"ucloud-scheduler {scheduler.candidate} starting", err=True)
+    try:
+        scheduler.run(stop)
+    finally:
+        store.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any
 
 from flask import Blueprint, Response, jsonify
@@ -12,29 +11,20 @@ from ucloud_api.body import parse
 from ucloud_api.replies import check_if_match, dump, lookup, object_reply, store
 from ucloud_api.schemas import Maintenance
 from ucloud_common.host import HOSTS, HOSTS_ALIVE, Host
-from ucloud_common.states import Status
+from ucloud_common.allocation import ZERO, allocations
+from ucloud_common.specs import Specs
 from ucloud_common.store import Versioned
 from ucloud_common.vm import VMS
 
 bp = Blueprint("hosts", __name__, url_prefix="/api/v1/hosts")
 
-# A VM holds its host's resources in every status but these (it may be started there again).
-_FREES_HOST = frozenset({Status.REQUESTED_NEW, Status.KILLED})
+def _allocations() -> dict[str, Specs]:
+    return allocations(vm.value for vm in store().list(VMS).items.values())
 
 
-def _allocations() -> dict[str, dict[str, float]]:
-    totals: dict[str, dict[str, float]] = defaultdict(lambda: {"cpu": 0, "ram": 0.0, "ssd": 0, "hdd": 0})
-    for item in store().list(VMS).items.values():
-        vm = item.value
-        if vm.hostname and vm.status not in _FREES_HOST:
-            for field in ("cpu", "ram", "ssd", "hdd"):
-                totals[vm.hostname][field] += getattr(vm.specs, field)
-    return totals
-
-
-def _describe(host: Versioned[Host], alive: set[str], allocations: dict[str, dict[str, float]]) -> dict[str, Any]:
+def _describe(host: Versioned[Host], alive: set[str], totals: dict[str, Specs]) -> dict[str, Any]:
     return {**dump(host.value), "alive": host.name in alive,
-            "allocated": allocations.get(HOSTS.key(host.name), {"cpu": 0, "ram": 0.0, "ssd": 0, "hdd": 0})}
+            "allocated": totals.get(HOSTS.key(host.name), ZERO).model_dump()}
 
 
 @bp.get("")

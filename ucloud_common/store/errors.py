@@ -22,7 +22,11 @@ class AlreadyExists(StoreError):
 
 
 class Conflict(StoreError):
-    """A compare-and-swap kept losing: another writer changed the key every time."""
+    """A compare-and-swap lost (or kept losing): another writer changed `key`."""
+
+    def __init__(self, message: str, key: str = "") -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class GuardFailed(StoreError):

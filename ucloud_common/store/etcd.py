@@ -306,7 +306,8 @@ class Store:
                 actual = kvs[0].mod_revision if kvs else 0
                 if actual != write.expect:
                     key = write.family.key(write.name)
-                    raise Conflict(f"{key} already exists" if write.expect == 0 else f"{key} changed since revision {write.expect}")
+                    raise Conflict(f"{key} already exists" if write.expect == 0
+                                   else f"{key} changed since revision {write.expect}", key)
             raise Conflict("a key changed during the transaction")
         return int(response.header.revision)
 

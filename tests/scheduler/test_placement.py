@@ -1,0 +1,123 @@
+"""Placement decisions on an in-memory view (no etcd): filters, weighers, and the reasons given."""
+
+from __future__ import annotations
+
+import random
+
+from ucloud_common.host import HOSTS, Host, HostStatus
+from ucloud_common.specs import Specs
+from ucloud_common.states import Status
+from ucloud_common.store import Change, Snapshot, Versioned
+from ucloud_common.vm import VM
+from ucloud_scheduler.placement import Placer, Ratios
+from ucloud_scheduler.view import View
+
+
+def vm(uuid: str, cpu: int = 1, ram: float = 1, ssd: int = 10, **fields: object) -> VM:
+    return VM.model_validate({"uuid": uuid, "owner": "alice", "name": uuid, "image": "tiny",
+                              "specs": {"cpu": cpu, "ram": ram, "ssd": ssd}, **fields})
+
+
+def view_with(*hosts: Host, alive: tuple[str, ...] | None = None, vms: tuple[VM, ...] = ()) -> View:
+    view = View()
+    view.apply_hosts(Snapshot({h.name: Versioned(h.name, h, 1, 1) for h in hosts}, 1))
+    view.alive = set(alive if alive is not None else (h.name for h in hosts))
+    view.apply_vms(Snapshot({v.uuid: Versioned(v.uuid, v, 1, 1) for v in vms}, 1))
+    return view
+
+
+def host(name: str, cpu: int = 4, ram: float = 16, ssd: int = 100, **fields: object) -> Host:
+    return Host.model_validate({"name": name, "capacity": {"cpu": cpu, "ram": ram, "ssd": ssd}, **fields})
+
+
+def test_capacity_with_over_commit() -> None:
+    view = view_with(host("h1", cpu=2, ram=8, ssd=100))
+    placer = Placer(view, Ratios(cpu=4.0, ram=1.0, disk=1.0))
+    placed = [placer.place(vm(f"v{i}", cpu=1, ram=1, ssd=10)) for i in range(10)]
+    # cpu: 2 × 4.0 = 8 vCPUs; ram 8 GiB; ssd 100 GiB: the eighth VM is the last that fits.
+    assert placed == ["h1"] * 8 + [None, None]
+    assert placer.why_not(vm("big", cpu=1, ram=1, ssd=10)) == "no host has 1 CPUs free; the most free is 0 CPUs on h1"
+
+
+def test_a_placed_vm_holds_its_host_in_the_view() -> None:
+    view = view_with(host("h1", cpu=1, ram=2), vms=(vm("old", ram=2, hostname=HOSTS.key("h1"), status=Status.STOPPED),))
+    assert view.allocated[HOSTS.key("h1")].ram == 2
+    placer = Placer(view, Ratios())
+    assert placer.place(vm("new", ram=1)) is None
+    assert placer.why_not(vm("new", ram=1)) == "no host has 1 GiB RAM free; the most free is 0 GiB RAM on h1"
+    view.apply_vms(Change("old", None, 5))
+    assert Placer(view, Ratios()).place(vm("new", ram=1)) == "h1"
+
+
+def test_the_seed_sentence_for_too_much_ram() -> None:
+    view = view_with(host("h1", ram=8), host("h3", ram=12), host("h2", ram=4))
+    placer = Placer(view, Ratios())
+    assert placer.place(vm("v", ram=64)) is None
+    assert placer.why_not(vm("v", ram=64)) == "no host has 64 GiB RAM free; the most free is 12 GiB RAM on h3"
+
+
+def test_only_up_alive_hosts_out_of_maintenance() -> None:
+    view = view_with(host("down", status=HostStatus.DOWN), host("dead"), host("maint", maintenance=True),
+                     host("ok"), alive=("down", "maint", "ok"))
+    placer = Placer(view, Ratios())
+    assert {placer.place(vm(f"v{i}")) for i in range(10)} == {"ok"}
+    empty = view_with(host("dead"), alive=())
+    assert Placer(empty, Ratios()).why_not(vm("v")) == "no host is UP and out of maintenance (1 hosts, 1 not alive)"
+    assert Placer(View(), Ratios()).why_not(vm("v")) == "no host is registered"
+
+
+def test_storage_backend() -> None:
+    view = view_with(host("local-only"), host("ceph", storage_backends=("local", "rbd")))
+    placer = Placer(view, Ratios())
+    assert {placer.place(vm(f"v{i}", storage="rbd")) for i in range(5)} == {"ceph"}
+    only_local = Placer(view_with(host("local-only")), Ratios())
+    assert only_local.place(vm("v", storage="rbd")) is None
+    assert only_local.why_not(vm("v", storage="rbd")) == "no UP host offers storage rbd"
+
+
+def test_anti_affinity_within_a_batch_and_against_placed_vms() -> None:
+    hosts = [host(f"h{i}") for i in range(3)]
+    view = view_with(*hosts, vms=(vm("placed", anti_affinity="db", hostname=HOSTS.key("h0"), status=Status.RUNNING),))
+    placer = Placer(view, Ratios())
+    chosen = [placer.place(vm(f"db{i}", anti_affinity="db")) for i in range(3)]
+    assert sorted(c for c in chosen if c) == ["h1", "h2"] and chosen[2] is None
+    assert placer.why_not(vm("db9", anti_affinity="db")) == "every UP host already runs a VM of anti-affinity group db"
+    other_owner = vm("x", anti_affinity="db", owner="bob")
+    assert placer.place(other_owner) is not None  # groups are per owner
+
+
+def test_spread_takes_the_least_loaded_and_pack_the_most_loaded() -> None:
+    hosts = (host("big", cpu=16, ram=64, ssd=1000), host("small", cpu=4, ram=16, ssd=1000))
+    busy = vm("busy", cpu=2, ram=12, hostname=HOSTS.key("small"), status=Status.RUNNING)
+    view = view_with(*hosts, vms=(busy,))
+    assert Placer(view, Ratios(), "spread").place(vm("v", ram=1)) == "big"
+    assert Placer(view, Ratios(), "pack").place(vm("v", ram=1)) == "small"
+
+
+def test_spread_evens_out_and_ties_break_at_random() -> None:
+    view = view_with(*(host(f"h{i}") for i in range(4)))
+    placer = Placer(view, Ratios(), "spread", random.Random(1))
+    chosen = [placer.place(vm(f"v{i}")) for i in range(8)]
+    assert sorted(chosen) == ["h0", "h0", "h1", "h1", "h2", "h2", "h3", "h3"]  # type: ignore[type-var]
+    firsts = {Placer(view, Ratios(), "spread", random.Random(seed)).place(vm("v")) for seed in range(20)}
+    assert len(firsts) > 1
+
+
+def test_no_single_host_has_everything() -> None:
+    view = view_with(host("cpu-rich", cpu=16, ram=2), host("ram-rich", cpu=1, ram=64))
+    placer = Placer(view, Ratios(cpu=1.0))
+    assert placer.place(vm("v", cpu=8, ram=32)) is None
+    assert placer.why_not(vm("v", cpu=8, ram=32)) == \
+        "no host has 8 CPUs, 32 GiB RAM, 10 GiB SSD and 0 GiB HDD free at once"
+
+
+def test_the_view_tracks_pending_vms() -> None:
+    view = view_with(host("h1"))
+    view.apply_vms(Change("a", Versioned("a", vm("a"), 2, 2), 2))
+    view.apply_vms(Change("b", Versioned("b", vm("b", requested="STOPPED", status=Status.KILLED), 3, 3), 3))
+    view.apply_vms(Change("c", Versioned("c", vm("c", status=Status.KILLED), 4, 4), 4))
+    assert list(view.pending) == ["a", "c"]
+    view.apply_vms(Change("a", Versioned("a", vm("a", hostname=HOSTS.key("h1"), status=Status.SCHEDULED_DEPLOY), 5, 2), 5))
+    assert list(view.pending) == ["c"] and view.allocated[HOSTS.key("h1")].cpu == 1
+    view.apply_vms(Change("a", Versioned("a", vm("a"), 4, 2), 4))  # an older event changes nothing
+    assert list(view.pending) == ["c"]

@@ -1,0 +1,127 @@
+"""Choosing a host: filters (can this host take this VM?) and a weigher (which of them first?).
+
+Filters: the host is UP, its agent is alive, it is not in maintenance, it offers the VM's storage
+backend, it runs no other VM of the VM's anti-affinity group, and it has the VM's cpu, ram, ssd and
+hdd free after the over-commit ratios. Weighers: `spread` takes the host with the largest free
+share of its scarcest resource, `pack` the smallest that fits; ties are broken at random.
+
+Hosts wait in a heap ordered by weight, so a placement pops the best host and usually takes it:
+its cost grows with the log of the number of hosts, and not at all with the number of VMs.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from dataclasses import dataclass
+
+from ucloud_common.allocation import ZERO
+from ucloud_common.host import HOSTS, Host, HostStatus
+from ucloud_common.specs import Specs
+from ucloud_common.vm import VM
+from ucloud_scheduler.view import View
+
+
+@dataclass(frozen=True)
+class Ratios:
+    cpu: float = 4.0
+    ram: float = 1.0
+    disk: float = 1.0
+
+
+_DIMENSIONS = (("cpu", "CPUs", "cpu"), ("ram", "GiB RAM", "ram"), ("ssd", "GiB SSD", "disk"), ("hdd", "GiB HDD", "disk"))
+
+
+def free(host: Host, allocated: Specs, ratios: Ratios) -> dict[str, float]:
+    return {dim: getattr(host.capacity, dim) * getattr(ratios, ratio) - getattr(allocated, dim)
+            for dim, _, ratio in _DIMENSIONS}
+
+
+def fits(vm: VM, room: dict[str, float]) -> bool:
+    return all(getattr(vm.specs, dim) <= room[dim] for dim, _, _ in _DIMENSIONS)
+
+
+def _fmt(value: float) -> str:
+    return f"{value:g}"
+
+
+class Placer:
+    """Places a batch of VMs on one snapshot of the view, updating its own copy of allocations as
+    it goes (so one batch never overfills a host)."""
+
+    def __init__(self, view: View, ratios: Ratios, mode: str = "spread", rng: random.Random | None = None) -> None:
+        self._view = view
+        self._ratios = ratios
+        self._sign = -1.0 if mode == "spread" else 1.0
+        self._rng = rng or random.Random()
+        self.eligible: dict[str, Host] = {
+            name: host.value for name, host in view.hosts.items()
+            if host.value.status is HostStatus.UP and not host.value.maintenance and view.is_alive(name)
+        }
+        self._room = {name: free(host, view.allocated.get(HOSTS.key(name), ZERO), ratios)
+                      for name, host in self.eligible.items()}
+        self._heap = [(self._weight(name), self._rng.random(), name) for name in self.eligible]
+        self._placed_groups: set[tuple[str, str, str]] = set()  # (owner, group, host) placed in this batch
+        heapq.heapify(self._heap)
+        # Upper bounds of what any host has free: a VM above one of them is refused at once.
+        self._most = {dim: max((room[dim] for room in self._room.values()), default=0.0) for dim, _, _ in _DIMENSIONS}
+
+    def _weight(self, name: str) -> float:
+        host, room = self.eligible[name], self._room[name]
+        shares = [room[dim] / (getattr(host.capacity, dim) * getattr(self._ratios, ratio))
+                  for dim, _, ratio in _DIMENSIONS if getattr(host.capacity, dim) > 0]
+        return self._sign * min(shares, default=0.0)
+
+    def _allowed(self, vm: VM, name: str) -> bool:
+        host = self.eligible[name]
+        if vm.anti_affinity and (HOSTS.key(name) in self._view.group_hosts(vm)
+                                 or (vm.owner, vm.anti_affinity, name) in self._placed_groups):
+            return False
+        return vm.storage in host.storage_backends and fits(vm, self._room[name])
+
+    def place(self, vm: VM) -> str | None:
+        """The name of the host for `vm` (its room taken), or None if no host can take it."""
+        if any(getattr(vm.specs, dim) > self._most[dim] for dim, _, _ in _DIMENSIONS):
+            return None
+        skipped = []
+        chosen = None
+        while self._heap:
+            entry = heapq.heappop(self._heap)
+            if self._allowed(vm, entry[2]):
+                chosen = entry[2]
+                break
+            skipped.append(entry)
+        for entry in skipped:
+            heapq.heappush(self._heap, entry)
+        if chosen is None:
+            return None
+        if vm.anti_affinity:
+            self._placed_groups.add((vm.owner, vm.anti_affinity, chosen))
+        room = self._room[chosen]
+        for dim, _, _ in _DIMENSIONS:
+            room[dim] -= getattr(vm.specs, dim)
+        heapq.heappush(self._heap, (self._weight(chosen), self._rng.random(), chosen))
+        return chosen
+
+    def why_not(self, vm: VM) -> str:
+        """One sentence on why no host can take `vm`, naming the best there is."""
+        if not self._view.hosts:
+            return "no host is registered"
+        if not self.eligible:
+            down = sum(1 for h in self._view.hosts if not self._view.is_alive(h))
+            return f"no host is UP and out of maintenance ({len(self._view.hosts)} hosts, {down} not alive)"
+        candidates = [n for n, h in self.eligible.items() if vm.storage in h.storage_backends]
+        if not candidates:
+            return f"no UP host offers storage {vm.storage}"
+        free_of_group = [n for n in candidates if HOSTS.key(n) not in self._view.group_hosts(vm)
+                         and (vm.owner, vm.anti_affinity, n) not in self._placed_groups]
+        if not free_of_group:
+            return f"every UP host already runs a VM of anti-affinity group {vm.anti_affinity}"
+        for dim, unit, _ in _DIMENSIONS:
+            need = getattr(vm.specs, dim)
+            best = max(free_of_group, key=lambda n: self._room[n][dim])
+            if need > self._room[best][dim]:
+                return (f"no host has {_fmt(need)} {unit} free; the most free is "
+                        f"{_fmt(max(self._room[best][dim], 0))} {unit} on {best}")
+        return (f"no host has {vm.specs.cpu} CPUs, {_fmt(vm.specs.ram)} GiB RAM, {vm.specs.ssd} GiB SSD and "
+                f"{vm.specs.hdd} GiB HDD free at once")

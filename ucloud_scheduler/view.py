@@ -1,0 +1,106 @@
+"""The scheduler's in-memory view of hosts, liveness and VMs, fed by watches.
+
+Allocations and the set of VMs waiting for a host are kept up to date change by change, so a
+placement never reads all hosts or all VMs from etcd, and its cost does not grow with the number
+of VMs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ucloud_common.allocation import ZERO, add
+from ucloud_common.host import HOSTS, Host, HostAlive
+from ucloud_common.specs import Specs
+from ucloud_common.states import Requested, Status
+from ucloud_common.store import Change, Snapshot, Versioned
+from ucloud_common.vm import VM
+
+# What a VM that waits for a host wants: to run (a suspended one is resumed where it lands).
+WANTS_TO_RUN = frozenset({Requested.RUNNING, Requested.SUSPENDED})
+WAITS_FOR_HOST = frozenset({Status.REQUESTED_NEW, Status.KILLED})
+
+
+def needs_host(vm: VM) -> bool:
+    return not vm.hostname and vm.status in WAITS_FOR_HOST and vm.requested in WANTS_TO_RUN
+
+
+@dataclass
+class View:
+    hosts: dict[str, Versioned[Host]] = field(default_factory=dict)  # by host name
+    alive: set[str] = field(default_factory=set)  # host names whose agent holds its lease
+    vms: dict[str, Versioned[VM]] = field(default_factory=dict)  # by uuid
+    allocated: dict[str, Specs] = field(default_factory=dict)  # by host key
+    pending: dict[str, None] = field(default_factory=dict)  # uuids waiting for a host, oldest first
+    groups: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)  # (owner, group) → host key → VMs
+    by_host: dict[str, set[str]] = field(default_factory=dict)  # host key → uuids
+
+    # -- feeding ----------------------------------------------------------------------------------
+
+    def apply_hosts(self, item: Snapshot[Host] | Change[Host]) -> None:
+        if isinstance(item, Snapshot):
+            self.hosts = dict(item.items)
+        elif item.value is None:
+            self.hosts.pop(item.name, None)
+        else:
+            self.hosts[item.name] = item.value
+
+    def apply_alive(self, item: Snapshot[HostAlive] | Change[HostAlive]) -> None:
+        if isinstance(item, Snapshot):
+            self.alive = set(item.items)
+        elif item.value is None:
+            self.alive.discard(item.name)
+        else:
+            self.alive.add(item.name)
+
+    def apply_vms(self, item: Snapshot[VM] | Change[VM]) -> None:
+        if isinstance(item, Snapshot):
+            for uuid in list(self.vms):
+                self._forget(uuid)
+            for uuid, vm in item.items.items():
+                self.set_vm(vm)
+        elif item.value is None:
+            self._forget(item.name)
+        else:
+            known = self.vms.get(item.name)
+            # A watch event older than what this scheduler itself wrote changes nothing.
+            if known is None or item.value.mod_revision >= known.mod_revision:
+                self.set_vm(item.value)
+
+    def set_vm(self, vm: Versioned[VM]) -> None:
+        self._forget(vm.name)
+        self.vms[vm.name] = vm
+        value = vm.value
+        if value.hostname:
+            self.allocated[value.hostname] = add(self.allocated.get(value.hostname, ZERO), value.specs)
+            self.by_host.setdefault(value.hostname, set()).add(vm.name)
+            if value.anti_affinity:
+                members = self.groups.setdefault((value.owner, value.anti_affinity), {})
+                members[value.hostname] = members.get(value.hostname, 0) + 1
+        if needs_host(value):
+            self.pending[vm.name] = None
+
+    def _forget(self, uuid: str) -> None:
+        old = self.vms.pop(uuid, None)
+        self.pending.pop(uuid, None)
+        if old is None or not old.value.hostname:
+            return
+        value = old.value
+        self.allocated[value.hostname] = add(self.allocated.get(value.hostname, ZERO), value.specs, -1)
+        self.by_host.get(value.hostname, set()).discard(uuid)
+        if value.anti_affinity:
+            members = self.groups.get((value.owner, value.anti_affinity), {})
+            members[value.hostname] = members.get(value.hostname, 1) - 1
+            if members.get(value.hostname) == 0:
+                del members[value.hostname]
+
+    # -- questions --------------------------------------------------------------------------------
+
+    def is_alive(self, name: str) -> bool:
+        return name in self.alive
+
+    def vms_on(self, host_name: str) -> list[Versioned[VM]]:
+        return [self.vms[u] for u in self.by_host.get(HOSTS.key(host_name), ()) if u in self.vms]
+
+    def group_hosts(self, vm: VM) -> dict[str, int]:
+        return self.groups.get((vm.owner, vm.anti_affinity), {}) if vm.anti_affinity else {}
