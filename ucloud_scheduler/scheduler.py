@@ -43,7 +43,7 @@ from ucloud_scheduler.view import WANTS_TO_RUN, View
 
 log = logging.getLogger(__name__)
 
-SOURCE = "scheduler"
+
 CADENCE_S = 1.0  # a cycle runs at least this often, so a lost wake-up costs one second
 BATCH = 60  # VMs per transaction: each is two operations (VM, event), etcd allows 128
 FENCE_RETRY_S = 30.0
@@ -79,6 +79,7 @@ class Scheduler:
         self._rng = rng or random.Random()
         self.candidate = candidate or f"scheduler-{uuidlib.uuid4().hex[:8]}"
         self.election = Election(store, "scheduler", self.candidate, settings.leader_lease_ttl)
+        self._source = f"scheduler {self.candidate}"
         self.view = View()
         self._ratios = Ratios(settings.cpu_allocation_ratio, settings.ram_allocation_ratio,
                               settings.disk_allocation_ratio)
@@ -291,7 +292,7 @@ class Scheduler:
             while batch:
                 writes: list[Put[Any]] = []
                 for vm, new, message in batch.values():
-                    writes += [Put(VMS, vm.name, new, vm.mod_revision), new_event(vm.name, SOURCE, message)]
+                    writes += [Put(VMS, vm.name, new, vm.mod_revision), new_event(vm.name, self._source, message)]
                 try:
                     revision = self._store.transact(writes, guard=guard)
                 except Conflict as exc:

@@ -1,0 +1,149 @@
+"""The scheduler against a real etcd, with hosts simulated by their records and leases."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.cluster import create_vm, register_host, vm, wait_for
+from ucloud_common.allocation import allocations
+from ucloud_common.event import EVENTS, events_of
+from ucloud_common.host import HOSTS, HOSTS_ALIVE, HostStatus
+from ucloud_common.states import Status
+from ucloud_common.store import Store
+from ucloud_common.vm import VMS
+from ucloud_scheduler.scheduler import Scheduler
+
+
+def placed(store: Store, uuid: str) -> bool:
+    return vm(store, uuid).status is Status.SCHEDULED_DEPLOY
+
+
+def test_places_new_vms_within_capacity_and_tells_the_event_log(
+        store: Store, start_scheduler: Callable[..., Scheduler]) -> None:
+    leases = [register_host(store, "h1", cpu=2, ram=4, ssd=100), register_host(store, "h2", cpu=2, ram=4, ssd=100)]
+    start_scheduler()
+    uuids = [create_vm(store, ram=1) for _ in range(10)]
+    wait_for(lambda: sum(placed(store, u) for u in uuids) == 8, 10, "8 placements")
+    refused = [u for u in uuids if not placed(store, u)]
+    assert len(refused) == 2
+    for u in refused:
+        assert vm(store, u).error == "no host has 1 GiB RAM free; the most free is 0 GiB RAM on h1" or \
+            vm(store, u).error == "no host has 1 GiB RAM free; the most free is 0 GiB RAM on h2"
+    totals = allocations(v.value for v in store.list(VMS).items.values())
+    assert totals[HOSTS.key("h1")].ram == totals[HOSTS.key("h2")].ram == 4  # spread evenly, none overfilled
+    events = store.list(EVENTS, within=events_of(uuids[0])).items.values()
+    assert any(e.value.message.startswith("placed on h") for e in events)
+    for lease in leases:
+        lease.close()
+
+
+def test_an_unschedulable_vm_says_why_and_is_placed_once_capacity_appears(
+        store: Store, start_scheduler: Callable[..., Scheduler]) -> None:
+    small = register_host(store, "h1", ram=8)
+    start_scheduler()
+    big = create_vm(store, ram=64)
+    wait_for(lambda: vm(store, big).error, 10, "a reason")
+    assert vm(store, big).error == "no host has 64 GiB RAM free; the most free is 8 GiB RAM on h1"
+    assert vm(store, big).status is Status.REQUESTED_NEW
+    large = register_host(store, "h2", ram=128)
+    wait_for(lambda: placed(store, big), 10, "placement on the new host")
+    assert vm(store, big).hostname == HOSTS.key("h2") and vm(store, big).error == ""
+    small.close()
+    large.close()
+
+
+def test_maintenance_and_stopped_vms(store: Store, start_scheduler: Callable[..., Scheduler]) -> None:
+    lease = register_host(store, "h1")
+    store.update(HOSTS, "h1", lambda h: h.evolve(maintenance=True))
+    start_scheduler()
+    waiting = create_vm(store)
+    not_wanted = create_vm(store, requested="STOPPED", status="KILLED")
+    wait_for(lambda: vm(store, waiting).error, 10)
+    assert "maintenance" in vm(store, waiting).error
+    store.update(HOSTS, "h1", lambda h: h.evolve(maintenance=False))
+    wait_for(lambda: placed(store, waiting), 10)
+    assert vm(store, not_wanted).status is Status.KILLED and not vm(store, not_wanted).hostname
+    lease.close()
+
+
+def test_a_dead_hosts_vms_are_killed_fenced_and_rescheduled(
+        store: Store, start_scheduler: Callable[..., Scheduler], fence_log: Path) -> None:
+    dying = register_host(store, "h1", storage=("local", "rbd"), ttl=2)
+    start_scheduler()
+    shared = [create_vm(store, storage="rbd") for _ in range(3)]
+    local = create_vm(store)
+    wait_for(lambda: all(placed(store, u) for u in [*shared, local]), 10, "placement on h1")
+    for u in [*shared, local]:
+        store.update(VMS, u, lambda v: v.evolve(status=Status.RUNNING))  # what the agent reports
+    other = register_host(store, "h2", storage=("local", "rbd"))
+    dying.close(revoke=False)  # the agent dies: its lease runs out
+    took = wait_for(lambda: all(vm(store, u).hostname == HOSTS.key("h2") for u in shared), 2 + 8, "rescheduling")
+    fenced_at = float(fence_log.read_text().split()[-1])
+    assert fence_log.read_text().startswith("h1 ")
+    for u in shared:
+        v = vm(store, u)
+        assert v.status is Status.SCHEDULED_DEPLOY and v.error == ""
+        events = [e.value for e in store.list(EVENTS, within=events_of(u)).items.values()]
+        killed = [e for e in events if e.message == "killed: host h1 died"]
+        released = [e for e in events if e.message == "host h1 is fenced: to be placed elsewhere"]
+        assert killed and released and released[0].created_at.timestamp() >= fenced_at, "rescheduled before the fence"
+    host = store.get(HOSTS, "h1")
+    assert host is not None and host.value.status is HostStatus.DOWN and host.value.fenced
+    kept = vm(store, local)
+    assert kept.status is Status.KILLED and kept.hostname == HOSTS.key("h1")
+    assert "disk is local" in kept.error
+    print(f"rescheduled {took:.1f} s after the agent stopped renewing (TTL 2 s)")
+
+    back = register_host(store, "h1", storage=("local", "rbd"))  # the host returns
+    wait_for(lambda: placed(store, local), 10, "restart on the returned host")
+    assert vm(store, local).hostname == HOSTS.key("h1")
+    for lease in (other, back):
+        lease.close()
+
+
+def test_without_a_fence_shared_vms_wait(store: Store, start_scheduler: Callable[..., Scheduler],
+                                        fence_log: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FENCE_EXIT", "3")
+    dying = register_host(store, "h1", storage=("rbd",), ttl=2)
+    other = register_host(store, "h2", storage=("rbd",))
+    store.update(HOSTS, "h2", lambda h: h.evolve(maintenance=True))
+    start_scheduler()
+    u = create_vm(store, storage="rbd")
+    wait_for(lambda: placed(store, u), 10)
+    store.update(HOSTS, "h2", lambda h: h.evolve(maintenance=False))
+    dying.close(revoke=False)
+    wait_for(lambda: "could not be fenced" in vm(store, u).error, 12, "the fence failure")
+    assert vm(store, u).hostname == HOSTS.key("h1") and vm(store, u).status is Status.KILLED
+    assert "exited 3" in vm(store, u).error
+    other.close()
+
+
+def test_corrupt_records_are_skipped_with_a_log_line(
+        store: Store, start_scheduler: Callable[..., Scheduler], caplog: pytest.LogCaptureFixture) -> None:
+    lease = register_host(store, "h1")
+    store.client.put("/v1/host/broken", b"{]")
+    store.client.put("/v1/vm/broken", b'{"uuid": 1}')
+    with caplog.at_level(logging.WARNING):
+        start_scheduler()
+        u = create_vm(store)
+        wait_for(lambda: placed(store, u), 10)
+    assert "skipping invalid record /v1/host/broken" in caplog.text
+    assert "skipping invalid record /v1/vm/broken" in caplog.text
+    lease.close()
+
+
+def test_a_standby_does_not_place(store: Store, start_scheduler: Callable[..., Scheduler]) -> None:
+    lease = register_host(store, "h1")
+    first = start_scheduler()
+    wait_for(lambda: first.election.is_leader, 10)
+    second = start_scheduler()
+    u = create_vm(store)
+    wait_for(lambda: placed(store, u), 10)
+    assert not second.election.is_leader
+    assert [e.value.source for e in store.list(EVENTS, within=events_of(u)).items.values()] == \
+        [f"scheduler {first.candidate}"]
+    lease.close()
