@@ -31,11 +31,13 @@ up)
     fi
     start_daemon ucloud-api "$state" "curl -sf $api/healthz" \
         "$bin/ucloud-api" serve --bind "127.0.0.1:$api_port" --workers 3
+    start_daemon ucloud-scheduler "$state" "sleep 0.5" "$bin/ucloud-scheduler" run --name local
     cat <<EOT
 
 ucloud runs on this machine:
   etcd        127.0.0.1:$etcd_port   (data and log in $state/etcd)
   API         $api   (log in $state/ucloud-api.log; OpenAPI at $api/api/v1/openapi.json)
+  scheduler   log in $state/ucloud-scheduler.log
   admin token $state/admin.token
 
 Try:  curl -H "Authorization: Bearer \$(cat $state/admin.token)" $api/api/v1/vms
@@ -43,12 +45,15 @@ Stop everything with: ${UCLOUD_LOCAL_DIR:+UCLOUD_LOCAL_DIR=$state }bash $repo/de
 EOT
     ;;
 down)
+    stop_daemon ucloud-scheduler "$state"
     stop_daemon ucloud-api "$state"
     bash deploy/etcd.sh stop "$state/etcd"
     ;;
 status)
     bash deploy/etcd.sh status "$state/etcd" || true
     if curl -sf "$api/healthz" >/dev/null; then echo "ucloud-api running at $api"; else echo "ucloud-api not running"; fi
+    if [ -f "$state/ucloud-scheduler.pid" ] && kill -0 "$(cat "$state/ucloud-scheduler.pid")" 2>/dev/null; then
+        echo "ucloud-scheduler running (pid $(cat "$state/ucloud-scheduler.pid"))"; else echo "ucloud-scheduler not running"; fi
     ;;
 *)
     sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 2

@@ -125,7 +125,7 @@ class Follower(Generic[R]):
                     # An exception or None: the stream broke. Watching again from the next
                     # revision loses nothing: etcd keeps history until it is compacted.
                     log.info("following %s: watch broke (%s); resuming from revision %d",
-                             self._family.prefix, item or "stream closed", self._next_revision)
+                             self._family.prefix, _reason(item), self._next_revision)
                     return
                 self._backoff = _BACKOFF.delays()
                 for event in item.events:
@@ -149,6 +149,15 @@ class Follower(Generic[R]):
             log.warning("skipping invalid record %s", exc)
             return None
         return Change(name, Versioned(name, record, event.mod_revision, event.create_revision), event.mod_revision)
+
+
+def _reason(error: object) -> str:
+    if error is None:
+        return "stream closed"
+    code, details = getattr(error, "code", None), getattr(error, "details", None)
+    if callable(code) and callable(details):
+        return f"{code().name}: {details()}"
+    return str(error) or type(error).__name__
 
 
 def apply(state: dict[str, Versioned[R]], item: Snapshot[R] | Change[R]) -> None:
