@@ -43,7 +43,8 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 for module in $(cat /lib/modules/order); do insmod "/lib/modules/$module.ko" 2>/dev/null; done
 echo "ucloud-tiny: booted"
-acpid -c /etc/acpi
+# In the foreground (-d, logging to the console): daemonized, busybox acpid finds no log file and quits.
+acpid -d -c /etc/acpi &
 while true; do sleep 3600; done
 INIT
 printf '#!/bin/sh\necho "ucloud-tiny: power button, powering off"\npoweroff -f\n' > initramfs/etc/acpi/PWRF/00000080

@@ -1,0 +1,37 @@
+"""Where a VM's runtime files live on this host: one directory per VM under the agent's run dir."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ucloud_common.record import check_key_part
+
+
+@dataclass(frozen=True)
+class VMPaths:
+    root: Path
+
+    @classmethod
+    def of(cls, run_dir: Path, uuid: str) -> VMPaths:
+        return cls(run_dir / "vms" / check_key_part(uuid))
+
+    @property
+    def qmp(self) -> Path:
+        return self.root / "qmp.sock"
+
+    @property
+    def vnc(self) -> Path:
+        return self.root / "vnc.sock"
+
+    @property
+    def serial(self) -> Path:
+        return self.root / "serial.log"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.root / "qemu.pid"
+
+    @property
+    def qemu_log(self) -> Path:
+        return self.root / "qemu.log"
