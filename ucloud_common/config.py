@@ -101,6 +101,23 @@ class Settings(BaseSettings):
     )
     fence_timeout: float = Field(60.0, gt=0, description="Seconds a fence command may take.")
 
+    run_dir: Path = Field(Path("/var/lib/ucloud/run"), description="Where a host agent keeps its VMs' "
+                          "runtime files (QMP, VNC and serial sockets and logs), one directory per agent.")
+    image_dir: Path = Field(Path("/var/lib/ucloud/images"), description="The local image store: one raw "
+                            "file per image.")
+    disk_dir: Path = Field(Path("/var/lib/ucloud/disks"), description="Where the local storage backend "
+                           "keeps VM disks (qcow2 overlays on their image).")
+    accel: Literal["auto", "kvm", "tcg"] = Field(
+        "auto", description="auto: KVM if a probe boot under KVM succeeds at agent start, else TCG. "
+        "/dev/kvm existing is not proof that it boots a guest."
+    )
+    probe_image_dir: Path = Field(Path("/var/lib/ucloud/tiny"), description="Holds vmlinuz and initrd.gz of "
+                                  "the tiny test image, booted under KVM to decide whether KVM works.")
+    shutdown_timeout: float = Field(60.0, gt=0, description="Seconds a guest gets to power off after ACPI "
+                                    "shutdown before QEMU is stopped hard.")
+    max_restarts: int = Field(5, ge=0, description="Consecutive crashes after which a VM is left in ERROR "
+                              "instead of being restarted again.")
+
     log_level: str = Field("INFO", pattern="^(?i)(DEBUG|INFO|WARNING|ERROR)$")
 
     @field_validator("etcd_endpoints", mode="before")

@@ -2,7 +2,8 @@
 
 Three followers (VMs, hosts, host liveness) feed one inbox; the loop folds what arrives into the
 view and, when something changed or the cadence ticks, runs a cycle: declare dead hosts DOWN and
-kill their VMs, fence, restart VMs whose host returned, place the VMs that wait for a host. Every
+kill their VMs, fence, release the fenced hosts' shared-storage VMs, place the VMs that wait for a
+host. (A KILLED VM that stayed with its host is restarted there by that host's agent.) Every
 write is a compare-and-swap guarded by the leadership, batched per cycle, and told in each VM's
 event log. `run_cycle()` returns one sentence saying what it decided.
 """
@@ -54,7 +55,6 @@ class Cycle:
     placed: int = 0
     unplaceable: int = 0
     killed: int = 0
-    restarted: int = 0
     released: int = 0
     down: list[str] = field(default_factory=list)
 
@@ -63,7 +63,7 @@ class Cycle:
         if self.down:
             parts.append(f"hosts DOWN: {', '.join(self.down)}")
         for count, what in ((self.killed, "killed"), (self.released, "released to other hosts after fencing"),
-                            (self.restarted, "restarted on their returned host"), (self.placed, "placed"),
+                            (self.placed, "placed"),
                             (self.unplaceable, "unplaceable")):
             if count:
                 parts.append(f"{count} VMs {what}")
@@ -176,10 +176,9 @@ class Scheduler:
                 self._declare_down(host, cycle)
             elif host.value.status is HostStatus.DOWN and not alive:
                 self._release_after_fence(self.view.hosts[name], cycle)
-            elif alive and host.value.status is HostStatus.UP:
-                if host.value.fenced:
-                    self._store.update(HOSTS, name, lambda h: h.evolve(fenced=False, down_since=None), guard=guard)
-                self._restart_returned(name, cycle)
+            elif alive and host.value.status is HostStatus.UP and host.value.fenced:
+                # It returned; the KILLED VMs that stayed with it are its agent's to restart.
+                self._store.update(HOSTS, name, lambda h: h.evolve(fenced=False, down_since=None), guard=guard)
         self._place(cycle)
         return cycle.sentence()
 
@@ -244,14 +243,6 @@ class Scheduler:
         error = f"host {host} died and could not be fenced ({reason}); waits for the host or for fencing"
         self._write([vm for vm in waiting if vm.value.error != error], lambda vm: vm.evolve(error=error),
                     f"host {host} not fenced: {reason}")
-
-    def _restart_returned(self, name: str, cycle: Cycle) -> None:
-        """KILLED VMs that stayed with their host (local disk, or not fenced) start there again."""
-        returning = [vm for vm in self.view.vms_on(name) if vm.value.status is Status.KILLED
-                     and vm.value.requested in WANTS_TO_RUN]
-        if returning:
-            cycle.restarted += self._write(returning, lambda vm: self._deploy(vm, HOSTS.key(name)),
-                                           f"host {name} returned: starting it there again")
 
     def _deploy(self, vm: VM, host_key: str) -> VM:
         check_transition(Writer.SCHEDULER, vm.status, Status.SCHEDULED_DEPLOY)

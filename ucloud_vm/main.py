@@ -1,5 +1,94 @@
-"""Entry point of `ucloud-vm`."""
+"""Entry point of `ucloud-vm`: the host agent, and importing images into this host's store."""
 
-from ucloud_common.cli import daemon_group
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+import uuid as uuidlib
+from pathlib import Path
+
+import click
+
+from ucloud_common.cli import daemon_group, settings_from
+from ucloud_common.record import check_name
+from ucloud_common.specs import Specs
+from ucloud_common.store import Store, StoreUnavailable
+from ucloud_vm.accel import choose
+from ucloud_vm.agent import Agent, HostSpec, machine_capacity
+from ucloud_vm.images import import_image
+from ucloud_vm.storage import LocalStorage, StorageError
 
 cli = daemon_group("ucloud-vm", "The host agent: runs this host's VMs in QEMU and reports what is true of them.")
+
+
+def _name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        return check_name(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@cli.command()
+@click.option("--hostname", required=True, callback=_name, help="This host's name in ucloud.")
+@click.option("--address", default=None, help="This host's address [default: its hostname's address].")
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Runtime files of this host's VMs [default: UCLOUD_RUN_DIR/HOSTNAME].")
+@click.option("--cpu", type=click.IntRange(1), default=None, help="CPUs to offer [default: this machine's].")
+@click.option("--ram", type=click.FloatRange(min=0.1), default=None, help="GiB of RAM to offer [default: this machine's].")
+@click.option("--ssd", type=click.IntRange(1), default=None, help="GiB of disk to offer [default: the disk dir's size].")
+@click.pass_context
+def run(ctx: click.Context, hostname: str, address: str | None, run_dir: Path | None, cpu: int | None,
+        ram: float | None, ssd: int | None) -> None:
+    """Run the agent for one host until SIGTERM or SIGINT (its VMs keep running).
+
+    Several agents with different --hostname and --run-dir may run on one machine, as simulated hosts.
+
+    Example: ucloud-vm run --hostname h1
+    """
+    settings = settings_from(ctx)
+    machine = machine_capacity(settings.disk_dir)
+    capacity = Specs(cpu=cpu or machine.cpu, ram=ram or machine.ram, ssd=ssd or machine.ssd)
+    host = HostSpec(hostname, address or _address(), capacity)
+    accel = choose(settings.accel, settings.probe_image_dir)
+    store = Store(settings)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    agent = Agent(store, settings, host, run_dir or settings.run_dir / hostname,
+                  {"local": LocalStorage(settings.image_dir, settings.disk_dir)}, accel)
+    try:
+        agent.run(stop)
+    finally:
+        store.close()
+
+
+@cli.command("import-image")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--name", required=True, callback=_name, help="The image's name.")
+@click.option("--uuid", "uuid_", default=None, help="The image's id [default: random].")
+@click.option("--owner", default="admin", show_default=True, callback=_name, help="The user who owns it.")
+@click.option("--private", is_flag=True, help="Visible to its owner only (default: public).")
+@click.pass_context
+def import_(ctx: click.Context, path: Path, name: str, uuid_: str | None, owner: str, private: bool) -> None:
+    """Import a raw or qcow2 file into this host's local image store, as a CREATED image.
+
+    Example: ucloud-vm import-image /var/lib/ucloud/tiny/tiny.qcow2 --name tiny --uuid tiny
+    """
+    settings = settings_from(ctx)
+    image_id = check_name(uuid_) if uuid_ else str(uuidlib.uuid4())
+    store = Store(settings)
+    try:
+        image = import_image(store, settings.image_dir, path, image_id, name, owner, public=not private)
+    except (StorageError, StoreUnavailable) as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        store.close()
+    click.echo(image.uuid)
+
+
+def _address() -> str:
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"

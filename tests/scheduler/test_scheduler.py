@@ -98,9 +98,9 @@ def test_a_dead_hosts_vms_are_killed_fenced_and_rescheduled(
     assert "disk is local" in kept.error
     print(f"rescheduled {took:.1f} s after the agent stopped renewing (TTL 2 s)")
 
-    back = register_host(store, "h1", storage=("local", "rbd"))  # the host returns
-    wait_for(lambda: placed(store, local), 10, "restart on the returned host")
-    assert vm(store, local).hostname == HOSTS.key("h1")
+    back = register_host(store, "h1", storage=("local", "rbd"))  # the host returns: its agent restarts it
+    wait_for(lambda: not store.get(HOSTS, "h1").value.fenced, 10, "the returned host unfenced")  # type: ignore[union-attr]
+    assert vm(store, local).hostname == HOSTS.key("h1") and vm(store, local).status is Status.KILLED
     for lease in (other, back):
         lease.close()
 

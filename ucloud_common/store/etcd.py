@@ -87,6 +87,7 @@ class Put(Generic[R]):
     name: str
     record: R
     expect: int | None
+    lease: int | None = None
 
 
 @dataclass(frozen=True)
@@ -294,7 +295,7 @@ class Store:
             if write.expect is not None:
                 compare.append(tx.mod(key) == write.expect if write.expect else tx.create(key) == 0)
             if isinstance(write, Put):
-                success.append(self._put(key, write.family.encode(write.record), None))
+                success.append(self._put(key, write.family.encode(write.record), write.lease))
             else:
                 success.append(tx.delete(key))
         response = self._txn(compare, success, guard)
@@ -310,6 +311,19 @@ class Store:
                                    else f"{key} changed since revision {write.expect}", key)
             raise Conflict("a key changed during the transaction")
         return int(response.header.revision)
+
+    def delete_all(self, family: Family[R], within: str) -> int:
+        """Delete every key of the family whose name starts with `within` (e.g. one VM's events);
+        return how many. `within` must not be empty: a whole family is never deleted this way."""
+        if not within:
+            raise ValueError("delete_all needs a name prefix")
+        prefix = (family.prefix + within).encode()
+        with self.unavailable_as_error("delete range"):
+            response = self._client.kvstub.DeleteRange(
+                rpc_pb2.DeleteRangeRequest(key=prefix, range_end=_prefix_end(prefix)), self._client.timeout,
+                credentials=self._client.call_credentials, metadata=self._client.metadata,
+            )
+        return int(response.deleted)
 
     # -- leases -----------------------------------------------------------------------------------
 

@@ -1,0 +1,125 @@
+"""The first VM booted end to end: API → scheduler → agent → QEMU, and back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from tests.e2e.conftest import Cluster, wait_until
+from tests.helpers.tiny import BOOTED
+from ucloud_common.vm import VMS
+
+SPECS = {"cpu": 1, "ram": 0.25, "ssd": 1}
+
+
+def qemus_of(uuid: str) -> list[int]:
+    """Live QEMU processes of a VM, found by their command line (zombies do not count)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            state = (proc / "stat").read_text().rsplit(")", 1)[-1].split()[0]
+        except OSError:
+            continue
+        if cmdline.startswith(b"qemu-system") and f"guest={uuid}".encode() in cmdline and state != "Z":
+            found.append(int(proc.name))
+    return found
+
+
+def create(cluster: Cluster, name: str) -> str:
+    status, body = cluster.call("POST", "/api/v1/vms", {"name": name, "specs": SPECS, "image": "tiny"})
+    assert status == 201, body
+    return str(body["uuid"])
+
+
+def act(cluster: Cluster, uuid: str, action: str) -> None:
+    status, body = cluster.call("POST", f"/api/v1/vms/{uuid}/{action}")
+    assert status == 202, body
+
+
+def events(cluster: Cluster, uuid: str) -> list[str]:
+    return [e["message"] for e in cluster.call("GET", f"/api/v1/vms/{uuid}/events")[1]]
+
+
+def test_create_suspend_resume_shutdown_start_reboot_delete(cluster: Cluster) -> None:
+    uuid = create(cluster, "first")
+    vm = cluster.wait(uuid, "RUNNING", timeout=30)
+    assert vm["hostname"] == "/v1/host/h1" and vm["observed_generation"] == vm["generation"]
+    wait_until(lambda: BOOTED in cluster.serial("h1", uuid), 60, "the serial line")
+    pid = cluster.qemu_pid("h1", uuid)
+
+    act(cluster, uuid, "suspend")
+    cluster.wait(uuid, "SUSPENDED", timeout=10)
+    act(cluster, uuid, "resume")
+    cluster.wait(uuid, "RUNNING", timeout=10)
+    assert cluster.qemu_pid("h1", uuid) == pid
+
+    act(cluster, uuid, "shutdown")
+    cluster.wait(uuid, "STOPPED", timeout=30)
+    assert "stopped: the guest powered off (ACPI)" in events(cluster, uuid), events(cluster, uuid)
+    assert cluster.qemu_pid("h1", uuid) is None
+
+    act(cluster, uuid, "start")
+    cluster.wait(uuid, "RUNNING", timeout=30)
+    wait_until(lambda: cluster.serial("h1", uuid).count(BOOTED) == 2, 60, "the second boot")
+
+    act(cluster, uuid, "reboot")
+    wait_until(lambda: cluster.serial("h1", uuid).count(BOOTED) == 3, 60, "the boot after reboot")
+    assert "rebooted" in events(cluster, uuid)
+    assert cluster.vm(uuid)["status"] == "RUNNING"
+
+    status, _ = cluster.call("DELETE", f"/api/v1/vms/{uuid}")
+    assert status == 202
+    wait_until(lambda: cluster.call("GET", f"/api/v1/vms/{uuid}")[0] == 404, 30, "deletion")
+    assert cluster.store.get(VMS, uuid) is None
+    assert not (cluster.run_dir("h1") / "vms" / uuid).exists()
+    assert not (cluster.root / "disks" / f"{uuid}.qcow2").exists()
+    assert not qemus_of(uuid), "a QEMU is left"
+
+
+def test_a_killed_qemu_is_restarted(cluster: Cluster) -> None:
+    uuid = create(cluster, "crashy")
+    cluster.wait(uuid, "RUNNING", timeout=30)
+    wait_until(lambda: BOOTED in cluster.serial("h1", uuid), 60, "the first boot")
+    pid = cluster.qemu_pid("h1", uuid)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    cluster.wait(uuid, "RUNNING", timeout=30, restarts=1)
+    assert cluster.qemu_pid("h1", uuid) not in (None, pid)
+    messages = events(cluster, uuid)
+    assert any(m.startswith("killed: QEMU exited unexpectedly") for m in messages), messages
+    assert any(m.startswith("restarted") for m in messages), messages
+    wait_until(lambda: cluster.serial("h1", uuid).count(BOOTED) == 2, 60, "the boot after the restart")
+
+
+def test_a_killed_agent_leaves_its_vms_running_and_readopts_them(cluster: Cluster) -> None:
+    uuid = create(cluster, "steady")
+    cluster.wait(uuid, "RUNNING", timeout=30)
+    wait_until(lambda: BOOTED in cluster.serial("h1", uuid), 60, "the serial line")
+    pid = cluster.qemu_pid("h1", uuid)
+    before = events(cluster, uuid)
+    cluster.stop_agent("h1", signal.SIGKILL)
+    time.sleep(1)
+    assert cluster.qemu_pid("h1", uuid) == pid, "the VM died with its agent"
+    cluster.start_agent("h1")
+    time.sleep(4)  # the new agent has listed, reconciled and monitored by now
+    assert cluster.qemu_pid("h1", uuid) == pid, "the VM was restarted"
+    assert cluster.vm(uuid)["status"] == "RUNNING"
+    assert events(cluster, uuid) == before, "the new agent changed something"
+    assert cluster.serial("h1", uuid).count(BOOTED) == 1
+
+
+def test_two_agents_share_the_vms(cluster: Cluster) -> None:
+    cluster.start_agent("h2")
+    wait_until(lambda: cluster.call("GET", "/api/v1/hosts/h2")[0] == 200 and
+               cluster.call("GET", "/api/v1/hosts/h2")[1]["alive"], 20, "h2 registered")
+    uuids = [create(cluster, f"spread{i}") for i in range(4)]
+    hosts = [cluster.wait(u, "RUNNING", timeout=60)["hostname"] for u in uuids]
+    assert set(hosts) == {"/v1/host/h1", "/v1/host/h2"}, hosts
+    for u in uuids:
+        host = cluster.vm(u)["hostname"].rsplit("/", 1)[1]
+        wait_until(lambda: BOOTED in cluster.serial(host, u), 60, f"{u} booted on {host}")

@@ -1,0 +1,89 @@
+"""Storage backends: where a VM's disk lives. One small interface; `local` here, `rbd` (Ceph) later.
+
+Contract for every backend: `create` is idempotent (an existing disk is kept, so a restarted agent
+never wipes a disk) and leaves nothing half made when it fails; `delete` is idempotent; `drive`
+gives QEMU's `-drive` options, always with an explicit `format=`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+from pathlib import Path
+from typing import Protocol
+
+from ucloud_common.vm import VM
+
+log = logging.getLogger(__name__)
+
+GIB = 1024**3
+
+
+class StorageError(Exception):
+    """The disk could not be made or removed; `str()` says why, for the VM's `error`."""
+
+
+class StorageBackend(Protocol):
+    name: str
+
+    def create(self, vm: VM) -> None: ...
+
+    def exists(self, vm: VM) -> bool: ...
+
+    def drive(self, vm: VM) -> list[str]: ...
+
+    def delete(self, vm: VM) -> None: ...
+
+
+def qemu_img(*args: str) -> str:
+    result = subprocess.run(["qemu-img", *args], capture_output=True, text=True, timeout=300)
+    if result.returncode != 0:
+        lines = result.stderr.strip().splitlines()
+        raise StorageError(f"qemu-img {args[0]} failed: {lines[-1] if lines else result.returncode}")
+    return result.stdout
+
+
+class LocalStorage:
+    """A qcow2 copy-on-write overlay on the image's raw file in the local image store, grown to the
+    VM's ssd size."""
+
+    name = "local"
+
+    def __init__(self, image_dir: Path, disk_dir: Path) -> None:
+        self._images = image_dir
+        self._disks = disk_dir
+
+    def image_path(self, image: str) -> Path:
+        return self._images / f"{image}.raw"
+
+    def disk_path(self, vm: VM) -> Path:
+        return self._disks / f"{vm.uuid}.qcow2"
+
+    def exists(self, vm: VM) -> bool:
+        return self.disk_path(vm).is_file()
+
+    def create(self, vm: VM) -> None:
+        disk = self.disk_path(vm)
+        if disk.is_file():
+            return
+        image = self.image_path(vm.image)
+        if not image.is_file():
+            raise StorageError(f"image {vm.image} is not in this host's image store ({self._images})")
+        image_size = int(json.loads(qemu_img("info", "-f", "raw", "--output=json", str(image)))["virtual-size"])
+        size = vm.specs.ssd * GIB
+        if size < image_size:
+            raise StorageError(f"the image is {image_size / GIB:.2f} GiB, more than the VM's ssd of {vm.specs.ssd} GiB")
+        self._disks.mkdir(parents=True, exist_ok=True)
+        partial = disk.with_suffix(".partial")
+        qemu_img("create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(image), str(partial), str(size))
+        os.replace(partial, disk)
+        log.info("vm=%s disk %s created on image %s (%d GiB)", vm.uuid, disk, vm.image, vm.specs.ssd)
+
+    def drive(self, vm: VM) -> list[str]:
+        return [f"file={self.disk_path(vm)}", "format=qcow2", "cache=writeback", "discard=unmap"]
+
+    def delete(self, vm: VM) -> None:
+        for path in (self.disk_path(vm), self.disk_path(vm).with_suffix(".partial")):
+            path.unlink(missing_ok=True)

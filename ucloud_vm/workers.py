@@ -1,0 +1,70 @@
+"""Work on one VM at a time, different VMs in parallel (kopf's per-object queueing).
+
+`submit(key)` asks for the handler to run for `key`; asks that arrive while it runs fold into one
+more run afterwards, so the handler always ends up seeing the latest state, and never runs twice
+at once for the same key.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+log = logging.getLogger(__name__)
+
+
+class KeyedWorkers:
+    def __init__(self, handler: Callable[[str], float | None], threads: int = 8) -> None:
+        """`handler(key)` may return a delay in seconds after which it wants to run again."""
+        self._handler = handler
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vm")
+        self._lock = threading.Lock()
+        self._running: set[str] = set()
+        self._again: set[str] = set()
+        self._timers: dict[str, threading.Timer] = {}
+        self._closed = False
+
+    def submit(self, key: str, delay: float = 0.0) -> None:
+        if delay > 0:
+            with self._lock:
+                if self._closed or (key in self._timers and self._timers[key].is_alive()):
+                    return
+                timer = threading.Timer(delay, self.submit, args=(key,))
+                timer.daemon = True
+                self._timers[key] = timer
+            timer.start()
+            return
+        with self._lock:
+            if self._closed:
+                return
+            if key in self._running:
+                self._again.add(key)
+                return
+            self._running.add(key)
+        self._pool.submit(self._run, key)
+
+    def _run(self, key: str) -> None:
+        while True:
+            delay = None
+            try:
+                delay = self._handler(key)
+            except Exception:  # one VM's failure never stops the others
+                log.exception("vm=%s reconcile failed", key)
+                delay = 5.0
+            with self._lock:
+                if key in self._again and not self._closed:
+                    self._again.discard(key)
+                    continue
+                self._running.discard(key)
+            if delay:
+                self.submit(key, delay)
+            return
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for timer in self._timers.values():
+                timer.cancel()
+        self._pool.shutdown(wait=True, cancel_futures=True)
