@@ -17,7 +17,17 @@ etcd_port=${UCLOUD_LOCAL_ETCD_PORT:-2379}
 api_port=${UCLOUD_LOCAL_API_PORT:-8080}
 api=http://127.0.0.1:$api_port
 export UCLOUD_ETCD_ENDPOINTS=127.0.0.1:$etcd_port
+export UCLOUD_RUN_DIR=$state/run UCLOUD_IMAGE_DIR=$state/images UCLOUD_DISK_DIR=$state/disks
+export UCLOUD_PROBE_IMAGE_DIR=$state/tiny
 bin=$repo/.venv/bin
+host=local
+
+# api METHOD PATH [JSON]: call the API as the admin; prints the answer's body.
+api() {
+    curl -sS -X "$1" -H "Authorization: Bearer $(cat "$state/admin.token")" -H "Content-Type: application/json" \
+        ${3:+--data "$3"} "$api$2"
+}
+json() { "$bin/python" -c "import json, sys; print(json.load(sys.stdin)$1)"; }
 
 case ${1:-} in
 up)
@@ -32,19 +42,44 @@ up)
     start_daemon ucloud-api "$state" "curl -sf $api/healthz" \
         "$bin/ucloud-api" serve --bind "127.0.0.1:$api_port" --workers 3
     start_daemon ucloud-scheduler "$state" "sleep 0.5" "$bin/ucloud-scheduler" run --name local
+    bash deploy/build-tiny-image.sh "$state/tiny"
+    "$bin/ucloud-vm" import-image "$state/tiny/tiny.qcow2" --name tiny --uuid tiny >/dev/null
+    start_daemon ucloud-vm "$state" "api GET /api/v1/hosts/$host | json '[\"alive\"]' | grep -q True" \
+        "$bin/ucloud-vm" run --hostname "$host"
+
+    # The demo VM: created once, then started if it is not running.
+    uuid=$(api GET /api/v1/vms | "$bin/python" -c "import json,sys; print(next((v['uuid'] for v in json.load(sys.stdin) if v['name'] == 'demo'), ''))")
+    if [ -z "$uuid" ]; then
+        uuid=$(api POST /api/v1/vms '{"name": "demo", "specs": {"cpu": 1, "ram": 0.25, "ssd": 1}, "image": "tiny"}' | json '["uuid"]')
+    fi
+    for _ in $(seq 300); do
+        vm_status=$(api GET "/api/v1/vms/$uuid" | json '["status"]')
+        [ "$vm_status" = RUNNING ] && break
+        [ "$vm_status" = STOPPED ] && api POST "/api/v1/vms/$uuid/start" >/dev/null
+        sleep 0.2
+    done
+    serial=$state/run/$host/vms/$uuid/serial.log
+    for _ in $(seq 300); do grep -q "ucloud-tiny: booted" "$serial" 2>/dev/null && break; sleep 0.2; done
     cat <<EOT
 
 ucloud runs on this machine:
   etcd        127.0.0.1:$etcd_port   (data and log in $state/etcd)
   API         $api   (log in $state/ucloud-api.log; OpenAPI at $api/api/v1/openapi.json)
   scheduler   log in $state/ucloud-scheduler.log
+  host agent  host "$host" (log in $state/ucloud-vm.log)
   admin token $state/admin.token
 
-Try:  curl -H "Authorization: Bearer \$(cat $state/admin.token)" $api/api/v1/vms
+The VM "demo" ($uuid) is $vm_status; its serial console ($serial) says:
+  $(grep -a "ucloud-tiny" "$serial" | tail -n 1)
+
+Try:  curl -H "Authorization: Bearer \$(cat $state/admin.token)" $api/api/v1/vms/$uuid
 Stop everything with: ${UCLOUD_LOCAL_DIR:+UCLOUD_LOCAL_DIR=$state }bash $repo/deploy/local.sh down
 EOT
     ;;
 down)
+    stop_daemon ucloud-vm "$state"
+    # QEMUs outlive their agent by design; "down" means everything, so the VMs stop too.
+    pkill -f "$state/run/" 2>/dev/null && echo "VMs stopped" || true
     stop_daemon ucloud-scheduler "$state"
     stop_daemon ucloud-api "$state"
     bash deploy/etcd.sh stop "$state/etcd"
@@ -52,8 +87,10 @@ down)
 status)
     bash deploy/etcd.sh status "$state/etcd" || true
     if curl -sf "$api/healthz" >/dev/null; then echo "ucloud-api running at $api"; else echo "ucloud-api not running"; fi
-    if [ -f "$state/ucloud-scheduler.pid" ] && kill -0 "$(cat "$state/ucloud-scheduler.pid")" 2>/dev/null; then
-        echo "ucloud-scheduler running (pid $(cat "$state/ucloud-scheduler.pid"))"; else echo "ucloud-scheduler not running"; fi
+    for daemon in ucloud-scheduler ucloud-vm; do
+        if [ -f "$state/$daemon.pid" ] && kill -0 "$(cat "$state/$daemon.pid")" 2>/dev/null; then
+            echo "$daemon running (pid $(cat "$state/$daemon.pid"))"; else echo "$daemon not running"; fi
+    done
     ;;
 *)
     sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 2

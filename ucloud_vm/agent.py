@@ -82,7 +82,12 @@ class Agent:
         self._register()
         follower = Follower(self._store, VMS, resync_interval=self._settings.resync_interval)
         threading.Thread(target=self._monitor, name="monitor", daemon=True).start()
-        threading.Thread(target=lambda: stop.wait() or follower.stop(), daemon=True).start()
+
+        def stop_following() -> None:
+            stop.wait()
+            follower.stop()
+
+        threading.Thread(target=stop_following, name="stopper", daemon=True).start()
         try:
             for item in follower:
                 self._fold(item)

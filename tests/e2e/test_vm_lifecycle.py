@@ -7,7 +7,7 @@ import signal
 import time
 from pathlib import Path
 
-from tests.e2e.conftest import Cluster, wait_until
+from tests.helpers.processes import Cluster, wait_until
 from tests.helpers.tiny import BOOTED
 from ucloud_common.vm import VMS
 

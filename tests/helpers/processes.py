@@ -1,0 +1,151 @@
+"""A whole ucloud as real processes: etcd, the API under gunicorn, the scheduler, and host agents
+booting the tiny image in real QEMU (TCG). Used by the end-to-end tests and the agent benchmark."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.helpers.etcd import EtcdServer, free_port
+from tests.helpers.tiny import tiny_image
+from ucloud_common.config import load_settings
+from ucloud_common.store import Store
+
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Cluster:
+    root: Path
+    env: dict[str, str]
+    api_port: int
+    token: str
+    store: Store
+    agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    others: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.api_port, timeout=30)
+        conn.request(method, path, body=json.dumps(body) if body is not None else None,
+                     headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
+        response = conn.getresponse()
+        text = response.read()
+        conn.close()
+        return response.status, json.loads(text) if text else None
+
+    def vm(self, uuid: str) -> dict[str, Any]:
+        status, body = self.call("GET", f"/api/v1/vms/{uuid}")
+        assert status == 200, body
+        return body  # type: ignore[no-any-return]
+
+    def wait(self, uuid: str, status: str, timeout: float = 60, **fields: Any) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            vm = self.vm(uuid)
+            if vm["status"] == status and all(vm.get(k) == v for k, v in fields.items()):
+                return vm
+            if time.monotonic() > deadline:
+                raise AssertionError(f"VM {uuid} not {status} {fields} within {timeout} s: {vm['status']} "
+                                     f"error={vm['error']!r} events={[e['message'] for e in vm['events']]}")
+            time.sleep(0.1)
+
+    def run_dir(self, host: str) -> Path:
+        return self.root / "run" / host
+
+    def serial(self, host: str, uuid: str) -> str:
+        path = self.run_dir(host) / "vms" / uuid / "serial.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def qemu_pid(self, host: str, uuid: str) -> int | None:
+        path = self.run_dir(host) / "vms" / uuid / "qemu.pid"
+        try:
+            pid = int(path.read_text())
+            os.kill(pid, 0)
+            return pid
+        except (FileNotFoundError, ValueError, ProcessLookupError):
+            return None
+
+    def start_agent(self, host: str, **capacity: str) -> None:
+        args = [str(BIN / "ucloud-vm"), "run", "--hostname", host]
+        for key, value in capacity.items():
+            args += [f"--{key}", value]
+        self.agents[host] = _spawn(args, self.env, self.root / f"agent-{host}.log")
+
+    def stop_agent(self, host: str, sig: int = signal.SIGTERM) -> None:
+        process = self.agents.pop(host)
+        process.send_signal(sig)
+        process.wait(timeout=15)
+
+
+def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(args, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_until(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not within {timeout} s")
+        time.sleep(0.1)
+
+
+@contextmanager
+def running_cluster(root: Path, **settings: str) -> Iterator[Cluster]:
+    """Start everything under `root` with one agent, h1; stop it all (and every QEMU) at the end."""
+    tiny = tiny_image()
+    etcd = EtcdServer(root / "etcd")
+    etcd.start()
+    conf = root / "ucloud.conf"
+    lines = {
+        "UCLOUD_ETCD_ENDPOINTS": etcd.endpoint, "UCLOUD_RUN_DIR": str(root / "run"),
+        "UCLOUD_IMAGE_DIR": str(root / "images"), "UCLOUD_DISK_DIR": str(root / "disks"),
+        "UCLOUD_ACCEL": "tcg", "UCLOUD_SHUTDOWN_TIMEOUT": "20", "UCLOUD_HOST_LEASE_TTL": "6",
+        "UCLOUD_HEARTBEAT_INTERVAL": "1", "UCLOUD_LEADER_LEASE_TTL": "6", "UCLOUD_ETCD_TIMEOUT": "2", **settings,
+    }
+    conf.write_text("".join(f"{k}={v}\n" for k, v in lines.items()))
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("UCLOUD_")}, "UCLOUD_CONFIG": str(conf)}
+    subprocess.run([str(BIN / "ucloud-vm"), "import-image", str(tiny / "tiny.qcow2"), "--name", "tiny",
+                    "--uuid", "tiny"], env=env, check=True, capture_output=True)
+    token = subprocess.run([str(BIN / "ucloud-api"), "create-admin", "admin"], env=env, check=True,
+                           capture_output=True, text=True).stdout.strip()
+    api_port = free_port()
+    others = [
+        _spawn([str(BIN / "ucloud-api"), "serve", "--bind", f"127.0.0.1:{api_port}", "--workers", "2"], env,
+               root / "api.log"),
+        _spawn([str(BIN / "ucloud-scheduler"), "run", "--name", "s1"], env, root / "scheduler.log"),
+    ]
+    store = Store(load_settings(conf))
+    the_cluster = Cluster(root, env, api_port, token, store, others=others)
+    the_cluster.start_agent("h1")
+    wait_until(lambda: _answers(the_cluster), 30, "the API")
+    try:
+        yield the_cluster
+    finally:
+        for process in [*the_cluster.agents.values(), *others]:
+            process.terminate()
+        for process in [*the_cluster.agents.values(), *others]:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        # QEMUs outlive agents by design: whoever started the cluster cleans them up.
+        subprocess.run(["pkill", "-9", "-f", f"{root}/run/"], check=False)
+        store.close()
+        etcd.stop()
+
+
+def _answers(cluster: Cluster) -> bool:
+    try:
+        return cluster.call("GET", "/healthz")[0] == 200
+    except OSError:
+        return False
