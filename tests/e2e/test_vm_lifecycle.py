@@ -123,3 +123,22 @@ def test_two_agents_share_the_vms(cluster: Cluster) -> None:
     for u in uuids:
         host = cluster.vm(u)["hostname"].rsplit("/", 1)[1]
         wait_until(lambda: BOOTED in cluster.serial(host, u), 60, f"{u} booted on {host}")
+
+
+def test_a_vm_that_cannot_be_made_gets_error_and_the_others_go_on(cluster: Cluster) -> None:
+    from ucloud_common.image import IMAGES, Image, ImageStatus
+
+    cluster.store.create(IMAGES, "ghost", Image(uuid="ghost", owner="admin", name="ghost", store_name="local",
+                                                public=True, status=ImageStatus.CREATED))
+    cluster.store.client.put("/v1/vm/garbage", b"{not a vm")
+    status, body = cluster.call("POST", "/api/v1/vms", {"name": "broken", "specs": SPECS, "image": "ghost"})
+    assert status == 201
+    broken = cluster.wait(body["uuid"], "ERROR", timeout=30)
+    assert broken["error"] == f"disk: image ghost is not in this host's image store ({cluster.root / 'images'})"
+    fine = create(cluster, "fine")
+    cluster.wait(fine, "RUNNING", timeout=30)
+    log = "".join(p.read_text() for p in cluster.root.glob("agent-*.log"))
+    assert "skipping invalid record /v1/vm/garbage" in log
+    status, _ = cluster.call("DELETE", f"/api/v1/vms/{body['uuid']}")
+    assert status == 202
+    wait_until(lambda: cluster.call("GET", f"/api/v1/vms/{body['uuid']}")[0] == 404, 30, "deleting the broken VM")

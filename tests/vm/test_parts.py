@@ -1,0 +1,139 @@
+"""The agent's parts on their own: the QEMU command line, local storage and image import with the
+real qemu-img, per-VM serialization."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.tiny import tiny_image
+from ucloud_common.vm import VM
+from ucloud_vm import qemu
+from ucloud_vm.accel import choose
+from ucloud_vm.images import inspect
+from ucloud_vm.paths import VMPaths
+from ucloud_vm.storage import LocalStorage, StorageError
+from ucloud_vm.workers import KeyedWorkers
+
+
+def a_vm(**fields: object) -> VM:
+    return VM.model_validate({"uuid": "u1", "owner": "alice", "name": "web", "image": "img",
+                              "specs": {"cpu": 2, "ram": 0.5, "ssd": 1}, **fields})
+
+
+def test_the_command_line() -> None:
+    paths = VMPaths.of(Path("/run/x"), "u1")
+    argv = qemu.command_line(a_vm(), ["file=/d/u1.qcow2", "format=qcow2"], paths, "tcg")
+    assert argv[0] == "qemu-system-x86_64"
+    joined = " ".join(argv)
+    assert "-accel tcg" in joined and "-smp 2" in joined and "-m 512" in joined
+    assert "-daemonize -pidfile /run/x/vms/u1/qemu.pid" in joined and "-no-shutdown" in joined
+    assert "unix:/run/x/vms/u1/qmp.sock,server=on,wait=off" in joined
+    assert "file=/d/u1.qcow2,format=qcow2,if=virtio,id=disk0" in joined
+    assert "-cpu" not in argv
+    assert qemu.command_line(a_vm(), ["format=raw"], paths, "kvm")[-2:] == ["-cpu", "host"]
+
+
+def test_paths_refuse_names_that_escape() -> None:
+    with pytest.raises(ValueError):
+        VMPaths.of(Path("/run"), "../etc")
+
+
+def test_local_storage_makes_an_overlay_grown_to_the_ssd_size(tmp_path: Path) -> None:
+    images, disks = tmp_path / "images", tmp_path / "disks"
+    images.mkdir()
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(images / "img.raw"), "64M"], check=True)
+    storage = LocalStorage(images, disks)
+    vm = a_vm()
+    storage.create(vm)
+    info = subprocess.run(["qemu-img", "info", "--output=json", str(storage.disk_path(vm))], check=True,
+                          capture_output=True, text=True).stdout
+    assert '"virtual-size": 1073741824' in info and '"backing-filename-format": "raw"' in info
+    before = storage.disk_path(vm).stat().st_mtime_ns
+    storage.create(vm)  # idempotent: an existing disk is kept
+    assert storage.disk_path(vm).stat().st_mtime_ns == before
+    assert storage.drive(vm)[1] == "format=qcow2"
+    storage.delete(vm)
+    storage.delete(vm)
+    assert not storage.exists(vm)
+
+
+def test_local_storage_errors_say_why(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "images", tmp_path / "disks")
+    with pytest.raises(StorageError, match="image img is not in this host's image store"):
+        storage.create(a_vm())
+    (tmp_path / "images").mkdir()
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(tmp_path / "images" / "img.raw"), "2G"], check=True)
+    with pytest.raises(StorageError, match="more than the VM's ssd of 1 GiB"):
+        storage.create(a_vm())
+    assert not list((tmp_path / "disks").glob("*")), "nothing half made"
+
+
+def test_import_refuses_what_points_elsewhere(tmp_path: Path) -> None:
+    assert inspect(tiny_image() / "tiny.qcow2") == "qcow2"
+    backed = tmp_path / "backed.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", "/etc/passwd", str(backed)],
+                   check=True)
+    with pytest.raises(StorageError, match="backing file"):
+        inspect(backed)
+    data_file = tmp_path / "datafile.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", f"data_file={tmp_path / 'x.raw'}",
+                    str(data_file), "1M"], check=True)
+    with pytest.raises(StorageError, match="external data file"):
+        inspect(data_file)
+    vmdk = tmp_path / "disk.vmdk"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "vmdk", str(vmdk), "1M"], check=True)
+    with pytest.raises(StorageError, match="format vmdk is not accepted"):
+        inspect(vmdk)
+
+
+def test_the_accelerator_from_configuration_is_taken_as_is(tmp_path: Path) -> None:
+    assert choose("tcg", tmp_path) == "tcg"
+    assert choose("kvm", tmp_path) == "kvm"
+    # auto without a probe image never bets on KVM
+    assert choose("auto", tmp_path) == "tcg"
+
+
+def test_work_on_one_vm_is_serialized_and_folds_repeated_asks() -> None:
+    running: dict[str, int] = {}
+    overlaps: list[str] = []
+    calls: list[str] = []
+    lock = threading.Lock()
+
+    def handler(key: str) -> None:
+        with lock:
+            running[key] = running.get(key, 0) + 1
+            if running[key] > 1:
+                overlaps.append(key)
+            calls.append(key)
+        time.sleep(0.05)
+        with lock:
+            running[key] -= 1
+
+    workers = KeyedWorkers(handler, threads=4)
+    for _ in range(10):
+        workers.submit("a")
+        workers.submit("b")
+    time.sleep(0.5)
+    workers.close()
+    assert overlaps == []
+    assert 2 <= calls.count("a") <= 3 and 2 <= calls.count("b") <= 3
+
+
+def test_a_failing_vm_does_not_stop_the_others() -> None:
+    done = threading.Event()
+
+    def handler(key: str) -> None:
+        if key == "bad":
+            raise RuntimeError("boom")
+        done.set()
+
+    workers = KeyedWorkers(handler)
+    workers.submit("bad")
+    workers.submit("good")
+    assert done.wait(2)
+    workers.close()
