@@ -1,0 +1,186 @@
+"""`ucloud` against the real API (gunicorn), a real etcd, scheduler and agent (real QEMU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers.processes import Cluster, running_cluster
+from tests.helpers.etcd import free_port
+
+BIN = Path(sys.executable).parent
+ED25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl alice@laptop"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with running_cluster(tmp_path_factory.mktemp("cli-cluster")) as the_cluster:
+        yield the_cluster
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+def ucloud(home: Path, *args: str, cluster: Cluster | None = None, token: str | None = None,
+           url: str | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UCLOUD_")}
+    env.update(HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"))
+    if cluster is not None:
+        env["UCLOUD_API_URL"] = url or f"http://127.0.0.1:{cluster.api_port}"
+        env["UCLOUD_TOKEN"] = token or cluster.token
+    return subprocess.run([str(BIN / "ucloud"), *args], env=env, capture_output=True, text=True, timeout=120,
+                          input=stdin)
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def as_json(result: subprocess.CompletedProcess[str]) -> Any:
+    return json.loads(ok(result))
+
+
+def one_error_line(result: subprocess.CompletedProcess[str], code: int) -> str:
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("Error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    return result.stderr
+
+
+def test_login_writes_a_private_config(cluster: Cluster, home: Path) -> None:
+    url = f"http://127.0.0.1:{cluster.api_port}"
+    out = ok(ucloud(home, "login", "--url", url, stdin=cluster.token + "\n"))
+    config = home / ".config" / "ucloud" / "config"
+    assert str(config) in out and stat.S_IMODE(config.stat().st_mode) == 0o600
+    assert cluster.token in config.read_text()
+    assert ucloud(home, "vm", "list").returncode == 0  # no environment needed now
+    one_error_line(ucloud(home, "login", "--url", url, "--token", "bad.token"), 1)
+
+
+def test_not_logged_in(home: Path) -> None:
+    assert "not logged in" in one_error_line(ucloud(home, "vm", "list"), 2)
+
+
+def test_vm_lifecycle_with_wait(cluster: Cluster, home: Path) -> None:
+    created = as_json(ucloud(home, "vm", "create", "cli1", "--ram", "0.25", "--ssd", "1", "--image", "tiny",
+                             "--wait", "-o", "json", cluster=cluster))
+    assert created["status"] == "RUNNING" and created["name"] == "cli1"
+    uuid = created["uuid"]
+    table = ok(ucloud(home, "vm", "list", cluster=cluster))
+    header, row = table.splitlines()[0], next(line for line in table.splitlines() if uuid in line)
+    assert header.split()[:4] == ["UUID", "NAME", "STATUS", "REQUESTED"] and "RUNNING" in row and "h1" in row
+    assert [v["uuid"] for v in as_json(ucloud(home, "vm", "list", "--status", "RUNNING", "-o", "json",
+                                              cluster=cluster))] == [uuid]
+    shown = ok(ucloud(home, "vm", "show", uuid, cluster=cluster))
+    assert "status" in shown and "RUNNING" in shown
+    suspended = ucloud(home, "vm", "suspend", uuid, "--wait", "-o", "json", cluster=cluster)
+    assert as_json(suspended)["status"] == "SUSPENDED" and "cli1: SUSPENDED" in suspended.stderr
+    assert as_json(ucloud(home, "vm", "resume", uuid, "--wait", "-o", "json", cluster=cluster))["status"] == "RUNNING"
+    assert as_json(ucloud(home, "vm", "reboot", uuid, "--wait", "-o", "json", cluster=cluster))["status"] == "RUNNING"
+    stopped = ucloud(home, "vm", "shutdown", uuid, "--wait", "-o", "json", cluster=cluster)
+    assert as_json(stopped)["status"] == "STOPPED" and "cli1: STOPPING" in stopped.stderr
+    assert as_json(ucloud(home, "vm", "start", uuid, "--wait", "-o", "json", cluster=cluster))["status"] == "RUNNING"
+    events = as_json(ucloud(home, "vm", "events", uuid, "-o", "json", cluster=cluster))
+    assert any(e["message"].startswith("placed on h1") for e in events)
+    assert "MESSAGE" in ok(ucloud(home, "vm", "events", uuid, cluster=cluster))
+    refused = one_error_line(ucloud(home, "vm", "resume", uuid, cluster=cluster), 1)
+    assert "cannot resume: the VM is RUNNING" in refused
+    assert "deleted" in ok(ucloud(home, "vm", "delete", uuid, "--wait", cluster=cluster))
+    assert "does not exist" in one_error_line(ucloud(home, "vm", "show", uuid, cluster=cluster), 1)
+
+
+def test_wait_fails_with_the_reason_on_error(cluster: Cluster, home: Path) -> None:
+    from ucloud_common.image import IMAGES, Image, ImageStatus
+
+    if cluster.store.get(IMAGES, "void") is None:
+        cluster.store.create(IMAGES, "void", Image(uuid="void", owner="admin", name="void", store_name="local",
+                                                   public=True, status=ImageStatus.CREATED))
+    failed = ucloud(home, "vm", "create", "doomed", "--ram", "0.25", "--ssd", "1", "--image", "void", "--wait",
+                    cluster=cluster)
+    assert failed.returncode == 1 and "is in ERROR: disk: image void is not in this host's image store" in failed.stderr
+    assert "doomed: ERROR" in failed.stderr or "Error:" in failed.stderr
+
+
+def test_networks_keys_images_files(cluster: Cluster, home: Path, tmp_path: Path) -> None:
+    net = as_json(ucloud(home, "network", "create", "n1", "--ipv6-prefix", "2001:db8:7::/64", "-o", "json",
+                         cluster=cluster))
+    assert net["ipv6_prefix"] == "2001:db8:7::/64"
+    assert "VXLAN" in ok(ucloud(home, "network", "list", cluster=cluster))
+    assert as_json(ucloud(home, "network", "show", net["uuid"], "-o", "json", cluster=cluster))["name"] == "n1"
+    vm = as_json(ucloud(home, "vm", "create", "netvm", "--ram", "0.25", "--ssd", "1", "--image", "tiny", "-o",
+                        "json", cluster=cluster))
+    attached = as_json(ucloud(home, "network", "attach", net["uuid"], vm["uuid"], "-o", "json", cluster=cluster))
+    assert attached["networks"][0]["network"] == net["uuid"]
+    assert "detach it first" in one_error_line(ucloud(home, "network", "delete", net["uuid"], cluster=cluster), 1)
+    ok(ucloud(home, "network", "detach", net["uuid"], vm["uuid"], cluster=cluster))
+    assert "deleted" in ok(ucloud(home, "network", "delete", net["uuid"], cluster=cluster))
+    ok(ucloud(home, "vm", "delete", vm["uuid"], "--wait", cluster=cluster))
+
+    key_file = tmp_path / "id.pub"
+    key_file.write_text(ED25519 + "\n")
+    ok(ucloud(home, "ssh-key", "add", "laptop", str(key_file), cluster=cluster))
+    assert as_json(ucloud(home, "ssh-key", "list", "-o", "json", cluster=cluster)) == [{"name": "laptop", "key": ED25519}]
+    assert "laptop" in ok(ucloud(home, "ssh-key", "list", cluster=cluster))
+    ok(ucloud(home, "ssh-key", "delete", "laptop", cluster=cluster))
+    bad = tmp_path / "bad.pub"
+    bad.write_text("not a key")
+    assert "not an OpenSSH public key" in one_error_line(ucloud(home, "ssh-key", "add", "x", str(bad), cluster=cluster), 1)
+
+    images = as_json(ucloud(home, "image", "list", "-o", "json", cluster=cluster))
+    assert "tiny" in {i["uuid"] for i in images}
+    assert "STORE" in ok(ucloud(home, "image", "list", cluster=cluster))
+    assert as_json(ucloud(home, "file", "list", "-o", "json", cluster=cluster)) == []
+    assert "you have no file" in one_error_line(
+        ucloud(home, "image", "create", "x", "--file", "nope", cluster=cluster), 1)
+    assert "does not exist" in one_error_line(ucloud(home, "image", "delete", "nope", cluster=cluster), 1)
+
+
+def test_admin_hosts_and_users(cluster: Cluster, home: Path) -> None:
+    hosts = as_json(ucloud(home, "host", "list", "-o", "json", cluster=cluster))
+    assert {h["name"] for h in hosts} >= {"h1"} and all(h["alive"] for h in hosts if h["name"] == "h1")
+    assert "MAINTENANCE" in ok(ucloud(home, "host", "list", cluster=cluster))
+    assert as_json(ucloud(home, "host", "maintenance", "h1", "on", "-o", "json", cluster=cluster))["maintenance"]
+    assert not as_json(ucloud(home, "host", "maintenance", "h1", "off", "-o", "json", cluster=cluster))["maintenance"]
+    created = as_json(ucloud(home, "user", "create", "carol", "-o", "json", cluster=cluster))
+    assert "token (shown only now)" in ok(ucloud(home, "user", "create", "dave", cluster=cluster))
+    assert {"admin", "carol", "dave"} <= {u["name"] for u in as_json(ucloud(home, "user", "list", "-o", "json",
+                                                                             cluster=cluster))}
+    carol = ucloud(home, "host", "list", cluster=cluster, token=created["token"])
+    assert "this needs an admin" in one_error_line(carol, 1)
+    ok(ucloud(home, "user", "delete", "carol", cluster=cluster))
+    ok(ucloud(home, "user", "delete", "dave", cluster=cluster))
+
+
+def test_errors_are_one_line(cluster: Cluster, home: Path) -> None:
+    assert "the token is not valid" in one_error_line(ucloud(home, "vm", "list", cluster=cluster, token="x.y"), 1)
+    assert "does not exist" in one_error_line(
+        ucloud(home, "vm", "show", "00000000-0000-4000-8000-000000000000", cluster=cluster), 1)
+    down = ucloud(home, "vm", "list", cluster=cluster, url=f"http://127.0.0.1:{free_port()}")
+    assert "cannot reach the API" in one_error_line(down, 3)
+    invalid = ucloud(home, "vm", "create", "x/y", "--image", "tiny", cluster=cluster)
+    assert "name" in one_error_line(invalid, 1)
+    usage = ucloud(home, "vm", "create", cluster=cluster)
+    assert usage.returncode == 2 and "Missing argument" in usage.stderr
+
+
+def test_every_command_has_help_with_an_example(home: Path) -> None:
+    commands = [["login"], *[["vm", c] for c in ("create", "list", "show", "events", "start", "shutdown", "reboot",
+                                                 "suspend", "resume", "migrate", "delete")],
+                *[["network", c] for c in ("create", "list", "show", "delete", "attach", "detach")],
+                *[["image", c] for c in ("list", "create", "delete")], ["file", "list"],
+                *[["ssh-key", c] for c in ("add", "list", "delete")], ["host", "list"], ["host", "maintenance"],
+                *[["user", c] for c in ("create", "list", "delete")]]
+    for command in commands:
+        helped = ucloud(home, *command, "--help")
+        assert helped.returncode == 0 and "Example: ucloud" in helped.stdout, command

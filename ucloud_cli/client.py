@@ -1,0 +1,83 @@
+"""The API client: where the API is, who we are, and requests that fail with one clear sentence."""
+
+from __future__ import annotations
+
+import configparser
+import json
+import os
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+def config_path() -> Path:
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "ucloud" / "config"
+
+
+class CLIError(Exception):
+    """One line for stderr, and the exit code: 1 the API refused, 2 bad usage or configuration,
+    3 the API could not be reached."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Client:
+    url: str
+    token: str
+    timeout: float = 30.0
+
+    @classmethod
+    def from_environment(cls) -> Client:
+        """`UCLOUD_API_URL` / `UCLOUD_TOKEN` over the config file that `ucloud login` writes."""
+        parser = configparser.ConfigParser()
+        parser.read(config_path())
+        section = parser["default"] if parser.has_section("default") else {}
+        url = os.environ.get("UCLOUD_API_URL") or section.get("api_url")
+        token = os.environ.get("UCLOUD_TOKEN") or section.get("token")
+        if not url or not token:
+            raise CLIError("not logged in: run `ucloud login --url URL` or set UCLOUD_API_URL and UCLOUD_TOKEN", 2)
+        return cls(url.rstrip("/"), token)
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            f"{self.url}/api/v1{path}", data=data, method=method,
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json",
+                     "Accept": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                text = response.read()
+        except urllib.error.HTTPError as exc:
+            raise CLIError(_message(exc.code, exc.read())) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise CLIError(f"cannot reach the API at {self.url}: {reason}", 3) from None
+        return json.loads(text) if text else None
+
+
+def _message(status: int, text: bytes) -> str:
+    try:
+        error = json.loads(text)["error"]
+        return str(error["message"])
+    except (ValueError, KeyError, TypeError):
+        return f"the API answered {status}"
+
+
+def save_login(url: str, token: str) -> Path:
+    path = config_path()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    parser = configparser.ConfigParser()
+    parser["default"] = {"api_url": url.rstrip("/"), "token": token}
+    # Created with 0600 from the start: the token is never readable by others, not even briefly.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        parser.write(file)
+    os.chmod(path, 0o600)
+    return path

@@ -1,0 +1,520 @@
+"""`ucloud`: manage VMs, networks, images, files and SSH keys (and, as an admin, hosts and users).
+
+Every command talks to the REST API only. Errors are one line on stderr with a non-zero exit code:
+1 the API refused (its reason is shown), 2 bad usage or not logged in, 3 the API cannot be reached.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ucloud_cli.client import CLIError, Client, config_path, save_login
+from ucloud_cli.output import Column, field, show
+
+VM_COLUMNS: list[Column] = [
+    ("UUID", field("uuid")), ("NAME", field("name")), ("STATUS", field("status")),
+    ("REQUESTED", field("requested")), ("CPU", lambda v: v["specs"]["cpu"]), ("RAM", lambda v: v["specs"]["ram"]),
+    ("SSD", lambda v: v["specs"]["ssd"]), ("HOST", lambda v: v["hostname"].rsplit("/", 1)[-1]),
+    ("ERROR", field("error")),
+]
+NETWORK_COLUMNS: list[Column] = [("UUID", field("uuid")), ("NAME", field("name")), ("TYPE", field("type")),
+                                 ("VXLAN", field("vxlan_id")), ("IPV6", field("ipv6_prefix")),
+                                 ("ATTACHED", field("attached"))]
+IMAGE_COLUMNS: list[Column] = [("UUID", field("uuid")), ("NAME", field("name")), ("STORE", field("store_name")),
+                               ("STATUS", field("status")), ("PUBLIC", field("public")), ("OWNER", field("owner")),
+                               ("ERROR", field("error"))]
+FILE_COLUMNS: list[Column] = [("UUID", field("uuid")), ("FILENAME", field("filename")), ("SIZE", field("size")),
+                              ("OWNER", field("owner"))]
+KEY_COLUMNS: list[Column] = [("NAME", field("name")), ("KEY", lambda k: k["key"][:60] + ("…" if len(k["key"]) > 60 else ""))]
+HOST_COLUMNS: list[Column] = [
+    ("NAME", field("name")), ("STATUS", field("status")), ("ALIVE", field("alive")),
+    ("MAINTENANCE", field("maintenance")),
+    ("CPU", lambda h: f"{_n(h['allocated']['cpu'])}/{_n(h['capacity']['cpu'])}"),
+    ("RAM", lambda h: f"{_n(h['allocated']['ram'])}/{_n(h['capacity']['ram'])}"),
+    ("SSD", lambda h: f"{_n(h['allocated']['ssd'])}/{_n(h['capacity']['ssd'])}"),
+]
+USER_COLUMNS: list[Column] = [("NAME", field("name")), ("ROLE", field("role")), ("CREATED", field("created_at"))]
+EVENT_COLUMNS: list[Column] = [("TIME", field("created_at")), ("SOURCE", field("source")), ("MESSAGE", field("message"))]
+
+# What each action waits for with --wait.
+TARGETS = {"start": "RUNNING", "resume": "RUNNING", "reboot": "RUNNING", "migrate": "RUNNING",
+           "shutdown": "STOPPED", "suspend": "SUSPENDED"}
+
+
+def _n(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except CLIError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(exc.code)
+
+    return wrapper
+
+
+def output_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("-o", "--output", "fmt", type=click.Choice(["table", "json"]), default="table",
+                        show_default=True, help="table for people, json (the API's own) for scripts.")(command)
+
+
+def client() -> Client:
+    return Client.from_environment()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, help=__doc__)
+def cli() -> None:
+    pass
+
+
+@cli.command()
+@click.option("--url", required=True, help="The API's base URL, e.g. http://api.example:8080")
+@click.option("--token", prompt=True, hide_input=True, help="Your API token (asked for if not given).")
+@handle_errors
+def login(url: str, token: str) -> None:
+    """Check the URL and token against the API and save them (mode 0600) for the other commands.
+
+    Example: ucloud login --url http://127.0.0.1:8080
+    """
+    Client(url.rstrip("/"), token).request("GET", "/vms")
+    path = save_login(url, token)
+    click.echo(f"logged in to {url}; saved in {path}")
+
+
+# -- VMs ------------------------------------------------------------------------------------------
+
+
+@cli.group()
+def vm() -> None:
+    """VMs: create, list, show, act on, delete."""
+
+
+@vm.command("create")
+@click.argument("name")
+@click.option("--cpu", type=int, default=1, show_default=True)
+@click.option("--ram", type=float, default=1, show_default=True, help="GiB")
+@click.option("--ssd", type=int, default=10, show_default=True, help="GiB")
+@click.option("--hdd", type=int, default=0, show_default=True, help="GiB")
+@click.option("--image", required=True, help="The image's uuid.")
+@click.option("--storage", type=click.Choice(["local", "rbd"]), default="local", show_default=True)
+@click.option("--ssh-key", "ssh_keys", multiple=True, help="Name of one of your SSH keys (repeatable).")
+@click.option("--network", "networks", multiple=True, help="uuid of one of your networks (repeatable).")
+@click.option("--anti-affinity", default=None, help="VMs of one group run on different hosts.")
+@click.option("--wait", is_flag=True, help="Follow the VM until it is RUNNING.")
+@click.option("--timeout", type=float, default=300, show_default=True, help="Seconds --wait waits.")
+@output_option
+@handle_errors
+def vm_create(name: str, cpu: int, ram: float, ssd: int, hdd: int, image: str, storage: str,
+              ssh_keys: tuple[str, ...], networks: tuple[str, ...], anti_affinity: str | None, wait: bool,
+              timeout: float, fmt: str) -> None:
+    """Create a VM.
+
+    Example: ucloud vm create web1 --cpu 2 --ram 4 --ssd 20 --image tiny --wait
+    """
+    body: dict[str, Any] = {"name": name, "specs": {"cpu": cpu, "ram": ram, "ssd": ssd, "hdd": hdd},
+                            "image": image, "storage": storage, "ssh_keys": list(ssh_keys),
+                            "networks": list(networks)}
+    if anti_affinity:
+        body["anti_affinity"] = anti_affinity
+    api = client()
+    created = api.request("POST", "/vms", body)
+    if wait:
+        created = follow(api, created, "RUNNING", timeout)
+    show(created, fmt)
+
+
+@vm.command("list")
+@click.option("--owner", default=None, help="Only this owner's VMs (admin).")
+@click.option("--host", default=None, help="Only VMs on this host (admin).")
+@click.option("--status", default=None, help="Only VMs in this status, e.g. RUNNING.")
+@output_option
+@handle_errors
+def vm_list(owner: str | None, host: str | None, status: str | None, fmt: str) -> None:
+    """List your VMs (an admin: all of them).
+
+    Example: ucloud vm list --status RUNNING
+    """
+    query = "&".join(f"{k}={v}" for k, v in (("owner", owner), ("host", host), ("status", status)) if v)
+    show(client().request("GET", f"/vms{'?' + query if query else ''}"), fmt, VM_COLUMNS)
+
+
+@vm.command("show")
+@click.argument("uuid")
+@output_option
+@handle_errors
+def vm_show(uuid: str, fmt: str) -> None:
+    """Show a VM: its spec, what was requested, what is, its host and error.
+
+    Example: ucloud vm show 3f1c…
+    """
+    show(client().request("GET", f"/vms/{uuid}"), fmt)
+
+
+@vm.command("events")
+@click.argument("uuid")
+@output_option
+@handle_errors
+def vm_events(uuid: str, fmt: str) -> None:
+    """What the scheduler and the agent did with a VM, and when.
+
+    Example: ucloud vm events 3f1c…
+    """
+    show(client().request("GET", f"/vms/{uuid}/events"), fmt, EVENT_COLUMNS)
+
+
+def _action(action: str) -> click.Command:
+    help_text = {
+        "start": "Start a stopped VM.", "shutdown": "Shut a VM down (ACPI, then a hard stop).",
+        "reboot": "Reboot a running VM.", "suspend": "Suspend (pause) a running VM.",
+        "resume": "Resume a suspended VM.", "migrate": "Move a running VM to another host (admin).",
+    }[action]
+
+    @click.argument("uuid")
+    @click.option("--wait", is_flag=True, help=f"Follow the VM until it is {TARGETS[action]}.")
+    @click.option("--timeout", type=float, default=300, show_default=True, help="Seconds --wait waits.")
+    @output_option
+    @handle_errors
+    def command(uuid: str, wait: bool, timeout: float, fmt: str, **options: Any) -> None:
+        api = client()
+        body = {"host": options["host"]} if options.get("host") else None
+        accepted = api.request("POST", f"/vms/{uuid}/{action}", body)
+        if wait:
+            accepted = follow(api, accepted, TARGETS[action], timeout)
+        show(accepted, fmt)
+
+    command.__doc__ = f"{help_text}\n\nExample: ucloud vm {action} 3f1c… --wait"
+    if action == "migrate":
+        command = click.option("--host", default=None, help="Target host [default: the scheduler chooses].")(command)
+    return vm.command(action)(command)
+
+
+for _name in TARGETS:
+    _action(_name)
+
+
+@vm.command("delete")
+@click.argument("uuid")
+@click.option("--wait", is_flag=True, help="Follow the VM until it is gone.")
+@click.option("--timeout", type=float, default=300, show_default=True, help="Seconds --wait waits.")
+@handle_errors
+def vm_delete(uuid: str, wait: bool, timeout: float) -> None:
+    """Delete a VM (its disk goes with it).
+
+    Example: ucloud vm delete 3f1c… --wait
+    """
+    api = client()
+    accepted = api.request("DELETE", f"/vms/{uuid}")
+    if wait and accepted is not None:
+        follow(api, accepted, None, timeout)
+    click.echo(f"VM {uuid} {'deleted' if wait or accepted is None else 'is being deleted'}")
+
+
+def follow(api: Client, vm: dict[str, Any], target: str | None, timeout: float) -> dict[str, Any]:
+    """Print each status the VM goes through (on stderr) until it is `target` having acted on this
+    request (or gone, for target None); CLIError on ERROR or after `timeout`."""
+    generation = vm.get("generation", 0)
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        try:
+            vm = api.request("GET", f"/vms/{vm['uuid']}")
+        except CLIError as exc:
+            if target is None and "does not exist" in str(exc):
+                click.echo(f"{vm['name']}: deleted", err=True)
+                return vm
+            raise
+        if vm["status"] != last:
+            last = vm["status"]
+            click.echo(f"{vm['name']}: {last}", err=True)
+        if vm["status"] == "ERROR":
+            raise CLIError(f"VM {vm['name']} is in ERROR: {vm['error']}")
+        if target is not None and vm["status"] == target and vm["observed_generation"] >= generation:
+            return vm
+        if time.monotonic() > deadline:
+            raise CLIError(f"VM {vm['name']} is still {vm['status']} after {timeout:g} s (waiting for "
+                           f"{target or 'its deletion'})")
+        time.sleep(0.5)
+
+
+# -- networks -------------------------------------------------------------------------------------
+
+
+@cli.group()
+def network() -> None:
+    """Networks (VXLAN, IPv6 first): create, list, show, delete, attach, detach."""
+
+
+@network.command("create")
+@click.argument("name")
+@click.option("--ipv6-prefix", default=None, help="An IPv6 /64, e.g. 2001:db8:1::/64.")
+@output_option
+@handle_errors
+def network_create(name: str, ipv6_prefix: str | None, fmt: str) -> None:
+    """Create a network.
+
+    Example: ucloud network create backend --ipv6-prefix 2001:db8:1::/64
+    """
+    body: dict[str, Any] = {"name": name}
+    if ipv6_prefix:
+        body["ipv6_prefix"] = ipv6_prefix
+    show(client().request("POST", "/networks", body), fmt)
+
+
+@network.command("list")
+@output_option
+@handle_errors
+def network_list(fmt: str) -> None:
+    """List your networks.
+
+    Example: ucloud network list -o json
+    """
+    show(client().request("GET", "/networks"), fmt, NETWORK_COLUMNS)
+
+
+@network.command("show")
+@click.argument("uuid")
+@output_option
+@handle_errors
+def network_show(uuid: str, fmt: str) -> None:
+    """Show a network.
+
+    Example: ucloud network show 8a2e…
+    """
+    show(client().request("GET", f"/networks/{uuid}"), fmt)
+
+
+@network.command("delete")
+@click.argument("uuid")
+@handle_errors
+def network_delete(uuid: str) -> None:
+    """Delete a network no VM is attached to.
+
+    Example: ucloud network delete 8a2e…
+    """
+    client().request("DELETE", f"/networks/{uuid}")
+    click.echo(f"network {uuid} deleted")
+
+
+@network.command("attach")
+@click.argument("uuid")
+@click.argument("vm_uuid")
+@output_option
+@handle_errors
+def network_attach(uuid: str, vm_uuid: str, fmt: str) -> None:
+    """Attach a VM to a network (a new NIC with its own MAC).
+
+    Example: ucloud network attach 8a2e… 3f1c…
+    """
+    show(client().request("POST", f"/networks/{uuid}/attach", {"vm": vm_uuid}), fmt)
+
+
+@network.command("detach")
+@click.argument("uuid")
+@click.argument("vm_uuid")
+@output_option
+@handle_errors
+def network_detach(uuid: str, vm_uuid: str, fmt: str) -> None:
+    """Detach a VM from a network.
+
+    Example: ucloud network detach 8a2e… 3f1c…
+    """
+    show(client().request("POST", f"/networks/{uuid}/detach", {"vm": vm_uuid}), fmt)
+
+
+# -- images and files -----------------------------------------------------------------------------
+
+
+@cli.group()
+def image() -> None:
+    """Images: list, create from one of your files, delete."""
+
+
+@image.command("list")
+@output_option
+@handle_errors
+def image_list(fmt: str) -> None:
+    """List public images and yours.
+
+    Example: ucloud image list
+    """
+    show(client().request("GET", "/images"), fmt, IMAGE_COLUMNS)
+
+
+@image.command("create")
+@click.argument("name")
+@click.option("--file", "file_uuid", required=True, help="uuid of one of your files (see `ucloud file list`).")
+@click.option("--store", default="local", show_default=True, help="The image store.")
+@click.option("--public", is_flag=True, help="Visible to everyone (admin).")
+@output_option
+@handle_errors
+def image_create(name: str, file_uuid: str, store: str, public: bool, fmt: str) -> None:
+    """Create an image from one of your uploaded files.
+
+    Example: ucloud image create debian12 --file 77ab…
+    """
+    show(client().request("POST", "/images", {"name": name, "file": file_uuid, "store": store,
+                                              "public": public}), fmt)
+
+
+@image.command("delete")
+@click.argument("uuid")
+@handle_errors
+def image_delete(uuid: str) -> None:
+    """Delete one of your images (no VM may use it).
+
+    Example: ucloud image delete 5d0e…
+    """
+    client().request("DELETE", f"/images/{uuid}")
+    click.echo(f"image {uuid} deleted")
+
+
+@cli.group("file")
+def file_group() -> None:
+    """Files you uploaded (registered by file-scan)."""
+
+
+@file_group.command("list")
+@output_option
+@handle_errors
+def file_list(fmt: str) -> None:
+    """List your files.
+
+    Example: ucloud file list
+    """
+    show(client().request("GET", "/files"), fmt, FILE_COLUMNS)
+
+
+# -- SSH keys -------------------------------------------------------------------------------------
+
+
+@cli.group("ssh-key")
+def ssh_key() -> None:
+    """Your SSH public keys, for new VMs."""
+
+
+@ssh_key.command("add")
+@click.argument("name")
+@click.argument("public_key_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@handle_errors
+def ssh_key_add(name: str, public_key_file: Path) -> None:
+    """Add an SSH public key from a file.
+
+    Example: ucloud ssh-key add laptop ~/.ssh/id_ed25519.pub
+    """
+    key = public_key_file.read_text(errors="replace").strip()
+    client().request("POST", "/ssh-keys", {"name": name, "key": key})
+    click.echo(f"SSH key {name} added")
+
+
+@ssh_key.command("list")
+@output_option
+@handle_errors
+def ssh_key_list(fmt: str) -> None:
+    """List your SSH keys.
+
+    Example: ucloud ssh-key list
+    """
+    show(client().request("GET", "/ssh-keys"), fmt, KEY_COLUMNS)
+
+
+@ssh_key.command("delete")
+@click.argument("name")
+@handle_errors
+def ssh_key_delete(name: str) -> None:
+    """Delete an SSH key.
+
+    Example: ucloud ssh-key delete laptop
+    """
+    client().request("DELETE", f"/ssh-keys/{name}")
+    click.echo(f"SSH key {name} deleted")
+
+
+# -- admin: hosts and users -----------------------------------------------------------------------
+
+
+@cli.group()
+def host() -> None:
+    """Hosts (admin): capacity, allocation, liveness, maintenance."""
+
+
+@host.command("list")
+@output_option
+@handle_errors
+def host_list(fmt: str) -> None:
+    """List hosts with allocated/capacity.
+
+    Example: ucloud host list
+    """
+    show(client().request("GET", "/hosts"), fmt, HOST_COLUMNS)
+
+
+@host.command("maintenance")
+@click.argument("name")
+@click.argument("state", type=click.Choice(["on", "off"]))
+@output_option
+@handle_errors
+def host_maintenance(name: str, state: str, fmt: str) -> None:
+    """Turn a host's maintenance on (no new VMs) or off.
+
+    Example: ucloud host maintenance h3 on
+    """
+    show(client().request("POST", f"/hosts/{name}/maintenance", {"on": state == "on"}), fmt)
+
+
+@cli.group()
+def user() -> None:
+    """Users (admin)."""
+
+
+@user.command("create")
+@click.argument("name")
+@click.option("--admin", "is_admin", is_flag=True, help="Make an admin.")
+@output_option
+@handle_errors
+def user_create(name: str, is_admin: bool, fmt: str) -> None:
+    """Create a user; prints its token (shown only this once).
+
+    Example: ucloud user create alice
+    """
+    created = client().request("POST", "/users", {"name": name, "role": "admin" if is_admin else "user"})
+    if fmt == "json":
+        show(created, fmt)
+    else:
+        click.echo(f"user {name} created; token (shown only now): {created['token']}")
+
+
+@user.command("list")
+@output_option
+@handle_errors
+def user_list(fmt: str) -> None:
+    """List users.
+
+    Example: ucloud user list
+    """
+    show(client().request("GET", "/users"), fmt, USER_COLUMNS)
+
+
+@user.command("delete")
+@click.argument("name")
+@handle_errors
+def user_delete(name: str) -> None:
+    """Delete a user and its tokens.
+
+    Example: ucloud user delete alice
+    """
+    client().request("DELETE", f"/users/{name}")
+    click.echo(f"user {name} deleted")
+
+
+__all__ = ["cli", "config_path"]
