@@ -118,6 +118,18 @@ class Settings(BaseSettings):
     max_restarts: int = Field(5, ge=0, description="Consecutive crashes after which a VM is left in ERROR "
                               "instead of being restarted again.")
 
+    upload_dir: Path = Field(Path("/var/www"), description="Where users upload files: one folder per user, "
+                             "named as the user.")
+    filescan_settle: float = Field(2.0, ge=0, description="Seconds file-scan waits between its two looks at "
+                                   "the tree: a file whose size or mtime changed meanwhile is still being "
+                                   "written and is left for the next run.")
+    lock_dir: Path = Field(Path("/run/lock"), description="Where the periodic jobs keep their lock files "
+                           "(one run at a time).")
+    image_max_size: int = Field(256, ge=1, description="GiB: an image whose virtual size is larger is refused.")
+    qemu_img_memory: int = Field(1024, ge=64, description="MiB of address space qemu-img may use while it "
+                                 "inspects or converts an untrusted file.")
+    qemu_img_cpu: int = Field(1800, ge=1, description="CPU seconds qemu-img may use on one image.")
+
     log_level: str = Field("INFO", pattern="^(?i)(DEBUG|INFO|WARNING|ERROR)$")
 
     @field_validator("etcd_endpoints", mode="before")

@@ -1,5 +1,38 @@
 """Entry point of `ucloud-filescan`."""
 
-from ucloud_common.cli import daemon_group
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ucloud_common.cli import daemon_group, settings_from
+from ucloud_common.joblock import AlreadyRunning, single_run
+from ucloud_common.store import Store, StoreUnavailable
+from ucloud_filescan.scan import scan
 
 cli = daemon_group("ucloud-filescan", "File-scan: registers the files users uploaded into their folders.")
+
+
+@cli.command()
+@click.option("--upload-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="One folder per user [default: UCLOUD_UPLOAD_DIR].")
+@click.pass_context
+def run(ctx: click.Context, upload_dir: Path | None) -> None:
+    """Scan once (cron or a systemd timer runs this; a run already going makes this one a no-op).
+
+    Example: ucloud-filescan run --upload-dir /var/www
+    """
+    settings = settings_from(ctx)
+    store = Store(settings)
+    try:
+        with single_run(settings.lock_dir, "ucloud-filescan"):
+            report = scan(store, upload_dir or settings.upload_dir, settings.filescan_settle)
+    except AlreadyRunning as exc:
+        click.echo(f"ucloud-filescan: skipped: {exc}", err=True)
+        return
+    except StoreUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        store.close()
+    click.echo(f"ucloud-filescan: {report.sentence()}", err=True)
