@@ -1,0 +1,150 @@
+"""Image-scanner over good and hostile files, with a real etcd, real qemu-img and file-scan."""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.tiny import tiny_image
+from ucloud_common.config import Settings
+from ucloud_common.file import FILES
+from ucloud_common.image import IMAGES, Image, ImageStatus
+from ucloud_common.store import Store
+from ucloud_filescan.scan import scan as filescan
+from ucloud_imagescanner.inspect import Refused, judge
+from ucloud_imagescanner.scanner import scan
+
+PASSWD = Path("/etc/passwd").read_bytes()
+
+
+def qemu_img(*args: str) -> None:
+    subprocess.run(["qemu-img", *args], check=True, capture_output=True)
+
+
+def with_data_file_named(path: Path, name: bytes) -> None:
+    """Point a qcow2's external-data-file header extension at `name` (qemu-img create would open
+    and resize the data file, so /etc/passwd is written in by hand)."""
+    data = bytearray(path.read_bytes())
+    header_length = struct.unpack(">I", data[100:104])[0]
+    offset = header_length
+    while True:
+        kind, length = struct.unpack(">II", data[offset:offset + 8])
+        assert kind != 0, "no data file extension"
+        if kind == 0x44415441:
+            padded = (len(name) + 7) // 8 * 8
+            rest_start = offset + 8 + (length + 7) // 8 * 8
+            rest = data[rest_start:rest_start + 4096]
+            data[offset:offset + 8 + padded + len(rest)] = (struct.pack(">II", kind, len(name)) + name.ljust(padded, b"\0")
+                                                           + rest)
+            break
+        offset += 8 + (length + 7) // 8 * 8
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture
+def settings_for(settings: Settings, tmp_path: Path) -> Settings:
+    return settings.model_copy(update={"upload_dir": tmp_path / "www", "image_dir": tmp_path / "images",
+                                       "lock_dir": tmp_path / "lock"})
+
+
+@pytest.fixture
+def uploads(settings_for: Settings, tmp_path: Path) -> dict[str, Path]:
+    tiny = tiny_image()
+    folder = settings_for.upload_dir / "alice"
+    folder.mkdir(parents=True)
+    files = {name: folder / name for name in ("good.qcow2", "good.raw", "backing.qcow2", "datafile.qcow2",
+                                              "truncated.qcow2", "disguised.img", "huge.qcow2")}
+    files["good.qcow2"].write_bytes((tiny / "tiny.qcow2").read_bytes())
+    files["good.raw"].write_bytes((tiny / "tiny.raw").read_bytes())
+    qemu_img("create", "-f", "qcow2", "-F", "raw", "-b", "/etc/passwd", str(files["backing.qcow2"]))
+    scratch = tmp_path / "scratch.raw"
+    qemu_img("create", "-f", "qcow2", "-o", f"data_file={scratch}", str(files["datafile.qcow2"]), "1M")
+    with_data_file_named(files["datafile.qcow2"], b"/etc/passwd")
+    whole = (tiny / "tiny.qcow2").read_bytes()
+    files["truncated.qcow2"].write_bytes(whole[: len(whole) // 2])
+    qemu_img("create", "-f", "vmdk", str(files["disguised.img"]), "1M")
+    qemu_img("create", "-f", "qcow2", str(files["huge.qcow2"]), "100T")
+    return files
+
+
+def request(store: Store, owner: str, filename: str) -> str:
+    file = next(f.value for f in store.list(FILES).items.values() if f.value.filename == filename)
+    uuid = filename.replace(".", "-")
+    store.create(IMAGES, uuid, Image(uuid=uuid, owner=owner, name=uuid, store_name="local", file_uuid=file.uuid))
+    return uuid
+
+
+def test_good_images_are_created_and_hostile_ones_refused(store: Store, settings_for: Settings,
+                                                          uploads: dict[str, Path]) -> None:
+    filescan(store, settings_for.upload_dir, settle=0)
+    images = {name: request(store, "alice", name) for name in uploads}
+    report = scan(store, settings_for)
+    result = {name: store.get(IMAGES, uuid).value for name, uuid in images.items()}  # type: ignore[union-attr]
+    assert result["good.qcow2"].status is ImageStatus.CREATED
+    assert result["good.raw"].status is ImageStatus.CREATED
+    expected = {
+        "backing.qcow2": "qcow2 with a backing file (/etc/passwd) is not accepted",
+        "datafile.qcow2": "qcow2 with an external data file is not accepted",
+        "truncated.qcow2": "qcow2 is damaged or truncated (qemu-img check found errors)",
+        "disguised.img": "format vmdk is not accepted (only raw and qcow2)",
+        "huge.qcow2": "virtual size 102400.0 GiB exceeds the limit of 256 GiB",
+    }
+    for name, error in expected.items():
+        assert result[name].status is ImageStatus.ERROR and result[name].error == error, (name, result[name].error)
+    assert report.created == 2 and report.refused == 5
+    stored = sorted(p.name for p in settings_for.image_dir.iterdir() if p.is_file())
+    assert stored == sorted(f"{images[n]}.raw" for n in ("good.qcow2", "good.raw"))
+    assert not list((settings_for.image_dir / ".staging").iterdir()), "nothing of a refused file is left"
+    for path in settings_for.image_dir.rglob("*"):
+        if path.is_file():
+            assert PASSWD[:64] not in path.read_bytes(), f"/etc/passwd leaked into {path}"
+    converted = (settings_for.image_dir / f"{images['good.qcow2']}.raw").read_bytes()
+    assert converted == (tiny_image() / "tiny.raw").read_bytes()
+    assert (settings_for.image_dir / f"{images['good.raw']}.raw").stat().st_mode & 0o222 == 0, "not read-only"
+    again = scan(store, settings_for)
+    assert again.created == again.refused == 0, "a second run redoes nothing"
+
+
+def test_a_file_changed_after_registration_is_refused(store: Store, settings_for: Settings,
+                                                     uploads: dict[str, Path]) -> None:
+    filescan(store, settings_for.upload_dir, settle=0)
+    uuid = request(store, "alice", "good.raw")
+    with open(uploads["good.raw"], "r+b") as file:
+        file.write(b"tampered")
+    scan(store, settings_for)
+    image = store.get(IMAGES, uuid)
+    assert image is not None and image.value.status is ImageStatus.ERROR
+    assert "changed since file-scan registered it" in image.value.error
+
+
+def test_a_symlink_swapped_in_after_registration_is_not_followed(store: Store, settings_for: Settings,
+                                                                 uploads: dict[str, Path]) -> None:
+    filescan(store, settings_for.upload_dir, settle=0)
+    uuid = request(store, "alice", "good.raw")
+    uploads["good.raw"].unlink()
+    uploads["good.raw"].symlink_to("/etc/passwd")
+    scan(store, settings_for)
+    image = store.get(IMAGES, uuid)
+    assert image is not None and image.value.status is ImageStatus.ERROR
+    assert "cannot open the file safely" in image.value.error
+
+
+def test_an_image_waits_for_its_file(store: Store, settings_for: Settings) -> None:
+    store.create(IMAGES, "early", Image(uuid="early", owner="alice", name="early", store_name="local",
+                                        file_uuid="not-yet"))
+    assert scan(store, settings_for).waiting == 1
+    assert store.get(IMAGES, "early").value.status is ImageStatus.TO_BE_CREATED  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("header, why", [
+    ((b"QFI\xfb" + struct.pack(">I", 9)).ljust(200, b"\0"), "version 9"),
+    (b"QFI\xfb", "truncated qcow2 header"),
+    (b"conectix".ljust(200, b"\0"), "format vpc"),
+])
+def test_headers_judged_by_hand(header: bytes, why: str) -> None:
+    with pytest.raises(Refused, match=why):
+        judge(header, 10**6, 2**40)
+    assert judge(b"\0" * 512, 512, 2**30).format == "raw"

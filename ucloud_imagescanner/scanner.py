@@ -1,0 +1,176 @@
+"""Image-scanner: turn each requested image (TO_BE_CREATED) into a raw image in its store.
+
+For each request: open the user's file without following any link (every path component, since
+the user owns the folders), copy it into a private staging file while computing its sha512 (from
+then on, the user can change nothing of what is inspected and converted), compare the sha512 with
+what file-scan registered, judge the header (`inspect.judge`), let qemu-img check it too, with an
+explicit format and under limits, convert to raw, make the result read-only (the image's snapshot;
+an RBD store will snapshot and protect), and mark the image CREATED — or ERROR with the reason,
+leaving nothing of a refused file in the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import queue
+import resource
+import stat
+import subprocess
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from ucloud_common.config import Settings
+from ucloud_common.file import FILES, File
+from ucloud_common.image import IMAGES, Image, ImageStatus
+from ucloud_common.store import Store
+from ucloud_imagescanner.inspect import HEADER_BYTES, Refused, judge
+
+log = logging.getLogger(__name__)
+
+CHUNK = 4 * 1024 * 1024
+
+
+@dataclass
+class Report:
+    created: int = 0
+    refused: int = 0
+    waiting: int = 0
+
+    def sentence(self) -> str:
+        return f"{self.created} images created, {self.refused} refused, {self.waiting} waiting for their file"
+
+
+def open_beneath(base: Path, relative: str) -> int:
+    """Open base/relative for reading, refusing any symlink on the way and anything but a regular
+    file at the end. Returns the fd."""
+    parts = Path(relative).parts
+    if not parts or any(p in ("", ".", "..") or "/" in p for p in parts) or Path(relative).is_absolute():
+        raise Refused(f"file name {relative!r} is not a plain relative path")
+    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        for part in parts[:-1]:
+            next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = next_fd
+        leaf = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd)
+    except OSError as exc:
+        raise Refused(f"cannot open the file safely: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(os.fstat(leaf).st_mode):
+        os.close(leaf)
+        raise Refused("the file is not a regular file")
+    return leaf
+
+
+def stage(source_fd: int, target: Path) -> str:
+    """Copy the open file to `target` (created 0600, never existing before); return its sha512.
+    Hashing runs in a second thread beside the copy (hashlib releases the GIL on large buffers)."""
+    digest = hashlib.sha512()
+    chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+
+    def hash_all() -> None:
+        while (chunk := chunks.get()) is not None:
+            digest.update(chunk)
+
+    hasher = threading.Thread(target=hash_all)
+    hasher.start()
+    out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(source_fd, "rb", closefd=False) as src, os.fdopen(out, "wb") as dst:
+            while chunk := src.read(CHUNK):
+                chunks.put(chunk)
+                dst.write(chunk)
+    finally:
+        chunks.put(None)
+        hasher.join()
+    return digest.hexdigest()
+
+
+def qemu_img(settings: Settings, *args: str) -> str:
+    """qemu-img under address-space and CPU limits: a crafted image cannot make it eat the host."""
+    memory, cpu = settings.qemu_img_memory * 1024 * 1024, settings.qemu_img_cpu
+
+    def limits() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+
+    result = subprocess.run(["qemu-img", *args], capture_output=True, text=True, preexec_fn=limits, timeout=cpu * 2)
+    if result.returncode != 0:
+        lines = result.stderr.strip().splitlines()
+        raise Refused(f"qemu-img {args[0]} refused the file: {lines[-1] if lines else result.returncode}")
+    return result.stdout
+
+
+def create_image(settings: Settings, image: Image, file: File, store_dir: Path) -> None:
+    """Make `store_dir/<uuid>.raw` from the image's file, or raise Refused; nothing is left behind
+    in the store on failure."""
+    staging_dir = store_dir / ".staging"
+    staging_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    staged = staging_dir / f"{image.uuid}.in"
+    converted = staging_dir / f"{image.uuid}.raw"
+    for leftover in (staged, converted):
+        leftover.unlink(missing_ok=True)
+    try:
+        fd = open_beneath(settings.upload_dir / file.owner, file.filename)
+        try:
+            sha512 = stage(fd, staged)
+        finally:
+            os.close(fd)
+        if sha512 != file.sha512:
+            raise Refused("the file changed since file-scan registered it (its sha512 differs)")
+        with open(staged, "rb") as head:
+            verdict = judge(head.read(HEADER_BYTES), staged.stat().st_size, settings.image_max_size * 2**30)
+        info = json.loads(qemu_img(settings, "info", "-f", verdict.format, "--output=json", str(staged)))
+        if info.get("backing-filename") or (info.get("format-specific") or {}).get("data", {}).get("data-file"):
+            raise Refused("qemu-img sees a backing or data file that the header check missed")
+        if verdict.format == "qcow2":
+            try:
+                qemu_img(settings, "check", "-q", "-f", "qcow2", str(staged))
+            except Refused:
+                # qemu-img convert reads a truncated qcow2 without complaint (zeros): check does not.
+                raise Refused("qcow2 is damaged or truncated (qemu-img check found errors)") from None
+        if verdict.format == "raw":
+            os.replace(staged, converted)  # raw is stored as it is: the staged copy is the image
+        else:
+            qemu_img(settings, "convert", "-q", "-f", verdict.format, "-O", "raw", str(staged), str(converted))
+        converted.chmod(0o444)  # the image's snapshot: VM disks are overlays on it and never write it
+        os.replace(converted, store_dir / f"{image.uuid}.raw")
+    finally:
+        for leftover in (staged, converted):
+            leftover.unlink(missing_ok=True)
+
+
+def scan(store: Store, settings: Settings) -> Report:
+    report = Report()
+    files = store.list(FILES).items
+    for item in store.list(IMAGES).items.values():
+        image = item.value
+        if image.status is not ImageStatus.TO_BE_CREATED:
+            continue
+        file = files.get(image.file_uuid)
+        if file is None or file.value.owner != image.owner:
+            log.info("image %s waits: its file %s is not registered", image.uuid, image.file_uuid)
+            report.waiting += 1
+            continue
+        if image.store_name != "local":
+            status, error = ImageStatus.ERROR, f"image store {image.store_name} is not served by this image-scanner"
+        else:
+            try:
+                create_image(settings, image, file.value, settings.image_dir)
+                status, error = ImageStatus.CREATED, ""
+            except Refused as exc:
+                status, error = ImageStatus.ERROR, str(exc)
+        store.update(IMAGES, image.uuid, lambda current: current.evolve(status=status, error=error)
+                     if current.status is ImageStatus.TO_BE_CREATED else None)
+        if status is ImageStatus.CREATED:
+            log.info("image %s (%s of %s) created", image.uuid, image.name, image.owner)
+            report.created += 1
+        else:
+            log.warning("image %s (%s of %s) refused: %s", image.uuid, image.name, image.owner, error)
+            report.refused += 1
+    return report
