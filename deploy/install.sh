@@ -28,3 +28,11 @@ PIPENV=$(command -v pipenv || echo "python3 -m pipenv")
 echo "install: Python environment in .venv/ (from Pipfile.lock)"
 export PIPENV_VENV_IN_PROJECT=1 PIPENV_NOSPIN=1 PIPENV_VERBOSITY=-1
 $PIPENV sync --dev >/dev/null
+
+# Ceph's Python bindings are Debian's (not on PyPI), built for this CPython 3.11: link just them
+# into the environment rather than exposing all of Debian's packages to it.
+site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+for module in rados rbd; do
+    so=/usr/lib/python3/dist-packages/$module.cpython-311-x86_64-linux-gnu.so
+    [ -e "$so" ] && ln -sf "$so" "$site/"
+done

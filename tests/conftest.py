@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.ceph import CephServer
 from tests.helpers.etcd import EtcdServer
 from ucloud_common.config import Settings, load_settings
 from ucloud_common.store import Store
@@ -23,6 +24,17 @@ def _shm_or_tmp() -> str | None:
 def etcd_server() -> Iterator[EtcdServer]:
     with tempfile.TemporaryDirectory(prefix="ucloud-test-etcd-", dir=_shm_or_tmp()) as directory:
         server = EtcdServer(Path(directory))
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def ceph_server() -> Iterator[CephServer]:
+    with tempfile.TemporaryDirectory(prefix="ucloud-test-ceph-", dir=_shm_or_tmp()) as directory:
+        server = CephServer(Path(directory))
         server.start()
         try:
             yield server

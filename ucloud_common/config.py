@@ -130,6 +130,12 @@ class Settings(BaseSettings):
                                  "inspects or converts an untrusted file.")
     qemu_img_cpu: int = Field(1800, ge=1, description="CPU seconds qemu-img may use on one image.")
 
+    ceph_conf: Path | None = Field(None, description="ceph.conf of the Ceph cluster; setting it turns the "
+                                   "rbd storage backend, RBD fencing and RBD image stores on.")
+    ceph_client: str = Field("admin", description="The Ceph client (user) name ucloud connects as.")
+    ceph_image_pool: str = Field("images", description="The pool holding images (an image store of that name).")
+    ceph_vm_pool: str = Field("vms", description="The pool holding VM disks (clones of images).")
+
     log_level: str = Field("INFO", pattern="^(?i)(DEBUG|INFO|WARNING|ERROR)$")
 
     @field_validator("etcd_endpoints", mode="before")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ucloud_common.ceph import Ceph, CephError
 from ucloud_common.cli import daemon_group, settings_from
 from ucloud_common.joblock import AlreadyRunning, single_run
 from ucloud_common.store import Store, StoreUnavailable
@@ -21,10 +22,14 @@ def run(ctx: click.Context) -> None:
     Example: ucloud-imagescanner run
     """
     settings = settings_from(ctx)
+    try:
+        ceph = Ceph(settings.ceph_conf, settings.ceph_client) if settings.ceph_conf else None
+    except CephError as exc:
+        raise click.ClickException(str(exc)) from None
     store = Store(settings)
     try:
         with single_run(settings.lock_dir, "ucloud-imagescanner"):
-            report = scan(store, settings)
+            report = scan(store, settings, ceph)
     except AlreadyRunning as exc:
         click.echo(f"ucloud-imagescanner: skipped: {exc}", err=True)
         return

@@ -23,6 +23,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from ucloud_common.ceph import Ceph, CephError
 from ucloud_common.config import Settings
 from ucloud_common.file import FILES, File
 from ucloud_common.image import IMAGES, Image, ImageStatus
@@ -106,9 +107,9 @@ def qemu_img(settings: Settings, *args: str) -> str:
     return result.stdout
 
 
-def create_image(settings: Settings, image: Image, file: File, store_dir: Path) -> None:
-    """Make `store_dir/<uuid>.raw` from the image's file, or raise Refused; nothing is left behind
-    in the store on failure."""
+def create_image(settings: Settings, image: Image, file: File, store_dir: Path, ceph: Ceph | None = None) -> None:
+    """Make the image from its file — `store_dir/<uuid>.raw`, or with `ceph` the RBD image
+    `<store>/<uuid>@base` — or raise Refused; nothing is left behind in the store on failure."""
     staging_dir = store_dir / ".staging"
     staging_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     staged = staging_dir / f"{image.uuid}.in"
@@ -138,6 +139,12 @@ def create_image(settings: Settings, image: Image, file: File, store_dir: Path) 
             os.replace(staged, converted)  # raw is stored as it is: the staged copy is the image
         else:
             qemu_img(settings, "convert", "-q", "-f", verdict.format, "-O", "raw", str(staged), str(converted))
+        if ceph is not None:
+            try:
+                ceph.store_image(image.store_name, image.uuid, converted)  # snapshot `base`, protected
+            except CephError as exc:
+                raise Refused(str(exc)) from None
+            return
         converted.chmod(0o444)  # the image's snapshot: VM disks are overlays on it and never write it
         os.replace(converted, store_dir / f"{image.uuid}.raw")
     finally:
@@ -145,7 +152,7 @@ def create_image(settings: Settings, image: Image, file: File, store_dir: Path) 
             leftover.unlink(missing_ok=True)
 
 
-def scan(store: Store, settings: Settings) -> Report:
+def scan(store: Store, settings: Settings, ceph: Ceph | None = None) -> Report:
     report = Report()
     files = store.list(FILES).items
     for item in store.list(IMAGES).items.values():
@@ -157,11 +164,12 @@ def scan(store: Store, settings: Settings) -> Report:
             log.info("image %s waits: its file %s is not registered", image.uuid, image.file_uuid)
             report.waiting += 1
             continue
-        if image.store_name != "local":
+        rbd_store = ceph is not None and image.store_name == settings.ceph_image_pool
+        if image.store_name != "local" and not rbd_store:
             status, error = ImageStatus.ERROR, f"image store {image.store_name} is not served by this image-scanner"
         else:
             try:
-                create_image(settings, image, file.value, settings.image_dir)
+                create_image(settings, image, file.value, settings.image_dir, ceph if rbd_store else None)
                 status, error = ImageStatus.CREATED, ""
             except Refused as exc:
                 status, error = ImageStatus.ERROR, str(exc)

@@ -9,7 +9,8 @@ import click
 
 from ucloud_common.cli import daemon_group, settings_from
 from ucloud_common.store import Store
-from ucloud_scheduler.fencing import CommandFence, Fence, NoFence
+from ucloud_common.ceph import Ceph, CephError
+from ucloud_scheduler.fencing import AllFences, CommandFence, Fence, NoFence, RBDFence
 from ucloud_scheduler.scheduler import Scheduler
 
 cli = daemon_group("ucloud-scheduler", "The scheduler: places VMs on hosts, and reschedules the VMs of hosts "
@@ -25,7 +26,15 @@ def run(ctx: click.Context, name: str | None) -> None:
     Example: ucloud-scheduler run --name sched-a
     """
     settings = settings_from(ctx)
-    fence: Fence = CommandFence(settings.fence_command, settings.fence_timeout) if settings.fence_command else NoFence()
+    fences: list[Fence] = []
+    if settings.fence_command:
+        fences.append(CommandFence(settings.fence_command, settings.fence_timeout))
+    if settings.ceph_conf:
+        try:
+            fences.append(RBDFence(Ceph(settings.ceph_conf, settings.ceph_client), settings.ceph_vm_pool))
+        except CephError as exc:
+            raise click.ClickException(str(exc)) from None
+    fence: Fence = AllFences(fences) if fences else NoFence()
     store = Store(settings)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

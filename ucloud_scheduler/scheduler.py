@@ -209,12 +209,12 @@ class Scheduler:
         if not waiting:
             return
         if not host.value.fenced:
-            self._start_fence(host.value)
+            self._start_fence(host.value, [vm.value for vm in waiting])
             return
         cycle.released += self._write(waiting, lambda vm: vm.evolve(hostname="", error=""),
                                       f"host {name} is fenced: to be placed elsewhere")
 
-    def _start_fence(self, host: Host) -> None:
+    def _start_fence(self, host: Host, vms: list[VM]) -> None:
         running = self._fencing.get(host.name)
         if running is not None and not running.done():
             return
@@ -233,7 +233,7 @@ class Scheduler:
         if _now() - self._fence_failed_at.get(host.name, -FENCE_RETRY_S) < FENCE_RETRY_S:
             return
         log.info("fencing host %s", host.name)
-        future = self._fence_pool.submit(self._fence.fence, host)
+        future = self._fence_pool.submit(self._fence.fence, host, vms)
         future.add_done_callback(lambda _: self._inbox.put(("wake", None)))
         self._fencing[host.name] = future
 

@@ -9,6 +9,7 @@ import json
 import os
 from pathlib import Path
 
+from ucloud_common.ceph import Ceph, CephError
 from ucloud_common.image import IMAGES, Image, ImageStatus
 from ucloud_common.store import Store
 from ucloud_vm.storage import StorageError, qemu_img
@@ -30,14 +31,25 @@ def inspect(path: Path) -> str:
 
 
 def import_image(store: Store, image_dir: Path, path: Path, uuid: str, name: str, owner: str,
-                 public: bool) -> Image:
+                 public: bool, ceph: Ceph | None = None, pool: str = "local") -> Image:
+    """Into the local store (`image_dir/<uuid>.raw`), or, with `ceph`, into RBD `pool/<uuid>@base`."""
     fmt = inspect(path)
     image_dir.mkdir(parents=True, exist_ok=True)
     target = image_dir / f"{uuid}.raw"
     partial = target.with_suffix(".partial")
-    qemu_img("convert", "-q", "-f", fmt, "-O", "raw", str(path), str(partial))
-    os.replace(partial, target)
-    image = Image(uuid=uuid, owner=owner, name=name, store_name="local", public=public, status=ImageStatus.CREATED)
+    try:
+        qemu_img("convert", "-q", "-f", fmt, "-O", "raw", str(path), str(partial))
+        if ceph is None:
+            os.replace(partial, target)
+        else:
+            try:
+                ceph.store_image(pool, uuid, partial)
+            except CephError as exc:
+                raise StorageError(str(exc)) from None
+    finally:
+        partial.unlink(missing_ok=True)
+    image = Image(uuid=uuid, owner=owner, name=name, store_name="local" if ceph is None else pool, public=public,
+                  status=ImageStatus.CREATED)
     current = store.get(IMAGES, uuid)
     if current is None:
         store.create(IMAGES, uuid, image)

@@ -17,7 +17,8 @@ from ucloud_common.store import Store, StoreUnavailable
 from ucloud_vm.accel import choose
 from ucloud_vm.agent import Agent, HostSpec, machine_capacity
 from ucloud_vm.images import import_image
-from ucloud_vm.storage import LocalStorage, StorageError
+from ucloud_common.ceph import Ceph, CephError
+from ucloud_vm.storage import LocalStorage, RBDStorage, StorageBackend, StorageError
 
 cli = daemon_group("ucloud-vm", "The host agent: runs this host's VMs in QEMU and reports what is true of them.")
 
@@ -55,8 +56,14 @@ def run(ctx: click.Context, hostname: str, address: str | None, run_dir: Path | 
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    agent = Agent(store, settings, host, run_dir or settings.run_dir / hostname,
-                  {"local": LocalStorage(settings.image_dir, settings.disk_dir)}, accel)
+    backends: dict[str, StorageBackend] = {"local": LocalStorage(settings.image_dir, settings.disk_dir)}
+    if settings.ceph_conf:
+        try:
+            ceph = Ceph(settings.ceph_conf, settings.ceph_client)
+        except CephError as exc:
+            raise click.ClickException(str(exc)) from None
+        backends["rbd"] = RBDStorage(ceph, settings.ceph_image_pool, settings.ceph_vm_pool)
+    agent = Agent(store, settings, host, run_dir or settings.run_dir / hostname, backends, accel)
     try:
         agent.run(stop)
     finally:
@@ -69,17 +76,30 @@ def run(ctx: click.Context, hostname: str, address: str | None, run_dir: Path | 
 @click.option("--uuid", "uuid_", default=None, help="The image's id [default: random].")
 @click.option("--owner", default="admin", show_default=True, callback=_name, help="The user who owns it.")
 @click.option("--private", is_flag=True, help="Visible to its owner only (default: public).")
+@click.option("--store", "store_name", default="local", show_default=True,
+              help="local (this host's image directory) or the Ceph image pool (UCLOUD_CEPH_IMAGE_POOL).")
 @click.pass_context
-def import_(ctx: click.Context, path: Path, name: str, uuid_: str | None, owner: str, private: bool) -> None:
-    """Import a raw or qcow2 file into this host's local image store, as a CREATED image.
+def import_(ctx: click.Context, path: Path, name: str, uuid_: str | None, owner: str, private: bool,
+            store_name: str) -> None:
+    """Import a raw or qcow2 file into an image store, as a CREATED image.
 
     Example: ucloud-vm import-image /var/lib/ucloud/tiny/tiny.qcow2 --name tiny --uuid tiny
     """
     settings = settings_from(ctx)
     image_id = check_name(uuid_) if uuid_ else str(uuidlib.uuid4())
+    ceph = None
+    if store_name != "local":
+        if not settings.ceph_conf or store_name != settings.ceph_image_pool:
+            raise click.ClickException(f"no image store {store_name}: it is local or the Ceph image pool "
+                                       "(UCLOUD_CEPH_CONF, UCLOUD_CEPH_IMAGE_POOL)")
+        try:
+            ceph = Ceph(settings.ceph_conf, settings.ceph_client)
+        except CephError as exc:
+            raise click.ClickException(str(exc)) from None
     store = Store(settings)
     try:
-        image = import_image(store, settings.image_dir, path, image_id, name, owner, public=not private)
+        image = import_image(store, settings.image_dir, path, image_id, name, owner, public=not private,
+                             ceph=ceph, pool=store_name)
     except (StorageError, StoreUnavailable) as exc:
         raise click.ClickException(str(exc)) from None
     finally:

@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 from typing import Protocol
 
+from ucloud_common.ceph import Ceph, CephError
 from ucloud_common.vm import VM
 
 log = logging.getLogger(__name__)
@@ -87,3 +88,36 @@ class LocalStorage:
     def delete(self, vm: VM) -> None:
         for path in (self.disk_path(vm), self.disk_path(vm).with_suffix(".partial")):
             path.unlink(missing_ok=True)
+
+
+class RBDStorage:
+    """A copy-on-write clone of the image's protected snapshot in the image pool, grown to the VM's
+    ssd size, with the exclusive-lock feature; QEMU opens it as an `rbd:` drive."""
+
+    name = "rbd"
+
+    def __init__(self, ceph: Ceph, image_pool: str, vm_pool: str) -> None:
+        self._ceph = ceph
+        self._image_pool = image_pool
+        self._vm_pool = vm_pool
+
+    def exists(self, vm: VM) -> bool:
+        return self._ceph.exists(self._vm_pool, vm.uuid)
+
+    def create(self, vm: VM) -> None:
+        try:
+            self._ceph.clone_disk(self._image_pool, vm.image, self._vm_pool, vm.uuid, vm.specs.ssd)
+        except CephError as exc:
+            raise StorageError(str(exc)) from None
+        log.info("vm=%s disk %s/%s cloned from %s/%s (%d GiB)", vm.uuid, self._vm_pool, vm.uuid,
+                 self._image_pool, vm.image, vm.specs.ssd)
+
+    def drive(self, vm: VM) -> list[str]:
+        return [f"file=rbd:{self._vm_pool}/{vm.uuid}:conf={self._ceph.conf}", "format=raw", "cache=writeback",
+                "discard=unmap"]
+
+    def delete(self, vm: VM) -> None:
+        try:
+            self._ceph.remove(self._vm_pool, vm.uuid)
+        except CephError as exc:
+            raise StorageError(str(exc)) from None

@@ -1,0 +1,107 @@
+"""RBD disks, fencing and image stores against a real one-node Ceph."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from queue import Empty, Queue
+
+import pytest
+
+from tests.helpers.ceph import CephServer
+from tests.helpers.tiny import tiny_image
+from ucloud_common.ceph import SNAPSHOT, Ceph
+from ucloud_common.host import Host
+from ucloud_common.specs import Specs
+from ucloud_common.vm import VM
+from ucloud_scheduler.fencing import RBDFence
+from ucloud_vm.storage import RBDStorage, StorageError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def ceph(ceph_server: CephServer) -> Ceph:
+    client = Ceph(ceph_server.conf)
+    yield client  # type: ignore[misc]
+    client.close()
+
+
+@pytest.fixture
+def tiny_in_rbd(ceph: Ceph) -> str:
+    if not ceph.exists("images", "tiny"):
+        ceph.store_image("images", "tiny", tiny_image() / "tiny.raw")
+    return "tiny"
+
+
+def a_vm(uuid: str, ssd: int = 1) -> VM:
+    return VM(uuid=uuid, owner="alice", name=uuid, specs=Specs(cpu=1, ram=0.25, ssd=ssd), image="tiny", storage="rbd")
+
+
+def test_an_image_is_stored_with_a_protected_snapshot(ceph: Ceph, tiny_in_rbd: str) -> None:
+    import rbd
+
+    with ceph.pool("images") as ioctx, rbd.Image(ioctx, tiny_in_rbd) as image:
+        assert [s["name"] for s in image.list_snaps()] == [SNAPSHOT]
+        assert image.is_protected_snap(SNAPSHOT)
+        assert image.read(0, 4096) == (tiny_image() / "tiny.raw").read_bytes()[:4096]
+
+
+def test_a_vm_disk_is_a_clone_grown_to_its_size_and_goes_on_delete(ceph: Ceph, tiny_in_rbd: str) -> None:
+    import rbd
+
+    storage = RBDStorage(ceph, "images", "vms")
+    vm = a_vm("disk-test", ssd=2)
+    storage.create(vm)
+    storage.create(vm)  # idempotent
+    with ceph.pool("vms") as ioctx, rbd.Image(ioctx, vm.uuid) as disk:
+        assert disk.size() == 2 * 1024**3
+        assert disk.parent_info()[:2] == ("images", "tiny")
+        assert disk.features() & rbd.RBD_FEATURE_EXCLUSIVE_LOCK
+    assert storage.drive(vm)[:2] == [f"file=rbd:vms/{vm.uuid}:conf={ceph.conf}", "format=raw"]
+    storage.delete(vm)
+    storage.delete(vm)
+    assert not storage.exists(vm)
+    with pytest.raises(StorageError, match="image ghost is not in pool images"):
+        storage.create(VM(uuid="x", owner="a", name="x", specs=Specs(cpu=1, ram=1, ssd=1), image="ghost"))
+
+
+def test_fencing_blocklists_the_old_client_whose_writes_then_fail(ceph: Ceph, ceph_server: CephServer,
+                                                                  tiny_in_rbd: str) -> None:
+    storage = RBDStorage(ceph, "images", "vms")
+    vm = a_vm("fence-test")
+    storage.create(vm)
+    writer = subprocess.Popen([sys.executable, "-m", "tests.helpers.rbd_writer", str(ceph_server.conf), "vms", vm.uuid],
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    lines: Queue[str] = Queue()
+    threading.Thread(target=lambda: [lines.put(line.strip()) for line in writer.stdout], daemon=True).start()  # type: ignore[union-attr]
+    try:
+        seen: list[str] = []
+
+        def wait_for(text: str, timeout: float) -> None:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                try:
+                    seen.append(lines.get(timeout=0.2))
+                except Empty:
+                    continue
+                if seen[-1].startswith(text):
+                    return
+            raise AssertionError(f"{text} not seen: {seen[-5:]}")
+
+        wait_for("WROTE", 30)
+        RBDFence(ceph, "vms").fence(Host(name="dead", capacity=Specs(cpu=1, ram=1, ssd=1)), [vm])
+        wait_for("FAILED", 30)
+        assert seen[-1] == "FAILED 108", seen[-1]  # ESHUTDOWN: the client is blocklisted
+        before = len(seen)
+        time.sleep(1)
+        while not lines.empty():
+            seen.append(lines.get())
+        assert "WROTE" not in seen[before:], "a fenced client wrote again"
+    finally:
+        writer.kill()
+        writer.wait()
+        storage.delete(vm)

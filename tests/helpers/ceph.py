@@ -1,0 +1,30 @@
+"""A real one-node Ceph for tests, driven through deploy/ceph.sh."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from tests.helpers.etcd import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "deploy" / "ceph.sh"
+
+
+class CephServer:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.conf = directory / "ceph.conf"
+        # Free ports, so a developer's own Ceph on the default ones is never touched.
+        self._env = {**os.environ, "CEPH_MON_PORT": str(free_port()), "CEPH_MON_PORT_V2": str(free_port())}
+
+    def start(self) -> None:
+        result = subprocess.run(["bash", str(SCRIPT), "start", str(self.directory)], capture_output=True, text=True,
+                                timeout=180, env=self._env)
+        if result.returncode != 0:
+            logs = "".join(p.read_text(errors="replace")[-2000:] for p in (self.directory / "log").glob("*.log"))
+            raise RuntimeError(f"ceph did not start: {result.stdout}{result.stderr}\n{logs}")
+
+    def stop(self) -> None:
+        subprocess.run(["bash", str(SCRIPT), "stop", str(self.directory)], check=True, capture_output=True)
