@@ -105,3 +105,35 @@ def test_fencing_blocklists_the_old_client_whose_writes_then_fail(ceph: Ceph, ce
         writer.kill()
         writer.wait()
         storage.delete(vm)
+
+
+def test_image_scanner_fills_the_rbd_store_and_refuses_into_nothing(
+        ceph: Ceph, store, settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from ucloud_common.file import FILES
+    from ucloud_common.image import IMAGES, Image, ImageStatus
+    from ucloud_filescan.scan import scan as filescan
+    from ucloud_imagescanner.scanner import scan
+
+    own = settings.model_copy(update={"upload_dir": tmp_path / "www", "image_dir": tmp_path / "images",
+                                      "ceph_image_pool": "images"})
+    folder = own.upload_dir / "alice"
+    folder.mkdir(parents=True)
+    (folder / "good.qcow2").write_bytes((tiny_image() / "tiny.qcow2").read_bytes())
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", "/etc/passwd",
+                    str(folder / "evil.qcow2")], check=True)
+    filescan(store, own.upload_dir, settle=0)
+    for f in store.list(FILES).items.values():
+        uuid = "rbd-" + f.value.filename.split(".")[0]
+        store.create(IMAGES, uuid, Image(uuid=uuid, owner="alice", name=uuid, store_name="images", file_uuid=f.name))
+    report = scan(store, own, ceph)
+    assert report.created == 1 and report.refused == 1
+    assert store.get(IMAGES, "rbd-good").value.status is ImageStatus.CREATED  # type: ignore[union-attr]
+    evil = store.get(IMAGES, "rbd-evil").value  # type: ignore[union-attr]
+    assert evil.status is ImageStatus.ERROR and "backing file (/etc/passwd)" in evil.error
+    assert ceph.exists("images", "rbd-good") and not ceph.exists("images", "rbd-evil")
+    import rbd
+
+    with ceph.pool("images") as ioctx, rbd.Image(ioctx, "rbd-good") as image:
+        assert image.is_protected_snap(SNAPSHOT)
+        assert image.read(0, 1 << 20) == (tiny_image() / "tiny.raw").read_bytes()[: 1 << 20]
+    ceph.remove_image("images", "rbd-good")
