@@ -34,7 +34,8 @@ def create_app(settings: Settings, store: Store | None = None) -> Flask:
         if request.path not in PUBLIC_PATHS:
             g.caller = authenticator.caller()
 
-    for blueprint in (users.bp, vms.bp, networks.bp, keys.bp, images.files, images.images, hosts.bp):
+    for blueprint in (users.bp, vms.bp, networks.bp, keys.bp, images.files, images.images, images.stores,
+                      hosts.bp):
         app.register_blueprint(blueprint)
 
     @app.get("/healthz")

@@ -71,6 +71,8 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("post", "/api/v1/images"): Route("Create an image from one of your files", ImageCreate, 201, "Image",
                                       errors=(409, 422)),
     ("get", "/api/v1/images"): Route("List public images and yours", returns="[Image]"),
+    ("get", "/api/v1/image-stores"): Route("List the image stores (local directory or Ceph pool)",
+                                           returns="[ImageStore]"),
     ("get", "/api/v1/images/{uuid}"): Route("Read an image", returns="Image", errors=(404,)),
     ("delete", "/api/v1/images/{uuid}"): Route("Delete your image", ok=204, errors=(404, 409)),
     ("get", "/api/v1/hosts"): Route("List hosts with capacity, allocation and liveness", returns="[HostView]",
@@ -114,6 +116,8 @@ def document(app: Flask) -> dict[str, Any]:
                             "properties": {"name": {"type": "string"}, "key": {"type": "string"}}}
     components["HostView"] = {"allOf": [_ref("Host"), {"type": "object", "properties": {
         "alive": {"type": "boolean"}, "allocated": {"type": "object"}}}]}
+    components["ImageStore"] = {"type": "object", "required": ["name", "type"], "properties": {
+        "name": {"type": "string"}, "type": {"type": "string", "enum": ["local", "rbd"]}}}
     components["Health"] = {"type": "object", "properties": {"status": {"type": "string"}}}
     for (method, path), route in ROUTES.items():
         responses: dict[str, Any] = {}

@@ -174,6 +174,10 @@ class Settings(BaseSettings):
                 "UCLOUD_ETCD_TIMEOUT must be below UCLOUD_LEADER_LEASE_TTL, or a leader can lose its "
                 "lease while one call is still waiting"
             )
+        for store in self.image_stores:
+            if store != "local" and (store != self.ceph_image_pool or not self.ceph_conf):
+                raise ValueError(f"image store {store} is neither local nor the Ceph image pool "
+                                 "(UCLOUD_CEPH_IMAGE_POOL, with UCLOUD_CEPH_CONF)")
         if bool(self.etcd_cert_cert) != bool(self.etcd_cert_key):
             raise ValueError("UCLOUD_ETCD_CERT_CERT and UCLOUD_ETCD_CERT_KEY go together")
         if bool(self.etcd_user) != bool(self.etcd_password):

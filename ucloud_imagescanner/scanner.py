@@ -33,6 +33,7 @@ from ucloud_imagescanner.inspect import HEADER_BYTES, Refused, judge
 log = logging.getLogger(__name__)
 
 CHUNK = 4 * 1024 * 1024
+ZEROS = bytes(CHUNK)
 
 
 @dataclass
@@ -85,7 +86,11 @@ def stage(source_fd: int, target: Path) -> str:
         with os.fdopen(source_fd, "rb", closefd=False) as src, os.fdopen(out, "wb") as dst:
             while chunk := src.read(CHUNK):
                 chunks.put(chunk)
-                dst.write(chunk)
+                if len(chunk) == CHUNK and chunk == ZEROS:
+                    dst.seek(CHUNK, os.SEEK_CUR)  # keep holes: disk images are mostly zeros
+                else:
+                    dst.write(chunk)
+            dst.truncate()
     finally:
         chunks.put(None)
         hasher.join()

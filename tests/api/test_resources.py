@@ -206,3 +206,7 @@ def test_networks_and_keys_at_creation(alice: As, bob: As, store: Store) -> None
                                               "image": "tiny", "networks": networks})
         assert bad.status_code == 422, networks
     assert store.get(VMS, "x") is None and len(store.list(VMS).items) == 1
+
+
+def test_image_stores_are_listed(alice: As) -> None:
+    assert alice.get("/api/v1/image-stores").json == [{"name": "local", "type": "local"}]

@@ -54,3 +54,12 @@ def test_bad_numbers_are_refused_when_config_loads(tmp_path: Path, overrides: di
     conf.write_text("")
     with pytest.raises(ValidationError, match=message):
         load_settings(conf, **overrides)
+
+
+def test_image_stores_must_exist(tmp_path: Path) -> None:
+    conf = tmp_path / "empty.conf"
+    conf.write_text("")
+    with pytest.raises(ValidationError, match="neither local nor the Ceph image pool"):
+        load_settings(conf, image_stores="local,images")
+    settings = load_settings(conf, image_stores="local,images", ceph_conf=tmp_path / "ceph.conf")
+    assert settings.image_stores == ["local", "images"]

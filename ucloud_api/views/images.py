@@ -23,6 +23,15 @@ files = Blueprint("files", __name__, url_prefix="/api/v1/files")
 images = Blueprint("images", __name__, url_prefix="/api/v1/images")
 
 
+stores = Blueprint("image_stores", __name__, url_prefix="/api/v1/image-stores")
+
+
+@stores.get("")
+def list_stores() -> Response:
+    return jsonify([{"name": name, "type": "local" if name == "local" else "rbd"}
+                    for name in store().settings.image_stores])
+
+
 @files.get("")
 def list_files() -> Response:
     caller = current()

@@ -1,0 +1,115 @@
+"""Benchmark of disks and images: provisioning a VM disk (RBD clone + resize vs a local qcow2
+overlay) and what image-scanner's safety costs over a plain `qemu-img convert` of the same file.
+
+Starts its own one-node Ceph (on /dev/shm). Prints median / p99 provisioning times and conversion
+throughput in MB/s for a 1 GiB image, as qcow2 and as raw.
+
+    .venv/bin/python -m tests.bench.storage [--disks 20] [--size-mib 1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from tests.helpers.ceph import CephServer
+from tests.helpers.tiny import tiny_image
+from ucloud_common.ceph import Ceph
+from ucloud_common.config import load_settings
+from ucloud_common.file import File
+from ucloud_common.image import Image
+from ucloud_common.specs import Specs
+from ucloud_common.vm import VM
+from ucloud_imagescanner.scanner import create_image
+from ucloud_vm.storage import LocalStorage, RBDStorage
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+
+
+def timed(action) -> float:  # type: ignore[no-untyped-def]
+    start = time.perf_counter()
+    action()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--disks", type=int, default=20)
+    parser.add_argument("--size-mib", type=int, default=1024)
+    args = parser.parse_args()
+    tiny = tiny_image()
+    with tempfile.TemporaryDirectory(prefix="ucloud-bench-", dir="/dev/shm") as tmp:
+        work = Path(tmp)
+        ceph_server = CephServer(work / "ceph")
+        ceph_server.start()
+        ceph = Ceph(ceph_server.conf)
+        try:
+            ceph.store_image("images", "tiny", tiny / "tiny.raw")
+            (work / "images").mkdir()
+            (work / "images" / "tiny.raw").write_bytes((tiny / "tiny.raw").read_bytes())
+            rbd_storage = RBDStorage(ceph, "images", "vms")
+            local = LocalStorage(work / "images", work / "disks")
+            vms = [VM(uuid=f"bench-{i}", owner="b", name=f"b{i}", image="tiny", specs=Specs(cpu=1, ram=1, ssd=10))
+                   for i in range(args.disks)]
+            rbd_times = [timed(lambda vm=vm: rbd_storage.create(vm)) for vm in vms]
+            local_times = [timed(lambda vm=vm: local.create(vm)) for vm in vms]
+            for vm in vms:
+                rbd_storage.delete(vm)
+                local.delete(vm)
+
+            # A 1 GiB image, half of it random data (incompressible, not sparse), as raw and qcow2.
+            uploads = work / "www" / "bench"
+            uploads.mkdir(parents=True)
+            raw = uploads / "big.raw"
+            with open(raw, "wb") as out:
+                for _ in range(args.size_mib // 2):
+                    out.write(os.urandom(1 << 20))
+                out.truncate(args.size_mib << 20)
+            qcow2 = uploads / "big.qcow2"
+            subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow2)], check=True)
+            settings = load_settings(upload_dir=work / "www", image_dir=work / "store")
+            results = {}
+            for path, fmt in ((qcow2, "qcow2"), (raw, "raw")):
+                plain = timed(lambda: subprocess.run(["qemu-img", "convert", "-f", fmt, "-O", "raw", str(path),
+                                                      str(work / "plain.raw")], check=True))
+                (work / "plain.raw").unlink()
+                digest = hashlib.sha512(path.read_bytes()).hexdigest()
+                file = File(uuid="f", owner="bench", filename=path.name, size=path.stat().st_size, sha512=digest,
+                            mtime=datetime.now(UTC))
+                image = Image(uuid=f"img-{fmt}", owner="bench", name=fmt, store_name="local")
+                safe = timed(lambda: create_image(settings, image, file, settings.image_dir))
+                size_mb = (args.size_mib << 20) / 1e6
+                results[fmt] = {"plain_s": round(plain, 2), "ucloud_s": round(safe, 2),
+                                "plain_mb_s": round(size_mb / plain), "ucloud_mb_s": round(size_mb / safe),
+                                "overhead_pct": round(100 * (safe - plain) / plain)}
+        finally:
+            ceph.close()
+            ceph_server.stop()
+    summary = {
+        "disks": args.disks,
+        "rbd_clone_resize_ms": {"median": round(statistics.median(rbd_times) * 1000, 1), "p99": round(p99(rbd_times) * 1000, 1)},
+        "local_overlay_ms": {"median": round(statistics.median(local_times) * 1000, 1), "p99": round(p99(local_times) * 1000, 1)},
+        "conversion": results,
+    }
+    print(f"provisioning a VM disk: RBD clone + resize median {summary['rbd_clone_resize_ms']['median']} ms "
+          f"(p99 {summary['rbd_clone_resize_ms']['p99']}); local qcow2 overlay median "
+          f"{summary['local_overlay_ms']['median']} ms (p99 {summary['local_overlay_ms']['p99']})")
+    for fmt, r in results.items():
+        print(f"{args.size_mib} MiB {fmt}: plain qemu-img convert {r['plain_mb_s']} MB/s, image-scanner "
+              f"{r['ucloud_mb_s']} MB/s ({r['overhead_pct']:+d}%)")
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
