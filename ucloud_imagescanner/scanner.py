@@ -1,9 +1,10 @@
 """Image-scanner: turn each requested image (TO_BE_CREATED) into a raw image in its store.
 
 For each request: open the user's file without following any link (every path component, since
-the user owns the folders), copy it into a private staging file while computing its sha512 (from
-then on, the user can change nothing of what is inspected and converted), compare the sha512 with
-what file-scan registered, judge the header (`inspect.judge`), let qemu-img check it too, with an
+the user owns the folders), copy it into a private staging file (from then on, the user can change
+nothing of what is inspected and converted), compare its sha512 with what file-scan registered
+(computed beside the copy for raw, beside qemu-img's work for qcow2, always before anything reaches
+the store), judge the header (`inspect.judge`), let qemu-img check it too, with an
 explicit format and under limits, convert to raw, make the result read-only (the image's snapshot;
 an RBD store will snapshot and protect), and mark the image CREATED — or ERROR with the reason,
 leaving nothing of a refused file in the store.
@@ -20,6 +21,7 @@ import resource
 import stat
 import subprocess
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +30,7 @@ from ucloud_common.config import Settings
 from ucloud_common.file import FILES, File
 from ucloud_common.image import IMAGES, Image, ImageStatus
 from ucloud_common.store import Store
-from ucloud_imagescanner.inspect import HEADER_BYTES, Refused, judge
+from ucloud_imagescanner.inspect import HEADER_BYTES, QCOW2_MAGIC, Refused, judge
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +72,8 @@ def open_beneath(base: Path, relative: str) -> int:
 
 
 def stage(source_fd: int, target: Path) -> str:
-    """Copy the open file to `target` (created 0600, never existing before); return its sha512.
-    Hashing runs in a second thread beside the copy (hashlib releases the GIL on large buffers)."""
+    """Copy the open file to `target` (created 0600, never existing before), keeping holes; return
+    its sha512, computed in a second thread beside the copy (hashlib releases the GIL)."""
     digest = hashlib.sha512()
     chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
 
@@ -94,6 +96,25 @@ def stage(source_fd: int, target: Path) -> str:
     finally:
         chunks.put(None)
         hasher.join()
+    return digest.hexdigest()
+
+
+def copy_sparse(source_fd: int, target: Path) -> None:
+    out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    with os.fdopen(source_fd, "rb", closefd=False) as src, os.fdopen(out, "wb") as dst:
+        while chunk := src.read(CHUNK):
+            if len(chunk) == CHUNK and chunk == ZEROS:
+                dst.seek(CHUNK, os.SEEK_CUR)
+            else:
+                dst.write(chunk)
+        dst.truncate()
+
+
+def sha512_of(path: Path) -> str:
+    digest = hashlib.sha512()
+    with open(path, "rb") as file:
+        while chunk := file.read(CHUNK):
+            digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -121,14 +142,29 @@ def create_image(settings: Settings, image: Image, file: File, store_dir: Path, 
     converted = staging_dir / f"{image.uuid}.raw"
     for leftover in (staged, converted):
         leftover.unlink(missing_ok=True)
+    hashing: Future[str] | None = None
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha512")
     try:
         fd = open_beneath(settings.upload_dir / file.owner, file.filename)
         try:
-            sha512 = stage(fd, staged)
+            if os.pread(fd, len(QCOW2_MAGIC), 0) == QCOW2_MAGIC:
+                # A qcow2 must be converted anyway: copy it quickly, then verify its sha512 (of our
+                # own copy, which the user cannot touch) while qemu-img checks and converts it.
+                copy_sparse(fd, staged)
+                hashing = pool.submit(sha512_of, staged)
+            else:
+                hashing = pool.submit(stage, fd, staged)
+                hashing.result()
         finally:
             os.close(fd)
-        if sha512 != file.sha512:
-            raise Refused("the file changed since file-scan registered it (its sha512 differs)")
+
+        def verify_sha512() -> None:
+            assert hashing is not None
+            if hashing.result() != file.sha512:
+                raise Refused("the file changed since file-scan registered it (its sha512 differs)")
+
+        if hashing.done():  # a raw file's sha512 is known already: verify it before looking inside
+            verify_sha512()
         with open(staged, "rb") as head:
             verdict = judge(head.read(HEADER_BYTES), staged.stat().st_size, settings.image_max_size * 2**30)
         info = json.loads(qemu_img(settings, "info", "-f", verdict.format, "--output=json", str(staged)))
@@ -144,6 +180,7 @@ def create_image(settings: Settings, image: Image, file: File, store_dir: Path, 
             os.replace(staged, converted)  # raw is stored as it is: the staged copy is the image
         else:
             qemu_img(settings, "convert", "-q", "-f", verdict.format, "-O", "raw", str(staged), str(converted))
+        verify_sha512()  # before anything reaches the store
         if ceph is not None:
             try:
                 ceph.store_image(image.store_name, image.uuid, converted)  # snapshot `base`, protected
@@ -153,6 +190,7 @@ def create_image(settings: Settings, image: Image, file: File, store_dir: Path, 
         converted.chmod(0o444)  # the image's snapshot: VM disks are overlays on it and never write it
         os.replace(converted, store_dir / f"{image.uuid}.raw")
     finally:
+        pool.shutdown(wait=True)
         for leftover in (staged, converted):
             leftover.unlink(missing_ok=True)
 

@@ -120,6 +120,19 @@ def test_a_file_changed_after_registration_is_refused(store: Store, settings_for
     assert "changed since file-scan registered it" in image.value.error
 
 
+def test_a_qcow2_changed_after_registration_is_refused(store: Store, settings_for: Settings,
+                                                       uploads: dict[str, Path]) -> None:
+    filescan(store, settings_for.upload_dir, settle=0)
+    uuid = request(store, "alice", "good.qcow2")
+    with open(uploads["good.qcow2"], "ab") as file:
+        file.write(b"\0" * 512)
+    scan(store, settings_for)
+    image = store.get(IMAGES, uuid)
+    assert image is not None and image.value.status is ImageStatus.ERROR
+    assert "changed since file-scan registered it" in image.value.error
+    assert not list(settings_for.image_dir.glob("*.raw")), "nothing reached the store"
+
+
 def test_a_symlink_swapped_in_after_registration_is_not_followed(store: Store, settings_for: Settings,
                                                                  uploads: dict[str, Path]) -> None:
     filescan(store, settings_for.upload_dir, settle=0)
