@@ -172,7 +172,7 @@ class Scheduler:
         guard = self.election.guard
         for name, host in list(self.view.hosts.items()):
             alive = self.view.is_alive(name)
-            if host.value.status is HostStatus.UP and not alive:
+            if host.value.status is HostStatus.UP and self.view.known_dead(host):
                 self._declare_down(host, cycle)
             elif host.value.status is HostStatus.DOWN and not alive:
                 self._release_after_fence(self.view.hosts[name], cycle)

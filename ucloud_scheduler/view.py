@@ -29,6 +29,7 @@ def needs_host(vm: VM) -> bool:
 class View:
     hosts: dict[str, Versioned[Host]] = field(default_factory=dict)  # by host name
     alive: set[str] = field(default_factory=set)  # host names whose agent holds its lease
+    alive_revision: int = 0  # how far the liveness stream has been seen (see `known_dead`)
     vms: dict[str, Versioned[VM]] = field(default_factory=dict)  # by uuid
     allocated: dict[str, Specs] = field(default_factory=dict)  # by host key
     pending: dict[str, None] = field(default_factory=dict)  # uuids waiting for a host, oldest first
@@ -46,6 +47,7 @@ class View:
             self.hosts[item.name] = item.value
 
     def apply_alive(self, item: Snapshot[HostAlive] | Change[HostAlive]) -> None:
+        self.alive_revision = max(self.alive_revision, item.revision)
         if isinstance(item, Snapshot):
             self.alive = set(item.items)
         elif item.value is None:
@@ -98,6 +100,12 @@ class View:
 
     def is_alive(self, name: str) -> bool:
         return name in self.alive
+
+    def known_dead(self, host: Versioned[Host]) -> bool:
+        """Not alive, and known not to be: the liveness stream has been seen past the revision of
+        the host's record. (An agent writes its liveness key before its record, but the two arrive
+        on different watches: without this, a host could be declared DOWN the moment it registers.)"""
+        return host.name not in self.alive and self.alive_revision >= host.mod_revision
 
     def vms_on(self, host_name: str) -> list[Versioned[VM]]:
         return [self.vms[u] for u in self.by_host.get(HOSTS.key(host_name), ()) if u in self.vms]

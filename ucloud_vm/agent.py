@@ -47,6 +47,7 @@ from ucloud_vm.workers import KeyedWorkers
 log = logging.getLogger(__name__)
 
 MONITOR_S = 1.0
+HOST_CHECK_TICKS = 5  # the host record is checked every 5 monitor ticks
 POWERDOWN_POLL_S = 0.1
 
 
@@ -119,6 +120,18 @@ class Agent:
         log.error("host %s lost its lease; registering again (its VMs keep running)", self.host.name)
         threading.Thread(target=self._register, name="register", daemon=True).start()
 
+    def _ensure_up(self) -> None:
+        """A host declared DOWN while its agent still holds its lease (the scheduler judged it dead
+        during a partition, say) says UP again; VMs moved away meanwhile name their new host, and
+        this agent lets them go."""
+        try:
+            host = self._store.get(HOSTS, self.host.name)
+            if host is not None and host.value.status is HostStatus.DOWN and self._lease and not self._lease.lost.is_set():
+                log.warning("host %s is recorded DOWN while its agent runs; saying UP again", self.host.name)
+                self._store_host_up()
+        except StoreUnavailable as exc:
+            log.warning("host %s: cannot check its record: %s", self.host.name, exc)
+
     def _store_host_up(self) -> None:
         backends = tuple(sorted(self._storage))
         try:
@@ -155,8 +168,12 @@ class Agent:
 
     def _monitor(self) -> None:
         """Every second, look at each VM that should have a QEMU here; wake its worker if what is
-        true no longer matches what its record says."""
+        true no longer matches what its record says. Now and then, make sure the host is UP."""
+        ticks = 0
         while not self._stop.wait(MONITOR_S):
+            ticks += 1
+            if ticks % HOST_CHECK_TICKS == 0:
+                self._ensure_up()
             with self._lock:
                 mine = list(self._mine.values())
             for vm in mine:

@@ -142,3 +142,11 @@ def test_a_vm_that_cannot_be_made_gets_error_and_the_others_go_on(cluster: Clust
     status, _ = cluster.call("DELETE", f"/api/v1/vms/{body['uuid']}")
     assert status == 202
     wait_until(lambda: cluster.call("GET", f"/api/v1/vms/{body['uuid']}")[0] == 404, 30, "deleting the broken VM")
+
+
+def test_a_live_host_recorded_down_says_up_again(cluster: Cluster) -> None:
+    from ucloud_common.host import HOSTS, HostStatus
+
+    cluster.store.update(HOSTS, "h1", lambda h: h.evolve(status=HostStatus.DOWN))
+    wait_until(lambda: cluster.store.get(HOSTS, "h1").value.status is HostStatus.UP, 15,  # type: ignore[union-attr]
+               "h1 UP again")

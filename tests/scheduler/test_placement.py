@@ -121,3 +121,15 @@ def test_the_view_tracks_pending_vms() -> None:
     assert list(view.pending) == ["c"] and view.allocated[HOSTS.key("h1")].cpu == 1
     view.apply_vms(Change("a", Versioned("a", vm("a"), 4, 2), 4))  # an older event changes nothing
     assert list(view.pending) == ["c"]
+
+
+def test_a_host_is_known_dead_only_once_liveness_was_seen_past_its_record() -> None:
+    record = Versioned("h1", host("h1"), 150, 150)
+    view = View()
+    view.apply_hosts(Snapshot({"h1": record}, 150))
+    view.apply_alive(Snapshot({}, 140))  # the liveness stream lags: the agent's key (149) not seen yet
+    assert not view.known_dead(record)
+    view.apply_alive(Change("h1", Versioned("h1", object(), 149, 149), 149))  # type: ignore[arg-type]
+    assert not view.known_dead(record)
+    view.apply_alive(Change("h1", None, 200))  # the lease expired
+    assert view.known_dead(record)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -173,11 +174,20 @@ class Store:
         request = rpc_pb2.RangeRequest(key=_b(key), limit=limit, revision=revision)
         if range_end is not None:
             request.range_end = range_end
-        with self.unavailable_as_error("range"):
-            return self._client.kvstub.Range(
-                request, self._client.timeout,
-                credentials=self._client.call_credentials, metadata=self._client.metadata,
-            )
+        for attempt in (1, 2):
+            try:
+                with self.unavailable_as_error("range"):
+                    return self._client.kvstub.Range(
+                        request, self._client.timeout,
+                        credentials=self._client.call_credentials, metadata=self._client.metadata,
+                    )
+            except StoreUnavailable:
+                # A read is safe to repeat: once, shortly, so that a connection being re-established
+                # (a member restarted, a worker's first call) is not reported as an outage.
+                if attempt == 2:
+                    raise
+                time.sleep(0.05)
+        raise AssertionError("unreachable")
 
     def get(self, family: Family[R], name: str) -> Versioned[R] | None:
         key = family.key(name)
