@@ -17,9 +17,7 @@ import json
 import logging
 import os
 import queue
-import resource
 import stat
-import subprocess
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,7 +28,8 @@ from ucloud_common.config import Settings
 from ucloud_common.file import FILES, File
 from ucloud_common.image import IMAGES, Image, ImageStatus
 from ucloud_common.store import Store
-from ucloud_imagescanner.inspect import HEADER_BYTES, QCOW2_MAGIC, Refused, judge
+from ucloud_common.diskformat import HEADER_BYTES, QCOW2_MAGIC, Refused, judge
+from ucloud_common.qemuimg import Limits, QemuImgError, qemu_img
 
 log = logging.getLogger(__name__)
 
@@ -118,19 +117,11 @@ def sha512_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def qemu_img(settings: Settings, *args: str) -> str:
-    """qemu-img under address-space and CPU limits: a crafted image cannot make it eat the host."""
-    memory, cpu = settings.qemu_img_memory * 1024 * 1024, settings.qemu_img_cpu
-
-    def limits() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
-
-    result = subprocess.run(["qemu-img", *args], capture_output=True, text=True, preexec_fn=limits, timeout=cpu * 2)
-    if result.returncode != 0:
-        lines = result.stderr.strip().splitlines()
-        raise Refused(f"qemu-img {args[0]} refused the file: {lines[-1] if lines else result.returncode}")
-    return result.stdout
+def untrusted_qemu_img(settings: Settings, *args: str) -> str:
+    try:
+        return qemu_img(*args, limits=Limits(settings.qemu_img_memory, settings.qemu_img_cpu))
+    except QemuImgError as exc:
+        raise Refused(f"{exc} (the file is refused)") from None
 
 
 def create_image(settings: Settings, image: Image, file: File, store_dir: Path, ceph: Ceph | None = None) -> None:
@@ -167,19 +158,19 @@ def create_image(settings: Settings, image: Image, file: File, store_dir: Path, 
             verify_sha512()
         with open(staged, "rb") as head:
             verdict = judge(head.read(HEADER_BYTES), staged.stat().st_size, settings.image_max_size * 2**30)
-        info = json.loads(qemu_img(settings, "info", "-f", verdict.format, "--output=json", str(staged)))
+        info = json.loads(untrusted_qemu_img(settings, "info", "-f", verdict.format, "--output=json", str(staged)))
         if info.get("backing-filename") or (info.get("format-specific") or {}).get("data", {}).get("data-file"):
             raise Refused("qemu-img sees a backing or data file that the header check missed")
         if verdict.format == "qcow2":
             try:
-                qemu_img(settings, "check", "-q", "-f", "qcow2", str(staged))
+                untrusted_qemu_img(settings, "check", "-q", "-f", "qcow2", str(staged))
             except Refused:
                 # qemu-img convert reads a truncated qcow2 without complaint (zeros): check does not.
                 raise Refused("qcow2 is damaged or truncated (qemu-img check found errors)") from None
         if verdict.format == "raw":
             os.replace(staged, converted)  # raw is stored as it is: the staged copy is the image
         else:
-            qemu_img(settings, "convert", "-q", "-f", verdict.format, "-O", "raw", str(staged), str(converted))
+            untrusted_qemu_img(settings, "convert", "-q", "-f", verdict.format, "-O", "raw", str(staged), str(converted))
         verify_sha512()  # before anything reaches the store
         if ceph is not None:
             try:

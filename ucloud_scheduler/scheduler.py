@@ -38,7 +38,7 @@ from ucloud_common.store import (
     Versioned,
 )
 from ucloud_common.vm import VMS, VM
-from ucloud_scheduler.fencing import Fence, FenceFailed
+from ucloud_scheduler.fencing import Fence
 from ucloud_scheduler.placement import Placer, Ratios
 from ucloud_scheduler.view import WANTS_TO_RUN, View
 

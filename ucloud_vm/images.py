@@ -1,33 +1,33 @@
-"""Importing an image file into this host's local image store (an admin's command, e.g. for the
-tiny test image). The file is inspected before it is converted: only raw and qcow2, and never a
-qcow2 that points at another file (a backing file or an external data file could make the store
-read a host file)."""
+"""Importing an image file into an image store (an admin's command, e.g. for the tiny test image).
+
+The same checks as image-scanner's (`ucloud_common.diskformat`): only raw and qcow2, judged from the
+header before qemu-img opens the file, and never a qcow2 that points at another file (a backing file
+or an external data file could make qemu-img read a host file into the store).
+"""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from ucloud_common.ceph import Ceph, CephError
+from ucloud_common.diskformat import HEADER_BYTES, Refused, judge
 from ucloud_common.image import IMAGES, Image, ImageStatus
+from ucloud_common.qemuimg import QemuImgError, qemu_img
 from ucloud_common.store import Store
-from ucloud_vm.storage import StorageError, qemu_img
+from ucloud_vm.storage import StorageError
 
-ACCEPTED_FORMATS = ("raw", "qcow2")
+MAX_IMPORT_BYTES = 1024 * 2**30
 
 
 def inspect(path: Path) -> str:
     """The file's format, or StorageError saying why it is refused."""
-    info = json.loads(qemu_img("info", "--output=json", str(path)))
-    fmt = info.get("format")
-    if fmt not in ACCEPTED_FORMATS:
-        raise StorageError(f"{path}: format {fmt} is not accepted (only {', '.join(ACCEPTED_FORMATS)})")
-    if info.get("backing-filename") or info.get("full-backing-filename"):
-        raise StorageError(f"{path}: has a backing file ({info.get('backing-filename')}); refused")
-    if (info.get("format-specific") or {}).get("data", {}).get("data-file"):
-        raise StorageError(f"{path}: has an external data file; refused")
-    return str(fmt)
+    with open(path, "rb") as file:
+        header = file.read(HEADER_BYTES)
+    try:
+        return judge(header, path.stat().st_size, MAX_IMPORT_BYTES).format
+    except Refused as exc:
+        raise StorageError(f"{path}: {exc}") from None
 
 
 def import_image(store: Store, image_dir: Path, path: Path, uuid: str, name: str, owner: str,
@@ -42,10 +42,9 @@ def import_image(store: Store, image_dir: Path, path: Path, uuid: str, name: str
         if ceph is None:
             os.replace(partial, target)
         else:
-            try:
-                ceph.store_image(pool, uuid, partial)
-            except CephError as exc:
-                raise StorageError(str(exc)) from None
+            ceph.store_image(pool, uuid, partial)
+    except (QemuImgError, CephError) as exc:
+        raise StorageError(str(exc)) from None
     finally:
         partial.unlink(missing_ok=True)
     image = Image(uuid=uuid, owner=owner, name=name, store_name="local" if ceph is None else pool, public=public,

@@ -7,14 +7,13 @@ gives QEMU's `-drive` options, always with an explicit `format=`.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import subprocess
 from pathlib import Path
 from typing import Protocol
 
 from ucloud_common.ceph import Ceph, CephError
+from ucloud_common.qemuimg import QemuImgError, qemu_img
 from ucloud_common.vm import VM
 
 log = logging.getLogger(__name__)
@@ -36,14 +35,6 @@ class StorageBackend(Protocol):
     def drive(self, vm: VM) -> list[str]: ...
 
     def delete(self, vm: VM) -> None: ...
-
-
-def qemu_img(*args: str) -> str:
-    result = subprocess.run(["qemu-img", *args], capture_output=True, text=True, timeout=300)
-    if result.returncode != 0:
-        lines = result.stderr.strip().splitlines()
-        raise StorageError(f"qemu-img {args[0]} failed: {lines[-1] if lines else result.returncode}")
-    return result.stdout
 
 
 class LocalStorage:
@@ -72,13 +63,16 @@ class LocalStorage:
         image = self.image_path(vm.image)
         if not image.is_file():
             raise StorageError(f"image {vm.image} is not in this host's image store ({self._images})")
-        image_size = int(json.loads(qemu_img("info", "-f", "raw", "--output=json", str(image)))["virtual-size"])
+        image_size = image.stat().st_size  # the store holds raw images only
         size = vm.specs.ssd * GIB
         if size < image_size:
             raise StorageError(f"the image is {image_size / GIB:.2f} GiB, more than the VM's ssd of {vm.specs.ssd} GiB")
         self._disks.mkdir(parents=True, exist_ok=True)
         partial = disk.with_suffix(".partial")
-        qemu_img("create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(image), str(partial), str(size))
+        try:
+            qemu_img("create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(image), str(partial), str(size))
+        except QemuImgError as exc:
+            raise StorageError(str(exc)) from None
         os.replace(partial, disk)
         log.info("vm=%s disk %s created on image %s (%d GiB)", vm.uuid, disk, vm.image, vm.specs.ssd)
 

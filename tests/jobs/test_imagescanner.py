@@ -14,7 +14,7 @@ from ucloud_common.file import FILES
 from ucloud_common.image import IMAGES, Image, ImageStatus
 from ucloud_common.store import Store
 from ucloud_filescan.scan import scan as filescan
-from ucloud_imagescanner.inspect import Refused, judge
+from ucloud_common.diskformat import Refused, judge
 from ucloud_imagescanner.scanner import scan
 
 PASSWD = Path("/etc/passwd").read_bytes()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 
 from ucloud_common.host import HOSTS, Host, HostStatus
-from ucloud_common.specs import Specs
 from ucloud_common.states import Status
 from ucloud_common.store import Change, Snapshot, Versioned
 from ucloud_common.vm import VM

@@ -82,7 +82,8 @@ def test_two_schedulers_racing_over_500_vms_and_50_hosts(
                 history.setdefault(item.name, []).append(item.value.value.hostname)
 
     threading.Thread(target=watch, daemon=True).start()
-    a, b = schedulers("a"), schedulers("b")
+    schedulers("a")
+    schedulers("b")
     uuids = [create_vm(store, ram=1) for _ in range(500)]
     wait_for(lambda: all(vm(store, u).status is Status.SCHEDULED_DEPLOY for u in uuids), 60, "500 placements")
     time.sleep(1)

@@ -11,7 +11,7 @@ import pytest
 from tests.helpers.cluster import create_vm, register_host, vm, wait_for
 from ucloud_common.allocation import allocations
 from ucloud_common.event import EVENTS, events_of
-from ucloud_common.host import HOSTS, HOSTS_ALIVE, HostStatus
+from ucloud_common.host import HOSTS, HostStatus
 from ucloud_common.states import Status
 from ucloud_common.store import Store
 from ucloud_common.vm import VMS

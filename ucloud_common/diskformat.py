@@ -1,4 +1,4 @@
-"""Looking at an untrusted disk image before anything opens it as an image.
+"""Judging an untrusted disk image from its header, before anything opens it as an image.
 
 OSSA-2024-001: a qcow2 whose backing file or external data file names a host file makes qemu-img
 read that host file into the image. So the header is parsed here, by hand, and anything that could
