@@ -203,3 +203,15 @@ def test_the_owner_reads_the_event_log_in_order(alice: As, bob: As, store: Store
     assert [e["message"] for e in events] == ["placed on h1", "disk created", "RUNNING"]
     assert alice.get(f"/api/v1/vms/{vm}").json["events"] == events
     assert bob.get(f"/api/v1/vms/{vm}/events").status_code == 404
+
+
+def test_the_storage_must_match_the_images_store(alice: As, store: Store) -> None:
+    from ucloud_common.image import IMAGES, Image, ImageStatus
+
+    store.create(IMAGES, "in-ceph", Image(uuid="in-ceph", owner="admin", name="in-ceph", store_name="images",
+                                          public=True, status=ImageStatus.CREATED))
+    body = {"name": "x", "specs": {"cpu": 1, "ram": 1, "ssd": 1}}
+    wrong = alice.post("/api/v1/vms", json={**body, "image": "tiny", "storage": "rbd"})
+    assert wrong.status_code == 422 and wrong.json["error"]["fields"][0]["field"] == "storage"
+    assert alice.post("/api/v1/vms", json={**body, "image": "in-ceph"}).status_code == 422
+    assert alice.post("/api/v1/vms", json={**body, "image": "in-ceph", "storage": "rbd"}).status_code == 201

@@ -46,6 +46,12 @@ def create() -> Response:
             image.value.public or image.value.owner == caller.name):
         raise APIError(422, "invalid", f"image: no usable image {body.image}", fields=[
             {"field": "image", "message": "no such image, or it is not CREATED"}])
+    # A local disk is an overlay on a file in the host's image directory; an rbd disk is a clone in
+    # Ceph: each needs its image in the matching kind of store.
+    if (body.storage == "local") != (image.value.store_name == "local"):
+        raise APIError(422, "invalid", f"storage: image {body.image} is in store {image.value.store_name}, which "
+                       f"{body.storage} disks cannot use", fields=[{"field": "storage", "message": "does not match "
+                                                                   "the image's store"}])
     user_keys = _user_keys(caller.name)
     missing = [k for k in body.ssh_keys if k not in user_keys]
     if missing:
