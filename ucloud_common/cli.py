@@ -7,12 +7,14 @@ error messages and exit codes are the same across all of ucloud's entry points.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 from pydantic import ValidationError
 
 from ucloud_common.config import Settings, load_settings
+from ucloud_common.joblock import AlreadyRunning, single_run
 from ucloud_common.logs import setup_logging
 from ucloud_common.store import Store, StoreUnavailable
 
@@ -77,3 +79,20 @@ def daemon_group(name: str, description: str) -> click.Group:
         click.echo(f"{name}: configuration valid; etcd at {endpoints} answers (revision {revision})")
 
     return group
+
+
+def run_periodic_job(name: str, settings: Settings, work: Callable[[Store], str]) -> None:
+    """One run of a periodic job (file-scan, image-scanner): under its lock, so that a run started
+    while the last one still goes is a logged no-op; `work` returns the sentence to report."""
+    store = Store(settings)
+    try:
+        with single_run(settings.lock_dir, name):
+            sentence = work(store)
+    except AlreadyRunning as exc:
+        click.echo(f"{name}: skipped: {exc}", err=True)
+        return
+    except StoreUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        store.close()
+    click.echo(f"{name}: {sentence}", err=True)

@@ -6,9 +6,7 @@ from pathlib import Path
 
 import click
 
-from ucloud_common.cli import daemon_group, settings_from
-from ucloud_common.joblock import AlreadyRunning, single_run
-from ucloud_common.store import Store, StoreUnavailable
+from ucloud_common.cli import daemon_group, run_periodic_job, settings_from
 from ucloud_filescan.scan import scan
 
 cli = daemon_group("ucloud-filescan", "File-scan: registers the files users uploaded into their folders.")
@@ -24,15 +22,5 @@ def run(ctx: click.Context, upload_dir: Path | None) -> None:
     Example: ucloud-filescan run --upload-dir /var/www
     """
     settings = settings_from(ctx)
-    store = Store(settings)
-    try:
-        with single_run(settings.lock_dir, "ucloud-filescan"):
-            report = scan(store, upload_dir or settings.upload_dir, settings.filescan_settle)
-    except AlreadyRunning as exc:
-        click.echo(f"ucloud-filescan: skipped: {exc}", err=True)
-        return
-    except StoreUnavailable as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        store.close()
-    click.echo(f"ucloud-filescan: {report.sentence()}", err=True)
+    run_periodic_job("ucloud-filescan", settings, lambda store: scan(
+        store, upload_dir or settings.upload_dir, settings.filescan_settle).sentence())

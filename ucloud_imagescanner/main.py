@@ -5,9 +5,7 @@ from __future__ import annotations
 import click
 
 from ucloud_common.ceph import Ceph, CephError
-from ucloud_common.cli import daemon_group, settings_from
-from ucloud_common.joblock import AlreadyRunning, single_run
-from ucloud_common.store import Store, StoreUnavailable
+from ucloud_common.cli import daemon_group, run_periodic_job, settings_from
 from ucloud_imagescanner.scanner import scan
 
 cli = daemon_group("ucloud-imagescanner", "Image-scanner: turns requested files into VM images, safely.")
@@ -26,15 +24,4 @@ def run(ctx: click.Context) -> None:
         ceph = Ceph(settings.ceph_conf, settings.ceph_client) if settings.ceph_conf else None
     except CephError as exc:
         raise click.ClickException(str(exc)) from None
-    store = Store(settings)
-    try:
-        with single_run(settings.lock_dir, "ucloud-imagescanner"):
-            report = scan(store, settings, ceph)
-    except AlreadyRunning as exc:
-        click.echo(f"ucloud-imagescanner: skipped: {exc}", err=True)
-        return
-    except StoreUnavailable as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        store.close()
-    click.echo(f"ucloud-imagescanner: {report.sentence()}", err=True)
+    run_periodic_job("ucloud-imagescanner", settings, lambda store: scan(store, settings, ceph).sentence())
