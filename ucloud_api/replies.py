@@ -27,6 +27,13 @@ def object_reply(obj: Versioned[Any], status: int = 200, body: dict[str, Any] | 
     return response
 
 
+def created_reply(created: Versioned[Any], location: str) -> Response:
+    """201 with the new object, its ETag and where it lives."""
+    response = object_reply(created, 201)
+    response.headers["Location"] = location
+    return response
+
+
 def dump(record: Record) -> dict[str, Any]:
     return record.model_dump(mode="json")
 

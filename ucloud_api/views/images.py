@@ -11,7 +11,7 @@ from ucloud_api.body import parse
 from ucloud_api.errors import APIError, not_found
 from ucloud_api.idempotency import idempotent
 from ucloud_api.naming import create_named
-from ucloud_api.replies import check_if_match, dump, lookup, lookup_own, object_reply, store
+from ucloud_api.replies import check_if_match, created_reply, dump, lookup, lookup_own, object_reply, store
 from ucloud_api.schemas import ImageCreate
 from ucloud_common.claim import IMAGE_NAMES, owned
 from ucloud_common.file import FILES
@@ -58,9 +58,7 @@ def create() -> Response:
     image = Image(uuid=uuid, owner=caller.name, name=body.name, store_name=body.store,
                   file_uuid=body.file, public=body.public)
     created = create_named(IMAGES, IMAGE_NAMES, caller.name, body.name, uuid, lambda: (image, []), "image")
-    response = object_reply(created, 201)
-    response.headers["Location"] = f"/api/v1/images/{uuid}"
-    return response
+    return created_reply(created, f"/api/v1/images/{uuid}")
 
 
 @images.get("")

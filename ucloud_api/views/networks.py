@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import random
 import uuid as uuidlib
+from collections.abc import Callable
+from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
@@ -17,7 +19,7 @@ from ucloud_api.body import parse
 from ucloud_api.errors import APIError
 from ucloud_api.idempotency import idempotent
 from ucloud_api.naming import create_named, mac_claim, new_nic
-from ucloud_api.replies import check_if_match, dump, lookup_own, object_reply, store
+from ucloud_api.replies import check_if_match, created_reply, dump, lookup_own, object_reply, store
 from ucloud_api.schemas import Attachment, NetworkCreate
 from ucloud_common.claim import MACS, NETWORK_NAMES, VXLAN_IDS, Claim, owned
 from ucloud_common.network import NETWORKS, Network
@@ -46,9 +48,7 @@ def create() -> Response:
         return network, [Put(VXLAN_IDS, str(vxlan_id), Claim(holder=uuid), 0)]
 
     created = create_named(NETWORKS, NETWORK_NAMES, caller.name, body.name, uuid, make, "network")
-    response = object_reply(created, 201)
-    response.headers["Location"] = f"/api/v1/networks/{uuid}"
-    return response
+    return created_reply(created, f"/api/v1/networks/{uuid}")
 
 
 @bp.get("")
@@ -86,46 +86,47 @@ def delete(uuid: str) -> Response:
 @bp.post("/<uuid>/attach")
 @idempotent
 def attach(uuid: str) -> Response:
-    body = parse(Attachment)
-    for _ in sleeps(_RETRY, attempts=store().settings.cas_attempts):
-        network, vm = _both(uuid, body.vm)
-        if any(nic.network == uuid for nic in vm.value.networks):
-            raise APIError(409, "attached", f"VM {vm.name} is already attached to network {uuid}")
-        if len(vm.value.networks) >= 8:
+    def plug(network: Network, vm: VM) -> tuple[VM, tuple[str, ...], list[Put[Any] | Remove[Any]]]:
+        if any(nic.network == uuid for nic in vm.networks):
+            raise APIError(409, "attached", f"VM {vm.uuid} is already attached to network {uuid}")
+        if len(vm.networks) >= 8:
             raise APIError(409, "too_many", "a VM has at most 8 network interfaces")
         nic = new_nic(uuid)
-        new_vm = vm.value.evolve(networks=(*vm.value.networks, nic),
-                                 generation=vm.value.generation + 1)
-        attached = tuple(v for v in network.value.attached if v != vm.name) + (vm.name,)
-        try:
-            revision = store().transact([
-                Put(VMS, vm.name, new_vm, vm.mod_revision),
-                Put(NETWORKS, uuid, network.value.evolve(attached=attached), network.mod_revision),
-                Put(MACS, mac_claim(nic.mac), Claim(holder=vm.name), 0),
-            ])
-        except Conflict:
-            continue
-        return object_reply(Versioned(vm.name, new_vm, revision, vm.create_revision), 202)
-    raise APIError(409, "busy", "the VM or network kept changing; retry the request")
+        attached = tuple(v for v in network.attached if v != vm.uuid) + (vm.uuid,)
+        return vm.evolve(networks=(*vm.networks, nic)), attached, [Put(MACS, mac_claim(nic.mac), Claim(holder=vm.uuid), 0)]
+
+    return _change_attachment(uuid, plug)
 
 
 @bp.post("/<uuid>/detach")
 @idempotent
 def detach(uuid: str) -> Response:
+    def unplug(network: Network, vm: VM) -> tuple[VM, tuple[str, ...], list[Put[Any] | Remove[Any]]]:
+        nics = [nic for nic in vm.networks if nic.network == uuid]
+        if not nics:
+            raise APIError(409, "not_attached", f"VM {vm.uuid} is not attached to network {uuid}")
+        attached = tuple(v for v in network.attached if v != vm.uuid)
+        return (vm.evolve(networks=tuple(n for n in vm.networks if n.network != uuid)), attached,
+                [Remove(MACS, mac_claim(nic.mac), None) for nic in nics])
+
+    return _change_attachment(uuid, unplug)
+
+
+AttachmentChange = Callable[[Network, VM], tuple[VM, tuple[str, ...], list[Any]]]
+
+
+def _change_attachment(uuid: str, change: AttachmentChange) -> Response:
+    """Rewrite a VM's NICs and the network's attached list together, by compare-and-swap on both."""
     body = parse(Attachment)
     for _ in sleeps(_RETRY, attempts=store().settings.cas_attempts):
         network, vm = _both(uuid, body.vm)
-        nics = [nic for nic in vm.value.networks if nic.network == uuid]
-        if not nics:
-            raise APIError(409, "not_attached", f"VM {vm.name} is not attached to network {uuid}")
-        new_vm = vm.value.evolve(networks=tuple(n for n in vm.value.networks if n.network != uuid),
-                                 generation=vm.value.generation + 1)
-        attached = tuple(v for v in network.value.attached if v != vm.name)
+        new_vm, attached, claims = change(network.value, vm.value)
+        new_vm = new_vm.evolve(generation=vm.value.generation + 1)
         try:
             revision = store().transact([
                 Put(VMS, vm.name, new_vm, vm.mod_revision),
                 Put(NETWORKS, uuid, network.value.evolve(attached=attached), network.mod_revision),
-                *(Remove(MACS, mac_claim(nic.mac), None) for nic in nics),
+                *claims,
             ])
         except Conflict:
             continue

@@ -16,7 +16,7 @@ from ucloud_api.body import parse
 from ucloud_api.errors import APIError
 from ucloud_api.idempotency import idempotent
 from ucloud_api.naming import create_named, mac_claim, new_nic
-from ucloud_api.replies import check_if_match, dump, if_match, lookup_own, object_reply, store
+from ucloud_api.replies import check_if_match, created_reply, dump, if_match, lookup_own, object_reply, store
 from ucloud_api.schemas import Migrate, VMCreate
 from ucloud_common.claim import MACS, VM_NAMES, Claim, owned
 from ucloud_common.event import EVENTS, events_of
@@ -83,9 +83,7 @@ def create() -> Response:
         return vm, writes
 
     created = create_named(VMS, VM_NAMES, caller.name, body.name, uuid, make, "VM")
-    response = object_reply(created, 201)
-    response.headers["Location"] = f"/api/v1/vms/{uuid}"
-    return response
+    return created_reply(created, f"/api/v1/vms/{uuid}")
 
 
 @bp.get("")
