@@ -19,13 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.bench.stats import percentile
 from tests.helpers.processes import running_cluster, wait_until
 from tests.helpers.tiny import BOOTED, tiny_image
-
-
-def p99(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
 
 
 def bare_boot(image: Path, work: Path, i: int) -> float:
@@ -68,9 +64,9 @@ def main() -> None:
                 wait_until(lambda: cluster.call("GET", f"/api/v1/vms/{uuid}")[0] == 404, 60, "deletion")
     result = {
         "vms": args.vms,
-        "bare_qemu_to_serial_s": {"median": statistics.median(bare), "p99": p99(bare)},
-        "ucloud_post_to_running_s": {"median": statistics.median(running), "p99": p99(running)},
-        "ucloud_post_to_serial_s": {"median": statistics.median(serial), "p99": p99(serial)},
+        "bare_qemu_to_serial_s": {"median": statistics.median(bare), "p99": percentile(bare, 99)},
+        "ucloud_post_to_running_s": {"median": statistics.median(running), "p99": percentile(running, 99)},
+        "ucloud_post_to_serial_s": {"median": statistics.median(serial), "p99": percentile(serial, 99)},
     }
     overhead = statistics.median(serial) - statistics.median(bare)
     print(f"{'':32} {'median':>8} {'p99':>8}")

@@ -21,6 +21,7 @@ import time
 import uuid as uuidlib
 from pathlib import Path
 
+from tests.bench.stats import percentile
 from tests.helpers.etcd import EtcdServer
 from ucloud_common.config import load_settings
 from ucloud_common.host import HOSTS, HOSTS_ALIVE, Host, HostAlive
@@ -45,11 +46,6 @@ def peak_rss_mib(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return 0.0
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
 def main() -> None:

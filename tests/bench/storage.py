@@ -20,6 +20,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from tests.bench.stats import percentile
 from tests.helpers.ceph import CephServer
 from tests.helpers.tiny import tiny_image
 from ucloud_common.ceph import Ceph
@@ -30,11 +31,6 @@ from ucloud_common.specs import Specs
 from ucloud_common.vm import VM
 from ucloud_imagescanner.scanner import create_image
 from ucloud_vm.storage import LocalStorage, RBDStorage
-
-
-def p99(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
 
 
 def timed(action) -> float:  # type: ignore[no-untyped-def]
@@ -98,8 +94,8 @@ def main() -> None:
             ceph_server.stop()
     summary = {
         "disks": args.disks,
-        "rbd_clone_resize_ms": {"median": round(statistics.median(rbd_times) * 1000, 1), "p99": round(p99(rbd_times) * 1000, 1)},
-        "local_overlay_ms": {"median": round(statistics.median(local_times) * 1000, 1), "p99": round(p99(local_times) * 1000, 1)},
+        "rbd_clone_resize_ms": {"median": round(statistics.median(rbd_times) * 1000, 1), "p99": round(percentile(rbd_times, 99) * 1000, 1)},
+        "local_overlay_ms": {"median": round(statistics.median(local_times) * 1000, 1), "p99": round(percentile(local_times, 99) * 1000, 1)},
         "conversion": results,
     }
     print(f"provisioning a VM disk: RBD clone + resize median {summary['rbd_clone_resize_ms']['median']} ms "
