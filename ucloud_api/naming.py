@@ -50,7 +50,3 @@ def new_nic(network_uuid: str) -> NIC:
     Its claim (`mac_claim`) makes a collision a lost race, retried with another one."""
     octets = [0x02] + [random.randrange(256) for _ in range(5)]
     return NIC(network=network_uuid, mac=":".join(f"{o:02x}" for o in octets))
-
-
-def mac_claim(mac: str) -> str:
-    return mac.replace(":", "-")

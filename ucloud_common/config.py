@@ -117,6 +117,9 @@ class Settings(BaseSettings):
                                     "shutdown before QEMU is stopped hard.")
     max_restarts: int = Field(5, ge=0, description="Consecutive crashes after which a VM is left in ERROR "
                               "instead of being restarted again.")
+    stable_after: float = Field(600.0, gt=0, description="Seconds a VM must have run since its last start for "
+                                "its next crash to count as the first in a row again: crashes weeks apart "
+                                "are not a crash loop.")
 
     upload_dir: Path = Field(Path("/var/www"), description="Where users upload files: one folder per user, "
                              "named as the user.")

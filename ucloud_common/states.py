@@ -101,7 +101,9 @@ TRANSITIONS: dict[Writer, dict[Status, frozenset[Status]]] = {
     },
     Writer.AGENT: {
         S.SCHEDULED_DEPLOY: frozenset({S.STARTING, S.STOPPED, S.DELETING, S.ERROR}),
-        S.STARTING: frozenset({S.RUNNING, S.STOPPED, S.KILLED, S.DELETING, S.ERROR}),
+        # A VM requested SUSPENDED that is (re)started, or whose QEMU is re-adopted paused, goes
+        # STARTING → SUSPENDED; without it such a VM stuck in STARTING for good.
+        S.STARTING: frozenset({S.RUNNING, S.SUSPENDED, S.STOPPED, S.KILLED, S.DELETING, S.ERROR}),
         S.RUNNING: frozenset({S.SUSPENDED, S.STOPPING, S.STOPPED, S.KILLED, S.MIGRATING, S.DELETING, S.ERROR}),
         S.SUSPENDED: frozenset({S.RUNNING, S.STOPPING, S.STOPPED, S.KILLED, S.DELETING, S.ERROR}),
         S.STOPPING: frozenset({S.STOPPED, S.KILLED, S.DELETING, S.ERROR}),

@@ -3,11 +3,13 @@
 Field families and their one writer each: the spec (`owner`, `name`, `specs`, `image`, `networks`,
 `ssh_keys`, `storage`) and the request (`requested`, `generation`, `reboot_generation`,
 `migrate_to`) belong to the API; placement (`hostname`) to the scheduler; what is true (`status`,
-`observed_generation`, `error`, `restarts`, `console`) to the scheduler and the agent, as
+`observed_generation`, `error`, `restarts`, `started_at`, `console`) to the scheduler and the agent, as
 `states.TRANSITIONS` allows.
 """
 
 from __future__ import annotations
+
+from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -38,7 +40,8 @@ class VM(Record):
     reboot_generation: int = Field(0, ge=0)  # a reboot is wanted while this exceeds observed_generation
     migrate_to: str = ""
     error: str = ""
-    restarts: int = Field(0, ge=0)
+    restarts: int = Field(0, ge=0)  # crashes in a row, each followed by a restart
+    started_at: datetime | None = None  # when the agent last started (or restarted) its QEMU
     networks: tuple[NIC, ...] = ()
     ssh_keys: tuple[str, ...] = ()
     anti_affinity: str = ""

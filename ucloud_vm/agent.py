@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from ucloud_common.config import Settings
+from ucloud_common.claim import held_by, vm_claims
 from ucloud_common.event import EVENTS, events_of, new_event
 from ucloud_common.host import HOSTS, HOSTS_ALIVE, Host, HostAlive, HostStatus
+from ucloud_common.record import utcnow
 from ucloud_common.specs import Specs
 from ucloud_common.states import Requested, Status, Writer, check_transition
 from ucloud_common.store import (
@@ -33,6 +35,7 @@ from ucloud_common.store import (
     KeptLease,
     NotFound,
     Put,
+    Remove,
     Snapshot,
     Store,
     StoreUnavailable,
@@ -49,6 +52,9 @@ log = logging.getLogger(__name__)
 MONITOR_S = 1.0
 HOST_CHECK_TICKS = 5  # the host record is checked every 5 monitor ticks
 POWERDOWN_POLL_S = 0.1
+STORE_RETRY_S = 1.0
+# QEMU run states that mean the guest is gone although its QEMU lives: handled as a crash.
+DEAD_GUEST = {"guest-panicked": "the guest kernel panicked", "internal-error": "QEMU reported an internal error"}
 
 
 @dataclass(frozen=True)
@@ -196,10 +202,15 @@ class Agent:
         """Take the VM one step (or several) towards what is asked. Returns a delay after which it
         wants to look again (a restart backoff), or None."""
         try:
-            current = self._store.get(VMS, uuid)
-        except StoreUnavailable as exc:
-            log.warning("vm=%s: %s; retrying", uuid, exc)
-            return 2.0
+            return self._reconcile(uuid)
+        except (StoreUnavailable, Conflict) as exc:
+            # Temporary: etcd is away or other writers kept winning. Every step is idempotent and
+            # every write a compare-and-swap, so looking again soon is safe; no traceback for it.
+            log.warning("vm=%s: %s; looking again in %.0f s", uuid, exc, STORE_RETRY_S)
+            return STORE_RETRY_S
+
+    def _reconcile(self, uuid: str) -> float | None:
+        current = self._store.get(VMS, uuid)
         paths = VMPaths.of(self._run_dir, uuid)
         if current is None or current.value.hostname != self.host_key:
             self._let_go(uuid, current, paths)
@@ -232,9 +243,7 @@ class Agent:
             if vm.status is Status.STOPPING or not wants_to_run:
                 self._set(vm, Status.STOPPED, "stopped", observed_generation=vm.generation)
                 return None
-            reason = "QEMU exited unexpectedly" + _last_line(paths.qemu_log)
-            self._set(vm, Status.KILLED, f"killed: {reason}", error=reason)
-            return 0.01
+            return self._crashed(vm, "QEMU exited unexpectedly" + _last_line(paths.qemu_log))
         if not wants_to_run:
             if vm.status in (Status.SCHEDULED_DEPLOY, Status.KILLED, Status.ERROR, Status.STARTING):
                 if vm.status is Status.SCHEDULED_DEPLOY and not self._ensure_disk(vm):
@@ -262,6 +271,9 @@ class Agent:
         except qemu.QEMUError as exc:
             log.warning("vm=%s: %s", vm.uuid, exc)
             return 2.0
+        if state in DEAD_GUEST and vm.status in (Status.RUNNING, Status.SUSPENDED):
+            qemu.kill(paths)
+            return self._crashed(vm, DEAD_GUEST[state])
         if state == "shutdown":  # the guest powered itself off
             qemu.kill(paths)
             why = "stopped: the guest powered off" if vm.requested is not Requested.STOPPED else "stopped"
@@ -293,6 +305,14 @@ class Agent:
 
     # -- steps ------------------------------------------------------------------------------------
 
+    def _crashed(self, vm: VM, reason: str) -> float:
+        """KILLED with the reason; restarted after a backoff by the next look. A VM that ran stably
+        since its last start begins a new count: crashes far apart are not a crash loop."""
+        stable = vm.started_at is not None and (utcnow() - vm.started_at).total_seconds() >= self._settings.stable_after
+        restarts = 0 if stable else vm.restarts
+        self._set(vm, Status.KILLED, f"killed: {reason}", error=reason, restarts=restarts)
+        return 0.01
+
     def _ensure_disk(self, vm: VM) -> bool:
         backend = self._storage.get(vm.storage)
         try:
@@ -320,7 +340,7 @@ class Agent:
             state = "paused"
         self._set(vm, Status.RUNNING if state == "running" else Status.SUSPENDED,
                   f"{'restarted' if restarts else 'started'} ({self._accel})",
-                  observed_generation=vm.generation, error="")
+                  observed_generation=vm.generation, error="", started_at=utcnow())
 
     def _shutdown(self, vm: VM, paths: VMPaths) -> None:
         """ACPI power-off, then a hard stop after `shutdown_timeout`."""
@@ -361,7 +381,8 @@ class Agent:
         latest = self._store.get(VMS, vm.uuid)
         if latest is not None:
             try:
-                self._store.delete(VMS, vm.uuid, mod_revision=latest.mod_revision)
+                self._store.transact([Remove(VMS, vm.uuid, latest.mod_revision),
+                                      *held_by(self._store, vm.uuid, vm_claims(latest.value))])
             except Conflict:
                 self._workers.submit(vm.uuid)  # changed meanwhile: look again
                 return

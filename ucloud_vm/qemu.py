@@ -43,6 +43,10 @@ def command_line(vm: VM, disk: list[str], paths: VMPaths, accel: str, binary: st
         "-qmp", f"unix:{paths.qmp},server=on,wait=off",
         "-chardev", f"file,id=serial0,path={paths.serial},append=on", "-serial", "chardev:serial0",
         "-vnc", f"unix:{paths.vnc}", "-device", "VGA",
+        # A guest kernel that panics tells QEMU through pvpanic; QEMU then pauses in the run state
+        # "guest-panicked", which the agent reports and handles as a crash, rather than leaving a
+        # dead guest spinning at 100% CPU while its VM shows RUNNING.
+        "-device", "pvpanic", "-action", "panic=pause",
         "-drive", ",".join([*disk, "if=virtio", "id=disk0"]),
     ]
     if accel == "kvm":

@@ -32,7 +32,9 @@ class Cluster:
     token: str
     store: Store
     agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    schedulers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     others: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    etcd: EtcdServer | None = None
 
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         conn = http.client.HTTPConnection("127.0.0.1", self.api_port, timeout=30)
@@ -81,6 +83,10 @@ class Cluster:
             args += [f"--{key}", value]
         self.agents[host] = _spawn(args, self.env, self.root / f"agent-{host}.log")
 
+    def start_scheduler(self, name: str) -> None:
+        self.schedulers[name] = _spawn([str(BIN / "ucloud-scheduler"), "run", "--name", name], self.env,
+                                       self.root / f"scheduler-{name}.log")
+
     def stop_agent(self, host: str, sig: int = signal.SIGTERM) -> None:
         process = self.agents.pop(host)
         process.send_signal(sig)
@@ -100,8 +106,11 @@ def wait_until(condition: Any, timeout: float, what: str) -> None:
 
 
 @contextmanager
-def running_cluster(root: Path, **settings: str) -> Iterator[Cluster]:
-    """Start everything under `root` with one agent, h1; stop it all (and every QEMU) at the end."""
+def running_cluster(root: Path, hosts: tuple[str, ...] = ("h1",), schedulers: tuple[str, ...] = ("s1",),
+                    **settings: str) -> Iterator[Cluster]:
+    """Start everything under `root` with agents for `hosts` and a scheduler per name in
+    `schedulers`; stop it all (and every QEMU) at the end. With `UCLOUD_CEPH_CONF` among the
+    settings, the tiny image is also imported into the Ceph image pool as `tiny-rbd`."""
     tiny = tiny_image()
     etcd = EtcdServer(root / "etcd")
     etcd.start()
@@ -116,24 +125,31 @@ def running_cluster(root: Path, **settings: str) -> Iterator[Cluster]:
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("UCLOUD_")}, "UCLOUD_CONFIG": str(conf)}
     subprocess.run([str(BIN / "ucloud-vm"), "import-image", str(tiny / "tiny.qcow2"), "--name", "tiny",
                     "--uuid", "tiny"], env=env, check=True, capture_output=True)
+    if "UCLOUD_CEPH_CONF" in settings:
+        subprocess.run([str(BIN / "ucloud-vm"), "import-image", str(tiny / "tiny.qcow2"), "--name", "tiny-rbd",
+                        "--uuid", "tiny-rbd", "--store", lines.get("UCLOUD_CEPH_IMAGE_POOL", "images")],
+                       env=env, check=True, capture_output=True)
     token = subprocess.run([str(BIN / "ucloud-api"), "create-admin", "admin"], env=env, check=True,
                            capture_output=True, text=True).stdout.strip()
     api_port = free_port()
-    others = [
-        _spawn([str(BIN / "ucloud-api"), "serve", "--bind", f"127.0.0.1:{api_port}", "--workers", "2"], env,
-               root / "api.log"),
-        _spawn([str(BIN / "ucloud-scheduler"), "run", "--name", "s1"], env, root / "scheduler.log"),
-    ]
+    api = _spawn([str(BIN / "ucloud-api"), "serve", "--bind", f"127.0.0.1:{api_port}", "--workers", "2"], env,
+                 root / "api.log")
     store = Store(load_settings(conf))
-    the_cluster = Cluster(root, env, api_port, token, store, others=others)
-    the_cluster.start_agent("h1")
+    the_cluster = Cluster(root, env, api_port, token, store, others=[api], etcd=etcd)
+    for name in schedulers:
+        the_cluster.start_scheduler(name)
+    for host in hosts:
+        the_cluster.start_agent(host)
     wait_until(lambda: _answers(the_cluster), 30, "the API")
     try:
         yield the_cluster
     finally:
-        for process in [*the_cluster.agents.values(), *others]:
-            process.terminate()
-        for process in [*the_cluster.agents.values(), *others]:
+        daemons = [*the_cluster.agents.values(), *the_cluster.schedulers.values(), *the_cluster.others]
+        for process in daemons:
+            if process.poll() is None:
+                os.kill(process.pid, signal.SIGCONT)  # a test may have left one stopped
+                process.terminate()
+        for process in daemons:
             try:
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:

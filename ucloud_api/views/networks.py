@@ -18,10 +18,10 @@ from ucloud_api.auth import current
 from ucloud_api.body import parse
 from ucloud_api.errors import APIError
 from ucloud_api.idempotency import idempotent
-from ucloud_api.naming import create_named, mac_claim, new_nic
+from ucloud_api.naming import create_named, new_nic
 from ucloud_api.replies import check_if_match, created_reply, dump, lookup_own, object_reply, store
 from ucloud_api.schemas import Attachment, NetworkCreate
-from ucloud_common.claim import MACS, NETWORK_NAMES, VXLAN_IDS, Claim, owned
+from ucloud_common.claim import MACS, NETWORK_NAMES, VXLAN_IDS, Claim, mac_claim, owned
 from ucloud_common.network import NETWORKS, Network
 from ucloud_common.retry import Backoff, sleeps
 from ucloud_common.states import Requested

@@ -15,10 +15,10 @@ from ucloud_api.auth import current, require_admin
 from ucloud_api.body import parse
 from ucloud_api.errors import APIError
 from ucloud_api.idempotency import idempotent
-from ucloud_api.naming import create_named, mac_claim, new_nic
+from ucloud_api.naming import create_named, new_nic
 from ucloud_api.replies import check_if_match, created_reply, dump, if_match, lookup_own, object_reply, store
 from ucloud_api.schemas import Migrate, VMCreate
-from ucloud_common.claim import MACS, VM_NAMES, Claim, owned
+from ucloud_common.claim import MACS, VM_NAMES, Claim, held_by, mac_claim, vm_claims
 from ucloud_common.event import EVENTS, events_of
 from ucloud_common.host import HOSTS
 from ucloud_common.image import IMAGES, ImageStatus
@@ -156,7 +156,7 @@ def _act(uuid: str, action: Action) -> Response:
             if action is Action.DELETE and vm.status is Status.REQUESTED_NEW and not vm.hostname:
                 # Nothing exists anywhere yet: no agent will ever clean up, so the VM goes now.
                 store().transact([Remove(VMS, uuid, current_vm.mod_revision),
-                                  Remove(VM_NAMES, owned(vm.owner, vm.name), None)])
+                                  *held_by(store(), uuid, vm_claims(vm))])
                 return Response(status=204)
             generation = vm.generation + 1
             if action is Action.REBOOT:
