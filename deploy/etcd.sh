@@ -16,7 +16,14 @@ cmd=$1; dir=$2
 mkdir -p "$dir"; dir=$(cd "$dir" && pwd)
 pidfile=$dir/etcd.pid envfile=$dir/etcd.env
 
-running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
+# A killed etcd may linger as a zombie until its reaper gets to it (kill -0 still succeeds then):
+# only a process that is not a zombie runs.
+running() {
+    [ -f "$pidfile" ] || return 1
+    local state
+    state=$(awk '{print $3}' "/proc/$(cat "$pidfile")/stat" 2>/dev/null) || return 1
+    [ -n "$state" ] && [ "$state" != Z ] && [ "$state" != X ]
+}
 healthy() { ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$CLIENT_PORT" --dial-timeout=1s --command-timeout=1s endpoint health >/dev/null 2>&1; }
 
 case $cmd in
@@ -47,8 +54,8 @@ stop)
     if ! running; then echo "etcd not running"; rm -f "$pidfile"; exit 0; fi
     pid=$(cat "$pidfile")
     kill "$pid"
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "$pid" 2>/dev/null; then kill -9 "$pid"; echo "etcd killed (did not stop within 10 s)"; else echo "etcd stopped"; fi
+    for _ in $(seq 100); do running || break; sleep 0.1; done
+    if running; then kill -9 "$pid"; echo "etcd killed (did not stop within 10 s)"; else echo "etcd stopped"; fi
     rm -f "$pidfile"
     ;;
 status)

@@ -229,10 +229,3 @@ def garbage_everywhere(cluster: Cluster) -> list[str]:
                 keys.append(prefix + name)
     return keys
 
-
-def stats(values: list[float]) -> str:
-    ordered = sorted(values)
-    if not ordered:
-        return "no values"
-    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
-    return f"p50 {ordered[len(ordered) // 2]:.1f} s, p99 {p99:.1f} s, max {ordered[-1]:.1f} s (n={len(ordered)})"

@@ -26,7 +26,7 @@ import pyetcd.exceptions
 import pyetcd.utils
 from pyetcd.events import DeleteEvent
 
-from ucloud_common.record import Family, InvalidRecord, R
+from ucloud_common.record import Family, InvalidRecord, R, check_key_part
 from ucloud_common.retry import Backoff
 from ucloud_common.store.errors import StoreUnavailable
 from ucloud_common.store.etcd import Listing, Store, Versioned
@@ -142,6 +142,12 @@ class Follower(Generic[R]):
     def _change(self, event: Any) -> Change[R] | None:
         name = self._family.name_of(event.key)
         if isinstance(event, DeleteEvent):
+            # A deleted key that was never a valid name was never handed out: consumers build
+            # paths and keys from names, so an invalid one must not reach them even as a delete.
+            try:
+                check_key_part(name)
+            except ValueError:
+                return None
             return Change(name, None, event.mod_revision)
         try:
             record = self._family.decode(event.key, event.value)

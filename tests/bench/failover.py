@@ -1,0 +1,103 @@
+"""Benchmark: how long the rbd VMs of a dead host take to run elsewhere.
+
+A cluster of real processes (etcd, API, scheduler, two agents h1 and h2, a one-node Ceph) with the
+default 10 s host lease. N VMs on RBD run on h1; its agent is killed with SIGKILL (its QEMUs stay,
+as on a host that is only cut off); the clock runs from the kill until each VM is RUNNING on h2
+(after the lease expired, the scheduler declared h1 DOWN, fenced it — blocklisting every client of
+the disks — and placed the VMs). Printed per N: p50 / p99 / max over the VMs, and when the fence
+was recorded.
+
+    .venv/bin/python -m tests.bench.failover [--vms 1 5 20] [--lease 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from tests.bench.stats import percentile
+from tests.helpers.ceph import CephServer
+from tests.helpers.faults import delete_all
+from tests.helpers.processes import Cluster, running_cluster, wait_until
+from ucloud_common.host import HOSTS
+
+SPECS = {"cpu": 1, "ram": 0.25, "ssd": 1}
+
+
+def one_failover(cluster: Cluster, count: int) -> dict[str, float]:
+    _maintenance(cluster, "h2", True)
+    uuids = []
+    for i in range(count):
+        status, vm = cluster.call("POST", "/api/v1/vms", {"name": f"f{count}-{i}", "specs": SPECS,
+                                                           "image": "tiny-rbd", "storage": "rbd"})
+        assert status == 201, vm
+        uuids.append(vm["uuid"])
+    wait_until(lambda: all(cluster.vm(u)["status"] == "RUNNING" for u in uuids), 300, "all RUNNING on h1")
+    _maintenance(cluster, "h2", False)
+    victim = cluster.agents["h1"]
+    killed = time.monotonic()
+    victim.kill()
+    victim.wait()
+    del cluster.agents["h1"]
+    took: dict[str, float] = {}
+    fenced = 0.0
+    while len(took) < count:
+        if time.monotonic() - killed > 300:
+            raise AssertionError(f"only {len(took)} of {count} VMs running elsewhere after 300 s")
+        host = cluster.store.get(HOSTS, "h1")
+        if not fenced and host is not None and host.value.fenced:
+            fenced = time.monotonic() - killed
+        for uuid in uuids:
+            if uuid not in took:
+                vm = cluster.vm(uuid)
+                if vm["status"] == "RUNNING" and vm["hostname"].endswith("/h2"):
+                    took[uuid] = time.monotonic() - killed
+        time.sleep(0.05)
+    cluster.start_agent("h1")
+    delete_all(cluster)
+    values = list(took.values())
+    return {"vms": count, "fenced_s": fenced, "p50_s": statistics.median(values),
+            "p99_s": percentile(values, 99), "max_s": max(values)}
+
+
+def _maintenance(cluster: Cluster, host: str, on: bool) -> None:
+    status, body = cluster.call("POST", f"/api/v1/hosts/{host}/maintenance", {"on": on})
+    assert status == 200, body
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--vms", type=int, nargs="+", default=[1, 5, 20])
+    parser.add_argument("--lease", type=int, default=10, help="host lease TTL in seconds [10, the default]")
+    args = parser.parse_args()
+    results = []
+    with tempfile.TemporaryDirectory(prefix="ucloud-bench-", dir="/dev/shm") as tmp:
+        ceph = CephServer(Path(tmp) / "ceph")
+        ceph.start()
+        try:
+            with running_cluster(Path(tmp) / "cluster", hosts=("h1", "h2"), UCLOUD_CEPH_CONF=str(ceph.conf),
+                                 UCLOUD_HOST_LEASE_TTL=str(args.lease)) as cluster:
+                wait_until(lambda: all(_up(cluster, h) for h in ("h1", "h2")), 60, "both hosts UP")
+                for count in args.vms:
+                    results.append(one_failover(cluster, count))
+                    wait_until(lambda: _up(cluster, "h1"), 60, "h1 UP again")
+        finally:
+            ceph.stop()
+    print(f"host lease {args.lease} s; from SIGKILL of h1's agent to each rbd VM RUNNING on h2:")
+    print(f"{'VMs':>4} {'fenced':>8} {'p50':>7} {'p99':>7} {'max':>7}")
+    for r in results:
+        print(f"{r['vms']:>4} {r['fenced_s']:7.1f}s {r['p50_s']:6.1f}s {r['p99_s']:6.1f}s {r['max_s']:6.1f}s")
+    print(json.dumps(results))
+
+
+def _up(cluster: Cluster, host: str) -> bool:
+    found = cluster.store.get(HOSTS, host)
+    return found is not None and found.value.status.value == "UP"
+
+
+if __name__ == "__main__":
+    main()
