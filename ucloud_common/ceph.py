@@ -2,17 +2,25 @@
 
 An image in an RBD store is `<pool>/<image uuid>` with a protected snapshot `base`; a VM disk is
 `<vm pool>/<vm uuid>`, a copy-on-write clone of that snapshot, with the exclusive-lock feature, so
-only one QEMU at a time writes it. Fencing a dead host breaks the locks its QEMUs held: Ceph then
-blocklists that client, and its next write fails even if the host was only thought dead.
+only one QEMU at a time writes it.
 
-The bindings (`rados`, `rbd`) are Debian's and imported only when Ceph is configured.
+Fencing needs more than that lock: librbd takes it lazily, at a client's first write, and hands it
+over when another client asks, so a QEMU whose guest has not written yet has the disk open without
+holding any lock. What every client with the image open does have is a watch on the image header
+(`image_clients`); fencing blocklists those clients' addresses (`blocklist_add`), which makes every
+OSD refuse them once it has the new OSD map, then breaks their lock (`break_lock`).
+
+The bindings (`rados`, `rbd`) are Debian's and imported only when Ceph is configured; this is the
+only module that imports them.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +32,36 @@ GIB = 1024**3
 
 class CephError(Exception):
     """An RBD operation failed; `str()` says which and why."""
+
+
+@dataclass(frozen=True)
+class Locker:
+    """One holder of an image's lock as the image header records it (a librbd client's managed
+    exclusive lock, or an advisory lock): enough to blocklist it and to break its hold."""
+
+    client: str  # the client's name, e.g. "client.4154"
+    cookie: str  # which of that client's holds, e.g. "auto 140097404157392"
+    address: str  # the client instance, "ip:port/nonce"
+
+
+@dataclass(frozen=True)
+class ImageClients:
+    """The clients that had an image open at one moment, ucloud's own client excluded.
+
+    `watchers` are the addresses watching the image header: every librbd client with the image open
+    read-write watches it, whether or not it has written. A client that has not talked to the OSD for
+    osd_client_watch_timeout (30 s; measured: a SIGSTOPped QEMU's watch vanished after 29.9 s and came
+    back the moment it resumed) is missing from them, and can be found only if it holds the lock:
+    `lockers` are the lock's holders, watching or not.
+    """
+
+    watchers: frozenset[str]
+    lockers: tuple[Locker, ...]
+
+    @property
+    def addresses(self) -> frozenset[str]:
+        """Every client instance to blocklist to stop all of these clients."""
+        return self.watchers | {locker.address for locker in self.lockers}
 
 
 class Ceph:
@@ -96,21 +134,113 @@ class Ceph:
             except rbd.Error as exc:
                 raise CephError(f"cannot remove {pool}/{name}: {exc}") from None
 
-    def break_locks(self, pool: str, name: str) -> list[str]:
-        """Break the locks on an image, blocklisting their holders; return the holders."""
+    # -- fencing ----------------------------------------------------------------------------------
+
+    def own_addresses(self) -> frozenset[str]:
+        """This client's own addresses. A fence must never blocklist them: ucloud would be cut off from
+        Ceph for as long as the blocklist entry lasts (an hour by default)."""
+        return frozenset(_addresses(str(self._cluster.get_addrs())))
+
+    def image_clients(self, pool: str, name: str) -> ImageClients | None:
+        """Who has `pool/name` open now (see `ImageClients`), our own client excluded; None if the image
+        does not exist. Opens the image read-only, which adds no watch of our own (measured on 16.2.15;
+        a read-write open would add one) and never takes the lock. Raises CephError."""
+        import rbd
+
+        own = self.own_addresses()
+        with self.pool(pool) as ioctx:
+            try:
+                with rbd.Image(ioctx, name, read_only=True) as image:
+                    watchers = {_address(str(w["addr"])) for w in image.watchers_list()}
+                    # list_lockers, not lock_get_owners: the latter refuses a read-only image (EINVAL).
+                    info = image.list_lockers()
+            except rbd.ImageNotFound:
+                return None
+            except rbd.Error as exc:
+                raise CephError(f"cannot list the clients of {pool}/{name}: {exc}") from None
+        lockers = tuple(Locker(str(client), str(cookie), _address(str(address)))
+                        for client, cookie, address in (info["lockers"] if info else []))
+        return ImageClients(watchers=frozenset(watchers - own),
+                            lockers=tuple(locker for locker in lockers if locker.address not in own))
+
+    def watchers(self, pool: str, name: str) -> frozenset[str] | None:
+        """The addresses watching `pool/name` now, as the OSD holding its header knows them (a live
+        query, not a cached view); None if the image does not exist. Raises CephError."""
         import rbd
 
         with self.pool(pool) as ioctx:
             try:
-                with rbd.Image(ioctx, name) as handle:
-                    owners = list(handle.lock_get_owners())
-                    for owner in owners:
-                        handle.lock_break(owner["mode"], owner["owner"])
+                with rbd.Image(ioctx, name, read_only=True) as image:
+                    return frozenset(_address(str(w["addr"])) for w in image.watchers_list())
             except rbd.ImageNotFound:
-                return []
+                return None
             except rbd.Error as exc:
-                raise CephError(f"cannot break the lock on {pool}/{name}: {exc}") from None
-        return [str(owner["owner"]) for owner in owners]
+                raise CephError(f"cannot list the watchers of {pool}/{name}: {exc}") from None
+
+    def blocklist_add(self, address: str) -> None:
+        """Blocklist one client instance (`ip:port/nonce`) for the monitors' default time (an hour:
+        mon_osd_blocklist_default_expire). Once an OSD has the OSD map with the entry, it refuses that
+        client's operations and drops its watches. Adding an address already listed is fine (it only
+        renews the entry). Raises CephError, refusing our own addresses."""
+        if _address(address) in self.own_addresses():
+            raise CephError(f"refusing to blocklist {address}: it is ucloud's own Ceph client")
+        self._mon_command({"prefix": "osd blocklist", "blocklistop": "add", "addr": address},
+                          f"cannot blocklist {address}")
+
+    def blocklisted(self) -> frozenset[str]:
+        """The client instances and whole addresses (`ip:0/0`) in the OSD blocklist now. Raises CephError."""
+        out = self._mon_command({"prefix": "osd blocklist ls", "format": "json"}, "cannot list the OSD blocklist")
+        # It prints two JSON arrays back to back: the client entries, then the CIDR ranges
+        # (`osd blocklist range add`), which json.loads refuses.
+        text, entries, at = out.decode(errors="replace").strip(), [], 0
+        decoder = json.JSONDecoder()
+        try:
+            while at < len(text):
+                value, at = decoder.raw_decode(text, at)
+                entries += value
+                while at < len(text) and text[at].isspace():
+                    at += 1
+        except ValueError as exc:
+            raise CephError(f"cannot read the OSD blocklist: {exc} in {text[:200]!r}") from None
+        return frozenset(_address(str(entry["addr"])) for entry in entries if "addr" in entry)
+
+    def wait_for_latest_osdmap(self) -> None:
+        """Return once this client has the newest OSD map, so the operations it sends next carry that
+        map's epoch: an OSD serves them only after catching up to it, blocklist included. Raises
+        CephError."""
+        import rados
+
+        try:
+            self._cluster.wait_for_latest_osdmap()
+        except rados.Error as exc:
+            raise CephError(f"cannot get the latest OSD map: {exc}") from None
+
+    def break_lock(self, pool: str, name: str, locker: Locker) -> None:
+        """Remove `locker`'s hold on the lock of `pool/name`, so the next client takes the lock at once
+        instead of asking a holder that will never answer. An absent image or a hold already gone is
+        fine. librbd blocklists the holder first (rbd_blocklist_on_break_lock, on by default); break
+        only the locks of clients already blocklisted. Raises CephError."""
+        import rbd
+
+        with self.pool(pool) as ioctx:
+            try:
+                with rbd.Image(ioctx, name, read_only=True) as image:  # a read-only open may break locks
+                    image.break_lock(locker.client, locker.cookie)
+            except rbd.ImageNotFound:  # the image, or the hold (ENOENT either way)
+                return
+            except rbd.Error as exc:
+                raise CephError(f"cannot break {locker.client}'s lock on {pool}/{name}: {exc}") from None
+
+    def _mon_command(self, command: dict[str, Any], what: str) -> bytes:
+        import rados
+
+        try:
+            ret, out, status = self._cluster.mon_command(json.dumps(command), b"")
+        except rados.Error as exc:
+            raise CephError(f"{what}: {exc}") from None
+        if ret != 0:
+            raise CephError(f"{what}: the monitor answered {ret} ({status.strip() or 'no reason given'})")
+        return bytes(out)
 
     # -- image stores -----------------------------------------------------------------------------
 
@@ -152,3 +282,18 @@ class Ceph:
             except rbd.Error as exc:
                 raise CephError(f"cannot remove image {pool}/{name}: {exc}") from None
         self.remove(pool, name)
+
+
+def _address(text: str) -> str:
+    """One client address as watchers, lockers and the blocklist print it: `ip:port/nonce`, without
+    a messenger prefix (`v1:`, `v2:`, `any:`) that some listings add."""
+    text = text.strip()
+    for prefix in ("any:", "v1:", "v2:"):
+        if text.startswith(prefix):
+            return text[len(prefix):]
+    return text
+
+
+def _addresses(text: str) -> list[str]:
+    """A client's addresses as `get_addrs` prints them: one address, or a vector `[v2:…,v1:…]`."""
+    return [_address(part) for part in text.strip().strip("[]").split(",") if part.strip()]

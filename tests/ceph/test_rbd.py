@@ -23,20 +23,6 @@ from ucloud_vm.storage import RBDStorage, StorageError
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def ceph(ceph_server: CephServer) -> Ceph:
-    client = Ceph(ceph_server.conf)
-    yield client  # type: ignore[misc]
-    client.close()
-
-
-@pytest.fixture
-def tiny_in_rbd(ceph: Ceph) -> str:
-    if not ceph.exists("images", "tiny"):
-        ceph.store_image("images", "tiny", tiny_image() / "tiny.raw")
-    return "tiny"
-
-
 def a_vm(uuid: str, ssd: int = 1) -> VM:
     return VM(uuid=uuid, owner="alice", name=uuid, specs=Specs(cpu=1, ram=0.25, ssd=ssd), image="tiny", storage="rbd")
 

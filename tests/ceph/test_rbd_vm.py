@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -34,7 +35,7 @@ def test_a_vm_boots_from_its_rbd_clone_and_leaves_nothing(cluster: Cluster, ceph
     try:
         assert ceph.exists("vms", uuid)
         pid = (cluster.run_dir("h1") / "vms" / uuid / "qemu.pid").read_text().strip()
-        assert f"file=rbd:vms/{uuid}:conf=".encode() in open(f"/proc/{pid}/cmdline", "rb").read()
+        assert f"file=rbd:vms/{uuid}:conf=".encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
         cluster.call("DELETE", f"/api/v1/vms/{uuid}")
         wait_until(lambda: cluster.call("GET", f"/api/v1/vms/{uuid}")[0] == 404, 60, "deletion")
         assert not ceph.exists("vms", uuid)
