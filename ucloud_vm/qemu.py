@@ -8,17 +8,15 @@ when the guest powers off, so the agent can tell a guest's own power-off (QEMU s
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from qemu.qmp import QMPError
-from qemu.qmp.legacy import QEMUMonitorProtocol
+from qemu.qmp import QMPClient, QMPError
 
 from ucloud_common.vm import VM
 from ucloud_vm.paths import VMPaths
@@ -102,29 +100,28 @@ def running_qemu(paths: VMPaths) -> int | None:
     return pid if str(paths.pidfile).encode() in cmdline else None
 
 
-@contextmanager
-def qmp(paths: VMPaths) -> Iterator[QEMUMonitorProtocol]:
-    monitor = QEMUMonitorProtocol(str(paths.qmp))
-    try:
-        monitor.connect()
-    except (OSError, QMPError) as exc:
-        raise QEMUError(f"QMP at {paths.qmp} does not answer: {exc}") from None
-    monitor.settimeout(QMP_TIMEOUT_S)
-    try:
-        yield monitor
-    finally:
+def execute(paths: VMPaths, command: str, timeout: float = QMP_TIMEOUT_S, **arguments: Any) -> Any:
+    """Run one QMP command on a fresh connection; QEMUError if QEMU does not answer in `timeout`.
+
+    Connecting is bounded too (the sync wrapper's `connect` waits for the greeting for ever): a QEMU
+    whose main loop is stuck — e.g. in a disk request to a Ceph that has blocklisted it — accepts
+    the connection but never greets, and must cost a worker seconds, not its life."""
+
+    async def run() -> Any:
+        client = QMPClient(f"ucloud-{paths.root.name[:8]}")
+        await asyncio.wait_for(client.connect(str(paths.qmp)), timeout)
         try:
-            monitor.close()
-        except (OSError, QMPError, EOFError):
-            pass  # after `quit` the socket is already gone
+            return await asyncio.wait_for(client.execute(command, arguments or None), timeout)
+        finally:
+            try:
+                await asyncio.wait_for(client.disconnect(), timeout)
+            except (OSError, QMPError, EOFError, asyncio.TimeoutError):
+                pass  # after `quit` the socket is already gone
 
-
-def execute(paths: VMPaths, command: str, **arguments: Any) -> Any:
     try:
-        with qmp(paths) as monitor:
-            return monitor.cmd(command, **arguments)
-    except (OSError, QMPError, TimeoutError, EOFError) as exc:
-        raise QEMUError(f"QMP {command} failed: {exc}") from None
+        return asyncio.run(run())
+    except (OSError, QMPError, asyncio.TimeoutError, EOFError) as exc:
+        raise QEMUError(f"QMP {command} at {paths.qmp} failed: {exc or type(exc).__name__}") from None
 
 
 def status(paths: VMPaths) -> str:

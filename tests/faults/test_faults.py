@@ -215,7 +215,7 @@ def test_a_guest_panic_is_reported_and_the_vm_restarted(cluster: Cluster, histor
     converged(cluster, [uuid], timeout=90)
     wait_until(lambda: "booted" in cluster.serial(host_of(cluster, uuid), uuid), 60, "the boot")
     host, pid = qemus(cluster.root)[uuid][0]
-    hmp(cluster.run_dir(host) / "vms" / uuid / "qmp.sock", "nmi")  # the tiny guest panics on an NMI
+    hmp(cluster, host, uuid, "nmi")  # the tiny guest panics on an NMI
     wait_until(lambda: "killed: the guest kernel panicked" in events(cluster, uuid), 30, "the panic reported")
     converged(cluster, [uuid], timeout=60)
     assert qemus(cluster.root)[uuid][0][1] != pid

@@ -17,14 +17,14 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from qemu.qmp.legacy import QEMUMonitorProtocol
-
 from tests.helpers.processes import Cluster
 from ucloud_common.claim import MACS, VM_NAMES
 from ucloud_common.event import EVENTS
 from ucloud_common.states import TRANSITIONS, Requested, Status, Writer
 from ucloud_common.store import Change, Follower, Snapshot
 from ucloud_common.vm import VMS
+from ucloud_vm import qemu
+from ucloud_vm.paths import VMPaths
 
 GIB = 1024**3
 PATTERN = 0x5A
@@ -106,23 +106,22 @@ def qemus(root: Path) -> dict[str, list[tuple[str, int]]]:
     return found
 
 
-def hmp(socket: Path, command: str) -> str:
-    monitor = QEMUMonitorProtocol(str(socket))
-    monitor.connect()
-    monitor.settimeout(30)
+def hmp(cluster: Cluster, host: str, uuid: str, command: str, timeout: float = 10) -> str:
+    """A human-monitor command on the VM's QEMU on `host`; "" if QEMU did not answer in time."""
     try:
-        return str(monitor.cmd("human-monitor-command", **{"command-line": command}))
-    finally:
-        monitor.close()
+        return str(qemu.execute(VMPaths.of(cluster.run_dir(host), uuid), "human-monitor-command", timeout=timeout,
+                                **{"command-line": command}))
+    except qemu.QEMUError:
+        return ""
 
 
 def write_through(cluster: Cluster, host: str, uuid: str, offset: int) -> None:
     """Write PATTERN at `offset` of the VM's disk through the QEMU on `host` (as its guest would),
-    and flush. qemu-io prints to QEMU's stdout, not to the monitor: whether the write landed is
-    told by reading the disk (`rbd_bytes`)."""
-    socket = cluster.run_dir(host) / "vms" / uuid / "qmp.sock"
-    hmp(socket, f'qemu-io disk0 "write -P {PATTERN} {offset} 4096"')
-    hmp(socket, 'qemu-io disk0 "flush"')
+    with FUA, so it does not linger in a cache. qemu-io prints to QEMU's stdout, not to the monitor,
+    and a QEMU fenced off its disk may hang in the request: whether the write landed is told by
+    reading the disk (`rbd_bytes`) a little later."""
+    hmp(cluster, host, uuid, f'qemu-io disk0 "write -f -P {PATTERN} {offset} 4096"')
+    time.sleep(2)  # longer than librbd's rbd_cache_max_dirty_age (1 s), had it cached the write
 
 
 def rbd_bytes(conf: Path, pool: str, image: str, offset: int, length: int = 4096) -> bytes:
