@@ -3,7 +3,7 @@
 Field families and their one writer each: the spec (`owner`, `name`, `specs`, `image`, `networks`,
 `ssh_keys`, `storage`) and the request (`requested`, `generation`, `reboot_generation`,
 `migrate_to`) belong to the API; placement (`hostname`) to the scheduler; what is true (`status`,
-`observed_generation`, `error`, `restarts`, `started_at`, `console`) to the scheduler and the agent, as
+`observed_generation`, `error`, `restarts`, `started_at`, `disk_clients`, `console`) to the scheduler and the agent, as
 `states.TRANSITIONS` allows.
 """
 
@@ -42,6 +42,10 @@ class VM(Record):
     error: str = ""
     restarts: int = Field(0, ge=0)  # crashes in a row, each followed by a restart
     started_at: datetime | None = None  # when the agent last started (or restarted) its QEMU
+    # The Ceph client instances (ip:port/nonce) that had the VM's RBD disk open once its QEMU
+    # started: a fence blocklists them even if their watch has expired since (a QEMU that reached
+    # no OSD for 30 s is no longer a watcher, yet writes again the moment it can).
+    disk_clients: tuple[str, ...] = ()
     networks: tuple[NIC, ...] = ()
     ssh_keys: tuple[str, ...] = ()
     anti_affinity: str = ""

@@ -104,10 +104,11 @@ class RBDFence:
     blocklisted QEMU stays refused even after the entry expires (measured: its writes still failed
     with ESHUTDOWN once a 5 s entry was gone; librbd does not reopen the image).
 
-    Not covered: a client that reached no OSD for 30 s (osd_client_watch_timeout) before the fence
-    and holds no lock has no watch left to find, and writes again when it comes back (measured with
-    a SIGSTOPped QEMU). Only a fence of the whole host (UCLOUD_FENCE_COMMAND) covers that; the fence
-    logs a warning for each disk it found without any client.
+    A client that reached no OSD for 30 s (osd_client_watch_timeout) before the fence and holds no
+    lock has no watch left to find, and would write again when it comes back (measured with a
+    SIGSTOPped QEMU): the agent records each QEMU's client instances on its VM when it starts it
+    (`VM.disk_clients`), and those are blocklisted too. A QEMU started some other way is covered only
+    by a fence of the whole host (UCLOUD_FENCE_COMMAND).
     """
 
     def __init__(self, ceph: Ceph, vm_pool: str, timeout: float = FENCE_TIMEOUT_S,
@@ -127,7 +128,10 @@ class RBDFence:
         # that can write while the scheduler waits to retry.
         with ThreadPoolExecutor(max_workers=min(self._workers, len(disks)), thread_name_prefix="rbd-fence") as pool:
             seen = _each(pool, self._clients_of, disks, failures)
-            wanted = sorted({address for clients in seen.values() if clients for address in clients.addresses})
+            # The clients the agents recorded when the QEMUs started as well: one that reached no OSD
+            # for 30 s is no watcher any more, yet would write again once it can.
+            recorded = {address for vm in vms if vm.storage == "rbd" for address in vm.disk_clients}
+            wanted = sorted(recorded | {address for clients in seen.values() if clients for address in clients.addresses})
             with ThreadPoolExecutor(max_workers=max(1, min(BLOCKLIST_WORKERS, len(wanted))),
                                     thread_name_prefix="rbd-blocklist") as requests:
                 added = set(_each(requests, self._ceph.blocklist_add, wanted, failures))

@@ -340,7 +340,8 @@ class Agent:
             state = "paused"
         self._set(vm, Status.RUNNING if state == "running" else Status.SUSPENDED,
                   f"{'restarted' if restarts else 'started'} ({self._accel})",
-                  observed_generation=vm.generation, error="", started_at=utcnow())
+                  observed_generation=vm.generation, error="", started_at=utcnow(),
+                  disk_clients=self._storage[vm.storage].clients(vm))
 
     def _shutdown(self, vm: VM, paths: VMPaths) -> None:
         """ACPI power-off, then a hard stop after `shutdown_timeout`."""

@@ -36,6 +36,11 @@ class StorageBackend(Protocol):
 
     def delete(self, vm: VM) -> None: ...
 
+    def clients(self, vm: VM) -> tuple[str, ...]:
+        """Who has the VM's disk open now, as a fence of shared storage would name them (for the
+        VM record, right after its QEMU started); () where nothing can be fenced."""
+        ...
+
 
 class LocalStorage:
     """A qcow2 copy-on-write overlay on the image's raw file in the local image store, grown to the
@@ -79,6 +84,9 @@ class LocalStorage:
     def drive(self, vm: VM) -> list[str]:
         return [f"file={self.disk_path(vm)}", "format=qcow2", "cache=writeback", "discard=unmap"]
 
+    def clients(self, vm: VM) -> tuple[str, ...]:
+        return ()  # a local disk is never started elsewhere: nothing to fence
+
     def delete(self, vm: VM) -> None:
         for path in (self.disk_path(vm), self.disk_path(vm).with_suffix(".partial")):
             path.unlink(missing_ok=True)
@@ -115,3 +123,14 @@ class RBDStorage:
             self._ceph.remove(self._vm_pool, vm.uuid)
         except CephError as exc:
             raise StorageError(str(exc)) from None
+
+    def clients(self, vm: VM) -> tuple[str, ...]:
+        """The QEMU opened its disk read-write when it started, so it watches it: its client instance
+        is among the watchers (with any not yet expired of an earlier QEMU, which a fence may
+        blocklist too without harm)."""
+        try:
+            found = self._ceph.image_clients(self._vm_pool, vm.uuid)
+        except CephError as exc:
+            log.warning("vm=%s cannot list the clients of its disk (a fence will rely on watchers): %s", vm.uuid, exc)
+            return ()
+        return tuple(sorted(found.addresses)) if found else ()

@@ -4,6 +4,9 @@ yet after the fence it must not be able to write a single block."""
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ from ucloud_common.ceph import Ceph
 from ucloud_common.host import Host
 from ucloud_common.specs import Specs
 from ucloud_scheduler.fencing import RBDFence
+from ucloud_vm.storage import RBDStorage
 
 DEAD = Host(name="dead", capacity=Specs(cpu=1, ram=1, ssd=1))
 PATTERN = 0x5A
@@ -64,3 +68,23 @@ def test_fencing_five_idle_qemus_at_once_cuts_off_every_one(ceph: Ceph, tiny_in_
         for uuid, [address] in clients.items():
             assert f"fenced host dead: blocklisted {address} (watcher of vms/{uuid})" in caplog.text
         fence.fence(DEAD, [old.vm for old in olds])  # idempotent: fencing a fenced host again is fine
+
+
+def test_a_qemu_whose_watch_expired_is_cut_off_by_the_client_its_agent_recorded(
+        ceph: Ceph, tiny_in_rbd: str, tmp_path: Path) -> None:
+    """A QEMU that reached no OSD for 30 s has no watch left for a fence to find, and would write
+    again the moment it can (this test fails so without `disk_clients`); the agent recorded its
+    client when it started it, so it is refused."""
+    with idle_qemus(ceph, tmp_path, ["silent"]) as [old]:
+        recorded = RBDStorage(ceph, "images", "vms").clients(old.vm)  # what the agent writes on the VM
+        assert recorded == tuple(watchers(ceph, "vms", "silent"))
+        os.kill(old.process.pid, signal.SIGSTOP)
+        try:
+            deadline = time.monotonic() + 60
+            while watchers(ceph, "vms", "silent"):  # osd_client_watch_timeout: 30 s
+                assert time.monotonic() < deadline, "the stopped QEMU's watch never expired"
+                time.sleep(1)
+            RBDFence(ceph, "vms").fence(DEAD, [old.vm.model_copy(update={"disk_clients": recorded})])
+        finally:
+            os.kill(old.process.pid, signal.SIGCONT)
+        assert_cut_off(ceph, old)
