@@ -32,6 +32,8 @@ from ucloud_common.store import (
     Change,
     Conflict,
     Follower,
+    Guard,
+    GuardFailed,
     KeptLease,
     NotFound,
     Put,
@@ -232,7 +234,7 @@ class Agent:
             log.warning("vm=%s runs here but is placed on %s: stopping its QEMU", uuid, where)
             qemu.kill(paths)
             if current is not None:
-                self._event(uuid, f"stopped on {self.host.name}: the VM is placed on {where}")
+                self._event(uuid, f"stopped on {self.host.name}: the VM is placed on {where}", current.create_revision)
         if paths.root.exists():
             shutil.rmtree(paths.root, ignore_errors=True)
 
@@ -409,15 +411,19 @@ class Agent:
             return vm
         if event:
             log.info("vm=%s %s", vm.uuid, event)
-            self._event(vm.uuid, event)
+            self._event(vm.uuid, event, written.create_revision)
         with self._lock:
             if vm.uuid in self._mine:
                 self._mine[vm.uuid] = written.value
         return written.value
 
-    def _event(self, uuid: str, message: str) -> None:
+    def _event(self, uuid: str, message: str, vm_created: int) -> None:
+        """Tell the VM's event log, only while the VM (created at revision `vm_created`) exists: an
+        event written after its deletion would outlive it for good."""
         try:
-            self._store.transact([new_event(uuid, self._source, message)])
+            self._store.transact([new_event(uuid, self._source, message)], guard=Guard(VMS.key(uuid), vm_created))
+        except GuardFailed:
+            log.debug("vm=%s is gone; event not recorded: %s", uuid, message)
         except StoreUnavailable as exc:
             log.warning("vm=%s: event not recorded (%s): %s", uuid, exc, message)
 

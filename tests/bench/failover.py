@@ -1,11 +1,12 @@
 """Benchmark: how long the rbd VMs of a dead host take to run elsewhere.
 
 A cluster of real processes (etcd, API, scheduler, two agents h1 and h2, a one-node Ceph) with the
-default 10 s host lease. N VMs on RBD run on h1; its agent is killed with SIGKILL (its QEMUs stay,
-as on a host that is only cut off); the clock runs from the kill until each VM is RUNNING on h2
-(after the lease expired, the scheduler declared h1 DOWN, fenced it — blocklisting every client of
-the disks — and placed the VMs). Printed per N: p50 / p99 / max over the VMs, and when the fence
-was recorded.
+default 10 s host lease. N VMs on RBD run on h1, their guests booted; then h1 freezes: its agent is
+killed with SIGKILL and its QEMUs are stopped with SIGSTOP (they keep their disks open, as on a hung
+host, but no longer eat the CPU that h2 shares with them on this one machine — a dead host's
+QEMUs would not). The clock runs from the kill until each VM is RUNNING on h2: the lease expires,
+the scheduler declares h1 DOWN, fences it (blocklists every client of the disks, verified), and
+places the VMs. Printed per N: p50 / p99 / max over the VMs, and when h1 was recorded fenced.
 
     .venv/bin/python -m tests.bench.failover [--vms 1 5 20] [--lease 10]
 """
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import statistics
 import tempfile
 import time
@@ -21,8 +24,9 @@ from pathlib import Path
 
 from tests.bench.stats import percentile
 from tests.helpers.ceph import CephServer
-from tests.helpers.faults import delete_all
+from tests.helpers.faults import delete_all, qemus
 from tests.helpers.processes import Cluster, running_cluster, wait_until
+from tests.helpers.tiny import BOOTED
 from ucloud_common.host import HOSTS
 
 SPECS = {"cpu": 1, "ram": 0.25, "ssd": 1}
@@ -37,10 +41,14 @@ def one_failover(cluster: Cluster, count: int) -> dict[str, float]:
         assert status == 201, vm
         uuids.append(vm["uuid"])
     wait_until(lambda: all(cluster.vm(u)["status"] == "RUNNING" for u in uuids), 300, "all RUNNING on h1")
+    wait_until(lambda: all(BOOTED in cluster.serial("h1", u) for u in uuids), 600, "all guests booted")
     _maintenance(cluster, "h2", False)
     victim = cluster.agents["h1"]
+    frozen = [pid for u in uuids for _, pid in qemus(cluster.root).get(u, [])]
     killed = time.monotonic()
     victim.kill()
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
     victim.wait()
     del cluster.agents["h1"]
     took: dict[str, float] = {}
@@ -57,6 +65,8 @@ def one_failover(cluster: Cluster, count: int) -> dict[str, float]:
                 if vm["status"] == "RUNNING" and vm["hostname"].endswith("/h2"):
                     took[uuid] = time.monotonic() - killed
         time.sleep(0.05)
+    for pid in frozen:
+        os.kill(pid, signal.SIGCONT)  # blocklisted by now: h1's agent stops them when it returns
     cluster.start_agent("h1")
     delete_all(cluster)
     values = list(took.values())
@@ -79,7 +89,9 @@ def main() -> None:
         ceph = CephServer(Path(tmp) / "ceph")
         ceph.start()
         try:
-            with running_cluster(Path(tmp) / "cluster", hosts=("h1", "h2"), UCLOUD_CEPH_CONF=str(ceph.conf),
+            # 20 one-CPU VMs on one host: more than 2 cores × the default over-commit of 4 offers.
+            with running_cluster(Path(tmp) / "cluster", hosts=("h1", "h2"), capacity={"cpu": "32"},
+                                 UCLOUD_CEPH_CONF=str(ceph.conf),
                                  UCLOUD_HOST_LEASE_TTL=str(args.lease)) as cluster:
                 wait_until(lambda: all(_up(cluster, h) for h in ("h1", "h2")), 60, "both hosts UP")
                 for count in args.vms:

@@ -35,6 +35,7 @@ class Cluster:
     schedulers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     others: list[subprocess.Popen[bytes]] = field(default_factory=list)
     etcd: EtcdServer | None = None
+    capacity: dict[str, str] = field(default_factory=dict)  # what each agent offers (--cpu, --ram, --ssd)
 
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         conn = http.client.HTTPConnection("127.0.0.1", self.api_port, timeout=30)
@@ -79,7 +80,7 @@ class Cluster:
 
     def start_agent(self, host: str, **capacity: str) -> None:
         args = [str(BIN / "ucloud-vm"), "run", "--hostname", host]
-        for key, value in capacity.items():
+        for key, value in {**self.capacity, **capacity}.items():
             args += [f"--{key}", value]
         self.agents[host] = _spawn(args, self.env, self.root / f"agent-{host}.log")
 
@@ -107,7 +108,7 @@ def wait_until(condition: Any, timeout: float, what: str) -> None:
 
 @contextmanager
 def running_cluster(root: Path, hosts: tuple[str, ...] = ("h1",), schedulers: tuple[str, ...] = ("s1",),
-                    **settings: str) -> Iterator[Cluster]:
+                    capacity: dict[str, str] | None = None, **settings: str) -> Iterator[Cluster]:
     """Start everything under `root` with agents for `hosts` and a scheduler per name in
     `schedulers`; stop it all (and every QEMU) at the end. With `UCLOUD_CEPH_CONF` among the
     settings, the tiny image is also imported into the Ceph image pool as `tiny-rbd`."""
@@ -135,7 +136,7 @@ def running_cluster(root: Path, hosts: tuple[str, ...] = ("h1",), schedulers: tu
     api = _spawn([str(BIN / "ucloud-api"), "serve", "--bind", f"127.0.0.1:{api_port}", "--workers", "2"], env,
                  root / "api.log")
     store = Store(load_settings(conf))
-    the_cluster = Cluster(root, env, api_port, token, store, others=[api], etcd=etcd)
+    the_cluster = Cluster(root, env, api_port, token, store, others=[api], etcd=etcd, capacity=capacity or {})
     for name in schedulers:
         the_cluster.start_scheduler(name)
     for host in hosts:
