@@ -81,7 +81,7 @@ class Agent:
         self._lease: KeptLease | None = None
         self._mine: dict[str, VM] = {}  # the VMs placed here, as last seen
         self._lock = threading.Lock()
-        self._workers = KeyedWorkers(self.reconcile)
+        self._workers = KeyedWorkers(self.reconcile, threads=settings.agent_workers)
         self._stop = threading.Event()
 
     # -- the process ------------------------------------------------------------------------------
