@@ -1,16 +1,22 @@
 #!/bin/bash
-# A local single-member etcd on 127.0.0.1, for one machine and for tests. Not for production:
-# production runs a 3- or 5-member cluster (see README).
+# A local etcd on 127.0.0.1, for one machine and for tests: a single member, or one member of a
+# cluster on this machine. Not for production: production runs a 3- or 5-member cluster on
+# separate machines (see README).
 #
-#   deploy/etcd.sh start DIR [CLIENT_PORT [PEER_PORT]]   start (idempotent), wait until healthy
-#   deploy/etcd.sh stop DIR                              stop (SIGTERM, then SIGKILL after 10 s)
-#   deploy/etcd.sh status DIR                            exit 0 if running and healthy
+#   deploy/etcd.sh start DIR [CLIENT_PORT [PEER_PORT [NAME CLUSTER]]]
+#                               start (idempotent); a single member waits until healthy
+#   deploy/etcd.sh stop DIR     stop (SIGTERM, then SIGKILL after 10 s)
+#   deploy/etcd.sh status DIR   exit 0 if running and healthy
 #
-# Everything lives under DIR: data/, etcd.log, etcd.pid, and etcd.env (the ports, remembered so
-# that a restart reuses them). Ports default to 2379 / 2380.
+# Everything lives under DIR: data/, etcd.log, etcd.pid, and etcd.env (the ports, name and cluster,
+# remembered so that a restart reuses them). Ports default to 2379 / 2380.
+# NAME and CLUSTER (NAME=http://127.0.0.1:PEER_PORT,… for every member, the same list for all)
+# make DIR one member of a multi-member cluster: start every member with the same CLUSTER. Such a
+# member cannot be healthy alone (it serves clients only once a majority runs), so start returns
+# once its process runs; check the cluster's health once a majority was started.
 set -euo pipefail
 
-usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '5,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 [ $# -ge 2 ] || usage
 cmd=$1; dir=$2
 mkdir -p "$dir"; dir=$(cd "$dir" && pwd)
@@ -30,23 +36,29 @@ case $cmd in
 start)
     if [ -f "$envfile" ]; then . "$envfile"; fi
     CLIENT_PORT=${3:-${CLIENT_PORT:-2379}}; PEER_PORT=${4:-${PEER_PORT:-2380}}
+    NAME=${5:-${NAME:-ucloud-local}}; CLUSTER=${6:-${CLUSTER:-$NAME=http://127.0.0.1:$PEER_PORT}}
     if running; then
         echo "etcd already running (pid $(cat "$pidfile")) on 127.0.0.1:$CLIENT_PORT"; exit 0
     fi
     command -v etcd >/dev/null || { echo "etcd is not installed (apt-get install etcd-server etcd-client)" >&2; exit 1; }
-    printf 'CLIENT_PORT=%s\nPEER_PORT=%s\n' "$CLIENT_PORT" "$PEER_PORT" > "$envfile"
-    setsid etcd --name ucloud-local --data-dir "$dir/data" \
+    printf 'CLIENT_PORT=%s\nPEER_PORT=%s\nNAME=%s\nCLUSTER=%s\n' "$CLIENT_PORT" "$PEER_PORT" "$NAME" "$CLUSTER" > "$envfile"
+    setsid etcd --name "$NAME" --data-dir "$dir/data" \
         --listen-client-urls "http://127.0.0.1:$CLIENT_PORT" --advertise-client-urls "http://127.0.0.1:$CLIENT_PORT" \
         --listen-peer-urls "http://127.0.0.1:$PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$PEER_PORT" \
-        --initial-cluster "ucloud-local=http://127.0.0.1:$PEER_PORT" \
+        --initial-cluster "$CLUSTER" --initial-cluster-token "ucloud-$(printf %s "$CLUSTER" | cksum | cut -d' ' -f1)" \
         >>"$dir/etcd.log" 2>&1 < /dev/null &
     echo $! > "$pidfile"
-    for _ in $(seq 100); do
-        if healthy; then echo "etcd running (pid $(cat "$pidfile")) on 127.0.0.1:$CLIENT_PORT"; exit 0; fi
-        running || break
-        sleep 0.1
-    done
-    echo "etcd did not become healthy; last lines of $dir/etcd.log:" >&2
+    if [ "$CLUSTER" != "$NAME=http://127.0.0.1:$PEER_PORT" ]; then
+        sleep 0.2
+        if running; then echo "etcd member $NAME started (pid $(cat "$pidfile")) on 127.0.0.1:$CLIENT_PORT"; exit 0; fi
+    else
+        for _ in $(seq 100); do
+            if healthy; then echo "etcd running (pid $(cat "$pidfile")) on 127.0.0.1:$CLIENT_PORT"; exit 0; fi
+            running || break
+            sleep 0.1
+        done
+    fi
+    echo "etcd did not start; last lines of $dir/etcd.log:" >&2
     tail -n 20 "$dir/etcd.log" >&2
     exit 1
     ;;
@@ -59,7 +71,7 @@ stop)
     rm -f "$pidfile"
     ;;
 status)
-    [ -f "$envfile" ] && . "$envfile"
+    if [ -f "$envfile" ]; then . "$envfile"; fi
     CLIENT_PORT=${CLIENT_PORT:-2379}
     if running && healthy; then echo "etcd running (pid $(cat "$pidfile")) on 127.0.0.1:$CLIENT_PORT"; else echo "etcd not running"; exit 1; fi
     ;;
