@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from ucloud_common.config import Settings, load_settings
 from ucloud_common.joblock import AlreadyRunning, single_run
 from ucloud_common.logs import setup_logging
-from ucloud_common.store import Store, StoreUnavailable
+from ucloud_common.store import Store, StoreError
 
 
 def settings_from(ctx: click.Context) -> Settings:
@@ -71,7 +71,7 @@ def daemon_group(name: str, description: str) -> click.Group:
         store = Store(settings)
         try:
             revision = store.revision()
-        except StoreUnavailable as exc:
+        except StoreError as exc:
             raise click.ClickException(str(exc)) from None
         finally:
             store.close()
@@ -91,7 +91,7 @@ def run_periodic_job(name: str, settings: Settings, work: Callable[[Store], str]
     except AlreadyRunning as exc:
         click.echo(f"{name}: skipped: {exc}", err=True)
         return
-    except StoreUnavailable as exc:
+    except StoreError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
         store.close()

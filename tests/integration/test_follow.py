@@ -7,15 +7,26 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
+import pyetcd.exceptions
 import pytest
+from pytest_mock import MockerFixture
 
 from tests.helpers.etcd import EtcdServer
 from tests.helpers.proxy import CuttableProxy
 from ucloud_common.config import Settings
 from ucloud_common.specs import Specs
-from ucloud_common.store import Change, Follower, Snapshot, Store, StoreUnavailable, Versioned, apply
-from ucloud_common.vm import VMS, VM
+from ucloud_common.store import (
+    Change,
+    Follower,
+    Snapshot,
+    Store,
+    StoreUnavailable,
+    Versioned,
+    apply,
+)
+from ucloud_common.vm import VM, VMS
 
 
 def a_vm(uuid: str) -> VM:
@@ -29,15 +40,24 @@ class Collector:
         self.follower = follower
         self.items: list[Snapshot[VM] | Change[VM]] = []
         self.state: dict[str, Versioned[VM]] = {}
+        self.ended: str | None = None  # why iterating ended, if it did (it must not before stop())
         self._lock = threading.RLock()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        for item in self.follower:
-            with self._lock:
-                self.items.append(item)
-                apply(self.state, item)
+        try:
+            for item in self.follower:
+                with self._lock:
+                    self.items.append(item)
+                    apply(self.state, item)
+            self.ended = "returned"
+        except BaseException as exc:
+            self.ended = f"raised {type(exc).__name__}: {exc}"
+            raise
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def changes(self) -> list[Change[VM]]:
         with self._lock:
@@ -54,7 +74,8 @@ class Collector:
                 if condition():
                     return
             time.sleep(0.05)
-        raise AssertionError(f"condition not met within {timeout} s; saw {len(self.items)} items")
+        raise AssertionError(f"condition not met within {timeout} s; saw {len(self.items)} items"
+                             + (f"; the follower {self.ended}" if self.ended else ""))
 
     def stop(self) -> None:
         self.follower.stop()
@@ -120,6 +141,39 @@ def test_a_watch_resumes_across_an_etcd_restart_without_missing_or_repeating(
     assert follower.relists == 0
 
 
+def test_a_follower_survives_ten_etcd_crashes_in_a_row_without_missing_or_repeating(
+        etcd_server: EtcdServer, store: Store, settings: Settings, collectors: list[Collector]) -> None:
+    watching = Store(settings)
+    follower = Follower(watching, VMS)
+    collector = Collector(follower)
+    collectors.append(collector)
+    collector.wait_for(lambda: len(collector.items) == 1)
+    expected: list[str] = []
+    # Downtimes vary so that the follower's retries land in every phase of a restart: refused
+    # connections, and (every other time) a member that accepts connections but answers nothing
+    # for 3 s, longer than etcd_timeout, as a member still starting on a loaded machine does.
+    for crash, downtime in enumerate([0.0, 0.3, 1.0, 0.1, 1.5, 0.6, 0.0, 2.0, 0.2, 0.8]):
+        for i in range(5):
+            name = f"c{crash:02}-{i}"
+            write_retrying(store, name)
+            expected.append(name)
+        etcd_server.kill()
+        time.sleep(downtime)
+        etcd_server.start()
+        if crash % 2:
+            etcd_server.stall(3.0)
+    for i in range(5):
+        write_retrying(store, f"last-{i}")
+        expected.append(f"last-{i}")
+    collector.wait_for(lambda: len(collector.changes()) >= len(expected), timeout=60)
+    time.sleep(0.5)  # anything repeated would arrive now
+    assert [c.name for c in collector.changes()] == expected
+    assert collector.alive(), f"the follower ended: {collector.ended}"
+    assert len(collector.snapshots()) == 1 and follower.relists == 0
+    collector.stop()
+    watching.close()
+
+
 def test_a_watcher_cut_off_past_a_compaction_relists_and_sees_the_final_state(
         etcd_server: EtcdServer, store: Store, settings: Settings, collectors: list[Collector],
         caplog: pytest.LogCaptureFixture) -> None:
@@ -180,3 +234,76 @@ def test_garbage_in_the_stream_is_skipped_with_a_log_line(
         collector.wait_for(lambda: "after" in collector.state)
     assert [c.name for c in collector.changes()] == ["after"]
     assert "skipping invalid record /v1/vm/garbage" in caplog.text
+
+
+class BreakingCall:
+    """A watch stream that delivers `good` responses from the real one, then fails with `error`."""
+
+    def __init__(self, real: Any, good: int, error: BaseException) -> None:
+        self._real, self._left, self._error = real, good, error
+
+    def __iter__(self) -> BreakingCall:
+        return self
+
+    def __next__(self) -> Any:
+        if self._left == 0:
+            raise self._error
+        self._left -= 1
+        return next(self._real)
+
+    def cancel(self) -> None:
+        self._real.cancel()
+
+
+def test_a_follower_keeps_going_whatever_the_client_library_raises(
+        store: Store, settings: Settings, collectors: list[Collector], mocker: MockerFixture,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The watch call fails as the library did in the field (WatchTimedOut), with an arbitrary
+    exception, and mid-stream with an arbitrary exception: the follower logs each, backs off,
+    resumes, and misses or repeats nothing."""
+    watching = Store(settings)
+    member = watching._members._members[0]
+    real_watch = member.watch.Watch
+    failures = iter([
+        lambda *a, **kw: (_ for _ in ()).throw(pyetcd.exceptions.WatchTimedOut()),
+        lambda *a, **kw: (_ for _ in ()).throw(RuntimeError("a bug in the client")),
+        # created + the first batch of events, then the stream dies of something unexpected
+        lambda *a, **kw: BreakingCall(real_watch(*a, **kw), 2, RuntimeError("the stream died oddly")),
+    ])
+    mocker.patch.object(member.watch, "Watch", side_effect=lambda *a, **kw: next(failures, real_watch)(*a, **kw))
+    store.create(VMS, "before", a_vm("before"))
+    with caplog.at_level(logging.WARNING, logger="ucloud_common.store.follow"):
+        follower = Follower(watching, VMS)
+        collector = Collector(follower)
+        collectors.append(collector)
+        collector.wait_for(lambda: len(collector.snapshots()) == 1)
+        for i in range(6):
+            write_retrying(store, f"vm{i}")
+        collector.wait_for(lambda: len(collector.changes()) >= 6)
+    time.sleep(0.5)  # anything repeated would arrive now
+    assert [c.name for c in collector.changes()] == [f"vm{i}" for i in range(6)]
+    assert collector.alive() and follower.failures == 3 and follower.relists == 0
+    assert "WatchTimedOut" in caplog.text or "not confirmed in time" in caplog.text
+    assert "a bug in the client" in caplog.text and "the stream died oddly" in caplog.text
+    watching.close()
+
+
+def test_a_quiet_watch_is_kept_alive_by_progress_answers(store: Store) -> None:
+    """Nothing changes, yet the watch hears from etcd after every idle period (a progress answer,
+    never taken as a change), so silence means a dead stream and nothing else."""
+    watch = store.watch(b"/v1/vm/", b"/v1/vm0", store.revision() + 1, idle=0.3)
+    try:
+        answers = []
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            events = watch.next(timeout=0.1)
+            if events is not None:
+                answers.append(events)
+        assert len(answers) >= 3 and all(events == [] for events in answers)
+        store.create(VMS, "a", a_vm("a"))
+        events = None
+        while not events:
+            events = watch.next(timeout=1.0)
+        assert [e.key for e in events] == [b"/v1/vm/a"] and events[0].value is not None
+    finally:
+        watch.cancel()

@@ -1,16 +1,21 @@
-"""ucloud's etcd layer: the only code that talks to etcd.
+"""ucloud's etcd layer: the only code that talks to etcd (and the only code that imports gRPC or
+the etcd client library).
 
-`Store` (typed reads and compare-and-swap writes), `Follower` (list, then watch, relisting when
-needed), `KeptLease` (a lease with its keep-alive) and `Election` (one leader among many).
+`Store` (typed reads and compare-and-swap writes, failing over between members), `Follower` (list,
+then watch, relisting when needed, never ending before it is stopped), `KeptLease` (a lease with
+its keep-alive) and `Election` (one leader among many). Everything they raise is a `StoreError`.
 """
 
 from ucloud_common.store.election import Election
 from ucloud_common.store.errors import (
     AlreadyExists,
+    Compacted,
     Conflict,
     GuardFailed,
+    LeaseExpired,
     NotFound,
     StoreError,
+    StoreRefused,
     StoreUnavailable,
 )
 from ucloud_common.store.etcd import Guard, Listing, Put, Remove, Store, Versioned
@@ -18,7 +23,7 @@ from ucloud_common.store.follow import Change, Follower, Snapshot, apply
 from ucloud_common.store.lease import KeptLease
 
 __all__ = [
-    "AlreadyExists", "Change", "Conflict", "Election", "Follower", "Guard", "GuardFailed",
-    "KeptLease", "Listing", "NotFound", "Put", "Remove", "Snapshot", "Store", "StoreError", "StoreUnavailable",
-    "Versioned", "apply",
+    "AlreadyExists", "Change", "Compacted", "Conflict", "Election", "Follower", "Guard", "GuardFailed",
+    "KeptLease", "LeaseExpired", "Listing", "NotFound", "Put", "Remove", "Snapshot", "Store", "StoreError",
+    "StoreRefused", "StoreUnavailable", "Versioned", "apply",
 ]

@@ -10,9 +10,15 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from ucloud_common.record import check_name
-from ucloud_common.store.errors import GuardFailed, StoreUnavailable
+from ucloud_common.store.errors import (
+    Compacted,
+    GuardFailed,
+    LeaseExpired,
+    StoreUnavailable,
+)
 from ucloud_common.store.etcd import Guard, Store
 from ucloud_common.store.lease import KeptLease
 
@@ -47,59 +53,57 @@ class Election:
         return self._guard is not None and not self.deposed.is_set()
 
     def campaign(self, stop: threading.Event) -> bool:
-        """Block until this candidate leads (True) or `stop` is set (False)."""
+        """Block until this candidate leads (True) or `stop` is set (False). Never raises: etcd
+        being unreachable, or anything unexpected, is logged and the campaign goes on after a pause."""
         while not stop.is_set():
             try:
                 if self._try_to_lead():
                     return True
                 self._wait_for_vacancy(stop)
+            except LeaseExpired as exc:
+                log.warning("election %s: %s; campaigning again on a new lease", self.key, exc)
+                self._drop_lease()
             except StoreUnavailable as exc:
                 log.warning("election %s: %s; trying again", self.key, exc)
+                stop.wait(1.0)
+            except Exception:  # a campaign that ends leaves a standby that never takes over
+                log.exception("election %s: campaigning failed unexpectedly; trying again", self.key)
                 stop.wait(1.0)
         return False
 
     def _try_to_lead(self) -> bool:
         if self._lease is None or self._lease.lost.is_set():
             self._lease = KeptLease(self._store, self.ttl, self.ttl / 4, on_lost=self._on_lease_lost)
-        client = self._store.client
-        tx = client.transactions
-        with self._store.unavailable_as_error("campaign"):
-            won, responses = client.transaction(
-                compare=[tx.create(self.key) == 0],
-                success=[tx.put(self.key, self.candidate, lease=self._lease.id)],
-                failure=[tx.get(self.key)],
-            )
+        won, revision, holder = self._store.create_key(self.key, self.candidate, self._lease.id)
         if not won:
-            holder = responses[0][0][0].decode() if responses[0] else "?"
-            log.debug("election %s: %s leads", self.key, holder)
+            log.debug("election %s: %s leads", self.key, holder or "?")
             return False
-        revision = responses[0].response_put.header.revision
         self.deposed.clear()
         self._guard = Guard(self.key, revision)
         log.info("election %s: %s is the leader (revision %d)", self.key, self.candidate, revision)
         return True
 
     def _wait_for_vacancy(self, stop: threading.Event) -> None:
-        """Return when the leader key is deleted, or after a while (a missed event costs one wait)."""
-        vacant = threading.Event()
-        client = self._store.client
-
-        def on_event(response: object) -> None:
-            vacant.set()
-
-        with self._store.unavailable_as_error("watch leader"):
-            watch_id = client.add_watch_callback(self.key, on_event)
+        """Return when the leader key is deleted, or after one TTL (a missed event costs one wait).
+        The watch starts right after the revision the key was read at, so a deletion between the
+        read and the watch is seen too."""
+        holder, revision = self._store.read_key(self.key)
+        if holder is None:
+            return
         try:
-            # The key may have vanished between the failed campaign and the watch's start.
-            with self._store.unavailable_as_error("read leader"):
-                value, _ = client.get(self.key)
-            while value is not None and not vacant.wait(0.2) and not stop.is_set():
-                pass
+            watch = self._store.watch(self.key.encode(), None, revision + 1)
+        except Compacted:  # history since the read is gone: whatever happened, campaign again
+            return
+        try:
+            deadline = time.monotonic() + self.ttl
+            while not stop.is_set() and time.monotonic() < deadline:
+                events = watch.next(timeout=0.2)
+                if events and any(event.value is None for event in events):
+                    return
+        except Compacted:
+            return
         finally:
-            try:
-                client.cancel_watch(watch_id)
-            except Exception:  # the stream may be gone already
-                pass
+            watch.cancel()
 
     def _on_lease_lost(self) -> None:
         if self._guard is not None:
@@ -107,8 +111,14 @@ class Election:
         self.deposed.set()
         self._guard = None
 
+    def _drop_lease(self) -> None:
+        if self._lease is not None:
+            self._lease.close(revoke=False)
+            self._lease = None
+
     def resign(self) -> None:
-        """Give up leadership (if held) at once, so a standby need not wait for the TTL."""
+        """Give up leadership (if held) at once, so a standby need not wait for the TTL. Call it
+        once no campaign runs any more (a campaign running meanwhile could win again)."""
         self._guard = None
         self.deposed.set()
         if self._lease is not None:

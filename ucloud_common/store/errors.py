@@ -1,4 +1,5 @@
-"""What the store raises. Callers branch on these, never on gRPC or etcd-client exceptions."""
+"""What the store raises. Callers branch on these, never on gRPC or etcd-client exceptions: every
+failure of the client library becomes one of these (`ucloud_common.store.failures` says which)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,27 @@ class StoreUnavailable(StoreError):
     """etcd did not answer in time or could not be reached. Nothing can be assumed about a write
     that raised this: it may or may not have been applied. Retrying later is always safe, because
     every write ucloud makes is a compare-and-swap or a create."""
+
+
+class StoreRefused(StoreError):
+    """etcd refused the request itself and applied nothing: the request is malformed or too large
+    for etcd (a bug in ucloud), or this client lacks a permission or valid credentials (a
+    configuration error). Retrying the same request will not help; the message says what etcd
+    objected to."""
+
+
+class LeaseExpired(StoreRefused):
+    """A write or renewal named a lease that etcd no longer has (it expired or was revoked):
+    nothing was written. The keys that were attached to it are gone; start over with a new lease."""
+
+
+class Compacted(StoreError):
+    """A read or watch asked for a revision that etcd has already compacted away. Nothing is wrong
+    with etcd: list again at the current revision (`Follower` does so by itself)."""
+
+    def __init__(self, message: str, compacted_revision: int = 0) -> None:
+        super().__init__(message)
+        self.compacted_revision = compacted_revision
 
 
 class NotFound(StoreError):

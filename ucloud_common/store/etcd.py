@@ -1,4 +1,4 @@
-"""The etcd store: typed access to key families, compare-and-swap, leases.
+"""The etcd store: typed access to key families, compare-and-swap, leases, watches.
 
 Contract:
 - Every read returns records with their `mod_revision`; every write is conditional: `create` only if
@@ -7,9 +7,21 @@ Contract:
   `cas_attempts` races were lost (`Conflict`). Two writers never lose each other's update.
 - Any write may carry a `Guard` (e.g. "I am still the leader"); if it no longer holds, the write is
   not applied and `GuardFailed` is raised.
-- etcd being unreachable or slow raises `StoreUnavailable` after `etcd_timeout`; the caller decides
-  its safe action. It is never retried here, because only the caller knows whether it still wants
-  the write.
+- Every call (reads, transactions, deletes, leases, watches) goes to one member of the cluster
+  through one path (`members.Members`): when that member fails (down, restarting, cut off from its
+  leader, slower than `etcd_timeout`), the call moves to another member. A read, a lease call or a
+  watch is repeated there within the same `etcd_timeout`; a write is repeated only if it certainly
+  never reached the failed member. With a majority of members up, the store therefore answers again
+  within about one `etcd_timeout` of a member's failure. Measured with three members on loopback,
+  kill -9 of the member in use: reads and compare-and-swaps answer again after 9–17 ms when it was
+  a follower, after 1.0–1.5 s when it was the raft leader (etcd first elects a new one; its
+  --election-timeout is 1 s); see tests/integration/test_failover.py.
+- etcd being unreachable or slow raises `StoreUnavailable` after at most `etcd_timeout` (a write
+  that raised it may or may not have been applied). The store never retries beyond that, because
+  only the caller knows whether it still wants the write.
+- etcd refusing a request (malformed, too large, permission denied) raises `StoreRefused`; a write
+  naming an expired lease raises `LeaseExpired`. No other exception of gRPC or of the client
+  library ever leaves the store (`failures` maps every one of them).
 - A stored value that is not JSON or does not fit its model raises `InvalidRecord` from `get` and
   `update`, and is logged with its key and skipped by `list` (and by `Follower`).
 """
@@ -18,49 +30,37 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic
 
-import grpc
-import pyetcd
-import pyetcd.exceptions
 import pyetcd.utils
-from pyetcd import Endpoint, MultiEndpointEtcd3Client
+from pyetcd import Endpoint, MultiEndpointEtcd3Client, Transactions
+from pyetcd import transactions as ops
 from pyetcd.etcdrpc import rpc_pb2
 
 from ucloud_common.config import Settings
 from ucloud_common.record import Family, InvalidRecord, R
 from ucloud_common.retry import Backoff, sleeps
-from ucloud_common.store.errors import AlreadyExists, Conflict, GuardFailed, NotFound, StoreUnavailable
+from ucloud_common.store.errors import (
+    AlreadyExists,
+    Compacted,
+    Conflict,
+    GuardFailed,
+    LeaseExpired,
+    NotFound,
+)
+from ucloud_common.store.members import REQUIRE_LEADER, Members
+from ucloud_common.store.watch import WATCH_IDLE_S, Watch
 
 log = logging.getLogger(__name__)
 
 # Keys per range request when listing: a 10,000-VM family is ≈6 MB, more than one answer should
 # carry; pages keep each answer and its memory small.
 _PAGE = 500
-# etcd accepts values up to 1.5 MiB, so even a page of small records may exceed gRPC's default
-# 4 MiB message limit when a few values are large.
-_MAX_MESSAGE = 256 * 1024 * 1024
-
-# gRPC's default reconnect backoff grows to two minutes: after an etcd restart a daemon would sit
-# idle that long. Keep-alives notice a dead TCP connection (a crashed member, a cut network) that
-# would otherwise leave a watch hanging silently.
-_GRPC_OPTIONS = [
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-    # Pings only while a call (e.g. a watch) is open, and no more often than etcd allows (its
-    # --grpc-keepalive-min-time is 5 s; pinging an idle connection earns a GOAWAY "too_many_pings").
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.max_receive_message_length", _MAX_MESSAGE),
-]
-# How long a member that failed a call is skipped in favour of the others. The client's default of
-# 300 s makes a single-member cluster unusable for five minutes after any restart (LAB.md).
-_FAILED_MEMBER_SKIP_S = 1.0
+# A listing whose revision is compacted between two of its pages starts over; compaction is
+# periodic (minutes apart), so a second collision in a row means something else is wrong.
+_LIST_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -114,80 +114,52 @@ class Guard:
 class Store:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._client = self._connect(settings)
+        self._members = Members(settings)
+        self._raw: MultiEndpointEtcd3Client | None = None
         self._backoff = Backoff(initial=0.002, maximum=0.2)
-
-    @staticmethod
-    def _connect(settings: Settings) -> MultiEndpointEtcd3Client:
-        creds = None
-        if settings.etcd_ca_cert:
-            creds = MultiEndpointEtcd3Client.get_secure_creds(
-                str(settings.etcd_ca_cert),
-                str(settings.etcd_cert_key) if settings.etcd_cert_key else None,
-                str(settings.etcd_cert_cert) if settings.etcd_cert_cert else None,
-            )
-        endpoints = [
-            Endpoint(ep.netloc.rpartition(":")[0], ep.port, secure=creds is not None, creds=creds,
-                     time_retry=_FAILED_MEMBER_SKIP_S, opts=_GRPC_OPTIONS)
-            for ep in settings.etcd_endpoints
-        ]
-        try:
-            return MultiEndpointEtcd3Client(
-                endpoints=endpoints, timeout=settings.etcd_timeout, failover=True,
-                user=settings.etcd_user, password=settings.etcd_password,
-            )
-        except grpc.RpcError as exc:
-            raise StoreUnavailable(f"cannot authenticate to etcd: {exc.details()}") from None
+        self._tx = Transactions()
 
     def close(self) -> None:
-        self._client.close()
+        self._members.close()
+        if self._raw is not None:
+            self._raw.close()
+
+    @property
+    def endpoint(self) -> str:
+        """host:port of the member this store talks to now (it changes when that member fails)."""
+        return self._members.current
 
     @property
     def client(self) -> MultiEndpointEtcd3Client:
-        """The raw client, for the store's own modules (watches, leases, elections)."""
-        return self._client
-
-    @contextmanager
-    def unavailable_as_error(self, what: str) -> Iterator[None]:
-        """Turn the client's many ways of saying "etcd did not answer" into `StoreUnavailable`."""
-        try:
-            yield
-        except (grpc.RpcError, pyetcd.exceptions.ConnectionFailedError,
-                pyetcd.exceptions.ConnectionTimeoutError, pyetcd.exceptions.NoServerAvailableError,
-                pyetcd.exceptions.InternalServerError, ValueError) as exc:
-            # ValueError: the client's "Trying to use a failed node" while every member is skipped.
-            endpoints = ",".join(str(ep) for ep in self.settings.etcd_endpoints)
-            if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
-                reason = f"{exc.code().name}: {exc.details()}"
-            else:
-                reason = str(exc) or type(exc).__name__
-            raise StoreUnavailable(f"etcd at {endpoints} is unavailable ({what}): {reason}") from None
+        """A raw pyetcd client on the same endpoints, for tests and tools that need what the store
+        deliberately does not offer (raw keys, garbage, compaction). ucloud's own code never uses
+        it: it has neither the store's failover nor its error mapping."""
+        if self._raw is None:
+            settings = self.settings
+            creds = MultiEndpointEtcd3Client.get_secure_creds(
+                str(settings.etcd_ca_cert), str(settings.etcd_cert_key) if settings.etcd_cert_key else None,
+                str(settings.etcd_cert_cert) if settings.etcd_cert_cert else None) if settings.etcd_ca_cert else None
+            endpoints = [Endpoint(ep.host, ep.port, secure=creds is not None, creds=creds, time_retry=0)
+                         for ep in settings.etcd_endpoints]
+            self._raw = MultiEndpointEtcd3Client(endpoints=endpoints, timeout=self.settings.etcd_timeout,
+                                                 failover=True, user=self.settings.etcd_user,
+                                                 password=self.settings.etcd_password)
+        return self._raw
 
     # -- reads ------------------------------------------------------------------------------------
 
     def revision(self) -> int:
         """The store's current revision."""
-        return int(self._range(b"\0", limit=1).header.revision)
+        return int(self._range(b"\0", limit=1, what="revision").header.revision)
 
     def _range(self, key: bytes | str, range_end: bytes | None = None, limit: int = 0,
-               revision: int = 0) -> Any:
+               revision: int = 0, what: str = "") -> Any:
         request = rpc_pb2.RangeRequest(key=_b(key), limit=limit, revision=revision)
         if range_end is not None:
             request.range_end = range_end
-        for attempt in (1, 2):
-            try:
-                with self.unavailable_as_error("range"):
-                    return self._client.kvstub.Range(
-                        request, self._client.timeout,
-                        credentials=self._client.call_credentials, metadata=self._client.metadata,
-                    )
-            except StoreUnavailable:
-                # A read is safe to repeat: once, shortly, so that a connection being re-established
-                # (a member restarted, a worker's first call) is not reported as an outage.
-                if attempt == 2:
-                    raise
-                time.sleep(0.05)
-        raise AssertionError("unreachable")
+        return self._members.call(
+            what or f"read {_b(key).decode(errors='replace')}",
+            lambda m, left, metadata: m.kv.Range(request, timeout=left, metadata=metadata), retry_safe=True)
 
     def get(self, family: Family[R], name: str) -> Versioned[R] | None:
         key = family.key(name)
@@ -202,12 +174,24 @@ class Store:
         fields equal `where`), as one consistent snapshot: read in pages, every page at the first
         page's revision. `where` is checked before a record is validated, which is most of the cost
         of a large listing."""
+        for attempt in range(1, _LIST_ATTEMPTS + 1):
+            try:
+                return self._list(family, within, where)
+            except Compacted:
+                if attempt == _LIST_ATTEMPTS:
+                    raise
+                log.info("listing %s%s: its revision was compacted between pages; listing again",
+                         family.prefix, within)
+        raise AssertionError("unreachable")
+
+    def _list(self, family: Family[R], within: str, where: Mapping[str, str] | None) -> Listing[R]:
         prefix = (family.prefix + within).encode()
         end = _prefix_end(prefix)
         items: dict[str, Versioned[R]] = {}
         start, revision = prefix, 0
         while True:
-            response = self._range(start, range_end=end, limit=_PAGE, revision=revision)
+            response = self._range(start, range_end=end, limit=_PAGE, revision=revision,
+                                   what=f"list {prefix.decode()}")
             revision = revision or response.header.revision
             for kv in response.kvs:
                 if where and not _matches(kv.value, where):
@@ -230,7 +214,7 @@ class Store:
         """Store `record` under a new key; `AlreadyExists` if the key exists."""
         key = family.key(name)
         response = self._txn(
-            [self._client.transactions.create(key) == 0], [self._put(key, family.encode(record), lease)],
+            [self._tx.create(key) == 0], [self._put(key, family.encode(record), lease)],
             guard,
         )
         if not response.succeeded:
@@ -244,8 +228,8 @@ class Store:
         """One compare-and-swap: store `record` only if the key is still at `mod_revision`."""
         key = family.key(name)
         response = self._txn(
-            [self._client.transactions.mod(key) == mod_revision],
-            [self._put(key, family.encode(record), lease), self._client.transactions.get(key)], guard,
+            [self._tx.mod(key) == mod_revision],
+            [self._put(key, family.encode(record), lease), self._tx.get(key)], guard,
         )
         if not response.succeeded:
             self._raise_guard_failure(response, guard)
@@ -284,8 +268,8 @@ class Store:
         """Delete the key (only if still at `mod_revision`, when given). False if it was absent.
         Raises `Conflict` if it changed since `mod_revision`."""
         key = family.key(name)
-        compare = [self._client.transactions.mod(key) == mod_revision] if mod_revision else []
-        response = self._txn(compare, [self._client.transactions.delete(key)], guard)
+        compare = [self._tx.mod(key) == mod_revision] if mod_revision else []
+        response = self._txn(compare, [self._tx.delete(key)], guard)
         if not response.succeeded:
             self._raise_guard_failure(response, guard)
             raise Conflict(f"{key} changed since revision {mod_revision}")
@@ -298,7 +282,7 @@ class Store:
         and the VMs attached to it). Raises `Conflict` naming the first key that was not as expected
         (nothing is written then), or `GuardFailed`.
         """
-        tx = self._client.transactions
+        tx = self._tx
         compare, success = [], []
         for write in writes:
             key = write.family.key(write.name)
@@ -324,63 +308,101 @@ class Store:
 
     def delete_all(self, family: Family[R], within: str) -> int:
         """Delete every key of the family whose name starts with `within` (e.g. one VM's events);
-        return how many. `within` must not be empty: a whole family is never deleted this way."""
+        return how many. `within` must not be empty: a whole family is never deleted this way.
+        Deleting again deletes nothing more, so this is repeated on another member when one fails
+        (the count then misses what a lost first attempt deleted)."""
         if not within:
             raise ValueError("delete_all needs a name prefix")
         prefix = (family.prefix + within).encode()
-        with self.unavailable_as_error("delete range"):
-            response = self._client.kvstub.DeleteRange(
-                rpc_pb2.DeleteRangeRequest(key=prefix, range_end=_prefix_end(prefix)), self._client.timeout,
-                credentials=self._client.call_credentials, metadata=self._client.metadata,
-            )
+        request = rpc_pb2.DeleteRangeRequest(key=prefix, range_end=_prefix_end(prefix))
+        response = self._members.call(
+            f"delete range {prefix.decode()}",
+            lambda m, left, metadata: m.kv.DeleteRange(request, timeout=left, metadata=metadata), retry_safe=True)
         return int(response.deleted)
+
+    # -- raw keys (the leader key holds a bare name, not a record) --------------------------------
+
+    def create_key(self, key: str, value: str, lease: int) -> tuple[bool, int, str]:
+        """Create `key` holding `value` on `lease` if it is absent. Returns (created, revision,
+        holder): the revision of the creation if created, else the value found in the key."""
+        response = self._txn([self._tx.create(key) == 0], [self._put(key, value.encode(), lease)], None)
+        if response.succeeded:
+            return True, int(response.header.revision), value
+        found = response.responses[0].response_range.kvs
+        return False, int(response.header.revision), found[0].value.decode(errors="replace") if found else ""
+
+    def read_key(self, key: str) -> tuple[str | None, int]:
+        """The value of a raw key (None if absent), and the store revision it was read at."""
+        response = self._range(key)
+        value = response.kvs[0].value.decode(errors="replace") if response.kvs else None
+        return value, int(response.header.revision)
 
     # -- leases -----------------------------------------------------------------------------------
 
     def grant_lease(self, ttl: int) -> int:
-        with self.unavailable_as_error("lease grant"):
-            return int(self._client.lease(ttl).id)
+        """A new lease of `ttl` seconds. Repeated on another member when one fails: a lease granted
+        by a lost first attempt is attached to nothing and expires after its TTL."""
+        request = rpc_pb2.LeaseGrantRequest(TTL=ttl)
+        response = self._members.call(
+            "lease grant", lambda m, left, metadata: m.lease.LeaseGrant(request, timeout=left, metadata=metadata),
+            retry_safe=True)
+        return int(response.ID)
 
     def refresh_lease(self, lease_id: int) -> int:
-        """Renew the lease; return its remaining TTL, 0 or less if it has already expired."""
-        with self.unavailable_as_error("lease keep-alive"):
-            for response in self._client.refresh_lease(lease_id):
+        """Renew the lease; return its remaining TTL, 0 or less if it has already expired. Only a
+        member that has a leader renews (etcd's "hasleader"): a renewal never seems to succeed on a
+        member cut off from the cluster."""
+        request = rpc_pb2.LeaseKeepAliveRequest(ID=lease_id)
+
+        def keep_alive(m: Any, left: float, metadata: Any) -> int:
+            for response in m.lease.LeaseKeepAlive(iter([request]), timeout=left,
+                                                   metadata=metadata + REQUIRE_LEADER):
                 return int(response.TTL)
-        return 0
+            return 0
+
+        return self._members.call(f"lease keep-alive {lease_id:x}", keep_alive, retry_safe=True)
 
     def revoke_lease(self, lease_id: int) -> None:
         """Revoke the lease, deleting every key attached to it. Revoking an expired lease is fine."""
+        request = rpc_pb2.LeaseRevokeRequest(ID=lease_id)
         try:
-            with self.unavailable_as_error("lease revoke"):
-                self._client.revoke_lease(lease_id)
-        except StoreUnavailable:
-            raise
-        except pyetcd.exceptions.Etcd3Exception:
+            self._members.call(
+                f"lease revoke {lease_id:x}",
+                lambda m, left, metadata: m.lease.LeaseRevoke(request, timeout=left, metadata=metadata),
+                retry_safe=True)
+        except LeaseExpired:
             pass
+
+    # -- watches ----------------------------------------------------------------------------------
+
+    def watch(self, key: bytes, range_end: bytes | None, start_revision: int, idle: float = WATCH_IDLE_S) -> Watch:
+        """Watch [key, range_end) from `start_revision`, on a healthy member (see `Watch`).
+        Raises `StoreUnavailable` if no member confirms the watch within `etcd_timeout`, and
+        `Compacted` if `start_revision` is no longer kept."""
+        return Watch(self._members, key, range_end, start_revision, idle)
 
     # -- plumbing ---------------------------------------------------------------------------------
 
     def _put(self, key: str, value: bytes, lease: int | None) -> Any:
-        return self._client.transactions.put(key, value, lease=lease)
+        return self._tx.put(key, value, lease=lease)
 
     def _txn(self, compare: list[Any], success: list[Any], guard: Guard | None) -> Any:
         """One transaction. Its failure branch reads the compared keys, so a caller can tell a
-        failed guard from a lost compare-and-swap."""
-        transactions = self._client.transactions
-        failure = [transactions.get(c.key) for c in compare]
+        failed guard from a lost compare-and-swap. Not repeated after a failure that may have
+        reached a member (see the module's contract)."""
+        failure = [self._tx.get(c.key) for c in compare]
         if guard is not None:
-            compare = [*compare, transactions.create(guard.key) == guard.create_revision]
-            failure.append(transactions.get(guard.key))
+            compare = [*compare, self._tx.create(guard.key) == guard.create_revision]
+            failure.append(self._tx.get(guard.key))
         request = rpc_pb2.TxnRequest(
             compare=[c.build_message() for c in compare],
-            success=self._client._ops_to_requests(success),
-            failure=self._client._ops_to_requests(failure),
+            success=[_request_op(op) for op in success],
+            failure=[_request_op(op) for op in failure],
         )
-        with self.unavailable_as_error("transaction"):
-            return self._client.kvstub.Txn(
-                request, self._client.timeout,
-                credentials=self._client.call_credentials, metadata=self._client.metadata,
-            )
+        keys = ", ".join(sorted({_b(c.key).decode(errors="replace") for c in compare})) or "no compare"
+        return self._members.call(
+            f"transaction ({keys})", lambda m, left, metadata: m.kv.Txn(request, timeout=left, metadata=metadata),
+            retry_safe=False)
 
     @staticmethod
     def _raise_guard_failure(response: Any, guard: Guard | None) -> None:
@@ -398,6 +420,17 @@ def _matches(value: bytes, where: Mapping[str, str]) -> bool:
     except ValueError:
         return True  # let decoding report it
     return isinstance(data, dict) and all(data.get(k) == v for k, v in where.items())
+
+
+def _request_op(op: Any) -> rpc_pb2.RequestOp:
+    """pyetcd's transaction operation as etcd's request."""
+    if isinstance(op, ops.Put):
+        return rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=_b(op.key), value=_b(op.value), lease=op.lease or 0))
+    if isinstance(op, ops.Get):
+        return rpc_pb2.RequestOp(request_range=rpc_pb2.RangeRequest(key=_b(op.key)))
+    if isinstance(op, ops.Delete):
+        return rpc_pb2.RequestOp(request_delete_range=rpc_pb2.DeleteRangeRequest(key=_b(op.key)))
+    raise TypeError(f"no etcd request for {op!r}")
 
 
 def _b(key: bytes | str) -> bytes:

@@ -15,21 +15,19 @@ Every change after a snapshot's revision comes exactly once, in revision order.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Generic
+from typing import Generic
 
-import pyetcd.exceptions
 import pyetcd.utils
-from pyetcd.events import DeleteEvent
 
 from ucloud_common.record import Family, InvalidRecord, R, check_key_part
 from ucloud_common.retry import Backoff
-from ucloud_common.store.errors import StoreUnavailable
+from ucloud_common.store.errors import Compacted, StoreUnavailable
 from ucloud_common.store.etcd import Listing, Store, Versioned
+from ucloud_common.store.watch import Event
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +57,12 @@ class Follower(Generic[R]):
 
     `start_revision` resumes from a revision remembered earlier (e.g. before a restart); without it,
     following begins with a list. Iterating blocks; run it in the thread that owns the consumer.
+
+    Iterating never ends before `stop()`: whatever fails (etcd unreachable, a member dying, a watch
+    falling silent, an unexpected exception from the client or a bug), the follower logs it, backs
+    off (up to 2 s, jittered) and resumes from the revision after the last change it yielded, or
+    lists again when that revision was compacted. The consumer therefore never needs its own retry
+    loop; a consumer whose iteration does end anyway was stopped or died of its own exception.
     """
 
     _POLL_S = 0.2  # how often a blocked iteration checks for stop() and a due resync
@@ -71,6 +75,7 @@ class Follower(Generic[R]):
         self._next_revision = start_revision
         self._stopped = threading.Event()
         self.relists = 0  # how many times following had to list again (observable in tests and logs)
+        self.failures = 0  # how many times listing or watching failed and was retried
         self._backoff = _BACKOFF.delays()
 
     def stop(self) -> None:
@@ -87,83 +92,60 @@ class Follower(Generic[R]):
                     self._backoff = _BACKOFF.delays()
                     yield Snapshot(listing.items, listing.revision)
                 yield from self._watch(listed_at)
-            except _Relist:
+            except (_Relist, Compacted) as exc:
+                if isinstance(exc, Compacted):
+                    log.info("following %s: %s", self._family.prefix, exc)
                 self._next_revision = None
                 self.relists += 1
                 continue
             except StoreUnavailable as exc:
-                log.warning("following %s: %s; retrying", self._family.prefix, exc)
-            # The watch broke or could not start: wait a little, so that a flapping etcd does not
-            # turn this loop hot, then resume from the next revision.
+                self.failures += 1
+                log.warning("following %s: %s; resuming from revision %s", self._family.prefix, exc,
+                            self._next_revision or "(a new listing)")
+            except Exception:  # never end: a follower that ends leaves its daemon blind for good
+                self.failures += 1
+                log.exception("following %s failed unexpectedly; resuming from revision %s",
+                              self._family.prefix, self._next_revision or "(a new listing)")
+            # Wait a little, so that a flapping etcd does not turn this loop hot, then resume.
             self._stopped.wait(next(self._backoff))
 
     def _watch(self, listed_at: float) -> Iterator[Change[R]]:
-        """Watch from `_next_revision` until the stream breaks (returns) or a relist is due (raises)."""
+        """Watch from `_next_revision` until the stream fails (raises the store's error) or a relist
+        is due (raises `_Relist`)."""
         assert self._next_revision is not None
-        inbox: queue.Queue[Any] = queue.Queue()
-        client = self._store.client
         prefix = self._family.prefix.encode()
-        with self._store.unavailable_as_error("watch"):
-            watch_id = client.add_watch_callback(
-                prefix, inbox.put, range_end=pyetcd.utils.prefix_range_end(prefix),
-                start_revision=self._next_revision,
-            )
+        watch = self._store.watch(prefix, pyetcd.utils.prefix_range_end(prefix), self._next_revision)
         try:
             while not self._stopped.is_set():
                 if self._resync_interval and time.monotonic() - listed_at > self._resync_interval:
                     log.debug("resync of %s is due", self._family.prefix)
                     raise _Relist()
-                try:
-                    item = inbox.get(timeout=self._POLL_S)
-                except queue.Empty:
+                events = watch.next(timeout=self._POLL_S)
+                if not events:  # nothing yet, or a progress answer
                     continue
-                if isinstance(item, pyetcd.exceptions.RevisionCompactedError):
-                    log.info("following %s: revision %d was compacted (now %d); listing again",
-                             self._family.prefix, self._next_revision, item.compacted_revision)
-                    raise _Relist()
-                if not hasattr(item, "events"):
-                    # An exception or None: the stream broke. Watching again from the next
-                    # revision loses nothing: etcd keeps history until it is compacted.
-                    log.info("following %s: watch broke (%s); resuming from revision %d",
-                             self._family.prefix, _reason(item), self._next_revision)
-                    return
                 self._backoff = _BACKOFF.delays()
-                for event in item.events:
+                for event in events:
                     change = self._change(event)
+                    # Watching again from here misses nothing and repeats nothing (see Watch).
                     self._next_revision = event.mod_revision + 1
                     if change is not None:
                         yield change
         finally:
-            try:
-                client.cancel_watch(watch_id)
-            except Exception:  # the stream may already be gone; nothing to cancel then
-                pass
+            watch.cancel()
 
-    def _change(self, event: Any) -> Change[R] | None:
-        name = self._family.name_of(event.key)
-        if isinstance(event, DeleteEvent):
-            # A deleted key that was never a valid name was never handed out: consumers build
-            # paths and keys from names, so an invalid one must not reach them even as a delete.
-            try:
-                check_key_part(name)
-            except ValueError:
-                return None
-            return Change(name, None, event.mod_revision)
+    def _change(self, event: Event) -> Change[R] | None:
         try:
+            name = self._family.name_of(event.key)
+            if event.value is None:
+                # A deleted key that was never a valid name was never handed out: consumers build
+                # paths and keys from names, so an invalid one must not reach them even as a delete.
+                check_key_part(name)
+                return Change(name, None, event.mod_revision)
             record = self._family.decode(event.key, event.value)
-        except InvalidRecord as exc:
+        except (InvalidRecord, ValueError) as exc:
             log.warning("skipping invalid record %s", exc)
             return None
         return Change(name, Versioned(name, record, event.mod_revision, event.create_revision), event.mod_revision)
-
-
-def _reason(error: object) -> str:
-    if error is None:
-        return "stream closed"
-    code, details = getattr(error, "code", None), getattr(error, "details", None)
-    if callable(code) and callable(details):
-        return f"{code().name}: {details()}"
-    return str(error) or type(error).__name__
 
 
 def apply(state: dict[str, Versioned[R]], item: Snapshot[R] | Change[R]) -> None:

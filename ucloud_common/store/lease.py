@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from ucloud_common.store.errors import StoreUnavailable
+from ucloud_common.store.errors import StoreError, StoreUnavailable
 from ucloud_common.store.etcd import Store
 
 log = logging.getLogger(__name__)
@@ -42,20 +42,33 @@ class KeptLease:
         self._thread.start()
 
     def _keep_alive(self) -> None:
+        """Renew until closed or lost. Never dies of an exception: a keep-alive thread that ended
+        silently would let the lease expire while its holder believes it still has it."""
         while not self._closed.wait(self._interval):
             try:
                 remaining = self._store.refresh_lease(self.id)
             except StoreUnavailable as exc:
-                silent = time.monotonic() - self._renewed_at
-                log.warning("lease %x: renewal failed for %.1f s: %s", self.id, silent, exc)
-                if silent >= self.ttl:
-                    self._lose(f"no renewal succeeded for {silent:.1f} s (TTL {self.ttl} s)")
+                if self._silent_too_long(exc):
+                    return
+                continue
+            except Exception as exc:  # a refusal or a bug: the same as a failed renewal, but loud
+                log.exception("lease %x: renewal failed unexpectedly", self.id)
+                if self._silent_too_long(exc):
                     return
                 continue
             if remaining <= 0:
                 self._lose("etcd says it expired")
                 return
             self._renewed_at = time.monotonic()
+
+    def _silent_too_long(self, exc: Exception) -> bool:
+        """Log a failed renewal; once none has succeeded for a whole TTL, the lease is lost (True)."""
+        silent = time.monotonic() - self._renewed_at
+        log.warning("lease %x: renewal failed for %.1f s: %s", self.id, silent, exc)
+        if silent < self.ttl:
+            return False
+        self._lose(f"no renewal succeeded for {silent:.1f} s (TTL {self.ttl} s)")
+        return True
 
     def _lose(self, why: str) -> None:
         log.error("lease %x lost: %s", self.id, why)
@@ -71,5 +84,5 @@ class KeptLease:
         if revoke and not self.lost.is_set():
             try:
                 self._store.revoke_lease(self.id)
-            except StoreUnavailable as exc:
+            except StoreError as exc:
                 log.warning("lease %x: could not revoke (%s); it expires in %d s", self.id, exc, self.ttl)
