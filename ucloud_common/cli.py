@@ -81,6 +81,14 @@ def daemon_group(name: str, description: str) -> click.Group:
     return group
 
 
+def exit_if_failed(daemon: str, failure: str | None) -> None:
+    """End a daemon's `run` command: when the daemon stopped because an essential part of it failed
+    (`ucloud_common.supervise.Supervisor`), exit 1 with one line saying which and why, so that
+    systemd (Restart=always) starts a fresh process. An ordinary stop (SIGTERM) exits 0."""
+    if failure:
+        raise click.ClickException(f"{daemon} stopped: {failure}; exiting with status 1 so that it is restarted")
+
+
 def run_periodic_job(name: str, settings: Settings, work: Callable[[Store], str]) -> None:
     """One run of a periodic job (file-scan, image-scanner): under its lock, so that a run started
     while the last one still goes is a logged no-op; `work` returns the sentence to report."""

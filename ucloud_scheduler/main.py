@@ -7,9 +7,9 @@ import threading
 
 import click
 
-from ucloud_common.cli import daemon_group, settings_from
-from ucloud_common.store import Store
 from ucloud_common.ceph import Ceph, CephError
+from ucloud_common.cli import daemon_group, exit_if_failed, settings_from
+from ucloud_common.store import Store
 from ucloud_scheduler.fencing import AllFences, CommandFence, Fence, NoFence, RBDFence
 from ucloud_scheduler.scheduler import Scheduler
 
@@ -45,3 +45,4 @@ def run(ctx: click.Context, name: str | None) -> None:
         scheduler.run(stop)
     finally:
         store.close()
+    exit_if_failed(f"ucloud-scheduler {scheduler.candidate}", scheduler.failure)

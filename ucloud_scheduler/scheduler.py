@@ -10,14 +10,15 @@ event log. `run_cycle()` returns one sentence saying what it decided.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import random
 import threading
 import time
 import uuid as uuidlib
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +38,8 @@ from ucloud_common.store import (
     StoreUnavailable,
     Versioned,
 )
-from ucloud_common.vm import VMS, VM
+from ucloud_common.supervise import Supervisor
+from ucloud_common.vm import VM, VMS
 from ucloud_scheduler.fencing import Fence
 from ucloud_scheduler.placement import Placer, Ratios
 from ucloud_scheduler.view import WANTS_TO_RUN, View
@@ -94,14 +96,33 @@ class Scheduler:
         self._fence_failed_at: dict[str, float] = {}
         self._fence_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fence")
         self._stop = threading.Event()
+        self._supervisor: Supervisor | None = None
 
     # -- the process ------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
+        """Schedule until `stop` is set, or until an essential part fails: a follower or the
+        election thread ending, or the loop itself raising. Then `failure` says which and why, and
+        the caller must exit non-zero (a fresh process starts from a fresh view). Either way the
+        leadership is given up before this returns, so a standby takes over at once."""
         self._stop = stop
+        self._supervisor = Supervisor(stop)
         for kind, follower in self._followers.items():
-            threading.Thread(target=self._follow, args=(kind, follower), name=f"follow-{kind}", daemon=True).start()
-        threading.Thread(target=self._lead, name="election", daemon=True).start()
+            self._supervisor.start(f"follow-{kind}", functools.partial(self._follow, kind, follower))
+        self._supervisor.start("election", self._lead)
+        try:
+            self._loop(stop)
+        except Exception as exc:  # noqa: BLE001 - reported by the supervisor: it ends the process
+            self._supervisor.fail("loop", f"raised {type(exc).__name__}: {exc}", exc)
+        finally:
+            self._shut_down()
+
+    @property
+    def failure(self) -> str | None:
+        """Why the scheduler stopped by itself (None: it was stopped, or still runs)."""
+        return self._supervisor.failure if self._supervisor else None
+
+    def _loop(self, stop: threading.Event) -> None:
         while not stop.is_set():
             changed = self._drain(timeout=CADENCE_S)
             if len(self._ready) < len(self._followers) or not self.election.is_leader:
@@ -122,8 +143,15 @@ class Scheduler:
                 log.info("cycle: %s", sentence)
             elif changed:
                 log.debug("cycle: nothing to do")
+
+    def _shut_down(self) -> None:
         for follower in self._followers.values():
             follower.stop()
+        # A campaign still running could win again after the resignation: let the threads end first
+        # (each notices `stop` within one etcd call).
+        still = self._supervisor.join(self._settings.etcd_timeout + 1.0) if self._supervisor else []
+        if still:
+            log.warning("threads still running at shutdown: %s", ", ".join(still))
         self.election.resign()
         self._fence_pool.shutdown(wait=False, cancel_futures=True)
 

@@ -40,9 +40,11 @@ from ucloud_common.store import (
     Remove,
     Snapshot,
     Store,
+    StoreError,
     StoreUnavailable,
     Versioned,
 )
+from ucloud_common.supervise import Supervisor
 from ucloud_common.vm import VMS, VM
 from ucloud_vm import qemu
 from ucloud_vm.paths import VMPaths
@@ -83,28 +85,39 @@ class Agent:
         self._lock = threading.Lock()
         self._workers = KeyedWorkers(self.reconcile, threads=settings.agent_workers)
         self._stop = threading.Event()
+        self._supervisor = Supervisor(self._stop)
 
     # -- the process ------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
+        """Run until `stop` is set, or until an essential part (following the VMs, the monitor)
+        ends; then `failure` says which and why, and the caller must exit non-zero (a restarted
+        agent lists everything afresh and re-adopts its QEMUs). Either way the host's lease is
+        revoked before this returns: an agent never keeps its host alive while it cannot see."""
         self._stop = stop
+        self._supervisor = Supervisor(stop)
         self._register()
         follower = Follower(self._store, VMS, resync_interval=self._settings.resync_interval)
-        threading.Thread(target=self._monitor, name="monitor", daemon=True).start()
-
-        def stop_following() -> None:
-            stop.wait()
-            follower.stop()
-
-        threading.Thread(target=stop_following, name="stopper", daemon=True).start()
+        self._supervisor.start("monitor", self._monitor)
+        self._supervisor.start("follow-vm", lambda: self._follow(follower))
         try:
-            for item in follower:
-                self._fold(item)
+            stop.wait()
         finally:
+            follower.stop()
+            self._supervisor.join(self._settings.etcd_timeout + 1.0)
             self._workers.close()
             if self._lease is not None:
                 # The host goes away cleanly: its liveness key goes now; its VMs keep running.
                 self._lease.close(revoke=True)
+
+    @property
+    def failure(self) -> str | None:
+        """Why the agent stopped by itself (None: it was stopped, or still runs)."""
+        return self._supervisor.failure
+
+    def _follow(self, follower: Follower[VM]) -> None:
+        for item in follower:
+            self._fold(item)
 
     def _register(self) -> None:
         """Liveness key on a fresh lease first, then the record UP: the scheduler never sees an UP
@@ -120,7 +133,7 @@ class Agent:
                 self._store_host_up()
                 log.info("host %s registered (lease %x, accelerator %s)", self.host.name, self._lease.id, self._accel)
                 return
-            except StoreUnavailable as exc:
+            except StoreError as exc:  # unreachable, or a lease that expired meanwhile: try afresh
                 log.warning("cannot register host %s: %s; retrying", self.host.name, exc)
                 self._stop.wait(2.0)
 
@@ -176,27 +189,34 @@ class Agent:
 
     def _monitor(self) -> None:
         """Every second, look at each VM that should have a QEMU here; wake its worker if what is
-        true no longer matches what its record says. Now and then, make sure the host is UP."""
+        true no longer matches what its record says. Now and then, make sure the host is UP. A tick
+        that fails is logged and the next one goes on: this duty must not die of one bad record."""
         ticks = 0
         while not self._stop.wait(MONITOR_S):
             ticks += 1
-            if ticks % HOST_CHECK_TICKS == 0:
-                self._ensure_up()
-            with self._lock:
-                mine = list(self._mine.values())
-            for vm in mine:
-                if vm.status not in (Status.RUNNING, Status.SUSPENDED):
-                    continue
-                paths = VMPaths.of(self._run_dir, vm.uuid)
-                if qemu.running_qemu(paths) is None:
-                    self._workers.submit(vm.uuid)
-                    continue
-                try:
-                    state = qemu.status(paths)
-                except qemu.QEMUError:
-                    continue
-                if (state == "shutdown") or (state == "running") != (vm.status is Status.RUNNING):
-                    self._workers.submit(vm.uuid)
+            try:
+                self._monitor_tick(ticks)
+            except Exception:
+                log.exception("host %s: monitoring failed this tick; going on", self.host.name)
+
+    def _monitor_tick(self, ticks: int) -> None:
+        if ticks % HOST_CHECK_TICKS == 0:
+            self._ensure_up()
+        with self._lock:
+            mine = list(self._mine.values())
+        for vm in mine:
+            if vm.status not in (Status.RUNNING, Status.SUSPENDED):
+                continue
+            paths = VMPaths.of(self._run_dir, vm.uuid)
+            if qemu.running_qemu(paths) is None:
+                self._workers.submit(vm.uuid)
+                continue
+            try:
+                state = qemu.status(paths)
+            except qemu.QEMUError:
+                continue
+            if (state == "shutdown") or (state == "running") != (vm.status is Status.RUNNING):
+                self._workers.submit(vm.uuid)
 
     # -- reconciling one VM -----------------------------------------------------------------------
 

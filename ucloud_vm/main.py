@@ -10,14 +10,14 @@ from pathlib import Path
 
 import click
 
-from ucloud_common.cli import daemon_group, settings_from
+from ucloud_common.ceph import Ceph, CephError
+from ucloud_common.cli import daemon_group, exit_if_failed, settings_from
 from ucloud_common.record import check_name
 from ucloud_common.specs import Specs
 from ucloud_common.store import Store, StoreUnavailable
 from ucloud_vm.accel import choose
 from ucloud_vm.agent import Agent, HostSpec, machine_capacity
 from ucloud_vm.images import import_image
-from ucloud_common.ceph import Ceph, CephError
 from ucloud_vm.storage import LocalStorage, RBDStorage, StorageBackend, StorageError
 
 cli = daemon_group("ucloud-vm", "The host agent: runs this host's VMs in QEMU and reports what is true of them.")
@@ -68,6 +68,7 @@ def run(ctx: click.Context, hostname: str, address: str | None, run_dir: Path | 
         agent.run(stop)
     finally:
         store.close()
+    exit_if_failed(f"ucloud-vm {hostname}", agent.failure)
 
 
 @cli.command("import-image")
