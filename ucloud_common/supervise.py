@@ -31,8 +31,11 @@ class Supervisor:
     - The daemon's entry point exits non-zero when `failure` is set (`ucloud_common.cli.exit_if_failed`).
     """
 
-    def __init__(self, stop: threading.Event) -> None:
+    def __init__(self, stop: threading.Event, wake: Callable[[], None] | None = None) -> None:
+        """`wake`, if given, is called once `stop` was set because of a failure: for a main loop
+        that blocks on something other than `stop` (the scheduler's inbox)."""
         self._stop = stop
+        self._wake = wake
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self.failure: str | None = None
@@ -63,6 +66,8 @@ class Supervisor:
                 self.failure = f"essential thread {name} {why}"
                 log.critical("%s; stopping the daemon, to be restarted", self.failure, exc_info=exc)
             self._stop.set()
+        if self._wake is not None:
+            self._wake()
 
     def join(self, timeout: float) -> list[str]:
         """Wait up to `timeout` seconds in all for the threads to end; the names of those still running."""

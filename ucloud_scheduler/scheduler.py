@@ -106,7 +106,7 @@ class Scheduler:
         the caller must exit non-zero (a fresh process starts from a fresh view). Either way the
         leadership is given up before this returns, so a standby takes over at once."""
         self._stop = stop
-        self._supervisor = Supervisor(stop)
+        self._supervisor = Supervisor(stop, wake=lambda: self._inbox.put(("wake", None)))
         for kind, follower in self._followers.items():
             self._supervisor.start(f"follow-{kind}", functools.partial(self._follow, kind, follower))
         self._supervisor.start("election", self._lead)

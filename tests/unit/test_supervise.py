@@ -61,3 +61,10 @@ def test_a_failed_daemon_exits_1_with_one_line_saying_why() -> None:
         exit_if_failed("ucloud-scheduler s1", "essential thread follow-vm raised RuntimeError: x")
     assert raised.value.exit_code == 1
     assert raised.value.message.startswith("ucloud-scheduler s1 stopped: essential thread follow-vm raised")
+
+
+def test_a_failure_wakes_a_main_loop_that_waits_on_something_else() -> None:
+    stop, woken = threading.Event(), threading.Event()
+    supervisor = Supervisor(stop, wake=woken.set)
+    supervisor.start("follow-host", lambda: None)
+    assert woken.wait(2) and stop.is_set()

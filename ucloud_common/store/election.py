@@ -119,8 +119,11 @@ class Election:
     def resign(self) -> None:
         """Give up leadership (if held) at once, so a standby need not wait for the TTL. Call it
         once no campaign runs any more (a campaign running meanwhile could win again)."""
+        leading = self.is_leader
         self._guard = None
         self.deposed.set()
         if self._lease is not None:
             self._lease.close(revoke=True)
             self._lease = None
+        if leading:
+            log.info("election %s: %s resigned", self.key, self.candidate)
