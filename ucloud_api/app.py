@@ -13,7 +13,7 @@ from ucloud_api.auth import Authenticator
 from ucloud_api.errors import APIError
 from ucloud_api.views import hosts, images, keys, networks, users, vms
 from ucloud_common.config import Settings
-from ucloud_common.store import Store, StoreUnavailable
+from ucloud_common.store import Store, StoreError, StoreRefused, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Flask:
     def healthz() -> Response | tuple[Response, int]:
         try:
             revision = the_store.revision()
-        except StoreUnavailable as exc:
+        except StoreError as exc:
             return jsonify({"status": "unavailable", "etcd": str(exc)}), 503
         return jsonify({"status": "ok", "etcd_revision": revision})
 
@@ -61,6 +61,15 @@ def create_app(settings: Settings, store: Store | None = None) -> Flask:
                         "write answered with this may or may not have been applied: retry it with the "
                         "same Idempotency-Key)").body()
         return jsonify(body), 503, {"Retry-After": "2"}
+
+    @app.errorhandler(StoreRefused)
+    def refused(exc: StoreRefused) -> tuple[Response, int]:
+        # etcd refused the request itself (credentials, permissions, a request over its size limit):
+        # nothing was applied and retrying it as is will not help.
+        log.error("%s %s: %s", request.method, request.path, exc)
+        body = APIError(503, "store_refused", "the state store (etcd) refused this request; nothing was "
+                        "changed; the reason is in the API's log").body()
+        return jsonify(body), 503
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[Response, int]:

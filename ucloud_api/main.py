@@ -11,7 +11,7 @@ import click
 from ucloud_api.auth import create_user
 from ucloud_api.errors import APIError
 from ucloud_common.cli import daemon_group, settings_from
-from ucloud_common.store import Store, StoreUnavailable
+from ucloud_common.store import Store, StoreError
 from ucloud_common.user import Role
 
 cli = daemon_group("ucloud-api", "The REST API: users' requests about VMs, networks, images and keys, "
@@ -55,7 +55,7 @@ def create_admin(ctx: click.Context, name: str) -> None:
         _, token = create_user(store, name, Role.ADMIN)
     except APIError as exc:
         raise click.ClickException(exc.message) from None
-    except StoreUnavailable as exc:
+    except StoreError as exc:
         raise click.ClickException(str(exc)) from None
     except ValueError as exc:
         raise click.ClickException(f"invalid name {name!r}: {exc}") from None

@@ -92,8 +92,10 @@ class Agent:
     def run(self, stop: threading.Event) -> None:
         """Run until `stop` is set, or until an essential part (following the VMs, the monitor)
         ends; then `failure` says which and why, and the caller must exit non-zero (a restarted
-        agent lists everything afresh and re-adopts its QEMUs). Either way the host's lease is
-        revoked before this returns: an agent never keeps its host alive while it cannot see."""
+        agent lists everything afresh and re-adopts its QEMUs), and the host's lease is revoked
+        first: an agent never keeps its host alive while it cannot see. Stopped on purpose, it
+        leaves its lease to expire: an agent restarted within the TTL (an upgrade, `systemctl
+        restart`) takes over its host without the host ever being DOWN and its VMs moved."""
         self._stop = stop
         self._supervisor = Supervisor(stop)
         self._register()
@@ -107,8 +109,7 @@ class Agent:
             self._supervisor.join(self._settings.etcd_timeout + 1.0)
             self._workers.close()
             if self._lease is not None:
-                # The host goes away cleanly: its liveness key goes now; its VMs keep running.
-                self._lease.close(revoke=True)
+                self._lease.close(revoke=self.failure is not None)
 
     @property
     def failure(self) -> str | None:
