@@ -94,10 +94,11 @@ def _maintenance(cluster: Cluster, host: str, on: bool) -> None:
     assert status == 200, body
 
 
-def create(cluster: Cluster, name: str, storage: str = "local", suspended: bool = False) -> str:
+def create(cluster: Cluster, name: str, storage: str = "local", suspended: bool = False,
+           networks: tuple[str, ...] = ()) -> str:
     image = "tiny-rbd" if storage == "rbd" else "tiny"
     status, body = cluster.call("POST", "/api/v1/vms", {"name": name, "specs": SPECS, "image": image,
-                                                         "storage": storage})
+                                                         "storage": storage, "networks": list(networks)})
     assert status == 201, body
     uuid = str(body["uuid"])
     if suspended:
@@ -197,7 +198,10 @@ def _rbd_moved(cluster: Cluster, uuids: list[str], victim: str, timeout: float) 
 # -- QEMU and guest faults ----------------------------------------------------------------------------
 
 def test_a_killed_qemu_is_restarted_running_or_suspended(cluster: Cluster, history: History) -> None:
-    uuids = [create(cluster, "q-run"), create(cluster, "q-susp", suspended=True),
+    status, network = cluster.call("POST", "/api/v1/networks", {"name": "q-net"})
+    assert status == 201, network
+    # With a NIC, so the deletes at the end also show that its MAC claim goes with the VM.
+    uuids = [create(cluster, "q-run", networks=(network["uuid"],)), create(cluster, "q-susp", suspended=True),
              create(cluster, "q-rbd-susp", "rbd", suspended=True)]
     converged(cluster, uuids, timeout=120)
     before = qemus(cluster.root)
@@ -208,6 +212,8 @@ def test_a_killed_qemu_is_restarted_running_or_suspended(cluster: Cluster, histo
     for uuid in uuids:
         assert after[uuid] != before[uuid]
         assert any(e.startswith("killed: QEMU exited unexpectedly") for e in events(cluster, uuid))
+    delete_all(cluster)
+    assert cluster.call("DELETE", f"/api/v1/networks/{network['uuid']}")[0] == 204
 
 
 def test_a_guest_panic_is_reported_and_the_vm_restarted(cluster: Cluster, history: History) -> None:

@@ -137,3 +137,24 @@ def test_a_failing_vm_does_not_stop_the_others() -> None:
     workers.submit("good")
     assert done.wait(2)
     workers.close()
+
+
+def test_a_store_outage_in_a_reconcile_is_one_warning_and_a_quick_retry(
+        mocker, caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Error path only (etcd away mid-reconcile): no traceback, and a look again in a second rather
+    than the workers' 5 s for unexpected failures."""
+    from ucloud_common.config import load_settings
+    from ucloud_common.specs import Specs
+    from ucloud_common.store import StoreUnavailable
+    from ucloud_vm.agent import STORE_RETRY_S, Agent, HostSpec
+
+    store = mocker.Mock()
+    store.get.side_effect = StoreUnavailable("etcd at x is unavailable (range): UNAVAILABLE")
+    (tmp_path / "empty.conf").write_text("")
+    agent = Agent(store, load_settings(tmp_path / "empty.conf"), HostSpec("h1", "127.0.0.1", Specs(cpu=1, ram=1, ssd=1)),
+                  tmp_path, {}, "tcg")
+    with caplog.at_level("WARNING"):
+        assert agent.reconcile("u1") == STORE_RETRY_S
+    assert [r.getMessage() for r in caplog.records] == [
+        f"vm=u1: etcd at x is unavailable (range): UNAVAILABLE; looking again in {STORE_RETRY_S:.0f} s"]
+    assert all(r.exc_info is None for r in caplog.records)
