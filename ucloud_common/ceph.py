@@ -27,6 +27,10 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 SNAPSHOT = "base"
+# How long a fenced client stays blocklisted. Ceph's default is an hour (mon_osd_blocklist_default_
+# expire): a QEMU on a host cut off for longer, which never saw the entry, could write again when it
+# returned. The entry of a client instance (ip:port/nonce) names no other, so keeping it long is cheap.
+BLOCKLIST_EXPIRE_S = 30 * 24 * 3600.0
 GIB = 1024**3
 
 
@@ -178,14 +182,14 @@ class Ceph:
                 raise CephError(f"cannot list the watchers of {pool}/{name}: {exc}") from None
 
     def blocklist_add(self, address: str) -> None:
-        """Blocklist one client instance (`ip:port/nonce`) for the monitors' default time (an hour:
-        mon_osd_blocklist_default_expire). Once an OSD has the OSD map with the entry, it refuses that
-        client's operations and drops its watches. Adding an address already listed is fine (it only
-        renews the entry). Raises CephError, refusing our own addresses."""
+        """Blocklist one client instance (`ip:port/nonce`) for BLOCKLIST_EXPIRE_S. Once an OSD has
+        the OSD map with the entry, it refuses that client's operations and drops its watches. Adding
+        an address already listed is fine (it only renews the entry). Raises CephError, refusing our
+        own addresses."""
         if _address(address) in self.own_addresses():
             raise CephError(f"refusing to blocklist {address}: it is ucloud's own Ceph client")
-        self._mon_command({"prefix": "osd blocklist", "blocklistop": "add", "addr": address},
-                          f"cannot blocklist {address}")
+        self._mon_command({"prefix": "osd blocklist", "blocklistop": "add", "addr": address,
+                           "expire": BLOCKLIST_EXPIRE_S}, f"cannot blocklist {address}")
 
     def blocklisted(self) -> frozenset[str]:
         """The client instances and whole addresses (`ip:0/0`) in the OSD blocklist now. Raises CephError."""

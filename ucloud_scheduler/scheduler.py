@@ -17,6 +17,7 @@ import random
 import threading
 import time
 import uuid as uuidlib
+from datetime import datetime
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -92,8 +93,11 @@ class Scheduler:
             "alive": Follower(store, HOSTS_ALIVE, resync_interval=settings.resync_interval),
         }
         self._ready: set[str] = set()
-        self._fencing: dict[str, Future[None]] = {}
-        self._fence_failed_at: dict[str, float] = {}
+        # Per host, for its current outage (`down_since`): the fence running, the VMs fenced, when
+        # the last fence failed.
+        self._fencing: dict[str, _Fencing] = {}
+        self._fenced: dict[str, tuple[datetime | None, frozenset[str]]] = {}
+        self._fence_failed_at: dict[str, tuple[datetime | None, float]] = {}
         self._fence_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fence")
         self._stop = threading.Event()
         self._supervisor: Supervisor | None = None
@@ -126,6 +130,11 @@ class Scheduler:
         while not stop.is_set():
             changed = self._drain(timeout=CADENCE_S)
             if len(self._ready) < len(self._followers) or not self.election.is_leader:
+                # What this process fenced or tried was for its own tenure: a leader again later
+                # fences afresh (fencing is idempotent) rather than trust what another may have undone.
+                self._fencing.clear()
+                self._fenced.clear()
+                self._fence_failed_at.clear()
                 continue
             try:
                 sentence = self.run_cycle()
@@ -203,10 +212,17 @@ class Scheduler:
             if host.value.status is HostStatus.UP and self.view.known_dead(host):
                 self._declare_down(host, cycle)
             elif host.value.status is HostStatus.DOWN and not alive:
+                # Again every cycle: a VM whose KILLED write was lost (an outage, a lost race) when
+                # the host was declared DOWN would otherwise stay RUNNING on a dead host for good.
+                self._kill_on(name, cycle)
                 self._release_after_fence(self.view.hosts[name], cycle)
-            elif alive and host.value.status is HostStatus.UP and host.value.fenced:
-                # It returned; the KILLED VMs that stayed with it are its agent's to restart.
-                self._store.update(HOSTS, name, lambda h: h.evolve(fenced=False, down_since=None), guard=guard)
+            elif alive:
+                self._forget_fencing(name)  # this outage is over: the next one is fenced anew
+                if host.value.status is HostStatus.UP and host.value.fenced and not self._fenced_left(name):
+                    # It returned, and its agent has restarted (never re-adopted) the fenced VMs
+                    # that stayed with it: their old QEMUs were cut off from their disks.
+                    self._store.update(HOSTS, name, lambda h: h.evolve(fenced=False, down_since=None),
+                                       guard=guard)
         self._place(cycle)
         return cycle.sentence()
 
@@ -218,8 +234,16 @@ class Scheduler:
                            guard=guard)
         log.warning("host %s is DOWN: its lease expired", name)
         cycle.down.append(name)
+        self._kill_on(name, cycle)
+
+    def _kill_on(self, name: str, cycle: Cycle) -> None:
         victims = [vm for vm in self.view.vms_on(name) if vm.value.status in ON_HOST]
         cycle.killed += self._write(victims, lambda vm: self._killed(vm, name), f"killed: host {name} died")
+
+    def _fenced_left(self, name: str) -> bool:
+        """Whether VMs that a fence may have cut off still wait on the host as KILLED."""
+        return any(vm.value.status is Status.KILLED and vm.value.storage in SHARED_STORAGE
+                   for vm in self.view.vms_on(name))
 
     def _killed(self, vm: VM, host: str) -> VM:
         check_transition(Writer.SCHEDULER, vm.status, Status.KILLED)
@@ -230,40 +254,73 @@ class Scheduler:
         return vm.evolve(status=Status.KILLED, error=why)
 
     def _release_after_fence(self, host: Versioned[Host], cycle: Cycle) -> None:
-        """Once the dead host is fenced, let its shared-storage VMs that want to run go elsewhere."""
-        name = host.name
+        """Let the dead host's shared-storage VMs that want to run go elsewhere — each only once a
+        fence of this outage (the host's `down_since`) has cut it off; the others get a fence."""
+        name, outage = host.name, host.value.down_since
         waiting = [vm for vm in self.view.vms_on(name) if vm.value.status is Status.KILLED
                    and vm.value.storage in SHARED_STORAGE and vm.value.requested in WANTS_TO_RUN]
         if not waiting:
             return
-        if not host.value.fenced:
-            self._start_fence(host.value, [vm.value for vm in waiting])
-            return
-        cycle.released += self._write(waiting, lambda vm: vm.evolve(hostname="", error=""),
-                                      f"host {name} is fenced: to be placed elsewhere")
+        done_outage, fenced = self._fenced.get(name, (None, frozenset()))
+        if done_outage != outage:
+            fenced = frozenset()
+        ready = [vm for vm in waiting if vm.name in fenced]
+        if ready:
+            cycle.released += self._write(ready, lambda vm: vm.evolve(hostname="", error=""),
+                                          f"host {name} is fenced: to be placed elsewhere")
+        rest = [vm.name for vm in waiting if vm.name not in fenced]
+        if rest:
+            self._start_fence(host.value, rest)
 
-    def _start_fence(self, host: Host, vms: list[VM]) -> None:
-        running = self._fencing.get(host.name)
-        if running is not None and not running.done():
+    def _start_fence(self, host: Host, uuids: list[str]) -> None:
+        """Fence the host for these VMs in the background, at most one fence per host at a time; a
+        finished one is taken in here, if it was for the host's current outage."""
+        name, outage = host.name, host.down_since
+        running = self._fencing.get(name)
+        if running is not None and running.outage != outage:
+            running = None  # for an earlier outage: whatever it did says nothing about this one
+            del self._fencing[name]
+        if running is not None and not running.future.done():
             return
         if running is not None:
-            self._fencing.pop(host.name)
-            error = running.exception()
+            del self._fencing[name]
+            error = running.future.exception()
             if error is None:
-                self._store.update(HOSTS, host.name, lambda h: h.evolve(fenced=True)
-                                   if h.status is HostStatus.DOWN else None, guard=self.election.guard)
-                log.info("host %s is fenced", host.name)
+                earlier_outage, earlier = self._fenced.get(name, (None, frozenset()))
+                self._fenced[name] = (outage, (earlier if earlier_outage == outage else frozenset())
+                                      | running.future.result())
+                self._store.update(HOSTS, name, lambda h: h.evolve(fenced=True)
+                                   if h.status is HostStatus.DOWN and h.down_since == outage else None,
+                                   guard=self.election.guard)
+                log.info("host %s is fenced", name)
+                self._inbox.put(("wake", None))  # release what it fenced at once
                 return
-            log.error("fencing host %s failed: %s", host.name, error)
-            self._fence_failed_at[host.name] = _now()
-            self._note_fence_failure(host.name, str(error))
+            log.error("fencing host %s failed: %s", name, error)
+            self._fence_failed_at[name] = (outage, _now())
+            self._note_fence_failure(name, str(error))
             return
-        if _now() - self._fence_failed_at.get(host.name, -FENCE_RETRY_S) < FENCE_RETRY_S:
+        failed_outage, failed_at = self._fence_failed_at.get(name, (None, 0.0))
+        if failed_outage == outage and _now() - failed_at < FENCE_RETRY_S:
             return
-        log.info("fencing host %s", host.name)
-        future = self._fence_pool.submit(self._fence.fence, host, vms)
+        log.info("fencing host %s", name)
+        future = self._fence_pool.submit(self._fence_current, host, uuids)
         future.add_done_callback(lambda _: self._inbox.put(("wake", None)))
-        self._fencing[host.name] = future
+        self._fencing[name] = _Fencing(outage, future)
+
+    def _fence_current(self, host: Host, uuids: list[str]) -> frozenset[str]:
+        """Fence `host` for those of the VMs that etcd says are still KILLED on it (the view may lag
+        behind, e.g. just after a leader change: a VM already moved on must never be fenced, as
+        that would cut off its healthy new QEMU); return the uuids fenced."""
+        key = HOSTS.key(host.name)
+        current = [found.value for found in (self._store.get(VMS, uuid) for uuid in uuids)
+                   if found is not None and found.value.hostname == key and found.value.status is Status.KILLED]
+        self._fence.fence(host, current)
+        return frozenset(vm.uuid for vm in current)
+
+    def _forget_fencing(self, name: str) -> None:
+        self._fencing.pop(name, None)
+        self._fenced.pop(name, None)
+        self._fence_failed_at.pop(name, None)
 
     def _note_fence_failure(self, host: str, reason: str) -> None:
         waiting = [vm for vm in self.view.vms_on(host) if vm.value.status is Status.KILLED
@@ -327,6 +384,12 @@ class Scheduler:
                 written += len(batch)
                 break
         return written
+
+
+@dataclass(frozen=True)
+class _Fencing:
+    outage: datetime | None  # the host's down_since when the fence started
+    future: Future[frozenset[str]]  # the uuids of the VMs it fenced
 
 
 def _now() -> float:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ucloud_common.config import Settings
+from ucloud_common.allocation import SHARED_STORAGE
 from ucloud_common.claim import held_by, vm_claims
 from ucloud_common.event import EVENTS, events_of, new_event
 from ucloud_common.host import HOSTS, HOSTS_ALIVE, Host, HostAlive, HostStatus
@@ -137,6 +138,9 @@ class Agent:
             except StoreError as exc:  # unreachable, or a lease that expired meanwhile: try afresh
                 log.warning("cannot register host %s: %s; retrying", self.host.name, exc)
                 self._stop.wait(2.0)
+            except Exception:  # noqa: BLE001 - e.g. a host record that no longer validates: never give up silently
+                log.exception("cannot register host %s; retrying", self.host.name)
+                self._stop.wait(2.0)
 
     def _reregister(self) -> None:
         log.error("host %s lost its lease; registering again (its VMs keep running)", self.host.name)
@@ -153,6 +157,15 @@ class Agent:
                 self._store_host_up()
         except StoreUnavailable as exc:
             log.warning("host %s: cannot check its record: %s", self.host.name, exc)
+
+    def _host_fenced(self) -> bool:
+        """Whether the scheduler recorded this host fenced (for its last outage); unknown counts as
+        fenced, which costs a restart rather than adopting a QEMU cut off from its disk."""
+        try:
+            host = self._store.get(HOSTS, self.host.name)
+        except (StoreError, ValueError):
+            return True
+        return host is not None and host.value.fenced
 
     def _store_host_up(self) -> None:
         backends = tuple(sorted(self._storage))
@@ -216,7 +229,7 @@ class Agent:
                 state = qemu.status(paths)
             except qemu.QEMUError:
                 continue
-            if (state == "shutdown") or (state == "running") != (vm.status is Status.RUNNING):
+            if state == "shutdown" or state in DEAD_GUEST or (state == "running") != (vm.status is Status.RUNNING):
                 self._workers.submit(vm.uuid)
 
     # -- reconciling one VM -----------------------------------------------------------------------
@@ -294,9 +307,19 @@ class Agent:
         except qemu.QEMUError as exc:
             log.warning("vm=%s: %s", vm.uuid, exc)
             return 2.0
-        if state in DEAD_GUEST and vm.status in (Status.RUNNING, Status.SUSPENDED):
+        if state in DEAD_GUEST:
             qemu.kill(paths)
-            return self._crashed(vm, DEAD_GUEST[state])
+            if vm.status in (Status.RUNNING, Status.SUSPENDED):
+                return self._crashed(vm, DEAD_GUEST[state])
+            return 0.01  # never adopt a dead guest: look again, without a QEMU
+        if vm.status is Status.KILLED and vm.storage in SHARED_STORAGE and self._host_fenced():
+            # The scheduler fenced this host while it was thought dead: this QEMU is cut off from
+            # its disk for good. Adopting it would report RUNNING a guest that can do no I/O;
+            # stop it, and the next look starts the VM afresh (or lets it go if it moved).
+            log.warning("vm=%s: its QEMU was fenced off its disk while the host was thought dead; restarting it",
+                        vm.uuid)
+            qemu.kill(paths)
+            return 0.01
         if state == "shutdown":  # the guest powered itself off
             qemu.kill(paths)
             why = "stopped: the guest powered off" if vm.requested is not Requested.STOPPED else "stopped"
@@ -308,7 +331,7 @@ class Agent:
             if vm.status is not Status.STARTING:
                 vm = self._set(vm, Status.STARTING, "")
             self._set(vm, Status.RUNNING if state == "running" else Status.SUSPENDED, "re-adopted its QEMU",
-                      error="")
+                      error="", disk_clients=vm.disk_clients or self._storage[vm.storage].clients(vm))
             return 0.01
         if vm.requested is Requested.STOPPED:
             self._shutdown(vm, paths)
@@ -351,16 +374,15 @@ class Agent:
         if not self._ensure_disk(vm):
             return
         vm = self._set(vm, Status.STARTING, "starting", restarts=restarts)
-        argv = qemu.command_line(vm, self._storage[vm.storage].drive(vm), paths, self._accel)
+        # A VM requested SUSPENDED starts with its CPUs stopped (-S): its guest never runs a cycle.
+        argv = qemu.command_line(vm, self._storage[vm.storage].drive(vm), paths, self._accel,
+                                 paused=vm.requested is Requested.SUSPENDED)
         try:
             qemu.start(argv, paths)
             state = qemu.status(paths)
         except qemu.QEMUError as exc:
             self._set(vm, Status.ERROR, str(exc), error=str(exc), observed_generation=vm.generation)
             return
-        if vm.requested is Requested.SUSPENDED:
-            qemu.execute(paths, "stop")
-            state = "paused"
         self._set(vm, Status.RUNNING if state == "running" else Status.SUSPENDED,
                   f"{'restarted' if restarts else 'started'} ({self._accel})",
                   observed_generation=vm.generation, error="", started_at=utcnow(),

@@ -30,8 +30,10 @@ class QEMUError(Exception):
     """QEMU could not be started or did not answer; `str()` says why, for the VM's `error`."""
 
 
-def command_line(vm: VM, disk: list[str], paths: VMPaths, accel: str, binary: str = "qemu-system-x86_64") -> list[str]:
-    """The whole QEMU command line for `vm`; `disk` is the drive's `-drive` options (with format=)."""
+def command_line(vm: VM, disk: list[str], paths: VMPaths, accel: str, binary: str = "qemu-system-x86_64",
+                 paused: bool = False) -> list[str]:
+    """The whole QEMU command line for `vm`; `disk` is the drive's `-drive` options (with format=);
+    `paused`: the CPUs stay stopped until QMP `cont` (-S)."""
     ram_mib = max(64, int(vm.specs.ram * 1024))
     argv = [
         binary, "-name", f"guest={vm.uuid},process=ucloud-{vm.uuid[:8]}",
@@ -47,6 +49,8 @@ def command_line(vm: VM, disk: list[str], paths: VMPaths, accel: str, binary: st
         "-device", "pvpanic", "-action", "panic=pause",
         "-drive", ",".join([*disk, "if=virtio", "id=disk0"]),
     ]
+    if paused:
+        argv.append("-S")
     if accel == "kvm":
         argv += ["-cpu", "host"]
     return argv

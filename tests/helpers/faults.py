@@ -20,6 +20,7 @@ from pathlib import Path
 from tests.helpers.processes import Cluster
 from ucloud_common.claim import MACS, VM_NAMES
 from ucloud_common.event import EVENTS
+from ucloud_common.host import HOSTS, HostStatus
 from ucloud_common.states import TRANSITIONS, Requested, Status, Writer
 from ucloud_common.store import Change, Follower, Snapshot
 from ucloud_common.vm import VMS
@@ -159,8 +160,11 @@ def _not_converged(cluster: Cluster, uuids: list[str]) -> list[str]:
             continue
         host = vm.hostname.rpartition("/")[2]
         where = [h for h, _ in running.get(uuid, [])]
-        if vm.status.value != vm.requested.value or where != [host]:
-            problems.append(f"{uuid} is {vm.status} on {host or 'no host'} (requested {vm.requested}), "
+        record = cluster.store.get(HOSTS, host) if host else None
+        up = record is not None and record.value.status is HostStatus.UP
+        if vm.status.value != vm.requested.value or where != [host] or not up:
+            problems.append(f"{uuid} is {vm.status} on {host or 'no host'}{'' if up else ' (not UP)'} "
+                            f"(requested {vm.requested}), "
                             f"QEMUs on {where or 'no host'}, error {vm.error!r}")
     return problems
 

@@ -105,6 +105,37 @@ def test_a_dead_hosts_vms_are_killed_fenced_and_rescheduled(
         lease.close()
 
 
+def test_each_outage_of_a_host_is_fenced_anew(store: Store, start_scheduler: Callable[..., Scheduler],
+                                               fence_log: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host that returns while its fence runs, then dies again: the second outage gets its own
+    fence before its VM is released (a fence of the first outage said nothing about the VMs the host
+    ran since)."""
+    monkeypatch.setenv("FENCE_SLEEP", "3")
+    dying = register_host(store, "h1", storage=("rbd",), ttl=2)
+    other = register_host(store, "h2", storage=("rbd",))
+    store.update(HOSTS, "h2", lambda h: h.evolve(maintenance=True))
+    start_scheduler()
+    first = create_vm(store, storage="rbd", name="first")
+    wait_for(lambda: placed(store, first), 10, "placement on h1")
+    store.update(VMS, first, lambda v: v.evolve(status=Status.RUNNING))
+    dying.close(revoke=False)
+    wait_for(lambda: store.get(HOSTS, "h1").value.status is HostStatus.DOWN, 10, "h1 DOWN")  # type: ignore[union-attr]
+    back = register_host(store, "h1", storage=("rbd",), ttl=2)  # back while the fence still runs
+    wait_for(lambda: fence_log.exists(), 10, "the first fence done")
+    second = create_vm(store, storage="rbd", name="second")
+    wait_for(lambda: placed(store, second), 10, "placement on h1")
+    store.update(VMS, second, lambda v: v.evolve(status=Status.RUNNING))
+    store.update(HOSTS, "h2", lambda h: h.evolve(maintenance=False))
+    back.close(revoke=False)
+    wait_for(lambda: vm(store, second).hostname == HOSTS.key("h2"), 30, "the second VM moved")
+    fences = fence_log.read_text().splitlines()
+    assert len(fences) == 2, fences
+    released = [e.value for e in store.list(EVENTS, within=events_of(second)).items.values()
+                if e.value.message == "host h1 is fenced: to be placed elsewhere"]
+    assert released and released[0].created_at.timestamp() >= float(fences[1].split()[-1])
+    other.close()
+
+
 def test_without_a_fence_shared_vms_wait(store: Store, start_scheduler: Callable[..., Scheduler],
                                         fence_log: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FENCE_EXIT", "3")

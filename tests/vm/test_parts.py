@@ -36,6 +36,7 @@ def test_the_command_line() -> None:
     assert "file=/d/u1.qcow2,format=qcow2,if=virtio,id=disk0" in joined
     assert "-cpu" not in argv
     assert qemu.command_line(a_vm(), ["format=raw"], paths, "kvm")[-2:] == ["-cpu", "host"]
+    assert "-S" not in argv and "-S" in qemu.command_line(a_vm(), ["format=raw"], paths, "tcg", paused=True)
 
 
 def test_paths_refuse_names_that_escape() -> None:
