@@ -142,8 +142,13 @@ class Ceph:
 
     def own_addresses(self) -> frozenset[str]:
         """This client's own addresses. A fence must never blocklist them: ucloud would be cut off from
-        Ceph for as long as the blocklist entry lasts (an hour by default)."""
-        return frozenset(_addresses(str(self._cluster.get_addrs())))
+        Ceph for as long as the blocklist entry lasts. Raises CephError."""
+        import rados
+
+        try:
+            return frozenset(_addresses(str(self._cluster.get_addrs())))
+        except rados.Error as exc:
+            raise CephError(f"cannot read this client's own addresses: {exc}") from None
 
     def image_clients(self, pool: str, name: str) -> ImageClients | None:
         """Who has `pool/name` open now (see `ImageClients`), our own client excluded; None if the image

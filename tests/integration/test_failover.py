@@ -86,7 +86,9 @@ def test_killing_the_member_the_store_talks_to_fails_over_within_a_bound(
         read_and_swap(store, "vm1")
     final = store.get(VMS, "vm1")
     store.close()
-    assert final is not None and final.value.restarts == 22
+    # 22 swaps succeeded; a swap that answered "unavailable" may still have been applied (the
+    # store's contract), so each failure may have added one more.
+    assert final is not None and 22 <= final.value.restarts <= 22 + len(failures)
 
 
 def test_a_follower_fails_over_without_missing_or_repeating_a_change(
