@@ -18,9 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.helpers.ceph import CephServer
+from tests.helpers.ceph import ceph_with_tiny
 from tests.helpers.idle_qemu import idle_qemus
-from tests.helpers.tiny import tiny_image
 from ucloud_common.ceph import Ceph
 from ucloud_common.host import Host
 from ucloud_common.specs import Specs
@@ -70,15 +69,10 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
     modes = {"parallel": False} if args.no_serial else {"parallel": False, "serial": True}
-    tiny = tiny_image()
     results: dict[str, dict[str, dict[str, float]]] = {mode: {} for mode in modes}
     with tempfile.TemporaryDirectory(prefix="ucloud-bench-fence-", dir="/dev/shm") as tmp:
         work = Path(tmp)
-        ceph_server = CephServer(work / "ceph")
-        ceph_server.start()
-        ceph = Ceph(ceph_server.conf)
-        try:
-            ceph.store_image("images", "tiny", tiny / "tiny.raw")
+        with ceph_with_tiny(work / "ceph") as ceph:
             drops = [watch_drop_seconds(ceph, work / "run", f"drop-{run}") for run in range(args.runs)]
             for size in sizes:
                 for mode, serial in modes.items():
@@ -88,9 +82,6 @@ def main() -> None:
                     print(f"fence of {size:2d} idle disk(s), {mode:8s}: median {results[mode][str(size)]['median_ms']} ms "
                           f"(min {results[mode][str(size)]['min_ms']}, max {results[mode][str(size)]['max_ms']}; "
                           f"{args.runs} runs)", flush=True)
-        finally:
-            ceph.close()
-            ceph_server.stop()
     drop = {"blocklist_add": summary([added for added, _ in drops]), "watch_gone": summary([gone for _, gone in drops])}
     print(f"blocklist add answered after median {drop['blocklist_add']['median_ms']} ms; the OSD dropped the "
           f"watch after median {drop['watch_gone']['median_ms']} ms (from asking)")

@@ -21,9 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from tests.bench.stats import percentile
-from tests.helpers.ceph import CephServer
+from tests.helpers.ceph import ceph_with_tiny
 from tests.helpers.tiny import tiny_image
-from ucloud_common.ceph import Ceph
 from ucloud_common.config import load_settings
 from ucloud_common.file import File
 from ucloud_common.image import Image
@@ -47,11 +46,7 @@ def main() -> None:
     tiny = tiny_image()
     with tempfile.TemporaryDirectory(prefix="ucloud-bench-", dir="/dev/shm") as tmp:
         work = Path(tmp)
-        ceph_server = CephServer(work / "ceph")
-        ceph_server.start()
-        ceph = Ceph(ceph_server.conf)
-        try:
-            ceph.store_image("images", "tiny", tiny / "tiny.raw")
+        with ceph_with_tiny(work / "ceph") as ceph:
             (work / "images").mkdir()
             (work / "images" / "tiny.raw").write_bytes((tiny / "tiny.raw").read_bytes())
             rbd_storage = RBDStorage(ceph, "images", "vms")
@@ -89,9 +84,6 @@ def main() -> None:
                 results[fmt] = {"plain_s": round(plain, 2), "ucloud_s": round(safe, 2),
                                 "plain_mb_s": round(size_mb / plain), "ucloud_mb_s": round(size_mb / safe),
                                 "overhead_pct": round(100 * (safe - plain) / plain)}
-        finally:
-            ceph.close()
-            ceph_server.stop()
     summary = {
         "disks": args.disks,
         "rbd_clone_resize_ms": {"median": round(statistics.median(rbd_times) * 1000, 1), "p99": round(percentile(rbd_times, 99) * 1000, 1)},

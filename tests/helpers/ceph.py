@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tests.helpers.etcd import free_port
+from tests.helpers.tiny import tiny_image
+from ucloud_common.ceph import Ceph
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "deploy" / "ceph.sh"
@@ -28,3 +32,18 @@ class CephServer:
 
     def stop(self) -> None:
         subprocess.run(["bash", str(SCRIPT), "stop", str(self.directory)], check=True, capture_output=True)
+
+
+@contextmanager
+def ceph_with_tiny(directory: Path) -> Iterator[Ceph]:
+    """A one-node Ceph started in `directory` with the tiny image stored as images/tiny, and a
+    client to it; both stopped afterwards (for benchmarks, which run outside pytest's fixtures)."""
+    server = CephServer(directory)
+    server.start()
+    ceph = Ceph(server.conf)
+    try:
+        ceph.store_image("images", "tiny", tiny_image() / "tiny.raw")
+        yield ceph
+    finally:
+        ceph.close()
+        server.stop()

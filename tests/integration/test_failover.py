@@ -7,6 +7,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,24 @@ def store_on(member: EtcdServer, settings: Settings) -> Store:
         if store.endpoint == member.endpoint:
             return store
         store.close()
+
+
+@contextmanager
+def watched_on(victim: EtcdServer, settings: Settings) -> Iterator[tuple[Store, Store, Collector]]:
+    """A follower of the VM family on a store that talks to `victim` (keyspace emptied first), and
+    a store that writes through the other members; closed afterwards."""
+    watching = store_on(victim, settings)
+    watching.client.delete_prefix("/")
+    writing = Store(settings.model_copy(update={"etcd_endpoints": [
+        ep for ep in settings.etcd_endpoints if str(ep) != victim.endpoint]}))
+    collector = Collector(Follower(watching, VMS))
+    try:
+        collector.wait_for(lambda: len(collector.items) == 1)
+        yield watching, writing, collector
+    finally:
+        collector.stop()
+        watching.close()
+        writing.close()
 
 
 def read_and_swap(store: Store, name: str) -> None:
@@ -94,13 +113,7 @@ def test_killing_the_member_the_store_talks_to_fails_over_within_a_bound(
 def test_a_follower_fails_over_without_missing_or_repeating_a_change(
         cluster: EtcdCluster, cluster_settings: Settings) -> None:
     victim = cluster.leader()  # the harder case: writes also wait for a new leader
-    watching = store_on(victim, cluster_settings)
-    watching.client.delete_prefix("/")
-    writing = Store(cluster_settings.model_copy(update={"etcd_endpoints": [
-        ep for ep in cluster_settings.etcd_endpoints if str(ep) != victim.endpoint]}))
-    collector = Collector(Follower(watching, VMS))
-    try:
-        collector.wait_for(lambda: len(collector.items) == 1)
+    with watched_on(victim, cluster_settings) as (watching, writing, collector):
         for i in range(10):
             writing.create(VMS, f"vm{i:02}", a_vm(f"vm{i:02}"))
         collector.wait_for(lambda: len(collector.changes()) == 10)
@@ -114,10 +127,6 @@ def test_a_follower_fails_over_without_missing_or_repeating_a_change(
         time.sleep(0.5)  # anything repeated would arrive now
         assert [c.name for c in collector.changes()] == [f"vm{i:02}" for i in range(20)]
         assert collector.alive()
-    finally:
-        collector.stop()
-        watching.close()
-        writing.close()
 
 
 def test_a_follower_whose_member_stalls_notices_and_resumes_on_another(
@@ -126,29 +135,21 @@ def test_a_follower_whose_member_stalls_notices_and_resumes_on_another(
     so the stream breaks nowhere. The watch's progress request goes unanswered, and the follower
     moves on within WATCH_IDLE_S + etcd_timeout, well before gRPC's keep-alive (10 s + 5 s) would."""
     victim = cluster.follower()
-    watching = store_on(victim, cluster_settings)
-    watching.client.delete_prefix("/")
-    writing = Store(cluster_settings.model_copy(update={"etcd_endpoints": [
-        ep for ep in cluster_settings.etcd_endpoints if str(ep) != victim.endpoint]}))
-    collector = Collector(Follower(watching, VMS))
-    try:
-        collector.wait_for(lambda: len(collector.items) == 1)
-        writing.create(VMS, "before", a_vm("before"))
-        collector.wait_for(lambda: len(collector.changes()) == 1)
-        os.kill(victim.pid, signal.SIGSTOP)
-        stalled_at = time.monotonic()
-        for i in range(5):
-            write_retrying(writing, f"vm{i}")
-        collector.wait_for(lambda: len(collector.changes()) >= 6, timeout=15)
-        took = time.monotonic() - stalled_at
-        print(f"\nfollower noticed its stalled member {victim.endpoint} and resumed on {watching.endpoint}: "
-              f"all changes seen {took:.1f} s after the stall began (bound: {WATCH_IDLE_S} s idle + "
-              f"{cluster_settings.etcd_timeout} s for the progress answer)")
-        assert took < WATCH_IDLE_S + cluster_settings.etcd_timeout + 2.0
-        time.sleep(0.5)
-        assert [c.name for c in collector.changes()] == ["before"] + [f"vm{i}" for i in range(5)]
-    finally:
-        collector.stop()
-        os.kill(victim.pid, signal.SIGCONT)
-        watching.close()
-        writing.close()
+    with watched_on(victim, cluster_settings) as (watching, writing, collector):
+        try:
+            writing.create(VMS, "before", a_vm("before"))
+            collector.wait_for(lambda: len(collector.changes()) == 1)
+            os.kill(victim.pid, signal.SIGSTOP)
+            stalled_at = time.monotonic()
+            for i in range(5):
+                write_retrying(writing, f"vm{i}")
+            collector.wait_for(lambda: len(collector.changes()) >= 6, timeout=15)
+            took = time.monotonic() - stalled_at
+            print(f"\nfollower noticed its stalled member {victim.endpoint} and resumed on {watching.endpoint}: "
+                  f"all changes seen {took:.1f} s after the stall began (bound: {WATCH_IDLE_S} s idle + "
+                  f"{cluster_settings.etcd_timeout} s for the progress answer)")
+            assert took < WATCH_IDLE_S + cluster_settings.etcd_timeout + 2.0
+            time.sleep(0.5)
+            assert [c.name for c in collector.changes()] == ["before"] + [f"vm{i}" for i in range(5)]
+        finally:
+            os.kill(victim.pid, signal.SIGCONT)
