@@ -3,7 +3,6 @@ files, under address-space and CPU limits, so that a crafted image cannot make i
 
 from __future__ import annotations
 
-import resource
 import subprocess
 from dataclasses import dataclass
 
@@ -19,14 +18,14 @@ class Limits:
 
 
 def qemu_img(*args: str, limits: Limits | None = None, timeout: float = 600) -> str:
-    def apply_limits() -> None:
-        assert limits is not None
-        memory = limits.memory_mib * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds))
-
-    result = subprocess.run(["qemu-img", *args], capture_output=True, text=True,
-                            preexec_fn=apply_limits if limits else None,
+    # The limits are set by util-linux's prlimit, not a preexec_fn: a preexec_fn forces a plain
+    # fork() in a process whose gRPC (the etcd client) runs fork handlers that restart its poller in
+    # the child, which then wrote an epoll error into qemu-img's stderr and failed it (seen in CI).
+    command = ["qemu-img", *args]
+    if limits:
+        command = ["prlimit", f"--as={limits.memory_mib * 1024 * 1024}",
+                   f"--cpu={limits.cpu_seconds}", "--", *command]
+    result = subprocess.run(command, capture_output=True, text=True,
                             timeout=limits.cpu_seconds * 2 if limits else timeout)
     if result.returncode != 0:
         lines = result.stderr.strip().splitlines()

@@ -161,3 +161,17 @@ def test_headers_judged_by_hand(header: bytes, why: str) -> None:
     with pytest.raises(Refused, match=why):
         judge(header, 10**6, 2**40)
     assert judge(b"\0" * 512, 512, 2**30).format == "raw"
+
+
+
+def test_qemu_img_runs_under_its_limits_beside_a_live_etcd_client(store: Store) -> None:
+    """The limits used to be set in a preexec_fn, whose plain fork() ran gRPC's fork handlers in the
+    child: once in CI their poller wrote an epoll error into qemu-img's stderr and failed a good image."""
+    from ucloud_common.qemuimg import Limits, QemuImgError, qemu_img as limited
+    image = str(tiny_image() / "tiny.qcow2")
+    for _ in range(30):
+        store.list(FILES)
+        assert '"format": "qcow2"' in limited("info", "-f", "qcow2", "--output=json", image,
+                                              limits=Limits(memory_mib=1024, cpu_seconds=30))
+    with pytest.raises(QemuImgError):  # and the limits bind: 4 MiB of address space cannot even load it
+        limited("info", "-f", "qcow2", image, limits=Limits(memory_mib=4, cpu_seconds=30))
