@@ -124,6 +124,25 @@ class Settings(BaseSettings):
                                 "its next crash to count as the first in a row again: crashes weeks apart "
                                 "are not a crash loop.")
 
+    monitor_interval: float = Field(1.0, gt=0, description="Seconds between a host agent's looks at each "
+                                    "of its QEMUs: a crash becomes KILLED within this.")
+    host_check_interval: float = Field(5.0, gt=0, description="Seconds between a host agent's checks that "
+                                       "its host is recorded UP (a scheduler may have judged it dead "
+                                       "during a partition).")
+    qmp_timeout: float = Field(5.0, gt=0, description="Seconds a QEMU gets to greet and to answer one QMP "
+                               "command; a QEMU stuck in a disk request to a fenced Ceph never does.")
+    store_retry: float = Field(1.0, gt=0, description="Seconds after which a VM whose step met an "
+                               "unreachable etcd or lost races is looked at again (every step is idempotent).")
+    restart_backoff_max: float = Field(60.0, gt=0, description="The longest wait before restarting a crashed "
+                                       "VM; the wait doubles from 1 s with each crash in a row.")
+    failure_retry: float = Field(300.0, gt=0, description="Seconds after which a VM whose reconcile failed "
+                                 "with an unexpected error (a bug) is tried again: logged once, never a "
+                                 "hot loop.")
+    scheduler_cadence: float = Field(1.0, gt=0, description="A scheduler cycle runs at least this often, so "
+                                     "a lost wake-up costs this long at most.")
+    fence_retry: float = Field(30.0, gt=0, description="Seconds after a failed fence of a host before the "
+                               "next attempt (a fence command may be expensive: a power cycle).")
+
     upload_dir: Path = Field(Path("/var/www"), description="Where users upload files: one folder per user, "
                              "named as the user.")
     filescan_settle: float = Field(2.0, ge=0, description="Seconds file-scan waits between its two looks at "

@@ -15,6 +15,8 @@ from typing import Annotated, Any, Generic, Self, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from ucloud_common import clock
+
 # A name: never a slash, never `.` or `..`, no control characters, short enough for a DNS label
 # (VM and host names end up in hostnames and file names).
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,62}")
@@ -41,7 +43,7 @@ Name = Annotated[str, AfterValidator(check_name)]
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC)
+    return datetime.fromtimestamp(clock.now(), UTC)
 
 
 class Record(BaseModel):

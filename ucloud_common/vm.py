@@ -13,6 +13,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ucloud_common.host import HOSTS
 from ucloud_common.record import Family, Name, Record
 from ucloud_common.specs import Specs
 from ucloud_common.states import Requested, Status
@@ -32,7 +33,7 @@ class VM(Record):
     specs: Specs
     image: str
     storage: str = "local"
-    hostname: str = ""  # the host's key, e.g. /v1/host/h1; empty until scheduled
+    hostname: str = ""  # the host's key, e.g. /v1/host/h1 (the seed's shape): read it as `host`
     requested: Requested = Requested.RUNNING
     status: Status = Status.REQUESTED_NEW
     generation: int = Field(1, ge=1)  # bumped by the API with every accepted request
@@ -49,6 +50,17 @@ class VM(Record):
     networks: tuple[NIC, ...] = ()
     ssh_keys: tuple[str, ...] = ()
     anti_affinity: str = ""
+
+    @property
+    def host(self) -> str:
+        """The name of the host the VM is placed on; "" until scheduled. (The record keeps the
+        seed's shape, the host's key; code asks for the name, and writes `placed_on(name)`.)"""
+        return HOSTS.name_of(self.hostname) if self.hostname.startswith(HOSTS.prefix) else ""
+
+
+def placed_on(host: str) -> dict[str, str]:
+    """The fields that place a VM on `host` (a name; "" for none), for `VM.evolve(**placed_on(h))`."""
+    return {"hostname": HOSTS.key(host) if host else ""}
 
 
 VMS: Family[VM] = Family("/v1/vm/", VM)
