@@ -52,6 +52,10 @@ class SimClock:
 _clock: Clock = SystemClock()
 
 
+def current() -> Clock:
+    return _clock
+
+
 def now() -> float:
     return _clock.time()
 

@@ -109,7 +109,8 @@ TRANSITIONS: dict[Writer, dict[Status, frozenset[Status]]] = {
         S.STOPPING: frozenset({S.STOPPED, S.KILLED, S.DELETING, S.ERROR}),
         S.STOPPED: frozenset({S.STARTING, S.DELETING, S.ERROR}),
         S.KILLED: frozenset({S.STARTING, S.STOPPED, S.DELETING, S.ERROR}),
-        S.MIGRATING: frozenset({S.RUNNING, S.KILLED, S.ERROR}),
+        # A VM may be deleted in any status, also while it migrates (found by the decision table).
+        S.MIGRATING: frozenset({S.RUNNING, S.KILLED, S.DELETING, S.ERROR}),
         S.ERROR: frozenset({S.STARTING, S.STOPPED, S.DELETING}),
         S.DELETING: frozenset({S.ERROR}),
     },

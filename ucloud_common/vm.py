@@ -3,7 +3,7 @@
 Field families and their one writer each: the spec (`owner`, `name`, `specs`, `image`, `networks`,
 `ssh_keys`, `storage`) and the request (`requested`, `generation`, `reboot_generation`,
 `migrate_to`) belong to the API; placement (`hostname`) to the scheduler; what is true (`status`,
-`observed_generation`, `error`, `restarts`, `started_at`, `disk_clients`, `console`) to the scheduler and the agent, as
+`observed_generation`, `error`, `restarts`, `started_at`, `disk_clients`, `deadline`, `console`) to the scheduler and the agent, as
 `states.TRANSITIONS` allows.
 """
 
@@ -47,6 +47,9 @@ class VM(Record):
     # started: a fence blocklists them even if their watch has expired since (a QEMU that reached
     # no OSD for 30 s is no longer a watcher, yet writes again the moment it can).
     disk_clients: tuple[str, ...] = ()
+    # Until when the agent waits for what it did last: the guest to power off (STOPPING), the
+    # backoff before a restart (KILLED after a crash), the next attempt at a failed deletion.
+    deadline: datetime | None = None
     networks: tuple[NIC, ...] = ()
     ssh_keys: tuple[str, ...] = ()
     anti_affinity: str = ""

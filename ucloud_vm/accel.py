@@ -12,6 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ucloud_vm.qemu import machine_args
+
 log = logging.getLogger(__name__)
 
 BOOTED = "ucloud-tiny: booted"
@@ -42,8 +44,7 @@ def probe_kvm(kernel: Path, initrd: Path, binary: str) -> bool:
     with tempfile.TemporaryDirectory(prefix="ucloud-kvm-probe-") as tmp:
         serial = Path(tmp) / "serial.log"
         process = subprocess.Popen(
-            [binary, "-accel", "kvm", "-cpu", "host", "-m", "128", "-nodefaults", "-display", "none",
-             "-no-reboot", "-serial", f"file:{serial}", "-kernel", str(kernel), "-initrd", str(initrd),
+            [binary, *machine_args("kvm", 1, 128), "-no-reboot", "-serial", f"file:{serial}", "-kernel", str(kernel), "-initrd", str(initrd),
              "-append", "console=ttyS0 quiet"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )

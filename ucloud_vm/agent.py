@@ -1,12 +1,12 @@
 """The host agent: registers its host, keeps its lease, and makes each of its VMs what was asked.
 
 A reconcile loop: follow `/v1/vm/` (list, watch, relist), and for every VM placed on this host, or
-with files left here, compare what is asked (`requested`, `generation`) with what is true (the QEMU
-process and its run state) and take one step towards it, writing `status` with compare-and-swap.
-A monitor checks every second that each QEMU still runs (and whether its guest powered off), so a
-crash becomes KILLED within a second, then a restart with backoff, then ERROR if it keeps dying.
-QEMU processes outlive the agent: a restarted agent re-adopts them through their pid file and QMP
-socket, and restarts none of them.
+with files left here, `reconcile` reads the record, observes the VM's process through the
+hypervisor driver, lets the pure `decide` (ucloud_vm/decide.py: start here) choose one step,
+records it with compare-and-swap and acts. A monitor observes every running VM each
+`monitor_interval` and wakes its worker when the decision would change something, so a crash
+becomes KILLED within a second, then a restart with backoff, then ERROR if it keeps dying.
+QEMU processes outlive the agent: a restarted agent re-adopts them and restarts none of them.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import logging
 import os
 import shutil
 import threading
-import time
 import uuid as uuidlib
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
+from ucloud_common import clock
 from ucloud_common.config import Settings
 from ucloud_common.allocation import SHARED_STORAGE
 from ucloud_common.claim import held_by, vm_claims
@@ -47,19 +47,15 @@ from ucloud_common.store import (
 )
 from ucloud_common.supervise import Supervisor
 from ucloud_common.vm import VMS, VM
-from ucloud_vm import qemu
-from ucloud_vm.paths import VMPaths
+from ucloud_vm.decide import Act, Seen, Step, decide
+from ucloud_vm.driver import LIVE, DriverError, DriverTimeout, Hypervisor, RunState
 from ucloud_vm.storage import StorageBackend, StorageError
 from ucloud_vm.workers import KeyedWorkers
 
 log = logging.getLogger(__name__)
 
-MONITOR_S = 1.0
-HOST_CHECK_TICKS = 5  # the host record is checked every 5 monitor ticks
-POWERDOWN_POLL_S = 0.1
-STORE_RETRY_S = 1.0
-# QEMU run states that mean the guest is gone although its QEMU lives: handled as a crash.
-DEAD_GUEST = {"guest-panicked": "the guest kernel panicked", "internal-error": "QEMU reported an internal error"}
+# The monitor looks at these; the others wait for a change of their record or their own look_again.
+MONITORED = frozenset({Status.RUNNING, Status.SUSPENDED, Status.STOPPING})
 
 
 @dataclass(frozen=True)
@@ -70,21 +66,19 @@ class HostSpec:
 
 
 class Agent:
-    def __init__(self, store: Store, settings: Settings, host: HostSpec, run_dir: Path,
-                 storage: dict[str, StorageBackend], accel: str) -> None:
+    def __init__(self, store: Store, settings: Settings, host: HostSpec, driver: Hypervisor,
+                 storage: dict[str, StorageBackend]) -> None:
         self._store = store
         self._settings = settings
         self.host = host
-        self.host_key = HOSTS.key(host.name)
-        self._run_dir = run_dir
+        self._driver = driver
         self._storage = storage
-        self._accel = accel
         self._source = f"agent {host.name}"
         self._agent_id = uuidlib.uuid4().hex
         self._lease: KeptLease | None = None
         self._mine: dict[str, VM] = {}  # the VMs placed here, as last seen
         self._lock = threading.Lock()
-        self._workers = KeyedWorkers(self.reconcile, threads=settings.agent_workers)
+        self._workers = KeyedWorkers(lambda uuid: self.reconcile(uuid).look_again, threads=settings.agent_workers)
         self._stop = threading.Event()
         self._supervisor = Supervisor(self._stop)
 
@@ -133,7 +127,8 @@ class Agent:
                 self._store.transact([Put(HOSTS_ALIVE, self.host.name, HostAlive(agent_id=self._agent_id), None,
                                           lease=self._lease.id)])
                 self._store_host_up()
-                log.info("host %s registered (lease %x, accelerator %s)", self.host.name, self._lease.id, self._accel)
+                log.info("host %s registered (lease %x, accelerator %s)", self.host.name, self._lease.id,
+                         self._driver.accel)
                 return
             except StoreError as exc:  # unreachable, or a lease that expired meanwhile: try afresh
                 log.warning("cannot register host %s: %s; retrying", self.host.name, exc)
@@ -181,257 +176,156 @@ class Agent:
     def _fold(self, item: Snapshot[VM] | Change[VM]) -> None:
         if isinstance(item, Snapshot):
             with self._lock:
-                self._mine = {u: v.value for u, v in item.items.items() if v.value.hostname == self.host_key}
-            keys = set(self._mine) | self._local_vms()
+                self._mine = {u: v.value for u, v in item.items.items() if v.value.host == self.host.name}
+            leftovers = self._driver.leftovers()
+            keys = set(self._mine) | leftovers
             log.info("host %s: %d VMs placed here, %d with files here", self.host.name, len(self._mine),
-                     len(self._local_vms()))
+                     len(leftovers))
             for uuid in keys:
                 self._workers.submit(uuid)
             return
         with self._lock:
             was_mine = item.name in self._mine
-            if item.value is not None and item.value.value.hostname == self.host_key:
+            if item.value is not None and item.value.value.host == self.host.name:
                 self._mine[item.name] = item.value.value
             else:
                 self._mine.pop(item.name, None)
-        if was_mine or item.name in self._mine or VMPaths.of(self._run_dir, item.name).root.exists():
+        if was_mine or item.name in self._mine or item.name in self._driver.leftovers():
             self._workers.submit(item.name)
 
-    def _local_vms(self) -> set[str]:
-        directory = self._run_dir / "vms"
-        return {p.name for p in directory.iterdir()} if directory.is_dir() else set()
-
     def _monitor(self) -> None:
-        """Every second, look at each VM that should have a QEMU here; wake its worker if what is
-        true no longer matches what its record says. Now and then, make sure the host is UP. A tick
-        that fails is logged and the next one goes on: this duty must not die of one bad record."""
-        ticks = 0
-        while not self._stop.wait(MONITOR_S):
-            ticks += 1
+        """Look at each VM whose process should be here, every `monitor_interval`; now and then,
+        make sure the host is UP. A tick that fails is logged and the next one goes on: this duty
+        must not die of one bad record."""
+        checked_host = clock.monotonic()
+        while not self._stop.wait(self._settings.monitor_interval):
             try:
-                self._monitor_tick(ticks)
+                if clock.monotonic() - checked_host >= self._settings.host_check_interval:
+                    checked_host = clock.monotonic()
+                    self._ensure_up()
+                self.monitor_tick()
             except Exception:
                 log.exception("host %s: monitoring failed this tick; going on", self.host.name)
 
-    def _monitor_tick(self, ticks: int) -> None:
-        if ticks % HOST_CHECK_TICKS == 0:
-            self._ensure_up()
+    def monitor_tick(self) -> None:
+        """Wake the worker of each VM whose decision, on what its process shows now, would change
+        something (a crash, a guest that powered off or paused by itself)."""
         with self._lock:
-            mine = list(self._mine.values())
+            mine = [vm for vm in self._mine.values() if vm.status in MONITORED]
+        now = utcnow()
         for vm in mine:
-            if vm.status not in (Status.RUNNING, Status.SUSPENDED):
-                continue
-            paths = VMPaths.of(self._run_dir, vm.uuid)
-            if qemu.running_qemu(paths) is None:
-                self._workers.submit(vm.uuid)
-                continue
-            try:
-                state = qemu.status(paths)
-            except qemu.QEMUError:
-                continue
-            if state == "shutdown" or state in DEAD_GUEST or (state == "running") != (vm.status is Status.RUNNING):
+            step = decide(vm, Seen(self._driver.observe(vm.uuid)), now, self._settings)
+            if step.writes() or step.act is not Act.NOTHING:
                 self._workers.submit(vm.uuid)
 
     # -- reconciling one VM -----------------------------------------------------------------------
 
-    def reconcile(self, uuid: str) -> float | None:
-        """Take the VM one step (or several) towards what is asked. Returns a delay after which it
-        wants to look again (a restart backoff), or None."""
+    def reconcile(self, uuid: str) -> Step:
+        """Read the VM, observe its process, decide, record the step (compare-and-swap), act.
+        Returns the step taken; its `look_again` says when to look again."""
         try:
             return self._reconcile(uuid)
         except (StoreUnavailable, Conflict) as exc:
-            # Temporary: etcd is away or other writers kept winning. Every step is idempotent and
-            # every write a compare-and-swap, so looking again soon is safe; no traceback for it.
-            log.warning("vm=%s: %s; looking again in %.0f s", uuid, exc, STORE_RETRY_S)
-            return STORE_RETRY_S
+            # Temporary: etcd is away or other writers kept winning. Every step is recorded by
+            # compare-and-swap and decided afresh, so looking again soon is safe; no traceback.
+            return self._later(uuid, str(exc), self._settings.store_retry)
+        except DriverTimeout as exc:
+            return self._later(uuid, str(exc), self._settings.qmp_timeout)
+        except Exception:  # a bug: told once with its traceback, tried again much later, never hot
+            log.exception("vm=%s: reconcile failed unexpectedly; looking again in %.0f s", uuid,
+                          self._settings.failure_retry)
+            return Step(note="failed unexpectedly", look_again=self._settings.failure_retry)
 
-    def _reconcile(self, uuid: str) -> float | None:
+    def _reconcile(self, uuid: str) -> Step:
         current = self._store.get(VMS, uuid)
-        paths = VMPaths.of(self._run_dir, uuid)
-        if current is None or current.value.hostname != self.host_key:
-            self._let_go(uuid, current, paths)
-            return None
+        if current is None or current.value.host != self.host.name:
+            return self._let_go(uuid, current)
         vm = current.value
-        pid = qemu.running_qemu(paths)
-        if vm.requested is Requested.DELETED:
-            self._delete(current, paths)
-            return None
-        if pid is None:
-            return self._without_qemu(vm, paths)
-        return self._with_qemu(vm, paths)
-
-    def _let_go(self, uuid: str, current: Versioned[VM] | None, paths: VMPaths) -> None:
-        """A VM with files here that is no longer this host's: stop its QEMU, keep its disk (it may
-        be shared and in use elsewhere now)."""
-        if qemu.running_qemu(paths) is not None:
-            where = current.value.hostname if current else "nowhere (its record is gone)"
-            log.warning("vm=%s runs here but is placed on %s: stopping its QEMU", uuid, where)
-            qemu.kill(paths)
-            if current is not None:
-                self._event(uuid, f"stopped on {self.host.name}: the VM is placed on {where}", current.create_revision)
-        if paths.root.exists():
-            shutil.rmtree(paths.root, ignore_errors=True)
-
-    def _without_qemu(self, vm: VM, paths: VMPaths) -> float | None:
-        wants_to_run = vm.requested in (Requested.RUNNING, Requested.SUSPENDED)
-        new_request = vm.generation > vm.observed_generation
-        if vm.status in (Status.RUNNING, Status.SUSPENDED, Status.STOPPING, Status.MIGRATING):
-            if vm.status is Status.STOPPING or not wants_to_run:
-                self._set(vm, Status.STOPPED, "stopped", observed_generation=vm.generation)
-                return None
-            return self._crashed(vm, "QEMU exited unexpectedly" + _last_line(paths.qemu_log))
-        if not wants_to_run:
-            if vm.status in (Status.SCHEDULED_DEPLOY, Status.KILLED, Status.ERROR, Status.STARTING):
-                if vm.status is Status.SCHEDULED_DEPLOY and not self._ensure_disk(vm):
-                    return None
-                self._set(vm, Status.STOPPED, "stopped", observed_generation=vm.generation, error="")
-            return None
-        if vm.status is Status.KILLED:
-            if vm.restarts >= self._settings.max_restarts:
-                self._set(vm, Status.ERROR, "gave up restarting",
-                          error=f"QEMU died {vm.restarts + 1} times in a row; last: {vm.error}")
-                return None
-            backoff = min(60.0, 2.0 ** vm.restarts) - (time.time() - vm.updated_at.timestamp())
-            if backoff > 0:
-                return backoff
-            self._start(vm, paths, restarts=vm.restarts + 1)
-            return None
-        if vm.status in (Status.SCHEDULED_DEPLOY, Status.STARTING) or (
-                vm.status in (Status.STOPPED, Status.ERROR) and new_request):
-            self._start(vm, paths, restarts=0 if new_request else vm.restarts)
-        return None
-
-    def _with_qemu(self, vm: VM, paths: VMPaths) -> float | None:
+        step = decide(vm, self._observe(vm), utcnow(), self._settings)
+        if step.writes():
+            try:
+                vm = self._record(vm, step)
+            except _NotMine:
+                return Step(note="moved to another host meanwhile")
         try:
-            state = qemu.status(paths)
-        except qemu.QEMUError as exc:
-            log.warning("vm=%s: %s", vm.uuid, exc)
-            return 2.0
-        if state in DEAD_GUEST:
-            qemu.kill(paths)
-            if vm.status in (Status.RUNNING, Status.SUSPENDED):
-                return self._crashed(vm, DEAD_GUEST[state])
-            return 0.01  # never adopt a dead guest: look again, without a QEMU
-        if vm.status is Status.KILLED and vm.storage in SHARED_STORAGE and self._host_fenced():
-            # The scheduler fenced this host while it was thought dead: this QEMU is cut off from
-            # its disk for good. Adopting it would report RUNNING a guest that can do no I/O;
-            # stop it, and the next look starts the VM afresh (or lets it go if it moved).
-            log.warning("vm=%s: its QEMU was fenced off its disk while the host was thought dead; restarting it",
-                        vm.uuid)
-            qemu.kill(paths)
-            return 0.01
-        if state == "shutdown":  # the guest powered itself off
-            qemu.kill(paths)
-            why = "stopped: the guest powered off" if vm.requested is not Requested.STOPPED else "stopped"
-            self._set(vm, Status.STOPPED, why, observed_generation=vm.generation, error="")
-            return None
-        if vm.status in (Status.SCHEDULED_DEPLOY, Status.STARTING, Status.KILLED):
-            # Its QEMU runs although the record says otherwise (the agent died while starting it,
-            # or the host was only thought dead): adopt it rather than start a second one.
-            if vm.status is not Status.STARTING:
-                vm = self._set(vm, Status.STARTING, "")
-            self._set(vm, Status.RUNNING if state == "running" else Status.SUSPENDED, "re-adopted its QEMU",
-                      error="", disk_clients=vm.disk_clients or self._storage[vm.storage].clients(vm))
-            return 0.01
-        if vm.requested is Requested.STOPPED:
-            self._shutdown(vm, paths)
-        elif vm.requested is Requested.SUSPENDED and state == "running":
-            qemu.execute(paths, "stop")
-            self._set(vm, Status.SUSPENDED, "suspended", observed_generation=vm.generation)
-        elif vm.requested is Requested.RUNNING and state != "running":
-            qemu.execute(paths, "cont")
-            self._set(vm, Status.RUNNING, "resumed", observed_generation=vm.generation)
-        elif vm.requested is Requested.RUNNING and vm.reboot_generation > vm.observed_generation:
-            qemu.execute(paths, "system_reset")
-            self._set(vm, Status.RUNNING, "rebooted", observed_generation=vm.generation)
-        elif vm.observed_generation != vm.generation or vm.status not in (Status.RUNNING, Status.SUSPENDED):
-            self._set(vm, Status.RUNNING if state == "running" else Status.SUSPENDED, "",
-                      observed_generation=vm.generation)
-        return None
+            self._act(vm, step)
+        except (StorageError, DriverError) as exc:
+            if isinstance(exc, DriverTimeout) or step.act not in _PERMANENT_WHEN_FAILED:
+                raise
+            return self._failed(vm, step, exc)
+        if step.event:
+            log.info("vm=%s %s", uuid, step.event)
+            self._event(uuid, step.event, current.create_revision)
+        elif step.note:
+            log.debug("vm=%s %s", uuid, step.note)
+        return step
 
-    # -- steps ------------------------------------------------------------------------------------
+    def _observe(self, vm: VM) -> Seen:
+        run = self._driver.observe(vm.uuid)
+        # Only where it decides anything (it costs a read of the host record).
+        fenced = (vm.status is Status.KILLED and vm.storage in SHARED_STORAGE and run.state in LIVE
+                  and self._host_fenced())
+        return Seen(run, fenced)
 
-    def _crashed(self, vm: VM, reason: str) -> float:
-        """KILLED with the reason; restarted after a backoff by the next look. A VM that ran stably
-        since its last start begins a new count: crashes far apart are not a crash loop."""
-        stable = vm.started_at is not None and (utcnow() - vm.started_at).total_seconds() >= self._settings.stable_after
-        restarts = 0 if stable else vm.restarts
-        self._set(vm, Status.KILLED, f"killed: {reason}", error=reason, restarts=restarts)
-        return 0.01
-
-    def _ensure_disk(self, vm: VM) -> bool:
-        backend = self._storage.get(vm.storage)
-        try:
+    def _act(self, vm: VM, step: Step) -> None:
+        if step.act in (Act.CREATE_DISK, Act.START):
+            backend = self._storage.get(vm.storage)
             if backend is None:
                 raise StorageError(f"this host has no {vm.storage} storage")
             backend.create(vm)
-            return True
-        except StorageError as exc:
-            self._set(vm, Status.ERROR, f"disk: {exc}", error=f"disk: {exc}", observed_generation=vm.generation)
-            return False
+            if step.act is Act.START:
+                # A VM requested SUSPENDED starts with its CPUs stopped: its guest never runs a cycle.
+                self._driver.start(vm, backend.drive(vm), paused=vm.requested is Requested.SUSPENDED)
+        elif step.act is Act.DELETE:
+            self._delete(vm)
+        elif step.act is not Act.NOTHING:
+            {Act.PAUSE: self._driver.pause, Act.RESUME: self._driver.resume, Act.RESET: self._driver.reset,
+             Act.POWERDOWN: self._driver.powerdown, Act.KILL: self._driver.kill}[step.act](vm.uuid)
 
-    def _start(self, vm: VM, paths: VMPaths, restarts: int) -> None:
-        if not self._ensure_disk(vm):
-            return
-        vm = self._set(vm, Status.STARTING, "starting", restarts=restarts)
-        # A VM requested SUSPENDED starts with its CPUs stopped (-S): its guest never runs a cycle.
-        argv = qemu.command_line(vm, self._storage[vm.storage].drive(vm), paths, self._accel,
-                                 paused=vm.requested is Requested.SUSPENDED)
-        try:
-            qemu.start(argv, paths)
-            state = qemu.status(paths)
-        except qemu.QEMUError as exc:
-            self._set(vm, Status.ERROR, str(exc), error=str(exc), observed_generation=vm.generation)
-            return
-        self._set(vm, Status.RUNNING if state == "running" else Status.SUSPENDED,
-                  f"{'restarted' if restarts else 'started'} ({self._accel})",
-                  observed_generation=vm.generation, error="", started_at=utcnow(),
-                  disk_clients=self._storage[vm.storage].clients(vm))
+    def _failed(self, vm: VM, step: Step, exc: Exception) -> Step:
+        """A start, a disk or a deletion failed for good: ERROR with the reason (a deletion is
+        tried again after `failure_retry`)."""
+        if step.act is Act.DELETE:
+            reason, fields = f"delete failed: {exc}", {"deadline": utcnow() + timedelta(seconds=self._settings.failure_retry)}
+        else:
+            reason = f"disk: {exc}" if isinstance(exc, StorageError) else str(exc)
+            fields = {"observed_generation": vm.generation}
+        failed = Step(status=Status.ERROR, fields={"error": reason, **fields}, event=reason,
+                      look_again=self._settings.failure_retry if step.act is Act.DELETE else None)
+        self._record(vm, failed)
+        log.warning("vm=%s %s", vm.uuid, reason)
+        self._event(vm.uuid, reason, None)
+        return failed
 
-    def _shutdown(self, vm: VM, paths: VMPaths) -> None:
-        """ACPI power-off, then a hard stop after `shutdown_timeout`."""
-        vm = self._set(vm, Status.STOPPING, "shutting down (ACPI)")
-        try:
-            if qemu.status(paths) != "running":
-                qemu.execute(paths, "cont")  # a paused guest cannot see the power button
-            qemu.execute(paths, "system_powerdown")
-        except qemu.QEMUError as exc:
-            log.warning("vm=%s: %s", vm.uuid, exc)
-        deadline = time.monotonic() + self._settings.shutdown_timeout
-        how = "hard stop after the guest ignored ACPI"
-        while time.monotonic() < deadline and not self._stop.is_set():
-            try:
-                if qemu.status(paths) == "shutdown":
-                    how = "the guest powered off (ACPI)"
-                    break
-            except qemu.QEMUError:
-                how = "QEMU exited"
-                break
-            time.sleep(POWERDOWN_POLL_S)
-        qemu.kill(paths)
-        self._set(vm, Status.STOPPED, f"stopped: {how}", observed_generation=vm.generation, error="")
+    def _later(self, uuid: str, why: str, delay: float) -> Step:
+        log.warning("vm=%s: %s; looking again in %.0f s", uuid, why, delay)
+        return Step(note=why, look_again=delay)
 
-    def _delete(self, current: Versioned[VM], paths: VMPaths) -> None:
-        vm = current.value
-        if vm.status is not Status.DELETING:
-            vm = self._set(vm, Status.DELETING, "deleting")
-        qemu.kill(paths)
+    def _let_go(self, uuid: str, current: Versioned[VM] | None) -> Step:
+        """A VM with files here that is no longer this host's: stop its process, keep its disk (it
+        may be shared and in use elsewhere now)."""
+        note = "not placed here"
+        if self._driver.observe(uuid).state is not RunState.ABSENT:
+            where = current.value.host if current else "nowhere (its record is gone)"
+            note = f"stopped on {self.host.name}: the VM is placed on {where or 'no host'}"
+            log.warning("vm=%s runs here but is placed on %s: stopping its QEMU", uuid, where or "no host")
+            self._driver.kill(uuid)
+            if current is not None:
+                self._event(uuid, note, current.create_revision)
+        self._driver.forget(uuid)
+        return Step(note=note)
+
+    def _delete(self, vm: VM) -> None:
+        self._driver.kill(vm.uuid)
         backend = self._storage.get(vm.storage)
-        try:
-            if backend is not None:
-                backend.delete(vm)
-        except StorageError as exc:
-            self._set(vm, Status.ERROR, f"delete failed: {exc}", error=f"delete failed: {exc}")
-            return
-        shutil.rmtree(paths.root, ignore_errors=True)
+        if backend is not None:
+            backend.delete(vm)
+        self._driver.forget(vm.uuid)
         latest = self._store.get(VMS, vm.uuid)
         if latest is not None:
-            try:
-                self._store.transact([Remove(VMS, vm.uuid, latest.mod_revision),
-                                      *held_by(self._store, vm.uuid, vm_claims(latest.value))])
-            except Conflict:
-                self._workers.submit(vm.uuid)  # changed meanwhile: look again
-                return
+            # Conflict (changed meanwhile) propagates: decided again shortly, the deletion is idempotent.
+            self._store.transact([Remove(VMS, vm.uuid, latest.mod_revision),
+                                  *held_by(self._store, vm.uuid, vm_claims(latest.value))])
         self._store.delete_all(EVENTS, events_of(vm.uuid))
         with self._lock:
             self._mine.pop(vm.uuid, None)
@@ -439,31 +333,35 @@ class Agent:
 
     # -- writing ----------------------------------------------------------------------------------
 
-    def _set(self, vm: VM, status: Status, event: str, **fields: Any) -> VM:
-        """Move the VM to `status` (with `fields`) by compare-and-swap on its latest record."""
+    def _record(self, vm: VM, step: Step) -> VM:
+        """Write the step's status and fields by compare-and-swap on the VM's latest record."""
+        fields = dict(step.fields)
+        if step.disk_clients:
+            backend = self._storage.get(vm.storage)
+            fields["disk_clients"] = (backend.clients(vm) if backend else ()) or vm.disk_clients
+        status = step.status or vm.status
+
         def change(latest: VM) -> VM:
-            if latest.hostname != self.host_key:
+            if latest.host != self.host.name:
                 raise _NotMine()
             check_transition(Writer.AGENT, latest.status, status)
             return latest.evolve(status=status, **fields)
 
-        try:
-            written = self._store.update(VMS, vm.uuid, change)
-        except _NotMine:
-            log.warning("vm=%s moved to another host meanwhile; not writing %s", vm.uuid, status)
-            return vm
-        if event:
-            log.info("vm=%s %s", vm.uuid, event)
-            self._event(vm.uuid, event, written.create_revision)
+        written = self._store.update(VMS, vm.uuid, change)
         with self._lock:
             if vm.uuid in self._mine:
                 self._mine[vm.uuid] = written.value
         return written.value
 
-    def _event(self, uuid: str, message: str, vm_created: int) -> None:
-        """Tell the VM's event log, only while the VM (created at revision `vm_created`) exists: an
-        event written after its deletion would outlive it for good."""
+    def _event(self, uuid: str, message: str, vm_created: int | None) -> None:
+        """Tell the VM's event log, only while the VM (created at revision `vm_created`; None: look
+        it up) exists: an event written after its deletion would outlive it for good."""
         try:
+            if vm_created is None:
+                found = self._store.get(VMS, uuid)
+                if found is None:
+                    return
+                vm_created = found.create_revision
             self._store.transact([new_event(uuid, self._source, message)], guard=Guard(VMS.key(uuid), vm_created))
         except GuardFailed:
             log.debug("vm=%s is gone; event not recorded: %s", uuid, message)
@@ -471,16 +369,13 @@ class Agent:
             log.warning("vm=%s: event not recorded (%s): %s", uuid, exc, message)
 
 
+# Failures of these actions are the VM's, for good: it goes to ERROR with the reason. Failures of
+# the others (a pause QEMU refused) are looked at again later.
+_PERMANENT_WHEN_FAILED = frozenset({Act.CREATE_DISK, Act.START, Act.DELETE})
+
+
 class _NotMine(Exception):
     pass
-
-
-def _last_line(path: Path) -> str:
-    try:
-        lines = path.read_text(errors="replace").strip().splitlines()
-    except FileNotFoundError:
-        return ""
-    return f": {lines[-1]}" if lines else ""
 
 
 def machine_capacity(disk_dir: Path) -> Specs:

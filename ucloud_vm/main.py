@@ -18,6 +18,7 @@ from ucloud_common.store import Store, StoreUnavailable
 from ucloud_vm.accel import choose
 from ucloud_vm.agent import Agent, HostSpec, machine_capacity
 from ucloud_vm.images import import_image
+from ucloud_vm.qemu import QemuDriver
 from ucloud_vm.storage import LocalStorage, RBDStorage, StorageBackend, StorageError
 
 cli = daemon_group("ucloud-vm", "The host agent: runs this host's VMs in QEMU and reports what is true of them.")
@@ -63,7 +64,8 @@ def run(ctx: click.Context, hostname: str, address: str | None, run_dir: Path | 
         except CephError as exc:
             raise click.ClickException(str(exc)) from None
         backends["rbd"] = RBDStorage(ceph, settings.ceph_image_pool, settings.ceph_vm_pool)
-    agent = Agent(store, settings, host, run_dir or settings.run_dir / hostname, backends, accel)
+    driver = QemuDriver(run_dir or settings.run_dir / hostname, accel, settings.qmp_timeout)
+    agent = Agent(store, settings, host, driver, backends)
     try:
         agent.run(stop)
     finally:

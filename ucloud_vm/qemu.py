@@ -1,4 +1,4 @@
-"""QEMU: the command line (built here and nowhere else), the process, and QMP.
+"""The QEMU driver: the command line (built here and nowhere else), the process, and QMP.
 
 Each VM is one QEMU process that daemonizes (`-daemonize`, `-pidfile`), so it outlives the agent:
 a restarted agent finds it again by its pid file and QMP socket. `-no-shutdown` keeps QEMU alive
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -19,15 +20,40 @@ from typing import Any
 from qemu.qmp import QMPClient, QMPError
 
 from ucloud_common.vm import VM
+from ucloud_vm.driver import DriverError, DriverTimeout, Observation, RunState
 from ucloud_vm.paths import VMPaths
 
 log = logging.getLogger(__name__)
 
 QMP_TIMEOUT_S = 5.0
+# QEMU's run states (query-status) as the driver reports them; any other is a guest that is not
+# running but keeps its memory (debug, watchdog, the transient save/restore states).
+_STATES = {
+    "running": RunState.RUNNING,
+    "shutdown": RunState.SHUTDOWN,
+    "guest-panicked": RunState.GUEST_PANICKED,
+    "internal-error": RunState.INTERNAL_ERROR,
+    "io-error": RunState.IO_ERROR,
+    "inmigrate": RunState.INMIGRATE,
+    "postmigrate": RunState.POSTMIGRATE,
+}
 
 
-class QEMUError(Exception):
+class QEMUError(DriverError):
     """QEMU could not be started or did not answer; `str()` says why, for the VM's `error`."""
+
+
+class QMPTimeout(QEMUError, DriverTimeout):
+    """QEMU did not greet or answer in time."""
+
+
+def machine_args(accel: str, cpus: int, ram_mib: int) -> list[str]:
+    """The machine itself, for VMs and for the KVM probe alike: no default devices, no display."""
+    argv = ["-nodefaults", "-no-user-config", "-display", "none",
+            "-accel", accel, "-smp", str(cpus), "-m", str(ram_mib)]
+    if accel == "kvm":
+        argv += ["-cpu", "host"]
+    return argv
 
 
 def command_line(vm: VM, disk: list[str], paths: VMPaths, accel: str, binary: str = "qemu-system-x86_64",
@@ -37,8 +63,7 @@ def command_line(vm: VM, disk: list[str], paths: VMPaths, accel: str, binary: st
     ram_mib = max(64, int(vm.specs.ram * 1024))
     argv = [
         binary, "-name", f"guest={vm.uuid},process=ucloud-{vm.uuid[:8]}",
-        "-nodefaults", "-no-user-config", "-display", "none", "-no-shutdown",
-        "-accel", accel, "-smp", str(vm.specs.cpu), "-m", str(ram_mib),
+        *machine_args(accel, vm.specs.cpu, ram_mib), "-no-shutdown",
         "-daemonize", "-pidfile", str(paths.pidfile),
         "-qmp", f"unix:{paths.qmp},server=on,wait=off",
         "-chardev", f"file,id=serial0,path={paths.serial},append=on", "-serial", "chardev:serial0",
@@ -51,8 +76,6 @@ def command_line(vm: VM, disk: list[str], paths: VMPaths, accel: str, binary: st
     ]
     if paused:
         argv.append("-S")
-    if accel == "kvm":
-        argv += ["-cpu", "host"]
     return argv
 
 
@@ -124,22 +147,24 @@ def execute(paths: VMPaths, command: str, timeout: float = QMP_TIMEOUT_S, **argu
 
     try:
         return asyncio.run(run())
-    except (OSError, QMPError, asyncio.TimeoutError, EOFError) as exc:
+    except asyncio.TimeoutError:
+        raise QMPTimeout(f"QMP {command} at {paths.qmp}: no answer within {timeout:.0f} s") from None
+    except (OSError, QMPError, EOFError) as exc:
         raise QEMUError(f"QMP {command} at {paths.qmp} failed: {exc or type(exc).__name__}") from None
 
 
-def status(paths: VMPaths) -> str:
+def status(paths: VMPaths, timeout: float = QMP_TIMEOUT_S) -> str:
     """QEMU's run state: "running", "paused", "shutdown" (the guest powered off), …"""
-    return str(execute(paths, "query-status")["status"])
+    return str(execute(paths, "query-status", timeout)["status"])
 
 
-def kill(paths: VMPaths) -> None:
+def kill(paths: VMPaths, timeout: float = QMP_TIMEOUT_S) -> None:
     """Stop QEMU now: `quit` over QMP, SIGKILL if it does not answer."""
     pid = running_qemu(paths)
     if pid is None:
         return
     try:
-        execute(paths, "quit")
+        execute(paths, "quit", timeout)
     except QEMUError:
         pass
     for _ in range(50):
@@ -148,3 +173,72 @@ def kill(paths: VMPaths) -> None:
         time.sleep(0.05)
     log.warning("QEMU pid %d ignored quit; killing it", pid)
     os.kill(pid, 9)
+
+
+def last_words(paths: VMPaths) -> str:
+    """The last line QEMU wrote to its log, if any."""
+    try:
+        lines = paths.qemu_log.read_text(errors="replace").strip().splitlines()
+    except FileNotFoundError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+class QemuDriver:
+    """The `Hypervisor` of real hosts: one daemonized QEMU per VM under `run_dir/vms/<uuid>/`,
+    found again by its pid file and QMP socket after an agent restart."""
+
+    def __init__(self, run_dir: Path, accel: str, qmp_timeout: float = QMP_TIMEOUT_S) -> None:
+        self.accel = accel
+        self._run_dir = run_dir
+        self._timeout = qmp_timeout
+
+    def _paths(self, uuid: str) -> VMPaths:
+        return VMPaths.of(self._run_dir, uuid)
+
+    def observe(self, uuid: str) -> Observation:
+        paths = self._paths(uuid)
+        if running_qemu(paths) is None:
+            return Observation(RunState.ABSENT, last_words(paths))
+        try:
+            state = status(paths, self._timeout)
+        except QEMUError as exc:
+            # Gone between the two looks, or alive and silent: tell them apart by the process.
+            if running_qemu(paths) is None:
+                return Observation(RunState.ABSENT, last_words(paths))
+            return Observation(RunState.UNRESPONSIVE, str(exc))
+        return Observation(_STATES.get(state, RunState.PAUSED), state)
+
+    def start(self, vm: VM, disk: list[str], *, paused: bool) -> None:
+        paths = self._paths(vm.uuid)
+        argv = command_line(vm, disk, paths, self.accel, paused=paused)
+        try:
+            start(argv, paths)
+        except (QEMUError, subprocess.TimeoutExpired) as exc:
+            kill(paths, self._timeout)  # nothing may run after a failed start
+            raise QEMUError(str(exc)) from None
+
+    def pause(self, uuid: str) -> None:
+        execute(self._paths(uuid), "stop", self._timeout)
+
+    def resume(self, uuid: str) -> None:
+        execute(self._paths(uuid), "cont", self._timeout)
+
+    def reset(self, uuid: str) -> None:
+        execute(self._paths(uuid), "system_reset", self._timeout)
+
+    def powerdown(self, uuid: str) -> None:
+        paths = self._paths(uuid)
+        if status(paths, self._timeout) != "running":
+            execute(paths, "cont", self._timeout)  # a paused guest cannot see the power button
+        execute(paths, "system_powerdown", self._timeout)
+
+    def kill(self, uuid: str) -> None:
+        kill(self._paths(uuid), self._timeout)
+
+    def leftovers(self) -> set[str]:
+        directory = self._run_dir / "vms"
+        return {p.name for p in directory.iterdir()} if directory.is_dir() else set()
+
+    def forget(self, uuid: str) -> None:
+        shutil.rmtree(self._paths(uuid).root, ignore_errors=True)

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 class KeyedWorkers:
     def __init__(self, handler: Callable[[str], float | None], threads: int = 8) -> None:
-        """`handler(key)` may return a delay in seconds after which it wants to run again."""
+        """`handler(key)` may return a delay in seconds (0: at once) after which it wants to run again."""
         self._handler = handler
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vm")
         self._lock = threading.Lock()
@@ -58,7 +58,7 @@ class KeyedWorkers:
                     self._again.discard(key)
                     continue
                 self._running.discard(key)
-            if delay:
+            if delay is not None:
                 self.submit(key, delay)
             return
 

@@ -30,6 +30,7 @@ from ucloud_common.vm import VMS
 from ucloud_scheduler.fencing import NoFence
 from ucloud_scheduler.scheduler import Scheduler
 from ucloud_vm.agent import Agent, HostSpec
+from ucloud_vm.qemu import QemuDriver
 from ucloud_vm.storage import LocalStorage
 
 REPO = Path(__file__).resolve().parents[2]
@@ -101,8 +102,8 @@ def test_a_scheduler_whose_follower_dies_resigns_and_a_standby_takes_over(
 def test_an_agent_whose_follower_dies_revokes_its_lease_and_stops(
         store: Store, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ucloud_vm.agent, "Follower", poisoned(ucloud_vm.agent.Follower))
-    agent = Agent(store, settings, HostSpec("h1", "127.0.0.1", Specs(cpu=1, ram=1, ssd=1)), tmp_path / "run",
-                  {"local": LocalStorage(tmp_path / "images", tmp_path / "disks")}, "tcg")
+    agent = Agent(store, settings, HostSpec("h1", "127.0.0.1", Specs(cpu=1, ram=1, ssd=1)),
+                  QemuDriver(tmp_path / "run", "tcg"), {"local": LocalStorage(tmp_path / "images", tmp_path / "disks")})
     running = Running(agent.run)
     try:
         wait_for(lambda: store.get(HOSTS_ALIVE, "h1") is not None, 10, "h1 registered")
@@ -118,15 +119,15 @@ def test_an_agent_whose_follower_dies_revokes_its_lease_and_stops(
 def test_a_failing_monitor_tick_is_logged_and_the_agent_goes_on(
         store: Store, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
-    agent = Agent(store, settings, HostSpec("h1", "127.0.0.1", Specs(cpu=1, ram=1, ssd=1)), tmp_path / "run",
-                  {"local": LocalStorage(tmp_path / "images", tmp_path / "disks")}, "tcg")
+    agent = Agent(store, settings, HostSpec("h1", "127.0.0.1", Specs(cpu=1, ram=1, ssd=1)),
+                  QemuDriver(tmp_path / "run", "tcg"), {"local": LocalStorage(tmp_path / "images", tmp_path / "disks")})
     ticks: list[int] = []
 
-    def failing_tick(count: int) -> None:
-        ticks.append(count)
+    def failing_tick() -> None:
+        ticks.append(len(ticks))
         raise ValueError("a garbage host record")
 
-    monkeypatch.setattr(agent, "_monitor_tick", failing_tick)
+    monkeypatch.setattr(agent, "monitor_tick", failing_tick)
     running = Running(agent.run)
     try:
         wait_for(lambda: len(ticks) >= 3, 10, "three monitor ticks")

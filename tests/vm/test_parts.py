@@ -35,7 +35,8 @@ def test_the_command_line() -> None:
     assert "unix:/run/x/vms/u1/qmp.sock,server=on,wait=off" in joined
     assert "file=/d/u1.qcow2,format=qcow2,if=virtio,id=disk0" in joined
     assert "-cpu" not in argv
-    assert qemu.command_line(a_vm(), ["format=raw"], paths, "kvm")[-2:] == ["-cpu", "host"]
+    kvm = " ".join(qemu.command_line(a_vm(), ["format=raw"], paths, "kvm"))
+    assert "-accel kvm" in kvm and "-cpu host" in kvm
     assert "-S" not in argv and "-S" in qemu.command_line(a_vm(), ["format=raw"], paths, "tcg", paused=True)
 
 
@@ -147,15 +148,17 @@ def test_a_store_outage_in_a_reconcile_is_one_warning_and_a_quick_retry(
     from ucloud_common.config import load_settings
     from ucloud_common.specs import Specs
     from ucloud_common.store import StoreUnavailable
-    from ucloud_vm.agent import STORE_RETRY_S, Agent, HostSpec
+    from ucloud_vm.agent import Agent, HostSpec
+    from ucloud_vm.qemu import QemuDriver
 
     store = mocker.Mock()
     store.get.side_effect = StoreUnavailable("etcd at x is unavailable (range): UNAVAILABLE")
     (tmp_path / "empty.conf").write_text("")
-    agent = Agent(store, load_settings(tmp_path / "empty.conf"), HostSpec("h1", "127.0.0.1", Specs(cpu=1, ram=1, ssd=1)),
-                  tmp_path, {}, "tcg")
+    settings = load_settings(tmp_path / "empty.conf")
+    agent = Agent(store, settings, HostSpec("h1", "127.0.0.1", Specs(cpu=1, ram=1, ssd=1)),
+                  QemuDriver(tmp_path, "tcg"), {})
     with caplog.at_level("WARNING"):
-        assert agent.reconcile("u1") == STORE_RETRY_S
+        assert agent.reconcile("u1").look_again == settings.store_retry
     assert [r.getMessage() for r in caplog.records] == [
-        f"vm=u1: etcd at x is unavailable (range): UNAVAILABLE; looking again in {STORE_RETRY_S:.0f} s"]
+        f"vm=u1: etcd at x is unavailable (range): UNAVAILABLE; looking again in {settings.store_retry:.0f} s"]
     assert all(r.exc_info is None for r in caplog.records)

@@ -1,0 +1,256 @@
+"""What the agent does next for one VM, decided from what is asked and what is seen — and nothing else.
+
+`decide(vm, seen, now, settings)` is pure: the VM's record (`requested`, `generation`, `status`,
+…), what the hypervisor shows of its process, and the time, give one `Step`: the status to record,
+the other fields to write, the action to take, the sentence for the VM's event log, and when to
+look again. The agent records the step first (compare-and-swap: a VM that changed meanwhile is
+decided again, nothing acted on a stale decision) and then acts; whatever the action changes is
+seen by the next look, never assumed. Long actions never hold a worker: an ACPI shutdown is the
+button pressed and a look again at the deadline.
+
+Every status change a step makes is one `TRANSITIONS[AGENT]` allows: tests/unit/test_decide.py
+walks every combination of status × requested × run state × generations × restarts to keep it so.
+
+Reading order: `decide` dispatches on what is seen; each helper handles one situation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from ucloud_common.config import Settings
+from ucloud_common.states import Requested, Status
+from ucloud_common.vm import VM
+from ucloud_vm.driver import GUEST_GONE, Observation, RunState
+
+S = Status
+
+# What a VM that wants to run may be requested: a suspended VM runs with its CPUs stopped.
+WANTS_TO_RUN = frozenset({Requested.RUNNING, Requested.SUSPENDED})
+# Statuses in which the VM's process is expected to be there.
+EXPECTS_PROCESS = frozenset({S.STARTING, S.RUNNING, S.SUSPENDED, S.MIGRATING})
+
+
+class Act(StrEnum):
+    """What the agent does after recording a step."""
+
+    NOTHING = "nothing"
+    CREATE_DISK = "create disk"  # make the VM's disk (idempotent), nothing more
+    START = "start"  # make the disk, then start the process (CPUs stopped if requested SUSPENDED)
+    PAUSE = "pause"
+    RESUME = "resume"
+    RESET = "reset"
+    POWERDOWN = "powerdown"  # press the ACPI button
+    KILL = "kill"
+    DELETE = "delete"  # stop the process, delete the disk and files, remove the record
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What the agent saw of the VM before deciding."""
+
+    run: Observation
+    fenced: bool = False
+    """The scheduler fenced this host (cut it off from shared storage) while it was thought dead;
+    only looked up where it matters: a KILLED shared-storage VM whose process lives."""
+
+
+@dataclass(frozen=True)
+class Step:
+    act: Act = Act.NOTHING
+    status: Status | None = None  # the status to record (None: unchanged)
+    fields: dict[str, Any] = field(default_factory=dict)  # other fields to record with it
+    event: str = ""  # the sentence for the VM's event log (recorded once the action succeeded)
+    note: str = ""  # why nothing is recorded, for the agent's log only
+    look_again: float | None = None  # seconds after which to decide again; None: on the next change
+    disk_clients: bool = False  # record who holds the VM's disk now (after its process started)
+
+    def writes(self) -> bool:
+        return self.status is not None or bool(self.fields) or self.disk_clients
+
+    def sentence(self) -> str:
+        return self.event or self.note or "nothing to do"
+
+
+def decide(vm: VM, seen: Seen, now: datetime, settings: Settings) -> Step:
+    """The next step for `vm`, placed on this host, seen as `seen` at `now`."""
+    state = seen.run.state
+    if vm.status is S.REQUESTED_NEW:  # the scheduler's to move, even with a host named (never written so)
+        return Step(note="not scheduled yet")
+    if vm.requested is Requested.DELETED or vm.status is S.DELETING:
+        return _delete(vm, now)
+    if state is RunState.UNRESPONSIVE:
+        return Step(note=f"its process does not answer ({seen.run.detail}); looking again",
+                    look_again=settings.qmp_timeout)
+    if state in GUEST_GONE:
+        return _guest_gone(vm, GUEST_GONE[state], now, settings)
+    if state is RunState.SHUTDOWN:
+        return _powered_off(vm)
+    if state is RunState.ABSENT:
+        return _without_process(vm, seen.run.detail, now, settings)
+    return _with_process(vm, seen, now, settings)
+
+
+def _delete(vm: VM, now: datetime) -> Step:
+    if vm.status is S.ERROR and vm.deadline is not None and now < vm.deadline:
+        # A deletion that failed (a storage error) is tried again later, not in a hot loop.
+        return Step(note="deleting again after the last attempt failed", look_again=_seconds(vm.deadline - now))
+    return Step(Act.DELETE, None if vm.status is S.DELETING else S.DELETING, event="deleting")
+
+
+def _guest_gone(vm: VM, reason: str, now: datetime, settings: Settings) -> Step:
+    """The process lives but will never run this guest again: stop it, and record what that means
+    (a crash for a VM that should run), as if it had vanished."""
+    step = _without_process(vm, reason, now, settings)
+    if step.status is None or step.act is not Act.NOTHING:
+        return Step(Act.KILL, note=f"stopping a process that cannot run the guest: {reason}", look_again=0)
+    return Step(Act.KILL, step.status, step.fields, step.event, look_again=0)
+
+
+def _powered_off(vm: VM) -> Step:
+    """The guest powered itself off (its process waits, `-no-shutdown`): the VM is STOPPED — also
+    when it should run; a power-off from inside is the owner's decision too."""
+    if vm.status is S.STOPPED:
+        return Step(Act.KILL, note="stopping the process of a stopped VM")
+    if vm.status is S.MIGRATING:  # MIGRATING cannot end STOPPED: through RUNNING, then as below
+        return Step(status=S.RUNNING, note="the guest powered off during a migration", look_again=0)
+    if vm.status is S.STOPPING:  # as asked: the guest obeyed the button
+        stopped = _stopped(vm, "stopped: the guest powered off (ACPI)")
+        return Step(Act.KILL, stopped.status, stopped.fields, stopped.event, look_again=stopped.look_again)
+    if vm.requested is Requested.STOPPED:
+        event = "stopped"
+    else:
+        event = "stopped: the guest powered off"
+    return Step(Act.KILL, S.STOPPED, _observed(vm, error=""), event)
+
+
+def _without_process(vm: VM, last_words: str, now: datetime, settings: Settings) -> Step:
+    wants_to_run = vm.requested in WANTS_TO_RUN
+    new_request = vm.generation > vm.observed_generation
+    if vm.status in EXPECTS_PROCESS:
+        if not wants_to_run:
+            if vm.status is S.MIGRATING:  # MIGRATING may only end RUNNING, KILLED or in ERROR
+                return Step(status=S.KILLED, fields={"error": "its process exited during a migration"},
+                            event="killed: its process exited during a migration", look_again=0)
+            return _stopped(vm, "stopped")
+        what = "QEMU exited while starting" if vm.status is S.STARTING else "QEMU exited unexpectedly"
+        return _crashed(vm, what + (f": {last_words}" if last_words else ""), now, settings)
+    if vm.status is S.STOPPING:
+        return _stopped(vm, "stopped: QEMU exited")
+    if vm.status is S.SCHEDULED_DEPLOY:
+        if wants_to_run:
+            return _start(vm, restarts=0, event="started")
+        return Step(Act.CREATE_DISK, S.STOPPED, _observed(vm, error=""), "stopped")
+    if vm.status is S.KILLED:
+        if not wants_to_run:
+            return _stopped(vm, "stopped")
+        if vm.restarts >= settings.max_restarts:
+            return Step(status=S.ERROR, fields={"error": f"QEMU died {vm.restarts + 1} times in a row; last: {vm.error}"},
+                        event="gave up restarting")
+        if vm.deadline is not None and now < vm.deadline:
+            return Step(note="waiting before restarting it", look_again=_seconds(vm.deadline - now))
+        return _start(vm, restarts=vm.restarts + 1, event="restarted")
+    if new_request and wants_to_run:  # STOPPED or ERROR, and asked to run
+        return _start(vm, restarts=0, event="started")
+    if new_request:  # asked to stop: done already
+        return _stopped(vm, "stopped") if vm.status is S.ERROR else Step(fields=_observed(vm))
+    return Step()  # STOPPED, or ERROR, as asked: nothing to do until a new request
+
+
+def _with_process(vm: VM, seen: Seen, now: datetime, settings: Settings) -> Step:
+    """Its process runs the guest (RUNNING or PAUSED)."""
+    running = seen.run.state is RunState.RUNNING
+    wants_to_run = vm.requested in WANTS_TO_RUN
+    if vm.status is S.STARTING:
+        return Step(status=S.RUNNING if running else S.SUSPENDED,
+                    fields=_observed(vm, error="", started_at=now), disk_clients=True)
+    if vm.status in (S.SCHEDULED_DEPLOY, S.KILLED, S.ERROR, S.STOPPED):
+        return _found_running(vm, seen, wants_to_run)
+    if vm.status is S.STOPPING:
+        return _stopping(vm, now, settings)
+    if vm.status is S.MIGRATING:  # nothing migrates it now: record what the process shows
+        return Step(status=S.RUNNING, fields=_observed(vm), event="running: no migration in progress", look_again=0)
+    # RUNNING or SUSPENDED
+    if vm.requested is Requested.STOPPED:
+        return Step(Act.POWERDOWN, S.STOPPING, {"deadline": now + timedelta(seconds=settings.shutdown_timeout)},
+                    "shutting down (ACPI)", look_again=settings.shutdown_timeout)
+    if vm.requested is Requested.SUSPENDED:
+        if running:
+            return Step(Act.PAUSE, S.SUSPENDED, _observed(vm), "suspended")
+        return Step(status=S.SUSPENDED, fields=_observed(vm)) if _differs(vm, S.SUSPENDED) else Step()
+    reboot = vm.reboot_generation > vm.observed_generation
+    if not running:
+        # Resumed first; a reboot asked meanwhile stays pending (not observed) and is the next step.
+        return Step(Act.RESUME, S.RUNNING, {} if reboot else _observed(vm), "resumed",
+                    look_again=0 if reboot else None)
+    if reboot:
+        return Step(Act.RESET, S.RUNNING, _observed(vm), "rebooted")
+    return Step(status=S.RUNNING, fields=_observed(vm)) if _differs(vm, S.RUNNING) else Step()
+
+
+def _found_running(vm: VM, seen: Seen, wants_to_run: bool) -> Step:
+    """A process runs although the record says otherwise: the agent died while starting it, the
+    host was only thought dead, or it started but did not answer at first. Adopted (through
+    STARTING), never started twice — unless it must not run."""
+    if vm.status is S.KILLED and seen.fenced:
+        # The scheduler fenced this host while it was thought dead: this process is cut off from
+        # its disk for good. Adopting it would report RUNNING a guest that can do no I/O.
+        return Step(Act.KILL, note="its process was fenced off its disk while the host was thought dead; "
+                    "restarting it", look_again=0)
+    if not wants_to_run:
+        if vm.status is S.STOPPED:
+            return Step(Act.KILL, note="stopping the process of a stopped VM")
+        return Step(Act.KILL, S.STOPPED, _observed(vm, error=""), "stopped")
+    if vm.status is S.STOPPED and vm.generation <= vm.observed_generation:
+        return Step(Act.KILL, note="stopping the process of a stopped VM")
+    return Step(status=S.STARTING, fields={"error": ""}, event="re-adopted its QEMU", look_again=0)
+
+
+def _stopping(vm: VM, now: datetime, settings: Settings) -> Step:
+    if vm.deadline is None:  # recorded STOPPING without a deadline (an older agent): press again
+        return Step(Act.POWERDOWN, fields={"deadline": now + timedelta(seconds=settings.shutdown_timeout)},
+                    note="pressing the power button again", look_again=settings.shutdown_timeout)
+    if now < vm.deadline:
+        return Step(note="waiting for the guest to power off", look_again=_seconds(vm.deadline - now))
+    stopped = _stopped(vm, "stopped: hard stop after the guest ignored ACPI")
+    return Step(Act.KILL, stopped.status, stopped.fields, stopped.event, look_again=stopped.look_again)
+
+
+def _stopped(vm: VM, event: str) -> Step:
+    """STOPPED, as asked — or not: a request to run that came while it stopped is not marked
+    observed, and so is acted on next (a look again at once)."""
+    if vm.requested in WANTS_TO_RUN:
+        return Step(status=S.STOPPED, fields={"error": ""}, event=event, look_again=0)
+    return Step(status=S.STOPPED, fields=_observed(vm, error=""), event=event)
+
+
+def _start(vm: VM, restarts: int, event: str) -> Step:
+    # Look again at once: the next look sees the process and records RUNNING (or SUSPENDED).
+    return Step(Act.START, S.STARTING, {"restarts": restarts}, event, look_again=0)
+
+
+def _crashed(vm: VM, reason: str, now: datetime, settings: Settings) -> Step:
+    """KILLED with the reason, and a restart after a backoff that doubles with each crash in a row;
+    a VM that ran stably since its last start begins a new count (crashes far apart are not a loop)."""
+    stable = vm.started_at is not None and (now - vm.started_at).total_seconds() >= settings.stable_after
+    restarts = 0 if stable else vm.restarts
+    backoff = min(settings.restart_backoff_max, 2.0 ** restarts)
+    return Step(status=S.KILLED, fields={"error": reason, "restarts": restarts,
+                                         "deadline": now + timedelta(seconds=backoff)},
+                event=f"killed: {reason}", look_again=backoff)
+
+
+def _observed(vm: VM, **fields: Any) -> dict[str, Any]:
+    """`fields`, and the request the VM's generation carries marked as acted on."""
+    return {"observed_generation": vm.generation, **fields}
+
+
+def _differs(vm: VM, status: Status) -> bool:
+    return vm.status is not status or vm.observed_generation != vm.generation
+
+
+def _seconds(delta: timedelta) -> float:
+    return max(0.0, delta.total_seconds())

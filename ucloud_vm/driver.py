@@ -1,0 +1,112 @@
+"""The hypervisor driver: what the agent may ask of the thing that runs its VMs, and what it sees.
+
+The agent never touches QEMU directly: it observes each VM through `Hypervisor.observe` and acts
+through the other calls, and everything it decides in between is pure (`ucloud_vm.decide`). The
+contract is in the docstrings below; `QemuDriver` (ucloud_vm.qemu_driver) keeps it with real QEMU
+processes, `FakeDriver` (ucloud_vm.fake_driver) in memory, for tests that replay hours in
+milliseconds. Model: Nova's `nova/virt/driver.py` beside `nova/virt/fake.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from ucloud_common.vm import VM
+
+
+class RunState(StrEnum):
+    """What a VM's process on this host is doing."""
+
+    ABSENT = "absent"  # no process: never started, crashed, or stopped
+    RUNNING = "running"  # the guest's CPUs run
+    PAUSED = "paused"  # the CPUs are stopped (suspended, or started with them stopped); memory kept
+    SHUTDOWN = "shutdown"  # the guest powered itself off; the process waits to be told what next
+    GUEST_PANICKED = "guest-panicked"  # the guest kernel panicked (pvpanic): the guest is dead
+    INTERNAL_ERROR = "internal-error"  # the emulator hit an internal error: the guest is dead
+    IO_ERROR = "io-error"  # paused on a disk error (a full disk, a Ceph that cut the host off)
+    INMIGRATE = "inmigrate"  # waiting for an incoming migration: no guest runs here yet
+    POSTMIGRATE = "postmigrate"  # migrated away: the guest runs elsewhere, this copy must never resume
+    UNRESPONSIVE = "unresponsive"  # the process lives but does not answer in time (hung, or very slow)
+
+
+# States in which the process lives but will never run this guest again: it is stopped, never adopted.
+GUEST_GONE = {
+    RunState.GUEST_PANICKED: "the guest kernel panicked",
+    RunState.INTERNAL_ERROR: "QEMU reported an internal error",
+    RunState.IO_ERROR: "QEMU stopped on a disk I/O error",
+    RunState.INMIGRATE: "a QEMU waiting for a migration that is not happening",
+    RunState.POSTMIGRATE: "a QEMU whose guest migrated away",
+}
+LIVE = frozenset({RunState.RUNNING, RunState.PAUSED})
+
+
+@dataclass(frozen=True)
+class Observation:
+    state: RunState
+    detail: str = ""
+    """Why, in the hypervisor's words: the last line QEMU wrote before it vanished (ABSENT), or the
+    timeout that made it UNRESPONSIVE."""
+
+
+class DriverError(Exception):
+    """The hypervisor refused or failed a call for good (e.g. QEMU would not start with this
+    configuration); `str()` says why, for the VM's `error`. Retrying the same call will not help."""
+
+
+class DriverTimeout(DriverError):
+    """The hypervisor did not answer in time; the call may or may not have taken effect. Temporary:
+    observe again later and decide afresh."""
+
+
+class Hypervisor(Protocol):
+    """Runs VMs on this host. Every call is about one VM, named by its uuid, and safe to call from
+    several threads for different VMs at once (never for the same VM at once: the agent's workers
+    serialise per VM). A VM's process outlives the agent: a new driver instance finds it again."""
+
+    accel: str  # what runs the guests' CPUs: "kvm" or "tcg"
+
+    def observe(self, uuid: str) -> Observation:
+        """What the VM's process is doing now. Never raises for the VM's own trouble: a missing
+        process is ABSENT (with its last words as `detail`), one that does not answer within the
+        driver's timeout is UNRESPONSIVE."""
+        ...
+
+    def start(self, vm: VM, disk: list[str], *, paused: bool) -> None:
+        """Start the VM's process on `disk` (its `-drive` options), with CPUs stopped if `paused`.
+        Returns once the process runs. On failure nothing runs and nothing is left but the log:
+        raises DriverError saying why. Must not be called while a process of the VM lives."""
+        ...
+
+    def pause(self, uuid: str) -> None:
+        """Stop the guest's CPUs (memory kept). DriverTimeout if the process does not answer."""
+        ...
+
+    def resume(self, uuid: str) -> None:
+        """Let a paused guest's CPUs run again. DriverTimeout if the process does not answer."""
+        ...
+
+    def reset(self, uuid: str) -> None:
+        """Reset the guest, as the reset button of a machine would. DriverTimeout as above."""
+        ...
+
+    def powerdown(self, uuid: str) -> None:
+        """Press the guest's power button (ACPI) and return at once; a paused guest is resumed
+        first, as it could not see the button. Whether the guest obeys is seen later through
+        `observe` (SHUTDOWN). DriverTimeout if the process does not answer."""
+        ...
+
+    def kill(self, uuid: str) -> None:
+        """Stop the VM's process now, without asking the guest; returns when it is gone.
+        Idempotent: an absent VM is success."""
+        ...
+
+    def leftovers(self) -> set[str]:
+        """The uuids of VMs that have files (a process, a log, sockets) on this host."""
+        ...
+
+    def forget(self, uuid: str) -> None:
+        """Remove the files of a VM whose process is gone (its disk is the storage backend's).
+        Idempotent."""
+        ...

@@ -1,0 +1,158 @@
+"""A hypervisor in memory, for tests: keeps the `Hypervisor` contract (ucloud_vm/driver.py) without
+a process, and can be told to misbehave as real QEMUs do — crash, hang, ignore the power button,
+answer slowly, fail to start, or start and then fail its first answer.
+
+Time is `ucloud_common.clock`: under a simulated clock, a guest told to power off does so
+`acpi_delay` simulated seconds later, and a slow answer costs simulated seconds. Model: Nova's
+`nova/virt/fake.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ucloud_common import clock
+from ucloud_common.vm import VM
+from ucloud_vm.driver import DriverError, DriverTimeout, Observation, RunState
+
+
+@dataclass
+class FakeGuest:
+    state: RunState
+    disk: tuple[str, ...]
+    powers_off_at: float | None = None  # clock.now() at which it obeys the ACPI button
+    resets: int = 0
+
+
+@dataclass
+class _Trouble:
+    hung: bool = False  # observe is UNRESPONSIVE and every command times out, until `recover`
+    failing: int = 0  # this many next calls (observe or command) time out
+    slow: float = 0.0  # simulated seconds each call takes
+    ignores_acpi: bool = False
+    start_fails: str = ""  # the next start fails with this reason
+    first_answer_fails: bool = False  # the next start succeeds, its first observe times out
+
+
+@dataclass
+class FakeDriver:
+    accel: str = "fake"
+    timeout: float = 5.0  # as the QEMU driver's QMP timeout
+    acpi_delay: float = 3.0  # seconds a guest takes to power off after the button
+    guests: dict[str, FakeGuest] = field(default_factory=dict)
+    files: set[str] = field(default_factory=set)
+    last_words: dict[str, str] = field(default_factory=dict)
+    calls: list[str] = field(default_factory=list)  # "start u1", "kill u1", …: what the agent asked
+    _trouble: dict[str, _Trouble] = field(default_factory=dict)
+
+    # -- the contract ------------------------------------------------------------------------------
+
+    def observe(self, uuid: str) -> Observation:
+        guest = self.guests.get(uuid)
+        if guest is None:
+            return Observation(RunState.ABSENT, self.last_words.get(uuid, ""))
+        try:
+            self._answer(uuid)
+        except DriverTimeout as exc:
+            return Observation(RunState.UNRESPONSIVE, str(exc))
+        if guest.powers_off_at is not None and clock.now() >= guest.powers_off_at:
+            guest.state, guest.powers_off_at = RunState.SHUTDOWN, None
+        return Observation(guest.state, guest.state.value)
+
+    def start(self, vm: VM, disk: list[str], *, paused: bool) -> None:
+        self.calls.append(f"start {vm.uuid}")
+        if vm.uuid in self.guests:
+            raise DriverError(f"{vm.uuid} runs already")  # the agent must never start twice
+        trouble = self._trouble.setdefault(vm.uuid, _Trouble())
+        self.files.add(vm.uuid)
+        if trouble.start_fails:
+            reason, trouble.start_fails = trouble.start_fails, ""
+            self.last_words[vm.uuid] = reason
+            raise DriverError(f"QEMU failed to start: {reason}")
+        if trouble.first_answer_fails:
+            trouble.first_answer_fails, trouble.failing = False, trouble.failing + 1
+        self.guests[vm.uuid] = FakeGuest(RunState.PAUSED if paused else RunState.RUNNING, tuple(disk))
+
+    def pause(self, uuid: str) -> None:
+        self._command(uuid, "pause").state = RunState.PAUSED
+
+    def resume(self, uuid: str) -> None:
+        self._command(uuid, "resume").state = RunState.RUNNING
+
+    def reset(self, uuid: str) -> None:
+        guest = self._command(uuid, "reset")
+        guest.state, guest.resets = RunState.RUNNING, guest.resets + 1
+
+    def powerdown(self, uuid: str) -> None:
+        guest = self._command(uuid, "powerdown")
+        guest.state = RunState.RUNNING
+        if not self._trouble.setdefault(uuid, _Trouble()).ignores_acpi:
+            guest.powers_off_at = clock.now() + self.acpi_delay
+
+    def kill(self, uuid: str) -> None:
+        self.calls.append(f"kill {uuid}")
+        self.guests.pop(uuid, None)
+
+    def leftovers(self) -> set[str]:
+        return set(self.files)
+
+    def forget(self, uuid: str) -> None:
+        self.files.discard(uuid)
+        self.last_words.pop(uuid, None)
+
+    # -- misbehaving, as told by a test --------------------------------------------------------------
+
+    def crash(self, uuid: str, last_words: str = "qemu: terminated by signal 9") -> None:
+        self.guests.pop(uuid, None)
+        self.last_words[uuid] = last_words
+
+    def enter(self, uuid: str, state: RunState) -> None:
+        """The guest's process enters `state` by itself: SHUTDOWN (the guest powered off),
+        GUEST_PANICKED, IO_ERROR, PAUSED, …"""
+        self.guests[uuid].state = state
+
+    def hang(self, uuid: str) -> None:
+        self._trouble.setdefault(uuid, _Trouble()).hung = True
+
+    def recover(self, uuid: str) -> None:
+        self._trouble[uuid] = _Trouble()
+
+    def fail_next(self, uuid: str, calls: int = 1) -> None:
+        """The next `calls` calls about `uuid` (observe or commands) time out."""
+        self._trouble.setdefault(uuid, _Trouble()).failing += calls
+
+    def slow_down(self, uuid: str, seconds: float) -> None:
+        """Every call about `uuid` takes `seconds` of (simulated) time; beyond `timeout`, it times out."""
+        self._trouble.setdefault(uuid, _Trouble()).slow = seconds
+
+    def ignore_acpi(self, uuid: str) -> None:
+        self._trouble.setdefault(uuid, _Trouble()).ignores_acpi = True
+
+    def fail_next_start(self, uuid: str, reason: str) -> None:
+        self._trouble.setdefault(uuid, _Trouble()).start_fails = reason
+
+    def fail_first_answer(self, uuid: str) -> None:
+        """The next start succeeds, but the first look at it times out (QEMU still booting, say)."""
+        self._trouble.setdefault(uuid, _Trouble()).first_answer_fails = True
+
+    # -- inside --------------------------------------------------------------------------------------
+
+    def _answer(self, uuid: str) -> None:
+        trouble = self._trouble.get(uuid)
+        if trouble is None:
+            return
+        if trouble.slow and isinstance(simulated := clock.current(), clock.SimClock):
+            simulated.advance(min(trouble.slow, self.timeout))
+        if trouble.hung or trouble.slow >= self.timeout:
+            raise DriverTimeout(f"{uuid}: no answer within {self.timeout:.0f} s")
+        if trouble.failing:
+            trouble.failing -= 1
+            raise DriverTimeout(f"{uuid}: no answer within {self.timeout:.0f} s")
+
+    def _command(self, uuid: str, name: str) -> FakeGuest:
+        self.calls.append(f"{name} {uuid}")
+        guest = self.guests.get(uuid)
+        if guest is None:
+            raise DriverError(f"{uuid} does not run")
+        self._answer(uuid)
+        return guest
