@@ -150,3 +150,20 @@ def test_a_live_host_recorded_down_says_up_again(cluster: Cluster) -> None:
     cluster.store.update(HOSTS, "h1", lambda h: h.evolve(status=HostStatus.DOWN))
     wait_until(lambda: cluster.store.get(HOSTS, "h1").value.status is HostStatus.UP, 15,  # type: ignore[union-attr]
                "h1 UP again")
+
+
+def test_an_error_vm_whose_qemu_runs_is_adopted(cluster: Cluster) -> None:
+    """What a start left when QEMU started but its first QMP answer failed: the record says ERROR
+    and the QEMU runs. The old agent wrote RUNNING over ERROR (a move the state table refuses) and
+    retried every 5 s for ever; now the QEMU is adopted, never started twice."""
+    from ucloud_common.states import Status
+
+    uuid = create(cluster, "adoptee")
+    cluster.wait(uuid, "RUNNING", timeout=30)
+    pid = cluster.qemu_pid("h1", uuid)
+    cluster.stop_agent("h1", signal.SIGKILL)
+    cluster.store.update(VMS, uuid, lambda vm: vm.evolve(status=Status.ERROR, error="QMP query-status failed"))
+    cluster.start_agent("h1")
+    vm = cluster.wait(uuid, "RUNNING", timeout=30)
+    assert vm["error"] == "" and cluster.qemu_pid("h1", uuid) == pid
+    assert "re-adopted its QEMU" in events(cluster, uuid)
