@@ -16,6 +16,7 @@ only module that imports them.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 from collections.abc import Iterator
@@ -23,6 +24,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ucloud_common.errors import TEMPORARY_ERRNOS, TemporaryError
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,16 @@ GIB = 1024**3
 
 class CephError(Exception):
     """An RBD operation failed; `str()` says which and why."""
+
+
+class CephUnavailable(CephError, TemporaryError):
+    """Ceph did not answer in time, the connection broke, or the cluster is full: the same operation
+    may succeed later, so a caller retries rather than marking its object ERROR."""
+
+
+# What librados and librbd report when the cluster, not the request, is the problem.
+UNAVAILABLE_ERRNOS = frozenset({errno.ETIMEDOUT, errno.ESHUTDOWN, errno.ENOTCONN, errno.ECONNREFUSED,
+                                errno.ECONNRESET, errno.EAGAIN, errno.EINTR}) | TEMPORARY_ERRNOS
 
 
 @dataclass(frozen=True)
@@ -79,7 +92,7 @@ class Ceph:
         try:
             self._cluster.connect(timeout=int(timeout))
         except rados.Error as exc:
-            raise CephError(f"cannot connect to Ceph ({conf}): {exc}") from None
+            raise _failed(f"cannot connect to Ceph ({conf})", exc) from None
 
     def close(self) -> None:
         self._cluster.shutdown()
@@ -91,7 +104,7 @@ class Ceph:
         try:
             ioctx = self._cluster.open_ioctx(name)
         except rados.Error as exc:
-            raise CephError(f"cannot open pool {name}: {exc}") from None
+            raise _failed(f"cannot open pool {name}", exc) from None
         try:
             yield ioctx
         finally:
@@ -112,13 +125,13 @@ class Ceph:
             except rbd.ImageNotFound:
                 raise CephError(f"image {image} is not in pool {image_pool}") from None
             except rbd.Error as exc:
-                raise CephError(f"cannot clone {image_pool}/{image}@{SNAPSHOT}: {exc}") from None
+                raise _failed(f"cannot clone {image_pool}/{image}@{SNAPSHOT}", exc) from None
             try:
                 with rbd.Image(child, disk) as handle:
                     if handle.size() < size_gib * GIB:
                         handle.resize(size_gib * GIB)
             except rbd.Error as exc:
-                raise CephError(f"cannot resize {vm_pool}/{disk}: {exc}") from None
+                raise _failed(f"cannot resize {vm_pool}/{disk}", exc) from None
 
     def exists(self, pool: str, name: str) -> bool:
         import rbd
@@ -136,7 +149,7 @@ class Ceph:
             except rbd.ImageNotFound:
                 pass
             except rbd.Error as exc:
-                raise CephError(f"cannot remove {pool}/{name}: {exc}") from None
+                raise _failed(f"cannot remove {pool}/{name}", exc) from None
 
     # -- fencing ----------------------------------------------------------------------------------
 
@@ -148,7 +161,7 @@ class Ceph:
         try:
             return frozenset(_addresses(str(self._cluster.get_addrs())))
         except rados.Error as exc:
-            raise CephError(f"cannot read this client's own addresses: {exc}") from None
+            raise _failed("cannot read this client's own addresses", exc) from None
 
     def image_clients(self, pool: str, name: str) -> ImageClients | None:
         """Who has `pool/name` open now (see `ImageClients`), our own client excluded; None if the image
@@ -166,7 +179,7 @@ class Ceph:
             except rbd.ImageNotFound:
                 return None
             except rbd.Error as exc:
-                raise CephError(f"cannot list the clients of {pool}/{name}: {exc}") from None
+                raise _failed(f"cannot list the clients of {pool}/{name}", exc) from None
         lockers = tuple(Locker(str(client), str(cookie), _address(str(address)))
                         for client, cookie, address in (info["lockers"] if info else []))
         return ImageClients(watchers=frozenset(watchers - own),
@@ -184,7 +197,7 @@ class Ceph:
             except rbd.ImageNotFound:
                 return None
             except rbd.Error as exc:
-                raise CephError(f"cannot list the watchers of {pool}/{name}: {exc}") from None
+                raise _failed(f"cannot list the watchers of {pool}/{name}", exc) from None
 
     def blocklist_add(self, address: str) -> None:
         """Blocklist one client instance (`ip:port/nonce`) for BLOCKLIST_EXPIRE_S. Once an OSD has
@@ -222,7 +235,7 @@ class Ceph:
         try:
             self._cluster.wait_for_latest_osdmap()
         except rados.Error as exc:
-            raise CephError(f"cannot get the latest OSD map: {exc}") from None
+            raise _failed("cannot get the latest OSD map", exc) from None
 
     def break_lock(self, pool: str, name: str, locker: Locker) -> None:
         """Remove `locker`'s hold on the lock of `pool/name`, so the next client takes the lock at once
@@ -238,7 +251,7 @@ class Ceph:
             except rbd.ImageNotFound:  # the image, or the hold (ENOENT either way)
                 return
             except rbd.Error as exc:
-                raise CephError(f"cannot break {locker.client}'s lock on {pool}/{name}: {exc}") from None
+                raise _failed(f"cannot break {locker.client}'s lock on {pool}/{name}", exc) from None
 
     def _mon_command(self, command: dict[str, Any], what: str) -> bytes:
         import rados
@@ -246,9 +259,10 @@ class Ceph:
         try:
             ret, out, status = self._cluster.mon_command(json.dumps(command), b"")
         except rados.Error as exc:
-            raise CephError(f"{what}: {exc}") from None
+            raise _failed(what, exc) from None
         if ret != 0:
-            raise CephError(f"{what}: the monitor answered {ret} ({status.strip() or 'no reason given'})")
+            kind = CephUnavailable if -ret in UNAVAILABLE_ERRNOS else CephError  # ret is a negative errno
+            raise kind(f"{what}: the monitor answered {ret} ({status.strip() or 'no reason given'})")
         return bytes(out)
 
     # -- image stores -----------------------------------------------------------------------------
@@ -273,7 +287,7 @@ class Ceph:
                     handle.protect_snap(SNAPSHOT)
             except (rbd.Error, OSError) as exc:
                 self.remove_image(pool, name)
-                raise CephError(f"cannot store image {pool}/{name}: {exc}") from None
+                raise _failed(f"cannot store image {pool}/{name}", exc) from None
 
     def remove_image(self, pool: str, name: str) -> None:
         """Remove an image with its snapshot (it must have no clones left)."""
@@ -289,8 +303,15 @@ class Ceph:
             except rbd.ImageNotFound:
                 return
             except rbd.Error as exc:
-                raise CephError(f"cannot remove image {pool}/{name}: {exc}") from None
+                raise _failed(f"cannot remove image {pool}/{name}", exc) from None
         self.remove(pool, name)
+
+
+def _failed(what: str, exc: Exception) -> CephError:
+    """The CephError for a failed binding call (rados.Error, rbd.Error or OSError, each with its
+    errno): CephUnavailable if retrying may help."""
+    kind = CephUnavailable if getattr(exc, "errno", None) in UNAVAILABLE_ERRNOS else CephError
+    return kind(f"{what}: {exc}")
 
 
 def _address(text: str) -> str:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from ucloud_common.errors import PermanentError
+
 QCOW2_MAGIC = b"QFI\xfb"
 # Formats qemu would recognise by their first bytes: refused (they are not raw, whatever the name).
 OTHER_MAGICS = {
@@ -28,8 +30,9 @@ EXT_END, EXT_DATA_FILE, EXT_CRYPTO = 0, 0x44415441, 0x0537BE77
 HEADER_BYTES = 64 * 1024
 
 
-class Refused(Exception):
-    """The file is not accepted; `str()` says why, for the image's `error`."""
+class Refused(PermanentError):
+    """The file is not accepted (and never will be: retrying is useless); `str()` says why, for the
+    image's `error`."""
 
 
 @dataclass(frozen=True)

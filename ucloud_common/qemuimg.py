@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 
 class QemuImgError(Exception):
-    """qemu-img failed; `str()` is its own last line of explanation."""
+    """qemu-img failed or ran past its time; `str()` says which (its own last line of explanation)."""
 
 
 @dataclass(frozen=True)
@@ -25,8 +25,11 @@ def qemu_img(*args: str, limits: Limits | None = None, timeout: float = 600) -> 
     if limits:
         command = ["prlimit", f"--as={limits.memory_mib * 1024 * 1024}",
                    f"--cpu={limits.cpu_seconds}", "--", *command]
-    result = subprocess.run(command, capture_output=True, text=True,
-                            timeout=limits.cpu_seconds * 2 if limits else timeout)
+    wall = limits.cpu_seconds * 2 if limits else timeout
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=wall)
+    except subprocess.TimeoutExpired:  # run() has killed it; a hung qemu-img is a failed one
+        raise QemuImgError(f"qemu-img {args[0]} did not finish within {wall:.0f} s") from None
     if result.returncode != 0:
         lines = result.stderr.strip().splitlines()
         raise QemuImgError(f"qemu-img {args[0]} failed: {lines[-1] if lines else f'exit {result.returncode}'}")

@@ -1,8 +1,10 @@
 """Importing an image file into an image store (an admin's command, e.g. for the tiny test image).
 
-The same checks as image-scanner's (`ucloud_common.diskformat`): only raw and qcow2, judged from the
-header before qemu-img opens the file, and never a qcow2 that points at another file (a backing file
-or an external data file could make qemu-img read a host file into the store).
+The image is made exactly as image-scanner makes a user's: the request is written (TO_BE_CREATED),
+then `imagestore.build` checks and converts the file (raw and qcow2 only, judged from the header
+before qemu-img opens it, never a qcow2 pointing at another file, qemu-img under limits, at most
+`image_max_size`) and `imagestore.settle` records the outcome. Only the sha512 check is skipped:
+an admin's file was never registered by file-scan.
 """
 
 from __future__ import annotations
@@ -10,48 +12,29 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ucloud_common.ceph import Ceph, CephError
-from ucloud_common.diskformat import HEADER_BYTES, Refused, judge
-from ucloud_common.image import IMAGES, Image, ImageStatus
-from ucloud_common.qemuimg import QemuImgError, qemu_img
+from ucloud_common.ceph import Ceph
+from ucloud_common.config import Settings
+from ucloud_common.image import IMAGES, Image
+from ucloud_common.imagestore import Outcome, build, served_pool, settle
 from ucloud_common.store import Store
-from ucloud_vm.storage import StorageError
-
-MAX_IMPORT_BYTES = 1024 * 2**30
 
 
-def inspect(path: Path) -> str:
-    """The file's format, or StorageError saying why it is refused."""
-    with open(path, "rb") as file:
-        header = file.read(HEADER_BYTES)
-    try:
-        return judge(header, path.stat().st_size, MAX_IMPORT_BYTES).format
-    except Refused as exc:
-        raise StorageError(f"{path}: {exc}") from None
-
-
-def import_image(store: Store, image_dir: Path, path: Path, uuid: str, name: str, owner: str,
-                 public: bool, ceph: Ceph | None = None, pool: str = "local") -> Image:
-    """Into the local store (`image_dir/<uuid>.raw`), or, with `ceph`, into RBD `pool/<uuid>@base`."""
-    fmt = inspect(path)
-    image_dir.mkdir(parents=True, exist_ok=True)
-    target = image_dir / f"{uuid}.raw"
-    partial = target.with_suffix(".partial")
-    try:
-        qemu_img("convert", "-q", "-f", fmt, "-O", "raw", str(path), str(partial))
-        if ceph is None:
-            os.replace(partial, target)
-        else:
-            ceph.store_image(pool, uuid, partial)
-    except (QemuImgError, CephError) as exc:
-        raise StorageError(str(exc)) from None
-    finally:
-        partial.unlink(missing_ok=True)
-    image = Image(uuid=uuid, owner=owner, name=name, store_name="local" if ceph is None else pool, public=public,
-                  status=ImageStatus.CREATED)
-    current = store.get(IMAGES, uuid)
+def import_image(store: Store, settings: Settings, path: Path, request: Image, ceph: Ceph | None = None) -> Outcome:
+    """Make `request` (a TO_BE_CREATED image) from the file at `path`, replacing any image of the
+    same uuid. Raises PermanentError, before writing anything, if its store is not served here
+    (`served_pool`), and StoreUnavailable if etcd cannot be reached."""
+    served_pool(settings, request.store_name, ceph)
+    current = store.get(IMAGES, request.uuid)
     if current is None:
-        store.create(IMAGES, uuid, image)
+        store.create(IMAGES, request.uuid, request)
     else:
-        store.replace(IMAGES, uuid, image, current.mod_revision)
-    return image
+        store.replace(IMAGES, request.uuid, request, current.mod_revision)
+
+    def make() -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            build(settings, request, fd, ceph)
+        finally:
+            os.close(fd)
+
+    return settle(store, request, make)

@@ -12,6 +12,8 @@ import click
 
 from ucloud_common.ceph import Ceph, CephError
 from ucloud_common.cli import daemon_group, exit_if_failed, settings_from
+from ucloud_common.errors import PermanentError, TemporaryError
+from ucloud_common.image import Image, ImageStatus
 from ucloud_common.record import check_name
 from ucloud_common.specs import Specs
 from ucloud_common.store import Store, StoreUnavailable
@@ -19,7 +21,7 @@ from ucloud_vm.accel import choose
 from ucloud_vm.agent import Agent, HostSpec, machine_capacity
 from ucloud_vm.images import import_image
 from ucloud_vm.qemu import QemuDriver
-from ucloud_vm.storage import LocalStorage, RBDStorage, StorageBackend, StorageError
+from ucloud_vm.storage import LocalStorage, RBDStorage, StorageBackend
 
 cli = daemon_group("ucloud-vm", "The host agent: runs this host's VMs in QEMU and reports what is true of them.")
 
@@ -84,30 +86,33 @@ def run(ctx: click.Context, hostname: str, address: str | None, run_dir: Path | 
 @click.pass_context
 def import_(ctx: click.Context, path: Path, name: str, uuid_: str | None, owner: str, private: bool,
             store_name: str) -> None:
-    """Import a raw or qcow2 file into an image store, as a CREATED image.
+    """Import a raw or qcow2 file into an image store, as a CREATED image (replacing an image of the
+    same id), with image-scanner's checks: the format is judged from the header, no backing or data
+    file, qemu-img runs under limits, the virtual size is at most UCLOUD_IMAGE_MAX_SIZE GiB. A refused
+    file leaves the image ERROR with the reason; prints the image's id.
 
     Example: ucloud-vm import-image /var/lib/ucloud/tiny/tiny.qcow2 --name tiny --uuid tiny
     """
     settings = settings_from(ctx)
-    image_id = check_name(uuid_) if uuid_ else str(uuidlib.uuid4())
     ceph = None
-    if store_name != "local":
-        if not settings.ceph_conf or store_name != settings.ceph_image_pool:
-            raise click.ClickException(f"no image store {store_name}: it is local or the Ceph image pool "
-                                       "(UCLOUD_CEPH_CONF, UCLOUD_CEPH_IMAGE_POOL)")
-        try:
-            ceph = Ceph(settings.ceph_conf, settings.ceph_client)
-        except CephError as exc:
-            raise click.ClickException(str(exc)) from None
-    store = Store(settings)
     try:
-        image = import_image(store, settings.image_dir, path, image_id, name, owner, public=not private,
-                             ceph=ceph, pool=store_name)
-    except (StorageError, StoreUnavailable) as exc:
+        request = Image(uuid=check_name(uuid_) if uuid_ else str(uuidlib.uuid4()), owner=owner, name=name,
+                        store_name=store_name, public=not private)
+        if store_name == settings.ceph_image_pool and settings.ceph_conf:
+            ceph = Ceph(settings.ceph_conf, settings.ceph_client)
+        store = Store(settings)
+        try:
+            outcome = import_image(store, settings, path, request, ceph)
+        finally:
+            store.close()
+    except (ValueError, CephError, PermanentError, TemporaryError, StoreUnavailable) as exc:
         raise click.ClickException(str(exc)) from None
-    finally:
-        store.close()
-    click.echo(image.uuid)
+    if outcome.status is ImageStatus.TO_BE_CREATED:
+        raise click.ClickException(f"image {request.uuid} not imported, a temporary failure: {outcome.reason}; "
+                                   "run this again")
+    if outcome.status is ImageStatus.ERROR:
+        raise click.ClickException(f"image {request.uuid} refused (it is ERROR): {outcome.reason}")
+    click.echo(request.uuid)
 
 
 def _address() -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ucloud_common.ceph import Ceph, CephError
+from ucloud_common.imagestore import local_image_path
 from ucloud_common.qemuimg import QemuImgError, qemu_img
 from ucloud_common.vm import VM
 
@@ -53,7 +54,7 @@ class LocalStorage:
         self._disks = disk_dir
 
     def image_path(self, image: str) -> Path:
-        return self._images / f"{image}.raw"
+        return local_image_path(self._images, image)
 
     def disk_path(self, vm: VM) -> Path:
         return self._disks / f"{vm.uuid}.qcow2"

@@ -26,6 +26,7 @@ from tests.helpers.tiny import tiny_image
 from ucloud_common.config import load_settings
 from ucloud_common.file import File
 from ucloud_common.image import Image
+from ucloud_common.imagestore import local_image_path
 from ucloud_common.specs import Specs
 from ucloud_common.vm import VM
 from ucloud_imagescanner.scanner import create_image
@@ -48,7 +49,7 @@ def main() -> None:
         work = Path(tmp)
         with ceph_with_tiny(work / "ceph") as ceph:
             (work / "images").mkdir()
-            (work / "images" / "tiny.raw").write_bytes((tiny / "tiny.raw").read_bytes())
+            local_image_path(work / "images", "tiny").write_bytes((tiny / "tiny.raw").read_bytes())
             rbd_storage = RBDStorage(ceph, "images", "vms")
             local = LocalStorage(work / "images", work / "disks")
             vms = [VM(uuid=f"bench-{i}", owner="b", name=f"b{i}", image="tiny", specs=Specs(cpu=1, ram=1, ssd=10))
@@ -79,7 +80,7 @@ def main() -> None:
                 file = File(uuid="f", owner="bench", filename=path.name, size=path.stat().st_size, sha512=digest,
                             mtime=datetime.now(UTC))
                 image = Image(uuid=f"img-{fmt}", owner="bench", name=fmt, store_name="local")
-                safe = timed(lambda: create_image(settings, image, file, settings.image_dir))
+                safe = timed(lambda: create_image(settings, image, file))
                 size_mb = (args.size_mib << 20) / 1e6
                 results[fmt] = {"plain_s": round(plain, 2), "ucloud_s": round(safe, 2),
                                 "plain_mb_s": round(size_mb / plain), "ucloud_mb_s": round(size_mb / safe),

@@ -14,10 +14,15 @@ import pytest
 from tests.helpers.ceph import CephServer
 from tests.helpers.tiny import tiny_image
 from ucloud_common.ceph import SNAPSHOT, Ceph
+from ucloud_common.config import Settings
 from ucloud_common.host import Host
+from ucloud_common.image import IMAGES, Image, ImageStatus
+from ucloud_common.imagestore import Outcome
 from ucloud_common.specs import Specs
+from ucloud_common.store import Store
 from ucloud_common.vm import VM
 from ucloud_scheduler.fencing import RBDFence
+from ucloud_vm.images import import_image
 from ucloud_vm.storage import RBDStorage, StorageError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -123,3 +128,42 @@ def test_image_scanner_fills_the_rbd_store_and_refuses_into_nothing(
         assert image.is_protected_snap(SNAPSHOT)
         assert image.read(0, 1 << 20) == (tiny_image() / "tiny.raw").read_bytes()[: 1 << 20]
     ceph.remove_image("images", "rbd-good")
+
+
+def test_ceph_failures_are_classed_by_their_errno() -> None:
+    """A timeout or a lost connection is worth retrying (CephUnavailable, a TemporaryError); a refusal is not."""
+    import errno
+
+    import rados
+    import rbd
+
+    from ucloud_common.ceph import CephError, CephUnavailable, _failed
+    from ucloud_common.errors import TemporaryError
+
+    for exc in (rados.TimedOut("t", errno=errno.ETIMEDOUT), rbd.Timeout("t", errno=errno.ETIMEDOUT),
+                rbd.ConnectionShutdown("c", errno=errno.ESHUTDOWN), rbd.NoSpace("n", errno=errno.ENOSPC)):
+        failure = _failed("cannot store image images/x", exc)
+        assert isinstance(failure, CephUnavailable) and isinstance(failure, TemporaryError), exc
+        assert str(failure).startswith("cannot store image images/x: ")
+    for exc in (rbd.PermissionError("p", errno=errno.EPERM), rados.ObjectNotFound("o", errno=errno.ENOENT)):
+        failure = _failed("cannot open pool images", exc)
+        assert type(failure) is CephError and not isinstance(failure, TemporaryError), exc
+
+
+def test_import_image_stores_into_the_ceph_image_pool(ceph: Ceph, store: Store, settings: Settings,
+                                                      tmp_path: Path) -> None:
+    """import-image into RBD: image-scanner's checks and record writes, a protected snapshot, nothing staged."""
+    settings = settings.model_copy(update={"image_dir": tmp_path / "images", "ceph_image_pool": "images"})
+    request = Image(uuid="imported", owner="admin", name="imported", store_name="images")
+    try:
+        assert import_image(store, settings, tiny_image() / "tiny.qcow2", request, ceph) == Outcome(ImageStatus.CREATED)
+        record = store.get(IMAGES, "imported")
+        assert record is not None and record.value.status is ImageStatus.CREATED
+        import rbd
+
+        with ceph.pool("images") as ioctx, rbd.Image(ioctx, "imported") as image:
+            assert image.is_protected_snap(SNAPSHOT)
+            assert image.read(0, 4096) == (tiny_image() / "tiny.raw").read_bytes()[:4096]
+        assert not list((settings.image_dir / ".staging").iterdir())
+    finally:
+        ceph.remove_image("images", "imported")

@@ -1,20 +1,27 @@
-"""Image-scanner over good and hostile files, with a real etcd, real qemu-img and file-scan."""
+"""Image-scanner over good and hostile files, with a real etcd, real qemu-img and file-scan; its error
+paths (an unexpected exception, a hung qemu-img, Ceph failing) injected with mocks."""
 
 from __future__ import annotations
 
+import errno
 import struct
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.helpers.tiny import tiny_image
+from ucloud_common import qemuimg
+from ucloud_common.ceph import CephError, CephUnavailable
 from ucloud_common.config import Settings
 from ucloud_common.file import FILES
 from ucloud_common.image import IMAGES, Image, ImageStatus
+from ucloud_common.imagestore import local_image_path
 from ucloud_common.store import Store
 from ucloud_filescan.scan import scan as filescan
 from ucloud_common.diskformat import Refused, judge
+from ucloud_imagescanner import scanner
 from ucloud_imagescanner.scanner import scan
 
 PASSWD = Path("/etc/passwd").read_bytes()
@@ -70,10 +77,10 @@ def uploads(settings_for: Settings, tmp_path: Path) -> dict[str, Path]:
     return files
 
 
-def request(store: Store, owner: str, filename: str) -> str:
+def request(store: Store, owner: str, filename: str, store_name: str = "local") -> str:
     file = next(f.value for f in store.list(FILES).items.values() if f.value.filename == filename)
     uuid = filename.replace(".", "-")
-    store.create(IMAGES, uuid, Image(uuid=uuid, owner=owner, name=uuid, store_name="local", file_uuid=file.uuid))
+    store.create(IMAGES, uuid, Image(uuid=uuid, owner=owner, name=uuid, store_name=store_name, file_uuid=file.uuid))
     return uuid
 
 
@@ -96,14 +103,14 @@ def test_good_images_are_created_and_hostile_ones_refused(store: Store, settings
         assert result[name].status is ImageStatus.ERROR and result[name].error == error, (name, result[name].error)
     assert report.created == 2 and report.refused == 5
     stored = sorted(p.name for p in settings_for.image_dir.iterdir() if p.is_file())
-    assert stored == sorted(f"{images[n]}.raw" for n in ("good.qcow2", "good.raw"))
+    assert stored == sorted(local_image_path(settings_for.image_dir, images[n]).name for n in ("good.qcow2", "good.raw"))
     assert not list((settings_for.image_dir / ".staging").iterdir()), "nothing of a refused file is left"
     for path in settings_for.image_dir.rglob("*"):
         if path.is_file():
             assert PASSWD[:64] not in path.read_bytes(), f"/etc/passwd leaked into {path}"
-    converted = (settings_for.image_dir / f"{images['good.qcow2']}.raw").read_bytes()
+    converted = local_image_path(settings_for.image_dir, images["good.qcow2"]).read_bytes()
     assert converted == (tiny_image() / "tiny.raw").read_bytes()
-    assert (settings_for.image_dir / f"{images['good.raw']}.raw").stat().st_mode & 0o222 == 0, "not read-only"
+    assert local_image_path(settings_for.image_dir, images["good.raw"]).stat().st_mode & 0o222 == 0, "not read-only"
     again = scan(store, settings_for)
     assert again.created == again.refused == 0, "a second run redoes nothing"
 
@@ -130,7 +137,7 @@ def test_a_qcow2_changed_after_registration_is_refused(store: Store, settings_fo
     image = store.get(IMAGES, uuid)
     assert image is not None and image.value.status is ImageStatus.ERROR
     assert "changed since file-scan registered it" in image.value.error
-    assert not list(settings_for.image_dir.glob("*.raw")), "nothing reached the store"
+    assert not local_image_path(settings_for.image_dir, uuid).exists(), "nothing reached the store"
 
 
 def test_a_symlink_swapped_in_after_registration_is_not_followed(store: Store, settings_for: Settings,
@@ -150,6 +157,89 @@ def test_an_image_waits_for_its_file(store: Store, settings_for: Settings) -> No
                                         file_uuid="not-yet"))
     assert scan(store, settings_for).waiting == 1
     assert store.get(IMAGES, "early").value.status is ImageStatus.TO_BE_CREATED  # type: ignore[union-attr]
+
+
+def two_good_images(store: Store, settings: Settings) -> dict[str, str]:
+    filescan(store, settings.upload_dir, settle=0)
+    return {name: request(store, "alice", name) for name in ("good.qcow2", "good.raw")}
+
+
+def status_of(store: Store, uuid: str) -> tuple[ImageStatus, str]:
+    image = store.get(IMAGES, uuid)
+    assert image is not None
+    return image.value.status, image.value.error
+
+
+@pytest.mark.parametrize("failure, status, error", [
+    (RuntimeError("boom"), ImageStatus.ERROR, "unexpected error: RuntimeError: boom"),
+    (OSError(errno.ENOSPC, "No space left on device"), ImageStatus.TO_BE_CREATED, ""),  # temporary: retried
+])
+def test_one_image_failing_unexpectedly_never_stops_the_others(
+        store: Store, settings_for: Settings, uploads: dict[str, Path], mocker, failure: Exception,  # type: ignore[no-untyped-def]
+        status: ImageStatus, error: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Error path only: `build` is made to fail on one image."""
+    images = two_good_images(store, settings_for)
+    real = scanner.build
+
+    def failing_on_qcow2(settings: Settings, image: Image, *args: Any, **kwargs: Any) -> None:
+        if image.uuid == images["good.qcow2"]:
+            raise failure
+        real(settings, image, *args, **kwargs)
+
+    mocker.patch.object(scanner, "build", side_effect=failing_on_qcow2)
+    report = scan(store, settings_for)
+    assert status_of(store, images["good.qcow2"]) == (status, error)
+    assert status_of(store, images["good.raw"]) == (ImageStatus.CREATED, "")
+    assert (report.created, report.refused + report.retrying) == (1, 1)
+    logged = [r for r in caplog.records if images["good.qcow2"] in r.getMessage()]
+    assert logged and all(r.levelname in ("WARNING", "ERROR") for r in logged)
+    assert any(r.exc_info for r in logged), "the unexpected failure's traceback is logged"
+
+
+def test_a_qemu_img_timeout_refuses_that_image_and_the_run_goes_on(
+        store: Store, settings_for: Settings, uploads: dict[str, Path], mocker) -> None:  # type: ignore[no-untyped-def]
+    """Error path only: qemu-img is made to hang (time out) on one image's staged copy."""
+    images = two_good_images(store, settings_for)
+    real = subprocess.run
+
+    def hanging_on_qcow2(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        if any(arg.endswith(f"{images['good.qcow2']}.in") for arg in command):
+            raise subprocess.TimeoutExpired(command, kwargs["timeout"])
+        return real(command, **kwargs)
+
+    mocker.patch.object(qemuimg.subprocess, "run", side_effect=hanging_on_qcow2)
+    report = scan(store, settings_for)
+    wall = settings_for.qemu_img_cpu * 2
+    assert status_of(store, images["good.qcow2"]) == (
+        ImageStatus.ERROR, f"qemu-img info did not finish within {wall} s (the file is refused)")
+    assert status_of(store, images["good.raw"]) == (ImageStatus.CREATED, "")
+    assert (report.created, report.refused) == (1, 1)
+
+
+class CephFailing:
+    """A Ceph client whose image store fails with `error` (the error paths of `Ceph.store_image`)."""
+
+    def __init__(self, error: CephError) -> None:
+        self.error = error
+
+    def store_image(self, pool: str, name: str, raw: Path) -> None:
+        raise self.error
+
+
+@pytest.mark.parametrize("error, status", [
+    (CephUnavailable("cannot store image images/x: RADOS timed out"), ImageStatus.TO_BE_CREATED),
+    (CephError("cannot store image images/x: RADOS permission denied"), ImageStatus.ERROR),
+])
+def test_a_temporary_ceph_error_leaves_the_image_for_the_next_run(
+        store: Store, settings_for: Settings, uploads: dict[str, Path], caplog: pytest.LogCaptureFixture,
+        error: CephError, status: ImageStatus) -> None:
+    filescan(store, settings_for.upload_dir, settle=0)
+    uuid = request(store, "alice", "good.qcow2", settings_for.ceph_image_pool)
+    report = scan(store, settings_for, CephFailing(error))  # type: ignore[arg-type]
+    assert status_of(store, uuid) == (status, "" if status is ImageStatus.TO_BE_CREATED else str(error))
+    assert (report.retrying, report.refused) == ((1, 0) if status is ImageStatus.TO_BE_CREATED else (0, 1))
+    assert any(r.levelname == "WARNING" and str(error) in r.getMessage() for r in caplog.records)
+    assert not list((settings_for.image_dir / ".staging").iterdir()), "nothing left in staging"
 
 
 @pytest.mark.parametrize("header, why", [

@@ -1,5 +1,5 @@
 """The agent's parts on their own: the QEMU command line, local storage and image import with the
-real qemu-img, per-VM serialization."""
+real qemu-img (import with a real etcd), per-VM serialization."""
 
 from __future__ import annotations
 
@@ -11,10 +11,15 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.tiny import tiny_image
+from ucloud_common.config import Settings
+from ucloud_common.errors import PermanentError
+from ucloud_common.image import IMAGES, Image, ImageStatus
+from ucloud_common.imagestore import Outcome, local_image_path
+from ucloud_common.store import Store
 from ucloud_common.vm import VM
 from ucloud_vm import qemu
 from ucloud_vm.accel import choose
-from ucloud_vm.images import inspect
+from ucloud_vm.images import import_image
 from ucloud_vm.paths import VMPaths
 from ucloud_vm.storage import LocalStorage, StorageError
 from ucloud_vm.workers import KeyedWorkers
@@ -48,7 +53,7 @@ def test_paths_refuse_names_that_escape() -> None:
 def test_local_storage_makes_an_overlay_grown_to_the_ssd_size(tmp_path: Path) -> None:
     images, disks = tmp_path / "images", tmp_path / "disks"
     images.mkdir()
-    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(images / "img.raw"), "64M"], check=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(local_image_path(images, "img")), "64M"], check=True)
     storage = LocalStorage(images, disks)
     vm = a_vm()
     storage.create(vm)
@@ -69,28 +74,44 @@ def test_local_storage_errors_say_why(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="image img is not in this host's image store"):
         storage.create(a_vm())
     (tmp_path / "images").mkdir()
-    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(tmp_path / "images" / "img.raw"), "2G"], check=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(local_image_path(tmp_path / "images", "img")), "2G"],
+                   check=True)
     with pytest.raises(StorageError, match="more than the VM's ssd of 1 GiB"):
         storage.create(a_vm())
     assert not list((tmp_path / "disks").glob("*")), "nothing half made"
 
 
-def test_import_refuses_what_points_elsewhere(tmp_path: Path) -> None:
-    assert inspect(tiny_image() / "tiny.qcow2") == "qcow2"
+def test_import_makes_the_image_and_refuses_what_points_elsewhere(store: Store, settings: Settings,
+                                                                  tmp_path: Path) -> None:
+    """import-image goes through image-scanner's checks and record writes (`imagestore`)."""
+    settings = settings.model_copy(update={"image_dir": tmp_path / "images"})
+
+    def imported(path: Path, uuid: str) -> Outcome:
+        return import_image(store, settings, path, Image(uuid=uuid, owner="admin", name=uuid, store_name="local"))
+
+    assert imported(tiny_image() / "tiny.qcow2", "tiny") == Outcome(ImageStatus.CREATED)
+    assert local_image_path(settings.image_dir, "tiny").read_bytes() == (tiny_image() / "tiny.raw").read_bytes()
     backed = tmp_path / "backed.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", "/etc/passwd", str(backed)],
                    check=True)
-    with pytest.raises(StorageError, match="backing file"):
-        inspect(backed)
     data_file = tmp_path / "datafile.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", f"data_file={tmp_path / 'x.raw'}",
                     str(data_file), "1M"], check=True)
-    with pytest.raises(StorageError, match="external data file"):
-        inspect(data_file)
     vmdk = tmp_path / "disk.vmdk"
     subprocess.run(["qemu-img", "create", "-q", "-f", "vmdk", str(vmdk), "1M"], check=True)
-    with pytest.raises(StorageError, match="format vmdk is not accepted"):
-        inspect(vmdk)
+    huge = tmp_path / "huge.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(huge), f"{settings.image_max_size + 1}G"],
+                   check=True)
+    for path, why in [(backed, "backing file"), (data_file, "external data file"), (vmdk, "format vmdk is not accepted"),
+                      (huge, f"exceeds the limit of {settings.image_max_size} GiB")]:
+        outcome = imported(path, path.stem)
+        assert outcome.status is ImageStatus.ERROR and why in outcome.reason, outcome
+        record = store.get(IMAGES, path.stem)
+        assert record is not None and record.value.error == outcome.reason
+        assert not local_image_path(settings.image_dir, path.stem).exists()
+    with pytest.raises(PermanentError, match="image store elsewhere is not served here"):
+        import_image(store, settings, backed, Image(uuid="x", owner="admin", name="x", store_name="elsewhere"))
+    assert store.get(IMAGES, "x") is None, "nothing written for a store not served here"
 
 
 def test_the_accelerator_from_configuration_is_taken_as_is(tmp_path: Path) -> None:

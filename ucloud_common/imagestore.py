@@ -1,0 +1,188 @@
+"""The image stores, and the one way an image gets into one and onto its record.
+
+An image lives in the local store as the raw file `local_image_path(image_dir, uuid)`, read-only
+(VM disks are qcow2 overlays on it), or in the Ceph image pool as the RBD image `<pool>/<uuid>` with
+its protected snapshot `base` (VM disks are clones of it).
+
+Image-scanner (a user's uploaded file) and `ucloud-vm import-image` (an admin's file) both make
+images with `build` and record what came of it with `settle`, so both apply the same checks and
+write the image record the same way. `build` copies the file into a private staging file (from
+then on nobody can change what is checked), compares its sha512 with what file-scan registered
+(for an upload), judges the header (`diskformat.judge`, against `image_max_size`), lets qemu-img
+check it too, with an explicit format and under limits, converts it to raw, and only then puts it
+in the store — or raises, leaving nothing of the file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from ucloud_common.ceph import Ceph, CephError, CephUnavailable
+from ucloud_common.config import Settings
+from ucloud_common.diskformat import HEADER_BYTES, QCOW2_MAGIC, Refused, judge
+from ucloud_common.errors import PermanentError, TemporaryError, classify
+from ucloud_common.image import IMAGES, Image, ImageStatus
+from ucloud_common.imagecopy import copy_hashed, copy_sparse, sha512_of
+from ucloud_common.qemuimg import Limits, QemuImgError, qemu_img
+from ucloud_common.record import check_key_part
+from ucloud_common.store import Conflict, NotFound, Store
+
+log = logging.getLogger(__name__)
+
+LOCAL = "local"
+
+
+def local_image_path(image_dir: Path, uuid: str) -> Path:
+    """The file of image `uuid` in the local store under `image_dir`: the only place that path is made."""
+    return image_dir / f"{check_key_part(uuid)}.raw"
+
+
+def served_pool(settings: Settings, store_name: str, ceph: Ceph | None) -> str | None:
+    """The Ceph pool that serves image store `store_name`, None for the local store; PermanentError
+    if neither serves it here."""
+    if store_name == LOCAL:
+        return None
+    if ceph is not None and store_name == settings.ceph_image_pool:
+        return store_name
+    raise PermanentError(f"image store {store_name} is not served here: it is {LOCAL} or the Ceph image pool "
+                         f"({settings.ceph_image_pool}, with UCLOUD_CEPH_CONF set)")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What came of one image: CREATED; ERROR with `reason`; or still TO_BE_CREATED with `reason`
+    when the failure was temporary and the image is left for the next run."""
+
+    status: ImageStatus
+    reason: str = ""
+
+
+def build(settings: Settings, image: Image, source_fd: int, ceph: Ceph | None = None,
+          sha512: str | None = None) -> None:
+    """Make `image` in its store (`image.store_name`, see `served_pool`) from the open file
+    `source_fd` (left open); with `sha512`, the file must still be the one file-scan registered.
+
+    Raises PermanentError (the file is `Refused`, the store is not served here, Ceph refused),
+    TemporaryError (`CephUnavailable`), or anything unexpected (e.g. OSError); whatever it raises,
+    nothing of the file is left in the store or in staging.
+    """
+    pool = served_pool(settings, image.store_name, ceph)
+    staging = settings.image_dir / ".staging"
+    staging.mkdir(parents=True, exist_ok=True, mode=0o700)
+    staged = staging / f"{check_key_part(image.uuid)}.in"
+    converted = staging / f"{image.uuid}.out"
+    for leftover in (staged, converted):
+        leftover.unlink(missing_ok=True)  # of a run that died
+    hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha512")
+    try:
+        verify_sha512 = _stage(source_fd, staged, sha512, hashing)
+        _convert(settings, staged, converted)
+        verify_sha512()  # before anything reaches the store
+        if pool is None:
+            converted.chmod(0o444)  # the image's snapshot: VM disks are overlays on it and never write it
+            os.replace(converted, local_image_path(settings.image_dir, image.uuid))
+            return
+        assert ceph is not None  # served_pool names a pool only with a client
+        try:
+            ceph.store_image(pool, image.uuid, converted)  # snapshot `base`, protected
+        except CephUnavailable:
+            raise  # temporary: built again on the next run
+        except CephError as exc:
+            raise PermanentError(str(exc)) from None
+    finally:
+        hashing.shutdown(wait=True)
+        for leftover in (staged, converted):
+            leftover.unlink(missing_ok=True)
+
+
+def settle(store: Store, image: Image, make: Callable[[], None]) -> Outcome:
+    """Run `make` (which builds `image`, e.g. with `build`) and record what came of it on the image's
+    record: CREATED, or ERROR with the reason of a permanent or unexpected failure, written by one
+    compare-and-swap and only while the record still asks for the image (TO_BE_CREATED). A temporary
+    failure writes nothing: the image stays TO_BE_CREATED for the next run.
+
+    Never raises what `make` raises (an unexpected exception is logged with its traceback), so one
+    image never stops the others. Raises StoreUnavailable if the record cannot be written; building
+    again later is safe (`build` replaces a half-stored image).
+    """
+    try:
+        make()
+        outcome = Outcome(ImageStatus.CREATED)
+    except Exception as exc:  # whatever one image does, the next one is still made
+        failure = classify(exc)
+        if failure is not exc:
+            log.error("image %s failed unexpectedly", image.uuid, exc_info=exc)
+        status = ImageStatus.TO_BE_CREATED if isinstance(failure, TemporaryError) else ImageStatus.ERROR
+        outcome = Outcome(status, failure.reason)
+    what = f"image {image.uuid} ({image.name} of {image.owner})"
+    if outcome.status is ImageStatus.TO_BE_CREATED:
+        log.warning("%s left for the next run: %s", what, outcome.reason)
+        return outcome
+    try:
+        store.update(IMAGES, image.uuid, lambda current: current.evolve(status=outcome.status, error=outcome.reason)
+                     if current.status is ImageStatus.TO_BE_CREATED else None)
+    except NotFound:
+        log.warning("%s was deleted while it was made; it stays in its store as %s", what, outcome.status)
+        return outcome
+    except Conflict as exc:
+        log.warning("%s left for the next run: %s", what, exc)
+        return Outcome(ImageStatus.TO_BE_CREATED, str(exc))
+    if outcome.status is ImageStatus.CREATED:
+        log.info("%s created", what)
+    else:
+        log.warning("%s refused: %s", what, outcome.reason)
+    return outcome
+
+
+def _stage(source_fd: int, staged: Path, sha512: str | None, pool: ThreadPoolExecutor) -> Callable[[], None]:
+    """Copy the file to `staged`; return the check that the copy's sha512 is `sha512` (a no-op
+    without one). A raw file's is checked at once, before anything looks inside it; a qcow2 must be
+    converted anyway, so it is copied quickly and hashed (our own copy, which the user cannot touch)
+    while qemu-img checks and converts it."""
+    if sha512 is None:
+        copy_sparse(source_fd, staged)
+        return lambda: None
+    if os.pread(source_fd, len(QCOW2_MAGIC), 0) != QCOW2_MAGIC:
+        _same_sha512(copy_hashed(source_fd, staged), sha512)
+        return lambda: None
+    copy_sparse(source_fd, staged)
+    hashing = pool.submit(sha512_of, staged)
+    return lambda: _same_sha512(hashing.result(), sha512)
+
+
+def _same_sha512(actual: str, registered: str) -> None:
+    if actual != registered:
+        raise Refused("the file changed since file-scan registered it (its sha512 differs)")
+
+
+def _convert(settings: Settings, staged: Path, converted: Path) -> None:
+    """Judge the staged file, let qemu-img check it, and write it as raw to `converted`; or raise Refused."""
+    with open(staged, "rb") as head:
+        verdict = judge(head.read(HEADER_BYTES), staged.stat().st_size, settings.image_max_size * 2**30)
+    limits = Limits(settings.qemu_img_memory, settings.qemu_img_cpu)
+    info = json.loads(_untrusted_qemu_img(limits, "info", "-f", verdict.format, "--output=json", str(staged)))
+    if info.get("backing-filename") or (info.get("format-specific") or {}).get("data", {}).get("data-file"):
+        raise Refused("qemu-img sees a backing or data file that the header check missed")
+    if verdict.format == "raw":
+        os.replace(staged, converted)  # raw is stored as it is: the staged copy is the image
+        return
+    try:
+        _untrusted_qemu_img(limits, "check", "-q", "-f", "qcow2", str(staged))
+    except Refused:
+        # qemu-img convert reads a truncated qcow2 without complaint (zeros): check does not.
+        raise Refused("qcow2 is damaged or truncated (qemu-img check found errors)") from None
+    _untrusted_qemu_img(limits, "convert", "-q", "-f", "qcow2", "-O", "raw", str(staged), str(converted))
+
+
+def _untrusted_qemu_img(limits: Limits, *args: str) -> str:
+    """qemu-img on an untrusted file: its failing or hanging (a timeout) refuses the file, for good."""
+    try:
+        return qemu_img(*args, limits=limits)
+    except QemuImgError as exc:
+        raise Refused(f"{exc} (the file is refused)") from None
