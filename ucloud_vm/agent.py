@@ -24,6 +24,7 @@ from ucloud_common import clock
 from ucloud_common.config import Settings
 from ucloud_common.allocation import SHARED_STORAGE
 from ucloud_common.claim import held_by, vm_claims
+from ucloud_common.errors import PermanentError, TemporaryError
 from ucloud_common.event import EVENTS, events_of, new_event
 from ucloud_common.host import HOSTS, HOSTS_ALIVE, Host, HostAlive, HostStatus
 from ucloud_common.record import utcnow
@@ -48,7 +49,7 @@ from ucloud_common.store import (
 from ucloud_common.supervise import Supervisor
 from ucloud_common.vm import VMS, VM
 from ucloud_vm.decide import Act, Seen, Step, decide
-from ucloud_vm.driver import LIVE, DriverError, DriverTimeout, Hypervisor, RunState
+from ucloud_vm.driver import LIVE, Hypervisor, RunState
 from ucloud_vm.storage import StorageBackend, StorageError
 from ucloud_vm.workers import KeyedWorkers
 
@@ -229,8 +230,8 @@ class Agent:
             # Temporary: etcd is away or other writers kept winning. Every step is recorded by
             # compare-and-swap and decided afresh, so looking again soon is safe; no traceback.
             return self._later(uuid, str(exc), self._settings.store_retry)
-        except DriverTimeout as exc:
-            return self._later(uuid, str(exc), self._settings.qmp_timeout)
+        except TemporaryError as exc:  # a QEMU or a Ceph that did not answer
+            return self._later(uuid, exc.reason, exc.delay)
         except Exception:  # a bug: told once with its traceback, tried again much later, never hot
             log.exception("vm=%s: reconcile failed unexpectedly; looking again in %.0f s", uuid,
                           self._settings.failure_retry)
@@ -249,8 +250,8 @@ class Agent:
                 return Step(note="moved to another host meanwhile")
         try:
             self._act(vm, step)
-        except (StorageError, DriverError) as exc:
-            if isinstance(exc, DriverTimeout) or step.act not in _PERMANENT_WHEN_FAILED:
+        except PermanentError as exc:
+            if step.act not in _PERMANENT_WHEN_FAILED:
                 raise
             return self._failed(vm, step, exc)
         if step.event:
@@ -369,8 +370,8 @@ class Agent:
             log.warning("vm=%s: event not recorded (%s): %s", uuid, exc, message)
 
 
-# Failures of these actions are the VM's, for good: it goes to ERROR with the reason. Failures of
-# the others (a pause QEMU refused) are looked at again later.
+# Permanent failures of these actions are the VM's: it goes to ERROR with the reason. (Any other
+# action failing for good is a bug: logged once, looked at again after `failure_retry`.)
 _PERMANENT_WHEN_FAILED = frozenset({Act.CREATE_DISK, Act.START, Act.DELETE})
 
 

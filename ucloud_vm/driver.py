@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
+from ucloud_common.errors import PermanentError, TemporaryError
 from ucloud_common.vm import VM
 
 
@@ -50,14 +51,14 @@ class Observation:
     timeout that made it UNRESPONSIVE."""
 
 
-class DriverError(Exception):
-    """The hypervisor refused or failed a call for good (e.g. QEMU would not start with this
-    configuration); `str()` says why, for the VM's `error`. Retrying the same call will not help."""
+class DriverError(PermanentError):
+    """The hypervisor failed a start for good (e.g. QEMU would not start with this configuration);
+    `str()` says why, for the VM's `error`. Retrying the same call will not help."""
 
 
-class DriverTimeout(DriverError):
-    """The hypervisor did not answer in time; the call may or may not have taken effect. Temporary:
-    observe again later and decide afresh."""
+class DriverTimeout(TemporaryError):
+    """The VM's process did not answer a command (in time, or at all); the call may or may not have
+    taken effect. Temporary: observe again after `delay` and decide afresh."""
 
 
 class Hypervisor(Protocol):

@@ -39,12 +39,16 @@ _STATES = {
 }
 
 
-class QEMUError(DriverError):
-    """QEMU could not be started or did not answer; `str()` says why, for the VM's `error`."""
+class QEMUError(Exception):
+    """QEMU could not be started or did not answer; `str()` says why."""
 
 
-class QMPTimeout(QEMUError, DriverTimeout):
-    """QEMU did not greet or answer in time."""
+class QEMUStartError(QEMUError, DriverError):
+    """QEMU did not start (its own words, for the VM's `error`)."""
+
+
+class QMPFailed(QEMUError, DriverTimeout):
+    """QEMU did not greet or answer in time, or at all."""
 
 
 def machine_args(accel: str, cpus: int, ram_mib: int) -> list[str]:
@@ -89,10 +93,10 @@ def start(argv: list[str], paths: VMPaths) -> int:
         stderr.write(result.stderr)
     if result.returncode != 0:
         message = result.stderr.decode(errors="replace").strip().splitlines()
-        raise QEMUError(f"QEMU failed to start: {message[-1] if message else f'exit {result.returncode}'}")
+        raise QEMUStartError(f"QEMU failed to start: {message[-1] if message else f'exit {result.returncode}'}")
     pid = read_pid(paths)
     if pid is None:
-        raise QEMUError("QEMU started but wrote no pid file")
+        raise QEMUStartError("QEMU started but wrote no pid file")
     return pid
 
 
@@ -148,9 +152,9 @@ def execute(paths: VMPaths, command: str, timeout: float = QMP_TIMEOUT_S, **argu
     try:
         return asyncio.run(run())
     except asyncio.TimeoutError:
-        raise QMPTimeout(f"QMP {command} at {paths.qmp}: no answer within {timeout:.0f} s") from None
+        raise QMPFailed(f"QMP {command} at {paths.qmp}: no answer within {timeout:.0f} s", timeout) from None
     except (OSError, QMPError, EOFError) as exc:
-        raise QEMUError(f"QMP {command} at {paths.qmp} failed: {exc or type(exc).__name__}") from None
+        raise QMPFailed(f"QMP {command} at {paths.qmp} failed: {exc or type(exc).__name__}", timeout) from None
 
 
 def status(paths: VMPaths, timeout: float = QMP_TIMEOUT_S) -> str:
@@ -214,9 +218,9 @@ class QemuDriver:
         argv = command_line(vm, disk, paths, self.accel, paused=paused)
         try:
             start(argv, paths)
-        except (QEMUError, subprocess.TimeoutExpired) as exc:
+        except (QEMUStartError, subprocess.TimeoutExpired) as exc:
             kill(paths, self._timeout)  # nothing may run after a failed start
-            raise QEMUError(str(exc)) from None
+            raise QEMUStartError(str(exc)) from None
 
     def pause(self, uuid: str) -> None:
         execute(self._paths(uuid), "stop", self._timeout)

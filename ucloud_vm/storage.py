@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 from typing import Protocol
 
-from ucloud_common.ceph import Ceph, CephError
+from ucloud_common.ceph import Ceph, CephError, CephUnavailable
+from ucloud_common.errors import PermanentError
 from ucloud_common.imagestore import local_image_path
 from ucloud_common.qemuimg import QemuImgError, qemu_img
 from ucloud_common.vm import VM
@@ -22,8 +23,9 @@ log = logging.getLogger(__name__)
 GIB = 1024**3
 
 
-class StorageError(Exception):
-    """The disk could not be made or removed; `str()` says why, for the VM's `error`."""
+class StorageError(PermanentError):
+    """The disk could not be made or removed; `str()` says why, for the VM's `error`. (A Ceph that
+    did not answer raises `CephUnavailable` instead: temporary, the same call is tried again.)"""
 
 
 class StorageBackend(Protocol):
@@ -110,6 +112,8 @@ class RBDStorage:
     def create(self, vm: VM) -> None:
         try:
             self._ceph.clone_disk(self._image_pool, vm.image, self._vm_pool, vm.uuid, vm.specs.ssd)
+        except CephUnavailable:
+            raise
         except CephError as exc:
             raise StorageError(str(exc)) from None
         log.info("vm=%s disk %s/%s cloned from %s/%s (%d GiB)", vm.uuid, self._vm_pool, vm.uuid,
@@ -122,6 +126,8 @@ class RBDStorage:
     def delete(self, vm: VM) -> None:
         try:
             self._ceph.remove(self._vm_pool, vm.uuid)
+        except CephUnavailable:
+            raise
         except CephError as exc:
             raise StorageError(str(exc)) from None
 
