@@ -40,7 +40,7 @@ from ucloud_common.store import (
     Versioned,
 )
 from ucloud_common.supervise import Supervisor
-from ucloud_common.vm import VM, VMS
+from ucloud_common.vm import VM, VMS, placed_on
 from ucloud_scheduler.fencing import Fence
 from ucloud_scheduler.placement import Placer, Ratios
 from ucloud_scheduler.view import WANTS_TO_RUN, View
@@ -266,7 +266,7 @@ class Scheduler:
             fenced = frozenset()
         ready = [vm for vm in waiting if vm.name in fenced]
         if ready:
-            cycle.released += self._write(ready, lambda vm: vm.evolve(hostname="", error=""),
+            cycle.released += self._write(ready, lambda vm: vm.evolve(**placed_on(""), error=""),
                                           f"host {name} is fenced: to be placed elsewhere")
         rest = [vm.name for vm in waiting if vm.name not in fenced]
         if rest:
@@ -311,9 +311,8 @@ class Scheduler:
         """Fence `host` for those of the VMs that etcd says are still KILLED on it (the view may lag
         behind, e.g. just after a leader change: a VM already moved on must never be fenced, as
         that would cut off its healthy new QEMU); return the uuids fenced."""
-        key = HOSTS.key(host.name)
         current = [found.value for found in (self._store.get(VMS, uuid) for uuid in uuids)
-                   if found is not None and found.value.hostname == key and found.value.status is Status.KILLED]
+                   if found is not None and found.value.host == host.name and found.value.status is Status.KILLED]
         self._fence.fence(host, current)
         return frozenset(vm.uuid for vm in current)
 
@@ -329,9 +328,9 @@ class Scheduler:
         self._write([vm for vm in waiting if vm.value.error != error], lambda vm: vm.evolve(error=error),
                     f"host {host} not fenced: {reason}")
 
-    def _deploy(self, vm: VM, host_key: str) -> VM:
+    def _deploy(self, vm: VM, host: str) -> VM:
         check_transition(Writer.SCHEDULER, vm.status, Status.SCHEDULED_DEPLOY)
-        return vm.evolve(status=Status.SCHEDULED_DEPLOY, hostname=host_key, error="")
+        return vm.evolve(status=Status.SCHEDULED_DEPLOY, **placed_on(host), error="")
 
     def _place(self, cycle: Cycle) -> None:
         if not self.view.pending:
@@ -343,7 +342,7 @@ class Scheduler:
             vm = self.view.vms[uuid]
             host = placer.place(vm.value)
             if host is not None:
-                placed.append((vm, self._deploy(vm.value, HOSTS.key(host)), f"placed on {host}"))
+                placed.append((vm, self._deploy(vm.value, host), f"placed on {host}"))
                 continue
             reason = placer.why_not(vm.value)
             if vm.value.error != reason:

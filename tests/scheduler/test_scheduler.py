@@ -34,7 +34,7 @@ def test_places_new_vms_within_capacity_and_tells_the_event_log(
         assert vm(store, u).error == "no host has 1 GiB RAM free; the most free is 0 GiB RAM on h1" or \
             vm(store, u).error == "no host has 1 GiB RAM free; the most free is 0 GiB RAM on h2"
     totals = allocations(v.value for v in store.list(VMS).items.values())
-    assert totals[HOSTS.key("h1")].ram == totals[HOSTS.key("h2")].ram == 4  # spread evenly, none overfilled
+    assert totals["h1"].ram == totals["h2"].ram == 4  # spread evenly, none overfilled
     events = store.list(EVENTS, within=events_of(uuids[0])).items.values()
     assert any(e.value.message.startswith("placed on h") for e in events)
     for lease in leases:
@@ -51,7 +51,7 @@ def test_an_unschedulable_vm_says_why_and_is_placed_once_capacity_appears(
     assert vm(store, big).status is Status.REQUESTED_NEW
     large = register_host(store, "h2", ram=128)
     wait_for(lambda: placed(store, big), 10, "placement on the new host")
-    assert vm(store, big).hostname == HOSTS.key("h2") and vm(store, big).error == ""
+    assert vm(store, big).host == "h2" and vm(store, big).hostname == "/v1/host/h2" and vm(store, big).error == ""
     small.close()
     large.close()
 
@@ -66,7 +66,7 @@ def test_maintenance_and_stopped_vms(store: Store, start_scheduler: Callable[...
     assert "maintenance" in vm(store, waiting).error
     store.update(HOSTS, "h1", lambda h: h.evolve(maintenance=False))
     wait_for(lambda: placed(store, waiting), 10)
-    assert vm(store, not_wanted).status is Status.KILLED and not vm(store, not_wanted).hostname
+    assert vm(store, not_wanted).status is Status.KILLED and not vm(store, not_wanted).host
     lease.close()
 
 
@@ -81,7 +81,7 @@ def test_a_dead_hosts_vms_are_killed_fenced_and_rescheduled(
         store.update(VMS, u, lambda v: v.evolve(status=Status.RUNNING))  # what the agent reports
     other = register_host(store, "h2", storage=("local", "rbd"))
     dying.close(revoke=False)  # the agent dies: its lease runs out
-    took = wait_for(lambda: all(vm(store, u).hostname == HOSTS.key("h2") for u in shared), 2 + 8, "rescheduling")
+    took = wait_for(lambda: all(vm(store, u).host == "h2" for u in shared), 2 + 8, "rescheduling")
     fenced_at = float(fence_log.read_text().split()[-1])
     assert fence_log.read_text().startswith("h1 ")
     for u in shared:
@@ -94,13 +94,13 @@ def test_a_dead_hosts_vms_are_killed_fenced_and_rescheduled(
     host = store.get(HOSTS, "h1")
     assert host is not None and host.value.status is HostStatus.DOWN and host.value.fenced
     kept = vm(store, local)
-    assert kept.status is Status.KILLED and kept.hostname == HOSTS.key("h1")
+    assert kept.status is Status.KILLED and kept.host == "h1"
     assert "disk is local" in kept.error
     print(f"rescheduled {took:.1f} s after the agent stopped renewing (TTL 2 s)")
 
     back = register_host(store, "h1", storage=("local", "rbd"))  # the host returns: its agent restarts it
     wait_for(lambda: not store.get(HOSTS, "h1").value.fenced, 10, "the returned host unfenced")  # type: ignore[union-attr]
-    assert vm(store, local).hostname == HOSTS.key("h1") and vm(store, local).status is Status.KILLED
+    assert vm(store, local).host == "h1" and vm(store, local).status is Status.KILLED
     for lease in (other, back):
         lease.close()
 
@@ -127,7 +127,7 @@ def test_each_outage_of_a_host_is_fenced_anew(store: Store, start_scheduler: Cal
     store.update(VMS, second, lambda v: v.evolve(status=Status.RUNNING))
     store.update(HOSTS, "h2", lambda h: h.evolve(maintenance=False))
     back.close(revoke=False)
-    wait_for(lambda: vm(store, second).hostname == HOSTS.key("h2"), 30, "the second VM moved")
+    wait_for(lambda: vm(store, second).host == "h2", 30, "the second VM moved")
     fences = fence_log.read_text().splitlines()
     assert len(fences) == 2, fences
     released = [e.value for e in store.list(EVENTS, within=events_of(second)).items.values()
@@ -148,7 +148,7 @@ def test_without_a_fence_shared_vms_wait(store: Store, start_scheduler: Callable
     store.update(HOSTS, "h2", lambda h: h.evolve(maintenance=False))
     dying.close(revoke=False)
     wait_for(lambda: "could not be fenced" in vm(store, u).error, 12, "the fence failure")
-    assert vm(store, u).hostname == HOSTS.key("h1") and vm(store, u).status is Status.KILLED
+    assert vm(store, u).host == "h1" and vm(store, u).status is Status.KILLED
     assert "exited 3" in vm(store, u).error
     other.close()
 
