@@ -4,29 +4,13 @@ from __future__ import annotations
 
 import random
 
-from ucloud_common.host import Host, HostStatus
+from tests.scheduler.views import host, view_with, vm
+from ucloud_common.host import HostStatus
 from ucloud_common.states import Status
 from ucloud_common.store import Change, Snapshot, Versioned
-from ucloud_common.vm import VM, placed_on
+from ucloud_common.vm import placed_on
 from ucloud_scheduler.placement import Placer, Ratios
 from ucloud_scheduler.view import View
-
-
-def vm(uuid: str, cpu: int = 1, ram: float = 1, ssd: int = 10, **fields: object) -> VM:
-    return VM.model_validate({"uuid": uuid, "owner": "alice", "name": uuid, "image": "tiny",
-                              "specs": {"cpu": cpu, "ram": ram, "ssd": ssd}, **fields})
-
-
-def view_with(*hosts: Host, alive: tuple[str, ...] | None = None, vms: tuple[VM, ...] = ()) -> View:
-    view = View()
-    view.apply_hosts(Snapshot({h.name: Versioned(h.name, h, 1, 1) for h in hosts}, 1))
-    view.alive = set(alive if alive is not None else (h.name for h in hosts))
-    view.apply_vms(Snapshot({v.uuid: Versioned(v.uuid, v, 1, 1) for v in vms}, 1))
-    return view
-
-
-def host(name: str, cpu: int = 4, ram: float = 16, ssd: int = 100, **fields: object) -> Host:
-    return Host.model_validate({"name": name, "capacity": {"cpu": cpu, "ram": ram, "ssd": ssd}, **fields})
 
 
 def test_capacity_with_over_commit() -> None:
