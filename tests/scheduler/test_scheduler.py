@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from tests.helpers.cluster import create_vm, register_host, vm, wait_for
+from tests.helpers.inline import InlineExecutor
+from tests.scheduler.conftest import FENCE
+from ucloud_common import clock
 from ucloud_common.allocation import allocations
+from ucloud_common.clock import SimClock
+from ucloud_common.config import Settings
 from ucloud_common.event import EVENTS, events_of
-from ucloud_common.host import HOSTS, HostStatus
+from ucloud_common.host import HOSTS, HOSTS_ALIVE, Host, HostAlive, HostStatus
+from ucloud_common.specs import Specs
 from ucloud_common.states import Status
-from ucloud_common.store import Store
+from ucloud_common.store import Snapshot, Store
 from ucloud_common.vm import VMS
+from ucloud_scheduler.fencing import CommandFence
 from ucloud_scheduler.scheduler import Scheduler
 
 
@@ -178,3 +187,41 @@ def test_a_standby_does_not_place(store: Store, start_scheduler: Callable[..., S
     assert [e.value.source for e in store.list(EVENTS, within=events_of(u)).items.values()] == \
         [f"scheduler {first.candidate}"]
     lease.close()
+
+
+def test_a_scheduler_driven_single_threaded_in_simulated_time(store: Store, settings: Settings,
+                                                                fence_log: Path) -> None:
+    """What a scenario simulation does: no follower, election or fence thread of the scheduler's own;
+    it feeds the view, wins the election once, runs fences inline and calls run_cycle() itself."""
+    scheduler = Scheduler(store, settings, CommandFence(str(FENCE), 10), "sim", fence_pool=InlineExecutor())
+    assert scheduler.election.campaign(threading.Event())  # the key is vacant: won at once
+    for name in ("h1", "h2"):
+        store.create(HOSTS, name, Host(name=name, capacity=Specs(cpu=4, ram=8, ssd=100), storage_backends=("rbd",),
+                                       maintenance=name == "h2"))
+        store.create(HOSTS_ALIVE, name, HostAlive(agent_id=name))  # no lease: the test decides when it dies
+
+    def cycle() -> str:
+        for family, feed in ((HOSTS, scheduler.view.apply_hosts), (HOSTS_ALIVE, scheduler.view.apply_alive),
+                             (VMS, scheduler.view.apply_vms)):
+            listing = store.list(family)  # type: ignore[attr-defined]
+            feed(Snapshot(listing.items, listing.revision))  # type: ignore[operator]
+        return scheduler.run_cycle()
+
+    with clock.simulated(SimClock()) as sim:
+        u = create_vm(store, storage="rbd")
+        assert cycle() == "1 VMs placed"
+        store.update(VMS, u, lambda v: v.evolve(status=Status.RUNNING))
+        store.update(HOSTS, "h2", lambda h: h.evolve(maintenance=False))
+        store.delete(HOSTS_ALIVE, "h1")
+        sim.advance(60)
+        died = datetime.fromtimestamp(sim.time(), UTC)
+        assert cycle() == "hosts DOWN: h1; 1 VMs killed"
+        assert cycle() == "fencing host h1 for 1 VMs"  # run inline: done when run_cycle returns
+        assert fence_log.read_text().startswith("h1 ")
+        assert cycle() == "host h1 fenced (1 VMs); 1 VMs released to other hosts after fencing"
+        assert cycle() == "1 VMs placed"
+        assert cycle() == ""
+    assert vm(store, u).host == "h2"
+    h1 = store.get(HOSTS, "h1")
+    assert h1 is not None and h1.value.fenced and h1.value.down_since == died  # the simulated time
+    scheduler.election.resign()
