@@ -1,6 +1,6 @@
 """What a host gives to its VMs: one rule, shared by the scheduler (placing) and the API (showing).
 
-A VM holds its host's resources as long as its `hostname` names that host, whatever its status: a
+A VM holds its host's resources as long as it is placed on that host (`VM.host`), whatever its status: a
 STOPPED VM may start again, a KILLED VM whose disk is local waits to start there again.
 """
 
@@ -24,9 +24,9 @@ def add(a: Specs, b: Specs, sign: int = 1) -> Specs:
 
 
 def allocations(vms: Iterable[VM]) -> dict[str, Specs]:
-    """host key → the sum of the specs of the VMs placed on it."""
+    """host name → the sum of the specs of the VMs placed on it."""
     totals: dict[str, Specs] = {}
     for vm in vms:
-        if vm.hostname:
-            totals[vm.hostname] = add(totals.get(vm.hostname, ZERO), vm.specs)
+        if vm.host:
+            totals[vm.host] = add(totals.get(vm.host, ZERO), vm.specs)
     return totals

@@ -68,7 +68,7 @@ FENCE_TIMEOUT_S = 30.0
 """How long an RBD fence waits for the OSDs to drop the watches of the clients it blocklisted before it
 gives up (FenceFailed). Measured on the one-node lab Ceph (tests/bench/fence.py): a watch is gone
 0.6–0.8 s after the entry is asked for, a few ms after the monitor has committed it; a busy cluster
-takes longer, and a fence that gave up is retried by the scheduler (FENCE_RETRY_S)."""
+takes longer, and a fence that gave up is retried by the scheduler (`Settings.fence_retry`)."""
 
 POLL_S = 0.1
 """Between two looks at an image's watchers while waiting for the blocklisted ones to go."""

@@ -16,7 +16,7 @@ import random
 from dataclasses import dataclass
 
 from ucloud_common.allocation import ZERO
-from ucloud_common.host import HOSTS, Host, HostStatus
+from ucloud_common.host import Host, HostStatus
 from ucloud_common.specs import Specs
 from ucloud_common.vm import VM
 from ucloud_scheduler.view import View
@@ -58,7 +58,7 @@ class Placer:
             name: host.value for name, host in view.hosts.items()
             if host.value.status is HostStatus.UP and not host.value.maintenance and view.is_alive(name)
         }
-        self._room = {name: free(host, view.allocated.get(HOSTS.key(name), ZERO), ratios)
+        self._room = {name: free(host, view.allocated.get(name, ZERO), ratios)
                       for name, host in self.eligible.items()}
         self._heap = [(self._weight(name), self._rng.random(), name) for name in self.eligible]
         self._placed_groups: set[tuple[str, str, str]] = set()  # (owner, group, host) placed in this batch
@@ -74,7 +74,7 @@ class Placer:
 
     def _allowed(self, vm: VM, name: str) -> bool:
         host = self.eligible[name]
-        if vm.anti_affinity and (HOSTS.key(name) in self._view.group_hosts(vm)
+        if vm.anti_affinity and (name in self._view.group_hosts(vm)
                                  or (vm.owner, vm.anti_affinity, name) in self._placed_groups):
             return False
         return vm.storage in host.storage_backends and fits(vm, self._room[name])
@@ -113,7 +113,7 @@ class Placer:
         candidates = [n for n, h in self.eligible.items() if vm.storage in h.storage_backends]
         if not candidates:
             return f"no UP host offers storage {vm.storage}"
-        free_of_group = [n for n in candidates if HOSTS.key(n) not in self._view.group_hosts(vm)
+        free_of_group = [n for n in candidates if n not in self._view.group_hosts(vm)
                          and (vm.owner, vm.anti_affinity, n) not in self._placed_groups]
         if not free_of_group:
             return f"every UP host already runs a VM of anti-affinity group {vm.anti_affinity}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ucloud_common.allocation import ZERO, add
-from ucloud_common.host import HOSTS, Host, HostAlive
+from ucloud_common.host import Host, HostAlive
 from ucloud_common.specs import Specs
 from ucloud_common.states import Requested, Status
 from ucloud_common.store import Change, Snapshot, Versioned
@@ -22,7 +22,7 @@ WAITS_FOR_HOST = frozenset({Status.REQUESTED_NEW, Status.KILLED})
 
 
 def needs_host(vm: VM) -> bool:
-    return not vm.hostname and vm.status in WAITS_FOR_HOST and vm.requested in WANTS_TO_RUN
+    return not vm.host and vm.status in WAITS_FOR_HOST and vm.requested in WANTS_TO_RUN
 
 
 @dataclass
@@ -31,10 +31,10 @@ class View:
     alive: set[str] = field(default_factory=set)  # host names whose agent holds its lease
     alive_revision: int = 0  # how far the liveness stream has been seen (see `known_dead`)
     vms: dict[str, Versioned[VM]] = field(default_factory=dict)  # by uuid
-    allocated: dict[str, Specs] = field(default_factory=dict)  # by host key
+    allocated: dict[str, Specs] = field(default_factory=dict)  # by host name
     pending: dict[str, None] = field(default_factory=dict)  # uuids waiting for a host, oldest first
-    groups: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)  # (owner, group) → host key → VMs
-    by_host: dict[str, set[str]] = field(default_factory=dict)  # host key → uuids
+    groups: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)  # (owner, group) → host name → VMs
+    by_host: dict[str, set[str]] = field(default_factory=dict)  # host name → uuids
 
     # -- feeding ----------------------------------------------------------------------------------
 
@@ -73,28 +73,28 @@ class View:
         self._forget(vm.name)
         self.vms[vm.name] = vm
         value = vm.value
-        if value.hostname:
-            self.allocated[value.hostname] = add(self.allocated.get(value.hostname, ZERO), value.specs)
-            self.by_host.setdefault(value.hostname, set()).add(vm.name)
+        if value.host:
+            self.allocated[value.host] = add(self.allocated.get(value.host, ZERO), value.specs)
+            self.by_host.setdefault(value.host, set()).add(vm.name)
             if value.anti_affinity:
                 members = self.groups.setdefault((value.owner, value.anti_affinity), {})
-                members[value.hostname] = members.get(value.hostname, 0) + 1
+                members[value.host] = members.get(value.host, 0) + 1
         if needs_host(value):
             self.pending[vm.name] = None
 
     def _forget(self, uuid: str) -> None:
         old = self.vms.pop(uuid, None)
         self.pending.pop(uuid, None)
-        if old is None or not old.value.hostname:
+        if old is None or not old.value.host:
             return
         value = old.value
-        self.allocated[value.hostname] = add(self.allocated.get(value.hostname, ZERO), value.specs, -1)
-        self.by_host.get(value.hostname, set()).discard(uuid)
+        self.allocated[value.host] = add(self.allocated.get(value.host, ZERO), value.specs, -1)
+        self.by_host.get(value.host, set()).discard(uuid)
         if value.anti_affinity:
             members = self.groups.get((value.owner, value.anti_affinity), {})
-            members[value.hostname] = members.get(value.hostname, 1) - 1
-            if members.get(value.hostname) == 0:
-                del members[value.hostname]
+            members[value.host] = members.get(value.host, 1) - 1
+            if members.get(value.host) == 0:
+                del members[value.host]
 
     # -- questions --------------------------------------------------------------------------------
 
@@ -108,7 +108,7 @@ class View:
         return host.name not in self.alive and self.alive_revision >= host.mod_revision
 
     def vms_on(self, host_name: str) -> list[Versioned[VM]]:
-        return [self.vms[u] for u in self.by_host.get(HOSTS.key(host_name), ()) if u in self.vms]
+        return [self.vms[u] for u in self.by_host.get(host_name, ()) if u in self.vms]
 
     def group_hosts(self, vm: VM) -> dict[str, int]:
         return self.groups.get((vm.owner, vm.anti_affinity), {}) if vm.anti_affinity else {}

@@ -4,29 +4,13 @@ from __future__ import annotations
 
 import random
 
-from ucloud_common.host import HOSTS, Host, HostStatus
+from tests.scheduler.views import host, view_with, vm
+from ucloud_common.host import HostStatus
 from ucloud_common.states import Status
 from ucloud_common.store import Change, Snapshot, Versioned
-from ucloud_common.vm import VM
+from ucloud_common.vm import placed_on
 from ucloud_scheduler.placement import Placer, Ratios
 from ucloud_scheduler.view import View
-
-
-def vm(uuid: str, cpu: int = 1, ram: float = 1, ssd: int = 10, **fields: object) -> VM:
-    return VM.model_validate({"uuid": uuid, "owner": "alice", "name": uuid, "image": "tiny",
-                              "specs": {"cpu": cpu, "ram": ram, "ssd": ssd}, **fields})
-
-
-def view_with(*hosts: Host, alive: tuple[str, ...] | None = None, vms: tuple[VM, ...] = ()) -> View:
-    view = View()
-    view.apply_hosts(Snapshot({h.name: Versioned(h.name, h, 1, 1) for h in hosts}, 1))
-    view.alive = set(alive if alive is not None else (h.name for h in hosts))
-    view.apply_vms(Snapshot({v.uuid: Versioned(v.uuid, v, 1, 1) for v in vms}, 1))
-    return view
-
-
-def host(name: str, cpu: int = 4, ram: float = 16, ssd: int = 100, **fields: object) -> Host:
-    return Host.model_validate({"name": name, "capacity": {"cpu": cpu, "ram": ram, "ssd": ssd}, **fields})
 
 
 def test_capacity_with_over_commit() -> None:
@@ -39,8 +23,8 @@ def test_capacity_with_over_commit() -> None:
 
 
 def test_a_placed_vm_holds_its_host_in_the_view() -> None:
-    view = view_with(host("h1", cpu=1, ram=2), vms=(vm("old", ram=2, hostname=HOSTS.key("h1"), status=Status.STOPPED),))
-    assert view.allocated[HOSTS.key("h1")].ram == 2
+    view = view_with(host("h1", cpu=1, ram=2), vms=(vm("old", ram=2, **placed_on("h1"), status=Status.STOPPED),))
+    assert view.allocated["h1"].ram == 2
     placer = Placer(view, Ratios())
     assert placer.place(vm("new", ram=1)) is None
     assert placer.why_not(vm("new", ram=1)) == "no host has 1 GiB RAM free; the most free is 0 GiB RAM on h1"
@@ -76,7 +60,7 @@ def test_storage_backend() -> None:
 
 def test_anti_affinity_within_a_batch_and_against_placed_vms() -> None:
     hosts = [host(f"h{i}") for i in range(3)]
-    view = view_with(*hosts, vms=(vm("placed", anti_affinity="db", hostname=HOSTS.key("h0"), status=Status.RUNNING),))
+    view = view_with(*hosts, vms=(vm("placed", anti_affinity="db", **placed_on("h0"), status=Status.RUNNING),))
     placer = Placer(view, Ratios())
     chosen = [placer.place(vm(f"db{i}", anti_affinity="db")) for i in range(3)]
     assert sorted(c for c in chosen if c) == ["h1", "h2"] and chosen[2] is None
@@ -87,7 +71,7 @@ def test_anti_affinity_within_a_batch_and_against_placed_vms() -> None:
 
 def test_spread_takes_the_least_loaded_and_pack_the_most_loaded() -> None:
     hosts = (host("big", cpu=16, ram=64, ssd=1000), host("small", cpu=4, ram=16, ssd=1000))
-    busy = vm("busy", cpu=2, ram=12, hostname=HOSTS.key("small"), status=Status.RUNNING)
+    busy = vm("busy", cpu=2, ram=12, **placed_on("small"), status=Status.RUNNING)
     view = view_with(*hosts, vms=(busy,))
     assert Placer(view, Ratios(), "spread").place(vm("v", ram=1)) == "big"
     assert Placer(view, Ratios(), "pack").place(vm("v", ram=1)) == "small"
@@ -116,8 +100,8 @@ def test_the_view_tracks_pending_vms() -> None:
     view.apply_vms(Change("b", Versioned("b", vm("b", requested="STOPPED", status=Status.KILLED), 3, 3), 3))
     view.apply_vms(Change("c", Versioned("c", vm("c", status=Status.KILLED), 4, 4), 4))
     assert list(view.pending) == ["a", "c"]
-    view.apply_vms(Change("a", Versioned("a", vm("a", hostname=HOSTS.key("h1"), status=Status.SCHEDULED_DEPLOY), 5, 2), 5))
-    assert list(view.pending) == ["c"] and view.allocated[HOSTS.key("h1")].cpu == 1
+    view.apply_vms(Change("a", Versioned("a", vm("a", **placed_on("h1"), status=Status.SCHEDULED_DEPLOY), 5, 2), 5))
+    assert list(view.pending) == ["c"] and view.allocated["h1"].cpu == 1
     view.apply_vms(Change("a", Versioned("a", vm("a"), 4, 2), 4))  # an older event changes nothing
     assert list(view.pending) == ["c"]
 

@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from tests.helpers.cluster import create_vm, register_host, vm, wait_for
+from tests.helpers.inline import InlineExecutor
+from tests.scheduler.conftest import FENCE
+from ucloud_common import clock
 from ucloud_common.allocation import allocations
+from ucloud_common.clock import SimClock
+from ucloud_common.config import Settings
 from ucloud_common.event import EVENTS, events_of
-from ucloud_common.host import HOSTS, HostStatus
+from ucloud_common.host import HOSTS, HOSTS_ALIVE, Host, HostAlive, HostStatus
+from ucloud_common.specs import Specs
 from ucloud_common.states import Status
-from ucloud_common.store import Store
+from ucloud_common.store import Snapshot, Store
 from ucloud_common.vm import VMS
+from ucloud_scheduler.fencing import CommandFence
 from ucloud_scheduler.scheduler import Scheduler
 
 
@@ -34,7 +43,7 @@ def test_places_new_vms_within_capacity_and_tells_the_event_log(
         assert vm(store, u).error == "no host has 1 GiB RAM free; the most free is 0 GiB RAM on h1" or \
             vm(store, u).error == "no host has 1 GiB RAM free; the most free is 0 GiB RAM on h2"
     totals = allocations(v.value for v in store.list(VMS).items.values())
-    assert totals[HOSTS.key("h1")].ram == totals[HOSTS.key("h2")].ram == 4  # spread evenly, none overfilled
+    assert totals["h1"].ram == totals["h2"].ram == 4  # spread evenly, none overfilled
     events = store.list(EVENTS, within=events_of(uuids[0])).items.values()
     assert any(e.value.message.startswith("placed on h") for e in events)
     for lease in leases:
@@ -51,7 +60,7 @@ def test_an_unschedulable_vm_says_why_and_is_placed_once_capacity_appears(
     assert vm(store, big).status is Status.REQUESTED_NEW
     large = register_host(store, "h2", ram=128)
     wait_for(lambda: placed(store, big), 10, "placement on the new host")
-    assert vm(store, big).hostname == HOSTS.key("h2") and vm(store, big).error == ""
+    assert vm(store, big).host == "h2" and vm(store, big).hostname == "/v1/host/h2" and vm(store, big).error == ""
     small.close()
     large.close()
 
@@ -66,7 +75,7 @@ def test_maintenance_and_stopped_vms(store: Store, start_scheduler: Callable[...
     assert "maintenance" in vm(store, waiting).error
     store.update(HOSTS, "h1", lambda h: h.evolve(maintenance=False))
     wait_for(lambda: placed(store, waiting), 10)
-    assert vm(store, not_wanted).status is Status.KILLED and not vm(store, not_wanted).hostname
+    assert vm(store, not_wanted).status is Status.KILLED and not vm(store, not_wanted).host
     lease.close()
 
 
@@ -81,7 +90,7 @@ def test_a_dead_hosts_vms_are_killed_fenced_and_rescheduled(
         store.update(VMS, u, lambda v: v.evolve(status=Status.RUNNING))  # what the agent reports
     other = register_host(store, "h2", storage=("local", "rbd"))
     dying.close(revoke=False)  # the agent dies: its lease runs out
-    took = wait_for(lambda: all(vm(store, u).hostname == HOSTS.key("h2") for u in shared), 2 + 8, "rescheduling")
+    took = wait_for(lambda: all(vm(store, u).host == "h2" for u in shared), 2 + 8, "rescheduling")
     fenced_at = float(fence_log.read_text().split()[-1])
     assert fence_log.read_text().startswith("h1 ")
     for u in shared:
@@ -94,13 +103,13 @@ def test_a_dead_hosts_vms_are_killed_fenced_and_rescheduled(
     host = store.get(HOSTS, "h1")
     assert host is not None and host.value.status is HostStatus.DOWN and host.value.fenced
     kept = vm(store, local)
-    assert kept.status is Status.KILLED and kept.hostname == HOSTS.key("h1")
+    assert kept.status is Status.KILLED and kept.host == "h1"
     assert "disk is local" in kept.error
     print(f"rescheduled {took:.1f} s after the agent stopped renewing (TTL 2 s)")
 
     back = register_host(store, "h1", storage=("local", "rbd"))  # the host returns: its agent restarts it
     wait_for(lambda: not store.get(HOSTS, "h1").value.fenced, 10, "the returned host unfenced")  # type: ignore[union-attr]
-    assert vm(store, local).hostname == HOSTS.key("h1") and vm(store, local).status is Status.KILLED
+    assert vm(store, local).host == "h1" and vm(store, local).status is Status.KILLED
     for lease in (other, back):
         lease.close()
 
@@ -127,7 +136,7 @@ def test_each_outage_of_a_host_is_fenced_anew(store: Store, start_scheduler: Cal
     store.update(VMS, second, lambda v: v.evolve(status=Status.RUNNING))
     store.update(HOSTS, "h2", lambda h: h.evolve(maintenance=False))
     back.close(revoke=False)
-    wait_for(lambda: vm(store, second).hostname == HOSTS.key("h2"), 30, "the second VM moved")
+    wait_for(lambda: vm(store, second).host == "h2", 30, "the second VM moved")
     fences = fence_log.read_text().splitlines()
     assert len(fences) == 2, fences
     released = [e.value for e in store.list(EVENTS, within=events_of(second)).items.values()
@@ -148,7 +157,7 @@ def test_without_a_fence_shared_vms_wait(store: Store, start_scheduler: Callable
     store.update(HOSTS, "h2", lambda h: h.evolve(maintenance=False))
     dying.close(revoke=False)
     wait_for(lambda: "could not be fenced" in vm(store, u).error, 12, "the fence failure")
-    assert vm(store, u).hostname == HOSTS.key("h1") and vm(store, u).status is Status.KILLED
+    assert vm(store, u).host == "h1" and vm(store, u).status is Status.KILLED
     assert "exited 3" in vm(store, u).error
     other.close()
 
@@ -178,3 +187,41 @@ def test_a_standby_does_not_place(store: Store, start_scheduler: Callable[..., S
     assert [e.value.source for e in store.list(EVENTS, within=events_of(u)).items.values()] == \
         [f"scheduler {first.candidate}"]
     lease.close()
+
+
+def test_a_scheduler_driven_single_threaded_in_simulated_time(store: Store, settings: Settings,
+                                                                fence_log: Path) -> None:
+    """What a scenario simulation does: no follower, election or fence thread of the scheduler's own;
+    it feeds the view, wins the election once, runs fences inline and calls run_cycle() itself."""
+    scheduler = Scheduler(store, settings, CommandFence(str(FENCE), 10), "sim", fence_pool=InlineExecutor())
+    assert scheduler.election.campaign(threading.Event())  # the key is vacant: won at once
+    for name in ("h1", "h2"):
+        store.create(HOSTS, name, Host(name=name, capacity=Specs(cpu=4, ram=8, ssd=100), storage_backends=("rbd",),
+                                       maintenance=name == "h2"))
+        store.create(HOSTS_ALIVE, name, HostAlive(agent_id=name))  # no lease: the test decides when it dies
+
+    def cycle() -> str:
+        for family, feed in ((HOSTS, scheduler.view.apply_hosts), (HOSTS_ALIVE, scheduler.view.apply_alive),
+                             (VMS, scheduler.view.apply_vms)):
+            listing = store.list(family)  # type: ignore[attr-defined]
+            feed(Snapshot(listing.items, listing.revision))  # type: ignore[operator]
+        return scheduler.run_cycle()
+
+    with clock.simulated(SimClock()) as sim:
+        u = create_vm(store, storage="rbd")
+        assert cycle() == "1 VMs placed"
+        store.update(VMS, u, lambda v: v.evolve(status=Status.RUNNING))
+        store.update(HOSTS, "h2", lambda h: h.evolve(maintenance=False))
+        store.delete(HOSTS_ALIVE, "h1")
+        sim.advance(60)
+        died = datetime.fromtimestamp(sim.time(), UTC)
+        assert cycle() == "hosts DOWN: h1; 1 VMs killed"
+        assert cycle() == "fencing host h1 for 1 VMs"  # run inline: done when run_cycle returns
+        assert fence_log.read_text().startswith("h1 ")
+        assert cycle() == "host h1 fenced (1 VMs); 1 VMs released to other hosts after fencing"
+        assert cycle() == "1 VMs placed"
+        assert cycle() == ""
+    assert vm(store, u).host == "h2"
+    h1 = store.get(HOSTS, "h1")
+    assert h1 is not None and h1.value.fenced and h1.value.down_since == died  # the simulated time
+    scheduler.election.resign()

@@ -24,7 +24,7 @@ def _allocations() -> dict[str, Specs]:
 
 def _describe(host: Versioned[Host], alive: set[str], totals: dict[str, Specs]) -> dict[str, Any]:
     return {**dump(host.value), "alive": host.name in alive,
-            "allocated": totals.get(HOSTS.key(host.name), ZERO).model_dump()}
+            "allocated": totals.get(host.name, ZERO).model_dump()}
 
 
 @bp.get("")

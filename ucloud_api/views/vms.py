@@ -94,13 +94,12 @@ def list_() -> Response:
         raise APIError(403, "forbidden", "only an admin filters by owner or host")
     if status is not None and status not in Status.__members__:
         raise APIError(400, "bad_request", f"status must be one of {', '.join(Status)}")
-    host_key = HOSTS.key(host) if host and _is_key_part(host) else None
     vms = []
     where = {"owner": caller.name} if not caller.is_admin else {"owner": owner} if owner else None
     for item in store().list(VMS, where=where).items.values():
         vm = item.value
         if (not caller.is_admin and vm.owner != caller.name) or (owner and vm.owner != owner) \
-                or (host and vm.hostname != host_key) or (status and vm.status != status):
+                or (host and vm.host != host) or (status and vm.status != status):
             continue
         vms.append(dump(vm))
     return jsonify(vms)
@@ -153,7 +152,7 @@ def _act(uuid: str, action: Action) -> Response:
         except ActionRefused as refused:
             raise APIError(409, "conflict", str(refused), vm_status=vm.status.value) from None
         try:
-            if action is Action.DELETE and vm.status is Status.REQUESTED_NEW and not vm.hostname:
+            if action is Action.DELETE and vm.status is Status.REQUESTED_NEW and not vm.host:
                 # Nothing exists anywhere yet: no agent will ever clean up, so the VM goes now.
                 store().transact([Remove(VMS, uuid, current_vm.mod_revision),
                                   *held_by(store(), uuid, vm_claims(vm))])
