@@ -6,6 +6,7 @@ then watch, relisting when needed, never ending before it is stopped), `KeptLeas
 its keep-alive) and `Election` (one leader among many). Everything they raise is a `StoreError`.
 """
 
+from ucloud_common.store.contract import AbstractStore, Guard, Listing, Put, Remove, Versioned
 from ucloud_common.store.election import Election
 from ucloud_common.store.errors import (
     AlreadyExists,
@@ -18,12 +19,12 @@ from ucloud_common.store.errors import (
     StoreRefused,
     StoreUnavailable,
 )
-from ucloud_common.store.etcd import Guard, Listing, Put, Remove, Store, Versioned
+from ucloud_common.store.etcd import Store
 from ucloud_common.store.follow import Change, Follower, Snapshot, apply
 from ucloud_common.store.lease import KeptLease
 
 __all__ = [
-    "AlreadyExists", "Change", "Compacted", "Conflict", "Election", "Follower", "Guard", "GuardFailed",
+    "AbstractStore", "AlreadyExists", "Change", "Compacted", "Conflict", "Election", "Follower", "Guard", "GuardFailed",
     "KeptLease", "LeaseExpired", "Listing", "NotFound", "Put", "Remove", "Snapshot", "Store", "StoreError",
     "StoreRefused", "StoreUnavailable", "Versioned", "apply",
 ]
