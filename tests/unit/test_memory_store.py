@@ -131,3 +131,9 @@ def test_a_waiting_watch_wakes_at_a_write_and_answers_progress_when_idle() -> No
     watch.cancel()
     with pytest.raises(StoreUnavailable):
         watch.next(0)
+    later = store.watch(b"/v1/vm/a", None, store.revision() + 2)
+    store.update(VMS, "a", lambda vm: vm.evolve(restarts=1))
+    assert later.next(0) is None, "a watch from a future revision sees nothing before it"
+    store.update(VMS, "a", lambda vm: vm.evolve(restarts=2))
+    events = later.next(0)
+    assert events is not None and [e.mod_revision for e in events] == [store.revision()]

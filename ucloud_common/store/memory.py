@@ -421,6 +421,7 @@ class MemoryWatch:
         self._what = what
         self._key, self._end = key, range_end
         self._idle = idle
+        self._start = start_revision
         self._cancelled = False
         self._heard_at = time.monotonic()  # real time: idleness is about the stream, not the scenario
         history = self._keyspace.history
@@ -439,7 +440,9 @@ class MemoryWatch:
         return key >= self._key and (self._end == b"\0" or key < self._end)
 
     def _deliver(self, events: list[Event]) -> None:
-        self._pending.extend(event for event in events if self._wants(event.key))
+        # A watch from a future revision sees nothing before it, as in etcd.
+        self._pending.extend(event for event in events
+                             if event.mod_revision >= self._start and self._wants(event.key))
 
     def next(self, timeout: float) -> list[Event] | None:
         deadline = time.monotonic() + timeout
