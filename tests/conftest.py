@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.helpers.ceph import CephServer
 from tests.helpers.etcd import EtcdServer
+from ucloud_common import clock
+from ucloud_common.clock import SimClock
 from ucloud_common.config import Settings, load_settings
-from ucloud_common.store import Store
+from ucloud_common.store import AbstractStore, MemoryStore, Store
 
 
 def _shm_or_tmp() -> str | None:
@@ -57,7 +60,7 @@ def _empty_config(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def store(settings: Settings) -> Iterator[Store]:
+def etcd_store(settings: Settings) -> Iterator[Store]:
     """A store on a keyspace emptied before the test, so tests never see each other's keys."""
     store = Store(settings)
     store.client.delete_prefix("/")
@@ -65,3 +68,57 @@ def store(settings: Settings) -> Iterator[Store]:
         yield store
     finally:
         store.close()
+
+
+@pytest.fixture
+def store(etcd_store: Store) -> Store:
+    return etcd_store
+
+
+# -- the store contract on both implementations ----------------------------------------------------
+# A module of contract tests overrides `store` with `any_store`, so that each of its tests runs on a
+# real etcd and on MemoryStore; a test that needs a real etcd (killing it, cutting its connection,
+# gRPC failures, processes sharing it) is marked `etcd_only("why")`.
+
+
+@pytest.fixture(params=["etcd", "memory"])
+def any_store(request: pytest.FixtureRequest) -> Iterator[AbstractStore]:
+    if request.param == "etcd":
+        yield request.getfixturevalue("etcd_store")
+        return
+    marker = request.node.get_closest_marker("etcd_only")
+    if marker is not None:
+        pytest.skip(f"needs a real etcd: {marker.args[0]}")
+    store = MemoryStore(load_settings(config_file=_empty_config(request.getfixturevalue("tmp_path")),
+                                      etcd_timeout=2.0, leader_lease_ttl=3))
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def connect(any_store: AbstractStore) -> Iterator[Callable[[], AbstractStore]]:
+    """Another connection to the same store, as another process would have."""
+    opened: list[AbstractStore] = []
+
+    def another() -> AbstractStore:
+        other = any_store.connect() if isinstance(any_store, MemoryStore) else Store(any_store.settings)
+        opened.append(other)
+        return other
+
+    yield another
+    for other in opened:
+        other.close()
+
+
+@pytest.fixture
+def time_passes(any_store: AbstractStore) -> Iterator[Callable[[float], None]]:
+    """Let `seconds` pass for the store's leases: real seconds on etcd, a SimClock's on MemoryStore
+    (which runs the whole test on that clock, so grant leases after asking for this)."""
+    if isinstance(any_store, Store):
+        yield time.sleep
+        return
+    with clock.simulated(SimClock()) as simulated:
+        assert isinstance(simulated, SimClock)
+        yield simulated.advance

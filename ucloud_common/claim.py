@@ -10,7 +10,7 @@ is stale and may be taken over with a compare-and-swap.
 from __future__ import annotations
 
 from ucloud_common.record import Family, Name, Record
-from ucloud_common.store import Remove, Store
+from ucloud_common.store import AbstractStore, Remove
 from ucloud_common.vm import VM
 
 
@@ -35,7 +35,7 @@ def mac_claim(mac: str) -> str:
     return mac.replace(":", "-")
 
 
-def held_by(store: Store, uuid: str, claims: list[tuple[Family[Claim], str]]) -> list[Remove[Claim]]:
+def held_by(store: AbstractStore, uuid: str, claims: list[tuple[Family[Claim], str]]) -> list[Remove[Claim]]:
     """Removals of those `claims` that `uuid` still holds, each expected unchanged since read, so
     that a claim taken over meanwhile by another object (a stale claim reused) is never removed.
     Whoever deletes an object deletes its claims in the same transaction: none outlives its holder."""

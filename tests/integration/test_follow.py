@@ -1,85 +1,48 @@
-"""Following a family against a real etcd: no change missed, none repeated — across restarts,
-broken connections and compaction."""
+"""Following a family, on a real etcd and on MemoryStore: no change missed, none repeated — across
+restarts, broken connections and compaction."""
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pyetcd.exceptions
 import pytest
 from pytest_mock import MockerFixture
 
+from tests.helpers.collector import Collector
 from tests.helpers.etcd import EtcdServer
 from tests.helpers.proxy import CuttableProxy
 from ucloud_common.config import Settings
 from ucloud_common.specs import Specs
 from ucloud_common.store import (
-    Change,
+    AbstractStore,
     Follower,
-    Snapshot,
+    MemoryStore,
     Store,
     StoreUnavailable,
-    Versioned,
-    apply,
 )
 from ucloud_common.vm import VM, VMS
 
 
+@pytest.fixture
+def store(any_store: AbstractStore) -> AbstractStore:
+    return any_store
+
+
+def compact(store: AbstractStore, revision: int) -> None:
+    """Compact the store's history up to `revision`, as an operator (or etcd's auto-compaction) does."""
+    if isinstance(store, MemoryStore):
+        store.compact(revision)
+    else:
+        assert isinstance(store, Store)
+        store.client.compact(revision)
+
+
 def a_vm(uuid: str) -> VM:
     return VM(uuid=uuid, owner="alice", name=uuid, specs=Specs(cpu=1, ram=1, ssd=1), image="tiny")
-
-
-class Collector:
-    """Runs a Follower in a thread and records everything it yields."""
-
-    def __init__(self, follower: Follower[VM]) -> None:
-        self.follower = follower
-        self.items: list[Snapshot[VM] | Change[VM]] = []
-        self.state: dict[str, Versioned[VM]] = {}
-        self.ended: str | None = None  # why iterating ended, if it did (it must not before stop())
-        self._lock = threading.RLock()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            for item in self.follower:
-                with self._lock:
-                    self.items.append(item)
-                    apply(self.state, item)
-            self.ended = "returned"
-        except BaseException as exc:
-            self.ended = f"raised {type(exc).__name__}: {exc}"
-            raise
-
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def changes(self) -> list[Change[VM]]:
-        with self._lock:
-            return [item for item in self.items if isinstance(item, Change)]
-
-    def snapshots(self) -> list[Snapshot[VM]]:
-        with self._lock:
-            return [item for item in self.items if isinstance(item, Snapshot)]
-
-    def wait_for(self, condition: Callable[[], bool], timeout: float = 15) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                if condition():
-                    return
-            time.sleep(0.05)
-        raise AssertionError(f"condition not met within {timeout} s; saw {len(self.items)} items"
-                             + (f"; the follower {self.ended}" if self.ended else ""))
-
-    def stop(self) -> None:
-        self.follower.stop()
-        self._thread.join(timeout=5)
 
 
 @pytest.fixture
@@ -90,7 +53,7 @@ def collectors() -> Iterator[list[Collector]]:
         collector.stop()
 
 
-def write_retrying(store: Store, uuid: str) -> None:
+def write_retrying(store: AbstractStore, uuid: str) -> None:
     """Create a VM, retrying while etcd comes back (a create that raised may have been applied)."""
     deadline = time.monotonic() + 15
     while True:
@@ -104,7 +67,7 @@ def write_retrying(store: Store, uuid: str) -> None:
             time.sleep(0.1)
 
 
-def test_snapshot_then_every_change_once_in_order(store: Store, collectors: list[Collector]) -> None:
+def test_snapshot_then_every_change_once_in_order(store: AbstractStore, collectors: list[Collector]) -> None:
     store.create(VMS, "before", a_vm("before"))
     collector = Collector(Follower(store, VMS))
     collectors.append(collector)
@@ -121,8 +84,9 @@ def test_snapshot_then_every_change_once_in_order(store: Store, collectors: list
     assert sorted(collector.state) == ["a"]
 
 
+@pytest.mark.etcd_only("restarts etcd")
 def test_a_watch_resumes_across_an_etcd_restart_without_missing_or_repeating(
-        etcd_server: EtcdServer, store: Store, settings: Settings, collectors: list[Collector]) -> None:
+        etcd_server: EtcdServer, store: AbstractStore, settings: Settings, collectors: list[Collector]) -> None:
     follower = Follower(Store(settings), VMS)
     collector = Collector(follower)
     collectors.append(collector)
@@ -141,8 +105,9 @@ def test_a_watch_resumes_across_an_etcd_restart_without_missing_or_repeating(
     assert follower.relists == 0
 
 
+@pytest.mark.etcd_only("kills etcd")
 def test_a_follower_survives_ten_etcd_crashes_in_a_row_without_missing_or_repeating(
-        etcd_server: EtcdServer, store: Store, settings: Settings, collectors: list[Collector]) -> None:
+        etcd_server: EtcdServer, store: AbstractStore, settings: Settings, collectors: list[Collector]) -> None:
     watching = Store(settings)
     follower = Follower(watching, VMS)
     collector = Collector(follower)
@@ -174,8 +139,9 @@ def test_a_follower_survives_ten_etcd_crashes_in_a_row_without_missing_or_repeat
     watching.close()
 
 
+@pytest.mark.etcd_only("cuts the TCP connection (tests/unit/test_memory_store.py has the same story on MemoryStore)")
 def test_a_watcher_cut_off_past_a_compaction_relists_and_sees_the_final_state(
-        etcd_server: EtcdServer, store: Store, settings: Settings, collectors: list[Collector],
+        etcd_server: EtcdServer, store: AbstractStore, settings: Settings, collectors: list[Collector],
         caplog: pytest.LogCaptureFixture) -> None:
     proxy = CuttableProxy("127.0.0.1", etcd_server.client_port)
     behind_proxy = Store(settings.model_copy(update={"etcd_endpoints": [
@@ -191,7 +157,7 @@ def test_a_watcher_cut_off_past_a_compaction_relists_and_sees_the_final_state(
     store.update(VMS, "change", lambda vm: vm.evolve(restarts=7))
     store.delete(VMS, "drop")
     store.create(VMS, "new", a_vm("new"))
-    store.client.compact(store.revision())
+    compact(store, store.revision())
     with caplog.at_level(logging.INFO, logger="ucloud_common.store.follow"):
         proxy.restore()
         collector.wait_for(lambda: sorted(collector.state) == ["change", "keep", "new"], timeout=20)
@@ -201,12 +167,12 @@ def test_a_watcher_cut_off_past_a_compaction_relists_and_sees_the_final_state(
     proxy.cut()
 
 
-def test_resuming_from_a_compacted_revision_relists(store: Store, collectors: list[Collector]) -> None:
+def test_resuming_from_a_compacted_revision_relists(store: AbstractStore, collectors: list[Collector]) -> None:
     store.create(VMS, "a", a_vm("a"))
     remembered = store.revision()
     store.create(VMS, "b", a_vm("b"))
     store.delete(VMS, "a")
-    store.client.compact(store.revision())
+    compact(store, store.revision())
     follower = Follower(store, VMS, start_revision=remembered + 1)
     collector = Collector(follower)
     collectors.append(collector)
@@ -214,7 +180,7 @@ def test_resuming_from_a_compacted_revision_relists(store: Store, collectors: li
     assert sorted(collector.state) == ["b"] and follower.relists == 1
 
 
-def test_periodic_resync_lists_again(store: Store, collectors: list[Collector]) -> None:
+def test_periodic_resync_lists_again(store: AbstractStore, collectors: list[Collector]) -> None:
     store.create(VMS, "a", a_vm("a"))
     collector = Collector(Follower(store, VMS, resync_interval=0.5))
     collectors.append(collector)
@@ -224,12 +190,12 @@ def test_periodic_resync_lists_again(store: Store, collectors: list[Collector]) 
 
 
 def test_garbage_in_the_stream_is_skipped_with_a_log_line(
-        store: Store, collectors: list[Collector], caplog: pytest.LogCaptureFixture) -> None:
+        store: AbstractStore, collectors: list[Collector], caplog: pytest.LogCaptureFixture) -> None:
     collector = Collector(Follower(store, VMS))
     collectors.append(collector)
     collector.wait_for(lambda: len(collector.items) == 1)
     with caplog.at_level(logging.WARNING):
-        store.client.put("/v1/vm/garbage", b"\x00\x01")
+        store.create_key("/v1/vm/garbage", "\x00\x01", store.grant_lease(60))
         store.create(VMS, "after", a_vm("after"))
         collector.wait_for(lambda: "after" in collector.state)
     assert [c.name for c in collector.changes()] == ["after"]
@@ -255,8 +221,9 @@ class BreakingCall:
         self._real.cancel()
 
 
+@pytest.mark.etcd_only("makes gRPC and the etcd client library fail")
 def test_a_follower_keeps_going_whatever_the_client_library_raises(
-        store: Store, settings: Settings, collectors: list[Collector], mocker: MockerFixture,
+        store: AbstractStore, settings: Settings, collectors: list[Collector], mocker: MockerFixture,
         caplog: pytest.LogCaptureFixture) -> None:
     """The watch call fails as the library did in the field (WatchTimedOut), with an arbitrary
     exception, and mid-stream with an arbitrary exception: the follower logs each, backs off,
@@ -288,7 +255,7 @@ def test_a_follower_keeps_going_whatever_the_client_library_raises(
     watching.close()
 
 
-def test_a_quiet_watch_is_kept_alive_by_progress_answers(store: Store) -> None:
+def test_a_quiet_watch_is_kept_alive_by_progress_answers(store: AbstractStore) -> None:
     """Nothing changes, yet the watch hears from etcd after every idle period (a progress answer,
     never taken as a change), so silence means a dead stream and nothing else."""
     watch = store.watch(b"/v1/vm/", b"/v1/vm0", store.revision() + 1, idle=0.3)

@@ -1,25 +1,42 @@
-"""The store against a real etcd: typed access, compare-and-swap, guards, garbage."""
+"""The store's contract on a real etcd and on MemoryStore: typed access, compare-and-swap, guards,
+revisions, transactions, garbage."""
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 import pytest
 
-from ucloud_common.config import Settings
 from ucloud_common.record import InvalidRecord
 from ucloud_common.specs import Specs
 from ucloud_common.states import Status
-from ucloud_common.store import AlreadyExists, Conflict, Guard, GuardFailed, NotFound, Store
+from ucloud_common.store import (
+    AbstractStore,
+    AlreadyExists,
+    Conflict,
+    Guard,
+    GuardFailed,
+    LeaseExpired,
+    NotFound,
+    Put,
+    Remove,
+    StoreRefused,
+)
 from ucloud_common.vm import VMS, VM
+
+
+@pytest.fixture
+def store(any_store: AbstractStore) -> AbstractStore:
+    return any_store
 
 
 def a_vm(uuid: str = "vm1") -> VM:
     return VM(uuid=uuid, owner="alice", name=uuid, specs=Specs(cpu=1, ram=1, ssd=1), image="tiny")
 
 
-def test_create_get_list_delete(store: Store) -> None:
+def test_create_get_list_delete(store: AbstractStore) -> None:
     created = store.create(VMS, "vm1", a_vm())
     got = store.get(VMS, "vm1")
     assert got is not None and got.value == a_vm().model_copy(update={
@@ -36,7 +53,7 @@ def test_create_get_list_delete(store: Store) -> None:
     assert store.get(VMS, "vm1") is None
 
 
-def test_replace_is_a_compare_and_swap(store: Store) -> None:
+def test_replace_is_a_compare_and_swap(store: AbstractStore) -> None:
     first = store.create(VMS, "vm1", a_vm())
     second = store.replace(VMS, "vm1", first.value.evolve(status=Status.SCHEDULED_DEPLOY), first.mod_revision)
     assert second.mod_revision > first.mod_revision and second.create_revision == first.create_revision
@@ -48,24 +65,23 @@ def test_replace_is_a_compare_and_swap(store: Store) -> None:
     assert got is not None and got.value.status is Status.SCHEDULED_DEPLOY
 
 
-def test_twenty_concurrent_writers_lose_no_update(settings: Settings, store: Store) -> None:
+def test_twenty_concurrent_writers_lose_no_update(store: AbstractStore,
+                                                   connect: Callable[[], AbstractStore]) -> None:
     store.create(VMS, "counter", a_vm("counter"))
     writers, increments = 20, 25
     barrier = threading.Barrier(writers)
     errors: list[BaseException] = []
 
-    def write() -> None:
-        own = Store(settings)  # one connection per writer, as separate processes would have
+    def write(own: AbstractStore) -> None:
         try:
             barrier.wait()
             for _ in range(increments):
                 own.update(VMS, "counter", lambda vm: vm.evolve(restarts=vm.restarts + 1))
         except BaseException as exc:  # reported below; a thread's exception would vanish otherwise
             errors.append(exc)
-        finally:
-            own.close()
 
-    threads = [threading.Thread(target=write) for _ in range(writers)]
+    # one connection per writer, as separate processes would have
+    threads = [threading.Thread(target=write, args=(connect(),)) for _ in range(writers)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -75,7 +91,7 @@ def test_twenty_concurrent_writers_lose_no_update(settings: Settings, store: Sto
     assert final is not None and final.value.restarts == writers * increments
 
 
-def test_update_gives_up_with_a_clear_error_when_it_always_loses(store: Store) -> None:
+def test_update_gives_up_with_a_clear_error_when_it_always_loses(store: AbstractStore) -> None:
     store.create(VMS, "vm1", a_vm())
     calls = 0
 
@@ -93,35 +109,38 @@ def test_update_gives_up_with_a_clear_error_when_it_always_loses(store: Store) -
     assert final is not None and final.value.error == "" and final.value.restarts == calls
 
 
-def test_update_of_a_missing_key_and_a_no_op_update(store: Store) -> None:
+def test_update_of_a_missing_key_and_a_no_op_update(store: AbstractStore) -> None:
     with pytest.raises(NotFound):
         store.update(VMS, "ghost", lambda vm: vm)
     created = store.create(VMS, "vm1", a_vm())
     assert store.update(VMS, "vm1", lambda vm: None).mod_revision == created.mod_revision
 
 
-def test_a_guarded_write_fails_once_the_guard_key_is_recreated(store: Store) -> None:
-    store.client.put("/v1/leader/test", "me")
-    _, meta = store.client.get("/v1/leader/test")
-    guard = Guard("/v1/leader/test", meta.create_revision)
+def test_a_guarded_write_fails_once_the_guard_key_is_recreated(store: AbstractStore) -> None:
+    mine = store.grant_lease(60)
+    _, revision, _ = store.create_key("/v1/leader/test", "me", mine)
+    guard = Guard("/v1/leader/test", revision)
     created = store.create(VMS, "vm1", a_vm(), guard=guard)
-    store.client.delete("/v1/leader/test")
-    store.client.put("/v1/leader/test", "someone else")
+    store.revoke_lease(mine)
+    store.create_key("/v1/leader/test", "someone else", store.grant_lease(60))
     with pytest.raises(GuardFailed):
         store.replace(VMS, "vm1", a_vm().evolve(error="x"), created.mod_revision, guard=guard)
     with pytest.raises(GuardFailed):
         store.create(VMS, "vm2", a_vm("vm2"), guard=guard)
     with pytest.raises(GuardFailed):
         store.delete(VMS, "vm1", guard=guard)
+    with pytest.raises(GuardFailed):  # a failed guard is reported before a lost compare-and-swap
+        store.transact([Put(VMS, "vm1", a_vm(), 0)], guard=guard)
     assert store.get(VMS, "vm2") is None and store.get(VMS, "vm1") is not None
 
 
 def test_garbage_under_the_vm_prefix_is_skipped_with_a_log_line(
-        store: Store, caplog: pytest.LogCaptureFixture) -> None:
+        store: AbstractStore, caplog: pytest.LogCaptureFixture) -> None:
     store.create(VMS, "good", a_vm("good"))
-    store.client.put("/v1/vm/garbage", b"{not json")
-    store.client.put("/v1/vm/misfit", b'{"uuid": "misfit"}')
-    store.client.put("/v1/vm/nested/deeper", VMS.encode(a_vm()))
+    lease = store.grant_lease(60)
+    store.create_key("/v1/vm/garbage", "{not json", lease)
+    store.create_key("/v1/vm/misfit", '{"uuid": "misfit"}', lease)
+    store.create_key("/v1/vm/nested/deeper", VMS.encode(a_vm()).decode(), lease)
     with caplog.at_level(logging.WARNING):
         listing = store.list(VMS)
     assert list(listing.items) == ["good"]
@@ -132,9 +151,7 @@ def test_garbage_under_the_vm_prefix_is_skipped_with_a_log_line(
         store.get(VMS, "garbage")
 
 
-def test_transact_writes_all_or_nothing(store: Store) -> None:
-    from ucloud_common.store import Put, Remove
-
+def test_transact_writes_all_or_nothing(store: AbstractStore) -> None:
     one = store.create(VMS, "one", a_vm("one"))
     store.transact([Put(VMS, "two", a_vm("two"), 0), Put(VMS, "one", a_vm("one").evolve(restarts=1), one.mod_revision)])
     with pytest.raises(Conflict, match="/v1/vm/two already exists"):
@@ -147,12 +164,69 @@ def test_transact_writes_all_or_nothing(store: Store) -> None:
     assert store.list(VMS).items == {}
 
 
-def test_a_listing_larger_than_a_grpc_message_is_read_in_pages_at_one_revision(store: Store) -> None:
+def test_a_listing_larger_than_a_grpc_message_is_read_in_pages_at_one_revision(store: AbstractStore) -> None:
     big = "x" * 5000  # 1,200 records of ≈5 KB: ≈6 MB, more than one gRPC message may carry
-    puts = [store.client.transactions.put(VMS.key(f"vm{i:04}"), VMS.encode(a_vm(f"vm{i:04}").evolve(error=big)))
-            for i in range(1200)]
+    puts: list[Put[VM] | Remove[VM]] = [Put(VMS, f"vm{i:04}", a_vm(f"vm{i:04}").evolve(error=big), None)
+                                        for i in range(1200)]
     for i in range(0, len(puts), 100):
-        store.client.transaction(compare=[], success=puts[i:i + 100], failure=[])
+        store.transact(puts[i:i + 100])
     listing = store.list(VMS)
     assert len(listing.items) == 1200 and listing.revision == store.revision()
     assert all(v.mod_revision <= listing.revision for v in listing.items.values())
+
+
+def test_one_revision_per_transaction_and_none_for_a_change_of_nothing(store: AbstractStore) -> None:
+    start = store.revision()
+    revision = store.transact([Put(VMS, name, a_vm(name), 0) for name in ("a", "b", "c")])
+    assert revision == start + 1 == store.revision()
+    listing = store.list(VMS)
+    assert {v.mod_revision for v in listing.items.values()} == {revision} == {v.create_revision for v in
+                                                                             listing.items.values()}
+    updated = store.update(VMS, "a", lambda vm: vm.evolve(restarts=1))
+    assert (updated.mod_revision, updated.create_revision) == (revision + 1, revision)
+    assert store.delete(VMS, "ghost") is False and store.revision() == revision + 1
+    with pytest.raises(Conflict):
+        store.transact([Put(VMS, "d", a_vm("d"), 0), Put(VMS, "a", a_vm("a"), 0)])
+    assert store.revision() == revision + 1 and store.get(VMS, "d") is None
+    assert store.delete_all(VMS, "b") == 1 and store.revision() == revision + 2
+
+
+def test_replace_at_revision_zero_means_the_key_must_be_absent(store: AbstractStore) -> None:
+    """As in etcd, an absent key is at mod_revision 0: replacing "at 0" creates, once."""
+    created = store.replace(VMS, "vm1", a_vm(), 0)
+    assert created.create_revision == created.mod_revision == store.revision()
+    with pytest.raises(Conflict):
+        store.replace(VMS, "vm1", a_vm(), 0)
+
+
+def test_transactions_etcd_refuses_are_refused(store: AbstractStore) -> None:
+    with pytest.raises(StoreRefused, match="duplicate key"):
+        store.transact([Put(VMS, "a", a_vm("a"), None), Put(VMS, "a", a_vm("a"), None)])
+    with pytest.raises(StoreRefused, match="duplicate key"):
+        store.transact([Put(VMS, "a", a_vm("a"), None), Remove(VMS, "a", None)])
+    with pytest.raises(StoreRefused, match="too many operations"):
+        store.transact([Put(VMS, f"vm{i}", a_vm(f"vm{i}"), 0) for i in range(129)])
+    assert store.list(VMS).items == {}
+
+
+def test_writes_on_a_revoked_lease_are_refused_and_its_keys_gone(store: AbstractStore) -> None:
+    lease = store.grant_lease(60)
+    store.create(VMS, "on-lease", a_vm("on-lease"), lease=lease)
+    store.create(VMS, "moved", a_vm("moved"), lease=lease)
+    moved = store.get(VMS, "moved")
+    assert moved is not None
+    store.replace(VMS, "moved", moved.value, moved.mod_revision)  # a put without the lease detaches it
+    before = store.revision()
+    store.revoke_lease(lease)
+    assert store.revision() == before + 1, "a lease's keys are deleted in one revision"
+    assert store.get(VMS, "on-lease") is None and store.get(VMS, "moved") is not None
+    with pytest.raises(LeaseExpired):
+        store.create(VMS, "late", a_vm("late"), lease=lease)
+    with pytest.raises(AlreadyExists):  # a failed compare comes first: etcd checks only the leases it uses
+        store.create(VMS, "moved", a_vm("moved"), lease=lease)
+    assert store.refresh_lease(lease) <= 0
+    store.revoke_lease(lease)  # revoking again is fine
+
+
+def test_a_lease_shorter_than_etcds_minimum_is_granted_the_minimum(store: AbstractStore) -> None:
+    assert store.refresh_lease(store.grant_lease(1)) == 2

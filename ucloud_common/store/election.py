@@ -19,7 +19,7 @@ from ucloud_common.store.errors import (
     LeaseExpired,
     StoreUnavailable,
 )
-from ucloud_common.store.etcd import Guard, Store
+from ucloud_common.store.contract import AbstractStore, Guard
 from ucloud_common.store.lease import KeptLease
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ def leader_key(name: str) -> str:
 
 
 class Election:
-    def __init__(self, store: Store, name: str, candidate: str, ttl: int) -> None:
+    def __init__(self, store: AbstractStore, name: str, candidate: str, ttl: int) -> None:
         self._store = store
         self.key = leader_key(name)
         self.candidate = candidate

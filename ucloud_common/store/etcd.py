@@ -1,12 +1,6 @@
 """The etcd store: typed access to key families, compare-and-swap, leases, watches.
 
-Contract:
-- Every read returns records with their `mod_revision`; every write is conditional: `create` only if
-  the key is absent, `replace` / `delete(mod_revision=…)` only if the key is unchanged since it was
-  read, and `update` is read–modify–compare-and-swap retried with jittered backoff until it wins or
-  `cas_attempts` races were lost (`Conflict`). Two writers never lose each other's update.
-- Any write may carry a `Guard` (e.g. "I am still the leader"); if it no longer holds, the write is
-  not applied and `GuardFailed` is raised.
+The contract is `AbstractStore`'s (`contract.py`); how etcd keeps it:
 - Every call (reads, transactions, deletes, leases, watches) goes to one member of the cluster
   through one path (`members.Members`): when that member fails (down, restarting, cut off from its
   leader, slower than `etcd_timeout`), the call moves to another member. A read, a lease call or a
@@ -22,17 +16,13 @@ Contract:
 - etcd refusing a request (malformed, too large, permission denied) raises `StoreRefused`; a write
   naming an expired lease raises `LeaseExpired`. No other exception of gRPC or of the client
   library ever leaves the store (`failures` maps every one of them).
-- A stored value that is not JSON or does not fit its model raises `InvalidRecord` from `get` and
-  `update`, and is logged with its key and skipped by `list` (and by `Follower`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Generic
+from collections.abc import Mapping
+from typing import Any
 
 import pyetcd.utils
 from pyetcd import Endpoint, MultiEndpointEtcd3Client, Transactions
@@ -40,16 +30,21 @@ from pyetcd import transactions as ops
 from pyetcd.etcdrpc import rpc_pb2
 
 from ucloud_common.config import Settings
-from ucloud_common.record import Family, InvalidRecord, R
-from ucloud_common.retry import Backoff, sleeps
-from ucloud_common.store.errors import (
-    AlreadyExists,
-    Compacted,
-    Conflict,
-    GuardFailed,
-    LeaseExpired,
-    NotFound,
+from ucloud_common.record import Family, R
+from ucloud_common.store.contract import (
+    AbstractStore,
+    Guard,
+    Listing,
+    Put,
+    Remove,
+    Versioned,
+    already_exists,
+    changed_since,
+    check_guard,
+    first_conflict,
+    listed,
 )
+from ucloud_common.store.errors import Compacted, LeaseExpired
 from ucloud_common.store.members import REQUIRE_LEADER, Members
 from ucloud_common.store.watch import WATCH_IDLE_S, Watch
 
@@ -63,60 +58,13 @@ _PAGE = 500
 _LIST_ATTEMPTS = 3
 
 
-@dataclass(frozen=True)
-class Versioned(Generic[R]):
-    """A record as read from etcd, with the revisions that a compare-and-swap needs."""
+class Store(AbstractStore):
+    """`AbstractStore` on an etcd cluster (the module's docstring says how it keeps the contract)."""
 
-    name: str
-    value: R
-    mod_revision: int
-    create_revision: int
-
-
-@dataclass(frozen=True)
-class Listing(Generic[R]):
-    items: dict[str, Versioned[R]]
-    revision: int  # the store revision the listing is a snapshot of: watch from revision + 1
-
-
-@dataclass(frozen=True)
-class Put(Generic[R]):
-    """Store `record`; `expect` is the key's mod_revision it must still have, 0 for "must not
-    exist", None for no expectation."""
-
-    family: Family[R]
-    name: str
-    record: R
-    expect: int | None
-    lease: int | None = None
-
-
-@dataclass(frozen=True)
-class Remove(Generic[R]):
-    """Delete the key; `expect` as for `Put`."""
-
-    family: Family[R]
-    name: str
-    expect: int | None
-
-
-@dataclass(frozen=True)
-class Guard:
-    """A precondition a write must satisfy besides its own: `key` still has this `create_revision`.
-
-    A leader election hands one out: the leader key is re-created by every new leader, so a deposed
-    leader's guarded writes fail even if its process does not know it was deposed yet."""
-
-    key: str
-    create_revision: int
-
-
-class Store:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._members = Members(settings)
         self._raw: MultiEndpointEtcd3Client | None = None
-        self._backoff = Backoff(initial=0.002, maximum=0.2)
         self._tx = Transactions()
 
     def close(self) -> None:
@@ -194,12 +142,8 @@ class Store:
                                    what=f"list {prefix.decode()}")
             revision = revision or response.header.revision
             for kv in response.kvs:
-                if where and not _matches(kv.value, where):
-                    continue
-                try:
-                    record = family.decode(kv.key, kv.value)
-                except InvalidRecord as exc:
-                    log.warning("skipping invalid record %s", exc)
+                record = listed(family, kv.key, kv.value, where)
+                if record is None:
                     continue
                 name = family.name_of(kv.key)
                 items[name] = Versioned(name, record, kv.mod_revision, kv.create_revision)
@@ -219,7 +163,7 @@ class Store:
         )
         if not response.succeeded:
             self._raise_guard_failure(response, guard)
-            raise AlreadyExists(f"{key} already exists")
+            raise already_exists(key)
         revision = response.header.revision
         return Versioned(name, record, revision, revision)
 
@@ -233,35 +177,9 @@ class Store:
         )
         if not response.succeeded:
             self._raise_guard_failure(response, guard)
-            raise Conflict(f"{key} changed since revision {mod_revision}")
+            raise changed_since(key, mod_revision)
         written = response.responses[1].response_range.kvs[0]
         return Versioned(name, record, written.mod_revision, written.create_revision)
-
-    def update(self, family: Family[R], name: str, change: Callable[[R], R | None], *,
-               guard: Guard | None = None) -> Versioned[R]:
-        """Read, apply `change`, compare-and-swap; on a lost race, re-read and re-apply.
-
-        `change` gets the current record and returns the new one, or None to write nothing (the
-        current one is returned). It may run several times, so it must not have side effects; it
-        may raise to abort (e.g. a state-table refusal), and that exception propagates.
-        Raises `NotFound` if the key is absent, `Conflict` after `cas_attempts` lost races.
-        """
-        key = family.key(name)
-        for attempt in sleeps(self._backoff, attempts=self.settings.cas_attempts):
-            current = self.get(family, name)
-            if current is None:
-                raise NotFound(f"{key} does not exist")
-            new = change(current.value)
-            if new is None:
-                return current
-            try:
-                return self.replace(family, name, new, current.mod_revision, guard=guard)
-            except Conflict:
-                log.debug("lost compare-and-swap on %s (attempt %d)", key, attempt)
-        raise Conflict(
-            f"gave up updating {key} after {self.settings.cas_attempts} attempts: other writers kept "
-            "changing it; retry later"
-        )
 
     def delete(self, family: Family[R], name: str, *, mod_revision: int | None = None,
                guard: Guard | None = None) -> bool:
@@ -272,7 +190,7 @@ class Store:
         response = self._txn(compare, [self._tx.delete(key)], guard)
         if not response.succeeded:
             self._raise_guard_failure(response, guard)
-            raise Conflict(f"{key} changed since revision {mod_revision}")
+            raise changed_since(key, mod_revision)
         return response.responses[0].response_delete_range.deleted > 0
 
     def transact(self, writes: list[Put[Any] | Remove[Any]], *, guard: Guard | None = None) -> int:
@@ -295,15 +213,8 @@ class Store:
         response = self._txn(compare, success, guard)
         if not response.succeeded:
             self._raise_guard_failure(response, guard)
-            expected = [w for w in writes if w.expect is not None]
-            for write, read in zip(expected, response.responses):
-                kvs = read.response_range.kvs
-                actual = kvs[0].mod_revision if kvs else 0
-                if actual != write.expect:
-                    key = write.family.key(write.name)
-                    raise Conflict(f"{key} already exists" if write.expect == 0
-                                   else f"{key} changed since revision {write.expect}", key)
-            raise Conflict("a key changed during the transaction")
+            raise first_conflict(writes, (r.response_range.kvs[0].mod_revision if r.response_range.kvs else 0
+                                          for r in response.responses))
         return int(response.header.revision)
 
     def delete_all(self, family: Family[R], within: str) -> int:
@@ -409,17 +320,7 @@ class Store:
         if guard is None:
             return
         guard_read = response.responses[-1].response_range
-        holder = guard_read.kvs[0].create_revision if guard_read.kvs else 0
-        if holder != guard.create_revision:
-            raise GuardFailed(f"{guard.key} is no longer the one this process holds")
-
-
-def _matches(value: bytes, where: Mapping[str, str]) -> bool:
-    try:
-        data = json.loads(value)
-    except ValueError:
-        return True  # let decoding report it
-    return isinstance(data, dict) and all(data.get(k) == v for k, v in where.items())
+        check_guard(guard, guard_read.kvs[0].create_revision if guard_read.kvs else 0)
 
 
 def _request_op(op: Any) -> rpc_pb2.RequestOp:

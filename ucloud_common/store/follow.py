@@ -26,7 +26,7 @@ import pyetcd.utils
 from ucloud_common.record import Family, InvalidRecord, R, check_key_part
 from ucloud_common.retry import Backoff
 from ucloud_common.store.errors import Compacted, StoreUnavailable
-from ucloud_common.store.etcd import Listing, Store, Versioned
+from ucloud_common.store.contract import AbstractStore, Listing, Versioned
 from ucloud_common.store.watch import Event
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class Follower(Generic[R]):
 
     _POLL_S = 0.2  # how often a blocked iteration checks for stop() and a due resync
 
-    def __init__(self, store: Store, family: Family[R], *, resync_interval: float | None = None,
+    def __init__(self, store: AbstractStore, family: Family[R], *, resync_interval: float | None = None,
                  start_revision: int | None = None) -> None:
         self._store = store
         self._family = family

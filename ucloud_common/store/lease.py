@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 from ucloud_common.store.errors import StoreError, StoreUnavailable
-from ucloud_common.store.etcd import Store
+from ucloud_common.store.contract import AbstractStore
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ class KeptLease:
     must start over with a new one.
     """
 
-    def __init__(self, store: Store, ttl: int, interval: float,
+    def __init__(self, store: AbstractStore, ttl: int, interval: float,
                  on_lost: Callable[[], None] | None = None) -> None:
         if interval * 2 > ttl:
             raise ValueError(f"a lease of {ttl} s renewed every {interval} s would expire on one late renewal")
