@@ -33,12 +33,12 @@ from ucloud_common.host import HOSTS, HOSTS_ALIVE, Host, HostStatus
 from ucloud_common.record import utcnow
 from ucloud_common.states import Status
 from ucloud_common.store import (
+    AbstractStore,
     Conflict,
     Election,
     Follower,
     GuardFailed,
     Put,
-    Store,
     StoreUnavailable,
     Versioned,
 )
@@ -62,7 +62,7 @@ BATCH = 60  # VMs per transaction: each is two operations (VM, event), etcd allo
 
 
 class Scheduler:
-    def __init__(self, store: Store, settings: Settings, fence: Fence, candidate: str | None = None,
+    def __init__(self, store: AbstractStore, settings: Settings, fence: Fence, candidate: str | None = None,
                  rng: random.Random | None = None, fence_pool: Executor | None = None) -> None:
         """`fence_pool` runs the fences (default: 4 threads; a simulation passes one that runs them
         inline); the scheduler shuts it down when it stops."""

@@ -31,6 +31,7 @@ from ucloud_common.record import utcnow
 from ucloud_common.specs import Specs
 from ucloud_common.states import Requested, Status, Writer, check_transition
 from ucloud_common.store import (
+    AbstractStore,
     Change,
     Conflict,
     Follower,
@@ -41,7 +42,6 @@ from ucloud_common.store import (
     Put,
     Remove,
     Snapshot,
-    Store,
     StoreError,
     StoreUnavailable,
     Versioned,
@@ -67,7 +67,7 @@ class HostSpec:
 
 
 class Agent:
-    def __init__(self, store: Store, settings: Settings, host: HostSpec, driver: Hypervisor,
+    def __init__(self, store: AbstractStore, settings: Settings, host: HostSpec, driver: Hypervisor,
                  storage: dict[str, StorageBackend]) -> None:
         self._store = store
         self._settings = settings
@@ -125,9 +125,7 @@ class Agent:
                     self._lease.close(revoke=False)
                 self._lease = KeptLease(self._store, self._settings.host_lease_ttl, self._settings.heartbeat_interval,
                                         on_lost=self._reregister)
-                self._store.transact([Put(HOSTS_ALIVE, self.host.name, HostAlive(agent_id=self._agent_id), None,
-                                          lease=self._lease.id)])
-                self._store_host_up()
+                self.announce(self._lease.id)
                 log.info("host %s registered (lease %x, accelerator %s)", self.host.name, self._lease.id,
                          self._driver.accel)
                 return
@@ -137,6 +135,12 @@ class Agent:
             except Exception:  # noqa: BLE001 - e.g. a host record that no longer validates: never give up silently
                 log.exception("cannot register host %s; retrying", self.host.name)
                 self._stop.wait(2.0)
+
+    def announce(self, lease: int) -> None:
+        """Say this host is alive (its liveness key, on `lease`) and then UP, in that order."""
+        self._store.transact([Put(HOSTS_ALIVE, self.host.name, HostAlive(agent_id=self._agent_id), None,
+                                  lease=lease)])
+        self._store_host_up()
 
     def _reregister(self) -> None:
         log.error("host %s lost its lease; registering again (its VMs keep running)", self.host.name)

@@ -158,6 +158,12 @@ class Keyspace:
             # every member applies the same deletions in the same order).
             self.apply([(key, None, 0) for key in sorted(lease.keys)])
 
+    def promote(self) -> None:
+        """Give every lease a full TTL again, as a new etcd leader (or a restarted etcd) does: no
+        lease expires for the time nobody could reach etcd to renew it (etcd's lessor Promote)."""
+        for lease_id in list(self.leases):
+            self.refresh(lease_id)
+
     def expire(self) -> None:
         """Revoke every lease whose TTL has run out, earliest first (etcd's lessor does this every
         500 ms; here it happens before whatever is asked next, which nothing can tell apart)."""
