@@ -10,13 +10,14 @@ Field families and their one writer each: the spec (`owner`, `name`, `specs`, `i
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ucloud_common.host import HOSTS
 from ucloud_common.record import Family, Name, Record
 from ucloud_common.specs import Specs
-from ucloud_common.states import Requested, Status
+from ucloud_common.states import Action, Requested, Status, check_action
 
 
 class NIC(BaseModel):
@@ -64,6 +65,17 @@ class VM(Record):
 def placed_on(host: str) -> dict[str, str]:
     """The fields that place a VM on `host` (a name; "" for none), for `VM.evolve(**placed_on(h))`."""
     return {"hostname": HOSTS.key(host) if host else ""}
+
+
+def request_fields(vm: VM, action: Action) -> dict[str, Any]:
+    """The request fields the API writes for `action` on `vm`: what is `requested`, and a new
+    generation (which a reboot also records). `ActionRefused` if the VM's status does not allow it."""
+    requested = check_action(action, vm.status, vm.requested)
+    generation = vm.generation + 1
+    fields: dict[str, Any] = {"requested": requested, "generation": generation}
+    if action is Action.REBOOT:
+        fields["reboot_generation"] = generation
+    return fields
 
 
 VMS: Family[VM] = Family("/v1/vm/", VM)

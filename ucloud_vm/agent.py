@@ -317,6 +317,8 @@ class Agent:
             self._driver.kill(uuid)
             if current is not None:
                 self._event(uuid, note, current.create_revision)
+            self._driver.forget(uuid)
+            return Step(Act.KILL, event=note)
         self._driver.forget(uuid)
         return Step(note=note)
 

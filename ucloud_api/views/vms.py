@@ -24,11 +24,11 @@ from ucloud_common.host import HOSTS
 from ucloud_common.image import IMAGES, ImageStatus
 from ucloud_common.record import check_key_part
 from ucloud_common.retry import Backoff, sleeps
-from ucloud_common.states import Action, ActionRefused, Status, check_action
+from ucloud_common.states import Action, ActionRefused, Status
 from ucloud_common.network import NETWORKS
 from ucloud_common.store import Conflict, Put, Remove
 from ucloud_common.user import USERS
-from ucloud_common.vm import VMS, VM
+from ucloud_common.vm import VMS, VM, request_fields
 
 bp = Blueprint("vms", __name__, url_prefix="/api/v1/vms")
 
@@ -148,7 +148,7 @@ def _act(uuid: str, action: Action) -> Response:
         check_if_match(current_vm)
         vm = current_vm.value
         try:
-            requested = check_action(action, vm.status, vm.requested)
+            asked = request_fields(vm, action)
         except ActionRefused as refused:
             raise APIError(409, "conflict", str(refused), vm_status=vm.status.value) from None
         try:
@@ -157,10 +157,7 @@ def _act(uuid: str, action: Action) -> Response:
                 store().transact([Remove(VMS, uuid, current_vm.mod_revision),
                                   *held_by(store(), uuid, vm_claims(vm))])
                 return Response(status=204)
-            generation = vm.generation + 1
-            if action is Action.REBOOT:
-                extra["reboot_generation"] = generation
-            new = vm.evolve(requested=requested, generation=generation, **extra)
+            new = vm.evolve(**asked, **extra)
             written = store().replace(VMS, uuid, new, current_vm.mod_revision)
         except Conflict:
             if conditional:
