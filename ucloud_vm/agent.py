@@ -247,9 +247,12 @@ class Agent:
             return self._let_go(uuid, current)
         vm = current.value
         step = decide(vm, self._observe(vm), utcnow(), self._settings)
+        # The event goes with the record (a reader who sees the status sees why) unless the act
+        # may still fail for good: then it is told once the act succeeded, or the failure instead.
+        with_record = bool(step.event) and step.writes() and step.act not in _PERMANENT_WHEN_FAILED
         if step.writes():
             try:
-                vm = self._record(vm, step)
+                vm = self._record(vm, step, step.event if with_record else "")
             except _NotMine:
                 return Step(note="moved to another host meanwhile")
         try:
@@ -260,7 +263,8 @@ class Agent:
             return self._failed(vm, step, exc)
         if step.event:
             log.info("vm=%s %s", uuid, step.event)
-            self._event(uuid, step.event, current.create_revision)
+            if not with_record:
+                self._event(uuid, step.event, current.create_revision)
         elif step.note:
             log.debug("vm=%s %s", uuid, step.note)
         return step
@@ -297,9 +301,8 @@ class Agent:
             fields = {"observed_generation": vm.generation}
         failed = Step(status=Status.ERROR, fields={"error": reason, **fields}, event=reason,
                       look_again=self._settings.failure_retry if step.act is Act.DELETE else None)
-        self._record(vm, failed)
+        self._record(vm, failed, reason)
         log.warning("vm=%s %s", vm.uuid, reason)
-        self._event(vm.uuid, reason, None)
         return failed
 
     def _later(self, uuid: str, why: str, delay: float) -> Step:
@@ -340,8 +343,9 @@ class Agent:
 
     # -- writing ----------------------------------------------------------------------------------
 
-    def _record(self, vm: VM, step: Step) -> VM:
-        """Write the step's status and fields by compare-and-swap on the VM's latest record."""
+    def _record(self, vm: VM, step: Step, event: str = "") -> VM:
+        """Write the step's status and fields (and `event`, in the same transaction) by
+        compare-and-swap on the VM's latest record."""
         fields = dict(step.fields)
         if step.disk_clients:
             backend = self._storage.get(vm.storage)
@@ -354,21 +358,17 @@ class Agent:
             check_transition(Writer.AGENT, latest.status, status)
             return latest.evolve(status=status, **fields)
 
-        written = self._store.update(VMS, vm.uuid, change)
+        along = [new_event(vm.uuid, self._source, event)] if event else []
+        written = self._store.update(VMS, vm.uuid, change, along=along)
         with self._lock:
             if vm.uuid in self._mine:
                 self._mine[vm.uuid] = written.value
         return written.value
 
-    def _event(self, uuid: str, message: str, vm_created: int | None) -> None:
-        """Tell the VM's event log, only while the VM (created at revision `vm_created`; None: look
-        it up) exists: an event written after its deletion would outlive it for good."""
+    def _event(self, uuid: str, message: str, vm_created: int) -> None:
+        """Tell the VM's event log, only while the VM (created at revision `vm_created`) exists: an
+        event written after its deletion would outlive it for good."""
         try:
-            if vm_created is None:
-                found = self._store.get(VMS, uuid)
-                if found is None:
-                    return
-                vm_created = found.create_revision
             self._store.transact([new_event(uuid, self._source, message)], guard=Guard(VMS.key(uuid), vm_created))
         except GuardFailed:
             log.debug("vm=%s is gone; event not recorded: %s", uuid, message)
