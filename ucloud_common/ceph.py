@@ -148,6 +148,10 @@ class Ceph:
                 rbd.RBD().remove(ioctx, name)
             except rbd.ImageNotFound:
                 pass
+            except rbd.ImageBusy as exc:
+                # Still open: a client that died without closing it (a QEMU killed with -9) keeps
+                # its watch until the OSDs time it out (30 s), so trying again soon succeeds.
+                raise CephUnavailable(f"cannot remove {pool}/{name} yet: {exc}", 5.0) from None
             except rbd.Error as exc:
                 raise _failed(f"cannot remove {pool}/{name}", exc) from None
 

@@ -90,7 +90,8 @@ def decide(vm: VM, seen: Seen, now: datetime, settings: Settings) -> Step:
     if state is RunState.SHUTDOWN:
         return _powered_off(vm)
     if state is RunState.ABSENT:
-        return _without_process(vm, seen.run.detail, now, settings)
+        what = "QEMU exited while starting" if vm.status is S.STARTING else "QEMU exited unexpectedly"
+        return _without_process(vm, what + (f": {seen.run.detail}" if seen.run.detail else ""), now, settings)
     return _with_process(vm, seen, now, settings)
 
 
@@ -127,7 +128,8 @@ def _powered_off(vm: VM) -> Step:
     return Step(Act.KILL, S.STOPPED, _observed(vm, error=""), event)
 
 
-def _without_process(vm: VM, last_words: str, now: datetime, settings: Settings) -> Step:
+def _without_process(vm: VM, crash: str, now: datetime, settings: Settings) -> Step:
+    """No process runs the guest; `crash` says why, should the VM have been running."""
     wants_to_run = vm.requested in WANTS_TO_RUN
     new_request = vm.generation > vm.observed_generation
     if vm.status in EXPECTS_PROCESS:
@@ -136,8 +138,7 @@ def _without_process(vm: VM, last_words: str, now: datetime, settings: Settings)
                 return Step(status=S.KILLED, fields={"error": "its process exited during a migration"},
                             event="killed: its process exited during a migration", look_again=0)
             return _stopped(vm, "stopped")
-        what = "QEMU exited while starting" if vm.status is S.STARTING else "QEMU exited unexpectedly"
-        return _crashed(vm, what + (f": {last_words}" if last_words else ""), now, settings)
+        return _crashed(vm, crash, now, settings)
     if vm.status is S.STOPPING:
         return _stopped(vm, "stopped: QEMU exited")
     if vm.status is S.SCHEDULED_DEPLOY:
