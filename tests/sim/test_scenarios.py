@@ -13,6 +13,7 @@ Commands (one per line, `#` starts a comment):
     converged             every VM is what was asked (where its host lives)
     crash|poweroff|panic|pause-guest|hang|recover|ignore-acpi VM       its guest misbehaves
     fail-start VM WHY...  the next start fails               fail-first-answer VM
+    slow VM S             each QMP answer takes S seconds (beyond the QMP timeout: none comes)
     partition H | heal H  the agent is cut off from etcd, and back (its guests run on)
     host-dies H | host-boots H      the machine goes (guests too), and comes back
     restart-agent H       kill -9 of the agent, a new one at once
@@ -87,6 +88,10 @@ def execute(world: World, words: list[str]) -> None:
          "pause-guest": lambda: driver.enter(vm, RunState.PAUSED), "hang": lambda: driver.hang(vm),
          "recover": lambda: driver.recover(vm), "ignore-acpi": lambda: driver.ignore_acpi(vm)}[command]()
         world.say("fault", f"{vm} on {host}: {command}")
+    elif command == "slow":
+        host, vm = _guest(world, args[0])
+        world.hosts[host].driver.slow_down(vm, float(args[1]))
+        world.say("fault", f"{vm} on {host}: every QMP answer takes {args[1]} s")
     elif command in ("fail-start", "fail-first-answer"):
         for host in world.hosts.values():  # wherever it lands
             if command == "fail-start":
