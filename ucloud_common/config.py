@@ -138,6 +138,9 @@ class Settings(BaseSettings):
     failure_retry: float = Field(300.0, gt=0, description="Seconds after which a VM whose reconcile failed "
                                  "with an unexpected error (a bug) is tried again: logged once, never a "
                                  "hot loop.")
+    io_retry: float = Field(10.0, gt=0, description="Seconds between attempts to resume a guest that QEMU "
+                            "paused on a disk write error (a full disk or pool), until the disk takes "
+                            "writes again.")
     scheduler_cadence: float = Field(1.0, gt=0, description="A scheduler cycle runs at least this often, so "
                                      "a lost wake-up costs this long at most.")
     fence_retry: float = Field(30.0, gt=0, description="Seconds after a failed fence of a host before the "

@@ -245,26 +245,32 @@ class Agent:
         current = self._store.get(VMS, uuid)
         if current is None or current.value.host != self.host.name:
             return self._let_go(uuid, current)
-        vm = current.value
-        step = decide(vm, self._observe(vm), utcnow(), self._settings)
+        step = decide(current.value, self._observe(current.value), utcnow(), self._settings)
         # The event goes with the record (a reader who sees the status sees why) unless the act
         # may still fail for good: then it is told once the act succeeded, or the failure instead.
-        with_record = bool(step.event) and step.writes() and step.act not in _PERMANENT_WHEN_FAILED
+        with_record = (bool(step.event) and step.writes() and step.act not in _PERMANENT_WHEN_FAILED
+                       and not step.confirm)
         if step.writes():
             try:
-                vm = self._record(vm, step, step.event if with_record else "")
-            except _NotMine:
-                return Step(note="moved to another host meanwhile")
+                current = self._record(current, step, step.event if with_record else "")
+            except Conflict:  # the VM changed since it was read: never act on a stale decision
+                return Step(note="changed meanwhile; deciding again", look_again=0)
         try:
-            self._act(vm, step)
+            self._act(current.value, step)
         except PermanentError as exc:
             if step.act not in _PERMANENT_WHEN_FAILED:
                 raise
-            return self._failed(vm, step, exc)
+            return self._failed(current, step, exc)
+        except TemporaryError as exc:
+            if step.act is Act.START:  # not a crash: the next look starts it again after the delay
+                self._record(current, Step(fields={"deadline": utcnow() + timedelta(seconds=exc.delay)}))
+            raise
+        if step.confirm:
+            self._record(current, Step(fields=step.confirm), step.event)
+        elif step.event and not with_record:
+            self._event(uuid, step.event, current.create_revision)
         if step.event:
             log.info("vm=%s %s", uuid, step.event)
-            if not with_record:
-                self._event(uuid, step.event, current.create_revision)
         elif step.note:
             log.debug("vm=%s %s", uuid, step.note)
         return step
@@ -291,18 +297,18 @@ class Agent:
             {Act.PAUSE: self._driver.pause, Act.RESUME: self._driver.resume, Act.RESET: self._driver.reset,
              Act.POWERDOWN: self._driver.powerdown, Act.KILL: self._driver.kill}[step.act](vm.uuid)
 
-    def _failed(self, vm: VM, step: Step, exc: Exception) -> Step:
+    def _failed(self, current: Versioned[VM], step: Step, exc: Exception) -> Step:
         """A start, a disk or a deletion failed for good: ERROR with the reason (a deletion is
         tried again after `failure_retry`)."""
         if step.act is Act.DELETE:
             reason, fields = f"delete failed: {exc}", {"deadline": utcnow() + timedelta(seconds=self._settings.failure_retry)}
         else:
             reason = f"disk: {exc}" if isinstance(exc, StorageError) else str(exc)
-            fields = {"observed_generation": vm.generation}
+            fields = {"observed_generation": current.value.generation}
         failed = Step(status=Status.ERROR, fields={"error": reason, **fields}, event=reason,
                       look_again=self._settings.failure_retry if step.act is Act.DELETE else None)
-        self._record(vm, failed, reason)
-        log.warning("vm=%s %s", vm.uuid, reason)
+        self._record(current, failed, reason)
+        log.warning("vm=%s %s", current.name, reason)
         return failed
 
     def _later(self, uuid: str, why: str, delay: float) -> Step:
@@ -343,27 +349,24 @@ class Agent:
 
     # -- writing ----------------------------------------------------------------------------------
 
-    def _record(self, vm: VM, step: Step, event: str = "") -> VM:
+    def _record(self, current: Versioned[VM], step: Step, event: str = "") -> Versioned[VM]:
         """Write the step's status and fields (and `event`, in the same transaction) by
-        compare-and-swap on the VM's latest record."""
+        compare-and-swap on `current`, the record the step was decided on: `Conflict` if it
+        changed meanwhile (never re-applied to a newer one, which deserves its own decision)."""
+        vm = current.value
         fields = dict(step.fields)
         if step.disk_clients:
             backend = self._storage.get(vm.storage)
             fields["disk_clients"] = (backend.clients(vm) if backend else ()) or vm.disk_clients
         status = step.status or vm.status
-
-        def change(latest: VM) -> VM:
-            if latest.host != self.host.name:
-                raise _NotMine()
-            check_transition(Writer.AGENT, latest.status, status)
-            return latest.evolve(status=status, **fields)
-
-        along = [new_event(vm.uuid, self._source, event)] if event else []
-        written = self._store.update(VMS, vm.uuid, change, along=along)
+        check_transition(Writer.AGENT, vm.status, status)
+        new = vm.evolve(status=status, **fields)
+        revision = self._store.transact([Put(VMS, vm.uuid, new, current.mod_revision),
+                                         *([new_event(vm.uuid, self._source, event)] if event else [])])
         with self._lock:
             if vm.uuid in self._mine:
-                self._mine[vm.uuid] = written.value
-        return written.value
+                self._mine[vm.uuid] = new
+        return Versioned(vm.uuid, new, revision, current.create_revision)
 
     def _event(self, uuid: str, message: str, vm_created: int) -> None:
         """Tell the VM's event log, only while the VM (created at revision `vm_created`) exists: an
@@ -379,10 +382,6 @@ class Agent:
 # Permanent failures of these actions are the VM's: it goes to ERROR with the reason. (Any other
 # action failing for good is a bug: logged once, looked at again after `failure_retry`.)
 _PERMANENT_WHEN_FAILED = frozenset({Act.CREATE_DISK, Act.START, Act.DELETE})
-
-
-class _NotMine(Exception):
-    pass
 
 
 def machine_capacity(disk_dir: Path) -> Specs:

@@ -16,7 +16,7 @@ Reading order: `decide` dispatches on what is seen; each helper handles one situ
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -63,10 +63,13 @@ class Step:
     act: Act = Act.NOTHING
     status: Status | None = None  # the status to record (None: unchanged)
     fields: dict[str, Any] = field(default_factory=dict)  # other fields to record with it
-    event: str = ""  # the sentence for the VM's event log (recorded once the action succeeded)
+    event: str = ""  # the sentence for the VM's event log
     note: str = ""  # why nothing is recorded, for the agent's log only
     look_again: float | None = None  # seconds after which to decide again; None: on the next change
     disk_clients: bool = False  # record who holds the VM's disk now (after its process started)
+    # Recorded only once the act succeeded (with the event): for an act whose effect the next look
+    # cannot see — a reset — so that one that failed is not marked done.
+    confirm: dict[str, Any] = field(default_factory=dict)
 
     def writes(self) -> bool:
         return self.status is not None or bool(self.fields) or self.disk_clients
@@ -77,14 +80,27 @@ class Step:
 
 def decide(vm: VM, seen: Seen, now: datetime, settings: Settings) -> Step:
     """The next step for `vm`, placed on this host, seen as `seen` at `now`."""
+    step = _decide(vm, seen, now, settings)
+    if step.status not in (None, vm.status) and "deadline" not in step.fields:
+        # A deadline belongs to the status that set it (a shutdown, a backoff, a retry): never
+        # read again with another meaning.
+        return replace(step, fields={**step.fields, "deadline": None})
+    return step
+
+
+def _decide(vm: VM, seen: Seen, now: datetime, settings: Settings) -> Step:
     state = seen.run.state
     if vm.status is S.REQUESTED_NEW:  # the scheduler's to move, even with a host named (never written so)
         return Step(note="not scheduled yet")
     if vm.requested is Requested.DELETED or vm.status is S.DELETING:
         return _delete(vm, now)
     if state is RunState.UNRESPONSIVE:
+        if vm.status is S.STOPPING:  # a hung guest is stopped hard at the deadline all the same
+            return _stopping(vm, now, settings)
         return Step(note=f"its process does not answer ({seen.run.detail}); looking again",
                     look_again=settings.qmp_timeout)
+    if state is RunState.IO_ERROR:
+        return _io_error(vm, seen, now, settings)
     if state in GUEST_GONE:
         return _guest_gone(vm, GUEST_GONE[state], now, settings)
     if state is RunState.SHUTDOWN:
@@ -111,6 +127,20 @@ def _guest_gone(vm: VM, reason: str, now: datetime, settings: Settings) -> Step:
     return Step(Act.KILL, step.status, step.fields, step.event, look_again=0)
 
 
+def _io_error(vm: VM, seen: Seen, now: datetime, settings: Settings) -> Step:
+    """QEMU paused the guest on a disk write error (a full disk or pool; Ceph unreachable): the
+    guest is intact, and resumed once the disk takes writes again — tried every `io_retry`. A fenced
+    one, or one that should not run any more, is stopped instead."""
+    if seen.fenced or vm.status not in (S.RUNNING, S.SUSPENDED) or vm.requested not in WANTS_TO_RUN:
+        return _guest_gone(vm, "QEMU stopped on a disk I/O error", now, settings)
+    if vm.deadline is not None and now < vm.deadline:
+        return Step(note="paused on a disk I/O error; resuming it later", look_again=_seconds(vm.deadline - now))
+    error = "paused on a disk I/O error (a full disk?); resumed as soon as the disk takes writes again"
+    return Step(Act.RESUME, fields={"error": error, "deadline": now + timedelta(seconds=settings.io_retry)},
+                event="" if vm.error == error else error, note="paused on a disk I/O error; trying to resume it",
+                look_again=settings.io_retry)
+
+
 def _powered_off(vm: VM) -> Step:
     """The guest powered itself off (its process waits, `-no-shutdown`): the VM is STOPPED — also
     when it should run; a power-off from inside is the owner's decision too."""
@@ -132,6 +162,11 @@ def _without_process(vm: VM, crash: str, now: datetime, settings: Settings) -> S
     """No process runs the guest; `crash` says why, should the VM have been running."""
     wants_to_run = vm.requested in WANTS_TO_RUN
     new_request = vm.generation > vm.observed_generation
+    if vm.status is S.STARTING and vm.deadline is not None and wants_to_run:
+        # The start met a temporary failure (a Ceph that did not answer): no crash, tried again.
+        if now < vm.deadline:
+            return Step(note="starting again after a temporary failure", look_again=_seconds(vm.deadline - now))
+        return _start(vm, restarts=vm.restarts, event="restarted" if vm.restarts else "started")
     if vm.status in EXPECTS_PROCESS:
         if not wants_to_run:
             if vm.status is S.MIGRATING:  # MIGRATING may only end RUNNING, KILLED or in ERROR
@@ -148,12 +183,13 @@ def _without_process(vm: VM, crash: str, now: datetime, settings: Settings) -> S
     if vm.status is S.KILLED:
         if not wants_to_run:
             return _stopped(vm, "stopped")
-        if vm.restarts >= settings.max_restarts:
-            return Step(status=S.ERROR, fields={"error": f"QEMU died {vm.restarts + 1} times in a row; last: {vm.error}"},
+        restarts = _in_a_row(vm, now, settings)
+        if restarts >= settings.max_restarts:
+            return Step(status=S.ERROR, fields={"error": f"QEMU died {restarts + 1} times in a row; last: {vm.error}"},
                         event="gave up restarting")
         if vm.deadline is not None and now < vm.deadline:
             return Step(note="waiting before restarting it", look_again=_seconds(vm.deadline - now))
-        return _start(vm, restarts=vm.restarts + 1, event="restarted")
+        return _start(vm, restarts=restarts + 1, event="restarted")
     if new_request and wants_to_run:  # STOPPED or ERROR, and asked to run
         return _start(vm, restarts=0, event="started")
     if new_request:  # asked to stop: done already
@@ -167,7 +203,7 @@ def _with_process(vm: VM, seen: Seen, now: datetime, settings: Settings) -> Step
     wants_to_run = vm.requested in WANTS_TO_RUN
     if vm.status is S.STARTING:
         return Step(status=S.RUNNING if running else S.SUSPENDED,
-                    fields=_observed(vm, error="", started_at=now), disk_clients=True)
+                    fields=_observed(vm, error="", started_at=now), disk_clients=True, note="its QEMU answers")
     if vm.status in (S.SCHEDULED_DEPLOY, S.KILLED, S.ERROR, S.STOPPED):
         return _found_running(vm, seen, wants_to_run)
     if vm.status is S.STOPPING:
@@ -188,25 +224,28 @@ def _with_process(vm: VM, seen: Seen, now: datetime, settings: Settings) -> Step
         return Step(Act.RESUME, S.RUNNING, {} if reboot else _observed(vm), "resumed",
                     look_again=0 if reboot else None)
     if reboot:
-        return Step(Act.RESET, S.RUNNING, _observed(vm), "rebooted")
+        return Step(Act.RESET, event="rebooted", confirm=_observed(vm))
+    if vm.error:  # resumed after a disk error: the disk takes writes again
+        return Step(status=S.RUNNING, fields=_observed(vm, error=""), event="running again")
     return Step(status=S.RUNNING, fields=_observed(vm)) if _differs(vm, S.RUNNING) else Step()
 
 
 def _found_running(vm: VM, seen: Seen, wants_to_run: bool) -> Step:
-    """A process runs although the record says otherwise: the agent died while starting it, the
-    host was only thought dead, or it started but did not answer at first. Adopted (through
-    STARTING), never started twice — unless it must not run."""
+    """A process runs although the record says otherwise: the host was only thought dead (KILLED),
+    or the record was left ERROR by an older agent. Adopted (through STARTING), never started
+    twice — unless it must not run, or cannot be this placement's: a process is started only after
+    STARTING is recorded, so one alive while the record says SCHEDULED_DEPLOY (placed afresh, e.g.
+    back here after a fence) or STOPPED predates the record and is never adopted."""
     if vm.status is S.KILLED and seen.fenced:
         # The scheduler fenced this host while it was thought dead: this process is cut off from
         # its disk for good. Adopting it would report RUNNING a guest that can do no I/O.
         return Step(Act.KILL, note="its process was fenced off its disk while the host was thought dead; "
                     "restarting it", look_again=0)
+    if vm.status in (S.SCHEDULED_DEPLOY, S.STOPPED):
+        return Step(Act.KILL, note=f"stopping a process older than its record ({vm.status}): never adopted",
+                    look_again=0)
     if not wants_to_run:
-        if vm.status is S.STOPPED:
-            return Step(Act.KILL, note="stopping the process of a stopped VM")
         return Step(Act.KILL, S.STOPPED, _observed(vm, error=""), "stopped")
-    if vm.status is S.STOPPED and vm.generation <= vm.observed_generation:
-        return Step(Act.KILL, note="stopping the process of a stopped VM")
     return Step(status=S.STARTING, fields={"error": ""}, event="re-adopted its QEMU", look_again=0)
 
 
@@ -230,14 +269,20 @@ def _stopped(vm: VM, event: str) -> Step:
 
 def _start(vm: VM, restarts: int, event: str) -> Step:
     # Look again at once: the next look sees the process and records RUNNING (or SUSPENDED).
-    return Step(Act.START, S.STARTING, {"restarts": restarts}, event, look_again=0)
+    return Step(Act.START, S.STARTING, {"restarts": restarts, "started_at": None, "deadline": None}, event,
+                look_again=0)
+
+
+def _in_a_row(vm: VM, now: datetime, settings: Settings) -> int:
+    """The restarts that count: none once the VM ran stably since its last start (crashes far apart
+    are not a loop), whoever recorded it KILLED (its agent, or the scheduler when its host died)."""
+    stable = vm.started_at is not None and (now - vm.started_at).total_seconds() >= settings.stable_after
+    return 0 if stable else vm.restarts
 
 
 def _crashed(vm: VM, reason: str, now: datetime, settings: Settings) -> Step:
-    """KILLED with the reason, and a restart after a backoff that doubles with each crash in a row;
-    a VM that ran stably since its last start begins a new count (crashes far apart are not a loop)."""
-    stable = vm.started_at is not None and (now - vm.started_at).total_seconds() >= settings.stable_after
-    restarts = 0 if stable else vm.restarts
+    """KILLED with the reason, and a restart after a backoff that doubles with each crash in a row."""
+    restarts = _in_a_row(vm, now, settings)
     backoff = min(settings.restart_backoff_max, 2.0 ** restarts)
     return Step(status=S.KILLED, fields={"error": reason, "restarts": restarts,
                                          "deadline": now + timedelta(seconds=backoff)},

@@ -36,7 +36,6 @@ class RunState(StrEnum):
 GUEST_GONE = {
     RunState.GUEST_PANICKED: "the guest kernel panicked",
     RunState.INTERNAL_ERROR: "QEMU reported an internal error",
-    RunState.IO_ERROR: "QEMU stopped on a disk I/O error",
     RunState.INMIGRATE: "a QEMU waiting for a migration that is not happening",
     RunState.POSTMIGRATE: "a QEMU whose guest migrated away",
 }

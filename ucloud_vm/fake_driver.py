@@ -22,6 +22,7 @@ class FakeGuest:
     disk: tuple[str, ...]
     powers_off_at: float | None = None  # clock.now() at which it obeys the ACPI button
     resets: int = 0
+    fenced: bool = False  # cut off from its disk by a fence: it runs on, but can write nothing
 
 
 @dataclass
@@ -32,6 +33,8 @@ class _Trouble:
     ignores_acpi: bool = False
     start_fails: str = ""  # the next start fails with this reason
     first_answer_fails: bool = False  # the next start succeeds, its first observe times out
+    disk_full: bool = False  # every write fails: the guest pauses on an I/O error, and again if resumed
+    lost_commands: set[str] = field(default_factory=set)  # the next command of each name times out, not done
 
 
 @dataclass
@@ -77,7 +80,9 @@ class FakeDriver:
         self._command(uuid, "pause").state = RunState.PAUSED
 
     def resume(self, uuid: str) -> None:
-        self._command(uuid, "resume").state = RunState.RUNNING
+        guest = self._command(uuid, "resume")
+        full = self._trouble.setdefault(uuid, _Trouble()).disk_full
+        guest.state = RunState.IO_ERROR if full else RunState.RUNNING
 
     def reset(self, uuid: str) -> None:
         guest = self._command(uuid, "reset")
@@ -111,6 +116,12 @@ class FakeDriver:
         GUEST_PANICKED, IO_ERROR, PAUSED, …"""
         self.guests[uuid].state = state
 
+    def fill_disk(self, uuid: str, full: bool = True) -> None:
+        """The VM's disk takes no more writes (the guest pauses on an I/O error), or takes them again."""
+        self._trouble.setdefault(uuid, _Trouble()).disk_full = full
+        if full:
+            self.guests[uuid].state = RunState.IO_ERROR
+
     def hang(self, uuid: str) -> None:
         self._trouble.setdefault(uuid, _Trouble()).hung = True
 
@@ -120,6 +131,10 @@ class FakeDriver:
     def fail_next(self, uuid: str, calls: int = 1) -> None:
         """The next `calls` calls about `uuid` (observe or commands) time out."""
         self._trouble.setdefault(uuid, _Trouble()).failing += calls
+
+    def lose_next(self, uuid: str, command: str) -> None:
+        """The next `command` ("pause", "reset", …) times out without taking effect."""
+        self._trouble.setdefault(uuid, _Trouble()).lost_commands.add(command)
 
     def slow_down(self, uuid: str, seconds: float) -> None:
         """Every call about `uuid` takes `seconds` of (simulated) time; beyond `timeout`, it times out."""
@@ -144,15 +159,19 @@ class FakeDriver:
         if trouble.slow and isinstance(simulated := clock.current(), clock.SimClock):
             simulated.advance(min(trouble.slow, self.timeout))
         if trouble.hung or trouble.slow >= self.timeout:
-            raise DriverTimeout(f"{uuid}: no answer within {self.timeout:.0f} s")
+            raise DriverTimeout(f"{uuid}: no answer within {self.timeout:.0f} s", self.timeout)
         if trouble.failing:
             trouble.failing -= 1
-            raise DriverTimeout(f"{uuid}: no answer within {self.timeout:.0f} s")
+            raise DriverTimeout(f"{uuid}: no answer within {self.timeout:.0f} s", self.timeout)
 
     def _command(self, uuid: str, name: str) -> FakeGuest:
         self.calls.append(f"{name} {uuid}")
         guest = self.guests.get(uuid)
         if guest is None:
-            raise DriverError(f"{uuid} does not run")
+            raise DriverTimeout(f"{uuid}: no QEMU to answer {name}", self.timeout)
         self._answer(uuid)
+        trouble = self._trouble.get(uuid)
+        if trouble is not None and name in trouble.lost_commands:
+            trouble.lost_commands.discard(name)
+            raise DriverTimeout(f"{uuid}: no answer to {name} within {self.timeout:.0f} s", self.timeout)
         return guest

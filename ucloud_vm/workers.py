@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -23,17 +24,21 @@ class KeyedWorkers:
         self._lock = threading.Lock()
         self._running: set[str] = set()
         self._again: set[str] = set()
-        self._timers: dict[str, threading.Timer] = {}
+        self._timers: dict[str, tuple[threading.Timer, float]] = {}  # the pending look, and when it is due
         self._closed = False
 
     def submit(self, key: str, delay: float = 0.0) -> None:
         if delay > 0:
+            due = time.monotonic() + delay
             with self._lock:
-                if self._closed or (key in self._timers and self._timers[key].is_alive()):
-                    return
+                pending = self._timers.get(key)
+                if self._closed or (pending is not None and pending[0].is_alive() and pending[1] <= due):
+                    return  # an earlier look is due anyway: it decides afresh
+                if pending is not None:
+                    pending[0].cancel()  # the earlier of two looks wins (a backoff of 1 s after a 60 s wait)
                 timer = threading.Timer(delay, self.submit, args=(key,))
                 timer.daemon = True
-                self._timers[key] = timer
+                self._timers[key] = (timer, due)
             timer.start()
             return
         with self._lock:
@@ -65,6 +70,6 @@ class KeyedWorkers:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            for timer in self._timers.values():
+            for timer, _ in self._timers.values():
                 timer.cancel()
         self._pool.shutdown(wait=True, cancel_futures=True)

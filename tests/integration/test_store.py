@@ -231,15 +231,3 @@ def test_writes_on_a_revoked_lease_are_refused_and_its_keys_gone(store: Abstract
 def test_a_lease_shorter_than_etcds_minimum_is_granted_the_minimum(store: AbstractStore) -> None:
     assert store.refresh_lease(store.grant_lease(1)) == 2
 
-
-def test_update_writes_what_goes_along_in_the_same_transaction(store: AbstractStore) -> None:
-    store.create(VMS, "vm1", a_vm())
-    along = [Put(VMS, "why", a_vm("why"), 0)]
-    written = store.update(VMS, "vm1", lambda vm: vm.evolve(status=Status.SCHEDULED_DEPLOY), along=along)
-    why = store.get(VMS, "why")
-    assert why is not None and why.mod_revision == written.mod_revision
-    # A write along that cannot be made is not a race on the record: nothing is written, at once.
-    with pytest.raises(Conflict):
-        store.update(VMS, "vm1", lambda vm: vm.evolve(status=Status.STARTING), along=along)
-    found = store.get(VMS, "vm1")
-    assert found is not None and found.value.status is Status.SCHEDULED_DEPLOY

@@ -14,6 +14,9 @@ Commands (one per line, `#` starts a comment):
     crash|poweroff|panic|pause-guest|hang|recover|ignore-acpi VM       its guest misbehaves
     fail-start VM WHY...  the next start fails               fail-first-answer VM
     slow VM S             each QMP answer takes S seconds (beyond the QMP timeout: none comes)
+    lose-next VM CMD      the next QMP command CMD (pause, resume, reset, powerdown) times out, undone
+    disk-full VM | disk-freed VM    writes fail (the guest pauses on an I/O error), and work again
+    ceph-down | ceph-up   making an rbd disk times out, and works again
     partition H | heal H  the agent is cut off from etcd, and back (its guests run on)
     host-dies H | host-boots H      the machine goes (guests too), and comes back
     restart-agent H       kill -9 of the agent, a new one at once
@@ -38,9 +41,10 @@ SCENARIOS = Path(__file__).parent / "scenarios"
 
 
 def _guest(world: World, vm: str) -> tuple[str, str]:
-    host = world.vm(vm).host
-    assert host, f"{vm} is on no host"
-    return host, vm
+    """The host whose hypervisor runs the VM's guest (not cut off by a fence), found without etcd."""
+    hosts = [h.name for h in world.hosts.values() if vm in h.driver.guests and not h.driver.guests[vm].fenced]
+    assert hosts, f"{vm} runs nowhere"
+    return hosts[0], vm
 
 
 def execute(world: World, words: list[str]) -> None:
@@ -88,6 +92,17 @@ def execute(world: World, words: list[str]) -> None:
          "pause-guest": lambda: driver.enter(vm, RunState.PAUSED), "hang": lambda: driver.hang(vm),
          "recover": lambda: driver.recover(vm), "ignore-acpi": lambda: driver.ignore_acpi(vm)}[command]()
         world.say("fault", f"{vm} on {host}: {command}")
+    elif command == "lose-next":
+        host, vm = _guest(world, args[0])
+        world.hosts[host].driver.lose_next(vm, args[1])
+        world.say("fault", f"{vm} on {host}: the next {args[1]} times out, undone")
+    elif command in ("disk-full", "disk-freed"):
+        host, vm = _guest(world, args[0])
+        world.hosts[host].driver.fill_disk(vm, command == "disk-full")
+        world.say("fault", f"{vm} on {host}: {'its disk takes no more writes' if command == 'disk-full' else 'its disk takes writes again'}")
+    elif command in ("ceph-down", "ceph-up"):
+        world.ceph_down = command == "ceph-down"
+        world.say("fault", "Ceph does not answer" if world.ceph_down else "Ceph answers again")
     elif command == "slow":
         host, vm = _guest(world, args[0])
         world.hosts[host].driver.slow_down(vm, float(args[1]))
@@ -123,7 +138,7 @@ def execute(world: World, words: list[str]) -> None:
         world.schedulers[args[0]].up = False
         world.say("fault", f"scheduler {args[0]} dies")
     elif command in ("etcd-down", "etcd-up"):
-        for actor in [*world.hosts.values(), *world.schedulers.values()]:
+        for actor in [world, *world.hosts.values(), *world.schedulers.values()]:
             actor.store.unavailable = command == "etcd-down"
         if command == "etcd-up":
             with world.store.keyspace.lock:

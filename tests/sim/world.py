@@ -13,18 +13,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.helpers.inline import InlineExecutor
+from ucloud_common.ceph import CephUnavailable
 from ucloud_common.clock import SimClock
 from ucloud_common.config import Settings, load_settings
 from ucloud_common.host import HOSTS, HOSTS_ALIVE, Host
 from ucloud_common.specs import Specs
 from ucloud_common.states import TRANSITIONS, Action, ActionRefused, Requested, Status, Writer
-from ucloud_common.store import Guard, GuardFailed, MemoryStore, Snapshot, StoreUnavailable
+from ucloud_common.record import utcnow
+from ucloud_common.store import Guard, GuardFailed, MemoryStore, Snapshot, StoreUnavailable, Versioned
 from ucloud_common.store.election import leader_key
 from ucloud_common.vm import VM, VMS, request_fields
 from ucloud_scheduler.fencing import FenceFailed
 from ucloud_scheduler.scheduler import Scheduler
 from ucloud_vm.agent import Agent, HostSpec
-from ucloud_vm.driver import LIVE, RunState
+from ucloud_vm.agent import MONITORED
+from ucloud_vm.decide import Act, Seen, decide
+from ucloud_vm.driver import LIVE
 from ucloud_vm.fake_driver import FakeDriver
 from ucloud_vm.storage import StorageError
 
@@ -40,14 +44,17 @@ class InvariantBroken(AssertionError):
 class Disks:
     """A storage backend: `rbd` shared by all hosts, `local` one per host."""
 
-    def __init__(self, name: str, shared: set[str], client: str) -> None:
+    def __init__(self, name: str, shared: set[str], client: str, world: World) -> None:
         self.name = name
         self._disks = shared
         self._client = client
+        self._world = world
 
     def create(self, vm: VM) -> None:
         if vm.image == "ghost":
             raise StorageError(f"image {vm.image} is not in this host's image store")
+        if self.name == "rbd" and self._world.ceph_down:
+            raise CephUnavailable(f"cannot clone {vm.image} for {vm.uuid}: timed out", 5.0)
         self._disks.add(vm.uuid)
 
     def exists(self, vm: VM) -> bool:
@@ -71,6 +78,11 @@ class SimHost:
     agent: Agent
     lease: int = 0
     up: bool = True  # its agent runs (the guests run on regardless)
+    # What wakes a VM's worker in a real agent: a change of its record (the watch), its own look
+    # again, the monitor, a periodic resync. The simulation wakes it for the same reasons only.
+    seen: dict[str, int] = field(default_factory=dict)  # uuid → the mod_revision last reconciled on
+    due: dict[str, float] = field(default_factory=dict)  # uuid → when it asked to be looked at again
+    resynced_at: float = 0.0
 
 
 @dataclass
@@ -95,8 +107,8 @@ class SimFence:
             raise FenceFailed(self.fails)
         driver = self.world.hosts[host.name].driver
         cut = [vm.uuid for vm in vms if vm.uuid in driver.guests]
-        for uuid in cut:
-            driver.enter(uuid, RunState.IO_ERROR)
+        for uuid in cut:  # as Ceph's blocklist does: the guest runs on, its writes fail
+            driver.guests[uuid].fenced = True
         self.world.say("fence", f"{host.name} fenced" + (f": {', '.join(cut)} cut off" if cut else ""))
 
 
@@ -128,7 +140,7 @@ class World:
     log: list[str] = field(default_factory=list)
     fence: SimFence = field(init=False)
     shared_disks: set[str] = field(default_factory=set)
-    etcd_down: bool = False
+    ceph_down: bool = False
     _start: float = field(init=False)
 
     def __post_init__(self) -> None:
@@ -146,7 +158,8 @@ class World:
     def add_host(self, name: str) -> None:
         connection = self.store.connect()
         driver = FakeDriver(timeout=self.settings.qmp_timeout)
-        storage = {"local": Disks("local", set(), f"{name}.local"), "rbd": Disks("rbd", self.shared_disks, f"client.{name}")}
+        storage = {"local": Disks("local", set(), f"{name}.local", self),
+                   "rbd": Disks("rbd", self.shared_disks, f"client.{name}", self)}
         agent = Agent(connection, self.settings, HostSpec(name, f"10.0.0.{len(self.hosts) + 1}", CAPACITY), driver, storage)
         self.hosts[name] = SimHost(name, driver, connection, agent)
         self._register(self.hosts[name])
@@ -242,26 +255,53 @@ class World:
 
     def _reconcile(self, host: SimHost) -> None:
         try:
-            placed = [uuid for uuid, vm in host.store.list(VMS).items.items() if vm.value.host == host.name]
+            listing = host.store.list(VMS).items
         except StoreUnavailable:
             return
-        for uuid in sorted(set(placed) | host.driver.leftovers()):
+        now = self.clock.time()
+        resync = now - host.resynced_at >= self.settings.resync_interval
+        if resync:
+            host.resynced_at = now
+        placed = {uuid: vm for uuid, vm in listing.items() if vm.value.host == host.name}
+        woken = [uuid for uuid in sorted(set(placed) | host.driver.leftovers() | set(host.seen))
+                 if resync or self._wakes(host, uuid, listing.get(uuid), now)]
+        for uuid in woken:
+            host.due.pop(uuid, None)
             for _ in range(ROUNDS):
                 before = self._statuses()
+                found = listing.get(uuid)
+                host.seen[uuid] = found.mod_revision if found else 0
                 step = host.agent.reconcile(uuid)
                 after = self._check_moves(before, Writer.AGENT, f"agent {host.name}")
                 old, new = before.get(uuid), after.get(uuid)
                 moved = f" [{old} → {new}]" if old and new and old is not new else ""
-                if step.event or moved:
-                    self.say(f"agent {host.name}", f"{uuid}: {step.event or '-'}{moved}")
+                if step.event or moved or step.act is not Act.NOTHING:
+                    self.say(f"agent {host.name}", f"{uuid}: {step.sentence()}{moved}")
+                if step.look_again is not None and step.look_again > 0:
+                    host.due[uuid] = min(host.due.get(uuid, float("inf")), now + step.look_again)
                 if step.look_again != 0:
                     break
+                listing = host.store.list(VMS).items
+            else:
+                raise InvariantBroken(f"agent {host.name} looked at {uuid} again at once {ROUNDS} times")
+            if uuid not in listing and uuid not in host.driver.leftovers():
+                host.seen.pop(uuid, None)
+
+    def _wakes(self, host: SimHost, uuid: str, found: Versioned[VM] | None, now: float) -> bool:
+        """What would make a real agent look at this VM now."""
+        revision = found.mod_revision if found else 0
+        if host.seen.get(uuid) != revision or host.due.get(uuid, float("inf")) <= now:
+            return True  # its record changed (or appeared, or went), or it asked to be looked at
+        if found is None or found.value.status not in MONITORED:
+            return False
+        step = decide(found.value, Seen(host.driver.observe(uuid)), utcnow(), self.settings)
+        return step.writes() or step.act is not Act.NOTHING  # the monitor's rule
 
     # -- invariants -------------------------------------------------------------------------------
 
     def _statuses(self) -> dict[str, Status]:
         try:
-            with_keys = self.store.list(VMS).items  # the harness's own view: never cut off
+            with_keys = self.store.list(VMS).items  # the harness's own view, cut off only with etcd
         except StoreUnavailable:
             return {}
         return {uuid: vm.value.status for uuid, vm in with_keys.items()}
@@ -276,11 +316,12 @@ class World:
         return after
 
     def check_one_writer(self) -> None:
-        """No VM's guest is live (running or paused, not cut off by a fence) on two hosts."""
+        """No VM's guest is live (running or paused, not cut off its disk by a fence) on two hosts:
+        never two writers on one disk."""
         live: dict[str, list[str]] = {}
         for host in self.hosts.values():
             for uuid, guest in host.driver.guests.items():
-                if guest.state in LIVE:
+                if guest.state in LIVE and not guest.fenced:
                     live.setdefault(uuid, []).append(host.name)
         doubled = {uuid: names for uuid, names in live.items() if len(names) > 1}
         if doubled:
@@ -293,10 +334,11 @@ class World:
             vm = found.value
             host = self.hosts.get(vm.host)
             guest = host.driver.guests.get(uuid) if host else None
-            if vm.requested is Requested.RUNNING and vm.status is not Status.ERROR:
+            if vm.requested is Requested.RUNNING:
                 if host is None or not host.up:
                     continue
-                assert vm.status is Status.RUNNING and guest is not None and guest.state.value == "running", \
+                assert vm.status is Status.RUNNING and guest is not None and guest.state.value == "running" \
+                    and not guest.fenced, \
                     f"{uuid} asked to run is {vm.status} on {vm.host or 'no host'}"
             elif vm.requested is Requested.SUSPENDED and host is not None and host.up:
                 assert vm.status is Status.SUSPENDED and guest is not None and guest.state.value == "paused", \

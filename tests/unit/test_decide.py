@@ -66,6 +66,11 @@ def test_every_cell_decides_a_step_the_state_table_allows(settings: Settings) ->
             assert step.act is Act.DELETE or step.look_again, f"{where}: a deletion forgotten"
         if step.act is Act.NOTHING and not step.writes():
             assert step.event == "", f"{where}: an event for nothing done"
+        if (vm.status is Status.STOPPING and vm.requested is not Requested.DELETED and vm.deadline is not None
+                and NOW >= vm.deadline and seen.run.state not in (RunState.ABSENT, RunState.SHUTDOWN)):
+            assert step.act is Act.KILL, f"{where}: a shutdown past its deadline not stopped hard"
+        if step.act is Act.RESET:
+            assert not step.writes() and step.confirm, f"{where}: a reboot marked done before it happened"
     assert count > 50_000
 
 
@@ -174,3 +179,33 @@ def test_an_error_of_a_stopped_vm_stays_until_a_new_request(settings: Settings) 
     vm = base().model_copy(update={"status": Status.ERROR, "requested": Requested.STOPPED, "error": "disk: full",
                                    "observed_generation": 1})
     assert decide(vm, Seen(Observation(RunState.ABSENT)), NOW, settings) == Step()
+
+
+def test_a_hung_guest_is_stopped_hard_at_the_shutdown_deadline(settings: Settings) -> None:
+    vm = base().model_copy(update={"status": Status.STOPPING, "requested": Requested.STOPPED,
+                                   "deadline": NOW - timedelta(seconds=1)})
+    step = decide(vm, Seen(Observation(RunState.UNRESPONSIVE, "no answer")), NOW, settings)
+    assert (step.act, step.status) == (Act.KILL, Status.STOPPED)
+
+
+def test_a_host_death_after_a_stable_run_is_not_a_crash_loop(settings: Settings) -> None:
+    vm = base().model_copy(update={"status": Status.KILLED, "restarts": settings.max_restarts,
+                                   "started_at": NOW - timedelta(days=30), "storage": "local"})
+    step = decide(vm, Seen(Observation(RunState.ABSENT)), NOW, settings)
+    assert (step.act, step.fields["restarts"]) == (Act.START, 1)
+
+
+def test_a_process_older_than_its_placement_is_never_adopted(settings: Settings) -> None:
+    """Placed back here after a fence released it: the QEMU still running was cut off its disk."""
+    for status in (Status.SCHEDULED_DEPLOY, Status.STOPPED):
+        vm = base().model_copy(update={"status": status, "generation": 2, "observed_generation": 1})
+        assert decide(vm, Seen(Observation(RunState.RUNNING)), NOW, settings).act is Act.KILL
+
+
+def test_a_guest_paused_on_a_disk_error_is_resumed_not_killed(settings: Settings) -> None:
+    vm = base().model_copy(update={"status": Status.RUNNING})
+    step = decide(vm, Seen(Observation(RunState.IO_ERROR)), NOW, settings)
+    assert step.act is Act.RESUME and step.status is None and step.look_again == settings.io_retry
+    fenced = decide(vm.model_copy(update={"status": Status.KILLED}), Seen(Observation(RunState.IO_ERROR), True),
+                    NOW, settings)
+    assert fenced.act is Act.KILL

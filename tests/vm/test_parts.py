@@ -147,6 +147,29 @@ def test_work_on_one_vm_is_serialized_and_folds_repeated_asks() -> None:
     assert 2 <= calls.count("a") <= 3 and 2 <= calls.count("b") <= 3
 
 
+def test_a_sooner_look_again_replaces_a_later_one() -> None:
+    """A 60 s shutdown wait pending must not delay a 1 s restart backoff asked for afterwards."""
+    calls: list[float] = []
+    delays = iter([30.0, 0.2])
+    started = time.monotonic()
+
+    def handler(key: str) -> float | None:
+        calls.append(time.monotonic() - started)
+        return next(delays, None)
+
+    workers = KeyedWorkers(handler)
+    workers.submit("a")
+    deadline = time.monotonic() + 5
+    while len(calls) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.1)  # the first run has returned its 30 s
+    workers.submit("a", 0.2)  # asked again (a watch event, say): a look in 0.2 s beats the 30 s one
+    while len(calls) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers.close()
+    assert len(calls) == 2 and calls[1] < 2.0, calls
+
+
 def test_a_failing_vm_does_not_stop_the_others() -> None:
     done = threading.Event()
 

@@ -136,14 +136,13 @@ class AbstractStore(ABC):
         (`Conflict` otherwise). As in etcd, an absent key is "at revision 0"."""
 
     def update(self, family: Family[R], name: str, change: Callable[[R], R | None], *,
-               guard: Guard | None = None, along: Sequence[Put[Any]] = ()) -> Versioned[R]:
+               guard: Guard | None = None) -> Versioned[R]:
         """Read, apply `change`, compare-and-swap; on a lost race, re-read and re-apply.
 
         `change` gets the current record and returns the new one, or None to write nothing (the
         current one is returned). It may run several times, so it must not have side effects; it
-        may raise to abort (e.g. a state-table refusal), and that exception propagates. `along`
-        is written in the same transaction as the change (e.g. the event that says why), or not
-        at all. Raises `NotFound` if the key is absent, `Conflict` after `cas_attempts` lost races.
+        may raise to abort (e.g. a state-table refusal), and that exception propagates.
+        Raises `NotFound` if the key is absent, `Conflict` after `cas_attempts` lost races.
         """
         key = family.key(name)
         for attempt in sleeps(self._backoff, attempts=self.settings.cas_attempts):
@@ -154,13 +153,8 @@ class AbstractStore(ABC):
             if new is None:
                 return current
             try:
-                if not along:
-                    return self.replace(family, name, new, current.mod_revision, guard=guard)
-                revision = self.transact([Put(family, name, new, current.mod_revision), *along], guard=guard)
-                return Versioned(name, new, revision, current.create_revision)
-            except Conflict as exc:
-                if exc.key not in ("", key):
-                    raise  # one of the writes along, not the record: not a race on it
+                return self.replace(family, name, new, current.mod_revision, guard=guard)
+            except Conflict:
                 log.debug("lost compare-and-swap on %s (attempt %d)", key, attempt)
         raise Conflict(
             f"gave up updating {key} after {self.settings.cas_attempts} attempts: other writers kept "

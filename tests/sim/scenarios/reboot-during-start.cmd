@@ -7,7 +7,7 @@ create web1
 wait 1
 expect web1 STARTING on h1
 ask web1 reboot
-wait 2
+wait 6
 expect web1 RUNNING on h1
 ask web1 reboot
 wait 2
