@@ -26,8 +26,10 @@ def _text(value: Any) -> str:
         return ""
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
+    if isinstance(value, dict):  # a NIC, say: network=… mac=… ipv6=…
+        return " ".join(f"{k}={_text(v)}" for k, v in value.items())
     if isinstance(value, (list, tuple)):
-        return ",".join(_text(v) for v in value)
+        return ("; " if any(isinstance(v, dict) for v in value) else ",").join(_text(v) for v in value)
     return str(value)
 
 
@@ -41,4 +43,4 @@ def show(data: Any, fmt: str, columns: Sequence[Column] | None = None) -> None:
         for key, value in data.items():
             if key == "events":
                 continue
-            click.echo(f"{key.ljust(width)}  {_text(value) if not isinstance(value, dict) else json.dumps(value)}")
+            click.echo(f"{key.ljust(width)}  {_text(value)}")

@@ -23,6 +23,7 @@ NETWORK_NAMES: Family[Claim] = Family("/v1/claim/network-name/", Claim)  # <owne
 IMAGE_NAMES: Family[Claim] = Family("/v1/claim/image-name/", Claim)  # <owner>:<name>
 VXLAN_IDS: Family[Claim] = Family("/v1/claim/vxlan-id/", Claim)  # <id>
 MACS: Family[Claim] = Family("/v1/claim/mac/", Claim)  # <mac, with - for :>
+IPV6_PREFIXES: Family[Claim] = Family("/v1/claim/ipv6-prefix/", Claim)  # <the /64's address, e.g. fd00:1:2:3::>
 
 
 def owned(owner: str, name: str) -> str:
@@ -33,6 +34,11 @@ def owned(owner: str, name: str) -> str:
 def mac_claim(mac: str) -> str:
     """The claim name of a MAC address (`:` cannot stand in a key part)."""
     return mac.replace(":", "-")
+
+
+def prefix_claim(prefix: str) -> str:
+    """The claim name of a /64 (`/` cannot stand in a key part): its network address."""
+    return prefix.split("/", 1)[0]
 
 
 def held_by(store: AbstractStore, uuid: str, claims: list[tuple[Family[Claim], str]]) -> list[Remove[Claim]]:

@@ -8,6 +8,8 @@ configuration loads, so a daemon refuses to start with numbers that would make i
 
 from __future__ import annotations
 
+import ipaddress
+
 import os
 from pathlib import Path
 from typing import Annotated, Literal, Self
@@ -76,6 +78,18 @@ class Settings(BaseSettings):
         60.0, gt=0, description="Seconds between full relists of a daemon's prefix: repairs anything "
         "a lost watch event missed, at the cost of one list."
     )
+
+    ipv6_pool: str = Field("fd75:636c:6f75::/48", description="Where a network created without an IPv6 "
+                           "prefix gets its /64 (at random, never one in use). The default is a unique "
+                           "local /48: reachable inside the cloud; give a global one to route VMs out.")
+
+    @field_validator("ipv6_pool")
+    @classmethod
+    def _a_pool_of_64s(cls, value: str) -> str:
+        network = ipaddress.IPv6Network(value, strict=True)  # a ValueError names what is wrong
+        if network.prefixlen > 64:
+            raise ValueError(f"{value} holds no /64")
+        return str(network)
 
     image_stores: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["local"],

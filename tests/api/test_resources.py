@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import threading
 from datetime import UTC, datetime
 
@@ -40,6 +42,31 @@ def test_network_lifecycle(alice: As, store: Store) -> None:
     assert alice.delete(f"/api/v1/networks/{net['uuid']}").status_code == 204
     assert store.get(VXLAN_IDS, str(net["vxlan_id"])) is None
     assert alice.get(f"/api/v1/networks/{net['uuid']}").status_code == 404
+
+
+def test_a_network_gets_a_64_of_its_own_and_each_nic_its_slaac_address(alice: As, store: Store) -> None:
+    from ucloud_common.claim import IPV6_PREFIXES, prefix_claim
+    from ucloud_common.ipv6 import slaac_address
+
+    given = alice.post("/api/v1/networks", json={"name": "given", "ipv6_prefix": "2001:db8:7::/64"}).json
+    taken = alice.post("/api/v1/networks", json={"name": "again", "ipv6_prefix": "2001:db8:7::/64"})
+    assert taken.status_code == 409 and "2001:db8:7::/64" in taken.json["error"]["message"]
+    drawn = [alice.post("/api/v1/networks", json={"name": f"auto{i}"}).json for i in range(5)]
+    prefixes = [n["ipv6_prefix"] for n in drawn]
+    assert len(set(prefixes)) == 5
+    assert all(ipaddress.IPv6Network(p).subnet_of(ipaddress.IPv6Network(store.settings.ipv6_pool)) for p in prefixes)
+    assert all(store.get(IPV6_PREFIXES, prefix_claim(p)) is not None for p in [*prefixes, given["ipv6_prefix"]])
+    vm = alice.create_vm()
+    alice.post(f"/api/v1/networks/{given['uuid']}/attach", json={"vm": vm["uuid"]})
+    (nic,) = alice.get(f"/api/v1/vms/{vm['uuid']}").json["networks"]
+    assert nic["ipv6"] == slaac_address("2001:db8:7::/64", nic["mac"])
+    (listed,) = [v for v in alice.get("/api/v1/vms").json if v["uuid"] == vm["uuid"]]
+    assert listed["networks"][0]["ipv6"] == nic["ipv6"]
+    alice.post(f"/api/v1/networks/{given['uuid']}/detach", json={"vm": vm["uuid"]})
+    assert alice.delete(f"/api/v1/networks/{given['uuid']}").status_code == 204
+    assert store.get(IPV6_PREFIXES, prefix_claim("2001:db8:7::/64")) is None
+    again = alice.post("/api/v1/networks", json={"name": "again", "ipv6_prefix": "2001:db8:7::/64"})
+    assert again.status_code == 201  # free again
 
 
 def test_a_deleted_vm_does_not_keep_a_network_busy(alice: As, store: Store) -> None:

@@ -21,7 +21,8 @@ from ucloud_api.idempotency import idempotent
 from ucloud_api.naming import create_named, new_nic
 from ucloud_api.replies import check_if_match, created_reply, dump, lookup_own, object_reply, store
 from ucloud_api.schemas import Attachment, NetworkCreate
-from ucloud_common.claim import MACS, NETWORK_NAMES, VXLAN_IDS, Claim, mac_claim, owned
+from ucloud_common.claim import IPV6_PREFIXES, MACS, NETWORK_NAMES, VXLAN_IDS, Claim, mac_claim, owned, prefix_claim
+from ucloud_common.ipv6 import random_subnet
 from ucloud_common.network import NETWORKS, Network
 from ucloud_common.retry import Backoff, sleeps
 from ucloud_common.states import Requested
@@ -32,6 +33,7 @@ bp = Blueprint("networks", __name__, url_prefix="/api/v1/networks")
 
 VXLAN_IDS_RANGE = (1, 2**24 - 1)
 _RETRY = Backoff(initial=0.002, maximum=0.1)
+_RNG = random.SystemRandom()
 
 
 @bp.post("")
@@ -42,10 +44,18 @@ def create() -> Response:
     uuid = str(uuidlib.uuid4())
 
     def make() -> tuple[Network, list[Put[Claim]]]:
+        # Both claimed with the network: a VXLAN id or a /64 another request took meanwhile is a
+        # lost race, and make() runs again (a given prefix in use is refused before that).
         vxlan_id = random.randint(*VXLAN_IDS_RANGE)
-        network = Network(uuid=uuid, owner=caller.name, name=body.name, vxlan_id=vxlan_id,
-                          ipv6_prefix=body.ipv6_prefix or "")
-        return network, [Put(VXLAN_IDS, str(vxlan_id), Claim(holder=uuid), 0)]
+        prefix = body.ipv6_prefix or random_subnet(store().settings.ipv6_pool, _RNG)
+        network = Network(uuid=uuid, owner=caller.name, name=body.name, vxlan_id=vxlan_id, ipv6_prefix=prefix)
+        return network, [Put(VXLAN_IDS, str(vxlan_id), Claim(holder=uuid), 0),
+                         Put(IPV6_PREFIXES, prefix_claim(prefix), Claim(holder=uuid), 0)]
+
+    if body.ipv6_prefix is not None:
+        holder = store().get(IPV6_PREFIXES, prefix_claim(body.ipv6_prefix))
+        if holder is not None and store().get(NETWORKS, holder.value.holder) is not None:
+            raise APIError(409, "in_use", f"ipv6_prefix {body.ipv6_prefix} is another network's")
 
     created = create_named(NETWORKS, NETWORK_NAMES, caller.name, body.name, uuid, make, "network")
     return created_reply(created, f"/api/v1/networks/{uuid}")
@@ -76,7 +86,8 @@ def delete(uuid: str) -> Response:
         try:
             store().transact([Remove(NETWORKS, uuid, network.mod_revision),
                               Remove(NETWORK_NAMES, owned(n.owner, n.name), None),
-                              Remove(VXLAN_IDS, str(n.vxlan_id), None)])
+                              Remove(VXLAN_IDS, str(n.vxlan_id), None),
+                              *([Remove(IPV6_PREFIXES, prefix_claim(n.ipv6_prefix), None)] if n.ipv6_prefix else [])])
         except Conflict:
             continue  # a VM was attached meanwhile: look again
         return Response(status=204)

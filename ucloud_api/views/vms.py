@@ -25,6 +25,7 @@ from ucloud_common.image import IMAGES, ImageStatus
 from ucloud_common.record import check_key_part
 from ucloud_common.retry import Backoff, sleeps
 from ucloud_common.states import Action, ActionRefused, Status
+from ucloud_common.ipv6 import slaac_address
 from ucloud_common.network import NETWORKS
 from ucloud_common.store import Conflict, Put, Remove
 from ucloud_common.user import USERS
@@ -101,14 +102,27 @@ def list_() -> Response:
         if (not caller.is_admin and vm.owner != caller.name) or (owner and vm.owner != owner) \
                 or (host and vm.host != host) or (status and vm.status != status):
             continue
-        vms.append(dump(vm))
-    return jsonify(vms)
+        vms.append(vm)
+    prefixes = {uuid: n.value.ipv6_prefix for uuid, n in store().list(NETWORKS).items.items()} if vms else {}
+    return jsonify([shown(vm, prefixes) for vm in vms])
 
 
 @bp.get("/<uuid>")
 def get(uuid: str) -> Response:
     vm = lookup_own(VMS, uuid, f"VM {uuid}")
-    return object_reply(vm, body={**dump(vm.value), "events": _events(uuid)[-EVENTS_SHOWN:]})
+    networks = (store().get(NETWORKS, nic.network) for nic in vm.value.networks)
+    prefixes = {n.name: n.value.ipv6_prefix for n in networks if n is not None}
+    return object_reply(vm, body={**shown(vm.value, prefixes), "events": _events(uuid)[-EVENTS_SHOWN:]})
+
+
+def shown(vm: VM, prefixes: dict[str, str]) -> dict[str, Any]:
+    """A VM as the API shows it: its record, and each NIC's IPv6 address — the one its guest takes
+    by SLAAC from its MAC on its network's /64 (`prefixes`, by network), so no guest is asked."""
+    body = dump(vm)
+    for nic in body["networks"]:
+        prefix = prefixes.get(nic["network"], "")
+        nic["ipv6"] = slaac_address(prefix, nic["mac"]) if prefix else None
+    return body
 
 
 @bp.get("/<uuid>/events")
