@@ -14,8 +14,9 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from qemu.qmp import QMPClient, QMPError
 
@@ -25,6 +26,7 @@ from ucloud_vm.paths import VMPaths
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 QMP_TIMEOUT_S = 5.0
 # QEMU's run states (query-status) as the driver reports them; any other is a guest that is not
 # running but keeps its memory (debug, watchdog, the transient save/restore states).
@@ -131,18 +133,19 @@ def running_qemu(paths: VMPaths) -> int | None:
     return pid if str(paths.pidfile).encode() in cmdline else None
 
 
-def execute(paths: VMPaths, command: str, timeout: float = QMP_TIMEOUT_S, **arguments: Any) -> Any:
-    """Run one QMP command on a fresh connection; QEMUError if QEMU does not answer in `timeout`.
+def session(paths: VMPaths, what: str, work: Callable[[QMPClient], Awaitable[T]],
+            timeout: float = QMP_TIMEOUT_S) -> T:
+    """Run `work` on a fresh QMP connection; QMPFailed if QEMU does not answer each step in `timeout`.
 
     Connecting is bounded too (the sync wrapper's `connect` waits for the greeting for ever): a QEMU
     whose main loop is stuck — e.g. in a disk request to a Ceph that has blocklisted it — accepts
     the connection but never greets, and must cost a worker seconds, not its life."""
 
-    async def run() -> Any:
+    async def run() -> T:
         client = QMPClient(f"ucloud-{paths.root.name[:8]}")
         await asyncio.wait_for(client.connect(str(paths.qmp)), timeout)
         try:
-            return await asyncio.wait_for(client.execute(command, arguments or None), timeout)
+            return await work(client)
         finally:
             try:
                 await asyncio.wait_for(client.disconnect(), timeout)
@@ -152,9 +155,15 @@ def execute(paths: VMPaths, command: str, timeout: float = QMP_TIMEOUT_S, **argu
     try:
         return asyncio.run(run())
     except asyncio.TimeoutError:
-        raise QMPFailed(f"QMP {command} at {paths.qmp}: no answer within {timeout:.0f} s", timeout) from None
+        raise QMPFailed(f"QMP {what} at {paths.qmp}: no answer within {timeout:.0f} s", timeout) from None
     except (OSError, QMPError, EOFError) as exc:
-        raise QMPFailed(f"QMP {command} at {paths.qmp} failed: {exc or type(exc).__name__}", timeout) from None
+        raise QMPFailed(f"QMP {what} at {paths.qmp} failed: {exc or type(exc).__name__}", timeout) from None
+
+
+def execute(paths: VMPaths, command: str, timeout: float = QMP_TIMEOUT_S, **arguments: Any) -> Any:
+    """Run one QMP command on a fresh connection (see `session`)."""
+    return session(paths, command, lambda client: asyncio.wait_for(client.execute(command, arguments or None),
+                                                                    timeout), timeout)
 
 
 def status(paths: VMPaths, timeout: float = QMP_TIMEOUT_S) -> str:
