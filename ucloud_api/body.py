@@ -46,6 +46,10 @@ def parse(model: type[M], *, optional: bool = False) -> M:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise APIError(400, "bad_json", f"the body is not valid JSON: {exc}") from None
+    except ValueError as exc:  # an integer beyond Python's 4,300 digits
+        raise APIError(400, "bad_json", f"the body holds a number too long to read: {exc}") from None
+    except RecursionError:
+        raise APIError(400, "bad_json", "the body is nested too deeply") from None
     if not isinstance(data, dict):
         raise APIError(400, "bad_json", "the body must be a JSON object")
     try:

@@ -44,7 +44,9 @@ def if_match() -> int | None:
     if header is None or header.strip() == "*":
         return None
     tag = header.strip().removeprefix("W/").strip('"')
-    if not tag.isdigit():
+    # ASCII digits only ("²" is a digit to str.isdigit) and no longer than a revision can be
+    # (int() refuses 5,000 digits with a ValueError).
+    if not (tag.isascii() and tag.isdigit()) or len(tag) > 20:
         raise APIError(412, "precondition_failed", "If-Match does not match the object's ETag")
     return int(tag)
 

@@ -18,4 +18,4 @@ class File(Record):
     mtime: datetime
 
 
-FILES: Family[File] = Family("/v1/file/", File)
+FILES: Family[File] = Family("/v1/file/", File, identity="uuid")

@@ -46,5 +46,5 @@ class HostAlive(Record):
     agent_id: str = Field(min_length=1)
 
 
-HOSTS: Family[Host] = Family("/v1/host/", Host)
+HOSTS: Family[Host] = Family("/v1/host/", Host, identity="name")
 HOSTS_ALIVE: Family[HostAlive] = Family("/v1/host-alive/", HostAlive)

@@ -24,4 +24,4 @@ class Image(Record):
     error: str = ""
 
 
-IMAGES: Family[Image] = Family("/v1/image/", Image)
+IMAGES: Family[Image] = Family("/v1/image/", Image, identity="uuid")

@@ -21,4 +21,4 @@ class Network(Record):
     attached: tuple[str, ...] = ()
 
 
-NETWORKS: Family[Network] = Family("/v1/network/", Network)
+NETWORKS: Family[Network] = Family("/v1/network/", Network, identity="uuid")

@@ -81,6 +81,10 @@ class Family(Generic[R]):
 
     prefix: str
     model: type[R]
+    # The record's field that names it, which must equal the rest of its key: the key is the
+    # identity, so a record stored under one key that names another object is invalid (an agent
+    # once deleted the VM it named). None for records named only by their key.
+    identity: str | None = None
 
     def key(self, name: str) -> str:
         return self.prefix + check_key_part(name)
@@ -101,7 +105,7 @@ class Family(Generic[R]):
         except ValueError as exc:
             raise InvalidRecord(key_text, f"not a valid key for this family ({exc})") from None
         try:
-            return self.model.model_validate_json(value)
+            record = self.model.model_validate_json(value)
         except ValidationError as exc:
             errors = exc.errors()
             if errors and errors[0]["type"] == "json_invalid":
@@ -110,3 +114,7 @@ class Family(Generic[R]):
                 f"{'.'.join(map(str, err['loc'])) or 'value'}: {err['msg']}" for err in errors
             )
             raise InvalidRecord(key_text, f"does not fit {self.model.__name__} ({problems})") from None
+        if self.identity is not None and getattr(record, self.identity) != self.name_of(key_text):
+            raise InvalidRecord(key_text, f"its {self.identity} {getattr(record, self.identity)!r} is not its "
+                                          f"key's {self.name_of(key_text)!r}")
+        return record

@@ -31,5 +31,5 @@ class Token(Record):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
-USERS: Family[User] = Family("/v1/user/", User)
+USERS: Family[User] = Family("/v1/user/", User, identity="name")
 TOKENS: Family[Token] = Family("/v1/token/", Token)

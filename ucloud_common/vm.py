@@ -78,4 +78,4 @@ def request_fields(vm: VM, action: Action) -> dict[str, Any]:
     return fields
 
 
-VMS: Family[VM] = Family("/v1/vm/", VM)
+VMS: Family[VM] = Family("/v1/vm/", VM, identity="uuid")

@@ -103,6 +103,9 @@ def test_bad_vm_bodies_name_the_field(alice: As, body: dict[str, object], field:
 @pytest.mark.parametrize("data, content_type", [
     (b"{not json", "application/json"), (b"[1, 2]", "application/json"), (b"\xff\xfe", "application/json"),
     (b"", "application/json"), (b"null", "application/json"), (b'"text"', "text/plain"),
+    # Each was a 500: an integer beyond Python's 4,300 digits, and JSON nested 100,000 deep.
+    (b'{"name": "x", "specs": {"cpu": ' + b"9" * 5000 + b"}}", "application/json"),
+    (b"[" * 100_000 + b"]" * 100_000, "application/json"),
 ])
 def test_malformed_bodies_are_400(alice: As, data: bytes, content_type: str) -> None:
     response = alice.post("/api/v1/vms", data=data, headers={"Content-Type": content_type})
@@ -140,3 +143,11 @@ def test_garbage_in_etcd_is_skipped(alice: As, store: Store) -> None:
     store.client.put(f"/v1/vm/{GHOST}", b'{"owner": "alice"}')
     assert [v["uuid"] for v in alice.get("/api/v1/vms").json] == [vm]
     assert alice.get(f"/api/v1/vms/{GHOST}").status_code == 404
+
+
+@pytest.mark.parametrize("tag", ['"' + "9" * 5000 + '"', '"\u00b2"', "W/\"12\u0663\""])
+def test_an_if_match_that_no_revision_can_be_is_412(alice: As, tag: str) -> None:
+    """A tag of 5,000 digits, or with a non-ASCII digit ("²", "٣"), was a 500."""
+    vm = alice.create_vm()
+    response = alice.post(f"/api/v1/vms/{vm['uuid']}/shutdown", headers={"If-Match": tag})
+    assert response.status_code == 412 and response.json["error"]["code"] == "precondition_failed"

@@ -141,14 +141,19 @@ def test_garbage_under_the_vm_prefix_is_skipped_with_a_log_line(
     store.create_key("/v1/vm/garbage", "{not json", lease)
     store.create_key("/v1/vm/misfit", '{"uuid": "misfit"}', lease)
     store.create_key("/v1/vm/nested/deeper", VMS.encode(a_vm()).decode(), lease)
+    # The key is the identity: a record stored under one key that names another VM is not that VM
+    # (an agent acting on it deleted the VM it named: its key, disk and QEMU).
+    store.create_key("/v1/vm/impostor", VMS.encode(a_vm("good")).decode(), lease)
     with caplog.at_level(logging.WARNING):
         listing = store.list(VMS)
     assert list(listing.items) == ["good"]
     logged = caplog.text
-    for key in ("/v1/vm/garbage", "/v1/vm/misfit", "/v1/vm/nested/deeper"):
+    for key in ("/v1/vm/garbage", "/v1/vm/misfit", "/v1/vm/nested/deeper", "/v1/vm/impostor"):
         assert f"skipping invalid record {key}" in logged
     with pytest.raises(InvalidRecord, match="/v1/vm/garbage: not JSON"):
         store.get(VMS, "garbage")
+    with pytest.raises(InvalidRecord, match="its uuid 'good' is not its key's 'impostor'"):
+        store.get(VMS, "impostor")
 
 
 def test_transact_writes_all_or_nothing(store: AbstractStore) -> None:
