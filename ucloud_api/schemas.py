@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ipaddress
 from typing import Literal
 
@@ -11,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ucloud_common.record import Name
 from ucloud_common.specs import Specs
+from ucloud_common.sshkey import check_public_key
 from ucloud_common.user import Role
 
 
@@ -79,28 +78,3 @@ class ImageCreate(Strict):
 
 class Maintenance(Strict):
     on: bool
-
-
-SSH_KEY_TYPES = frozenset({
-    "ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
-    "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com",
-})
-
-
-def check_public_key(line: str) -> str:
-    """`type base64 [comment]`, where the base64 decodes to a blob that starts with the same type."""
-    parts = line.strip().split(maxsplit=2)
-    if len(parts) < 2 or parts[0] not in SSH_KEY_TYPES:
-        raise ValueError(f"not an OpenSSH public key (expected one of: {', '.join(sorted(SSH_KEY_TYPES))})")
-    try:
-        blob = base64.b64decode(parts[1], validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("the key's base64 part does not decode") from None
-    if len(blob) < 4:
-        raise ValueError("the key is truncated")
-    length = int.from_bytes(blob[:4], "big")
-    if blob[4:4 + length].decode(errors="replace") != parts[0]:
-        raise ValueError("the key's data does not match its type")
-    if len(parts) == 3 and not parts[2].isprintable():
-        raise ValueError("the key's comment has control characters")
-    return " ".join(parts)

@@ -33,5 +33,10 @@ class VMPaths:
         return self.root / "qemu.pid"
 
     @property
+    def cidata(self) -> Path:
+        """The VM's cloud-init seed drive (see ucloud_vm.cidata)."""
+        return self.root / "cidata.img"
+
+    @property
     def qemu_log(self) -> Path:
         return self.root / "qemu.log"
