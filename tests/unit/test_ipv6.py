@@ -1,0 +1,23 @@
+"""SLAAC addresses as a kernel computes them (modified EUI-64), and refused prefixes."""
+
+import pytest
+
+from ucloud_common.ipv6 import slaac_address
+
+
+def test_slaac_address_is_modified_eui64() -> None:
+    # The universal/local bit of the first octet flips; ff:fe goes in the middle (RFC 4291 app. A).
+    assert slaac_address("2001:db8:1::/64", "52:54:00:12:34:56") == "2001:db8:1:0:5054:ff:fe12:3456"
+    assert slaac_address("fd00:0:0:7::/64", "00:16:3e:AA:bb:CC") == "fd00::7:216:3eff:feaa:bbcc"
+
+
+@pytest.mark.parametrize("prefix, why", [("2001:db8::/48", "is a /48"), ("2001:db8::1/64", "not an IPv6 prefix"),
+                                         ("10.0.0.0/8", "not an IPv6 prefix")])
+def test_anything_but_a_64_is_refused_with_the_reason(prefix: str, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        slaac_address(prefix, "52:54:00:12:34:56")
+
+
+def test_a_malformed_mac_is_refused() -> None:
+    with pytest.raises(ValueError, match="not a MAC"):
+        slaac_address("2001:db8::/64", "52:54:00:12:34")
