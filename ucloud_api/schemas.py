@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -10,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ucloud_common.record import Name
 from ucloud_common.specs import Specs
 from ucloud_common.sshkey import check_public_key
+from ucloud_common.ipv6 import check_prefix
 from ucloud_common.user import Role
 
 
@@ -44,15 +44,7 @@ class NetworkCreate(Strict):
     @field_validator("ipv6_prefix")
     @classmethod
     def _a_64(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            network = ipaddress.IPv6Network(value, strict=True)
-        except ValueError as exc:
-            raise ValueError(f"not an IPv6 network: {exc}") from None
-        if network.prefixlen != 64:
-            raise ValueError("must be a /64 (SLAAC needs one)")
-        return str(network)
+        return None if value is None else str(check_prefix(value))
 
 
 class Attachment(Strict):

@@ -160,6 +160,16 @@ class Settings(BaseSettings):
     fence_retry: float = Field(30.0, gt=0, description="Seconds after a failed fence of a host before the "
                                "next attempt (a fence command may be expensive: a power cycle).")
 
+    underlay_device: str = Field("", description="The interface VXLAN packets of VM networks leave this host "
+                                 "by. With no UCLOUD_UNDERLAY_ADDRESS, its first global address (IPv6 first) is "
+                                 "the host's underlay address. VM networks get its MTU less the VXLAN overhead "
+                                 "(50 bytes over IPv4, 70 over IPv6).")
+    underlay_address: str = Field("", description="This host's underlay address (IPv4 or IPv6), which the other "
+                                  "hosts of a network send its VXLAN packets to; with no UCLOUD_UNDERLAY_DEVICE, "
+                                  "the interface holding it is the underlay device.")
+    vxlan_port: int = Field(4789, ge=1, le=65535, description="The UDP port of VXLAN on every host (IANA's "
+                            "4789); all hosts must agree on it.")
+
     upload_dir: Path = Field(Path("/var/www"), description="Where users upload files: one folder per user, "
                              "named as the user.")
     filescan_settle: float = Field(2.0, ge=0, description="Seconds file-scan waits between its two looks at "

@@ -1,6 +1,4 @@
-"""SLAAC addresses as guests compute them, and /64s drawn from a pool."""
-
-from __future__ import annotations
+"""SLAAC addresses as a kernel computes them (modified EUI-64), and refused prefixes."""
 
 import ipaddress
 import random
@@ -10,17 +8,22 @@ import pytest
 from ucloud_common.ipv6 import random_subnet, slaac_address
 
 
-def test_slaac_address_is_the_eui64_of_the_mac() -> None:
-    # RFC 4291 appendix A: 52:54:00:12:34:56 → interface id 5054:ff:fe12:3456 (u/l bit flipped).
+def test_slaac_address_is_modified_eui64() -> None:
+    # The universal/local bit of the first octet flips; ff:fe goes in the middle (RFC 4291 app. A).
     assert slaac_address("2001:db8:1::/64", "52:54:00:12:34:56") == "2001:db8:1:0:5054:ff:fe12:3456"
-    assert slaac_address("fd00:1:2:3::/64", "02:00:00:00:00:01") == "fd00:1:2:3:0:ff:fe00:1"
+    assert slaac_address("fd00:0:0:7::/64", "00:16:3e:AA:bb:CC") == "fd00::7:216:3eff:feaa:bbcc"
 
 
-@pytest.mark.parametrize("prefix, mac", [("2001:db8::/48", "02:00:00:00:00:01"),
-                                         ("2001:db8::/64", "02:00:00:00:01"), ("2001:db8::1/64", "02:00:00:00:00:01")])
-def test_slaac_address_refuses_what_is_not_a_64_and_a_mac(prefix: str, mac: str) -> None:
-    with pytest.raises(ValueError):
-        slaac_address(prefix, mac)
+@pytest.mark.parametrize("prefix, why", [("2001:db8::/48", "is a /48"), ("2001:db8::1/64", "not an IPv6 prefix"),
+                                         ("10.0.0.0/8", "not an IPv6 prefix")])
+def test_anything_but_a_64_is_refused_with_the_reason(prefix: str, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        slaac_address(prefix, "52:54:00:12:34:56")
+
+
+def test_a_malformed_mac_is_refused() -> None:
+    with pytest.raises(ValueError, match="not a MAC"):
+        slaac_address("2001:db8::/64", "52:54:00:12:34")
 
 
 def test_random_subnets_are_64s_inside_the_pool() -> None:
