@@ -5,10 +5,9 @@ Linux allows 15 characters (IFNAMSIZ 16 with the NUL):
 
 - `ucb<vni hex>`: the network's bridge (a VNI is at most 24 bits: `ucbffffff`, 9 characters);
 - `ucx<vni hex>`: its VXLAN device;
-- `uct<first 8 hex digits of the VM's uuid><NIC index hex>`: a VM's tap (index below 0x10000:
-  at most 15 characters). Two VMs on one host whose uuids share their first 32 bits would share a
-  tap name: with 1000 VMs on a host that is a chance of about 1 in 10 000, which `tap_name`'s caller
-  (the agent) turns into an error for the second VM rather than a shared tap.
+- `uct<the NIC's MAC, 12 hex digits>`: a VM's tap (15 characters). A MAC is unique in the whole
+  cloud (the API claims it with the NIC), so two NICs never share a tap name, and a NIC keeps its
+  tap across hot-plugs and detaches of the VM's other NICs.
 
 The prefixes are ucloud's own: devices with other names are never touched.
 """
@@ -21,7 +20,6 @@ BRIDGE_PREFIX = "ucb"
 VXLAN_PREFIX = "ucx"
 TAP_PREFIX = "uct"
 MAX_VNI = 0xFFFFFF
-MAX_NIC_INDEX = 0xFFFF
 _VNI_NAME = re.compile(r"^(ucb|ucx)([0-9a-f]{1,6})$")
 
 
@@ -41,15 +39,12 @@ def vxlan_name(vni: int) -> str:
     return f"{VXLAN_PREFIX}{_check_vni(vni):x}"
 
 
-def tap_name(vm_uuid: str, nic_index: int) -> str:
-    """The tap of NIC `nic_index` of VM `vm_uuid`: what QEMU opens with
-    `-netdev tap,ifname=<this>,script=no,downscript=no`."""
-    digits = vm_uuid.replace("-", "").lower()
-    if len(digits) < 8 or not all(c in "0123456789abcdef" for c in digits[:8]):
-        raise ValueError(f"{vm_uuid!r} does not start with 8 hex digits")
-    if not 0 <= nic_index <= MAX_NIC_INDEX:
-        raise ValueError(f"NIC index {nic_index} is outside 0..{MAX_NIC_INDEX}")
-    return f"{TAP_PREFIX}{digits[:8]}{nic_index:x}"
+def tap_name(mac: str) -> str:
+    """The tap of the NIC with `mac`: what QEMU opens with `-netdev tap,ifname=<this>,script=no,downscript=no`."""
+    digits = mac.replace(":", "").lower()
+    if len(digits) != 12 or not all(c in "0123456789abcdef" for c in digits):
+        raise ValueError(f"{mac!r} is not a MAC address")
+    return f"{TAP_PREFIX}{digits}"
 
 
 def vni_of(name: str) -> tuple[str, int] | None:

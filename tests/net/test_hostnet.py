@@ -69,7 +69,7 @@ def test_ensure_is_idempotent_completes_a_half_made_network_and_remove_leaves_no
     assert net.ensure(VNI, ["fd00::3", "fd00::2"], underlay) == devices
     assert (links(h1), fdb(h1, VNI)) == before
 
-    tap = tap_name("0123abcd-0000-4000-8000-000000000000", 1)
+    tap = tap_name("02:00:00:12:ab:cd")
     sh(h1, "ip", "tuntap", "add", tap, "mode", "tap")  # a crash before the tap was enslaved
     assert net.stray_taps() == [tap]
     net.ensure_tap(VNI, tap)
