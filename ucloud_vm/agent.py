@@ -48,6 +48,7 @@ from ucloud_common.store import (
 )
 from ucloud_common.supervise import Supervisor
 from ucloud_common.vm import VMS, VM
+from ucloud_vm.cidata import hostname_for, seed_files
 from ucloud_vm.decide import Act, Seen, Step, decide
 from ucloud_vm.driver import LIVE, Hypervisor, RunState
 from ucloud_vm.storage import StorageBackend, StorageError
@@ -290,7 +291,8 @@ class Agent:
             backend.create(vm)
             if step.act is Act.START:
                 # A VM requested SUSPENDED starts with its CPUs stopped: its guest never runs a cycle.
-                self._driver.start(vm, backend.drive(vm), paused=vm.requested is Requested.SUSPENDED)
+                self._driver.start(vm, backend.drive(vm), paused=vm.requested is Requested.SUSPENDED,
+                                   seed=seed_files(vm, hostname_for(vm.name), vm.networks))
         elif step.act is Act.DELETE:
             self._delete(vm)
         elif step.act is not Act.NOTHING:

@@ -9,6 +9,7 @@ milliseconds. Model: Nova's `nova/virt/driver.py` beside `nova/virt/fake.py`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -73,10 +74,13 @@ class Hypervisor(Protocol):
         driver's timeout is UNRESPONSIVE."""
         ...
 
-    def start(self, vm: VM, disk: list[str], *, paused: bool) -> None:
-        """Start the VM's process on `disk` (its `-drive` options), with CPUs stopped if `paused`.
+    def start(self, vm: VM, disk: list[str], *, paused: bool, seed: Mapping[str, bytes]) -> None:
+        """Start the VM's process on `disk` (its `-drive` options), with CPUs stopped if `paused`,
+        and `seed` (cloud-init's NoCloud files, see ucloud_vm.cidata) on a read-only second drive,
+        made afresh at every start (a key added to the VM reaches the guest at its next boot).
         Returns once the process runs. On failure nothing runs and nothing is left but the log:
-        raises DriverError saying why. Must not be called while a process of the VM lives."""
+        raises DriverError (or the seed's SeedError) saying why. Must not be called while a process
+        of the VM lives."""
         ...
 
     def pause(self, uuid: str) -> None:

@@ -9,6 +9,7 @@ Time is `ucloud_common.clock`: under a simulated clock, a guest told to power of
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ucloud_common import clock
@@ -20,6 +21,7 @@ from ucloud_vm.driver import DriverError, DriverTimeout, Observation, RunState
 class FakeGuest:
     state: RunState
     disk: tuple[str, ...]
+    seed: dict[str, bytes]  # the cloud-init files it was started with
     powers_off_at: float | None = None  # clock.now() at which it obeys the ACPI button
     resets: int = 0
     fenced: bool = False  # cut off from its disk by a fence: it runs on, but can write nothing
@@ -62,7 +64,7 @@ class FakeDriver:
             guest.state, guest.powers_off_at = RunState.SHUTDOWN, None
         return Observation(guest.state, guest.state.value)
 
-    def start(self, vm: VM, disk: list[str], *, paused: bool) -> None:
+    def start(self, vm: VM, disk: list[str], *, paused: bool, seed: Mapping[str, bytes]) -> None:
         self.calls.append(f"start {vm.uuid}")
         if vm.uuid in self.guests:
             raise DriverError(f"{vm.uuid} runs already")  # the agent must never start twice
@@ -74,7 +76,7 @@ class FakeDriver:
             raise DriverError(f"QEMU failed to start: {reason}")
         if trouble.first_answer_fails:
             trouble.first_answer_fails, trouble.failing = False, trouble.failing + 1
-        self.guests[vm.uuid] = FakeGuest(RunState.PAUSED if paused else RunState.RUNNING, tuple(disk))
+        self.guests[vm.uuid] = FakeGuest(RunState.PAUSED if paused else RunState.RUNNING, tuple(disk), dict(seed))
 
     def pause(self, uuid: str) -> None:
         self._command(uuid, "pause").state = RunState.PAUSED

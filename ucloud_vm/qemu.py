@@ -14,13 +14,14 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 from qemu.qmp import QMPClient, QMPError
 
 from ucloud_common.vm import VM
+from ucloud_vm.cidata import build_seed, drive_options
 from ucloud_vm.driver import DriverError, DriverTimeout, Observation, RunState
 from ucloud_vm.paths import VMPaths
 
@@ -63,9 +64,10 @@ def machine_args(accel: str, cpus: int, ram_mib: int) -> list[str]:
 
 
 def command_line(vm: VM, disk: list[str], paths: VMPaths, accel: str, binary: str = "qemu-system-x86_64",
-                 paused: bool = False) -> list[str]:
+                 paused: bool = False, seed: list[str] | None = None) -> list[str]:
     """The whole QEMU command line for `vm`; `disk` is the drive's `-drive` options (with format=);
-    `paused`: the CPUs stay stopped until QMP `cont` (-S)."""
+    `paused`: the CPUs stay stopped until QMP `cont` (-S); `seed`: the cloud-init drive's options,
+    after the disk so that the disk stays the guest's first (/dev/vda)."""
     ram_mib = max(64, int(vm.specs.ram * 1024))
     argv = [
         binary, "-name", f"guest={vm.uuid},process=ucloud-{vm.uuid[:8]}",
@@ -80,6 +82,8 @@ def command_line(vm: VM, disk: list[str], paths: VMPaths, accel: str, binary: st
         "-device", "pvpanic", "-action", "panic=pause",
         "-drive", ",".join([*disk, "if=virtio", "id=disk0"]),
     ]
+    if seed is not None:
+        argv += ["-drive", ",".join(seed)]
     if paused:
         argv.append("-S")
     return argv
@@ -222,9 +226,11 @@ class QemuDriver:
             return Observation(RunState.UNRESPONSIVE, str(exc))
         return Observation(_STATES.get(state, RunState.PAUSED), state)
 
-    def start(self, vm: VM, disk: list[str], *, paused: bool) -> None:
+    def start(self, vm: VM, disk: list[str], *, paused: bool, seed: Mapping[str, bytes]) -> None:
         paths = self._paths(vm.uuid)
-        argv = command_line(vm, disk, paths, self.accel, paused=paused)
+        paths.root.mkdir(parents=True, exist_ok=True)
+        build_seed(paths.cidata, seed)
+        argv = command_line(vm, disk, paths, self.accel, paused=paused, seed=drive_options(paths.cidata))
         try:
             start(argv, paths)
         except (QEMUStartError, subprocess.TimeoutExpired) as exc:

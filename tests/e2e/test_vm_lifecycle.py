@@ -167,3 +167,28 @@ def test_an_error_vm_whose_qemu_runs_is_adopted(cluster: Cluster) -> None:
     vm = cluster.wait(uuid, "RUNNING", timeout=30)
     assert vm["error"] == "" and cluster.qemu_pid("h1", uuid) == pid
     assert "re-adopted its QEMU" in events(cluster, uuid)
+
+
+def test_the_owners_keys_reach_the_vm_on_its_cloud_init_drive(cluster: Cluster, tmp_path: Path) -> None:
+    """A NoCloud seed (`cidata`) with the VM's keys, its name and its NICs, made afresh at each start
+    and given to QEMU as a read-only second drive (the guest's disk stays the first)."""
+    import subprocess
+
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl admin@laptop"
+    status, body = cluster.call("POST", "/api/v1/ssh-keys", {"name": "laptop", "key": key})
+    assert status == 201, body
+    status, body = cluster.call("POST", "/api/v1/vms", {"name": "keyed", "specs": SPECS, "image": "tiny",
+                                                        "ssh_keys": ["laptop"]})
+    assert status == 201, body
+    uuid = body["uuid"]
+    cluster.wait(uuid, "RUNNING", timeout=30)
+    seed = cluster.run_dir("h1") / "vms" / uuid / "cidata.img"
+    user_data = subprocess.run(["mtype", "-i", str(seed), "::user-data"], capture_output=True, text=True,
+                               check=True).stdout
+    assert user_data.startswith("#cloud-config") and key in user_data
+    label = subprocess.run(["mlabel", "-s", "-i", str(seed), "::"], capture_output=True, text=True).stdout
+    assert "CIDATA" in label
+    (pid,) = qemus_of(uuid)
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    drives = [a.decode() for a in argv if a.startswith(b"file=")]
+    assert "id=disk0" in drives[0] and str(seed) in drives[1] and "readonly=on" in drives[1], drives
