@@ -122,9 +122,9 @@ acpid -d -c /etc/acpi &
 # background first, so duplicate address detection and the router solicitation overlap reading the
 # seed and making the host key. Polled rather than done once, so a NIC hot-plugged later comes up
 # too; each address is printed once it has passed DAD, and again if it went away and came back.
-# rtr_solicit_delay=0: no random wait (up to 1 s) before each DAD and the router solicitation. It
-# spreads out hosts booting together on one link; a VM boots alone, and each second counts under TCG.
-settings="addr_gen_mode=0 use_tempaddr=0 accept_ra=1 rtr_solicit_delay=0"
+# router_solicitation_delay=0: no random wait (up to 1 s) before each DAD and the router
+# solicitation. It spreads out hosts booting together on one link; under TCG each second counts.
+settings="addr_gen_mode=0 use_tempaddr=0 accept_ra=1 router_solicitation_delay=0"
 for conf in default all; do
     for setting in $settings; do echo "${setting#*=}" > "/proc/sys/net/ipv6/conf/$conf/${setting%=*}"; done
 done
