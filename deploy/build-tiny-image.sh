@@ -20,11 +20,13 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
 
-# The kernel: the package the cloud meta-package points at, unpacked, never installed.
+# The kernel: the package the cloud meta-package points at, unpacked, never installed. dropbear (the
+# SSH server) and the two libraries of its own that a Debian host lacks come in the same download.
 kernel_pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
 if [ -z "$kernel_pkg" ]; then apt-get update -qq; kernel_pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'); fi
-apt-get download "$kernel_pkg" >/dev/null 2>&1 || { apt-get update -qq; apt-get download "$kernel_pkg" >/dev/null; }
-dpkg-deb -x ./*.deb kernel
+packages=("$kernel_pkg" dropbear-bin libtomcrypt1 libtommath1)
+apt-get download "${packages[@]}" >/dev/null 2>&1 || { apt-get update -qq; apt-get download "${packages[@]}" >/dev/null; }
+dpkg-deb -x ./"$kernel_pkg"_*.deb kernel
 cp kernel/boot/vmlinuz-* vmlinuz
 
 # The initramfs: static busybox, virtio and FAT modules, dropbear with its libraries, and an /init
@@ -51,8 +53,6 @@ grep -q '^CONFIG_IPV6=y' kernel/boot/config-* || { echo "$kernel_pkg has no buil
 # dropbear, the SSH server, from its Debian package. It is dynamically linked: copy the libraries
 # ldd resolves (its own libtomcrypt/libtommath from their packages, libc, libz, libcrypt, libgmp from
 # this Debian host, which has them installed) and the dynamic loader at the path the binary names.
-apt-get download dropbear-bin libtomcrypt1 libtommath1 >/dev/null 2>&1 \
-    || { apt-get update -qq; apt-get download dropbear-bin libtomcrypt1 libtommath1 >/dev/null; }
 for deb in dropbear-bin_*.deb libtomcrypt1_*.deb libtommath1_*.deb; do dpkg-deb -x "$deb" dropbear; done
 cp dropbear/usr/sbin/dropbear dropbear/usr/bin/dropbearkey initramfs/bin/
 LD_LIBRARY_PATH=$PWD/dropbear/usr/lib/x86_64-linux-gnu ldd dropbear/usr/sbin/dropbear dropbear/usr/bin/dropbearkey \
@@ -176,7 +176,8 @@ while true; do sleep 3600; done
 INIT
 printf '#!/bin/sh\necho "ucloud-tiny: power button, powering off"\npoweroff -f\n' > initramfs/etc/acpi/PWRF/00000080
 chmod +x initramfs/init initramfs/etc/acpi/PWRF/00000080
-(cd initramfs && find . | cpio -o -H newc --quiet | gzip -9) > initrd.gz
+# gzip -6, not -9: with dropbear's libraries -9 takes 1.3 s longer here and saves 0.5%.
+(cd initramfs && find . | cpio -o -H newc --quiet | gzip -6) > initrd.gz
 
 # The disk: FAT, syslinux in its boot sector, kernel and initramfs as files.
 printf 'DEFAULT tiny\nLABEL tiny\n  KERNEL vmlinuz\n  INITRD initrd.gz\n  APPEND console=ttyS0 quiet\n' > syslinux.cfg
