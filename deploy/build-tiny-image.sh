@@ -2,7 +2,11 @@
 # Build, offline from Debian packages, a tiny bootable disk image for tests and demos:
 # Debian's cloud kernel and a busybox initramfs on a FAT disk made bootable with syslinux.
 # It prints "ucloud-tiny: booted" on its serial console (ttyS0), powers off on ACPI, and panics on an
-# NMI (QMP inject-nmi) through pvpanic, so tests can make a guest kernel panic.
+# NMI (QMP inject-nmi) through pvpanic, so tests can make a guest kernel panic. It is reachable:
+# every ethernet comes up with IPv6 by SLAAC, root's SSH keys and the hostname come from a NoCloud
+# drive labelled CIDATA (meta-data, user-data), and dropbear serves SSH on port 22, keys only.
+# Serial lines: "ucloud-tiny: booted", "ucloud-tiny: cidata N keys, hostname H" (or "no cidata
+# drive"), "ucloud-tiny: eth0 up MAC", "ucloud-tiny: eth0 ADDRESS" for each address past DAD.
 #
 #   deploy/build-tiny-image.sh OUT_DIR
 #
@@ -10,7 +14,7 @@
 # kernel and initramfs, for booting without firmware). Idempotent: an existing build of this same
 # script is kept (OUT_DIR/build-id holds the script's hash); a build by an older script is redone.
 set -euo pipefail
-[ $# -eq 1 ] || { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+[ $# -eq 1 ] || { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 out=$(mkdir -p "$1" && cd "$1" && pwd)
 build_id=$(sha256sum "$0" | cut -d' ' -f1)
 if [ -s "$out/tiny.qcow2" ] && [ -s "$out/tiny.raw" ] && [ "$(cat "$out/build-id" 2>/dev/null)" = "$build_id" ]; then
@@ -156,6 +160,7 @@ nics &
 seed=$(findfs LABEL=CIDATA 2>/dev/null || findfs LABEL=cidata 2>/dev/null || true)
 if [ -n "$seed" ] && mount -o ro "$seed" /mnt/cidata; then
     mkdir -p /root/.ssh && chmod 700 /root/.ssh
+    # Only lines that look like keys (a key with options in front, command="..." ssh-..., is dropped).
     awk -f /bin/authorized-keys.awk /mnt/cidata/user-data 2>/dev/null | grep -E '^(ssh|ecdsa|sk)-' > /root/.ssh/authorized_keys
     chmod 600 /root/.ssh/authorized_keys
     # local-hostname from meta-data, as YAML (local-hostname: web) or JSON ("local-hostname": "web").
