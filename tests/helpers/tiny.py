@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-CACHE = Path("/var/tmp/ucloud-test-tiny")
+SCRIPT = REPO / "deploy" / "build-tiny-image.sh"
 BOOTED = "ucloud-tiny: booted"
 
 
+def cache_dir() -> Path:
+    """One directory per version of the build script: worktrees (and branches) with different
+    scripts share a machine without rebuilding over each other's image while a test boots it."""
+    return Path("/var/tmp") / f"ucloud-test-tiny-{hashlib.sha256(SCRIPT.read_bytes()).hexdigest()[:12]}"
+
+
 def tiny_image() -> Path:
-    subprocess.run(["bash", str(REPO / "deploy" / "build-tiny-image.sh"), str(CACHE)], check=True,
-                   capture_output=True)
-    return CACHE
+    cache = cache_dir()
+    subprocess.run(["bash", str(SCRIPT), str(cache)], check=True, capture_output=True)
+    return cache
