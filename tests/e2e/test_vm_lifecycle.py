@@ -192,3 +192,6 @@ def test_the_owners_keys_reach_the_vm_on_its_cloud_init_drive(cluster: Cluster, 
     argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     drives = [a.decode() for a in argv if a.startswith(b"file=")]
     assert "id=disk0" in drives[0] and str(seed) in drives[1] and "readonly=on" in drives[1], drives
+    # The tiny guest reads the drive as cloud-init would and says what it took.
+    wait_until(lambda: "ucloud-tiny: cidata 1 keys, hostname keyed" in cluster.serial("h1", uuid), 60,
+               "the guest reading its cidata drive")
