@@ -52,6 +52,7 @@ from ucloud_vm.cidata import hostname_for, seed_files
 from ucloud_vm.decide import Act, Seen, Step, decide
 from ucloud_vm.driver import LIVE, Hypervisor, RunState
 from ucloud_vm.storage import StorageBackend, StorageError
+from ucloud_vm.vmnet import VMNetworks
 from ucloud_vm.workers import KeyedWorkers
 
 log = logging.getLogger(__name__)
@@ -69,12 +70,15 @@ class HostSpec:
 
 class Agent:
     def __init__(self, store: AbstractStore, settings: Settings, host: HostSpec, driver: Hypervisor,
-                 storage: dict[str, StorageBackend]) -> None:
+                 storage: dict[str, StorageBackend], networks: VMNetworks | None = None) -> None:
+        """`networks`: this host's share of the VM networks; None where no underlay is configured
+        (a VM's networks are then records only: its QEMU gets no NIC)."""
         self._store = store
         self._settings = settings
         self.host = host
         self._driver = driver
         self._storage = storage
+        self._networks = networks
         self._source = f"agent {host.name}"
         self._agent_id = uuidlib.uuid4().hex
         self._lease: KeptLease | None = None
@@ -209,6 +213,8 @@ class Agent:
                 if clock.monotonic() - checked_host >= self._settings.host_check_interval:
                     checked_host = clock.monotonic()
                     self._ensure_up()
+                    if self._networks:  # peers come and go with the other hosts' VMs
+                        self._networks.refresh()
                 self.monitor_tick()
             except Exception:
                 log.exception("host %s: monitoring failed this tick; going on", self.host.name)
@@ -291,8 +297,9 @@ class Agent:
             backend.create(vm)
             if step.act is Act.START:
                 # A VM requested SUSPENDED starts with its CPUs stopped: its guest never runs a cycle.
+                nics = self._networks.plug(vm) if self._networks else {}
                 self._driver.start(vm, backend.drive(vm), paused=vm.requested is Requested.SUSPENDED,
-                                   seed=seed_files(vm, hostname_for(vm.name), vm.networks))
+                                   seed=seed_files(vm, hostname_for(vm.name), vm.networks), nics=nics)
         elif step.act is Act.DELETE:
             self._delete(vm)
         elif step.act is not Act.NOTHING:
@@ -328,6 +335,8 @@ class Agent:
             self._driver.kill(uuid)
             if current is not None:
                 self._event(uuid, note, current.create_revision)
+                if self._networks:
+                    self._networks.unplug(current.value)
             self._driver.forget(uuid)
             return Step(Act.KILL, event=note)
         self._driver.forget(uuid)
@@ -335,6 +344,8 @@ class Agent:
 
     def _delete(self, vm: VM) -> None:
         self._driver.kill(vm.uuid)
+        if self._networks:
+            self._networks.unplug(vm)
         backend = self._storage.get(vm.storage)
         if backend is not None:
             backend.delete(vm)

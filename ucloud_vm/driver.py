@@ -74,10 +74,12 @@ class Hypervisor(Protocol):
         driver's timeout is UNRESPONSIVE."""
         ...
 
-    def start(self, vm: VM, disk: list[str], *, paused: bool, seed: Mapping[str, bytes]) -> None:
+    def start(self, vm: VM, disk: list[str], *, paused: bool, seed: Mapping[str, bytes],
+              nics: Mapping[str, str]) -> None:
         """Start the VM's process on `disk` (its `-drive` options), with CPUs stopped if `paused`,
-        and `seed` (cloud-init's NoCloud files, see ucloud_vm.cidata) on a read-only second drive,
-        made afresh at every start (a key added to the VM reaches the guest at its next boot).
+        `seed` (cloud-init's NoCloud files, see ucloud_vm.cidata) on a read-only second drive,
+        made afresh at every start (a key added to the VM reaches the guest at its next boot), and
+        one virtio NIC per entry of `nics` (MAC → the tap it is plugged into, made beforehand).
         Returns once the process runs. On failure nothing runs and nothing is left but the log:
         raises DriverError (or the seed's SeedError) saying why. Must not be called while a process
         of the VM lives."""

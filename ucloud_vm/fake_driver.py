@@ -22,6 +22,7 @@ class FakeGuest:
     state: RunState
     disk: tuple[str, ...]
     seed: dict[str, bytes]  # the cloud-init files it was started with
+    nics: dict[str, str]  # MAC → tap
     powers_off_at: float | None = None  # clock.now() at which it obeys the ACPI button
     resets: int = 0
     fenced: bool = False  # cut off from its disk by a fence: it runs on, but can write nothing
@@ -64,7 +65,8 @@ class FakeDriver:
             guest.state, guest.powers_off_at = RunState.SHUTDOWN, None
         return Observation(guest.state, guest.state.value)
 
-    def start(self, vm: VM, disk: list[str], *, paused: bool, seed: Mapping[str, bytes]) -> None:
+    def start(self, vm: VM, disk: list[str], *, paused: bool, seed: Mapping[str, bytes],
+              nics: Mapping[str, str]) -> None:
         self.calls.append(f"start {vm.uuid}")
         if vm.uuid in self.guests:
             raise DriverError(f"{vm.uuid} runs already")  # the agent must never start twice
@@ -76,7 +78,8 @@ class FakeDriver:
             raise DriverError(f"QEMU failed to start: {reason}")
         if trouble.first_answer_fails:
             trouble.first_answer_fails, trouble.failing = False, trouble.failing + 1
-        self.guests[vm.uuid] = FakeGuest(RunState.PAUSED if paused else RunState.RUNNING, tuple(disk), dict(seed))
+        self.guests[vm.uuid] = FakeGuest(RunState.PAUSED if paused else RunState.RUNNING, tuple(disk), dict(seed),
+                                         dict(nics))
 
     def pause(self, uuid: str) -> None:
         self._command(uuid, "pause").state = RunState.PAUSED

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import socket
 import threading
@@ -20,7 +21,10 @@ from ucloud_common.store import Store, StoreUnavailable
 from ucloud_vm.accel import choose
 from ucloud_vm.agent import Agent, HostSpec, machine_capacity
 from ucloud_vm.images import import_image
+from ucloud_vm.hostnet import HostNetwork, Underlay
 from ucloud_vm.qemu import QemuDriver
+from ucloud_vm.radvd import Radvd
+from ucloud_vm.vmnet import VMNetworks
 from ucloud_vm.storage import LocalStorage, RBDStorage, StorageBackend
 
 cli = daemon_group("ucloud-vm", "The host agent: runs this host's VMs in QEMU and reports what is true of them.")
@@ -53,7 +57,8 @@ def run(ctx: click.Context, hostname: str, address: str | None, run_dir: Path | 
     settings = settings_from(ctx)
     machine = machine_capacity(settings.disk_dir)
     capacity = Specs(cpu=cpu or machine.cpu, ram=ram or machine.ram, ssd=ssd or machine.ssd)
-    host = HostSpec(hostname, address or _address(), capacity)
+    # Other hosts reach this one at its address, also for VXLAN: the underlay address when one is set.
+    host = HostSpec(hostname, address or settings.underlay_address or _address(), capacity)
     accel = choose(settings.accel, settings.probe_image_dir)
     store = Store(settings)
     stop = threading.Event()
@@ -66,8 +71,15 @@ def run(ctx: click.Context, hostname: str, address: str | None, run_dir: Path | 
         except CephError as exc:
             raise click.ClickException(str(exc)) from None
         backends["rbd"] = RBDStorage(ceph, settings.ceph_image_pool, settings.ceph_vm_pool)
-    driver = QemuDriver(run_dir or settings.run_dir / hostname, accel, settings.qmp_timeout)
-    agent = Agent(store, settings, host, driver, backends)
+    run_dir = run_dir or settings.run_dir / hostname
+    driver = QemuDriver(run_dir, accel, settings.qmp_timeout)
+    networks = None
+    if settings.underlay_device or settings.underlay_address:
+        networks = VMNetworks(store, hostname, HostNetwork(), Underlay.from_settings(settings), Radvd(run_dir / "radvd"))
+    else:
+        logging.getLogger(__name__).warning("no underlay configured (UCLOUD_UNDERLAY_DEVICE, UCLOUD_UNDERLAY_ADDRESS): "
+                                            "VM networks are records only on host %s, its QEMUs get no NIC", hostname)
+    agent = Agent(store, settings, host, driver, backends, networks)
     try:
         agent.run(stop)
     finally:

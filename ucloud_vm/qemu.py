@@ -64,10 +64,12 @@ def machine_args(accel: str, cpus: int, ram_mib: int) -> list[str]:
 
 
 def command_line(vm: VM, disk: list[str], paths: VMPaths, accel: str, binary: str = "qemu-system-x86_64",
-                 paused: bool = False, seed: list[str] | None = None) -> list[str]:
+                 paused: bool = False, seed: list[str] | None = None,
+                 nics: Mapping[str, str] | None = None) -> list[str]:
     """The whole QEMU command line for `vm`; `disk` is the drive's `-drive` options (with format=);
     `paused`: the CPUs stay stopped until QMP `cont` (-S); `seed`: the cloud-init drive's options,
-    after the disk so that the disk stays the guest's first (/dev/vda)."""
+    after the disk so that the disk stays the guest's first (/dev/vda); `nics`: MAC → the tap each
+    virtio NIC is on (ids from the MAC, so that what runs can be compared with the record)."""
     ram_mib = max(64, int(vm.specs.ram * 1024))
     argv = [
         binary, "-name", f"guest={vm.uuid},process=ucloud-{vm.uuid[:8]}",
@@ -84,6 +86,10 @@ def command_line(vm: VM, disk: list[str], paths: VMPaths, accel: str, binary: st
     ]
     if seed is not None:
         argv += ["-drive", ",".join(seed)]
+    for mac, tap in (nics or {}).items():
+        name = mac.replace(":", "")
+        argv += ["-netdev", f"tap,id=net{name},ifname={tap},script=no,downscript=no",
+                 "-device", f"virtio-net-pci,netdev=net{name},mac={mac},id=nic{name}"]
     if paused:
         argv.append("-S")
     return argv
@@ -205,10 +211,13 @@ class QemuDriver:
     """The `Hypervisor` of real hosts: one daemonized QEMU per VM under `run_dir/vms/<uuid>/`,
     found again by its pid file and QMP socket after an agent restart."""
 
-    def __init__(self, run_dir: Path, accel: str, qmp_timeout: float = QMP_TIMEOUT_S) -> None:
+    def __init__(self, run_dir: Path, accel: str, qmp_timeout: float = QMP_TIMEOUT_S,
+                 netns: str | None = None) -> None:
+        """`netns`: the network namespace QEMUs start in (their taps live there); None: this one."""
         self.accel = accel
         self._run_dir = run_dir
         self._timeout = qmp_timeout
+        self._netns = netns
 
     def _paths(self, uuid: str) -> VMPaths:
         return VMPaths.of(self._run_dir, uuid)
@@ -226,11 +235,14 @@ class QemuDriver:
             return Observation(RunState.UNRESPONSIVE, str(exc))
         return Observation(_STATES.get(state, RunState.PAUSED), state)
 
-    def start(self, vm: VM, disk: list[str], *, paused: bool, seed: Mapping[str, bytes]) -> None:
+    def start(self, vm: VM, disk: list[str], *, paused: bool, seed: Mapping[str, bytes],
+              nics: Mapping[str, str]) -> None:
         paths = self._paths(vm.uuid)
         paths.root.mkdir(parents=True, exist_ok=True)
         build_seed(paths.cidata, seed)
-        argv = command_line(vm, disk, paths, self.accel, paused=paused, seed=drive_options(paths.cidata))
+        argv = command_line(vm, disk, paths, self.accel, paused=paused, seed=drive_options(paths.cidata), nics=nics)
+        if self._netns:
+            argv = ["ip", "netns", "exec", self._netns, *argv]
         try:
             start(argv, paths)
         except (QEMUStartError, subprocess.TimeoutExpired) as exc:

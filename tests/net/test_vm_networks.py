@@ -1,0 +1,131 @@
+"""Two hosts in network namespaces, each with a real agent (in this process) whose QEMUs and network
+devices live in its namespace, a real etcd, tiny guests that configure themselves from their
+cloud-init drive: two VMs of one network on different hosts reach each other over IPv6 through
+VXLAN, a VM of another network cannot reach them, the owner logs into one with their key, and
+deleting the VMs leaves no device behind."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.tiny import tiny_image
+from tests.net.conftest import Lab, sh, wait_for
+from ucloud_common.config import Settings
+from ucloud_common.imagestore import local_image_path
+from ucloud_common.ipv6 import slaac_address
+from ucloud_common.network import NETWORKS, Network
+from ucloud_common.specs import Specs
+from ucloud_common.states import Requested, Status
+from ucloud_common.store import Store
+from ucloud_common.vm import NIC, VM, VMS, placed_on
+from ucloud_vm.agent import Agent, HostSpec
+from ucloud_vm.hostnet import HostNetwork, Underlay
+from ucloud_vm.netnames import bridge_name
+from ucloud_vm.qemu import QemuDriver
+from ucloud_vm.radvd import Radvd
+from ucloud_vm.storage import LocalStorage
+from ucloud_vm.vmnet import VMNetworks
+
+pytestmark = pytest.mark.skipif(not all(shutil.which(t) for t in ("qemu-system-x86_64", "radvd", "ssh", "nft")),
+                                reason="needs qemu, radvd, openssh-client, nftables")
+
+VNI = 0x4242
+PREFIX = "fd00:42::/64"
+SSH = ["ssh", "-6", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
+       "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR"]
+
+
+@pytest.fixture
+def key(tmp_path: Path) -> Path:
+    path = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    return path
+
+
+@pytest.fixture
+def agents(lab: Lab, store: Store, settings: Settings, tmp_path: Path) -> Iterator[dict[str, tuple[str, Path]]]:
+    """Agents h1 and h2, each in its namespace: name → (namespace, run dir)."""
+    namespaces, addresses = lab.hosts(2)
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(tiny_image() / "tiny.raw", local_image_path(images, "tiny"))
+    stop = threading.Event()
+    threads, hosts = [], {}
+    for i, (netns, address) in enumerate(zip(namespaces, addresses), 1):
+        name, run_dir = f"h{i}", tmp_path / f"run{i}"
+        networks = VMNetworks(store, name, HostNetwork(netns=netns), Underlay(address=address),
+                              Radvd(run_dir / "radvd", netns=netns))
+        agent = Agent(store, settings, HostSpec(name, address, Specs(cpu=2, ram=2, ssd=10)),
+                      QemuDriver(run_dir, "tcg", netns=netns), {"local": LocalStorage(images, tmp_path / f"disks{i}")},
+                      networks)
+        threads.append(threading.Thread(target=agent.run, args=(stop,), daemon=True))
+        threads[-1].start()
+        hosts[name] = (netns, run_dir)
+    try:
+        yield hosts
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+
+
+def place(store: Store, name: str, host: str, mac: str, public_key: str, network: str = "net1") -> VM:
+    """A VM on `network`, placed on `host` as the scheduler would."""
+    vm = VM(uuid=name, owner="alice", name=name, specs=Specs(cpu=1, ram=0.25, ssd=1), image="tiny",
+            networks=(NIC(network=network, mac=mac),), ssh_keys=(public_key,), status=Status.SCHEDULED_DEPLOY,
+            **placed_on(host))
+    store.create(VMS, name, vm)
+    return vm
+
+
+def serial(run_dir: Path, uuid: str) -> str:
+    path = run_dir / "vms" / uuid / "serial.log"
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def test_two_vms_of_one_network_on_two_hosts_reach_each_other_and_their_owner_logs_in(
+        agents: dict[str, tuple[str, Path]], store: Store, key: Path) -> None:
+    store.create(NETWORKS, "net1", Network(uuid="net1", owner="alice", name="net1", vxlan_id=VNI, ipv6_prefix=PREFIX))
+    # Another network with the same /64 (never so through the API): only its VNI keeps it apart.
+    store.create(NETWORKS, "net2", Network(uuid="net2", owner="bob", name="net2", vxlan_id=VNI + 1, ipv6_prefix=PREFIX))
+    public_key = key.with_suffix(".pub").read_text().strip()
+    a = place(store, "vm-a", "h1", "02:00:00:42:00:0a", public_key)
+    b = place(store, "vm-b", "h2", "02:00:00:42:00:0b", public_key)
+    c = place(store, "vm-c", "h2", "02:00:00:43:00:0c", public_key, network="net2")
+    address = {vm.uuid: slaac_address(PREFIX, vm.networks[0].mac) for vm in (a, b, c)}
+    for vm, host in ((a, "h1"), (b, "h2"), (c, "h2")):
+        run_dir = agents[host][1]
+        wait_for(lambda: (found := store.get(VMS, vm.uuid)) is not None and found.value.status is Status.RUNNING,
+                 60, f"{vm.uuid} RUNNING")
+        # The guest took the address the API shows (SLAAC from the router advertisements of its host).
+        wait_for(lambda: f"ucloud-tiny: eth0 {address[vm.uuid]}" in serial(run_dir, vm.uuid), 90,
+                 f"{vm.uuid} configured {address[vm.uuid]}")
+    h1 = agents["h1"][0]
+    # The owner logs into vm-a with their key, over the network's bridge on its host...
+    login = subprocess.run(["ip", "netns", "exec", h1, *SSH, "-i", str(key),
+                            f"root@fe80::ff:fe42:a%{bridge_name(VNI)}", "hostname"],
+                           capture_output=True, text=True, timeout=60)
+    assert login.returncode == 0 and login.stdout.strip() == "vm-a", login.stderr
+    # ...and from there reaches vm-b on the other host, through VXLAN over the underlay.
+    ping = subprocess.run(["ip", "netns", "exec", h1, *SSH, "-i", str(key), f"root@fe80::ff:fe42:a%{bridge_name(VNI)}",
+                           f"ping -c 1 -W 5 {address['vm-b']}"], capture_output=True, text=True, timeout=60)
+    assert ping.returncode == 0, ping.stdout + ping.stderr
+    # A VM of another network is out of reach, although on the same host as vm-b and in the same /64.
+    isolated = subprocess.run(["ip", "netns", "exec", h1, *SSH, "-i", str(key), f"root@fe80::ff:fe42:a%{bridge_name(VNI)}",
+                               f"ping -c 1 -W 3 {address['vm-c']}"], capture_output=True, text=True, timeout=60)
+    assert isolated.returncode != 0, isolated.stdout
+
+
+    for vm in (a, b, c):
+        store.update(VMS, vm.uuid, lambda v: v.evolve(requested=Requested.DELETED, generation=v.generation + 1))
+    wait_for(lambda: not store.list(VMS).items, 60, "both VMs deleted")
+    for netns, _ in agents.values():
+        wait_for(lambda: "ucb" not in sh(netns, "ip", "-o", "link").stdout, 30, f"no bridge left in {netns}")
+        links = sh(netns, "ip", "-o", "link").stdout
+        assert "ucx" not in links and "uct" not in links

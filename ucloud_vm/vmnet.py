@@ -1,0 +1,90 @@
+"""The networks of this host's VMs: what `hostnet` must hold for them, derived from etcd.
+
+For each network with a VM here: the bridge and VXLAN device, with a head-end replication entry
+for every other host that has a VM of the network (its address as registered), a tap per NIC, and
+the network's /64 announced on the bridge by router advertisements (every host of a network
+announces it, with no default route: the /64 is on-link, and guests of one network reach each
+other on it; a router role that routes the /64s out is a host's configuration, not ucloud's yet).
+Everything is idempotent and found again by name after an agent restart.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ucloud_common.host import HOSTS
+from ucloud_common.network import NETWORKS, Network
+from ucloud_common.store import AbstractStore
+from ucloud_common.vm import VM, VMS
+from ucloud_vm.hostnet import HostNetwork, Underlay
+from ucloud_vm.netnames import bridge_name, tap_name
+from ucloud_vm.radvd import Announcement, Radvd
+
+log = logging.getLogger(__name__)
+
+
+class VMNetworks:
+    def __init__(self, store: AbstractStore, host: str, devices: HostNetwork, underlay: Underlay,
+                 radvd: Radvd) -> None:
+        self._store = store
+        self._host = host
+        self._devices = devices
+        self._underlay = underlay
+        self._radvd = radvd
+
+    def plug(self, vm: VM) -> dict[str, str]:
+        """Make this host ready for `vm`'s NICs; return MAC → tap for QEMU. A NIC whose network
+        no longer exists is left out (with a log line): the API detaches NICs before deleting."""
+        nics: dict[str, str] = {}
+        for nic in vm.networks:
+            network = self._store.get(NETWORKS, nic.network)
+            if network is None:
+                log.warning("vm=%s: network %s is gone; its NIC %s is left out", vm.uuid, nic.network, nic.mac)
+                continue
+            self._ensure(network.value)
+            self._devices.ensure_tap(network.value.vxlan_id, tap_name(nic.mac))
+            nics[nic.mac] = tap_name(nic.mac)
+        self._announce()
+        return nics
+
+    def unplug(self, vm: VM) -> None:
+        """`vm` has left this host (deleted, or placed elsewhere): its taps go, and each network
+        that no other tap here needs goes with them."""
+        for nic in vm.networks:
+            self._devices.remove_tap(tap_name(nic.mac))
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Bring every network here up to date: peers as hosts come and go, networks without a
+        tap removed, the announcements rewritten. Called now and then by the agent's monitor."""
+        for vni, devices in self._devices.present().items():
+            network = self._network(vni)
+            if network is None or not devices.taps:
+                log.info("network %s (VNI %d) has no VM on %s any more: removing it", network and network.uuid, vni,
+                         self._host)
+                self._devices.remove(vni)
+            else:
+                self._ensure(network)
+        self._announce()
+
+    def _ensure(self, network: Network) -> None:
+        self._devices.ensure(network.vxlan_id, self._peers(network.uuid), self._underlay)
+
+    def _peers(self, network: str) -> set[str]:
+        """The underlay addresses of the other hosts with a VM on `network`."""
+        hosts = {vm.value.host for vm in self._store.list(VMS).items.values()
+                 if vm.value.host and vm.value.host != self._host and any(n.network == network for n in vm.value.networks)}
+        found = (self._store.get(HOSTS, name) for name in sorted(hosts))
+        return {host.value.address for host in found if host is not None}
+
+    def _network(self, vni: int) -> Network | None:
+        return next((n.value for n in self._store.list(NETWORKS).items.values() if n.value.vxlan_id == vni), None)
+
+    def _announce(self) -> None:
+        present = self._devices.present()
+        announcements: dict[str, Announcement] = {}
+        for vni, devices in present.items():
+            network = self._network(vni)
+            if network is not None and network.ipv6_prefix:
+                announcements[bridge_name(vni)] = Announcement(network.ipv6_prefix, devices.mtu)
+        self._radvd.apply(announcements)
