@@ -287,7 +287,7 @@ class Agent:
         # Only where it decides anything (it costs a read of the host record).
         fenced = (vm.status is Status.KILLED and vm.storage in SHARED_STORAGE and run.state in LIVE
                   and self._host_fenced())
-        return Seen(run, fenced)
+        return Seen(run, fenced, networked=self._networks is not None)
 
     def _act(self, vm: VM, step: Step) -> None:
         if step.act in (Act.CREATE_DISK, Act.START):
@@ -302,6 +302,11 @@ class Agent:
                                    seed=seed_files(vm, hostname_for(vm.name), vm.networks), nics=nics)
         elif step.act is Act.DELETE:
             self._delete(vm)
+        elif step.act is Act.PLUG and self._networks:
+            self._driver.plug(vm.uuid, step.nic, self._networks.plug_nic(vm, step.nic))
+        elif step.act is Act.UNPLUG and self._networks:
+            self._driver.unplug(vm.uuid, step.nic)
+            self._networks.unplug_nic(step.nic)
         elif step.act is not Act.NOTHING:
             {Act.PAUSE: self._driver.pause, Act.RESUME: self._driver.resume, Act.RESET: self._driver.reset,
              Act.POWERDOWN: self._driver.powerdown, Act.KILL: self._driver.kill}[step.act](vm.uuid)

@@ -43,6 +43,8 @@ class Act(StrEnum):
     PAUSE = "pause"
     RESUME = "resume"
     RESET = "reset"
+    PLUG = "plug"  # hot-plug the NIC `Step.nic` names (its network and tap made first)
+    UNPLUG = "unplug"  # hot-unplug the NIC `Step.nic` names (then its tap goes)
     POWERDOWN = "powerdown"  # press the ACPI button
     KILL = "kill"
     DELETE = "delete"  # stop the process, delete the disk and files, remove the record
@@ -56,6 +58,9 @@ class Seen:
     fenced: bool = False
     """The scheduler fenced this host (cut it off from shared storage) while it was thought dead;
     only looked up where it matters: a KILLED shared-storage VM whose process lives."""
+    networked: bool = False
+    """This host gives VMs their NICs (it has an underlay): the NICs a running VM has are then
+    kept equal to its record's, by hot-plug."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,7 @@ class Step:
     # Recorded only once the act succeeded (with the event): for an act whose effect the next look
     # cannot see — a reset — so that one that failed is not marked done.
     confirm: dict[str, Any] = field(default_factory=dict)
+    nic: str = ""  # the MAC of the NIC a PLUG or UNPLUG is about
 
     def writes(self) -> bool:
         return self.status is not None or bool(self.fields) or self.disk_clients
@@ -227,7 +233,22 @@ def _with_process(vm: VM, seen: Seen, now: datetime, settings: Settings) -> Step
         return Step(Act.RESET, event="rebooted", confirm=_observed(vm))
     if vm.error:  # resumed after a disk error: the disk takes writes again
         return Step(status=S.RUNNING, fields=_observed(vm, error=""), event="running again")
-    return Step(status=S.RUNNING, fields=_observed(vm)) if _differs(vm, S.RUNNING) else Step()
+    if _differs(vm, S.RUNNING):
+        return Step(status=S.RUNNING, fields=_observed(vm))
+    return _nics(vm, seen)
+
+
+def _nics(vm: VM, seen: Seen) -> Step:
+    """A running VM's NICs follow its record (attach and detach through the API), one at a time:
+    one too many is unplugged first, then one missing is plugged."""
+    if not seen.networked or seen.run.nics is None:
+        return Step()
+    wanted = {nic.mac: nic.network for nic in vm.networks}
+    for mac in sorted(seen.run.nics - wanted.keys()):
+        return Step(Act.UNPLUG, event=f"NIC {mac} detached", nic=mac)
+    for mac in sorted(wanted.keys() - seen.run.nics):
+        return Step(Act.PLUG, event=f"NIC {mac} attached (network {wanted[mac]})", nic=mac)
+    return Step()
 
 
 def _found_running(vm: VM, seen: Seen, wants_to_run: bool) -> Step:

@@ -49,6 +49,8 @@ class Observation:
     detail: str = ""
     """Why, in the hypervisor's words: the last line QEMU wrote before it vanished (ABSENT), or the
     timeout that made it UNRESPONSIVE."""
+    nics: frozenset[str] | None = None
+    """The MACs of the NICs the process has now (None: not known, e.g. no process)."""
 
 
 class DriverError(PermanentError):
@@ -87,6 +89,17 @@ class Hypervisor(Protocol):
 
     def pause(self, uuid: str) -> None:
         """Stop the guest's CPUs (memory kept). DriverTimeout if the process does not answer."""
+        ...
+
+    def plug(self, uuid: str, mac: str, tap: str) -> None:
+        """Hot-plug a virtio NIC with `mac` on `tap` (made beforehand) into the running VM; the
+        guest sees a new PCI device. Idempotent for a NIC already there. DriverTimeout as above."""
+        ...
+
+    def unplug(self, uuid: str, mac: str) -> None:
+        """Hot-unplug the NIC with `mac`, and return once the guest has let it go (a guest that
+        does not answer the ACPI eject within the timeout: DriverTimeout, the unplug still pending).
+        Idempotent for a NIC not there."""
         ...
 
     def resume(self, uuid: str) -> None:

@@ -63,7 +63,7 @@ class FakeDriver:
             return Observation(RunState.UNRESPONSIVE, str(exc))
         if guest.powers_off_at is not None and clock.now() >= guest.powers_off_at:
             guest.state, guest.powers_off_at = RunState.SHUTDOWN, None
-        return Observation(guest.state, guest.state.value)
+        return Observation(guest.state, guest.state.value, frozenset(guest.nics))
 
     def start(self, vm: VM, disk: list[str], *, paused: bool, seed: Mapping[str, bytes],
               nics: Mapping[str, str]) -> None:
@@ -88,6 +88,12 @@ class FakeDriver:
         guest = self._command(uuid, "resume")
         full = self._trouble.setdefault(uuid, _Trouble()).disk_full
         guest.state = RunState.IO_ERROR if full else RunState.RUNNING
+
+    def plug(self, uuid: str, mac: str, tap: str) -> None:
+        self._command(uuid, "plug").nics[mac] = tap
+
+    def unplug(self, uuid: str, mac: str) -> None:
+        self._command(uuid, "unplug").nics.pop(mac, None)
 
     def reset(self, uuid: str) -> None:
         guest = self._command(uuid, "reset")

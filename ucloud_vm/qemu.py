@@ -87,7 +87,7 @@ def command_line(vm: VM, disk: list[str], paths: VMPaths, accel: str, binary: st
     if seed is not None:
         argv += ["-drive", ",".join(seed)]
     for mac, tap in (nics or {}).items():
-        name = mac.replace(":", "")
+        name = _nic_name(mac)
         argv += ["-netdev", f"tap,id=net{name},ifname={tap},script=no,downscript=no",
                  "-device", f"virtio-net-pci,netdev=net{name},mac={mac},id=nic{name}"]
     if paused:
@@ -176,6 +176,21 @@ def execute(paths: VMPaths, command: str, timeout: float = QMP_TIMEOUT_S, **argu
                                                                     timeout), timeout)
 
 
+def _nic_name(mac: str) -> str:
+    """The NIC's part of its QEMU ids (`nic…`, `net…`): its MAC's digits, so that the NICs a QEMU
+    has can be compared with the record's."""
+    return mac.replace(":", "").lower()
+
+
+def _is_nic(device: str) -> bool:
+    return device.startswith("nic") and len(device) == 15
+
+
+def _mac_of(device: str) -> str:
+    digits = device.removeprefix("nic")
+    return ":".join(digits[i:i + 2] for i in range(0, 12, 2))
+
+
 def status(paths: VMPaths, timeout: float = QMP_TIMEOUT_S) -> str:
     """QEMU's run state: "running", "paused", "shutdown" (the guest powered off), …"""
     return str(execute(paths, "query-status", timeout)["status"])
@@ -226,14 +241,51 @@ class QemuDriver:
         paths = self._paths(uuid)
         if running_qemu(paths) is None:
             return Observation(RunState.ABSENT, last_words(paths))
+        async def look(client: QMPClient) -> tuple[str, frozenset[str]]:
+            state = await asyncio.wait_for(client.execute("query-status"), self._timeout)
+            devices = await asyncio.wait_for(client.execute("qom-list", {"path": "/machine/peripheral"}),
+                                             self._timeout)
+            return str(state["status"]), frozenset(_mac_of(d["name"]) for d in devices if _is_nic(d["name"]))
+
         try:
-            state = status(paths, self._timeout)
+            state, nics = session(paths, "query-status", look, self._timeout)
         except QEMUError as exc:
             # Gone between the two looks, or alive and silent: tell them apart by the process.
             if running_qemu(paths) is None:
                 return Observation(RunState.ABSENT, last_words(paths))
             return Observation(RunState.UNRESPONSIVE, str(exc))
-        return Observation(_STATES.get(state, RunState.PAUSED), state)
+        return Observation(_STATES.get(state, RunState.PAUSED), state, nics)
+
+    def plug(self, uuid: str, mac: str, tap: str) -> None:
+        name = _nic_name(mac)
+
+        async def add(client: QMPClient) -> None:
+            try:  # a netdev left by an unplug whose guest let the device go after we stopped waiting
+                await asyncio.wait_for(client.execute("netdev_del", {"id": f"net{name}"}), self._timeout)
+            except QMPError:
+                pass
+            await asyncio.wait_for(client.execute("netdev_add", {"type": "tap", "id": f"net{name}", "ifname": tap,
+                                                                 "script": "no", "downscript": "no"}), self._timeout)
+            await asyncio.wait_for(client.execute("device_add", {"driver": "virtio-net-pci", "id": f"nic{name}",
+                                                                 "netdev": f"net{name}", "mac": mac}), self._timeout)
+
+        session(self._paths(uuid), "device_add", add, self._timeout)
+
+    def unplug(self, uuid: str, mac: str) -> None:
+        name = _nic_name(mac)
+
+        async def remove(client: QMPClient) -> None:
+            with client.listener("DEVICE_DELETED") as deleted:
+                await asyncio.wait_for(client.execute("device_del", {"id": f"nic{name}"}), self._timeout)
+                # The guest acknowledges the ACPI eject; only then is the device gone.
+                async def gone() -> None:
+                    async for event in deleted:
+                        if event.get("data", {}).get("device") == f"nic{name}":
+                            return
+                await asyncio.wait_for(gone(), 3 * self._timeout)
+            await asyncio.wait_for(client.execute("netdev_del", {"id": f"net{name}"}), self._timeout)
+
+        session(self._paths(uuid), "device_del", remove, self._timeout)
 
     def start(self, vm: VM, disk: list[str], *, paused: bool, seed: Mapping[str, bytes],
               nics: Mapping[str, str]) -> None:

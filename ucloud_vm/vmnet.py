@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import logging
 
+from ucloud_common.errors import PermanentError
 from ucloud_common.host import HOSTS
 from ucloud_common.network import NETWORKS, Network
 from ucloud_common.store import AbstractStore
-from ucloud_common.vm import VM, VMS
+from ucloud_common.vm import NIC, VM, VMS
 from ucloud_vm.hostnet import HostNetwork, Underlay
 from ucloud_vm.netnames import bridge_name, tap_name
 from ucloud_vm.radvd import Announcement, Radvd
@@ -35,17 +36,33 @@ class VMNetworks:
     def plug(self, vm: VM) -> dict[str, str]:
         """Make this host ready for `vm`'s NICs; return MAC → tap for QEMU. A NIC whose network
         no longer exists is left out (with a log line): the API detaches NICs before deleting."""
-        nics: dict[str, str] = {}
-        for nic in vm.networks:
-            network = self._store.get(NETWORKS, nic.network)
-            if network is None:
-                log.warning("vm=%s: network %s is gone; its NIC %s is left out", vm.uuid, nic.network, nic.mac)
-                continue
-            self._ensure(network.value)
-            self._devices.ensure_tap(network.value.vxlan_id, tap_name(nic.mac))
-            nics[nic.mac] = tap_name(nic.mac)
+        nics = {nic.mac: self._tap(vm, nic) for nic in vm.networks}
         self._announce()
-        return nics
+        return {mac: tap for mac, tap in nics.items() if tap}
+
+    def plug_nic(self, vm: VM, mac: str) -> str:
+        """Make this host ready for one NIC of `vm` (hot-plug); return its tap. PermanentError if
+        the VM has no such NIC or its network is gone."""
+        nic = next((n for n in vm.networks if n.mac == mac), None)
+        tap = self._tap(vm, nic) if nic else ""
+        if not tap:
+            raise PermanentError(f"no NIC {mac} on a network of VM {vm.uuid}")
+        self._announce()
+        return tap
+
+    def unplug_nic(self, mac: str) -> None:
+        """One NIC has left its VM (hot-unplug): its tap goes, and its network if no tap needs it."""
+        self._devices.remove_tap(tap_name(mac))
+        self.refresh()
+
+    def _tap(self, vm: VM, nic: NIC) -> str:
+        network = self._store.get(NETWORKS, nic.network)
+        if network is None:
+            log.warning("vm=%s: network %s is gone; its NIC %s is left out", vm.uuid, nic.network, nic.mac)
+            return ""
+        self._ensure(network.value)
+        self._devices.ensure_tap(network.value.vxlan_id, tap_name(nic.mac))
+        return tap_name(nic.mac)
 
     def unplug(self, vm: VM) -> None:
         """`vm` has left this host (deleted, or placed elsewhere): its taps go, and each network

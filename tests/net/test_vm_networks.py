@@ -1,8 +1,8 @@
 """Two hosts in network namespaces, each with a real agent (in this process) whose QEMUs and network
 devices live in its namespace, a real etcd, tiny guests that configure themselves from their
 cloud-init drive: two VMs of one network on different hosts reach each other over IPv6 through
-VXLAN, a VM of another network cannot reach them, the owner logs into one with their key, and
-deleting the VMs leaves no device behind."""
+VXLAN, a VM of another network cannot reach them, the owner logs into one with their key, a detach
+and an attach on a running VM are hot-plugged, and deleting the VMs leaves no device behind."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import pytest
 from tests.helpers.tiny import tiny_image
 from tests.net.conftest import Lab, sh, wait_for
 from ucloud_common.config import Settings
+from ucloud_common.event import EVENTS, events_of
 from ucloud_common.imagestore import local_image_path
 from ucloud_common.ipv6 import slaac_address
 from ucloud_common.network import NETWORKS, Network
@@ -84,6 +85,10 @@ def place(store: Store, name: str, host: str, mac: str, public_key: str, network
     return vm
 
 
+def events(store: Store, uuid: str) -> list[str]:
+    return [e.value.message for e in store.list(EVENTS, within=events_of(uuid)).items.values()]
+
+
 def serial(run_dir: Path, uuid: str) -> str:
     path = run_dir / "vms" / uuid / "serial.log"
     return path.read_text(errors="replace") if path.exists() else ""
@@ -120,6 +125,20 @@ def test_two_vms_of_one_network_on_two_hosts_reach_each_other_and_their_owner_lo
     isolated = subprocess.run(["ip", "netns", "exec", h1, *SSH, "-i", str(key), f"root@fe80::ff:fe42:a%{bridge_name(VNI)}",
                                f"ping -c 1 -W 3 {address['vm-c']}"], capture_output=True, text=True, timeout=60)
     assert isolated.returncode != 0, isolated.stdout
+
+    # Detach vm-b (as the API does: its record loses the NIC): hot-unplugged, it is out of reach;
+    # attached again, hot-plugged with the same MAC, it is back at the same address. No reboot.
+    nic = b.networks[0]
+    store.update(VMS, "vm-b", lambda v: v.evolve(networks=()))
+    wait_for(lambda: "NIC 02:00:00:42:00:0b detached" in events(store, "vm-b"), 60, "the hot-unplug")
+    assert subprocess.run(["ip", "netns", "exec", h1, *SSH, "-i", str(key), f"root@fe80::ff:fe42:a%{bridge_name(VNI)}",
+                           f"ping -c 1 -W 3 {address['vm-b']}"], capture_output=True, timeout=60).returncode != 0
+    store.update(VMS, "vm-b", lambda v: v.evolve(networks=(nic,)))
+    wait_for(lambda: "NIC 02:00:00:42:00:0b attached (network net1)" in events(store, "vm-b"), 60, "the hot-plug")
+    wait_for(lambda: subprocess.run(["ip", "netns", "exec", h1, *SSH, "-i", str(key),
+                                     f"root@fe80::ff:fe42:a%{bridge_name(VNI)}", f"ping -c 1 -W 3 {address['vm-b']}"],
+                                    capture_output=True, timeout=60).returncode == 0, 60, "vm-b reachable again")
+    assert serial(agents["h2"][1], "vm-b").count("ucloud-tiny: booted") == 1  # never rebooted
 
 
     for vm in (a, b, c):

@@ -209,3 +209,20 @@ def test_a_guest_paused_on_a_disk_error_is_resumed_not_killed(settings: Settings
     fenced = decide(vm.model_copy(update={"status": Status.KILLED}), Seen(Observation(RunState.IO_ERROR), True),
                     NOW, settings)
     assert fenced.act is Act.KILL
+
+
+def test_a_running_vms_nics_follow_its_record_by_hot_plug(settings: Settings) -> None:
+    from ucloud_common.vm import NIC
+
+    vm = base().model_copy(update={"status": Status.RUNNING, "observed_generation": 1,
+                                   "networks": (NIC(network="n1", mac="02:00:00:00:00:01"),)})
+    none = Seen(Observation(RunState.RUNNING, nics=frozenset()), networked=True)
+    plug = decide(vm, none, NOW, settings)
+    assert (plug.act, plug.nic, plug.writes()) == (Act.PLUG, "02:00:00:00:00:01", False)
+    extra = Seen(Observation(RunState.RUNNING, nics=frozenset({"02:00:00:00:00:01", "02:00:00:00:00:09"})),
+                 networked=True)
+    assert (decide(vm, extra, NOW, settings).act, decide(vm, extra, NOW, settings).nic) == (Act.UNPLUG, "02:00:00:00:00:09")
+    same = Seen(Observation(RunState.RUNNING, nics=frozenset({"02:00:00:00:00:01"})), networked=True)
+    assert decide(vm, same, NOW, settings) == Step()
+    # A host without an underlay gives no NICs: nothing to keep equal.
+    assert decide(vm, Seen(Observation(RunState.RUNNING, nics=frozenset())), NOW, settings) == Step()
