@@ -39,6 +39,10 @@ class Announcement:
 
     prefix: str
     mtu: int
+    router: bool = False
+    """This host routes the prefix out (the router role): it announces itself as a default router.
+    Every other host announces the prefix on-link only (default-router lifetime 0), so guests never
+    send traffic for the outside to a host that would drop it."""
 
 
 def render(announcements: Mapping[str, Announcement]) -> str:
@@ -59,6 +63,7 @@ def render(announcements: Mapping[str, Announcement]) -> str:
             # ones only repair a lost answer, so every 30 s at most is enough.
             "    MaxRtrAdvInterval 30;\n"
             f"    AdvLinkMTU {announcement.mtu};\n"
+            f"    AdvDefaultLifetime {1800 if announcement.router else 0};\n"
             f"    prefix {prefix} {{\n"
             "        AdvOnLink on;\n"
             "        AdvAutonomous on;\n"

@@ -46,3 +46,11 @@ def test_a_guest_gets_its_slaac_address_and_a_change_is_a_reload(lab: Lab, tmp_p
     assert radvd.apply({}) is None
     assert not alive(pid)
     assert not radvd.config.exists() and not radvd.pidfile.exists()
+
+
+def test_only_a_router_announces_itself_as_the_default_router() -> None:
+    from ucloud_vm.radvd import Announcement, render
+
+    on_link = render({"ucb1": Announcement("fd00:1::/64", 1430)})
+    routed = render({"ucb1": Announcement("fd00:1::/64", 1430, router=True)})
+    assert "AdvDefaultLifetime 0;" in on_link and "AdvDefaultLifetime 1800;" in routed
