@@ -169,6 +169,10 @@ class Settings(BaseSettings):
                                   "the interface holding it is the underlay device.")
     vxlan_port: int = Field(4789, ge=1, le=65535, description="The UDP port of VXLAN on every host (IANA's "
                             "4789); all hosts must agree on it.")
+    router: bool = Field(False, description="This host is the router of every VM network: it joins each "
+                         "network (also without a VM of it), takes <prefix>::1 on its bridge, announces "
+                         "itself as the default router, and may forward the /64s out (turn IPv6 forwarding "
+                         "on and route the prefixes to it). Any number of hosts may be routers.")
 
     upload_dir: Path = Field(Path("/var/www"), description="Where users upload files: one folder per user, "
                              "named as the user.")

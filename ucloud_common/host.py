@@ -38,6 +38,7 @@ class Host(Record):
     fenced: bool = False
     maintenance: bool = False  # set by an admin through the API: no new VMs while it is on
     storage_backends: tuple[str, ...] = ("local",)
+    router: bool = False  # it joins every VM network and routes it (UCLOUD_ROUTER): a peer of every network
 
 
 class HostAlive(Record):

@@ -177,11 +177,11 @@ class Agent:
         try:
             self._store.update(HOSTS, self.host.name, lambda h: h.evolve(
                 status=HostStatus.UP, address=self.host.address, capacity=self.host.capacity,
-                storage_backends=backends, down_since=None))
+                storage_backends=backends, down_since=None, router=self._settings.router))
         except NotFound:
             self._store.create(HOSTS, self.host.name, Host(
                 name=self.host.name, address=self.host.address, capacity=self.host.capacity,
-                storage_backends=backends))
+                storage_backends=backends, router=self._settings.router))
 
     def _fold(self, item: Snapshot[VM] | Change[VM]) -> None:
         if isinstance(item, Snapshot):

@@ -144,6 +144,19 @@ class HostNetwork:
             link = _ensure_link(ipr, tap, kind="tuntap", mode="tap", ifr={"no_pi": True})
             _converge(ipr, link, mtu=bridge.get("IFLA_MTU"), master=bridge["index"])
 
+    def ensure_address(self, vni: int, address: str) -> None:
+        """Network `vni`'s bridge holds `address` (with its prefix length): a router's gateway on
+        the network. HostNetError if the network is not ensured on this host."""
+        with self._netlink(f"address {address}") as ipr:
+            bridge = _link(ipr, bridge_name(vni))
+            if bridge is None:
+                raise HostNetError(f"network {vni} has no bridge on this host: ensure it before its address",
+                                   delay=RETRY_S)
+            ip, length = address.split("/")
+            held = {a.get("IFA_ADDRESS") for a in ipr.get_addr(index=bridge["index"])}
+            if str(ipaddress.ip_address(ip)) not in held:
+                ipr.addr("add", index=bridge["index"], address=ip, prefixlen=int(length))
+
     def remove_tap(self, tap: str) -> None:
         """Tap `tap` is gone (a QEMU holding it open keeps a dead fd); nothing if it was."""
         with self._netlink(f"tap {tap}") as ipr:

@@ -21,6 +21,7 @@ from ucloud_common.store import Store, StoreUnavailable
 from ucloud_vm.accel import choose
 from ucloud_vm.agent import Agent, HostSpec, machine_capacity
 from ucloud_vm.images import import_image
+from ucloud_common.network import NETWORKS
 from ucloud_vm.hostnet import HostNetwork, Underlay
 from ucloud_vm.qemu import QemuDriver
 from ucloud_vm.radvd import Radvd
@@ -75,7 +76,10 @@ def run(ctx: click.Context, hostname: str, address: str | None, run_dir: Path | 
     driver = QemuDriver(run_dir, accel, settings.qmp_timeout)
     networks = None
     if settings.underlay_device or settings.underlay_address:
-        networks = VMNetworks(store, hostname, HostNetwork(), Underlay.from_settings(settings), Radvd(run_dir / "radvd"))
+        routed = (lambda: {n.value.vxlan_id for n in store.list(NETWORKS).items.values()}) if settings.router \
+            else frozenset
+        networks = VMNetworks(store, hostname, HostNetwork(router_of=routed), Underlay.from_settings(settings),
+                              Radvd(run_dir / "radvd"), router=settings.router)
     else:
         logging.getLogger(__name__).warning("no underlay configured (UCLOUD_UNDERLAY_DEVICE, UCLOUD_UNDERLAY_ADDRESS): "
                                             "VM networks are records only on host %s, its QEMUs get no NIC", hostname)

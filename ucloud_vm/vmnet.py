@@ -1,11 +1,14 @@
 """The networks of this host's VMs: what `hostnet` must hold for them, derived from etcd.
 
 For each network with a VM here: the bridge and VXLAN device, with a head-end replication entry
-for every other host that has a VM of the network (its address as registered), a tap per NIC, and
-the network's /64 announced on the bridge by router advertisements (every host of a network
-announces it, with no default route: the /64 is on-link, and guests of one network reach each
-other on it; a router role that routes the /64s out is a host's configuration, not ucloud's yet).
-Everything is idempotent and found again by name after an agent restart.
+for every other host that has a VM of the network or is a router (its address as registered), a
+tap per NIC, and the network's /64 announced on the bridge by router advertisements — on-link only
+by a host that is not a router, so guests of one network reach each other on it.
+
+The router role is chosen by configuration (`UCLOUD_ROUTER`, recorded on the host): a router joins
+every network, VM or not, takes `<prefix>::1` on its bridge and announces itself as the default
+router; routing the /64s on to the outside (forwarding on, a route to the prefixes) is the
+operator's, as for any router. Everything is idempotent and found again by name after a restart.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import logging
 
 from ucloud_common.errors import PermanentError
 from ucloud_common.host import HOSTS
+from ucloud_common.ipv6 import check_prefix
 from ucloud_common.network import NETWORKS, Network
 from ucloud_common.store import AbstractStore
 from ucloud_common.vm import NIC, VM, VMS
@@ -26,12 +30,13 @@ log = logging.getLogger(__name__)
 
 class VMNetworks:
     def __init__(self, store: AbstractStore, host: str, devices: HostNetwork, underlay: Underlay,
-                 radvd: Radvd) -> None:
+                 radvd: Radvd, router: bool = False) -> None:
         self._store = store
         self._host = host
         self._devices = devices
         self._underlay = underlay
         self._radvd = radvd
+        self._router = router
 
     def plug(self, vm: VM) -> dict[str, str]:
         """Make this host ready for `vm`'s NICs; return MAC → tap for QEMU. A NIC whose network
@@ -74,9 +79,13 @@ class VMNetworks:
     def refresh(self) -> None:
         """Bring every network here up to date: peers as hosts come and go, networks without a
         tap removed, the announcements rewritten. Called now and then by the agent's monitor."""
+        networks = {n.value.vxlan_id: n.value for n in self._store.list(NETWORKS).items.values()}
+        if self._router:  # a router is on every network, with or without a VM of it here
+            for network in networks.values():
+                self._ensure(network)
         for vni, devices in self._devices.present().items():
-            network = self._network(vni)
-            if network is None or not devices.taps:
+            network = networks.get(vni)
+            if network is None or not (devices.taps or self._router):
                 log.info("network %s (VNI %d) has no VM on %s any more: removing it", network and network.uuid, vni,
                          self._host)
                 self._devices.remove(vni)
@@ -86,13 +95,15 @@ class VMNetworks:
 
     def _ensure(self, network: Network) -> None:
         self._devices.ensure(network.vxlan_id, self._peers(network.uuid), self._underlay)
+        if self._router and network.ipv6_prefix:
+            self._devices.ensure_address(network.vxlan_id, f"{check_prefix(network.ipv6_prefix)[1]}/64")
 
     def _peers(self, network: str) -> set[str]:
-        """The underlay addresses of the other hosts with a VM on `network`."""
-        hosts = {vm.value.host for vm in self._store.list(VMS).items.values()
-                 if vm.value.host and vm.value.host != self._host and any(n.network == network for n in vm.value.networks)}
-        found = (self._store.get(HOSTS, name) for name in sorted(hosts))
-        return {host.value.address for host in found if host is not None}
+        """The underlay addresses of the other hosts with a VM on `network`, and of the routers."""
+        with_vms = {vm.value.host for vm in self._store.list(VMS).items.values()
+                    if vm.value.host and any(n.network == network for n in vm.value.networks)}
+        return {host.value.address for host in self._store.list(HOSTS).items.values()
+                if host.name != self._host and (host.name in with_vms or host.value.router) and host.value.address}
 
     def _network(self, vni: int) -> Network | None:
         return next((n.value for n in self._store.list(NETWORKS).items.values() if n.value.vxlan_id == vni), None)
@@ -103,5 +114,5 @@ class VMNetworks:
         for vni, devices in present.items():
             network = self._network(vni)
             if network is not None and network.ipv6_prefix:
-                announcements[bridge_name(vni)] = Announcement(network.ipv6_prefix, devices.mtu)
+                announcements[bridge_name(vni)] = Announcement(network.ipv6_prefix, devices.mtu, self._router)
         self._radvd.apply(announcements)

@@ -51,7 +51,7 @@ def key(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def agents(lab: Lab, store: Store, settings: Settings, tmp_path: Path) -> Iterator[dict[str, tuple[str, Path]]]:
-    """Agents h1 and h2, each in its namespace: name → (namespace, run dir)."""
+    """Agents h1 (the router of every network) and h2, each in its namespace: name → (namespace, run dir)."""
     namespaces, addresses = lab.hosts(2)
     images = tmp_path / "images"
     images.mkdir()
@@ -59,10 +59,12 @@ def agents(lab: Lab, store: Store, settings: Settings, tmp_path: Path) -> Iterat
     stop = threading.Event()
     threads, hosts = [], {}
     for i, (netns, address) in enumerate(zip(namespaces, addresses), 1):
-        name, run_dir = f"h{i}", tmp_path / f"run{i}"
-        networks = VMNetworks(store, name, HostNetwork(netns=netns), Underlay(address=address),
-                              Radvd(run_dir / "radvd", netns=netns))
-        agent = Agent(store, settings, HostSpec(name, address, Specs(cpu=2, ram=2, ssd=10)),
+        name, run_dir, router = f"h{i}", tmp_path / f"run{i}", i == 1
+        routed = (lambda: {n.value.vxlan_id for n in store.list(NETWORKS).items.values()}) if router else frozenset
+        networks = VMNetworks(store, name, HostNetwork(netns=netns, router_of=routed), Underlay(address=address),
+                              Radvd(run_dir / "radvd", netns=netns), router=router)
+        agent = Agent(store, settings.model_copy(update={"router": router}),
+                      HostSpec(name, address, Specs(cpu=2, ram=2, ssd=10)),
                       QemuDriver(run_dir, "tcg", netns=netns), {"local": LocalStorage(images, tmp_path / f"disks{i}")},
                       networks)
         threads.append(threading.Thread(target=agent.run, args=(stop,), daemon=True))
@@ -107,9 +109,9 @@ def test_two_vms_of_one_network_on_two_hosts_reach_each_other_and_their_owner_lo
     for vm, host in ((a, "h1"), (b, "h2"), (c, "h2")):
         run_dir = agents[host][1]
         wait_for(lambda: (found := store.get(VMS, vm.uuid)) is not None and found.value.status is Status.RUNNING,
-                 60, f"{vm.uuid} RUNNING")
+                 120, f"{vm.uuid} RUNNING")
         # The guest took the address the API shows (SLAAC from the router advertisements of its host).
-        wait_for(lambda: f"ucloud-tiny: eth0 {address[vm.uuid]}" in serial(run_dir, vm.uuid), 90,
+        wait_for(lambda: f"ucloud-tiny: eth0 {address[vm.uuid]}" in serial(run_dir, vm.uuid), 150,
                  f"{vm.uuid} configured {address[vm.uuid]}")
     h1 = agents["h1"][0]
     # The owner logs into vm-a with their key, over the network's bridge on its host...
@@ -121,6 +123,10 @@ def test_two_vms_of_one_network_on_two_hosts_reach_each_other_and_their_owner_lo
     ping = subprocess.run(["ip", "netns", "exec", h1, *SSH, "-i", str(key), f"root@fe80::ff:fe42:a%{bridge_name(VNI)}",
                            f"ping -c 1 -W 5 {address['vm-b']}"], capture_output=True, text=True, timeout=60)
     assert ping.returncode == 0, ping.stdout + ping.stderr
+    # The router host (h1) holds the network's ::1: it reaches vm-b on h2 by the address the API shows.
+    routed = subprocess.run(["ip", "netns", "exec", h1, *SSH, "-i", str(key), f"root@{address['vm-b']}", "hostname"],
+                            capture_output=True, text=True, timeout=60)
+    assert routed.returncode == 0 and routed.stdout.strip() == "vm-b", routed.stderr
     # A VM of another network is out of reach, although on the same host as vm-b and in the same /64.
     isolated = subprocess.run(["ip", "netns", "exec", h1, *SSH, "-i", str(key), f"root@fe80::ff:fe42:a%{bridge_name(VNI)}",
                                f"ping -c 1 -W 3 {address['vm-c']}"], capture_output=True, text=True, timeout=60)
@@ -130,11 +136,11 @@ def test_two_vms_of_one_network_on_two_hosts_reach_each_other_and_their_owner_lo
     # attached again, hot-plugged with the same MAC, it is back at the same address. No reboot.
     nic = b.networks[0]
     store.update(VMS, "vm-b", lambda v: v.evolve(networks=()))
-    wait_for(lambda: "NIC 02:00:00:42:00:0b detached" in events(store, "vm-b"), 60, "the hot-unplug")
+    wait_for(lambda: "NIC 02:00:00:42:00:0b detached" in events(store, "vm-b"), 90, "the hot-unplug")
     assert subprocess.run(["ip", "netns", "exec", h1, *SSH, "-i", str(key), f"root@fe80::ff:fe42:a%{bridge_name(VNI)}",
                            f"ping -c 1 -W 3 {address['vm-b']}"], capture_output=True, timeout=60).returncode != 0
     store.update(VMS, "vm-b", lambda v: v.evolve(networks=(nic,)))
-    wait_for(lambda: "NIC 02:00:00:42:00:0b attached (network net1)" in events(store, "vm-b"), 60, "the hot-plug")
+    wait_for(lambda: "NIC 02:00:00:42:00:0b attached (network net1)" in events(store, "vm-b"), 90, "the hot-plug")
     wait_for(lambda: subprocess.run(["ip", "netns", "exec", h1, *SSH, "-i", str(key),
                                      f"root@fe80::ff:fe42:a%{bridge_name(VNI)}", f"ping -c 1 -W 3 {address['vm-b']}"],
                                     capture_output=True, timeout=60).returncode == 0, 60, "vm-b reachable again")
@@ -143,7 +149,12 @@ def test_two_vms_of_one_network_on_two_hosts_reach_each_other_and_their_owner_lo
 
     for vm in (a, b, c):
         store.update(VMS, vm.uuid, lambda v: v.evolve(requested=Requested.DELETED, generation=v.generation + 1))
-    wait_for(lambda: not store.list(VMS).items, 60, "both VMs deleted")
+    wait_for(lambda: not store.list(VMS).items, 60, "the VMs deleted")
+    # h2 let its networks go with its last VM; the router keeps them while they exist.
+    wait_for(lambda: "ucb" not in sh(agents["h2"][0], "ip", "-o", "link").stdout, 30, "no bridge left on h2")
+    assert bridge_name(VNI) in sh(agents["h1"][0], "ip", "-o", "link").stdout
+    for network in ("net1", "net2"):
+        store.delete(NETWORKS, network)
     for netns, _ in agents.values():
         wait_for(lambda: "ucb" not in sh(netns, "ip", "-o", "link").stdout, 30, f"no bridge left in {netns}")
         links = sh(netns, "ip", "-o", "link").stdout
