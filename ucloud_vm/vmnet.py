@@ -79,7 +79,7 @@ class VMNetworks:
     def refresh(self) -> None:
         """Bring every network here up to date: peers as hosts come and go, networks without a
         tap removed, the announcements rewritten. Called now and then by the agent's monitor."""
-        networks = {n.value.vxlan_id: n.value for n in self._store.list(NETWORKS).items.values()}
+        networks = self._networks()
         if self._router:  # a router is on every network, with or without a VM of it here
             for network in networks.values():
                 self._ensure(network)
@@ -105,14 +105,15 @@ class VMNetworks:
         return {host.value.address for host in self._store.list(HOSTS).items.values()
                 if host.name != self._host and (host.name in with_vms or host.value.router) and host.value.address}
 
-    def _network(self, vni: int) -> Network | None:
-        return next((n.value for n in self._store.list(NETWORKS).items.values() if n.value.vxlan_id == vni), None)
+    def _networks(self) -> dict[int, Network]:
+        """Every network, by VNI (one read of the family, not one per network here)."""
+        return {n.value.vxlan_id: n.value for n in self._store.list(NETWORKS).items.values()}
 
     def _announce(self) -> None:
-        present = self._devices.present()
+        networks = self._networks()
         announcements: dict[str, Announcement] = {}
-        for vni, devices in present.items():
-            network = self._network(vni)
+        for vni, devices in self._devices.present().items():
+            network = networks.get(vni)
             if network is not None and network.ipv6_prefix:
                 announcements[bridge_name(vni)] = Announcement(network.ipv6_prefix, devices.mtu, self._router)
         self._radvd.apply(announcements)
