@@ -27,9 +27,9 @@ def object_reply(obj: Versioned[Any], status: int = 200, body: dict[str, Any] | 
     return response
 
 
-def created_reply(created: Versioned[Any], location: str) -> Response:
-    """201 with the new object, its ETag and where it lives."""
-    response = object_reply(created, 201)
+def created_reply(created: Versioned[Any], location: str, body: dict[str, Any] | None = None) -> Response:
+    """201 with the new object (or `body`, how it is shown), its ETag and where it lives."""
+    response = object_reply(created, 201, body)
     response.headers["Location"] = location
     return response
 

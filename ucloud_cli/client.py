@@ -6,6 +6,7 @@ import configparser
 import json
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +22,10 @@ class CLIError(Exception):
     """One line for stderr, and the exit code: 1 the API refused, 2 bad usage or configuration,
     3 the API could not be reached."""
 
-    def __init__(self, message: str, code: int = 1) -> None:
+    def __init__(self, message: str, code: int = 1, http_status: int | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.http_status = http_status
 
 
 @dataclass(frozen=True)
@@ -55,11 +57,27 @@ class Client:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 text = response.read()
         except urllib.error.HTTPError as exc:
-            raise CLIError(_message(exc.code, exc.read())) from None
+            raise CLIError(_message(exc.code, exc.read()), http_status=exc.code) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise CLIError(f"cannot reach the API at {self.url}: {reason}", 3) from None
         return json.loads(text) if text else None
+
+    def find(self, collection: str, ref: str, what: str) -> dict[str, Any]:
+        """The `what` (VM, network) of `collection` whose uuid or name is `ref`. Names are unique per
+        owner, but an admin's listing spans owners: a name two of them use is refused, not guessed."""
+        try:
+            return self.request("GET", f"/{collection}/{urllib.parse.quote(ref, safe='')}")
+        except CLIError as exc:
+            if exc.http_status != 404:
+                raise
+        named = [item for item in self.request("GET", f"/{collection}") if item["name"] == ref]
+        if not named:
+            raise CLIError(f"{what} {ref!r} does not exist (no {what} has that uuid or name)")
+        if len(named) > 1:
+            owners = ", ".join(sorted(item["owner"] for item in named))
+            raise CLIError(f"{len(named)} {what}s are named {ref!r} (owners {owners}): give the uuid")
+        return named[0]
 
 
 def _message(status: int, text: bytes) -> str:

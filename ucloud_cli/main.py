@@ -109,7 +109,7 @@ def vm() -> None:
 @click.option("--image", required=True, help="The image's uuid.")
 @click.option("--storage", type=click.Choice(["local", "rbd"]), default="local", show_default=True)
 @click.option("--ssh-key", "ssh_keys", multiple=True, help="Name of one of your SSH keys (repeatable).")
-@click.option("--network", "networks", multiple=True, help="uuid of one of your networks (repeatable).")
+@click.option("--network", "networks", multiple=True, help="One of your networks, by name or uuid (repeatable).")
 @click.option("--anti-affinity", default=None, help="VMs of one group run on different hosts.")
 @click.option("--wait", is_flag=True, help="Follow the VM until it is RUNNING.")
 @click.option("--timeout", type=float, default=300, show_default=True, help="Seconds --wait waits.")
@@ -122,12 +122,12 @@ def vm_create(name: str, cpu: int, ram: float, ssd: int, hdd: int, image: str, s
 
     Example: ucloud vm create web1 --cpu 2 --ram 4 --ssd 20 --image tiny --wait
     """
+    api = client()
     body: dict[str, Any] = {"name": name, "specs": {"cpu": cpu, "ram": ram, "ssd": ssd, "hdd": hdd},
                             "image": image, "storage": storage, "ssh_keys": list(ssh_keys),
-                            "networks": list(networks)}
+                            "networks": [api.find("networks", ref, "network")["uuid"] for ref in networks]}
     if anti_affinity:
         body["anti_affinity"] = anti_affinity
-    api = client()
     created = api.request("POST", "/vms", body)
     if wait:
         created = follow(api, created, "RUNNING", timeout)
@@ -150,27 +150,29 @@ def vm_list(owner: str | None, host: str | None, status: str | None, fmt: str) -
 
 
 @vm.command("show")
-@click.argument("uuid")
+@click.argument("vm_ref", metavar="VM")
 @output_option
 @handle_errors
-def vm_show(uuid: str, fmt: str) -> None:
-    """Show a VM: its spec, what was requested, what is, its host and error.
+def vm_show(vm_ref: str, fmt: str) -> None:
+    """Show a VM (by name or uuid): its spec, what was requested, what is, its host, error and each
+    NIC's network, MAC and IPv6 address.
 
-    Example: ucloud vm show 3f1c…
+    Example: ucloud vm show web1
     """
-    show(client().request("GET", f"/vms/{uuid}"), fmt)
+    show(client().find("vms", vm_ref, "VM"), fmt)
 
 
 @vm.command("events")
-@click.argument("uuid")
+@click.argument("vm_ref", metavar="VM")
 @output_option
 @handle_errors
-def vm_events(uuid: str, fmt: str) -> None:
-    """What the scheduler and the agent did with a VM, and when.
+def vm_events(vm_ref: str, fmt: str) -> None:
+    """What the scheduler and the agent did with a VM (by name or uuid), and when.
 
-    Example: ucloud vm events 3f1c…
+    Example: ucloud vm events web1
     """
-    show(client().request("GET", f"/vms/{uuid}/events"), fmt, EVENT_COLUMNS)
+    api = client()
+    show(api.request("GET", f"/vms/{api.find('vms', vm_ref, 'VM')['uuid']}/events"), fmt, EVENT_COLUMNS)
 
 
 def _action(action: str) -> click.Command:
@@ -180,20 +182,20 @@ def _action(action: str) -> click.Command:
         "resume": "Resume a suspended VM.", "migrate": "Move a running VM to another host (admin).",
     }[action]
 
-    @click.argument("uuid")
+    @click.argument("vm_ref", metavar="VM")
     @click.option("--wait", is_flag=True, help=f"Follow the VM until it is {TARGETS[action]}.")
     @click.option("--timeout", type=float, default=300, show_default=True, help="Seconds --wait waits.")
     @output_option
     @handle_errors
-    def command(uuid: str, wait: bool, timeout: float, fmt: str, **options: Any) -> None:
+    def command(vm_ref: str, wait: bool, timeout: float, fmt: str, **options: Any) -> None:
         api = client()
         body = {"host": options["host"]} if options.get("host") else None
-        accepted = api.request("POST", f"/vms/{uuid}/{action}", body)
+        accepted = api.request("POST", f"/vms/{api.find('vms', vm_ref, 'VM')['uuid']}/{action}", body)
         if wait:
             accepted = follow(api, accepted, TARGETS[action], timeout)
         show(accepted, fmt)
 
-    command.__doc__ = f"{help_text}\n\nExample: ucloud vm {action} 3f1c… --wait"
+    command.__doc__ = f"{help_text} The VM by name or uuid.\n\nExample: ucloud vm {action} web1 --wait"
     if action == "migrate":
         command = click.option("--host", default=None, help="Target host [default: the scheduler chooses].")(command)
     return vm.command(action)(command)
@@ -204,16 +206,17 @@ for _name in TARGETS:
 
 
 @vm.command("delete")
-@click.argument("uuid")
+@click.argument("vm_ref", metavar="VM")
 @click.option("--wait", is_flag=True, help="Follow the VM until it is gone.")
 @click.option("--timeout", type=float, default=300, show_default=True, help="Seconds --wait waits.")
 @handle_errors
-def vm_delete(uuid: str, wait: bool, timeout: float) -> None:
-    """Delete a VM (its disk goes with it).
+def vm_delete(vm_ref: str, wait: bool, timeout: float) -> None:
+    """Delete a VM, by name or uuid (its disk goes with it).
 
-    Example: ucloud vm delete 3f1c… --wait
+    Example: ucloud vm delete web1 --wait
     """
     api = client()
+    uuid = api.find("vms", vm_ref, "VM")["uuid"]
     accepted = api.request("DELETE", f"/vms/{uuid}")
     if wait and accepted is not None:
         follow(api, accepted, None, timeout)
@@ -283,53 +286,61 @@ def network_list(fmt: str) -> None:
 
 
 @network.command("show")
-@click.argument("uuid")
+@click.argument("network_ref", metavar="NETWORK")
 @output_option
 @handle_errors
-def network_show(uuid: str, fmt: str) -> None:
-    """Show a network.
+def network_show(network_ref: str, fmt: str) -> None:
+    """Show a network, by name or uuid.
 
-    Example: ucloud network show 8a2e…
+    Example: ucloud network show backend
     """
-    show(client().request("GET", f"/networks/{uuid}"), fmt)
+    show(client().find("networks", network_ref, "network"), fmt)
 
 
 @network.command("delete")
-@click.argument("uuid")
+@click.argument("network_ref", metavar="NETWORK")
 @handle_errors
-def network_delete(uuid: str) -> None:
-    """Delete a network no VM is attached to.
+def network_delete(network_ref: str) -> None:
+    """Delete a network (by name or uuid) no VM is attached to.
 
-    Example: ucloud network delete 8a2e…
+    Example: ucloud network delete backend
     """
-    client().request("DELETE", f"/networks/{uuid}")
+    api = client()
+    uuid = api.find("networks", network_ref, "network")["uuid"]
+    api.request("DELETE", f"/networks/{uuid}")
     click.echo(f"network {uuid} deleted")
 
 
 @network.command("attach")
-@click.argument("uuid")
-@click.argument("vm_uuid")
+@click.argument("network_ref", metavar="NETWORK")
+@click.argument("vm_ref", metavar="VM")
 @output_option
 @handle_errors
-def network_attach(uuid: str, vm_uuid: str, fmt: str) -> None:
-    """Attach a VM to a network (a new NIC with its own MAC).
+def network_attach(network_ref: str, vm_ref: str, fmt: str) -> None:
+    """Attach a VM to a network (a new NIC with its own MAC) (each by name or uuid).
 
-    Example: ucloud network attach 8a2e… 3f1c…
+    Example: ucloud network attach backend web1
     """
-    show(client().request("POST", f"/networks/{uuid}/attach", {"vm": vm_uuid}), fmt)
+    _network_change(network_ref, vm_ref, "attach", fmt)
 
 
 @network.command("detach")
-@click.argument("uuid")
-@click.argument("vm_uuid")
+@click.argument("network_ref", metavar="NETWORK")
+@click.argument("vm_ref", metavar="VM")
 @output_option
 @handle_errors
-def network_detach(uuid: str, vm_uuid: str, fmt: str) -> None:
-    """Detach a VM from a network.
+def network_detach(network_ref: str, vm_ref: str, fmt: str) -> None:
+    """Detach a VM from a network (each by name or uuid).
 
-    Example: ucloud network detach 8a2e… 3f1c…
+    Example: ucloud network detach backend web1
     """
-    show(client().request("POST", f"/networks/{uuid}/detach", {"vm": vm_uuid}), fmt)
+    _network_change(network_ref, vm_ref, "detach", fmt)
+
+
+def _network_change(network_ref: str, vm_ref: str, verb: str, fmt: str) -> None:
+    api = client()
+    uuid = api.find("networks", network_ref, "network")["uuid"]
+    show(api.request("POST", f"/networks/{uuid}/{verb}", {"vm": api.find("vms", vm_ref, "VM")["uuid"]}), fmt)
 
 
 # -- images and files -----------------------------------------------------------------------------

@@ -123,9 +123,27 @@ def test_networks_keys_images_files(cluster: Cluster, home: Path, tmp_path: Path
     attached = as_json(ucloud(home, "network", "attach", net["uuid"], vm["uuid"], "-o", "json", cluster=cluster))
     assert attached["networks"][0]["network"] == net["uuid"]
     assert "detach it first" in one_error_line(ucloud(home, "network", "delete", net["uuid"], cluster=cluster), 1)
-    ok(ucloud(home, "network", "detach", net["uuid"], vm["uuid"], cluster=cluster))
+    # Names work wherever a uuid does.
+    ok(ucloud(home, "network", "detach", "n1", "netvm", cluster=cluster))
+    assert as_json(ucloud(home, "vm", "show", "netvm", "-o", "json", cluster=cluster))["networks"] == []
+    ok(ucloud(home, "vm", "delete", "netvm", "--wait", cluster=cluster))
+    named = as_json(ucloud(home, "vm", "create", "netvm2", "--ram", "0.25", "--ssd", "1", "--image", "tiny",
+                           "--network", "n1", "-o", "json", cluster=cluster))
+    assert [nic["network"] for nic in named["networks"]] == [net["uuid"]]
+    assert named["networks"][0]["ipv6"].startswith("2001:db8:7:0:")
+    assert "network 'n2' does not exist" in one_error_line(
+        ucloud(home, "vm", "create", "netvm3", "--image", "tiny", "--network", "n2", cluster=cluster), 1)
+    ok(ucloud(home, "vm", "delete", "netvm2", "--wait", cluster=cluster))
+    # An admin sees every owner's networks: a name two owners use is refused, not guessed.
+    erin = as_json(ucloud(home, "user", "create", "erin", "-o", "json", cluster=cluster))
+    ok(ucloud(home, "network", "create", "n1", cluster=cluster, token=erin["token"]))
+    assert "2 networks are named 'n1' (owners admin, erin): give the uuid" in one_error_line(
+        ucloud(home, "network", "show", "n1", cluster=cluster), 1)
+    assert as_json(ucloud(home, "network", "show", "n1", "-o", "json", cluster=cluster,
+                          token=erin["token"]))["owner"] == "erin"
+    assert "deleted" in ok(ucloud(home, "network", "delete", "n1", cluster=cluster, token=erin["token"]))
     assert "deleted" in ok(ucloud(home, "network", "delete", net["uuid"], cluster=cluster))
-    ok(ucloud(home, "vm", "delete", vm["uuid"], "--wait", cluster=cluster))
+    ok(ucloud(home, "user", "delete", "erin", cluster=cluster))
 
     key_file = tmp_path / "id.pub"
     key_file.write_text(ED25519 + "\n")

@@ -21,6 +21,7 @@ from ucloud_api.idempotency import idempotent
 from ucloud_api.naming import create_named, new_nic
 from ucloud_api.replies import check_if_match, created_reply, dump, lookup_own, object_reply, store
 from ucloud_api.schemas import Attachment, NetworkCreate
+from ucloud_api.views.vms import shown_one
 from ucloud_common.claim import IPV6_PREFIXES, MACS, NETWORK_NAMES, VXLAN_IDS, Claim, mac_claim, owned, prefix_claim
 from ucloud_common.ipv6 import random_subnet
 from ucloud_common.network import NETWORKS, Network
@@ -141,7 +142,7 @@ def _change_attachment(uuid: str, change: AttachmentChange) -> Response:
             ])
         except Conflict:
             continue
-        return object_reply(Versioned(vm.name, new_vm, revision, vm.create_revision), 202)
+        return object_reply(Versioned(vm.name, new_vm, revision, vm.create_revision), 202, shown_one(new_vm))
     raise APIError(409, "busy", "the VM or network kept changing; retry the request")
 
 

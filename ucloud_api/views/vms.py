@@ -84,7 +84,7 @@ def create() -> Response:
         return vm, writes
 
     created = create_named(VMS, VM_NAMES, caller.name, body.name, uuid, make, "VM")
-    return created_reply(created, f"/api/v1/vms/{uuid}")
+    return created_reply(created, f"/api/v1/vms/{uuid}", shown_one(created.value))
 
 
 @bp.get("")
@@ -110,9 +110,7 @@ def list_() -> Response:
 @bp.get("/<uuid>")
 def get(uuid: str) -> Response:
     vm = lookup_own(VMS, uuid, f"VM {uuid}")
-    networks = (store().get(NETWORKS, nic.network) for nic in vm.value.networks)
-    prefixes = {n.name: n.value.ipv6_prefix for n in networks if n is not None}
-    return object_reply(vm, body={**shown(vm.value, prefixes), "events": _events(uuid)[-EVENTS_SHOWN:]})
+    return object_reply(vm, body={**shown_one(vm.value), "events": _events(uuid)[-EVENTS_SHOWN:]})
 
 
 def shown(vm: VM, prefixes: dict[str, str]) -> dict[str, Any]:
@@ -123,6 +121,12 @@ def shown(vm: VM, prefixes: dict[str, str]) -> dict[str, Any]:
         prefix = prefixes.get(nic["network"], "")
         nic["ipv6"] = slaac_address(prefix, nic["mac"]) if prefix else None
     return body
+
+
+def shown_one(vm: VM) -> dict[str, Any]:
+    """`shown`, reading only this VM's networks: every answer that is a VM looks the same."""
+    networks = (store().get(NETWORKS, nic.network) for nic in vm.networks)
+    return shown(vm, {n.name: n.value.ipv6_prefix for n in networks if n is not None})
 
 
 @bp.get("/<uuid>/events")
@@ -177,7 +181,7 @@ def _act(uuid: str, action: Action) -> Response:
             if conditional:
                 raise APIError(412, "precondition_failed", "the VM changed; read it again") from None
             continue
-        return object_reply(written, 202)
+        return object_reply(written, 202, shown_one(written.value))
     raise APIError(409, "busy", "the VM kept changing; retry the request")
 
 
