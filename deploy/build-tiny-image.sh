@@ -139,8 +139,10 @@ nics() {
         now=""
         for dev in /sys/class/net/*; do
             nic=${dev##*/}
-            [ "$(cat "$dev/type")" = 1 ] || continue               # ARPHRD_ETHER only
-            if [ $(( $(cat "$dev/flags") & 1 )) = 0 ]; then        # not IFF_UP yet
+            # A NIC may go (hot-unplug) between the listing and the reads: skip it, never stop the loop.
+            type=$(cat "$dev/type" 2>/dev/null) && flags=$(cat "$dev/flags" 2>/dev/null) || continue
+            [ "$type" = 1 ] || continue                            # ARPHRD_ETHER only
+            if [ $(( flags & 1 )) = 0 ]; then                      # not IFF_UP yet
                 for setting in $settings; do echo "${setting#*=}" > "/proc/sys/net/ipv6/conf/$nic/${setting%=*}"; done
                 ip link set "$nic" up && echo "ucloud-tiny: $nic up $(cat "$dev/address")"
             fi

@@ -21,6 +21,22 @@ export UCLOUD_RUN_DIR=$state/run UCLOUD_IMAGE_DIR=$state/images UCLOUD_DISK_DIR=
 export UCLOUD_PROBE_IMAGE_DIR=$state/tiny
 bin=$repo/.venv/bin
 host=local
+# VM networks need an underlay: by default this machine's own, the device and address of its default
+# route. With one host there is no VXLAN peer; the host is the router of every network (it holds
+# <prefix>::1 on the bridge), so you reach the VMs from this machine.
+if [ -z "${UCLOUD_UNDERLAY_DEVICE:-}${UCLOUD_UNDERLAY_ADDRESS:-}" ]; then
+    read -r UCLOUD_UNDERLAY_DEVICE UCLOUD_UNDERLAY_ADDRESS < <({ ip -o route get 1.1.1.1 || ip -o route get 2001:db8::1; } \
+        2>/dev/null | sed -n 's/.* dev \([^ ]*\).* src \([^ ]*\).*/\1 \2/p') || true
+    if [ -z "${UCLOUD_UNDERLAY_ADDRESS:-}" ]; then
+        echo "this machine has no default route: set UCLOUD_UNDERLAY_DEVICE and UCLOUD_UNDERLAY_ADDRESS" >&2
+        exit 1
+    fi
+fi
+export UCLOUD_UNDERLAY_DEVICE UCLOUD_UNDERLAY_ADDRESS UCLOUD_ROUTER=${UCLOUD_ROUTER:-true}
+export UCLOUD_API_URL=$api
+ucloud=$bin/ucloud
+key=$state/id_ed25519
+ssh_options=(-i "$key" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR)
 
 # api METHOD PATH [JSON]: call the API as the admin; prints the answer's body.
 api() {
@@ -28,6 +44,7 @@ api() {
         ${3:+--data "$3"} "$api$2"
 }
 json() { "$bin/python" -c "import json, sys; print(json.load(sys.stdin)$1)"; }
+names() { "$bin/python" -c "import json, sys; print(*(item['name'] for item in json.load(sys.stdin)), sep='\n')"; }
 
 case ${1:-} in
 up)
@@ -47,19 +64,32 @@ up)
     start_daemon ucloud-vm "$state" "api GET /api/v1/hosts/$host | json '[\"alive\"]' | grep -q True" \
         "$bin/ucloud-vm" run --hostname "$host"
 
-    # The demo VM: created once, then started if it is not running.
-    uuid=$(api GET /api/v1/vms | "$bin/python" -c "import json,sys; print(next((v['uuid'] for v in json.load(sys.stdin) if v['name'] == 'demo'), ''))")
-    if [ -z "$uuid" ]; then
-        uuid=$(api POST /api/v1/vms '{"name": "demo", "specs": {"cpu": 1, "ram": 0.25, "ssd": 1}, "image": "tiny"}' | json '["uuid"]')
+    # The demo: your SSH key (made once, kept in $state), a network and a VM on it with your key,
+    # each created once; a demo VM of an older `up` joins the network, and is started if it is not.
+    export UCLOUD_TOKEN=$(cat "$state/admin.token")
+    [ -s "$key" ] || ssh-keygen -q -t ed25519 -N '' -C "ucloud local demo" -f "$key"
+    "$ucloud" ssh-key list -o json | names | grep -qx local || "$ucloud" ssh-key add local "$key.pub"
+    "$ucloud" network show demo >/dev/null 2>&1 || "$ucloud" network create demo >/dev/null
+    if ! "$ucloud" vm show demo >/dev/null 2>&1; then
+        "$ucloud" vm create demo --image tiny --cpu 1 --ram 0.25 --ssd 1 --network demo --ssh-key local >/dev/null
     fi
+    [ "$("$ucloud" vm show demo -o json | json '["networks"]')" != "[]" ] ||
+        "$ucloud" network attach demo demo >/dev/null
+    [ "$("$ucloud" vm show demo -o json | json '["status"]')" != STOPPED ] || "$ucloud" vm start demo >/dev/null
     for _ in $(seq 300); do
-        vm_status=$(api GET "/api/v1/vms/$uuid" | json '["status"]')
+        "$ucloud" vm show demo -o json > "$state/demo.json"
+        vm_status=$(json '["status"]' < "$state/demo.json")
         [ "$vm_status" = RUNNING ] && break
-        [ "$vm_status" = STOPPED ] && api POST "/api/v1/vms/$uuid/start" >/dev/null
         sleep 0.2
     done
+    uuid=$(json '["uuid"]' < "$state/demo.json")
+    address=$(json '["networks"][0]["ipv6"]' < "$state/demo.json")
     serial=$state/run/$host/vms/$uuid/serial.log
-    for _ in $(seq 300); do grep -q "ucloud-tiny: booted" "$serial" 2>/dev/null && break; sleep 0.2; done
+    # Up when the guest took its address and its SSH server answers (SLAAC and dropbear: seconds).
+    for _ in $(seq 120); do
+        ssh "${ssh_options[@]}" -o ConnectTimeout=2 "root@$address" true 2>/dev/null && break
+        sleep 0.5
+    done
     cat <<EOT
 
 ucloud runs on this machine:
@@ -69,10 +99,13 @@ ucloud runs on this machine:
   host agent  host "$host" (log in $state/ucloud-vm.log)
   admin token $state/admin.token
 
-The VM "demo" ($uuid) is $vm_status; its serial console ($serial) says:
-  $(grep -a "ucloud-tiny" "$serial" | tail -n 1)
+The VM "demo" ($uuid) is $vm_status, on network "demo" at $address; its serial console
+($serial) says:
+$(grep -a "ucloud-tiny" "$serial" | tail -n 3 | sed 's/^/  /')
 
-Try:  curl -H "Authorization: Bearer \$(cat $state/admin.token)" $api/api/v1/vms/$uuid
+Log into it:  ssh -i $key root@$address
+Use the CLI:  export UCLOUD_API_URL=$api UCLOUD_TOKEN=\$(cat $state/admin.token)
+              $ucloud vm show demo
 Stop everything with: ${UCLOUD_LOCAL_DIR:+UCLOUD_LOCAL_DIR=$state }bash $repo/deploy/local.sh down
 EOT
     ;;

@@ -3,8 +3,8 @@
 Field families and their one writer each: the spec (`owner`, `name`, `specs`, `image`, `networks`,
 `ssh_keys`, `storage`) and the request (`requested`, `generation`, `reboot_generation`,
 `migrate_to`) belong to the API; placement (`hostname`) to the scheduler; what is true (`status`,
-`observed_generation`, `error`, `restarts`, `started_at`, `disk_clients`, `deadline`, `console`) to the scheduler and the agent, as
-`states.TRANSITIONS` allows.
+`observed_generation`, `error`, `restarts`, `started_at`, `disk_clients`, `deadline`, `nic_errors`) to the
+scheduler and the agent, as `states.TRANSITIONS` allows.
 """
 
 from __future__ import annotations
@@ -52,6 +52,10 @@ class VM(Record):
     # backoff before a restart (KILLED after a crash), the next attempt at a failed deletion.
     deadline: datetime | None = None
     networks: tuple[NIC, ...] = ()
+    # NICs of `networks` the agent could not give the VM, by MAC, with the reason (a network gone,
+    # a MAC another VM has, an underlay that does not work): the VM runs without them, and they are
+    # tried again at its next start.
+    nic_errors: dict[str, str] = Field(default_factory=dict)
     ssh_keys: tuple[str, ...] = ()
     anti_affinity: str = ""
 

@@ -16,7 +16,7 @@ import os
 import shutil
 import threading
 import uuid as uuidlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -48,7 +48,7 @@ from ucloud_common.store import (
 )
 from ucloud_common.supervise import Supervisor
 from ucloud_common.vm import VMS, VM
-from ucloud_vm.cidata import hostname_for, seed_files
+from ucloud_common.cidata import hostname_for, seed_files
 from ucloud_vm.decide import Act, Seen, Step, decide
 from ucloud_vm.driver import LIVE, Hypervisor, RunState
 from ucloud_vm.storage import StorageBackend, StorageError
@@ -226,7 +226,8 @@ class Agent:
             mine = [vm for vm in self._mine.values() if vm.status in MONITORED]
         now = utcnow()
         for vm in mine:
-            step = decide(vm, Seen(self._driver.observe(vm.uuid)), now, self._settings)
+            step = decide(vm, Seen(self._driver.observe(vm.uuid), networked=self._networks is not None), now,
+                          self._settings)
             if step.writes() or step.act is not Act.NOTHING:
                 self._workers.submit(vm.uuid)
 
@@ -263,15 +264,24 @@ class Agent:
             except Conflict:  # the VM changed since it was read: never act on a stale decision
                 return Step(note="changed meanwhile; deciding again", look_again=0)
         try:
-            self._act(current.value, step)
+            failed_nics = self._act(current.value, step)
         except PermanentError as exc:
-            if step.act not in _PERMANENT_WHEN_FAILED:
+            if step.act is Act.PLUG:  # the VM runs on without this NIC; it is tried again at its next start
+                failed_nics = {step.nic: exc.reason}
+                step = replace(step, event=f"NIC {step.nic} not attached: {exc.reason}")
+            elif step.act in _PERMANENT_WHEN_FAILED:
+                return self._failed(current, step, exc)
+            else:
                 raise
-            return self._failed(current, step, exc)
         except TemporaryError as exc:
             if step.act is Act.START:  # not a crash: the next look starts it again after the delay
                 self._record(current, Step(fields={"deadline": utcnow() + timedelta(seconds=exc.delay)}))
             raise
+        if failed_nics:
+            current = self._record(current, Step(fields={"nic_errors": {**current.value.nic_errors, **failed_nics}}))
+            if step.act is Act.START:
+                step = replace(step, event=step.event + "".join(f"; without NIC {mac}: {reason}"
+                                                                for mac, reason in failed_nics.items()))
         if step.confirm:
             self._record(current, Step(fields=step.confirm), step.event)
         elif step.event and not with_record:
@@ -289,7 +299,8 @@ class Agent:
                   and self._host_fenced())
         return Seen(run, fenced, networked=self._networks is not None)
 
-    def _act(self, vm: VM, step: Step) -> None:
+    def _act(self, vm: VM, step: Step) -> dict[str, str]:
+        """Carry out `step`; return the NICs (MAC → reason) the VM could not be given."""
         if step.act in (Act.CREATE_DISK, Act.START):
             backend = self._storage.get(vm.storage)
             if backend is None:
@@ -297,9 +308,10 @@ class Agent:
             backend.create(vm)
             if step.act is Act.START:
                 # A VM requested SUSPENDED starts with its CPUs stopped: its guest never runs a cycle.
-                nics = self._networks.plug(vm) if self._networks else {}
+                nics, failed = self._networks.plug(vm) if self._networks else ({}, {})
                 self._driver.start(vm, backend.drive(vm), paused=vm.requested is Requested.SUSPENDED,
                                    seed=seed_files(vm, hostname_for(vm.name), vm.networks), nics=nics)
+                return failed
         elif step.act is Act.DELETE:
             self._delete(vm)
         elif step.act is Act.PLUG and self._networks:
@@ -310,6 +322,7 @@ class Agent:
         elif step.act is not Act.NOTHING:
             {Act.PAUSE: self._driver.pause, Act.RESUME: self._driver.resume, Act.RESET: self._driver.reset,
              Act.POWERDOWN: self._driver.powerdown, Act.KILL: self._driver.kill}[step.act](vm.uuid)
+        return {}
 
     def _failed(self, current: Versioned[VM], step: Step, exc: Exception) -> Step:
         """A start, a disk or a deletion failed for good: ERROR with the reason (a deletion is

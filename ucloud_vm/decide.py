@@ -238,15 +238,27 @@ def _with_process(vm: VM, seen: Seen, now: datetime, settings: Settings) -> Step
     return _nics(vm, seen)
 
 
+NO_UNDERLAY = "this host has no VM networking (no underlay configured: UCLOUD_UNDERLAY_DEVICE, UCLOUD_UNDERLAY_ADDRESS)"
+
+
 def _nics(vm: VM, seen: Seen) -> Step:
     """A running VM's NICs follow its record (attach and detach through the API), one at a time:
-    one too many is unplugged first, then one missing is plugged."""
-    if not seen.networked or seen.run.nics is None:
-        return Step()
+    one too many is unplugged first, then one missing is plugged — unless it failed for good
+    (`nic_errors`): that one waits for the VM's next start."""
     wanted = {nic.mac: nic.network for nic in vm.networks}
+    if not seen.networked:  # said on each NIC, not only in the host's log
+        unserved = dict.fromkeys(wanted, NO_UNDERLAY)
+        if vm.nic_errors != unserved:
+            return Step(fields={"nic_errors": unserved}, note="this host gives no NICs", look_again=0)
+        return Step()
+    if seen.run.nics is None:
+        return Step()
+    failed = {mac: reason for mac, reason in vm.nic_errors.items() if mac in wanted}
+    if failed != vm.nic_errors:
+        return Step(fields={"nic_errors": failed}, note="forgot the failures of NICs detached since", look_again=0)
     for mac in sorted(seen.run.nics - wanted.keys()):
         return Step(Act.UNPLUG, event=f"NIC {mac} detached", nic=mac)
-    for mac in sorted(wanted.keys() - seen.run.nics):
+    for mac in sorted(wanted.keys() - seen.run.nics - failed.keys()):  # a failed one waits for the next start
         return Step(Act.PLUG, event=f"NIC {mac} attached (network {wanted[mac]})", nic=mac)
     return Step()
 
@@ -290,8 +302,8 @@ def _stopped(vm: VM, event: str) -> Step:
 
 def _start(vm: VM, restarts: int, event: str) -> Step:
     # Look again at once: the next look sees the process and records RUNNING (or SUSPENDED).
-    return Step(Act.START, S.STARTING, {"restarts": restarts, "started_at": None, "deadline": None}, event,
-                look_again=0)
+    return Step(Act.START, S.STARTING, {"restarts": restarts, "started_at": None, "deadline": None, "nic_errors": {}},
+                event, look_again=0)
 
 
 def _in_a_row(vm: VM, now: datetime, settings: Settings) -> int:

@@ -93,7 +93,8 @@ class Hypervisor(Protocol):
 
     def plug(self, uuid: str, mac: str, tap: str) -> None:
         """Hot-plug a virtio NIC with `mac` on `tap` (made beforehand) into the running VM; the
-        guest sees a new PCI device. Idempotent for a NIC already there. DriverTimeout as above."""
+        guest sees a new PCI device. Idempotent for a NIC already there. DriverTimeout as above;
+        DriverError if the hypervisor refuses the NIC (the VM runs on without it)."""
         ...
 
     def unplug(self, uuid: str, mac: str) -> None:

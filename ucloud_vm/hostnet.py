@@ -112,6 +112,14 @@ class HostNetwork:
         self.router_of = router_of
         self._lock = threading.Lock()
 
+    def check(self, underlay: Underlay) -> str:
+        """Say which device and address `underlay` resolves to here, with the MTU VM networks get;
+        `UnderlayError` if it cannot work (an agent checks this before it serves)."""
+        with self._netlink("the underlay") as ipr:
+            local = _resolve(ipr, underlay)
+            device = ipr.link("get", index=local.index)[0].get_attr("IFLA_IFNAME")
+        return f"{device} {local.address} (VM networks get MTU {local.overlay_mtu})"
+
     def ensure(self, vni: int, peers: Iterable[str], underlay: Underlay) -> NetworkDevices:
         """Network `vni` exists here, up, with VXLAN over `underlay` to exactly `peers` (other hosts'
         underlay addresses; this host's own is ignored), and the isolation rules include it. A VXLAN

@@ -22,7 +22,7 @@ from ucloud_vm.accel import choose
 from ucloud_vm.agent import Agent, HostSpec, machine_capacity
 from ucloud_vm.images import import_image
 from ucloud_common.network import NETWORKS
-from ucloud_vm.hostnet import HostNetwork, Underlay
+from ucloud_vm.hostnet import HostNetwork, Underlay, UnderlayError
 from ucloud_vm.qemu import QemuDriver
 from ucloud_vm.radvd import Radvd
 from ucloud_vm.vmnet import VMNetworks
@@ -78,8 +78,12 @@ def run(ctx: click.Context, hostname: str, address: str | None, run_dir: Path | 
     if settings.underlay_device or settings.underlay_address:
         routed = (lambda: {n.value.vxlan_id for n in store.list(NETWORKS).items.values()}) if settings.router \
             else frozenset
-        networks = VMNetworks(store, hostname, HostNetwork(router_of=routed), Underlay.from_settings(settings),
-                              Radvd(run_dir / "radvd"), router=settings.router)
+        devices, underlay = HostNetwork(router_of=routed), Underlay.from_settings(settings)
+        try:  # a wrong underlay is a configuration error: said now, not as every VM's NIC error
+            logging.getLogger(__name__).info("VM networks on host %s over %s", hostname, devices.check(underlay))
+        except UnderlayError as exc:
+            raise click.ClickException(str(exc)) from None
+        networks = VMNetworks(store, hostname, devices, underlay, Radvd(run_dir / "radvd"), router=settings.router)
     else:
         logging.getLogger(__name__).warning("no underlay configured (UCLOUD_UNDERLAY_DEVICE, UCLOUD_UNDERLAY_ADDRESS): "
                                             "VM networks are records only on host %s, its QEMUs get no NIC", hostname)

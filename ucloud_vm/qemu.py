@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from qemu.qmp import QMPClient, QMPError
+from qemu.qmp import ExecuteError, QMPClient, QMPError
 
 from ucloud_common.vm import VM
 from ucloud_vm.cidata import build_seed, drive_options
@@ -264,10 +264,13 @@ class QemuDriver:
                 await asyncio.wait_for(client.execute("netdev_del", {"id": f"net{name}"}), self._timeout)
             except QMPError:
                 pass
-            await asyncio.wait_for(client.execute("netdev_add", {"type": "tap", "id": f"net{name}", "ifname": tap,
-                                                                 "script": "no", "downscript": "no"}), self._timeout)
-            await asyncio.wait_for(client.execute("device_add", {"driver": "virtio-net-pci", "id": f"nic{name}",
-                                                                 "netdev": f"net{name}", "mac": mac}), self._timeout)
+            try:
+                await asyncio.wait_for(client.execute("netdev_add", {
+                    "type": "tap", "id": f"net{name}", "ifname": tap, "script": "no", "downscript": "no"}), self._timeout)
+                await asyncio.wait_for(client.execute("device_add", {
+                    "driver": "virtio-net-pci", "id": f"nic{name}", "netdev": f"net{name}", "mac": mac}), self._timeout)
+            except ExecuteError as exc:  # QEMU said no (e.g. the tap is busy): asking again will not help
+                raise DriverError(f"QEMU refused the NIC: {exc}") from None
 
         session(self._paths(uuid), "device_add", add, self._timeout)
 

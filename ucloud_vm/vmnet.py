@@ -21,11 +21,15 @@ from ucloud_common.ipv6 import check_prefix
 from ucloud_common.network import NETWORKS, Network
 from ucloud_common.store import AbstractStore
 from ucloud_common.vm import NIC, VM, VMS
-from ucloud_vm.hostnet import HostNetwork, Underlay
+from ucloud_vm.hostnet import HostNetwork, Underlay, UnderlayError
 from ucloud_vm.netnames import bridge_name, tap_name
 from ucloud_vm.radvd import Announcement, Radvd
 
 log = logging.getLogger(__name__)
+
+
+class NICError(PermanentError):
+    """A NIC this host cannot give its VM; the VM runs without it (`VM.nic_errors`)."""
 
 
 class VMNetworks:
@@ -37,21 +41,28 @@ class VMNetworks:
         self._underlay = underlay
         self._radvd = radvd
         self._router = router
+        self._problems: set[str] = set()  # what the last refresh could not do
 
-    def plug(self, vm: VM) -> dict[str, str]:
-        """Make this host ready for `vm`'s NICs; return MAC → tap for QEMU. A NIC whose network
-        no longer exists is left out (with a log line): the API detaches NICs before deleting."""
-        nics = {nic.mac: self._tap(vm, nic) for nic in vm.networks}
+    def plug(self, vm: VM) -> tuple[dict[str, str], dict[str, str]]:
+        """Make this host ready for `vm`'s NICs, before its start: MAC → tap for QEMU, and MAC →
+        reason for each NIC it cannot have (`NICError`; the VM starts without those)."""
+        taps, failed = {}, {}
+        for nic in vm.networks:
+            try:
+                taps[nic.mac] = self._tap(vm, nic)
+            except NICError as exc:
+                log.warning("vm=%s: NIC %s left out: %s", vm.uuid, nic.mac, exc)
+                failed[nic.mac] = exc.reason
         self._announce()
-        return {mac: tap for mac, tap in nics.items() if tap}
+        return taps, failed
 
     def plug_nic(self, vm: VM, mac: str) -> str:
-        """Make this host ready for one NIC of `vm` (hot-plug); return its tap. PermanentError if
-        the VM has no such NIC or its network is gone."""
+        """Make this host ready for one NIC of `vm` (hot-plug); return its tap. `NICError` if it
+        cannot be: the VM has no such NIC, or see `_tap`."""
         nic = next((n for n in vm.networks if n.mac == mac), None)
-        tap = self._tap(vm, nic) if nic else ""
-        if not tap:
-            raise PermanentError(f"no NIC {mac} on a network of VM {vm.uuid}")
+        if nic is None:
+            raise NICError(f"VM {vm.uuid} has no NIC {mac}")
+        tap = self._tap(vm, nic)
         self._announce()
         return tap
 
@@ -61,11 +72,21 @@ class VMNetworks:
         self.refresh()
 
     def _tap(self, vm: VM, nic: NIC) -> str:
+        """The NIC's network made here, and its tap in it. `NICError` if its network is gone (the
+        API detaches NICs before it deletes a network, so only a race or a hand-edited record
+        gets here), another VM has its MAC (one tap per MAC, and one MAC per link), or the
+        underlay does not work."""
         network = self._store.get(NETWORKS, nic.network)
         if network is None:
-            log.warning("vm=%s: network %s is gone; its NIC %s is left out", vm.uuid, nic.network, nic.mac)
-            return ""
-        self._ensure(network.value)
+            raise NICError(f"network {nic.network} does not exist")
+        twin = next((other.name for other in self._store.list(VMS).items.values() if other.name != vm.uuid
+                     and any(n.mac == nic.mac for n in other.value.networks)), None)
+        if twin is not None:
+            raise NICError(f"MAC {nic.mac} is also a NIC of VM {twin}")
+        try:
+            self._ensure(network.value)
+        except UnderlayError as exc:
+            raise NICError(str(exc)) from None
         self._devices.ensure_tap(network.value.vxlan_id, tap_name(nic.mac))
         return tap_name(nic.mac)
 
@@ -80,9 +101,10 @@ class VMNetworks:
         """Bring every network here up to date: peers as hosts come and go, networks without a
         tap removed, the announcements rewritten. Called now and then by the agent's monitor."""
         networks = self._networks()
+        problems = set()
         if self._router:  # a router is on every network, with or without a VM of it here
             for network in networks.values():
-                self._ensure(network)
+                problems.add(self._try_ensure(network))
         for vni, devices in self._devices.present().items():
             network = networks.get(vni)
             if network is None or not (devices.taps or self._router):
@@ -90,8 +112,20 @@ class VMNetworks:
                          self._host)
                 self._devices.remove(vni)
             else:
-                self._ensure(network)
+                problems.add(self._try_ensure(network))
+        problems.discard("")
+        if problems != self._problems:  # told when it starts or changes, not at every refresh
+            for problem in sorted(problems):
+                log.error("host %s: VM networks cannot be kept up: %s", self._host, problem)
+            self._problems = problems
         self._announce()
+
+    def _try_ensure(self, network: Network) -> str:
+        try:
+            self._ensure(network)
+        except UnderlayError as exc:
+            return str(exc)
+        return ""
 
     def _ensure(self, network: Network) -> None:
         self._devices.ensure(network.vxlan_id, self._peers(network.uuid), self._underlay)

@@ -117,6 +117,19 @@ def test_ssh_keys(alice: As) -> None:
     assert alice.get("/api/v1/ssh-keys").json == []
 
 
+def test_a_vm_whose_cloud_init_drive_would_be_too_large_is_refused(alice: As, store: Store) -> None:
+    # Five keys of 15 KB each (long comments) are each fine, but the VM's user-data would be ≈75 KB.
+    for i in range(5):
+        assert alice.post("/api/v1/ssh-keys", json={"name": f"k{i}", "key": f"{ED25519}{i}{'x' * 15_000}"}).status_code == 201
+    refused = alice.post("/api/v1/vms", json={"name": "big", "specs": {"cpu": 1, "ram": 1, "ssd": 1}, "image": "tiny",
+                                              "ssh_keys": [f"k{i}" for i in range(5)]})
+    assert refused.status_code == 422, refused.json
+    assert "over the limit of 65,536 bytes (64 KiB)" in refused.json["error"]["message"]
+    assert refused.json["error"]["fields"][0]["field"] == "ssh_keys"
+    assert store.get(VMS, "big") is None and not store.list(VMS).items
+    assert alice.create_vm(ssh_keys=["k0", "k1", "k2"])["name"]  # ≈45 KB: fine
+
+
 def test_bad_ssh_keys(alice: As) -> None:
     for key in ["", "ssh-ed25519", "ssh-dss AAAAB3NzaC1kc3M=", "ssh-ed25519 !!!notbase64",
                 "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl",

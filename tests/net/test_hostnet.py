@@ -100,6 +100,10 @@ def test_an_underlay_that_cannot_work_is_a_permanent_error_that_says_why(lab: La
     with pytest.raises(UnderlayError, match="IPv4 but"):
         net.ensure(VNI, ["10.0.0.2"], Underlay(device="eth0"))
     assert net.present() == {}
+    # What an agent checks before it serves: the loopback's addresses are not global.
+    assert net.check(Underlay(device="eth0")) == "eth0 fd00::1 (VM networks get MTU 1430)"
+    with pytest.raises(UnderlayError, match="127.0.0.1 .*is not on lo"):
+        net.check(Underlay(device="lo", address="127.0.0.1"))
 
 
 def test_isolation_keeps_two_networks_apart_even_with_forwarding_on(lab: Lab) -> None:

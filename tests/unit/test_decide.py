@@ -14,11 +14,11 @@ from ucloud_common.config import Settings, load_settings
 from ucloud_common.specs import Specs
 from ucloud_common.states import Requested, Status, Writer, check_transition
 from ucloud_common.vm import VM, placed_on
-from ucloud_vm.decide import Act, Seen, Step, decide
+from ucloud_vm.decide import NO_UNDERLAY, Act, Seen, Step, decide
 from ucloud_vm.driver import LIVE, Observation, RunState
 
 NOW = datetime(2027, 1, 1, tzinfo=UTC)
-AGENT_FIELDS = {"observed_generation", "error", "restarts", "started_at", "deadline"}
+AGENT_FIELDS = {"observed_generation", "error", "restarts", "started_at", "deadline", "nic_errors"}
 
 
 @pytest.fixture(scope="module")
@@ -224,5 +224,29 @@ def test_a_running_vms_nics_follow_its_record_by_hot_plug(settings: Settings) ->
     assert (decide(vm, extra, NOW, settings).act, decide(vm, extra, NOW, settings).nic) == (Act.UNPLUG, "02:00:00:00:00:09")
     same = Seen(Observation(RunState.RUNNING, nics=frozenset({"02:00:00:00:00:01"})), networked=True)
     assert decide(vm, same, NOW, settings) == Step()
-    # A host without an underlay gives no NICs: nothing to keep equal.
-    assert decide(vm, Seen(Observation(RunState.RUNNING, nics=frozenset())), NOW, settings) == Step()
+    # A host without an underlay gives no NICs: each NIC says so.
+    unserved = decide(vm, Seen(Observation(RunState.RUNNING, nics=frozenset())), NOW, settings)
+    assert unserved.act is Act.NOTHING and unserved.fields == {"nic_errors": {"02:00:00:00:00:01": NO_UNDERLAY}}
+    told = vm.model_copy(update={"nic_errors": unserved.fields["nic_errors"]})
+    assert decide(told, Seen(Observation(RunState.RUNNING, nics=frozenset())), NOW, settings) == Step()
+
+
+def test_a_nic_that_failed_for_good_waits_for_the_next_start(settings: Settings) -> None:
+    from ucloud_common.vm import NIC
+
+    nics = (NIC(network="n1", mac="02:00:00:00:00:01"), NIC(network="n2", mac="02:00:00:00:00:02"))
+    vm = base().model_copy(update={"status": Status.RUNNING, "observed_generation": 1, "networks": nics,
+                                   "nic_errors": {"02:00:00:00:00:01": "network n1 does not exist"}})
+    none = Seen(Observation(RunState.RUNNING, nics=frozenset()), networked=True)
+    plug = decide(vm, none, NOW, settings)  # the failed one is not tried again hot; the other is plugged
+    assert (plug.act, plug.nic) == (Act.PLUG, "02:00:00:00:00:02")
+    plugged = Seen(Observation(RunState.RUNNING, nics=frozenset({"02:00:00:00:00:02"})), networked=True)
+    assert decide(vm, plugged, NOW, settings) == Step()
+    # Detached since: its failure is forgotten.
+    detached = vm.model_copy(update={"networks": nics[1:]})
+    forget = decide(detached, plugged, NOW, settings)
+    assert forget.act is Act.NOTHING and forget.fields == {"nic_errors": {}}
+    # A start tries every NIC again.
+    stopped = vm.model_copy(update={"status": Status.SCHEDULED_DEPLOY})
+    start = decide(stopped, Seen(Observation(RunState.ABSENT)), NOW, settings)
+    assert start.act is Act.START and start.fields["nic_errors"] == {}

@@ -14,8 +14,8 @@ import pytest
 
 from ucloud_common.errors import PermanentError
 from ucloud_common.vm import NIC, VM
-from ucloud_vm.cidata import (MAX_USER_DATA, SeedError, SeedTooLarge, build_seed, drive_options, hostname_for,
-                              seed_files)
+from ucloud_common.cidata import MAX_USER_DATA, SeedError, SeedTooLarge, hostname_for, seed_files
+from ucloud_vm.cidata import build_seed, drive_options
 
 NET_A, NET_B = "7a1c0f3e-net-a", "9b2d1e4f-net-b"
 NICS = (NIC(network=NET_A, mac="02:00:00:00:00:0A"), NIC(network=NET_B, mac="02:00:00:00:00:0b"))

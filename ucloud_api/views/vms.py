@@ -18,6 +18,7 @@ from ucloud_api.idempotency import idempotent
 from ucloud_api.naming import create_named, new_nic
 from ucloud_api.replies import check_if_match, created_reply, dump, if_match, lookup_own, object_reply, store
 from ucloud_api.schemas import Migrate, VMCreate
+from ucloud_common.cidata import SeedError, SeedTooLarge, hostname_for, seed_files
 from ucloud_common.claim import MACS, VM_NAMES, Claim, held_by, mac_claim, vm_claims
 from ucloud_common.event import EVENTS, events_of
 from ucloud_common.host import HOSTS
@@ -81,6 +82,11 @@ def create() -> Response:
             storage=body.storage, ssh_keys=tuple(user_keys[k] for k in body.ssh_keys),
             anti_affinity=body.anti_affinity or "", networks=tuple(nics),
         )
+        try:  # the agent builds this at every start: a VM whose seed cannot be made could never start
+            seed_files(vm, hostname_for(vm.name), vm.networks)
+        except SeedError as exc:
+            raise APIError(422, "invalid", exc.reason, fields=[{"field": "ssh_keys" if isinstance(
+                exc, SeedTooLarge) else "name", "message": exc.reason}]) from None
         return vm, writes
 
     created = create_named(VMS, VM_NAMES, caller.name, body.name, uuid, make, "VM")
@@ -115,11 +121,13 @@ def get(uuid: str) -> Response:
 
 def shown(vm: VM, prefixes: dict[str, str]) -> dict[str, Any]:
     """A VM as the API shows it: its record, and each NIC's IPv6 address — the one its guest takes
-    by SLAAC from its MAC on its network's /64 (`prefixes`, by network), so no guest is asked."""
+    by SLAAC from its MAC on its network's /64 (`prefixes`, by network), so no guest is asked — and
+    why its host could not give it the NIC, if so."""
     body = dump(vm)
     for nic in body["networks"]:
         prefix = prefixes.get(nic["network"], "")
         nic["ipv6"] = slaac_address(prefix, nic["mac"]) if prefix else None
+        nic["error"] = vm.nic_errors.get(nic["mac"], "")
     return body
 
 
