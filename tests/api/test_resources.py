@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import ipaddress
+import subprocess
 
 import threading
 from datetime import UTC, datetime
+from pathlib import Path
 
 from flask import Flask
 
@@ -117,10 +120,37 @@ def test_ssh_keys(alice: As) -> None:
     assert alice.get("/api/v1/ssh-keys").json == []
 
 
+def key_line(kind: str, *fields: bytes) -> str:
+    blob = b"".join(len(f).to_bytes(4, "big") + f for f in (kind.encode(), *fields))
+    return f"{kind} {base64.b64encode(blob).decode()}"
+
+
+def keys_without_real_material() -> list[str]:
+    """Each was accepted: the check only compared the blob's first string with the key's type."""
+    point = bytes([4]) + bytes(64)  # (0, 0) is not on P-256
+    return [key_line("ssh-ed25519"), key_line("ssh-ed25519", bytes(31)), key_line("ssh-ed25519", bytes(32), b"x"),
+            key_line("ssh-rsa", b"\x01\x00\x01", b"\x00" + bytes([0xff]) * 64),  # a 512-bit modulus
+            key_line("ssh-rsa", b"\x02", b"\x00" + bytes([0xff]) * 256),  # an even exponent
+            key_line("ecdsa-sha2-nistp256", b"nistp256", point),
+            key_line("ecdsa-sha2-nistp256", b"nistp384", point),
+            key_line("sk-ssh-ed25519@openssh.com", bytes(32), b"web:x")]
+
+
+def test_real_keys_of_every_kind_are_accepted(alice: As, tmp_path: Path) -> None:
+    for kind, bits in [("rsa", "1024"), ("rsa", "3072"), ("ecdsa", "256"), ("ecdsa", "384"), ("ecdsa", "521"),
+                       ("ed25519", "256")]:
+        path = tmp_path / f"{kind}{bits}"
+        subprocess.run(["ssh-keygen", "-q", "-N", "", "-t", kind, "-b", bits, "-C", "me@host", "-f", str(path)],
+                       check=True)
+        key = path.with_suffix(".pub").read_text().strip()
+        response = alice.post("/api/v1/ssh-keys", json={"name": path.name, "key": key})
+        assert response.status_code == 201 and response.json["key"] == key, response.json
+
+
 def test_bad_ssh_keys(alice: As) -> None:
     for key in ["", "ssh-ed25519", "ssh-dss AAAAB3NzaC1kc3M=", "ssh-ed25519 !!!notbase64",
                 "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl",
-                ED25519 + "\x07bell"]:
+                ED25519 + "\x07bell", *keys_without_real_material()]:
         response = alice.post("/api/v1/ssh-keys", json={"name": "k", "key": key})
         assert response.status_code == 422, key
         assert response.json["error"]["fields"][0]["field"] == "key"
