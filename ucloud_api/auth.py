@@ -97,7 +97,7 @@ def require_admin() -> Caller:
 
 def create_user(store: Store, name: str, role: Role) -> tuple[User, str]:
     """Create a user and its first token (returned as text, to be shown once). Atomic. ValueError
-    for a name a new user cannot have."""
+    for a name a new user cannot have, 409 if it is taken."""
     user = User(name=check_user_name(name), role=role)
     token_id, text, token = new_token(name)
     try:
@@ -105,3 +105,4 @@ def create_user(store: Store, name: str, role: Role) -> tuple[User, str]:
     except Conflict:
         raise APIError(409, "exists", f"user {name} already exists") from None
     return user, text
+

@@ -267,3 +267,43 @@ def test_networks_and_keys_at_creation(alice: As, bob: As, store: Store) -> None
 
 def test_image_stores_are_listed(alice: As) -> None:
     assert alice.get("/api/v1/image-stores").json == [{"name": "local", "type": "local"}]
+
+
+def test_a_new_user_of_a_deleted_users_name_inherits_nothing(admin: As, client, store: Store) -> None:  # type: ignore[no-untyped-def]
+    """An admin deleted alice and created a new alice, who then saw and used the old one's files and images."""
+    old = As(client, admin.post("/api/v1/users", json={"name": "alice"}).json["token"], "alice")
+    store.create(FILES, "f1", File(uuid="f1", owner="alice", filename="disk.raw", size=1, sha512="0" * 128,
+                                   mtime=datetime.now(UTC)))
+    image = old.post("/api/v1/images", json={"name": "mine", "file": "f1", "store": "local"}).json["uuid"]
+    vm = old.create_vm()["uuid"]
+    net = old.post("/api/v1/networks", json={"name": "n"}).json["uuid"]
+    assert old.post("/api/v1/vms", json={"name": "x"}, headers={"Idempotency-Key": "k"}).status_code == 422
+    assert old.post("/api/v1/networks", json={"name": "m"}, headers={"Idempotency-Key": "k"}).status_code == 201
+    assert admin.delete("/api/v1/users/alice").status_code == 204
+    again = admin.post("/api/v1/users", json={"name": "alice"})
+    assert again.status_code == 409 and again.json["error"]["code"] == "name_in_use"
+    assert "1 VMs, 2 networks, 1 images, 1 files" in again.json["error"]["message"]
+    for path in (f"/api/v1/vms/{vm}", f"/api/v1/networks/{net}", f"/api/v1/images/{image}"):
+        assert admin.delete(path).status_code == 204
+    for network in admin.get("/api/v1/networks").json:
+        admin.delete(f"/api/v1/networks/{network['uuid']}")
+    store.delete(FILES, "f1")
+    new = As(client, admin.post("/api/v1/users", json={"name": "alice"}).json["token"], "alice")
+    assert new.get("/api/v1/files").json == new.get("/api/v1/images").json[1:] == []
+    # The old alice's kept reply is not the new one's: the request is done, not replayed.
+    fresh = new.post("/api/v1/networks", json={"name": "m"}, headers={"Idempotency-Key": "k"})
+    assert fresh.status_code == 201 and "Idempotent-Replayed" not in fresh.headers
+
+
+def test_the_last_admin_cannot_be_deleted(admin: As, client) -> None:  # type: ignore[no-untyped-def]
+    refused = admin.delete("/api/v1/users/admin")
+    assert refused.status_code == 409 and refused.json["error"]["code"] == "last_admin"
+    second = As(client, admin.post("/api/v1/users", json={"name": "root", "role": "admin"}).json["token"], "root")
+    assert second.delete("/api/v1/users/admin").status_code == 204
+    assert second.delete("/api/v1/users/root").status_code == 409
+    assert second.get("/api/v1/users/root").status_code == 200
+
+
+def test_a_new_user_name_has_no_colon(admin: As) -> None:
+    response = admin.post("/api/v1/users", json={"name": "alice:x"})
+    assert response.status_code == 422 and response.json["error"]["fields"][0]["field"] == "name"
