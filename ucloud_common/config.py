@@ -184,9 +184,10 @@ class Settings(BaseSettings):
     max_ssh_keys_per_user: int = Field(32, ge=0, le=200, description="SSH keys a user may keep (4 KiB each "
                                        "at most; 200 keep a user's record under 1 MiB, below etcd's 1.5 MiB "
                                        "request limit).")
-    max_idempotency_keys_per_user: int = Field(1000, ge=0, description="Replies to requests with an "
-                                               "Idempotency-Key kept per user (a day each); past it, a request "
-                                               "with a new key is refused (429) until older replies expire.")
+    max_idempotency_keys_per_user: int = Field(100, ge=0, description="Replies to requests with an "
+                                               "Idempotency-Key kept per user (a day each, ≤ 48 KiB each: a reply "
+                                               "holds the object answered); past it, a request with a new key is "
+                                               "refused (429) until older replies expire.")
     api_read_timeout: float = Field(10.0, gt=0, description="Seconds a client has to send a whole request "
                                     "(request line, headers and body) to the API; a slower one is cut off, so "
                                     "that slow clients never hold the API's threads for long.")
