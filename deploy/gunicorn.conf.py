@@ -1,15 +1,19 @@
 # gunicorn settings for ucloud-api (`ucloud-api serve` uses this file; --bind and --workers override).
 import multiprocessing
 
-# Sync workers: each request is a few etcd round trips of under a millisecond, so a process per
-# core and a half keeps the CPUs busy without an event loop.
+# Threaded workers (gthread) with a deadline on reading each request (ucloud_api/worker.py): a slow
+# client holds neither a process nor, for longer than UCLOUD_API_READ_TIMEOUT, a thread (with sync
+# workers, 4 connections sending a header line every 2 s left a 2-worker API unanswered for 60 s).
+# Idle kept-alive connections wait in the worker's selector, not in a thread. A request is a few etcd
+# round trips that release the GIL, so threads add concurrency; their number is bounded per process.
 workers = 2 * multiprocessing.cpu_count() + 1
-worker_class = "sync"
+worker_class = "ucloud_api.worker.ReadDeadlineWorker"
+threads = 8
 # The app is created in each worker after the fork: gRPC channels do not survive a fork.
 preload_app = False
 timeout = 30  # a request stuck longer than this (etcd timeout is 5 s) means a wedged worker
 graceful_timeout = 10
-keepalive = 5
+keepalive = 5  # seconds an idle connection is kept (in the selector, holding no thread)
 # Bodies are limited to 1 MiB by the app (also when chunked); headers and the request line here.
 limit_request_line = 8190
 limit_request_fields = 100

@@ -13,7 +13,7 @@ from ucloud_api.auth import Authenticator
 from ucloud_api.errors import APIError
 from ucloud_api.views import hosts, images, keys, networks, users, vms
 from ucloud_common.config import Settings
-from ucloud_common.store import Store, StoreError, StoreRefused, StoreUnavailable
+from ucloud_common.store import Store, StoreError, StoreRefused, StoreUnavailable, TooLarge
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,14 @@ def create_app(settings: Settings, store: Store | None = None) -> Flask:
                         "write answered with this may or may not have been applied: retry it with the "
                         "same Idempotency-Key)").body()
         return jsonify(body), 503, {"Retry-After": "2"}
+
+    @app.errorhandler(TooLarge)
+    def too_large(exc: TooLarge) -> tuple[Response, int]:
+        # Not an outage: this write will never fit, and retrying it must not look worth it.
+        log.warning("%s %s: %s", request.method, request.path, exc)
+        body = APIError(413, "too_large", "this write is larger than the state store takes in one request "
+                        "(etcd's --max-request-bytes, 1.5 MiB by default); nothing was changed").body()
+        return jsonify(body), 413
 
     @app.errorhandler(StoreRefused)
     def refused(exc: StoreRefused) -> tuple[Response, int]:

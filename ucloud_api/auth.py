@@ -14,7 +14,7 @@ from flask import g, request
 from ucloud_api.errors import APIError
 from ucloud_common.record import check_key_part
 from ucloud_common.store import Conflict, Put, Store
-from ucloud_common.user import TOKENS, USERS, Role, Token, User
+from ucloud_common.user import TOKENS, USERS, Role, Token, User, check_user_name
 
 # How long a worker trusts a checked token without asking etcd again: a deleted user or token
 # stops working within this, and a busy API does not read two keys for every request.
@@ -96,11 +96,13 @@ def require_admin() -> Caller:
 
 
 def create_user(store: Store, name: str, role: Role) -> tuple[User, str]:
-    """Create a user and its first token (returned as text, to be shown once). Atomic."""
-    user = User(name=name, role=role)
+    """Create a user and its first token (returned as text, to be shown once). Atomic. ValueError
+    for a name a new user cannot have, 409 if it is taken."""
+    user = User(name=check_user_name(name), role=role)
     token_id, text, token = new_token(name)
     try:
         store.transact([Put(USERS, name, user, 0), Put(TOKENS, token_id, token, 0)])
     except Conflict:
         raise APIError(409, "exists", f"user {name} already exists") from None
     return user, text
+

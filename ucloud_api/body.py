@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from flask import current_app, g, request
 from pydantic import BaseModel, ValidationError
@@ -35,6 +35,20 @@ def raw_body() -> bytes:
     return raw
 
 
+class DuplicateKey(ValueError):
+    """A JSON object names one key twice: the decoder would keep the last silently, another reader
+    of the same body the first, so the body means nothing certain."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise DuplicateKey(key)
+        seen.add(key)
+    return dict(pairs)
+
+
 def parse(model: type[M], *, optional: bool = False) -> M:
     """The body as `model`, or an APIError (413 too large, 400 not JSON, 422 not fitting)."""
     raw = raw_body()
@@ -43,7 +57,9 @@ def parse(model: type[M], *, optional: bool = False) -> M:
             return model()
         raise APIError(400, "bad_request", "a JSON body is required")
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, object_pairs_hook=_unique_keys)
+    except DuplicateKey as exc:
+        raise APIError(400, "bad_json", f"the body names {str(exc)!r} twice in one object") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise APIError(400, "bad_json", f"the body is not valid JSON: {exc}") from None
     except ValueError as exc:  # an integer beyond Python's 4,300 digits

@@ -1,15 +1,20 @@
 """`Idempotency-Key` on POST: a retried request returns the first one's response and does nothing again.
 
 The key is reserved before the work starts (create-if-absent), so two concurrent retries cannot
-both do it; the response is then stored with it. A reply is kept for a day (an etcd lease).
-A key reused for a different request is refused rather than silently answered with a stale reply.
+both do it. Only an accepted write (2xx) keeps its reply, for at least a day; any other answer
+(a refusal, an error) gives the reservation up, as nothing was done that a retry could repeat. A key
+reused for a different request is refused rather than silently answered with a stale reply.
+
+What this costs etcd is bounded: replies share leases, one per hour for the whole cluster (500
+replies made within an hour are on one lease, not 500), and a user keeps at most
+`max_idempotency_keys_per_user` replies (a request with a new key past it is a 429).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import json
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -19,10 +24,15 @@ from pydantic import Field
 from ucloud_api.auth import current
 from ucloud_api.body import raw_body
 from ucloud_api.errors import APIError
+from ucloud_api.limits import IDEMPOTENCY_KEYS_PER_USER
+from ucloud_common import clock
 from ucloud_common.record import Family, Record
-from ucloud_common.store import AlreadyExists, Store
+from ucloud_common.store import AlreadyExists, LeaseExpired, Store, Versioned
 
 KEEP_SECONDS = 24 * 3600
+# Replies made within one bucket share a lease that lasts KEEP_SECONDS past the bucket's end: each is
+# kept between one day and one day and an hour, and etcd holds one lease per hour, not one per reply.
+BUCKET_SECONDS = 3600
 
 
 class Reply(Record):
@@ -33,7 +43,17 @@ class Reply(Record):
     headers: dict[str, str] = Field(default_factory=dict)
 
 
-REPLIES: Family[Reply] = Family("/v1/idempotency/", Reply)
+class SharedLease(Record):
+    """The lease every reply of one time bucket is kept on (the key itself lives on it)."""
+
+    lease: int
+
+
+REPLIES: Family[Reply] = Family("/v1/idempotency/", Reply)  # <user>:<hash of the key>
+LEASES: Family[SharedLease] = Family("/v1/idempotency-lease/", SharedLease)  # <bucket number>
+
+_leases: dict[int, int] = {}  # this process's bucket → lease, the current bucket only
+_leases_lock = threading.Lock()
 
 
 def idempotent(view: Callable[..., Response]) -> Callable[..., Response]:
@@ -45,24 +65,27 @@ def idempotent(view: Callable[..., Response]) -> Callable[..., Response]:
         if not 1 <= len(key) <= 255 or not key.isprintable():
             raise APIError(400, "bad_request", "Idempotency-Key must be 1-255 printable characters")
         store: Store = current_app.extensions["ucloud.store"]
-        name = f"{current().name}:{hashlib.sha256(key.encode()).hexdigest()[:40]}"
+        user = current().name
+        name = f"{user}:{hashlib.sha256(key.encode()).hexdigest()[:40]}"
         fingerprint = hashlib.sha256(
             request.method.encode() + request.path.encode() + b"\0" + raw_body()
         ).hexdigest()
+        first = store.get(REPLIES, name)
+        if first is not None:
+            return _replay(first, fingerprint)
+        IDEMPOTENCY_KEYS_PER_USER.check(store.count(REPLIES, f"{user}:"))
         try:
-            store.create(REPLIES, name, Reply(fingerprint=fingerprint), lease=store.grant_lease(KEEP_SECONDS))
+            _reserve(store, name, Reply(fingerprint=fingerprint))
         except AlreadyExists:
-            return _replay(store, name, fingerprint)
+            return _replay(store.get(REPLIES, name), fingerprint)
         try:
             response = view(*args, **kwargs)
-        except APIError as exc:
-            if exc.status >= 500:
-                store.delete(REPLIES, name)
-                raise
-            response = current_app.make_response((json.dumps(exc.body()), exc.status, {"Content-Type": "application/json"}))
         except BaseException:
-            store.delete(REPLIES, name)  # nothing was answered: let a retry do the work
+            store.delete(REPLIES, name)  # nothing was done: let a retry do the work
             raise
+        if not 200 <= response.status_code < 300:
+            store.delete(REPLIES, name)
+            return response
         kept = {k: v for k, v in response.headers.items() if k in ("ETag", "Location", "Content-Type")}
         store.update(REPLIES, name, lambda r: r.evolve(
             done=True, status=response.status_code, body=response.get_data(as_text=True), headers=kept))
@@ -71,9 +94,46 @@ def idempotent(view: Callable[..., Response]) -> Callable[..., Response]:
     return wrapper
 
 
-def _replay(store: Store, name: str, fingerprint: str) -> Response:
-    first = store.get(REPLIES, name)
-    if first is None:  # expired between our create and this read
+def _reserve(store: Store, name: str, reply: Reply) -> None:
+    """Create the reply on the current bucket's shared lease; AlreadyExists if a request with the
+    same key got there first."""
+    lease = _shared_lease(store)
+    try:
+        store.create(REPLIES, name, reply, lease=lease)
+    except LeaseExpired:  # revoked or lost (etcd restored from a backup): take the bucket's new one
+        with _leases_lock:
+            _leases.clear()
+        store.create(REPLIES, name, reply, lease=_shared_lease(store))
+
+
+def _shared_lease(store: Store) -> int:
+    """The lease of the current time bucket: granted by the first API process that needs it and
+    published under LEASES (on that lease itself, so it goes with it); the others use that one."""
+    bucket = int(clock.now() // BUCKET_SECONDS)
+    with _leases_lock:
+        if bucket in _leases:
+            return _leases[bucket]
+    for _ in range(3):
+        published = store.get(LEASES, str(bucket))
+        if published is not None:
+            lease = published.value.lease
+            break
+        lease = store.grant_lease(BUCKET_SECONDS + KEEP_SECONDS)
+        try:
+            store.create(LEASES, str(bucket), SharedLease(lease=lease), lease=lease)
+            break
+        except AlreadyExists:  # another process published one first: use it, give ours up
+            store.revoke_lease(lease)
+    else:
+        raise APIError(409, "retry", "retry the request")
+    with _leases_lock:
+        _leases.clear()
+        _leases[bucket] = lease
+    return lease
+
+
+def _replay(first: Versioned[Reply] | None, fingerprint: str) -> Response:
+    if first is None:  # given up or expired between our create and this read
         raise APIError(409, "retry", "retry the request")
     if first.value.fingerprint != fingerprint:
         raise APIError(422, "idempotency_key_reused", "this Idempotency-Key was used for a different request")

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ucloud_api.errors import APIError
+from ucloud_api.limits import Limit
 from ucloud_api.replies import store
 from ucloud_common.claim import Claim, owned
 from ucloud_common.record import Family, R
@@ -18,16 +19,18 @@ _RETRY = Backoff(initial=0.002, maximum=0.1)
 
 
 def create_named(family: Family[R], claims: Family[Claim], owner: str, name: str, uuid: str,
-                 make: Callable[[], tuple[R, list[Put[Any]]]], what: str) -> Versioned[R]:
+                 make: Callable[[], tuple[R, list[Put[Any]]]], what: str, limit: Limit) -> Versioned[R]:
     """Create the record `make()` returns under `uuid`, claiming `name` for `owner`, together with
     the other writes `make()` returns (claims, records that must change with it); 409 if the name is
-    taken.
+    taken, or if `owner` has as many of them as `limit` allows (counted by their name claims: one
+    per object, removed with it).
 
     `make` runs again after a lost race, so that it can re-read what it writes and pick other values
     for its claims (a VXLAN id that another request took meanwhile). A name claim whose holder no longer exists (an
     agent deleted the VM) is taken over.
     """
     claim_name = owned(owner, name)
+    limit.check(store().count(claims, owned(owner, "")))
     for _ in sleeps(_RETRY, attempts=10):
         record, also = make()
         claim = store().get(claims, claim_name)

@@ -1,4 +1,6 @@
-"""What requests may contain. Unknown fields are refused (a typo must not be silently ignored)."""
+"""What requests may contain. Unknown fields are refused (a typo must not be silently ignored), and
+types are strict: `"2"` or `true` is not a number, `0` is not a boolean (the OpenAPI document says
+integer, number, boolean, and the API means it)."""
 
 from __future__ import annotations
 
@@ -7,22 +9,49 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ucloud_common.record import Name
-from ucloud_common.specs import Specs
-from ucloud_common.sshkey import check_public_key
+from ucloud_common.specs import RAM_MIN_MIB, Specs
+from ucloud_common.sshkey import MAX_KEY_LINE, parse_public_key
 from ucloud_common.ipv6 import check_prefix
-from ucloud_common.user import Role
+from ucloud_common.user import Role, UserName
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+# The SSH keys copied into one VM record: with keys of at most 4 KiB, a VM record stays under 48 KiB
+# and its cloud-init user-data under the agent's 64 KiB (`ucloud_vm.cidata.MAX_USER_DATA`).
+MAX_VM_KEYS = 10
+
+
+class VMSpecs(Specs):
+    """A VM's specs as a request may ask for them: at least one GiB of SSD (the image is cloned onto
+    it), and ram in whole MiB from RAM_MIN_MIB up, so that what QEMU gets is what is counted."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    ssd: int = Field(ge=1, le=1_000_000)
+    ram: float = Field(ge=RAM_MIN_MIB / 1024, le=16384, description=f"GiB, in steps of 1 MiB (1/1024), at "
+                       f"least {RAM_MIN_MIB} MiB")
+
+    @field_validator("ram")
+    @classmethod
+    def _whole_mib(cls, value: float) -> float:
+        if value * 1024 != round(value * 1024):
+            raise ValueError("must be a whole number of MiB (a multiple of 1/1024 GiB, e.g. 0.125 or 1.5)")
+        return value
+
+    def as_specs(self) -> Specs:
+        return Specs(**self.model_dump())
 
 
 class VMCreate(Strict):
     name: Name
-    specs: Specs
+    specs: VMSpecs
     image: Name = Field(description="uuid of a CREATED image that is public or yours")
     storage: Literal["local", "rbd"] = "local"
-    ssh_keys: list[Name] = Field(default_factory=list, max_length=32, description="names of your SSH keys")
+    ssh_keys: list[Name] = Field(default_factory=list, max_length=MAX_VM_KEYS, description="names of your SSH "
+                                 "keys, copied into the VM")
     networks: list[Name] = Field(default_factory=list, max_length=8, description="uuids of your networks")
     anti_affinity: Name | None = Field(None, description="VMs of one group are placed on different hosts")
 
@@ -32,8 +61,8 @@ class Migrate(Strict):
 
 
 class UserCreate(Strict):
-    name: Name
-    role: Role = Role.USER
+    name: UserName
+    role: Role = Field(Role.USER, strict=False)  # from JSON's string: strict would want the enum itself
 
 
 class NetworkCreate(Strict):
@@ -53,12 +82,13 @@ class Attachment(Strict):
 
 class SSHKeyCreate(Strict):
     name: Name
-    key: str = Field(max_length=16384, description="an OpenSSH public key line")
+    key: str = Field(max_length=MAX_KEY_LINE, description="an OpenSSH public key line: ed25519, RSA of "
+                     "1024-16384 bits, ecdsa (NIST curves), or their security-key forms")
 
     @field_validator("key")
     @classmethod
     def _openssh(cls, value: str) -> str:
-        return check_public_key(value)
+        return parse_public_key(value).line
 
 
 class ImageCreate(Strict):

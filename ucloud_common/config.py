@@ -174,6 +174,24 @@ class Settings(BaseSettings):
                          "itself as the default router, and may forward the /64s out (turn IPv6 forwarding "
                          "on and route the prefixes to it). Any number of hosts may be routers.")
 
+    # Limits per user, until quotas set by an operator exist: each bounds what one user can make
+    # etcd hold (and every listing read), so that no user can fill etcd for the others.
+    max_vms_per_user: int = Field(100, ge=0, description="VMs a user may have (a VM record is at most "
+                                  "≈45 KiB: 10 SSH keys of 4 KiB).")
+    max_networks_per_user: int = Field(20, ge=0, description="Networks a user may have.")
+    max_images_per_user: int = Field(50, ge=0, description="Images a user may have (each also costs its "
+                                     "size in the image store).")
+    max_ssh_keys_per_user: int = Field(32, ge=0, le=200, description="SSH keys a user may keep (4 KiB each "
+                                       "at most; 200 keep a user's record under 1 MiB, below etcd's 1.5 MiB "
+                                       "request limit).")
+    max_idempotency_keys_per_user: int = Field(100, ge=0, description="Replies to requests with an "
+                                               "Idempotency-Key kept per user (a day each, ≤ 48 KiB each: a reply "
+                                               "holds the object answered); past it, a request with a new key is "
+                                               "refused (429) until older replies expire.")
+    api_read_timeout: float = Field(10.0, gt=0, description="Seconds a client has to send a whole request "
+                                    "(request line, headers and body) to the API; a slower one is cut off, so "
+                                    "that slow clients never hold the API's threads for long.")
+
     upload_dir: Path = Field(Path("/var/www"), description="Where users upload files: one folder per user, "
                              "named as the user.")
     filescan_settle: float = Field(2.0, ge=0, description="Seconds file-scan waits between its two looks at "

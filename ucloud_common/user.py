@@ -8,15 +8,29 @@ request cheap.
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Annotated
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
-from ucloud_common.record import Family, Name, Record
+from ucloud_common.record import Family, Name, Record, check_name
 
 
 class Role(StrEnum):
     USER = "user"
     ADMIN = "admin"
+
+
+def check_user_name(name: str) -> str:
+    """A name for a new user: a name without ':'. What a user owns is claimed as `<owner>:<name>`
+    (`claim.owned`) and kept under `<owner>:…` keys, so a ':' in a user's name would let user "a:b"'s
+    VM "c" and user "a"'s VM "b:c" claim the same key, and one user's count include another's."""
+    check_name(name)
+    if ":" in name:
+        raise ValueError("a user's name has no ':'")
+    return name
+
+
+UserName = Annotated[str, AfterValidator(check_user_name)]
 
 
 class User(Record):

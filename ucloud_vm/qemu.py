@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from qemu.qmp import ExecuteError, QMPClient, QMPError
 
+from ucloud_common.specs import guest_ram_mib
 from ucloud_common.vm import VM
 from ucloud_vm.cidata import build_seed, drive_options
 from ucloud_vm.driver import DriverError, DriverTimeout, Observation, RunState
@@ -70,10 +71,9 @@ def command_line(vm: VM, disk: list[str], paths: VMPaths, accel: str, binary: st
     `paused`: the CPUs stay stopped until QMP `cont` (-S); `seed`: the cloud-init drive's options,
     after the disk so that the disk stays the guest's first (/dev/vda); `nics`: MAC → the tap each
     virtio NIC is on (ids from the MAC, so that what runs can be compared with the record)."""
-    ram_mib = max(64, int(vm.specs.ram * 1024))
     argv = [
         binary, "-name", f"guest={vm.uuid},process=ucloud-{vm.uuid[:8]}",
-        *machine_args(accel, vm.specs.cpu, ram_mib), "-no-shutdown",
+        *machine_args(accel, vm.specs.cpu, guest_ram_mib(vm.specs.ram)), "-no-shutdown",
         "-daemonize", "-pidfile", str(paths.pidfile),
         "-qmp", f"unix:{paths.qmp},server=on,wait=off",
         "-chardev", f"file,id=serial0,path={paths.serial},append=on", "-serial", "chardev:serial0",

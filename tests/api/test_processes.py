@@ -7,8 +7,10 @@ import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +27,7 @@ from ucloud_common.store import Store
 from ucloud_common.user import Role
 
 BIN = Path(sys.executable).parent
+READ_TIMEOUT = 4  # UCLOUD_API_READ_TIMEOUT of the gunicorn below
 
 
 def env_for(endpoint: str, tmp_path: Path) -> dict[str, str]:
@@ -51,8 +54,10 @@ def call(port: int, method: str, path: str, token: str | None = None, body: Any 
 @pytest.fixture
 def gunicorn(etcd_server: EtcdServer, store: Store, tmp_path: Path) -> Iterator[int]:
     port = free_port()
+    env = env_for(etcd_server.endpoint, tmp_path)
+    env["UCLOUD_API_READ_TIMEOUT"] = str(READ_TIMEOUT)
     process = subprocess.Popen([str(BIN / "ucloud-api"), "serve", "--bind", f"127.0.0.1:{port}", "--workers", "2"],
-                               env=env_for(etcd_server.endpoint, tmp_path), stdout=subprocess.DEVNULL,
+                               env=env, stdout=subprocess.DEVNULL,
                                stderr=open(tmp_path / "gunicorn.log", "w"))
     deadline = time.monotonic() + 20
     while True:
@@ -66,6 +71,41 @@ def gunicorn(etcd_server: EtcdServer, store: Store, tmp_path: Path) -> Iterator[
     yield port
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=15) == 0
+
+
+def test_slow_clients_neither_hold_the_api_nor_keep_their_connections(gunicorn: int, tmp_path: Path) -> None:
+    """8 connections sending one header line every 2 s (with sync workers, 4 left a 2-worker API
+    unanswered for 60 s): others are answered meanwhile, and each slow one is closed once it has not
+    sent a whole request within the read timeout."""
+    slow = [socket.create_connection(("127.0.0.1", gunicorn)) for _ in range(8)]
+    stop = threading.Event()
+
+    def trickle() -> None:
+        line = b"GET /healthz HTTP/1.1\r\nHost: api\r\n"
+        while not stop.is_set():
+            for conn in slow:
+                try:
+                    conn.sendall(line)
+                except OSError:
+                    pass  # closed by the server, as it should be
+            line = b"X-Slow: 1\r\n"
+            stop.wait(2)
+
+    trickler = threading.Thread(target=trickle)
+    trickler.start()
+    try:
+        time.sleep(1)
+        for _ in range(5):
+            assert call(gunicorn, "GET", "/healthz")[0] == 200  # (within call's 10 s socket timeout)
+        for conn in slow:
+            conn.settimeout(READ_TIMEOUT * 10)
+            assert conn.recv(1024) == b"", "the server closes a connection that sends no whole request"
+    finally:
+        stop.set()
+        trickler.join()
+        for conn in slow:
+            conn.close()
+    assert "no whole request within" in (tmp_path / "gunicorn.log").read_text()
 
 
 def test_create_admin_prints_only_the_token(etcd_server: EtcdServer, store: Store, tmp_path: Path) -> None:

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import base64
 import ipaddress
+import subprocess
 
 import threading
 from datetime import UTC, datetime
+from pathlib import Path
 
 from flask import Flask
 
 from tests.api.conftest import As, set_status
+from ucloud_api.schemas import MAX_VM_KEYS
+from ucloud_common.cidata import MAX_USER_DATA, hostname_for, seed_files
 from ucloud_common.claim import MACS, VXLAN_IDS
 from ucloud_common.file import FILES, File
 from ucloud_common.host import HOSTS, HOSTS_ALIVE, Host, HostAlive
 from ucloud_common.specs import Specs
 from ucloud_common.states import Status
+from ucloud_common.sshkey import MAX_KEY_LINE
 from ucloud_common.store import Store
-from ucloud_common.vm import VMS
+from ucloud_common.vm import NIC, VM, VMS
 
 ED25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl alice@laptop"
 
@@ -117,23 +123,46 @@ def test_ssh_keys(alice: As) -> None:
     assert alice.get("/api/v1/ssh-keys").json == []
 
 
-def test_a_vm_whose_cloud_init_drive_would_be_too_large_is_refused(alice: As, store: Store) -> None:
-    # Five keys of 15 KB each (long comments) are each fine, but the VM's user-data would be ≈75 KB.
-    for i in range(5):
-        assert alice.post("/api/v1/ssh-keys", json={"name": f"k{i}", "key": f"{ED25519}{i}{'x' * 15_000}"}).status_code == 201
-    refused = alice.post("/api/v1/vms", json={"name": "big", "specs": {"cpu": 1, "ram": 1, "ssd": 1}, "image": "tiny",
-                                              "ssh_keys": [f"k{i}" for i in range(5)]})
-    assert refused.status_code == 422, refused.json
-    assert "over the limit of 65,536 bytes (64 KiB)" in refused.json["error"]["message"]
-    assert refused.json["error"]["fields"][0]["field"] == "ssh_keys"
-    assert store.get(VMS, "big") is None and not store.list(VMS).items
-    assert alice.create_vm(ssh_keys=["k0", "k1", "k2"])["name"]  # ≈45 KB: fine
+def test_the_largest_vm_the_api_accepts_has_a_cloud_init_drive_that_fits() -> None:
+    """The caps on keys (their number per VM, their length) keep every VM's seed under the agent's
+    64 KiB limit, so no VM is accepted that its agent could not start."""
+    key = f"{ED25519} " + "x" * (MAX_KEY_LINE - len(ED25519) - 1)
+    nics = tuple(NIC(network=f"n{i}", mac=f"02:00:00:00:00:{i:02x}") for i in range(8))
+    vm = VM(uuid="u" * 36, owner="alice", name="a" * 63, specs=Specs(cpu=1, ram=1, ssd=1), image="tiny",
+            ssh_keys=(key,) * MAX_VM_KEYS, networks=nics)
+    user_data = seed_files(vm, hostname_for(vm.name), nics)["user-data"]
+    assert MAX_VM_KEYS * MAX_KEY_LINE < len(user_data) <= MAX_USER_DATA
+def key_line(kind: str, *fields: bytes) -> str:
+    blob = b"".join(len(f).to_bytes(4, "big") + f for f in (kind.encode(), *fields))
+    return f"{kind} {base64.b64encode(blob).decode()}"
+
+
+def keys_without_real_material() -> list[str]:
+    """Each was accepted: the check only compared the blob's first string with the key's type."""
+    point = bytes([4]) + bytes(64)  # (0, 0) is not on P-256
+    return [key_line("ssh-ed25519"), key_line("ssh-ed25519", bytes(31)), key_line("ssh-ed25519", bytes(32), b"x"),
+            key_line("ssh-rsa", b"\x01\x00\x01", b"\x00" + bytes([0xff]) * 64),  # a 512-bit modulus
+            key_line("ssh-rsa", b"\x02", b"\x00" + bytes([0xff]) * 256),  # an even exponent
+            key_line("ecdsa-sha2-nistp256", b"nistp256", point),
+            key_line("ecdsa-sha2-nistp256", b"nistp384", point),
+            key_line("sk-ssh-ed25519@openssh.com", bytes(32), b"web:x")]
+
+
+def test_real_keys_of_every_kind_are_accepted(alice: As, tmp_path: Path) -> None:
+    for kind, bits in [("rsa", "1024"), ("rsa", "3072"), ("ecdsa", "256"), ("ecdsa", "384"), ("ecdsa", "521"),
+                       ("ed25519", "256")]:
+        path = tmp_path / f"{kind}{bits}"
+        subprocess.run(["ssh-keygen", "-q", "-N", "", "-t", kind, "-b", bits, "-C", "me@host", "-f", str(path)],
+                       check=True)
+        key = path.with_suffix(".pub").read_text().strip()
+        response = alice.post("/api/v1/ssh-keys", json={"name": path.name, "key": key})
+        assert response.status_code == 201 and response.json["key"] == key, response.json
 
 
 def test_bad_ssh_keys(alice: As) -> None:
     for key in ["", "ssh-ed25519", "ssh-dss AAAAB3NzaC1kc3M=", "ssh-ed25519 !!!notbase64",
                 "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl",
-                ED25519 + "\x07bell"]:
+                ED25519 + "\x07bell", *keys_without_real_material()]:
         response = alice.post("/api/v1/ssh-keys", json={"name": "k", "key": key})
         assert response.status_code == 422, key
         assert response.json["error"]["fields"][0]["field"] == "key"
@@ -250,3 +279,43 @@ def test_networks_and_keys_at_creation(alice: As, bob: As, store: Store) -> None
 
 def test_image_stores_are_listed(alice: As) -> None:
     assert alice.get("/api/v1/image-stores").json == [{"name": "local", "type": "local"}]
+
+
+def test_a_new_user_of_a_deleted_users_name_inherits_nothing(admin: As, client, store: Store) -> None:  # type: ignore[no-untyped-def]
+    """An admin deleted alice and created a new alice, who then saw and used the old one's files and images."""
+    old = As(client, admin.post("/api/v1/users", json={"name": "alice"}).json["token"], "alice")
+    store.create(FILES, "f1", File(uuid="f1", owner="alice", filename="disk.raw", size=1, sha512="0" * 128,
+                                   mtime=datetime.now(UTC)))
+    image = old.post("/api/v1/images", json={"name": "mine", "file": "f1", "store": "local"}).json["uuid"]
+    vm = old.create_vm()["uuid"]
+    net = old.post("/api/v1/networks", json={"name": "n"}).json["uuid"]
+    assert old.post("/api/v1/vms", json={"name": "x"}, headers={"Idempotency-Key": "k"}).status_code == 422
+    assert old.post("/api/v1/networks", json={"name": "m"}, headers={"Idempotency-Key": "k"}).status_code == 201
+    assert admin.delete("/api/v1/users/alice").status_code == 204
+    again = admin.post("/api/v1/users", json={"name": "alice"})
+    assert again.status_code == 409 and again.json["error"]["code"] == "name_in_use"
+    assert "1 VMs, 2 networks, 1 images, 1 files" in again.json["error"]["message"]
+    for path in (f"/api/v1/vms/{vm}", f"/api/v1/networks/{net}", f"/api/v1/images/{image}"):
+        assert admin.delete(path).status_code == 204
+    for network in admin.get("/api/v1/networks").json:
+        admin.delete(f"/api/v1/networks/{network['uuid']}")
+    store.delete(FILES, "f1")
+    new = As(client, admin.post("/api/v1/users", json={"name": "alice"}).json["token"], "alice")
+    assert new.get("/api/v1/files").json == new.get("/api/v1/images").json[1:] == []
+    # The old alice's kept reply is not the new one's: the request is done, not replayed.
+    fresh = new.post("/api/v1/networks", json={"name": "m"}, headers={"Idempotency-Key": "k"})
+    assert fresh.status_code == 201 and "Idempotent-Replayed" not in fresh.headers
+
+
+def test_the_last_admin_cannot_be_deleted(admin: As, client) -> None:  # type: ignore[no-untyped-def]
+    refused = admin.delete("/api/v1/users/admin")
+    assert refused.status_code == 409 and refused.json["error"]["code"] == "last_admin"
+    second = As(client, admin.post("/api/v1/users", json={"name": "root", "role": "admin"}).json["token"], "root")
+    assert second.delete("/api/v1/users/admin").status_code == 204
+    assert second.delete("/api/v1/users/root").status_code == 409
+    assert second.get("/api/v1/users/root").status_code == 200
+
+
+def test_a_new_user_name_has_no_colon(admin: As) -> None:
+    response = admin.post("/api/v1/users", json={"name": "alice:x"})
+    assert response.status_code == 422 and response.json["error"]["fields"][0]["field"] == "name"

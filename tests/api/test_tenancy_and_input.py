@@ -11,6 +11,8 @@ from flask.testing import FlaskClient
 
 from tests.api.conftest import As, set_status
 from ucloud_common.file import FILES, File
+from ucloud_common.host import HOSTS, Host
+from ucloud_common.specs import Specs, guest_ram_mib
 from ucloud_common.states import Status
 from ucloud_common.store import Store
 from ucloud_common.vm import VMS
@@ -88,6 +90,17 @@ def good_vm(**changes: object) -> dict[str, object]:
     (good_vm(specs={"cpu": 1, "ram": -1, "ssd": 1}), "specs.ram"),
     (good_vm(specs={"cpu": 1, "ram": 1, "ssd": 10**12}), "specs.ssd"),
     (good_vm(specs={"cpu": "two", "ram": 1, "ssd": 1}), "specs.cpu"),
+    # Each was accepted: strict types, ram in whole MiB from 64 MiB (QEMU got 64 MiB for 1e-300 GiB
+    # while the scheduler counted nothing), at least 1 GiB of SSD.
+    (good_vm(specs={"cpu": "2", "ram": 1, "ssd": 1}), "specs.cpu"),
+    (good_vm(specs={"cpu": True, "ram": 1, "ssd": 1}), "specs.cpu"),
+    (good_vm(specs={"cpu": 1.0, "ram": 1, "ssd": 1}), "specs.cpu"),
+    (good_vm(specs={"cpu": 1, "ram": 1e-300, "ssd": 1}), "specs.ram"),
+    (good_vm(specs={"cpu": 1, "ram": 0.03125, "ssd": 1}), "specs.ram"),
+    (good_vm(specs={"cpu": 1, "ram": 0.1, "ssd": 1}), "specs.ram"),
+    (good_vm(specs={"cpu": 1, "ram": "1", "ssd": 1}), "specs.ram"),
+    (good_vm(specs={"cpu": 1, "ram": 1, "ssd": 0}), "specs.ssd"),
+    (good_vm(specs={"cpu": 1, "ram": 1, "ssd": True}), "specs.ssd"),
     (good_vm(specs={"cpu": 1, "ram": 1}), "specs.ssd"),
     (good_vm(specs={"cpu": 1, "ram": 1, "ssd": 1, "gpu": 1}), "specs.gpu"),
     (good_vm(colour="blue"), "colour"), (good_vm(image="nope"), "image"),
@@ -106,10 +119,31 @@ def test_bad_vm_bodies_name_the_field(alice: As, body: dict[str, object], field:
     # Each was a 500: an integer beyond Python's 4,300 digits, and JSON nested 100,000 deep.
     (b'{"name": "x", "specs": {"cpu": ' + b"9" * 5000 + b"}}", "application/json"),
     (b"[" * 100_000 + b"]" * 100_000, "application/json"),
+    # The last of a duplicate key silently won.
+    (b'{"name": "a", "specs": {"cpu": 1, "ram": 1, "ssd": 1}, "image": "tiny", "name": "b"}', "application/json"),
+    (b'{"name": "a", "specs": {"cpu": 1, "cpu": 64, "ram": 1, "ssd": 1}, "image": "tiny"}', "application/json"),
 ])
 def test_malformed_bodies_are_400(alice: As, data: bytes, content_type: str) -> None:
     response = alice.post("/api/v1/vms", data=data, headers={"Content-Type": content_type})
     assert response.status_code == 400 and response.json["error"]["code"] in ("bad_json", "bad_request")
+
+
+def test_accepted_ram_is_what_qemu_gets(alice: As) -> None:
+    vm = alice.create_vm(specs={"cpu": 1, "ram": 0.0625, "ssd": 1})
+    assert vm["specs"]["ram"] * 1024 == guest_ram_mib(vm["specs"]["ram"]) == 64
+    assert alice.create_vm("b", specs={"cpu": 2, "ram": 1.5, "ssd": 1})["specs"] == {"cpu": 2, "ram": 1.5, "ssd": 1,
+                                                                                   "hdd": 0}
+
+
+def test_booleans_are_booleans(alice: As, admin: As, store: Store) -> None:
+    store.create(HOSTS, "h1", Host(name="h1", capacity=Specs(cpu=8, ram=32, ssd=100)))
+    for on in (0, 1, "true", None):
+        response = admin.post("/api/v1/hosts/h1/maintenance", json={"on": on})
+        assert response.status_code == 422 and response.json["error"]["fields"][0]["field"] == "on", on
+    store.create(FILES, "f1", File(uuid="f1", owner="alice", filename="a.raw", size=1, sha512="0" * 128,
+                                   mtime=datetime.now(UTC)))
+    response = alice.post("/api/v1/images", json={"name": "i", "file": "f1", "store": "local", "public": 0})
+    assert response.status_code == 422 and response.json["error"]["fields"][0]["field"] == "public"
 
 
 def test_bodies_over_the_limit_are_413_also_when_chunked(alice: As) -> None:

@@ -7,6 +7,7 @@ import threading
 import pytest
 
 from tests.api.conftest import As, set_status
+from ucloud_api.idempotency import REPLIES
 from ucloud_common.states import ACTIONS, Action, Requested, Status
 from ucloud_common.store import Store
 from ucloud_common.vm import VMS
@@ -146,6 +147,34 @@ def test_idempotency_key_returns_the_first_result_and_creates_nothing_twice(alic
     assert len(store.list(VMS).items) == 1
     other = alice.post("/api/v1/vms", json={**body, "name": "other"}, headers={"Idempotency-Key": "k-1"})
     assert other.status_code == 422 and other.json["error"]["code"] == "idempotency_key_reused"
+
+
+def test_only_accepted_writes_keep_a_reply_and_replies_share_a_lease(alice: As, store: Store) -> None:
+    """Every reply was kept a day on a lease of its own, refusals too: 500 requests answered 422 left
+    500 keys on 500 leases."""
+    bad = {"name": "v", "specs": {"cpu": 0, "ram": 1, "ssd": 1}, "image": "tiny"}
+    for n in range(20):
+        assert alice.post("/api/v1/vms", json=bad, headers={"Idempotency-Key": f"bad-{n}"}).status_code == 422
+    assert store.count(REPLIES, "") == 0
+    for n in range(5):
+        body = {"name": f"v{n}", "specs": {"cpu": 1, "ram": 1, "ssd": 1}, "image": "tiny"}
+        assert alice.post("/api/v1/vms", json=body, headers={"Idempotency-Key": f"ok-{n}"}).status_code == 201
+    kept = store.list(REPLIES).items
+    assert len(kept) == 5
+    assert len({store.client.get(REPLIES.key(name))[1].lease_id for name in kept}) == 1
+
+
+def test_replies_kept_per_user_are_capped(alice: As, bob: As, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store, "settings", store.settings.model_copy(update={"max_idempotency_keys_per_user": 2}))
+    vm = alice.create_vm()
+    set_status(store, vm["uuid"], Status.RUNNING)
+    for key in ("a", "b"):
+        assert alice.post(f"/api/v1/vms/{vm['uuid']}/reboot", headers={"Idempotency-Key": key}).status_code == 202
+    over = alice.post(f"/api/v1/vms/{vm['uuid']}/reboot", headers={"Idempotency-Key": "c"})
+    assert over.status_code == 429 and "UCLOUD_MAX_IDEMPOTENCY_KEYS_PER_USER" in over.json["error"]["message"]
+    again = alice.post(f"/api/v1/vms/{vm['uuid']}/reboot", headers={"Idempotency-Key": "a"})
+    assert again.status_code == 202 and again.headers["Idempotent-Replayed"] == "true"
+    assert bob.post("/api/v1/networks", json={"name": "n"}, headers={"Idempotency-Key": "a"}).status_code == 201
 
 
 def test_idempotent_actions(alice: As, store: Store) -> None:

@@ -23,6 +23,7 @@ from ucloud_common.store import (
     Put,
     Remove,
     StoreRefused,
+    TooLarge,
 )
 from ucloud_common.vm import VMS, VM
 
@@ -212,6 +213,25 @@ def test_transactions_etcd_refuses_are_refused(store: AbstractStore) -> None:
     with pytest.raises(StoreRefused, match="too many operations"):
         store.transact([Put(VMS, f"vm{i}", a_vm(f"vm{i}"), 0) for i in range(129)])
     assert store.list(VMS).items == {}
+
+
+@pytest.mark.parametrize("size", [1_600_000, 3_000_000])
+def test_a_write_too_large_for_etcd_is_refused_as_such(store: AbstractStore, size: int) -> None:
+    """Over etcd's 1.5 MiB request limit, and over gRPC's message limit (2 MiB): each was
+    indistinguishable from an outage (the API answered 503 "etcd unreachable" for a user's 96th key)."""
+    big = a_vm().evolve(error="x" * size)
+    with pytest.raises(TooLarge, match="larger than etcd takes"):
+        store.create(VMS, "big", big)
+    with pytest.raises(TooLarge):
+        store.transact([Put(VMS, "big", big, 0)])
+    assert store.get(VMS, "big") is None
+
+
+def test_count_counts_keys_by_name_prefix(store: AbstractStore) -> None:
+    for name in ("a:1", "a:2", "ab:1", "b:1"):
+        store.create(VMS, name, a_vm(name))
+    assert store.count(VMS, "a:") == 2
+    assert store.count(VMS, "c:") == 0
 
 
 def test_writes_on_a_revoked_lease_are_refused_and_its_keys_gone(store: AbstractStore) -> None:

@@ -10,6 +10,7 @@ from ucloud_api.auth import current
 from ucloud_api.body import parse
 from ucloud_api.errors import APIError, not_found
 from ucloud_api.idempotency import idempotent
+from ucloud_api.limits import IMAGES_PER_USER
 from ucloud_api.naming import create_named
 from ucloud_api.replies import check_if_match, created_reply, dump, lookup, lookup_own, object_reply, store
 from ucloud_api.schemas import ImageCreate
@@ -57,7 +58,8 @@ def create() -> Response:
     uuid = str(uuidlib.uuid4())
     image = Image(uuid=uuid, owner=caller.name, name=body.name, store_name=body.store,
                   file_uuid=body.file, public=body.public)
-    created = create_named(IMAGES, IMAGE_NAMES, caller.name, body.name, uuid, lambda: (image, []), "image")
+    created = create_named(IMAGES, IMAGE_NAMES, caller.name, body.name, uuid, lambda: (image, []), "image",
+                           IMAGES_PER_USER)
     return created_reply(created, f"/api/v1/images/{uuid}")
 
 

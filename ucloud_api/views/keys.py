@@ -8,14 +8,13 @@ from ucloud_api.auth import current
 from ucloud_api.body import parse
 from ucloud_api.errors import APIError, not_found
 from ucloud_api.idempotency import idempotent
+from ucloud_api.limits import SSH_KEYS_PER_USER
 from ucloud_api.replies import store
 from ucloud_api.schemas import SSHKeyCreate
 from ucloud_common.store import NotFound
 from ucloud_common.user import USERS, User
 
 bp = Blueprint("keys", __name__, url_prefix="/api/v1/ssh-keys")
-
-MAX_KEYS = 100
 
 
 @bp.post("")
@@ -26,8 +25,7 @@ def add() -> Response:
     def with_key(user: User) -> User:
         if body.name in user.ssh_keys:
             raise APIError(409, "exists", f"you already have a key named {body.name}")
-        if len(user.ssh_keys) >= MAX_KEYS:
-            raise APIError(409, "too_many", f"a user has at most {MAX_KEYS} keys")
+        SSH_KEYS_PER_USER.check(len(user.ssh_keys))
         return user.evolve(ssh_keys={**user.ssh_keys, body.name: body.key})
 
     _update(with_key)

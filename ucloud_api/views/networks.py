@@ -18,6 +18,7 @@ from ucloud_api.auth import current
 from ucloud_api.body import parse
 from ucloud_api.errors import APIError
 from ucloud_api.idempotency import idempotent
+from ucloud_api.limits import NETWORKS_PER_USER
 from ucloud_api.naming import create_named, new_nic
 from ucloud_api.replies import check_if_match, created_reply, dump, lookup_own, object_reply, store
 from ucloud_api.schemas import Attachment, NetworkCreate
@@ -58,7 +59,8 @@ def create() -> Response:
         if holder is not None and store().get(NETWORKS, holder.value.holder) is not None:
             raise APIError(409, "in_use", f"ipv6_prefix {body.ipv6_prefix} is another network's")
 
-    created = create_named(NETWORKS, NETWORK_NAMES, caller.name, body.name, uuid, make, "network")
+    created = create_named(NETWORKS, NETWORK_NAMES, caller.name, body.name, uuid, make, "network",
+                           NETWORKS_PER_USER)
     return created_reply(created, f"/api/v1/networks/{uuid}")
 
 

@@ -1,16 +1,29 @@
-"""Users (admin only)."""
+"""Users (admin only).
+
+A user is known by name, and so is what they own (`owner` in every record, their upload folder,
+their name claims): a new user is refused a name that anything still carries, so that no one
+inherits a deleted user's VMs, networks, images or files. The last admin cannot be deleted.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
 from ucloud_api.auth import create_user, require_admin
 from ucloud_api.body import parse
-from ucloud_api.idempotency import idempotent
+from ucloud_api.errors import APIError
+from ucloud_api.idempotency import REPLIES, idempotent
 from ucloud_api.replies import check_if_match, dump, lookup, object_reply, store
 from ucloud_api.schemas import UserCreate
-from ucloud_common.store import Remove
-from ucloud_common.user import TOKENS, USERS
+from ucloud_common.claim import owned
+from ucloud_common.file import FILES
+from ucloud_common.image import IMAGES
+from ucloud_common.network import NETWORKS
+from ucloud_common.store import Conflict, Put, Remove
+from ucloud_common.user import TOKENS, USERS, Role
+from ucloud_common.vm import VMS
 
 bp = Blueprint("users", __name__, url_prefix="/api/v1/users")
 
@@ -20,6 +33,8 @@ bp = Blueprint("users", __name__, url_prefix="/api/v1/users")
 def create() -> Response:
     require_admin()
     body = parse(UserCreate)
+    if store().get(USERS, body.name) is None:
+        _check_nothing_owned_by(body.name)
     user, token = create_user(store(), body.name, body.role)
     created = store().get(USERS, user.name)
     assert created is not None
@@ -44,6 +59,35 @@ def delete(name: str) -> Response:
     user = lookup(USERS, name, f"user {name}")
     check_if_match(user)
     tokens = [t for t in store().list(TOKENS).items.values() if t.value.user == name]
-    store().transact([Remove(USERS, name, user.mod_revision), *(Remove(TOKENS, t.name, None) for t in tokens)])
+    writes: list[Put[Any] | Remove[Any]] = [Remove(USERS, name, user.mod_revision),
+                                            *(Remove(TOKENS, t.name, None) for t in tokens)]
+    if user.value.role is Role.ADMIN:
+        admins = [u for u in store().list(USERS).items.values() if u.value.role is Role.ADMIN and u.name != name]
+        if not admins:
+            raise APIError(409, "last_admin", f"user {name} is the last admin; make another admin first")
+        # Another admin must still exist when this one goes: rewritten unchanged under compare-and-swap,
+        # so that two admins deleting each other at once conflict instead of leaving no admin.
+        keeper = admins[0]
+        writes.append(Put(USERS, keeper.name, keeper.value, keeper.mod_revision))
+    try:
+        store().transact(writes)
+    except Conflict:
+        raise APIError(409, "busy", "the users changed meanwhile; retry the request") from None
+    # Replies kept for the user's Idempotency-Key retries would be replayed to a new user of the name.
+    store().delete_all(REPLIES, owned(name, ""))
     return Response(status=204)
 
+
+def _check_nothing_owned_by(name: str) -> None:
+    """409 if a VM, network, image or registered file still has `owner` `name` (a deleted user's):
+    everything is owned by name, so a new user of that name would inherit it all. The records are
+    read, not the name claims: an imported image has none. (A new user created while a deleted user's
+    cached token still works, `CACHE_SECONDS`, could race this; nothing else creates objects of a
+    user who does not exist.) Not checked by `ucloud-api create-admin`, the operator's at the console:
+    `ucloud-vm import-image` makes images owned by "admin" before the first admin exists."""
+    counts = {what: len(store().list(family, where={"owner": name}).items)
+             for what, family in (("VMs", VMS), ("networks", NETWORKS), ("images", IMAGES), ("files", FILES))}
+    if any(counts.values()):
+        held = ", ".join(f"{count} {what}" for what, count in counts.items() if count)
+        raise APIError(409, "name_in_use", f"the name {name} still owns {held} of a deleted user: a new user of "
+                       f"that name would inherit them; delete them first (files: from the upload folder {name}/)")

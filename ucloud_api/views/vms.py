@@ -15,10 +15,10 @@ from ucloud_api.auth import current, require_admin
 from ucloud_api.body import parse
 from ucloud_api.errors import APIError
 from ucloud_api.idempotency import idempotent
+from ucloud_api.limits import VMS_PER_USER
 from ucloud_api.naming import create_named, new_nic
 from ucloud_api.replies import check_if_match, created_reply, dump, if_match, lookup_own, object_reply, store
 from ucloud_api.schemas import Migrate, VMCreate
-from ucloud_common.cidata import SeedError, SeedTooLarge, hostname_for, seed_files
 from ucloud_common.claim import MACS, VM_NAMES, Claim, held_by, mac_claim, vm_claims
 from ucloud_common.event import EVENTS, events_of
 from ucloud_common.host import HOSTS
@@ -78,18 +78,13 @@ def create() -> Response:
                            network.mod_revision),
                        Put(MACS, mac_claim(nic.mac), Claim(holder=uuid), 0)]
         vm = VM(
-            uuid=uuid, owner=caller.name, name=body.name, specs=body.specs, image=body.image,
+            uuid=uuid, owner=caller.name, name=body.name, specs=body.specs.as_specs(), image=body.image,
             storage=body.storage, ssh_keys=tuple(user_keys[k] for k in body.ssh_keys),
             anti_affinity=body.anti_affinity or "", networks=tuple(nics),
         )
-        try:  # the agent builds this at every start: a VM whose seed cannot be made could never start
-            seed_files(vm, hostname_for(vm.name), vm.networks)
-        except SeedError as exc:
-            raise APIError(422, "invalid", exc.reason, fields=[{"field": "ssh_keys" if isinstance(
-                exc, SeedTooLarge) else "name", "message": exc.reason}]) from None
         return vm, writes
 
-    created = create_named(VMS, VM_NAMES, caller.name, body.name, uuid, make, "VM")
+    created = create_named(VMS, VM_NAMES, caller.name, body.name, uuid, make, "VM", VMS_PER_USER)
     return created_reply(created, f"/api/v1/vms/{uuid}", shown_one(created.value))
 
 

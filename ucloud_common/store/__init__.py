@@ -19,6 +19,7 @@ from ucloud_common.store.errors import (
     StoreError,
     StoreRefused,
     StoreUnavailable,
+    TooLarge,
 )
 from ucloud_common.store.etcd import Store
 from ucloud_common.store.follow import Change, Follower, Snapshot, apply
@@ -28,5 +29,5 @@ from ucloud_common.store.memory import MemoryStore, MemoryWatch
 __all__ = [
     "AbstractStore", "AlreadyExists", "Change", "Compacted", "Conflict", "Election", "Follower", "Guard",
     "GuardFailed", "KeptLease", "LeaseExpired", "Listing", "MemoryStore", "MemoryWatch", "NotFound", "Put",
-    "Remove", "Snapshot", "Store", "StoreError", "StoreRefused", "StoreUnavailable", "Versioned", "apply",
+    "Remove", "Snapshot", "Store", "StoreError", "StoreRefused", "StoreUnavailable", "TooLarge", "Versioned", "apply",
 ]

@@ -122,6 +122,11 @@ class AbstractStore(ABC):
         """Every valid record of the family (whose name starts with `within`, and whose top-level
         fields equal `where`), as one consistent snapshot at `Listing.revision`."""
 
+    @abstractmethod
+    def count(self, family: Family[R], within: str) -> int:
+        """How many keys of the family have a name starting with `within`, valid records or not
+        (etcd counts them without sending them: cheap enough for a limit checked on every create)."""
+
     # -- writes -----------------------------------------------------------------------------------
 
     @abstractmethod

@@ -21,6 +21,12 @@ class StoreRefused(StoreError):
     objected to."""
 
 
+class TooLarge(StoreRefused):
+    """etcd refused a write as larger than it takes in one request (`--max-request-bytes`, 1.5 MiB
+    by default; beyond it plus 0.5 MiB, gRPC's own message limit): nothing was written, and the same
+    write will never fit. Its message names the limit."""
+
+
 class LeaseExpired(StoreRefused):
     """A write or renewal named a lease that etcd no longer has (it expired or was revoked):
     nothing was written. The keys that were attached to it are gone; start over with a new lease."""

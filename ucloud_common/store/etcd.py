@@ -117,6 +117,14 @@ class Store(AbstractStore):
         kv = response.kvs[0]
         return Versioned(name, family.decode(key, kv.value), kv.mod_revision, kv.create_revision)
 
+    def count(self, family: Family[R], within: str) -> int:
+        prefix = (family.prefix + within).encode()
+        request = rpc_pb2.RangeRequest(key=prefix, range_end=_prefix_end(prefix), count_only=True)
+        response = self._members.call(
+            f"count {prefix.decode(errors='replace')}",
+            lambda m, left, metadata: m.kv.Range(request, timeout=left, metadata=metadata), retry_safe=True)
+        return int(response.count)
+
     def list(self, family: Family[R], within: str = "", where: Mapping[str, str] | None = None) -> Listing[R]:
         """Every valid record of the family (whose name starts with `within`, and whose top-level
         fields equal `where`), as one consistent snapshot: read in pages, every page at the first

@@ -20,6 +20,7 @@ from ucloud_common.store.errors import (
     StoreError,
     StoreRefused,
     StoreUnavailable,
+    TooLarge,
 )
 
 
@@ -33,6 +34,13 @@ class Rule:
     other_member: bool
     meaning: str
 
+
+# etcd's words for a request over --max-request-bytes (INVALID_ARGUMENT), and gRPC's for one over the
+# server's message limit (RESOURCE_EXHAUSTED, which otherwise means etcd is out of space or
+# overloaded: temporary). Either way the write can never fit: it must not look like an outage.
+_TOO_LARGE = Rule(TooLarge, False, "the request is larger than etcd takes (--max-request-bytes, 1.5 MiB by "
+                  "default)")
+_TOO_LARGE_DETAILS = ("request is too large", "larger than max")
 
 _UNAVAILABLE = Rule(StoreUnavailable, True, "the member is unreachable, restarting or without a leader")
 _REFUSED = Rule(StoreRefused, False, "etcd refused the request")
@@ -88,6 +96,9 @@ def rule_for(exc: BaseException) -> Rule:
     failure of the connection (for example gRPC's ValueError on a closed channel)."""
     if isinstance(exc, grpc.RpcError) and callable(getattr(exc, "code", None)):
         rule = BY_CODE.get(exc.code(), _UNAVAILABLE)
+        if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED) and any(
+                phrase in _details(exc) for phrase in _TOO_LARGE_DETAILS):
+            return _TOO_LARGE
         if rule.error is Compacted and "compacted" not in _details(exc):
             return Rule(StoreRefused, False, rule.meaning)
         return rule

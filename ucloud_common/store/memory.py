@@ -53,7 +53,7 @@ from ucloud_common.store.contract import (
     first_conflict,
     listed,
 )
-from ucloud_common.store.errors import Compacted, LeaseExpired, StoreRefused, StoreUnavailable
+from ucloud_common.store.errors import Compacted, LeaseExpired, StoreRefused, StoreUnavailable, TooLarge
 from ucloud_common.store.watch import WATCH_IDLE_S, Event
 
 ENDPOINT = "memory"
@@ -261,7 +261,9 @@ class MemoryStore(AbstractStore):
         if max(len(expect) + (guard is not None), len(writes)) > MAX_TXN_OPS:
             raise _refused(what, "INVALID_ARGUMENT: etcdserver: too many operations in txn request")
         if sum(len(key) + len(value or b"") for key, value, _ in writes) > MAX_REQUEST_BYTES:
-            raise _refused(what, "INVALID_ARGUMENT: etcdserver: request is too large")
+            raise TooLarge(f"etcd at {ENDPOINT} refused the request ({what}): the request is larger than etcd "
+                           "takes (--max-request-bytes, 1.5 MiB by default) (INVALID_ARGUMENT: etcdserver: "
+                           "request is too large)")
         actual = [entry.mod_revision if (entry := ks.entries.get(key)) else 0 for key, _ in expect]
         holder = ks.entries.get(guard.key.encode()) if guard is not None else None
         if any(a != e for a, (_, e) in zip(actual, expect)) or (
@@ -288,6 +290,11 @@ class MemoryStore(AbstractStore):
             if entry is None:
                 return None
             return Versioned(name, family.decode(key, entry.value), entry.mod_revision, entry.create_revision)
+
+    def count(self, family: Family[R], within: str) -> int:
+        prefix = (family.prefix + within).encode()
+        with self._call(f"count {prefix.decode()}") as ks:
+            return sum(1 for _ in ks.in_range(prefix, pyetcd.utils.prefix_range_end(prefix)))
 
     def list(self, family: Family[R], within: str = "", where: Mapping[str, str] | None = None) -> Listing[R]:
         prefix = (family.prefix + within).encode()

@@ -1,0 +1,60 @@
+"""The API's gunicorn worker: gunicorn's threaded worker (gthread) and a deadline on reading a request.
+
+gthread keeps idle and kept-alive connections in its selector, not in a thread, and hands a
+connection to one of its threads (`threads` per process) only when bytes arrive. Once a thread has
+it, though, it reads the request line, headers and body with blocking reads and no overall limit: a
+client sending one header line every 2 s holds that thread as long as it likes (with sync workers,
+4 such connections left a 2-worker API unanswered for 60 s). Here a request must arrive whole within
+UCLOUD_API_READ_TIMEOUT of a thread taking its connection: past it, the connection's reading side is
+shut down, the thread's next read ends, gunicorn closes the connection, and the thread is free.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Any
+
+from gunicorn.workers.gthread import ThreadWorker
+
+from ucloud_common.config import load_settings
+
+# How often the deadlines are looked at: a slow client is cut off at most this late.
+_CHECK_EVERY = 0.5
+
+
+class ReadDeadlineWorker(ThreadWorker):  # type: ignore[misc]
+    def init_process(self) -> None:
+        self.read_timeout = load_settings().api_read_timeout
+        self._reading: dict[int, tuple[float, Any]] = {}  # id(conn) → (deadline, conn)
+        self._reading_lock = threading.Lock()
+        threading.Thread(target=self._cut_late_readers, name="read-deadline", daemon=True).start()
+        super().init_process()  # runs the worker's loop until it stops
+
+    def handle(self, conn: Any) -> Any:
+        # The deadline also runs while the app answers (the app reads the body itself): a request
+        # whose answer takes longer only loses its connection's keep-alive, as its reading side is
+        # shut down; the answer is still written.
+        with self._reading_lock:
+            self._reading[id(conn)] = (time.monotonic() + self.read_timeout, conn)
+        try:
+            return super().handle(conn)
+        finally:
+            with self._reading_lock:
+                self._reading.pop(id(conn), None)
+
+    def _cut_late_readers(self) -> None:
+        while True:
+            time.sleep(_CHECK_EVERY)
+            now = time.monotonic()
+            with self._reading_lock:
+                late = [key for key, (deadline, _) in self._reading.items() if deadline <= now]
+                conns = [self._reading.pop(key)[1] for key in late]
+            for conn in conns:
+                self.log.warning("closing the connection of %s: no whole request within %s s",
+                                 conn.client, self.read_timeout)
+                try:
+                    conn.sock.shutdown(socket.SHUT_RD)
+                except OSError:
+                    pass  # already closed
