@@ -6,9 +6,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ucloud_common.quoting import printable
+
 
 class APIError(Exception):
     def __init__(self, status: int, code: str, message: str, **details: Any) -> None:
+        # A message may hold a name from the URL or the body (`/hosts/a%0Ab`): one printable line, always.
+        message = printable(message)
         super().__init__(message)
         self.status = status
         self.code = code

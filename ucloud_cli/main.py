@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from ucloud_cli.client import CLIError, Client, config_path, save_login
-from ucloud_cli.output import Column, field, show
+from ucloud_cli.output import Column, error, field, show
 
 VM_COLUMNS: list[Column] = [
     ("UUID", field("uuid")), ("NAME", field("name")), ("STATUS", field("status")),
@@ -58,7 +58,7 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except CLIError as exc:
-            click.echo(f"Error: {exc}", err=True)
+            error(str(exc))
             sys.exit(exc.code)
 
     return wrapper

@@ -1,4 +1,8 @@
-"""Printing: aligned tables for people, the API's own JSON (`-o json`) for scripts."""
+"""Printing: aligned tables for people, the API's own JSON (`-o json`) for scripts.
+
+Every text a table or a listing shows went through `printable`: an image's `error` may quote a name
+taken from a user's file, and must not move an admin's cursor or forge a line (JSON escapes by itself).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
+
+from ucloud_common.quoting import printable
 
 Column = tuple[str, Callable[[dict[str, Any]], Any]]
 
@@ -30,7 +36,12 @@ def _text(value: Any) -> str:
         return " ".join(f"{k}={_text(v)}" for k, v in value.items())
     if isinstance(value, (list, tuple)):
         return ("; " if any(isinstance(v, dict) for v in value) else ",").join(_text(v) for v in value)
-    return str(value)
+    return printable(str(value))
+
+
+def error(message: str) -> None:
+    """The one stderr line of a refused or failed command (the API's message may quote a user's text)."""
+    click.echo(f"Error: {printable(message)}", err=True)
 
 
 def show(data: Any, fmt: str, columns: Sequence[Column] | None = None) -> None:
@@ -39,8 +50,8 @@ def show(data: Any, fmt: str, columns: Sequence[Column] | None = None) -> None:
     elif isinstance(data, list):
         click.echo(table(data, columns or []))
     else:
-        width = max(len(k) for k in data) if data else 0
+        width = max(len(printable(k)) for k in data) if data else 0
         for key, value in data.items():
             if key == "events":
                 continue
-            click.echo(f"{key.ljust(width)}  {_text(value)}")
+            click.echo(f"{printable(key).ljust(width)}  {_text(value)}")

@@ -200,6 +200,19 @@ class Settings(BaseSettings):
     lock_dir: Path = Field(Path("/run/lock"), description="Where the periodic jobs keep their lock files "
                            "(one run at a time).")
     image_max_size: int = Field(256, ge=1, description="GiB: an image whose virtual size is larger is refused.")
+    image_quota: int = Field(1024, ge=1, description="GiB per user: the virtual sizes of a user's images in the "
+                             "image stores add up to at most this; image-scanner refuses an image that would pass it. "
+                             "Four images of the largest size: a user cannot fill a store others share.")
+    image_max_expansion: float = Field(10.0, ge=1, description="A qcow2 upload may hold at most this many times "
+                                       "its file's size as data (compressed clusters expand; the tiny test image "
+                                       "compressed holds 1.2 times its size, zlib at its best over 1000 times).")
+    filescan_max_depth: int = Field(32, ge=1, le=1000, description="Folders deep file-scan walks into a user's "
+                                    "folder; deeper ones are skipped with a log line.")
+    filescan_max_entries: int = Field(10000, ge=1, description="Entries (files and folders) file-scan looks at "
+                                      "in one user's folder per run; the rest are skipped with a log line.")
+    filescan_user_share: int = Field(16, ge=1, description="GiB of one user's files file-scan reads (hashes) per "
+                                     "run; a file that crosses it is still read, the rest wait for the next run, "
+                                     "so that one user's uploads never hold up the others' for long.")
     qemu_img_memory: int = Field(1024, ge=64, description="MiB of address space qemu-img may use while it "
                                  "inspects or converts an untrusted file.")
     qemu_img_cpu: int = Field(1800, ge=1, description="CPU seconds qemu-img may use on one image.")

@@ -14,8 +14,9 @@ class File(Record):
     owner: Name
     filename: str = Field(min_length=1)  # relative to the owner's upload folder
     size: int = Field(ge=0)
-    sha512: str = Field(pattern=r"^[0-9a-f]{128}$")
+    sha512: str = Field(pattern=r"^([0-9a-f]{128})?$")  # "" when `refused`: such a file is never read through
     mtime: datetime
+    refused: str = ""  # why it can never become an image (too large, by its size or its qcow2 header)
 
 
 FILES: Family[File] = Family("/v1/file/", File, identity="uuid")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from pydantic import Field
+
 from ucloud_common.record import Family, Name, Record
 
 
@@ -22,6 +24,7 @@ class Image(Record):
     public: bool = False
     status: ImageStatus = ImageStatus.TO_BE_CREATED
     error: str = ""
+    size: int = Field(0, ge=0)  # virtual size in bytes, once CREATED: what counts against its owner's image quota
 
 
 IMAGES: Family[Image] = Family("/v1/image/", Image, identity="uuid")

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ucloud_common.cli import daemon_group, run_periodic_job, settings_from
-from ucloud_filescan.scan import scan
+from ucloud_filescan.scan import Limits, scan
 
 cli = daemon_group("ucloud-filescan", "File-scan: registers the files users uploaded into their folders.")
 
@@ -23,4 +23,4 @@ def run(ctx: click.Context, upload_dir: Path | None) -> None:
     """
     settings = settings_from(ctx)
     run_periodic_job("ucloud-filescan", settings, lambda store: scan(
-        store, upload_dir or settings.upload_dir, settings.filescan_settle).sentence())
+        store, upload_dir or settings.upload_dir, settings.filescan_settle, Limits.of(settings)).sentence())

@@ -5,6 +5,10 @@ the user owns the folders), and make the image from it with `imagestore.build`, 
 the file is still the one file-scan registered, judges it, converts it and stores it; then
 `imagestore.settle` marks the image CREATED, or ERROR with the reason, or leaves it for the next run
 after a temporary failure. One image's failure, of any kind, never stops the others.
+
+Each user's images add up to at most `image_quota` GiB of virtual size: the images CREATED count, and
+one that would pass the quota is refused before its file is read. Runs never overlap (a lock), so
+what this run counts is all there is.
 """
 
 from __future__ import annotations
@@ -12,8 +16,8 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from collections import Counter
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 from ucloud_common.ceph import Ceph
@@ -22,6 +26,7 @@ from ucloud_common.diskformat import Refused
 from ucloud_common.file import FILES, File
 from ucloud_common.image import IMAGES, Image, ImageStatus
 from ucloud_common.imagestore import build, settle
+from ucloud_common.quoting import quote
 from ucloud_common.store import Store
 
 log = logging.getLogger(__name__)
@@ -44,7 +49,7 @@ def open_beneath(base: Path, relative: str) -> int:
     file at the end. Returns the fd."""
     parts = Path(relative).parts
     if not parts or any(p in ("", ".", "..") or "/" in p for p in parts) or Path(relative).is_absolute():
-        raise Refused(f"file name {relative!r} is not a plain relative path")
+        raise Refused(f"file name {quote(relative)} is not a plain relative path")
     fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         for part in parts[:-1]:
@@ -62,11 +67,15 @@ def open_beneath(base: Path, relative: str) -> int:
     return leaf
 
 
-def create_image(settings: Settings, image: Image, file: File, ceph: Ceph | None = None) -> None:
-    """Make the image from the user's file (see `imagestore.build`, which says what it raises)."""
+def create_image(settings: Settings, image: Image, file: File, ceph: Ceph | None = None,
+                 room: int | None = None) -> int:
+    """Make the image from the user's file, at most `room` bytes large, and return its virtual size
+    (see `imagestore.build`, which says what it raises)."""
+    if file.refused:  # file-scan found it too large and never read it
+        raise Refused(file.refused)
     fd = open_beneath(settings.upload_dir / file.owner, file.filename)
     try:
-        build(settings, image, fd, ceph, sha512=file.sha512)
+        return build(settings, image, fd, ceph, sha512=file.sha512, room=room)
     finally:
         os.close(fd)
 
@@ -74,8 +83,12 @@ def create_image(settings: Settings, image: Image, file: File, ceph: Ceph | None
 def scan(store: Store, settings: Settings, ceph: Ceph | None = None) -> Report:
     report = Report()
     files = store.list(FILES).items
-    for item in store.list(IMAGES).items.values():
-        image = item.value
+    images = [item.value for item in store.list(IMAGES).items.values()]
+    used: Counter[str] = Counter()
+    for image in images:
+        if image.status is ImageStatus.CREATED:
+            used[image.owner] += image.size
+    for image in images:
         if image.status is not ImageStatus.TO_BE_CREATED:
             continue
         file = files.get(image.file_uuid)
@@ -83,7 +96,14 @@ def scan(store: Store, settings: Settings, ceph: Ceph | None = None) -> Report:
             log.info("image %s waits: its file %s is not registered", image.uuid, image.file_uuid)
             report.waiting += 1
             continue
-        outcome = settle(store, image, partial(create_image, settings, image, file.value, ceph))
+
+        def make(image: Image = image, file: File = file.value) -> int:
+            size = create_image(settings, image, file, ceph, 
+                                room=max(0, settings.image_quota * 2**30 - used[image.owner]))
+            used[image.owner] += size
+            return size
+
+        outcome = settle(store, image, make)
         if outcome.status is ImageStatus.CREATED:
             report.created += 1
         elif outcome.status is ImageStatus.ERROR:

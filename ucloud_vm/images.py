@@ -30,10 +30,10 @@ def import_image(store: Store, settings: Settings, path: Path, request: Image, c
     else:
         store.replace(IMAGES, request.uuid, request, current.mod_revision)
 
-    def make() -> None:
+    def make() -> int:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            build(settings, request, fd, ceph)
+            return build(settings, request, fd, ceph)
         finally:
             os.close(fd)
 

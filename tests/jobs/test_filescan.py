@@ -16,7 +16,7 @@ import pytest
 from ucloud_common.file import FILES
 from ucloud_common.joblock import AlreadyRunning, single_run
 from ucloud_common.store import Store
-from ucloud_filescan.scan import scan
+from ucloud_filescan.scan import Limits, Seen, in_turns, scan
 
 BIN = Path(sys.executable).parent
 
@@ -114,7 +114,84 @@ def test_one_run_at_a_time(tmp_path: Path, store: Store, tree: Path, etcd_server
     assert done.returncode == 0 and "3 registered" in done.stderr, done.stderr
 
 
+def _remove_deep(top: Path) -> None:
+    """rm -rf without recursion: pytest's own clean-up of old temporary folders (shutil.rmtree)
+    recurses, and would fail every later session on a tree this deep."""
+    subprocess.run(["rm", "-rf", "--", str(top)], check=True)
+
+
 def _empty(tmp_path: Path) -> Path:
     path = tmp_path / "empty.conf"
     path.write_text("")
     return path
+
+
+def test_a_tree_too_deep_for_recursion_is_skipped_for_that_folder_only(
+        store: Store, tree: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """1,100 folders deep made os.walk raise RecursionError: the run ended and nobody's file was registered."""
+    deep = tree / "alice" / "deep"
+    deep.mkdir()
+    current = os.open(deep, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(1100):  # by fd: the whole path would pass PATH_MAX
+        os.mkdir("d", dir_fd=current)
+        inner = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=current)
+        os.close(current)
+        current = inner
+    os.close(current)
+    (deep / "d" / "shallow.raw").write_bytes(b"near the top")
+    try:
+        with caplog.at_level(logging.INFO):
+            report = scan(store, tree, settle=0)
+    finally:
+        _remove_deep(deep)
+    files = registered(store)
+    assert ("bob", "b.img") in files and ("alice", "disk.qcow2") in files
+    assert ("alice", "deep/d/shallow.raw") in files
+    assert report.registered == 4
+    assert "deeper than 32 folders" in caplog.text
+
+
+def test_one_users_entries_are_bounded_and_never_cost_them_their_registered_files(
+        store: Store, tree: Path, caplog: pytest.LogCaptureFixture) -> None:
+    many = tree / "bob" / "many"
+    many.mkdir()
+    for i in range(30):
+        (many / f"f{i:02}").write_bytes(b"x")
+    scan(store, tree, settle=0, limits=Limits(max_entries=100))
+    assert sum(1 for owner, _ in registered(store) if owner == "bob") == 31
+    with caplog.at_level(logging.INFO):
+        report = scan(store, tree, settle=0, limits=Limits(max_entries=10))
+    assert "more than 10 entries" in caplog.text
+    assert report.removed == 0, "files beyond the limit may still be there: they are not removed"
+    assert sum(1 for owner, _ in registered(store) if owner == "bob") == 31
+    assert ("alice", "disk.qcow2") in registered(store), "the other user is looked at whole"
+
+
+def test_a_file_too_large_to_be_an_image_is_registered_unread_with_the_reason(
+        store: Store, tree: Path, tmp_path: Path) -> None:
+    """An 8 GiB sparse file was hashed for 55 s before image-scanner refused it for its size."""
+    raw = tree / "alice" / "big.raw"
+    with open(raw, "wb") as file:
+        file.truncate(2 * 2**30)
+    padded = tree / "alice" / "padded.qcow2"  # a 1 MiB disk in a 1 GiB file: nothing needs the rest
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(padded), "1M"], check=True)
+    os.truncate(padded, 2**30)
+    report = scan(store, tree, settle=0, limits=Limits(image_max_size=1))
+    files = registered(store)
+    assert files[("alice", "big.raw")].refused == "virtual size 2.0 GiB exceeds the limit of 1 GiB"  # type: ignore[attr-defined]
+    assert files[("alice", "padded.qcow2")].refused == (  # type: ignore[attr-defined]
+        "the file (1.0 GiB) is larger than any qcow2 of virtual size 0.0 GiB needs to be")
+    assert files[("alice", "big.raw")].sha512 == "" and report.too_large == 2  # type: ignore[attr-defined]
+    assert files[("alice", "disk.qcow2")].refused == ""  # type: ignore[attr-defined]
+    again = scan(store, tree, settle=0, limits=Limits(image_max_size=1))
+    assert again.unchanged == 5 and again.too_large == 0, "not even opened again while unchanged"
+
+
+def test_each_user_is_read_in_turns_up_to_their_share() -> None:
+    def seen(owner: str, name: str, size: int) -> Seen:
+        return Seen(owner, name, Path(name), 0, 0, size, 0)
+
+    greedy = [seen("greedy", f"g{i}", 10) for i in range(5)]
+    modest = [seen("modest", "small", 1), seen("modest", "big", 30)]
+    order = [(i.owner, i.filename) for i in in_turns(greedy + modest, share=25)]
+    assert order == [("modest", "small"), ("greedy", "g0"), ("modest", "big"), ("greedy", "g1"), ("greedy", "g2")]

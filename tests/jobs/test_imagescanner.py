@@ -4,6 +4,7 @@ paths (an unexpected exception, a hung qemu-img, Ceph failing) injected with moc
 from __future__ import annotations
 
 import errno
+import os
 import struct
 import subprocess
 from pathlib import Path
@@ -17,7 +18,9 @@ from ucloud_common.ceph import CephError, CephUnavailable
 from ucloud_common.config import Settings
 from ucloud_common.file import FILES
 from ucloud_common.image import IMAGES, Image, ImageStatus
+from ucloud_common import imagestore
 from ucloud_common.imagestore import local_image_path
+from ucloud_common.logs import PrintableFormatter
 from ucloud_common.store import Store
 from ucloud_filescan.scan import scan as filescan
 from ucloud_common.diskformat import Refused, judge
@@ -181,10 +184,10 @@ def test_one_image_failing_unexpectedly_never_stops_the_others(
     images = two_good_images(store, settings_for)
     real = scanner.build
 
-    def failing_on_qcow2(settings: Settings, image: Image, *args: Any, **kwargs: Any) -> None:
+    def failing_on_qcow2(settings: Settings, image: Image, *args: Any, **kwargs: Any) -> int:
         if image.uuid == images["good.qcow2"]:
             raise failure
-        real(settings, image, *args, **kwargs)
+        return real(settings, image, *args, **kwargs)
 
     mocker.patch.object(scanner, "build", side_effect=failing_on_qcow2)
     report = scan(store, settings_for)
@@ -265,3 +268,133 @@ def test_qemu_img_runs_under_its_limits_beside_a_live_etcd_client(store: Store) 
                                               limits=Limits(memory_mib=1024, cpu_seconds=30))
     with pytest.raises(QemuImgError):  # and the limits bind: 4 MiB of address space cannot even load it
         limited("info", "-f", "qcow2", image, limits=Limits(memory_mib=4, cpu_seconds=30))
+
+
+CLUSTER = 65536
+OFFSET = 0x00FF_FFFF_FFFF_FE00
+
+
+def shared_cluster_bomb(path: Path, virtual: int) -> None:
+    """A qcow2 whose every L2 entry points at one data cluster of 'A's, that cluster's refcount set
+    to match: `qemu-img check` finds nothing wrong, and it converts to `virtual` bytes of data."""
+    qemu_img("create", "-f", "qcow2", str(path), str(virtual))
+    subprocess.run(["qemu-io", "-c", f"write -P 0x41 0 {CLUSTER}", str(path)], check=True, capture_output=True)
+    data = bytearray(path.read_bytes())
+    l1 = struct.unpack(">Q", data[40:48])[0]
+    l2 = struct.unpack(">Q", data[l1:l1 + 8])[0] & OFFSET
+    shared = struct.unpack(">Q", data[l2:l2 + 8])[0] & ~(1 << 63)  # not COPIED: it has more than one reference
+    entries = virtual // CLUSTER
+    assert entries <= CLUSTER // 8, "one L2 table"
+    data[l2:l2 + 8 * entries] = struct.pack(">Q", shared) * entries
+    refcounts = struct.unpack(">Q", data[struct.unpack(">Q", data[48:56])[0]:][:8])[0]
+    index = (shared & OFFSET) // CLUSTER
+    data[refcounts + 2 * index:refcounts + 2 * index + 2] = struct.pack(">H", entries)
+    path.write_bytes(bytes(data))
+
+
+def written_qcow2(path: Path) -> None:
+    qemu_img("create", "-f", "qcow2", str(path), "64M")
+    subprocess.run(["qemu-io", "-c", "write -P 0x41 0 1M", str(path)], check=True, capture_output=True)
+
+
+def test_a_qcow2_sharing_one_cluster_everywhere_is_refused(store: Store, settings_for: Settings) -> None:
+    """A 448 KiB qcow2 became 1 GiB of real data in the store (here: 64 MiB from 320 KiB)."""
+    folder = settings_for.upload_dir / "alice"
+    folder.mkdir(parents=True)
+    shared_cluster_bomb(folder / "bomb.qcow2", 64 * 2**20)
+    qemu_img("check", "-f", "qcow2", str(folder / "bomb.qcow2"))  # what the bomb gets past
+    filescan(store, settings_for.upload_dir, settle=0)
+    uuid = request(store, "alice", "bomb.qcow2")
+    scan(store, settings_for)
+    status, error = status_of(store, uuid)
+    assert status is ImageStatus.ERROR and error.startswith("qcow2 uses the cluster at offset ") and error.endswith(
+        "twice (a data cluster is one use): clusters shared by snapshots or deduplication are not accepted in an upload")
+    assert not local_image_path(settings_for.image_dir, uuid).exists()
+
+
+@pytest.mark.parametrize("cut, why", [
+    (3 * CLUSTER, "qcow2 is truncated: the L1 table at offset 196608 lies beyond the end of the file (196608 bytes)"),
+    (-CLUSTER // 2, "qcow2 is truncated: a data cluster at offset 1310720 lies beyond the end of the file "
+                    "(1343488 bytes)"),
+])
+def test_a_qcow2_cut_short_where_qemu_img_check_sees_nothing_is_refused(
+        store: Store, settings_for: Settings, cut: int, why: str) -> None:
+    """Cut to 3 clusters (its L1 table beyond the end), or in its last data cluster, a qcow2 passed
+    `qemu-img check` and became an image of zeros."""
+    folder = settings_for.upload_dir / "alice"
+    folder.mkdir(parents=True)
+    path = folder / "cut.qcow2"
+    written_qcow2(path)
+    os.truncate(path, cut if cut > 0 else path.stat().st_size + cut)
+    qemu_img("check", "-f", "qcow2", str(path))  # what the cut gets past
+    filescan(store, settings_for.upload_dir, settle=0)
+    uuid = request(store, "alice", "cut.qcow2")
+    scan(store, settings_for)
+    assert status_of(store, uuid) == (ImageStatus.ERROR, why)
+
+
+def test_compressed_data_is_accepted_up_to_its_expansion_limit(store: Store, settings_for: Settings,
+                                                               tmp_path: Path) -> None:
+    folder = settings_for.upload_dir / "alice"
+    folder.mkdir(parents=True)
+    qemu_img("convert", "-c", "-f", "raw", "-O", "qcow2", str(tiny_image() / "tiny.raw"), str(folder / "tiny-c.qcow2"))
+    zeros_and_as = tmp_path / "as.raw"
+    zeros_and_as.write_bytes(b"A" * 32 * 2**20)
+    qemu_img("convert", "-c", "-f", "raw", "-O", "qcow2", str(zeros_and_as), str(folder / "as.qcow2"))
+    filescan(store, settings_for.upload_dir, settle=0)
+    compressed, repetitive = request(store, "alice", "tiny-c.qcow2"), request(store, "alice", "as.qcow2")
+    scan(store, settings_for)
+    assert status_of(store, compressed) == (ImageStatus.CREATED, "")
+    status, error = status_of(store, repetitive)
+    assert status is ImageStatus.ERROR and error.startswith("qcow2 holds 0.0 GiB of data in a file of ")
+    assert error.endswith("more than 10 times its size is not accepted")
+
+
+def test_a_users_images_stay_within_their_quota(store: Store, settings_for: Settings) -> None:
+    folder = settings_for.upload_dir / "alice"
+    folder.mkdir(parents=True)
+    for name in ("one.qcow2", "two.qcow2"):
+        qemu_img("create", "-f", "qcow2", str(folder / name), "768M")
+    filescan(store, settings_for.upload_dir, settle=0)
+    images = [request(store, "alice", name) for name in ("one.qcow2", "two.qcow2")]
+    report = scan(store, settings_for.model_copy(update={"image_quota": 1}))
+    outcomes = sorted(status_of(store, uuid) for uuid in images)
+    assert (report.created, report.refused) == (1, 1)
+    assert outcomes[0] == (ImageStatus.CREATED, "")
+    assert outcomes[1] == (ImageStatus.ERROR, "virtual size 0.8 GiB is more than the 0.2 GiB left of the owner's "
+                                              "image quota (1 GiB): delete an image first")
+    assert sorted(store.get(IMAGES, uuid).value.size for uuid in images) == [0, 768 * 2**20]  # type: ignore[union-attr]
+
+
+def test_a_file_too_large_is_refused_before_it_is_copied(store: Store, settings_for: Settings, mocker) -> None:  # type: ignore[no-untyped-def]
+    """Image-scanner copied and hashed an 8 GiB sparse file for 38 s before refusing it for its size
+    (here the record says nothing of it: it was registered before the limit was lowered)."""
+    folder = settings_for.upload_dir / "alice"
+    folder.mkdir(parents=True)
+    with open(folder / "big.raw", "wb") as file:
+        file.truncate(2 * 2**30)
+    filescan(store, settings_for.upload_dir, settle=0)
+    uuid = request(store, "alice", "big.raw")
+    copying = mocker.spy(imagestore, "copy_hashed")
+    scan(store, settings_for.model_copy(update={"image_max_size": 1}))
+    assert status_of(store, uuid) == (ImageStatus.ERROR, "virtual size 2.0 GiB exceeds the limit of 1 GiB")
+    assert copying.call_count == 0
+
+
+def test_text_from_the_file_is_quoted_in_the_error_and_the_log(store: Store, settings_for: Settings,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """A backing-file name with a newline, a fake log line and escape sequences was copied verbatim
+    into the image's error and the log, and so into an admin's `ucloud image list`."""
+    folder = settings_for.upload_dir / "alice"
+    folder.mkdir(parents=True)
+    name = "x\n2026-01-01T00:00:00.000Z INFO ucloud_imagescanner: all good\x1b[2J\x1b[H"
+    qemu_img("create", "-f", "qcow2", "-u", "-F", "raw", "-b", name, str(folder / "evil.qcow2"), "1M")
+    filescan(store, settings_for.upload_dir, settle=0)
+    uuid = request(store, "alice", "evil.qcow2")
+    scan(store, settings_for)
+    status, error = status_of(store, uuid)
+    assert status is ImageStatus.ERROR
+    assert error == ("qcow2 with a backing file ('x\\n2026-01-01T00:00:00.000Z INFO ucloud_imagescanner: all good"
+                     "\\x1b[2J\\x1b[H') is not accepted")
+    lines = [PrintableFormatter().format(r) for r in caplog.records if uuid in r.getMessage()]
+    assert lines and all(line.isprintable() for line in lines), lines

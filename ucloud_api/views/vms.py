@@ -27,6 +27,7 @@ from ucloud_common.record import check_key_part
 from ucloud_common.retry import Backoff, sleeps
 from ucloud_common.states import Action, ActionRefused, Status
 from ucloud_common.ipv6 import slaac_address
+from ucloud_common.quoting import quote
 from ucloud_common.network import NETWORKS
 from ucloud_common.store import Conflict, Put, Remove
 from ucloud_common.user import USERS
@@ -46,19 +47,19 @@ def create() -> Response:
     image = store().get(IMAGES, body.image)
     if image is None or image.value.status is not ImageStatus.CREATED or not (
             image.value.public or image.value.owner == caller.name):
-        raise APIError(422, "invalid", f"image: no usable image {body.image}", fields=[
+        raise APIError(422, "invalid", f"image: no usable image {quote(body.image)}", fields=[
             {"field": "image", "message": "no such image, or it is not CREATED"}])
     # A local disk is an overlay on a file in the host's image directory; an rbd disk is a clone in
     # Ceph: each needs its image in the matching kind of store.
     if (body.storage == "local") != (image.value.store_name == "local"):
-        raise APIError(422, "invalid", f"storage: image {body.image} is in store {image.value.store_name}, which "
+        raise APIError(422, "invalid", f"storage: image {quote(body.image)} is in store {image.value.store_name}, which "
                        f"{body.storage} disks cannot use", fields=[{"field": "storage", "message": "does not match "
                                                                    "the image's store"}])
     user_keys = _user_keys(caller.name)
     missing = [k for k in body.ssh_keys if k not in user_keys]
     if missing:
-        raise APIError(422, "invalid", f"ssh_keys: you have no key named {missing[0]}",
-                       fields=[{"field": "ssh_keys", "message": f"unknown key {missing[0]}"}])
+        raise APIError(422, "invalid", f"ssh_keys: you have no key named {quote(missing[0])}",
+                       fields=[{"field": "ssh_keys", "message": f"unknown key {quote(missing[0])}"}])
     if len(set(body.networks)) != len(body.networks):
         raise APIError(422, "invalid", "networks: a network is listed twice",
                        fields=[{"field": "networks", "message": "listed twice"}])
@@ -161,7 +162,7 @@ def _act(uuid: str, action: Action) -> Response:
         require_admin()
         target = parse(Migrate, optional=True).host
         if target is not None and store().get(HOSTS, target) is None:
-            raise APIError(422, "invalid", f"host: no host {target}", fields=[{"field": "host", "message": "no such host"}])
+            raise APIError(422, "invalid", f"host: no host {quote(target)}", fields=[{"field": "host", "message": "no such host"}])
         extra["migrate_to"] = HOSTS.key(target) if target else "*"
     conditional = if_match() is not None
     for _ in sleeps(_RETRY, attempts=store().settings.cas_attempts):
