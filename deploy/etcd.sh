@@ -14,9 +14,11 @@
 # make DIR one member of a multi-member cluster: start every member with the same CLUSTER. Such a
 # member cannot be healthy alone (it serves clients only once a majority runs), so start returns
 # once its process runs; check the cluster's health once a majority was started.
+# As ucloud expects of any etcd (README, "What etcd must be given"): compaction every hour, and a
+# backend quota of UCLOUD_ETCD_QUOTA_BYTES (default 8 GiB).
 set -euo pipefail
 
-usage() { sed -n '5,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '5,19p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 [ $# -ge 2 ] || usage
 cmd=$1; dir=$2
 mkdir -p "$dir"; dir=$(cd "$dir" && pwd)
@@ -46,6 +48,8 @@ start)
         --listen-client-urls "http://127.0.0.1:$CLIENT_PORT" --advertise-client-urls "http://127.0.0.1:$CLIENT_PORT" \
         --listen-peer-urls "http://127.0.0.1:$PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$PEER_PORT" \
         --initial-cluster "$CLUSTER" --initial-cluster-token "ucloud-$(printf %s "$CLUSTER" | cksum | cut -d' ' -f1)" \
+        --auto-compaction-mode=periodic --auto-compaction-retention=1h \
+        --quota-backend-bytes="${UCLOUD_ETCD_QUOTA_BYTES:-8589934592}" \
         >>"$dir/etcd.log" 2>&1 < /dev/null &
     echo $! > "$pidfile"
     if [ "$CLUSTER" != "$NAME=http://127.0.0.1:$PEER_PORT" ]; then
