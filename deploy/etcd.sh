@@ -18,7 +18,7 @@
 # backend quota of UCLOUD_ETCD_QUOTA_BYTES (default 8 GiB).
 set -euo pipefail
 
-usage() { sed -n '5,19p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '5,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 [ $# -ge 2 ] || usage
 cmd=$1; dir=$2
 mkdir -p "$dir"; dir=$(cd "$dir" && pwd)
