@@ -18,7 +18,7 @@ api_port=${UCLOUD_LOCAL_API_PORT:-8080}
 api=http://127.0.0.1:$api_port
 export UCLOUD_ETCD_ENDPOINTS=127.0.0.1:$etcd_port
 export UCLOUD_RUN_DIR=$state/run UCLOUD_IMAGE_DIR=$state/images UCLOUD_DISK_DIR=$state/disks
-export UCLOUD_PROBE_IMAGE_DIR=$state/tiny
+export UCLOUD_PROBE_IMAGE_DIR=$state/tiny UCLOUD_UPLOAD_DIR=$state/uploads
 bin=$repo/.venv/bin
 host=local
 # VM networks need an underlay: by default this machine's own, the device and address of its default
@@ -61,6 +61,10 @@ up)
     start_daemon ucloud-scheduler "$state" "sleep 0.5" "$bin/ucloud-scheduler" run --name local
     bash deploy/build-tiny-image.sh "$state/tiny"
     "$bin/ucloud-vm" import-image "$state/tiny/tiny.qcow2" --name tiny --uuid tiny >/dev/null
+    # The periodic jobs, every 30 s (cron or a systemd timer on real hosts: deploy/cron, deploy/systemd).
+    mkdir -p "$state/uploads"
+    start_daemon ucloud-jobs "$state" "sleep 0.2" bash -c \
+        "while :; do '$bin/ucloud-filescan' run; '$bin/ucloud-imagescanner' run; sleep 30; done"
     start_daemon ucloud-vm "$state" "api GET /api/v1/hosts/$host | json '[\"alive\"]' | grep -q True" \
         "$bin/ucloud-vm" run --hostname "$host"
 
@@ -97,6 +101,8 @@ ucloud runs on this machine:
   API         $api   (log in $state/ucloud-api.log; OpenAPI at $api/api/v1/openapi.json)
   scheduler   log in $state/ucloud-scheduler.log
   host agent  host "$host" (log in $state/ucloud-vm.log)
+  file-scan and image-scanner every 30 s (log in $state/ucloud-jobs.log): a user's uploads go in
+              $state/uploads/<user>/, then \`ucloud file list\`, \`ucloud image create\`
   admin token $state/admin.token
 
 The VM "demo" ($uuid) is $vm_status, on network "demo" at $address; its serial console
@@ -113,6 +119,7 @@ down)
     stop_daemon ucloud-vm "$state"
     # QEMUs outlive their agent by design; "down" means everything, so the VMs stop too.
     pkill -f "$state/run/" 2>/dev/null && echo "VMs stopped" || true
+    stop_daemon ucloud-jobs "$state"
     stop_daemon ucloud-scheduler "$state"
     stop_daemon ucloud-api "$state"
     bash deploy/etcd.sh stop "$state/etcd"
@@ -120,7 +127,7 @@ down)
 status)
     bash deploy/etcd.sh status "$state/etcd" || true
     if curl -sf "$api/healthz" >/dev/null; then echo "ucloud-api running at $api"; else echo "ucloud-api not running"; fi
-    for daemon in ucloud-scheduler ucloud-vm; do
+    for daemon in ucloud-scheduler ucloud-vm ucloud-jobs; do
         if [ -f "$state/$daemon.pid" ] && kill -0 "$(cat "$state/$daemon.pid")" 2>/dev/null; then
             echo "$daemon running (pid $(cat "$state/$daemon.pid"))"; else echo "$daemon not running"; fi
     done
