@@ -26,7 +26,14 @@ class VMPaths:
 
     @property
     def serial(self) -> Path:
+        """Everything the guest wrote on its serial port, kept across restarts."""
         return self.root / "serial.log"
+
+    @property
+    def serial_socket(self) -> Path:
+        """The serial port itself, interactive: one client at a time (the console proxy, or root's
+        `socat - UNIX-CONNECT:…`); what the guest writes is logged whether or not one is connected."""
+        return self.root / "serial.sock"
 
     @property
     def pidfile(self) -> Path:

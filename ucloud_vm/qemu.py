@@ -76,7 +76,8 @@ def command_line(vm: VM, disk: list[str], paths: VMPaths, accel: str, binary: st
         *machine_args(accel, vm.specs.cpu, guest_ram_mib(vm.specs.ram)), "-no-shutdown",
         "-daemonize", "-pidfile", str(paths.pidfile),
         "-qmp", f"unix:{paths.qmp},server=on,wait=off",
-        "-chardev", f"file,id=serial0,path={paths.serial},append=on", "-serial", "chardev:serial0",
+        "-chardev", f"socket,id=serial0,path={paths.serial_socket},server=on,wait=off,logfile={paths.serial},"
+                    "logappend=on", "-serial", "chardev:serial0",
         "-vnc", f"unix:{paths.vnc}", "-device", "VGA",
         # A guest kernel that panics tells QEMU through pvpanic; QEMU then pauses in the run state
         # "guest-panicked", which the agent reports and handles as a crash, rather than leaving a
