@@ -64,7 +64,8 @@ class Record(BaseModel):
 
 
 class InvalidRecord(ValueError):
-    """A value in etcd that is not JSON or does not fit its family's model."""
+    """A value in etcd that is not JSON or does not fit its family's model, or a key that no record
+    of its family can have."""
 
     def __init__(self, key: str, reason: str) -> None:
         super().__init__(f"{key}: {reason}")
@@ -90,20 +91,28 @@ class Family(Generic[R]):
         return self.prefix + check_key_part(name)
 
     def name_of(self, key: str | bytes) -> str:
-        text = key.decode() if isinstance(key, bytes) else key
+        """The name that `key` gives its record; `InvalidRecord` if it is not a key of this family:
+        not under its prefix, not UTF-8, or the rest is no valid key part. Every key read from the
+        store (listed, watched, put or deleted) is named here, so a key that ucloud never writes
+        (`/v1/vm/bad key`, `/v1/vm/../x`) never reaches code that builds paths or keys from names."""
+        # A key that is no name is shown quoted (repr): it may hold a newline or a terminal escape.
+        try:
+            text = key.decode() if isinstance(key, bytes) else key
+        except UnicodeDecodeError:
+            raise InvalidRecord(repr(key), "not a valid key: not UTF-8") from None
         if not text.startswith(self.prefix):
-            raise ValueError(f"{text} is not under {self.prefix}")
-        return text[len(self.prefix):]
+            raise InvalidRecord(repr(text), f"not a valid key: not under {self.prefix}")
+        try:
+            return check_key_part(text[len(self.prefix):])
+        except ValueError as exc:
+            raise InvalidRecord(repr(text), f"not a valid key ({exc})") from None
 
     def encode(self, record: R) -> bytes:
         return record.model_dump_json().encode()
 
     def decode(self, key: str | bytes, value: bytes) -> R:
-        key_text = key.decode(errors="replace") if isinstance(key, bytes) else key
-        try:
-            check_key_part(self.name_of(key_text))
-        except ValueError as exc:
-            raise InvalidRecord(key_text, f"not a valid key for this family ({exc})") from None
+        name = self.name_of(key)
+        key_text = self.prefix + name
         try:
             record = self.model.model_validate_json(value)
         except ValidationError as exc:
@@ -114,7 +123,7 @@ class Family(Generic[R]):
                 f"{'.'.join(map(str, err['loc'])) or 'value'}: {err['msg']}" for err in errors
             )
             raise InvalidRecord(key_text, f"does not fit {self.model.__name__} ({problems})") from None
-        if self.identity is not None and getattr(record, self.identity) != self.name_of(key_text):
+        if self.identity is not None and getattr(record, self.identity) != name:
             raise InvalidRecord(key_text, f"its {self.identity} {getattr(record, self.identity)!r} is not its "
-                                          f"key's {self.name_of(key_text)!r}")
+                                          f"key's {name!r}")
         return record

@@ -10,9 +10,9 @@ scheduler and the agent, as `states.TRANSITIONS` allows.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from ucloud_common.host import HOSTS
 from ucloud_common.record import Family, Name, Record
@@ -27,6 +27,14 @@ class NIC(BaseModel):
     mac: str
 
 
+def _host_key(value: str) -> str:
+    """"" or a host's key: `VM.host` names the host from it, and a daemon must never meet a key
+    that names no host (`InvalidRecord`, a ValueError, makes the whole record invalid)."""
+    if value:
+        HOSTS.name_of(value)
+    return value
+
+
 class VM(Record):
     uuid: Name
     owner: Name
@@ -34,7 +42,7 @@ class VM(Record):
     specs: Specs
     image: str
     storage: str = "local"
-    hostname: str = ""  # the host's key, e.g. /v1/host/h1 (the seed's shape): read it as `host`
+    hostname: Annotated[str, AfterValidator(_host_key)] = ""  # the host's key, e.g. /v1/host/h1 (the seed's shape): read it as `host`
     requested: Requested = Requested.RUNNING
     status: Status = Status.REQUESTED_NEW
     generation: int = Field(1, ge=1)  # bumped by the API with every accepted request
@@ -63,7 +71,7 @@ class VM(Record):
     def host(self) -> str:
         """The name of the host the VM is placed on; "" until scheduled. (The record keeps the
         seed's shape, the host's key; code asks for the name, and writes `placed_on(name)`.)"""
-        return HOSTS.name_of(self.hostname) if self.hostname.startswith(HOSTS.prefix) else ""
+        return HOSTS.name_of(self.hostname) if self.hostname else ""
 
 
 def placed_on(host: str) -> dict[str, str]:

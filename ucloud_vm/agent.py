@@ -20,12 +20,12 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
-from ucloud_common import clock
 from ucloud_common.config import Settings
 from ucloud_common.allocation import SHARED_STORAGE
 from ucloud_common.claim import held_by, vm_claims
 from ucloud_common.errors import PermanentError, TemporaryError
 from ucloud_common.event import EVENTS, events_of, new_event
+from ucloud_common.failures import Failures
 from ucloud_common.host import HOSTS, HOSTS_ALIVE, Host, HostAlive, HostStatus
 from ucloud_common.record import utcnow
 from ucloud_common.specs import Specs
@@ -91,8 +91,9 @@ class Agent:
     # -- the process ------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        """Run until `stop` is set, or until an essential part (following the VMs, the monitor)
-        ends; then `failure` says which and why, and the caller must exit non-zero (a restarted
+        """Run until `stop` is set. Its threads (following the VMs, the monitor, the host check)
+        go on whatever one turn raises (`Supervisor.loop`/`follow`); should one end anyway,
+        `failure` says which and why, and the caller must exit non-zero (a restarted
         agent lists everything afresh and re-adopts its QEMUs), and the host's lease is revoked
         first: an agent never keeps its host alive while it cannot see. Stopped on purpose, it
         leaves its lease to expire: an agent restarted within the TTL (an upgrade, `systemctl
@@ -101,8 +102,12 @@ class Agent:
         self._supervisor = Supervisor(stop)
         self._register()
         follower = Follower(self._store, VMS, resync_interval=self._settings.resync_interval)
-        self._supervisor.start("monitor", self._monitor)
-        self._supervisor.start("follow-vm", lambda: self._follow(follower))
+        # Each duty its own loop: a host check that fails (a garbage host record) never delays a
+        # look at the VMs, whose crashes the monitor must notice within a second.
+        self._supervisor.loop("monitor", self.monitor_tick, every=self._settings.monitor_interval)
+        self._supervisor.loop("host-check", self.check_host, every=self._settings.host_check_interval,
+                              expected=(StoreUnavailable,))
+        self._supervisor.follow("follow-vm", follower, self._fold)
         try:
             stop.wait()
         finally:
@@ -117,15 +122,13 @@ class Agent:
         """Why the agent stopped by itself (None: it was stopped, or still runs)."""
         return self._supervisor.failure
 
-    def _follow(self, follower: Follower[VM]) -> None:
-        for item in follower:
-            self._fold(item)
-
     def _register(self) -> None:
         """Liveness key on a fresh lease first, then the record UP: the scheduler never sees an UP
-        host without a liveness key and declares it dead."""
+        host without a liveness key and declares it dead. Tried until it succeeds: etcd may be
+        away, a lease may expire meanwhile, the host record may not validate."""
+        failures = Failures(f"registering host {self.host.name}", (StoreError,))
         while not self._stop.is_set():
-            try:
+            with failures.caught():
                 if self._lease is not None:
                     self._lease.close(revoke=False)
                 self._lease = KeptLease(self._store, self._settings.host_lease_ttl, self._settings.heartbeat_interval,
@@ -134,12 +137,7 @@ class Agent:
                 log.info("host %s registered (lease %x, accelerator %s)", self.host.name, self._lease.id,
                          self._driver.accel)
                 return
-            except StoreError as exc:  # unreachable, or a lease that expired meanwhile: try afresh
-                log.warning("cannot register host %s: %s; retrying", self.host.name, exc)
-                self._stop.wait(2.0)
-            except Exception:  # noqa: BLE001 - e.g. a host record that no longer validates: never give up silently
-                log.exception("cannot register host %s; retrying", self.host.name)
-                self._stop.wait(2.0)
+            self._stop.wait(2.0)
 
     def announce(self, lease: int) -> None:
         """Say this host is alive (its liveness key, on `lease`) and then UP, in that order."""
@@ -151,17 +149,17 @@ class Agent:
         log.error("host %s lost its lease; registering again (its VMs keep running)", self.host.name)
         threading.Thread(target=self._register, name="register", daemon=True).start()
 
-    def _ensure_up(self) -> None:
+    def check_host(self) -> None:
         """A host declared DOWN while its agent still holds its lease (the scheduler judged it dead
         during a partition, say) says UP again; VMs moved away meanwhile name their new host, and
-        this agent lets them go."""
-        try:
-            host = self._store.get(HOSTS, self.host.name)
-            if host is not None and host.value.status is HostStatus.DOWN and self._lease and not self._lease.lost.is_set():
-                log.warning("host %s is recorded DOWN while its agent runs; saying UP again", self.host.name)
-                self._store_host_up()
-        except StoreUnavailable as exc:
-            log.warning("host %s: cannot check its record: %s", self.host.name, exc)
+        this agent lets them go. And the VM networks' peers, which come and go with the other
+        hosts' VMs, are refreshed."""
+        host = self._store.get(HOSTS, self.host.name)
+        if host is not None and host.value.status is HostStatus.DOWN and self._lease and not self._lease.lost.is_set():
+            log.warning("host %s is recorded DOWN while its agent runs; saying UP again", self.host.name)
+            self._store_host_up()
+        if self._networks:
+            self._networks.refresh()
 
     def _host_fenced(self) -> bool:
         """Whether the scheduler recorded this host fenced (for its last outage); unknown counts as
@@ -202,22 +200,6 @@ class Agent:
                 self._mine.pop(item.name, None)
         if was_mine or item.name in self._mine or item.name in self._driver.leftovers():
             self._workers.submit(item.name)
-
-    def _monitor(self) -> None:
-        """Look at each VM whose process should be here, every `monitor_interval`; now and then,
-        make sure the host is UP. A tick that fails is logged and the next one goes on: this duty
-        must not die of one bad record."""
-        checked_host = clock.monotonic()
-        while not self._stop.wait(self._settings.monitor_interval):
-            try:
-                if clock.monotonic() - checked_host >= self._settings.host_check_interval:
-                    checked_host = clock.monotonic()
-                    self._ensure_up()
-                    if self._networks:  # peers come and go with the other hosts' VMs
-                        self._networks.refresh()
-                self.monitor_tick()
-            except Exception:
-                log.exception("host %s: monitoring failed this tick; going on", self.host.name)
 
     def monitor_tick(self) -> None:
         """Wake the worker of each VM whose decision, on what its process shows now, would change

@@ -7,13 +7,14 @@ at once for the same key.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-log = logging.getLogger(__name__)
+from ucloud_common.failures import Failures
+
+FAILED_RETRY_S = 5.0  # a handler that raised (a bug: the agent's reconcile catches) runs again after this
 
 
 class KeyedWorkers:
@@ -26,6 +27,7 @@ class KeyedWorkers:
         self._again: set[str] = set()
         self._timers: dict[str, tuple[threading.Timer, float]] = {}  # the pending look, and when it is due
         self._closed = False
+        self._failures = Failures("reconcile")
 
     def submit(self, key: str, delay: float = 0.0) -> None:
         if delay > 0:
@@ -52,12 +54,9 @@ class KeyedWorkers:
 
     def _run(self, key: str) -> None:
         while True:
-            delay = None
-            try:
+            delay: float | None = FAILED_RETRY_S
+            with self._failures.caught(f"vm={key}"):  # one VM's failure never stops the others
                 delay = self._handler(key)
-            except Exception:  # one VM's failure never stops the others
-                log.exception("vm=%s reconcile failed", key)
-                delay = 5.0
             with self._lock:
                 if key in self._again and not self._closed:
                     self._again.discard(key)

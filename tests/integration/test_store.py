@@ -149,7 +149,8 @@ def test_garbage_under_the_vm_prefix_is_skipped_with_a_log_line(
         listing = store.list(VMS)
     assert list(listing.items) == ["good"]
     logged = caplog.text
-    for key in ("/v1/vm/garbage", "/v1/vm/misfit", "/v1/vm/nested/deeper", "/v1/vm/impostor"):
+    # A key that is no name is quoted: it may hold a newline or a terminal escape.
+    for key in ("/v1/vm/garbage", "/v1/vm/misfit", "'/v1/vm/nested/deeper'", "/v1/vm/impostor"):
         assert f"skipping invalid record {key}" in logged
     with pytest.raises(InvalidRecord, match="/v1/vm/garbage: not JSON"):
         store.get(VMS, "garbage")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import ucloud_vm.workers
 from tests.helpers.tiny import tiny_image
 from ucloud_common.config import Settings
 from ucloud_common.errors import PermanentError
@@ -183,6 +184,29 @@ def test_a_failing_vm_does_not_stop_the_others() -> None:
     workers.submit("good")
     assert done.wait(2)
     workers.close()
+
+
+def test_a_failing_handler_is_told_once_and_its_vm_looked_at_again(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The workers' loop: a handler raising (a bug) three times in a row for one VM is told once,
+    and the VM is looked at again until it works."""
+    monkeypatch.setattr(ucloud_vm.workers, "FAILED_RETRY_S", 0.05)
+    calls: list[str] = []
+    done = threading.Event()
+
+    def handler(key: str) -> None:
+        calls.append(key)
+        if len(calls) <= 3:
+            raise RuntimeError("a bug, injected by the test")
+        done.set()
+
+    workers = KeyedWorkers(handler)
+    workers.submit("u1")
+    assert done.wait(5)
+    workers.close()
+    told = [r.getMessage() for r in caplog.records if "injected by the test" in r.getMessage()]
+    assert calls == ["u1"] * 4 and len(told) == 1 and told[0].startswith("reconcile (vm=u1) failed")
+    assert "reconcile (vm=u1) works again after failing 3 times in a row" in caplog.text
 
 
 def test_a_store_outage_in_a_reconcile_is_one_warning_and_a_quick_retry(

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 
+from ucloud_common.failures import Failures
 from ucloud_common.record import check_name
 from ucloud_common.store.errors import (
     Compacted,
@@ -40,6 +41,7 @@ class Election:
         self._lease: KeptLease | None = None
         self._guard: Guard | None = None
         self.deposed = threading.Event()
+        self._failures = Failures(f"election {self.key}", (StoreUnavailable,))
 
     @property
     def guard(self) -> Guard:
@@ -56,19 +58,19 @@ class Election:
         """Block until this candidate leads (True) or `stop` is set (False). Never raises: etcd
         being unreachable, or anything unexpected, is logged and the campaign goes on after a pause."""
         while not stop.is_set():
-            try:
-                if self._try_to_lead():
-                    return True
-                self._wait_for_vacancy(stop)
-            except LeaseExpired as exc:
-                log.warning("election %s: %s; campaigning again on a new lease", self.key, exc)
-                self._drop_lease()
-            except StoreUnavailable as exc:
-                log.warning("election %s: %s; trying again", self.key, exc)
-                stop.wait(1.0)
-            except Exception:  # a campaign that ends leaves a standby that never takes over
-                log.exception("election %s: campaigning failed unexpectedly; trying again", self.key)
-                stop.wait(1.0)
+            with self._failures.caught():
+                try:
+                    if self._try_to_lead():
+                        return True
+                    self._wait_for_vacancy(stop)
+                    continue
+                except LeaseExpired as exc:
+                    log.warning("election %s: %s; campaigning again on a new lease", self.key, exc)
+                    self._drop_lease()
+                    continue
+            # etcd away, or anything unexpected: a campaign that ends leaves a standby that never
+            # takes over, so it goes on after a pause.
+            stop.wait(1.0)
         return False
 
     def _try_to_lead(self) -> bool:

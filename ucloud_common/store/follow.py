@@ -23,7 +23,8 @@ from typing import Generic
 
 import pyetcd.utils
 
-from ucloud_common.record import Family, InvalidRecord, R, check_key_part
+from ucloud_common.failures import Failures
+from ucloud_common.record import Family, InvalidRecord, R
 from ucloud_common.retry import Backoff
 from ucloud_common.store.errors import Compacted, StoreUnavailable
 from ucloud_common.store.contract import AbstractStore, Listing, Versioned
@@ -73,43 +74,48 @@ class Follower(Generic[R]):
         self._family = family
         self._resync_interval = resync_interval
         self._next_revision = start_revision
+        # When the last listing was: kept across iterations, so that iterating again (after the
+        # consumer's iteration raised) resumes where it stopped instead of listing at once.
+        self._listed_at = time.monotonic()
         self._stopped = threading.Event()
         self.relists = 0  # how many times following had to list again (observable in tests and logs)
         self.failures = 0  # how many times listing or watching failed and was retried
         self._backoff = _BACKOFF.delays()
+        # An etcd outage breaks the watch every couple of seconds: told once, and when it is over.
+        self._told = Failures(f"following {family.prefix}", (StoreUnavailable,))
+
+    def _heard(self) -> None:
+        """The store answered: the backoff starts afresh, and a failure told is over."""
+        self._backoff = _BACKOFF.delays()
+        self._told.succeeded()
 
     def stop(self) -> None:
         self._stopped.set()
 
     def __iter__(self) -> Iterator[Snapshot[R] | Change[R]]:
-        listed_at = 0.0
         while not self._stopped.is_set():
             try:
                 if self._next_revision is None:
                     listing = self._store.list(self._family)
-                    listed_at = time.monotonic()
+                    self._listed_at = time.monotonic()
                     self._next_revision = listing.revision + 1
-                    self._backoff = _BACKOFF.delays()
+                    self._heard()
                     yield Snapshot(listing.items, listing.revision)
-                yield from self._watch(listed_at)
+                yield from self._watch()
             except (_Relist, Compacted) as exc:
                 if isinstance(exc, Compacted):
                     log.info("following %s: %s", self._family.prefix, exc)
                 self._next_revision = None
                 self.relists += 1
                 continue
-            except StoreUnavailable as exc:
+            except Exception as exc:  # noqa: BLE001 - never end: a follower that ends leaves its daemon blind for good
+                # Resumed from `_next_revision` (or a new listing): nothing missed, nothing repeated.
                 self.failures += 1
-                log.warning("following %s: %s; resuming from revision %s", self._family.prefix, exc,
-                            self._next_revision or "(a new listing)")
-            except Exception:  # never end: a follower that ends leaves its daemon blind for good
-                self.failures += 1
-                log.exception("following %s failed unexpectedly; resuming from revision %s",
-                              self._family.prefix, self._next_revision or "(a new listing)")
+                self._told.failed(exc)
             # Wait a little, so that a flapping etcd does not turn this loop hot, then resume.
             self._stopped.wait(next(self._backoff))
 
-    def _watch(self, listed_at: float) -> Iterator[Change[R]]:
+    def _watch(self) -> Iterator[Change[R]]:
         """Watch from `_next_revision` until the stream fails (raises the store's error) or a relist
         is due (raises `_Relist`)."""
         assert self._next_revision is not None
@@ -117,13 +123,13 @@ class Follower(Generic[R]):
         watch = self._store.watch(prefix, pyetcd.utils.prefix_range_end(prefix), self._next_revision)
         try:
             while not self._stopped.is_set():
-                if self._resync_interval and time.monotonic() - listed_at > self._resync_interval:
+                if self._resync_interval and time.monotonic() - self._listed_at > self._resync_interval:
                     log.debug("resync of %s is due", self._family.prefix)
                     raise _Relist()
                 events = watch.next(timeout=self._POLL_S)
-                if not events:  # nothing yet, or a progress answer
+                if events is None:  # nothing yet
                     continue
-                self._backoff = _BACKOFF.delays()
+                self._heard()
                 for event in events:
                     change = self._change(event)
                     # Watching again from here misses nothing and repeats nothing (see Watch).
@@ -134,15 +140,15 @@ class Follower(Generic[R]):
             watch.cancel()
 
     def _change(self, event: Event) -> Change[R] | None:
+        """The change `event` makes, or None for a key or value that is no record of the family
+        (logged): a put or a delete of `/v1/vm/bad key` is nothing a consumer should see, since
+        consumers build paths and keys from names (it once killed every agent)."""
         try:
             name = self._family.name_of(event.key)
             if event.value is None:
-                # A deleted key that was never a valid name was never handed out: consumers build
-                # paths and keys from names, so an invalid one must not reach them even as a delete.
-                check_key_part(name)
                 return Change(name, None, event.mod_revision)
             record = self._family.decode(event.key, event.value)
-        except (InvalidRecord, ValueError) as exc:
+        except InvalidRecord as exc:
             log.warning("skipping invalid record %s", exc)
             return None
         return Change(name, Versioned(name, record, event.mod_revision, event.create_revision), event.mod_revision)

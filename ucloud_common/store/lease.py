@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from ucloud_common.failures import Failures
 from ucloud_common.store.errors import StoreError, StoreUnavailable
 from ucloud_common.store.contract import AbstractStore
 
@@ -38,43 +39,35 @@ class KeptLease:
         self._closed = threading.Event()
         self.id = store.grant_lease(ttl)
         self._renewed_at = time.monotonic()
+        self._failures = Failures(f"lease {self.id:x}: renewal", (StoreUnavailable,))
         self._thread = threading.Thread(target=self._keep_alive, name=f"lease-{self.id:x}", daemon=True)
         self._thread.start()
 
     def _keep_alive(self) -> None:
         """Renew until closed or lost. Never dies of an exception: a keep-alive thread that ended
-        silently would let the lease expire while its holder believes it still has it."""
+        silently would let the lease expire while its holder believes it still has it. A failed
+        renewal (etcd away, a refusal, a bug) is told once and tried again; once none succeeded
+        for a whole TTL, the lease is lost."""
         while not self._closed.wait(self._interval):
-            try:
+            remaining: int | None = None
+            with self._failures.caught():
                 remaining = self._store.refresh_lease(self.id)
-            except StoreUnavailable as exc:
-                if self._silent_too_long(exc):
-                    return
+            if remaining is not None and remaining > 0:
+                self._renewed_at = time.monotonic()
                 continue
-            except Exception as exc:  # a refusal or a bug: the same as a failed renewal, but loud
-                log.exception("lease %x: renewal failed unexpectedly", self.id)
-                if self._silent_too_long(exc):
-                    return
+            silent = time.monotonic() - self._renewed_at
+            if remaining is None and silent < self.ttl:
                 continue
-            if remaining <= 0:
-                self._lose("etcd says it expired")
-                return
-            self._renewed_at = time.monotonic()
-
-    def _silent_too_long(self, exc: Exception) -> bool:
-        """Log a failed renewal; once none has succeeded for a whole TTL, the lease is lost (True)."""
-        silent = time.monotonic() - self._renewed_at
-        log.warning("lease %x: renewal failed for %.1f s: %s", self.id, silent, exc)
-        if silent < self.ttl:
-            return False
-        self._lose(f"no renewal succeeded for {silent:.1f} s (TTL {self.ttl} s)")
-        return True
+            self._lose("etcd says it expired" if remaining is not None
+                       else f"no renewal succeeded for {silent:.1f} s (TTL {self.ttl} s)")
+            return
 
     def _lose(self, why: str) -> None:
         log.error("lease %x lost: %s", self.id, why)
         self.lost.set()
         if self._on_lost is not None:
-            self._on_lost()
+            with self._failures.caught("telling its holder"):
+                self._on_lost()
 
     def close(self, revoke: bool = True) -> None:
         """Stop renewing; with `revoke`, also delete every key attached (a clean shutdown)."""
