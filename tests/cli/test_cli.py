@@ -180,6 +180,30 @@ def test_admin_hosts_and_users(cluster: Cluster, home: Path) -> None:
     ok(ucloud(home, "user", "delete", "dave", cluster=cluster))
 
 
+def test_passwords_and_own_tokens(cluster: Cluster, home: Path) -> None:
+    frank = as_json(ucloud(home, "user", "create", "frank", "--password-stdin", "-o", "json", cluster=cluster,
+                           stdin="first password\n"))
+    ok(ucloud(home, "user", "create", "gina", cluster=cluster))
+    assert "set" in ok(ucloud(home, "user", "passwd", "frank", "--password-stdin", cluster=cluster,
+                              token=frank["token"], stdin="second password\nfirst password\n"))
+    assert "only your own" in one_error_line(ucloud(home, "user", "passwd", "gina", "--password-stdin",
+                                                    cluster=cluster, token=frank["token"],
+                                                    stdin="frank owns gina\n\n"), 1)
+    made = as_json(ucloud(home, "token", "create", "laptop", "--expires-in", "3600", "-o", "json",
+                          cluster=cluster, token=frank["token"]))
+    assert made["expires_at"] and made["token"] not in ok(ucloud(home, "token", "list", cluster=cluster,
+                                                                 token=frank["token"]))
+    listed = as_json(ucloud(home, "token", "list", "-o", "json", cluster=cluster, token=made["token"]))
+    assert {t["name"] for t in listed} == {"initial", "laptop"}
+    gina_tokens = as_json(ucloud(home, "token", "list", "--user", "gina", "-o", "json", cluster=cluster))
+    assert "does not exist" in one_error_line(ucloud(home, "token", "revoke", gina_tokens[0]["id"],
+                                                     cluster=cluster, token=made["token"]), 1)
+    assert "revoked" in ok(ucloud(home, "token", "revoke", made["id"], cluster=cluster, token=frank["token"]))
+    one_error_line(ucloud(home, "vm", "list", cluster=cluster, token=made["token"]), 1)
+    ok(ucloud(home, "user", "delete", "frank", cluster=cluster))
+    ok(ucloud(home, "user", "delete", "gina", cluster=cluster))
+
+
 def test_errors_are_one_line(cluster: Cluster, home: Path) -> None:
     assert "the token is not valid" in one_error_line(ucloud(home, "vm", "list", cluster=cluster, token="x.y"), 1)
     assert "does not exist" in one_error_line(
@@ -198,7 +222,8 @@ def test_every_command_has_help_with_an_example(home: Path) -> None:
                 *[["network", c] for c in ("create", "list", "show", "delete", "attach", "detach")],
                 *[["image", c] for c in ("list", "create", "delete")], ["file", "list"],
                 *[["ssh-key", c] for c in ("add", "list", "delete")], ["host", "list"], ["host", "maintenance"],
-                *[["user", c] for c in ("create", "list", "delete")]]
+                *[["user", c] for c in ("create", "list", "delete", "passwd")],
+                *[["token", c] for c in ("create", "list", "revoke")]]
     for command in commands:
         helped = ucloud(home, *command, "--help")
         assert helped.returncode == 0 and "Example: ucloud" in helped.stdout, command
