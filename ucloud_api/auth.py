@@ -2,7 +2,7 @@
 
 A token's text is shown once, in the answer that creates it, and never logged or stored: etcd holds
 its salted hash (which is why `POST /api/v1/tokens` and `/login` take no Idempotency-Key: a kept reply
-would store the text)."""
+would store the text; nor does `POST /users`, for its first token)."""
 
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ from flask.testing import FlaskClient
 from tests.api.conftest import As
 from ucloud_api.app import create_app
 from ucloud_api.auth import create_user
+from ucloud_api.idempotency import REPLIES
 from ucloud_common.config import Settings
 from ucloud_common.store import Store
 from ucloud_common.user import PASSWORDS, TOKENS, Role
@@ -34,6 +35,14 @@ def test_admin_sets_a_password_at_creation_and_it_logs_in(admin: As, client: Fla
     carol = As(client, login.json["token"], "carol")
     assert carol.get("/api/v1/vms").status_code == 200
     assert admin.post("/api/v1/users", json={"name": "dave", "password": "short"}).status_code == 422
+
+
+def test_a_new_users_token_is_not_kept_for_idempotent_replays(admin: As, store: Store) -> None:
+    first = admin.post("/api/v1/users", json={"name": "carol"}, headers={"Idempotency-Key": "k1"})
+    assert first.status_code == 201
+    again = admin.post("/api/v1/users", json={"name": "carol"}, headers={"Idempotency-Key": "k1"})
+    assert again.status_code == 409 and first.json["token"] not in again.get_data(as_text=True)
+    assert store.count(REPLIES, "") == 0
 
 
 def test_a_wrong_password_an_unknown_user_and_no_password_are_the_same_401(
