@@ -69,7 +69,7 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("delete", "/api/v1/vms/{uuid}"): Route("Delete a VM", ok=202, returns="VM", errors=(404, 409, 412)),
     ("post", "/api/v1/vms/{uuid}/{action}"): Route(
         "Ask a VM to start, shutdown, reboot, suspend, resume or migrate (migrate: admin, optional body)",
-        Migrate, 202, "VM", errors=(404, 409, 412)),
+        Migrate, 202, "VM", errors=(404, 405, 409, 412)),  # 405: "delete" is DELETE /vms/{uuid}
     ("post", "/api/v1/networks"): Route("Create a network (VXLAN)", NetworkCreate, 201, "Network", errors=(409, 422)),
     ("get", "/api/v1/networks"): Route("List your networks", returns="[Network]"),
     ("get", "/api/v1/networks/{uuid}"): Route("Read a network", returns="Network", errors=(404,)),
