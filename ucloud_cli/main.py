@@ -76,6 +76,20 @@ def client() -> Client:
     return Client.from_environment()
 
 
+def password_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--password-stdin", "from_stdin", is_flag=True, help="Read the password from the first "
+                        "line of stdin (for scripts) instead of asking for it.")(command)
+
+
+def read_password(from_stdin: bool, prompt: str, confirm: bool = True, default: str | None = None) -> str:
+    """A password from stdin's next line, or asked for without echo (a new one twice, to catch a typo)."""
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    password: str = click.prompt(prompt, hide_input=True, confirmation_prompt=confirm, default=default,
+                                 show_default=False, err=True)
+    return password
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, help=__doc__)
 def cli() -> None:
     pass
@@ -83,13 +97,21 @@ def cli() -> None:
 
 @cli.command()
 @click.option("--url", required=True, help="The API's base URL, e.g. http://api.example:8080")
-@click.option("--token", prompt=True, hide_input=True, help="Your API token (asked for if not given).")
+@click.option("--token", default=None, help="Your API token (asked for if neither it nor --user is given).")
+@click.option("--user", default=None, help="Log in with this user's password instead: the API answers a token "
+              "that works for UCLOUD_LOGIN_TOKEN_HOURS (12 by default).")
+@password_option
 @handle_errors
-def login(url: str, token: str) -> None:
+def login(url: str, token: str | None, user: str | None, from_stdin: bool) -> None:
     """Check the URL and token against the API and save them (mode 0600) for the other commands.
 
-    Example: ucloud login --url http://127.0.0.1:8080
+    Example: ucloud login --url http://127.0.0.1:8080 --user alice
     """
+    if user is not None:
+        password = read_password(from_stdin, "Password", confirm=False)
+        token = Client(url.rstrip("/"), "").request("POST", "/login", {"name": user, "password": password})["token"]
+    elif token is None:
+        token = click.prompt("Token", hide_input=True)
     Client(url.rstrip("/"), token).request("GET", "/vms")
     path = save_login(url, token)
     click.echo(f"logged in to {url}; saved in {path}")
@@ -491,19 +513,6 @@ def user() -> None:
     """Users (admin)."""
 
 
-def password_option(command: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--password-stdin", "from_stdin", is_flag=True, help="Read the password from the first "
-                        "line of stdin (for scripts) instead of asking for it.")(command)
-
-
-def read_password(from_stdin: bool, prompt: str) -> str:
-    """A password from stdin's next line, or asked for without echo (twice, to catch a typo)."""
-    if from_stdin:
-        return sys.stdin.readline().rstrip("\n")
-    password: str = click.prompt(prompt, hide_input=True, confirmation_prompt=True, err=True)
-    return password
-
-
 @user.command("create")
 @click.argument("name")
 @click.option("--admin", "is_admin", is_flag=True, help="Make an admin.")
@@ -561,9 +570,8 @@ def user_passwd(name: str, from_stdin: bool) -> None:
     Example: ucloud user passwd alice
     """
     password = read_password(from_stdin, "New password")
-    current = (sys.stdin.readline().rstrip("\n") if from_stdin else
-               click.prompt("Current password (empty if you have none or are an admin)", default="",
-                            show_default=False, hide_input=True, err=True))
+    current = read_password(from_stdin, "Current password (empty if you have none or are an admin)",
+                            confirm=False, default="")
     body = {"password": password, **({"current_password": current} if current else {})}
     client().request("PUT", f"/users/{urllib.parse.quote(name, safe='')}/password", body)
     click.echo(f"password of {name} set")

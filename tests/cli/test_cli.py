@@ -190,12 +190,18 @@ def test_passwords_and_own_tokens(cluster: Cluster, home: Path) -> None:
     assert "only your own" in one_error_line(ucloud(home, "user", "passwd", "gina", "--password-stdin",
                                                     cluster=cluster, token=frank["token"],
                                                     stdin="frank owns gina\n\n"), 1)
+    url = f"http://127.0.0.1:{cluster.api_port}"
+    assert "logged in" in ok(ucloud(home, "login", "--url", url, "--user", "frank", "--password-stdin",
+                                    stdin="second password\n"))
+    assert "login" in {t["name"] for t in as_json(ucloud(home, "token", "list", "-o", "json"))}
+    assert "wrong name or password" in one_error_line(ucloud(home, "login", "--url", url, "--user", "frank",
+                                                             "--password-stdin", stdin="first password\n"), 1)
     made = as_json(ucloud(home, "token", "create", "laptop", "--expires-in", "3600", "-o", "json",
                           cluster=cluster, token=frank["token"]))
     assert made["expires_at"] and made["token"] not in ok(ucloud(home, "token", "list", cluster=cluster,
                                                                  token=frank["token"]))
     listed = as_json(ucloud(home, "token", "list", "-o", "json", cluster=cluster, token=made["token"]))
-    assert {t["name"] for t in listed} == {"initial", "laptop"}
+    assert {t["name"] for t in listed} == {"initial", "login", "laptop"}
     gina_tokens = as_json(ucloud(home, "token", "list", "--user", "gina", "-o", "json", cluster=cluster))
     assert "does not exist" in one_error_line(ucloud(home, "token", "revoke", gina_tokens[0]["id"],
                                                      cluster=cluster, token=made["token"]), 1)
