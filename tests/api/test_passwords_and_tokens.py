@@ -9,9 +9,12 @@ import pytest
 from flask.testing import FlaskClient
 
 from tests.api.conftest import As
+from ucloud_api import throttle
 from ucloud_api.app import create_app
 from ucloud_api.auth import create_user
+from ucloud_api.errors import APIError
 from ucloud_api.idempotency import REPLIES
+from ucloud_common import clock
 from ucloud_common.config import Settings
 from ucloud_common.store import Store
 from ucloud_common.user import PASSWORDS, TOKENS, Role
@@ -79,12 +82,12 @@ def test_deleting_a_user_deletes_their_password(admin: As, client: FlaskClient, 
 
 
 @pytest.fixture
-def strict(settings: Settings) -> Iterator[FlaskClient]:
+def strict(settings: Settings) -> Iterator[list[FlaskClient]]:
     """Two API processes (two apps, two etcd clients) that allow 3 failures per 60 s window."""
     small = settings.model_copy(update={"login_failures": 3, "login_window": 60})
     stores = [Store(small), Store(small)]
     try:
-        yield [create_app(small, s).test_client() for s in stores]  # type: ignore[misc]
+        yield [create_app(small, s).test_client() for s in stores]
     finally:
         for s in stores:
             s.close()
@@ -168,5 +171,35 @@ def test_tokens_per_user_are_limited(settings: Settings, store: Store) -> None:
         assert alice.post("/api/v1/tokens", json={"name": "a"}).status_code == 201
         refused = alice.post("/api/v1/tokens", json={"name": "b"})
         assert refused.status_code == 409 and refused.json["error"]["code"] == "limit_reached"
+    finally:
+        small.close()
+
+
+def test_wrong_current_passwords_count_as_failed_logins(strict: list[FlaskClient], store: Store) -> None:
+    one, _ = strict
+    alice = As(one, create_user(store, "alice", Role.USER, PASSWORD)[1], "alice")
+    for _ in range(3):  # a stolen token guessing the current password
+        assert alice.put("/api/v1/users/alice/password", json={"password": "taken over",
+                                                                "current_password": "guess"}).status_code == 403
+    held = alice.put("/api/v1/users/alice/password", json={"password": "taken over", "current_password": PASSWORD})
+    assert held.status_code == 429 and "Retry-After" in held.headers
+    assert log_in(one, "alice", PASSWORD).status_code == 429
+
+
+def test_a_count_starts_again_when_its_window_is_over(settings: Settings) -> None:
+    small = Store(settings.model_copy(update={"login_failures": 2, "login_window": 60}))
+    keys = throttle.subjects("alice", "fe80::1%eth0")
+    assert keys[1] == "address:fe80::1-eth0"
+    try:
+        with clock.simulated(clock.SimClock()) as sim:
+            throttle.count_failure(small, keys)
+            throttle.count_failure(small, keys)
+            with pytest.raises(APIError) as refused:
+                throttle.check_not_shut_out(small, keys)
+            assert refused.value.status == 429 and refused.value.headers == {"Retry-After": "60"}
+            sim.advance(61)  # (the real lease is still there: etcd's time did not move)
+            throttle.check_not_shut_out(small, keys)
+            throttle.count_failure(small, keys)
+            assert small.get(throttle.FAILURES, keys[0]).value.count == 1  # type: ignore[union-attr]
     finally:
         small.close()
