@@ -11,14 +11,14 @@ from werkzeug.exceptions import HTTPException
 from ucloud_api import openapi
 from ucloud_api.auth import Authenticator
 from ucloud_api.errors import APIError
-from ucloud_api.views import hosts, images, keys, networks, users, vms
+from ucloud_api.views import hosts, images, keys, networks, tokens, users, vms
 from ucloud_common.config import Settings
 from ucloud_common.store import Store, StoreError, StoreRefused, StoreUnavailable, TooLarge
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
-PUBLIC_PATHS = frozenset({"/healthz", "/api/v1/openapi.json"})
+PUBLIC_PATHS = frozenset({"/healthz", "/api/v1/openapi.json", "/api/v1/login"})
 
 
 def create_app(settings: Settings, store: Store | None = None) -> Flask:
@@ -28,6 +28,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Flask:
     the_store = store or Store(settings)
     app.extensions["ucloud.store"] = the_store
     authenticator = Authenticator(the_store)
+    app.extensions["ucloud.auth"] = authenticator
 
     @app.before_request
     def authenticate() -> None:
@@ -35,7 +36,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Flask:
             g.caller = authenticator.caller()
 
     for blueprint in (users.bp, vms.bp, networks.bp, keys.bp, images.files, images.images, images.stores,
-                      hosts.bp):
+                      hosts.bp, tokens.bp, tokens.login_bp):
         app.register_blueprint(blueprint)
 
     @app.get("/healthz")
@@ -51,8 +52,8 @@ def create_app(settings: Settings, store: Store | None = None) -> Flask:
         return jsonify(openapi.document(app))
 
     @app.errorhandler(APIError)
-    def api_error(exc: APIError) -> tuple[Response, int]:
-        return jsonify(exc.body()), exc.status
+    def api_error(exc: APIError) -> tuple[Response, int, dict[str, str]]:
+        return jsonify(exc.body()), exc.status, exc.headers
 
     @app.errorhandler(StoreUnavailable)
     def unavailable(exc: StoreUnavailable) -> tuple[Response, int, dict[str, str]]:

@@ -1,4 +1,8 @@
-"""API tokens: `Authorization: Bearer <id>.<secret>`, checked against the salted hash in etcd."""
+"""API tokens: `Authorization: Bearer <id>.<secret>`, checked against the salted hash in etcd.
+
+A token's text is shown once, in the answer that creates it, and never logged or stored: etcd holds
+its salted hash (which is why `POST /api/v1/tokens` and `/login` take no Idempotency-Key: a kept reply
+would store the text; nor does `POST /users`, for its first token)."""
 
 from __future__ import annotations
 
@@ -8,13 +12,16 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
-from flask import g, request
+from flask import current_app, g, request
 
 from ucloud_api.errors import APIError
-from ucloud_common.record import check_key_part
+from ucloud_api.passwords import hash_password
+from ucloud_common.record import check_key_part, utcnow
 from ucloud_common.store import Conflict, Put, Store
-from ucloud_common.user import TOKENS, USERS, Role, Token, User, check_user_name
+from ucloud_common.user import PASSWORDS, TOKENS, USERS, Password, Role, Token, User, check_user_name
 
 # How long a worker trusts a checked token without asking etcd again: a deleted user or token
 # stops working within this, and a busy API does not read two keys for every request.
@@ -31,12 +38,19 @@ class Caller:
         return self.role is Role.ADMIN
 
 
-def new_token(user: str) -> tuple[str, str, Token]:
+def new_token(user: str, name: str = "initial", expires_at: datetime | None = None) -> tuple[str, str, Token]:
     """A fresh token: (its id, the text to hand out once, the record to store)."""
     token_id = secrets.token_hex(8)
     secret = secrets.token_urlsafe(32)
     salt = secrets.token_hex(16)
-    return token_id, f"{token_id}.{secret}", Token(user=user, salt=salt, sha256=_digest(salt, secret))
+    token = Token(user=user, salt=salt, sha256=_digest(salt, secret), name=name, expires_at=expires_at)
+    return token_id, f"{token_id}.{secret}", token
+
+
+def forget(token_id: str) -> None:
+    """Drop a revoked token from this process's cache (other API processes: within CACHE_SECONDS)."""
+    authenticator: Authenticator = current_app.extensions["ucloud.auth"]
+    authenticator.forget(token_id)
 
 
 def _digest(salt: str, secret: str) -> str:
@@ -46,7 +60,8 @@ def _digest(salt: str, secret: str) -> str:
 class Authenticator:
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._cache: dict[str, tuple[float, Caller]] = {}
+        # text → (when checked, until when it works, the caller)
+        self._cache: dict[str, tuple[float, datetime | None, Caller]] = {}
         self._lock = threading.Lock()
 
     def caller(self) -> Caller:
@@ -58,16 +73,21 @@ class Authenticator:
         now = time.monotonic()
         with self._lock:
             cached = self._cache.get(text)
-        if cached and now - cached[0] < CACHE_SECONDS:
-            return cached[1]
-        caller = self._check(text.strip())
+        if cached and now - cached[0] < CACHE_SECONDS and not _expired(cached[1]):
+            return cached[2]
+        expires_at, caller = self._check(text.strip())
         with self._lock:
             if len(self._cache) > 10_000:
                 self._cache.clear()
-            self._cache[text] = (now, caller)
+            self._cache[text] = (now, expires_at, caller)
         return caller
 
-    def _check(self, text: str) -> Caller:
+    def forget(self, token_id: str) -> None:
+        with self._lock:
+            for text in [t for t in self._cache if t.strip().partition(".")[0] == token_id]:
+                del self._cache[text]
+
+    def _check(self, text: str) -> tuple[datetime | None, Caller]:
         refused = APIError(401, "unauthenticated", "the token is not valid")
         token_id, _, secret = text.partition(".")
         try:
@@ -77,10 +97,16 @@ class Authenticator:
         token = self._store.get(TOKENS, token_id)
         if token is None or not hmac.compare_digest(token.value.sha256, _digest(token.value.salt, secret)):
             raise refused
+        if _expired(token.value.expires_at):
+            raise APIError(401, "unauthenticated", "the token has expired")
         user = self._store.get(USERS, token.value.user)
         if user is None:
             raise refused
-        return Caller(user.value.name, user.value.role)
+        return token.value.expires_at, Caller(user.value.name, user.value.role)
+
+
+def _expired(expires_at: datetime | None) -> bool:
+    return expires_at is not None and expires_at <= utcnow()
 
 
 def current() -> Caller:
@@ -95,13 +121,16 @@ def require_admin() -> Caller:
     return caller
 
 
-def create_user(store: Store, name: str, role: Role) -> tuple[User, str]:
-    """Create a user and its first token (returned as text, to be shown once). Atomic. ValueError
-    for a name a new user cannot have, 409 if it is taken."""
+def create_user(store: Store, name: str, role: Role, password: str | None = None) -> tuple[User, str]:
+    """Create a user, its first token (returned as text, to be shown once) and its password, if
+    given. Atomic. ValueError for a name a new user cannot have, 409 if it is taken."""
     user = User(name=check_user_name(name), role=role)
     token_id, text, token = new_token(name)
+    writes: list[Put[Any]] = [Put(USERS, name, user, 0), Put(TOKENS, token_id, token, 0)]
+    if password is not None:
+        writes.append(Put(PASSWORDS, name, Password(argon2=hash_password(password)), 0))
     try:
-        store.transact([Put(USERS, name, user, 0), Put(TOKENS, token_id, token, 0)])
+        store.transact(writes)
     except Conflict:
         raise APIError(409, "exists", f"user {name} already exists") from None
     return user, text

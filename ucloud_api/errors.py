@@ -10,7 +10,8 @@ from ucloud_common.quoting import printable
 
 
 class APIError(Exception):
-    def __init__(self, status: int, code: str, message: str, **details: Any) -> None:
+    def __init__(self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None,
+                 **details: Any) -> None:
         # A message may hold a name from the URL or the body (`/hosts/a%0Ab`): one printable line, always.
         message = printable(message)
         super().__init__(message)
@@ -18,6 +19,7 @@ class APIError(Exception):
         self.code = code
         self.message = message
         self.details = details
+        self.headers = headers or {}  # e.g. Retry-After on a 429
 
     def body(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message, **self.details}}

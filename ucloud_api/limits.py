@@ -36,5 +36,6 @@ VMS_PER_USER = Limit("VMs", "max_vms_per_user")
 NETWORKS_PER_USER = Limit("networks", "max_networks_per_user")
 IMAGES_PER_USER = Limit("images", "max_images_per_user")
 SSH_KEYS_PER_USER = Limit("SSH keys", "max_ssh_keys_per_user")
+TOKENS_PER_USER = Limit("API tokens", "max_tokens_per_user")
 # Kept replies expire after a day: waiting is a way out, so this is "too many requests".
 IDEMPOTENCY_KEYS_PER_USER = Limit("replies kept for Idempotency-Key retries", "max_idempotency_keys_per_user", 429)

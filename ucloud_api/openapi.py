@@ -16,8 +16,11 @@ from ucloud_api.schemas import (
     ImageCreate,
     Maintenance,
     Migrate,
+    Login,
     NetworkCreate,
+    PasswordChange,
     SSHKeyCreate,
+    TokenCreate,
     UserCreate,
     VMCreate,
 )
@@ -47,6 +50,16 @@ ROUTES: dict[tuple[str, str], Route] = {
                                      "NewUser", admin=True, errors=(409, 422)),
     ("get", "/api/v1/users"): Route("List users", returns="[User]", admin=True),
     ("get", "/api/v1/users/{name}"): Route("Read a user", returns="User", admin=True, errors=(404,)),
+    ("put", "/api/v1/users/{name}/password"): Route(
+        "Set a user's password: your own (with current_password if you have one) or, as an admin, anyone's",
+        PasswordChange, 204, errors=(403, 404, 409, 422, 429)),
+    ("post", "/api/v1/login"): Route("Log in with a name and password; the answer holds a token that works "
+                                     "login_token_hours, shown once", Login, 201, "NewToken", errors=(401, 409, 422, 429)),
+    ("post", "/api/v1/tokens"): Route("Create one of your API tokens; the answer holds it, shown once", TokenCreate,
+                                      201, "NewToken", errors=(409, 422)),
+    ("get", "/api/v1/tokens"): Route("List your API tokens (an admin: ?user=<name> for another's)", returns="[Token]"),
+    ("delete", "/api/v1/tokens/{token_id}"): Route("Revoke one of your API tokens (an admin: anyone's)", ok=204,
+                                                   errors=(404,)),
     ("delete", "/api/v1/users/{name}"): Route("Delete a user and its tokens (not the last admin)", ok=204, admin=True,
                                               errors=(404, 409, 412)),
     ("post", "/api/v1/vms"): Route("Create a VM", VMCreate, 201, "VM", errors=(409, 422)),
@@ -56,7 +69,7 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("delete", "/api/v1/vms/{uuid}"): Route("Delete a VM", ok=202, returns="VM", errors=(404, 409, 412)),
     ("post", "/api/v1/vms/{uuid}/{action}"): Route(
         "Ask a VM to start, shutdown, reboot, suspend, resume or migrate (migrate: admin, optional body)",
-        Migrate, 202, "VM", errors=(404, 409, 412)),
+        Migrate, 202, "VM", errors=(404, 405, 409, 412)),  # 405: "delete" is DELETE /vms/{uuid}
     ("post", "/api/v1/networks"): Route("Create a network (VXLAN)", NetworkCreate, 201, "Network", errors=(409, 422)),
     ("get", "/api/v1/networks"): Route("List your networks", returns="[Network]"),
     ("get", "/api/v1/networks/{uuid}"): Route("Read a network", returns="Network", errors=(404,)),
@@ -83,6 +96,9 @@ ROUTES: dict[tuple[str, str], Route] = {
                                                         returns="Host", admin=True, errors=(404, 422)),
 }
 
+UNCHECKED = ("/healthz", "/api/v1/openapi.json")  # no body, no store writes: only a 503
+PUBLIC = (*UNCHECKED, "/api/v1/login")  # no token needed
+
 SCHEMAS: dict[str, type[BaseModel]] = {
     "VM": VM, "User": User, "Event": Event, "Network": Network, "File": File, "Image": Image, "Host": Host,
 }
@@ -106,13 +122,21 @@ def _error_schema() -> dict[str, Any]:
 def document(app: Flask) -> dict[str, Any]:
     components: dict[str, Any] = {"Error": _error_schema()}
     paths: dict[str, dict[str, Any]] = {}
-    bodies = (VMCreate, Migrate, UserCreate, NetworkCreate, Attachment, SSHKeyCreate, ImageCreate, Maintenance)
+    bodies = (VMCreate, Migrate, UserCreate, NetworkCreate, Attachment, SSHKeyCreate, ImageCreate, Maintenance,
+              PasswordChange, Login, TokenCreate)
     for model_name, model in {**SCHEMAS, **{m.__name__: m for m in bodies}}.items():
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}", mode="serialization")
         components.update(schema.pop("$defs", {}))
         components[model_name] = schema
     components["NewUser"] = {"allOf": [_ref("User"), {"type": "object", "required": ["token"],
                                                       "properties": {"token": {"type": "string"}}}]}
+    components["Token"] = {"type": "object", "required": ["id", "name", "user", "created_at", "expires_at"],
+                           "properties": {"id": {"type": "string"}, "name": {"type": "string"},
+                                          "user": {"type": "string"},
+                                          "created_at": {"type": "string", "format": "date-time"},
+                                          "expires_at": {"type": ["string", "null"], "format": "date-time"}}}
+    components["NewToken"] = {"allOf": [_ref("Token"), {"type": "object", "required": ["token"],
+                                                        "properties": {"token": {"type": "string"}}}]}
     components["SSHKey"] = {"type": "object", "required": ["name", "key"],
                             "properties": {"name": {"type": "string"}, "key": {"type": "string"}}}
     components["HostView"] = {"allOf": [_ref("Host"), {"type": "object", "properties": {
@@ -126,9 +150,8 @@ def document(app: Flask) -> dict[str, Any]:
         if route.returns:
             ok["content"] = {"application/json": {"schema": _ref(route.returns)}}
         responses[str(route.ok)] = ok
-        for status in (*route.errors, 400, 401, 403, 413, 503):
-            if path in ("/healthz", "/api/v1/openapi.json") and status != 503:
-                continue
+        generic = (503,) if path in UNCHECKED else (400, 413, 503) if path in PUBLIC else (400, 401, 403, 413, 503)
+        for status in (*route.errors, *generic):
             responses[str(status)] = {"description": "error",
                                       "content": {"application/json": {"schema": _ref("Error")}}}
         operation: dict[str, Any] = {"summary": route.summary + (" (admin)" if route.admin else ""),
@@ -142,7 +165,7 @@ def document(app: Flask) -> dict[str, Any]:
                 "required": method == "post" and route.body is not Migrate,
                 "content": {"application/json": {"schema": _ref(route.body.__name__)}},
             }
-        if path not in ("/healthz", "/api/v1/openapi.json"):
+        if path not in PUBLIC:
             operation["security"] = [{"token": []}]
         paths.setdefault(path, {})[method] = operation
     return {

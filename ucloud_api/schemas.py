@@ -4,7 +4,7 @@ integer, number, boolean, and the API means it)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -60,9 +60,34 @@ class Migrate(Strict):
     host: Name | None = Field(None, description="target host; the scheduler chooses when absent")
 
 
+# Long enough that guessing within the login throttle is hopeless; short enough that hashing one is cheap
+# to refuse (Argon2 itself takes any length).
+Password = Annotated[str, Field(min_length=8, max_length=1024, description="8 to 1024 characters")]
+
+
 class UserCreate(Strict):
     name: UserName
     role: Role = Field(Role.USER, strict=False)  # from JSON's string: strict would want the enum itself
+    password: Password | None = Field(None, description="for `POST /api/v1/login`; none: the user logs in "
+                                      "with tokens only until one is set")
+
+
+class PasswordChange(Strict):
+    password: Password
+    current_password: str | None = Field(None, max_length=1024, description="needed when users change "
+                                         "their own password and have one (an admin changing another's: not)")
+
+
+class Login(Strict):
+    name: Name
+    password: str = Field(max_length=1024)
+
+
+class TokenCreate(Strict):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$", description="your label "
+                      "for the token, e.g. laptop")
+    expires_in: int | None = Field(None, ge=60, le=5 * 366 * 86400, description="seconds until it stops "
+                                   "working; none: until revoked")
 
 
 class NetworkCreate(Strict):

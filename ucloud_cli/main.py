@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,8 @@ HOST_COLUMNS: list[Column] = [
     ("RAM", lambda h: f"{_n(h['allocated']['ram'])}/{_n(h['capacity']['ram'])}"),
     ("SSD", lambda h: f"{_n(h['allocated']['ssd'])}/{_n(h['capacity']['ssd'])}"),
 ]
+TOKEN_COLUMNS: list[Column] = [("ID", field("id")), ("NAME", field("name")), ("CREATED", field("created_at")),
+                               ("EXPIRES", field("expires_at"))]
 USER_COLUMNS: list[Column] = [("NAME", field("name")), ("ROLE", field("role")), ("CREATED", field("created_at"))]
 EVENT_COLUMNS: list[Column] = [("TIME", field("created_at")), ("SOURCE", field("source")), ("MESSAGE", field("message"))]
 
@@ -73,6 +76,20 @@ def client() -> Client:
     return Client.from_environment()
 
 
+def password_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--password-stdin", "from_stdin", is_flag=True, help="Read the password from the first "
+                        "line of stdin (for scripts) instead of asking for it.")(command)
+
+
+def read_password(from_stdin: bool, prompt: str, confirm: bool = True, default: str | None = None) -> str:
+    """A password from stdin's next line, or asked for without echo (a new one twice, to catch a typo)."""
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    password: str = click.prompt(prompt, hide_input=True, confirmation_prompt=confirm, default=default,
+                                 show_default=False, err=True)
+    return password
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, help=__doc__)
 def cli() -> None:
     pass
@@ -80,13 +97,21 @@ def cli() -> None:
 
 @cli.command()
 @click.option("--url", required=True, help="The API's base URL, e.g. http://api.example:8080")
-@click.option("--token", prompt=True, hide_input=True, help="Your API token (asked for if not given).")
+@click.option("--token", default=None, help="Your API token (asked for if neither it nor --user is given).")
+@click.option("--user", default=None, help="Log in with this user's password instead: the API answers a token "
+              "that works for UCLOUD_LOGIN_TOKEN_HOURS (12 by default).")
+@password_option
 @handle_errors
-def login(url: str, token: str) -> None:
+def login(url: str, token: str | None, user: str | None, from_stdin: bool) -> None:
     """Check the URL and token against the API and save them (mode 0600) for the other commands.
 
-    Example: ucloud login --url http://127.0.0.1:8080
+    Example: ucloud login --url http://127.0.0.1:8080 --user alice
     """
+    if user is not None:
+        password = read_password(from_stdin, "Password", confirm=False)
+        token = Client(url.rstrip("/"), "").request("POST", "/login", {"name": user, "password": password})["token"]
+    elif token is None:
+        token = click.prompt("Token", hide_input=True)
     Client(url.rstrip("/"), token).request("GET", "/vms")
     path = save_login(url, token)
     click.echo(f"logged in to {url}; saved in {path}")
@@ -491,14 +516,19 @@ def user() -> None:
 @user.command("create")
 @click.argument("name")
 @click.option("--admin", "is_admin", is_flag=True, help="Make an admin.")
+@click.option("--password", "with_password", is_flag=True, help="Also set a password (asked for).")
+@password_option
 @output_option
 @handle_errors
-def user_create(name: str, is_admin: bool, fmt: str) -> None:
+def user_create(name: str, is_admin: bool, with_password: bool, from_stdin: bool, fmt: str) -> None:
     """Create a user; prints its token (shown only this once).
 
-    Example: ucloud user create alice
+    Example: ucloud user create alice --password
     """
-    created = client().request("POST", "/users", {"name": name, "role": "admin" if is_admin else "user"})
+    body = {"name": name, "role": "admin" if is_admin else "user"}
+    if with_password or from_stdin:
+        body["password"] = read_password(from_stdin, f"Password for {name}")
+    created = client().request("POST", "/users", body)
     if fmt == "json":
         show(created, fmt)
     else:
@@ -526,6 +556,76 @@ def user_delete(name: str) -> None:
     """
     client().request("DELETE", f"/users/{name}")
     click.echo(f"user {name} deleted")
+
+
+@user.command("passwd")
+@click.argument("name")
+@password_option
+@handle_errors
+def user_passwd(name: str, from_stdin: bool) -> None:
+    """Set your own password (you are asked for the current one) or, as an admin, anyone's.
+
+    With --password-stdin: the new password on the first line, the current one on the second.
+
+    Example: ucloud user passwd alice
+    """
+    password = read_password(from_stdin, "New password")
+    current = read_password(from_stdin, "Current password (empty if you have none or are an admin)",
+                            confirm=False, default="")
+    body = {"password": password, **({"current_password": current} if current else {})}
+    client().request("PUT", f"/users/{urllib.parse.quote(name, safe='')}/password", body)
+    click.echo(f"password of {name} set")
+
+
+# -- your API tokens ------------------------------------------------------------------------------
+
+
+@cli.group()
+def token() -> None:
+    """Your API tokens: create (shown once), list, revoke."""
+
+
+@token.command("create")
+@click.argument("name")
+@click.option("--expires-in", type=click.IntRange(60), default=None, help="Seconds until it stops working "
+              "(default: until revoked).")
+@output_option
+@handle_errors
+def token_create(name: str, expires_in: int | None, fmt: str) -> None:
+    """Create an API token; prints it (shown only this once).
+
+    Example: ucloud token create laptop --expires-in 2592000
+    """
+    created = client().request("POST", "/tokens", {"name": name, "expires_in": expires_in})
+    if fmt == "json":
+        show(created, fmt)
+    else:
+        click.echo(f"token {created['id']} ({name}) created; token (shown only now): {created['token']}")
+
+
+@token.command("list")
+@click.option("--user", "whose", default=None, help="Another user's tokens (admin).")
+@output_option
+@handle_errors
+def token_list(whose: str | None, fmt: str) -> None:
+    """List your API tokens (never their text).
+
+    Example: ucloud token list
+    """
+    query = f"?user={urllib.parse.quote(whose, safe='')}" if whose else ""
+    show(client().request("GET", f"/tokens{query}"), fmt, TOKEN_COLUMNS)
+
+
+@token.command("revoke")
+@click.argument("token_id", metavar="ID")
+@handle_errors
+def token_revoke(token_id: str) -> None:
+    """Revoke one of your API tokens, by the ID `ucloud token list` shows: it stops working.
+
+    Example: ucloud token revoke 3f9c2a1b7d4e5f60
+    """
+    client().request("DELETE", f"/tokens/{urllib.parse.quote(token_id, safe='')}")
+    click.echo(f"token {token_id} revoked")
 
 
 __all__ = ["cli", "config_path"]

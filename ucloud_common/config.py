@@ -188,6 +188,15 @@ class Settings(BaseSettings):
                                                "Idempotency-Key kept per user (a day each, ≤ 48 KiB each: a reply "
                                                "holds the object answered); past it, a request with a new key is "
                                                "refused (429) until older replies expire.")
+    max_tokens_per_user: int = Field(20, ge=1, le=1000, description="API tokens a user may hold at once (logins "
+                                     "included); past it, a new one is refused until the user revokes some or "
+                                     "they expire.")
+    login_failures: int = Field(5, ge=1, description="Wrong passwords for one user, or from one source address, "
+                                "within `login_window` seconds after which logins are refused (429) until the "
+                                "window ends.")
+    login_window: int = Field(300, ge=1, le=86400, description="Seconds over which failed logins are counted.")
+    login_token_hours: float = Field(12.0, gt=0, le=24 * 365, description="Hours a token from `POST /api/v1/login` "
+                                     "works.")
     api_read_timeout: float = Field(10.0, gt=0, description="Seconds a client has to send a whole request "
                                     "(request line, headers and body) to the API; a slower one is cut off, so "
                                     "that slow clients never hold the API's threads for long.")

@@ -1,12 +1,15 @@
-"""The user family `/v1/user/<name>` and the API-token family `/v1/token/<id>`.
+"""The user family `/v1/user/<name>`, the API-token family `/v1/token/<id>` and the password family
+`/v1/password/<name>`.
 
 A token is `<id>.<secret>`, shown once when it is made. Only a salted SHA-256 of the secret is
 stored: tokens are 256 random bits, so a fast hash is as safe as a slow one and keeps every
-request cheap.
+request cheap. A password is chosen by a person, so it is kept as a slow Argon2id hash, in its own
+family so that no answer that shows a user can ever carry it.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
@@ -43,7 +46,16 @@ class Token(Record):
     user: Name
     salt: str = Field(pattern=r"^[0-9a-f]{32}$")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    name: str = Field("initial", min_length=1, max_length=64)  # the owner's label, e.g. "laptop"
+    # None: until revoked. The key also lives on an etcd lease that ends then, so expired tokens
+    # do not pile up; this field is what is checked, to the second.
+    expires_at: datetime | None = None
+
+
+class Password(Record):
+    argon2: str = Field(max_length=512)  # the PHC string: algorithm, parameters, salt and hash
 
 
 USERS: Family[User] = Family("/v1/user/", User, identity="name")
 TOKENS: Family[Token] = Family("/v1/token/", Token)
+PASSWORDS: Family[Password] = Family("/v1/password/", Password)  # <user name>

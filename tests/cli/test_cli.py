@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,41 @@ def test_admin_hosts_and_users(cluster: Cluster, home: Path) -> None:
     ok(ucloud(home, "user", "delete", "dave", cluster=cluster))
 
 
+def test_passwords_and_own_tokens(cluster: Cluster, home: Path) -> None:
+    frank = as_json(ucloud(home, "user", "create", "frank", "--password-stdin", "-o", "json", cluster=cluster,
+                           stdin="first password\n"))
+    ok(ucloud(home, "user", "create", "gina", cluster=cluster))
+    assert "set" in ok(ucloud(home, "user", "passwd", "frank", "--password-stdin", cluster=cluster,
+                              token=frank["token"], stdin="second password\nfirst password\n"))
+    assert "only your own" in one_error_line(ucloud(home, "user", "passwd", "gina", "--password-stdin",
+                                                    cluster=cluster, token=frank["token"],
+                                                    stdin="frank owns gina\n\n"), 1)
+    url = f"http://127.0.0.1:{cluster.api_port}"
+    assert "logged in" in ok(ucloud(home, "login", "--url", url, "--user", "frank", "--password-stdin",
+                                    stdin="second password\n"))
+    assert "login" in {t["name"] for t in as_json(ucloud(home, "token", "list", "-o", "json"))}
+    assert "wrong name or password" in one_error_line(ucloud(home, "login", "--url", url, "--user", "frank",
+                                                             "--password-stdin", stdin="first password\n"), 1)
+    made = as_json(ucloud(home, "token", "create", "laptop", "--expires-in", "3600", "-o", "json",
+                          cluster=cluster, token=frank["token"]))
+    assert made["expires_at"] and made["token"] not in ok(ucloud(home, "token", "list", cluster=cluster,
+                                                                 token=frank["token"]))
+    listed = as_json(ucloud(home, "token", "list", "-o", "json", cluster=cluster, token=made["token"]))
+    assert {t["name"] for t in listed} == {"initial", "login", "laptop"}
+    gina_tokens = as_json(ucloud(home, "token", "list", "--user", "gina", "-o", "json", cluster=cluster))
+    assert "does not exist" in one_error_line(ucloud(home, "token", "revoke", gina_tokens[0]["id"],
+                                                     cluster=cluster, token=made["token"]), 1)
+    assert "revoked" in ok(ucloud(home, "token", "revoke", made["id"], cluster=cluster, token=frank["token"]))
+    # Refused at once by the worker that revoked it, by the others once their 5 s token cache lapses.
+    deadline = time.monotonic() + 60
+    while ucloud(home, "vm", "list", cluster=cluster, token=made["token"]).returncode == 0:
+        assert time.monotonic() < deadline, "a revoked token still works"
+        time.sleep(1)
+    assert "not valid" in one_error_line(ucloud(home, "vm", "list", cluster=cluster, token=made["token"]), 1)
+    ok(ucloud(home, "user", "delete", "frank", cluster=cluster))
+    ok(ucloud(home, "user", "delete", "gina", cluster=cluster))
+
+
 def test_errors_are_one_line(cluster: Cluster, home: Path) -> None:
     assert "the token is not valid" in one_error_line(ucloud(home, "vm", "list", cluster=cluster, token="x.y"), 1)
     assert "does not exist" in one_error_line(
@@ -198,7 +234,8 @@ def test_every_command_has_help_with_an_example(home: Path) -> None:
                 *[["network", c] for c in ("create", "list", "show", "delete", "attach", "detach")],
                 *[["image", c] for c in ("list", "create", "delete")], ["file", "list"],
                 *[["ssh-key", c] for c in ("add", "list", "delete")], ["host", "list"], ["host", "maintenance"],
-                *[["user", c] for c in ("create", "list", "delete")]]
+                *[["user", c] for c in ("create", "list", "delete", "passwd")],
+                *[["token", c] for c in ("create", "list", "revoke")]]
     for command in commands:
         helped = ucloud(home, *command, "--help")
         assert helped.returncode == 0 and "Example: ucloud" in helped.stdout, command

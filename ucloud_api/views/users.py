@@ -1,4 +1,4 @@
-"""Users (admin only).
+"""Users (admin only, but for setting one's own password).
 
 A user is known by name, and so is what they own (`owner` in every record, their upload folder,
 their name claims): a new user is refused a name that anything still carries, so that no one
@@ -9,33 +9,36 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, request
 
-from ucloud_api.auth import create_user, require_admin
+from ucloud_api import throttle
+from ucloud_api.auth import create_user, current, require_admin
 from ucloud_api.body import parse
 from ucloud_api.errors import APIError
-from ucloud_api.idempotency import REPLIES, idempotent
+from ucloud_api.idempotency import REPLIES
+from ucloud_api.passwords import check_password, hash_password
 from ucloud_api.replies import check_if_match, dump, lookup, object_reply, store
-from ucloud_api.schemas import UserCreate
+from ucloud_api.schemas import PasswordChange, UserCreate
 from ucloud_common.claim import owned
 from ucloud_common.file import FILES
 from ucloud_common.image import IMAGES
 from ucloud_common.network import NETWORKS
 from ucloud_common.store import Conflict, Put, Remove
-from ucloud_common.user import TOKENS, USERS, Role
+from ucloud_common.user import PASSWORDS, TOKENS, USERS, Password, Role
 from ucloud_common.vm import VMS
 
 bp = Blueprint("users", __name__, url_prefix="/api/v1/users")
 
 
 @bp.post("")
-@idempotent
 def create() -> Response:
+    """No Idempotency-Key: its kept answer would store the new user's token in etcd for a day and show it
+    again. A retry after a lost answer gets 409; the user can then log in with the password given here."""
     require_admin()
     body = parse(UserCreate)
     if store().get(USERS, body.name) is None:
         _check_nothing_owned_by(body.name)
-    user, token = create_user(store(), body.name, body.role)
+    user, token = create_user(store(), body.name, body.role, body.password)
     created = store().get(USERS, user.name)
     assert created is not None
     return object_reply(created, 201, {**dump(user), "token": token})
@@ -60,7 +63,7 @@ def delete(name: str) -> Response:
     check_if_match(user)
     tokens = [t for t in store().list(TOKENS).items.values() if t.value.user == name]
     writes: list[Put[Any] | Remove[Any]] = [Remove(USERS, name, user.mod_revision),
-                                            *(Remove(TOKENS, t.name, None) for t in tokens)]
+                                            *(Remove(TOKENS, t.name, None) for t in tokens), Remove(PASSWORDS, name, None)]
     if user.value.role is Role.ADMIN:
         admins = [u for u in store().list(USERS).items.values() if u.value.role is Role.ADMIN and u.name != name]
         if not admins:
@@ -75,6 +78,33 @@ def delete(name: str) -> Response:
         raise APIError(409, "busy", "the users changed meanwhile; retry the request") from None
     # Replies kept for the user's Idempotency-Key retries would be replayed to a new user of the name.
     store().delete_all(REPLIES, owned(name, ""))
+    return Response(status=204)
+
+
+@bp.put("/<name>/password")
+def set_password(name: str) -> Response:
+    """Set a user's password: an admin anyone's, a user their own, giving the current one if they have one
+    (so that a stolen token is not enough to take the account over; wrong guesses count as failed logins)."""
+    caller = current()
+    if caller.name != name and not caller.is_admin:
+        raise APIError(403, "forbidden", "you may set only your own password (an admin may set anyone's)")
+    body = parse(PasswordChange)
+    user = lookup(USERS, name, f"user {name}")
+    existing = store().get(PASSWORDS, name)
+    if existing is not None and not caller.is_admin:
+        keys = throttle.subjects(name, request.remote_addr or "unknown")
+        throttle.check_not_shut_out(store(), keys)
+        if not check_password(existing.value.argon2, body.current_password or ""):
+            throttle.count_failure(store(), keys)
+            raise APIError(403, "wrong_password", "current_password is missing or wrong; it is needed to change "
+                           "your own password")
+    try:
+        # The user rewritten unchanged under compare-and-swap: a user deleted meanwhile gets no password.
+        store().transact([Put(USERS, name, user.value, user.mod_revision),
+                          Put(PASSWORDS, name, Password(argon2=hash_password(body.password)),
+                              existing.mod_revision if existing else 0)])
+    except Conflict:
+        raise APIError(409, "busy", f"user {name} changed meanwhile; retry the request") from None
     return Response(status=204)
 
 

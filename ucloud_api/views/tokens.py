@@ -1,0 +1,110 @@
+"""Users' own API tokens (create, list, revoke) and logging in with a password, which answers a token.
+
+Every user manages their own tokens; an admin may also list and revoke another user's (`?user=`). A
+token's text is in the answer that creates it and nowhere else. Another user's token answers 404, as
+if it did not exist.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+
+from ucloud_api import throttle
+from ucloud_api.auth import current, forget, new_token
+from ucloud_api.body import parse
+from ucloud_api.errors import APIError, not_found
+from ucloud_api.limits import TOKENS_PER_USER
+from ucloud_api.passwords import check_password
+from ucloud_api.replies import store
+from ucloud_api.schemas import Login, TokenCreate
+from ucloud_common.record import check_key_part, utcnow
+from ucloud_common.store import Store, Versioned
+from ucloud_common.user import PASSWORDS, TOKENS, Token
+
+bp = Blueprint("tokens", __name__, url_prefix="/api/v1/tokens")
+login_bp = Blueprint("login", __name__, url_prefix="/api/v1/login")
+
+
+def mint_token(store: Store, user: str, name: str, lifetime: float | None) -> tuple[str, Versioned[Token]]:
+    """Store a new token of `user` (at most `max_tokens_per_user`, else 409) working for `lifetime`
+    seconds (None: until revoked), on an etcd lease that deletes it a little after it stops working.
+    Returns the text, to be shown once, and the record."""
+    TOKENS_PER_USER.check(len(store.list(TOKENS, where={"user": user}).items))
+    expires_at = None if lifetime is None else utcnow() + timedelta(seconds=lifetime)
+    token_id, text, token = new_token(user, name, expires_at)
+    # A second more than the lifetime: the record, not the lease, says when it stops working.
+    lease = None if lifetime is None else store.grant_lease(int(lifetime) + 1)
+    return text, store.create(TOKENS, token_id, token, lease=lease)
+
+
+def shown(token: Versioned[Token]) -> dict[str, Any]:
+    """What anyone is ever shown of a stored token: never its hash or salt."""
+    value = token.value
+    return {"id": token.name, "name": value.name, "user": value.user,
+            "created_at": value.created_at.isoformat(),
+            "expires_at": value.expires_at.isoformat() if value.expires_at else None}
+
+
+def _created(text: str, token: Versioned[Token]) -> Response:
+    response = jsonify({**shown(token), "token": text})
+    response.status_code = 201
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.post("")
+def create() -> Response:
+    body = parse(TokenCreate)
+    text, token = mint_token(store(), current().name, body.name, body.expires_in)
+    return _created(text, token)
+
+
+@bp.get("")
+def list_() -> Response:
+    user = _whose()
+    tokens = store().list(TOKENS, where={"user": user}).items.values()
+    return jsonify(sorted((shown(t) for t in tokens), key=lambda t: t["created_at"]))
+
+
+@bp.delete("/<token_id>")
+def revoke(token_id: str) -> Response:
+    """Revoke a token: it stops working at once in this API process, within `CACHE_SECONDS` in the others."""
+    caller = current()
+    try:
+        check_key_part(token_id)
+    except ValueError:
+        raise not_found(f"token {token_id}") from None
+    token = store().get(TOKENS, token_id)
+    if token is None or (token.value.user != caller.name and not caller.is_admin):
+        raise not_found(f"token {token_id}")
+    store().delete(TOKENS, token_id)
+    forget(token_id)
+    return Response(status=204)
+
+
+def _whose() -> str:
+    caller = current()
+    user = request.args.get("user", caller.name)
+    if user != caller.name and not caller.is_admin:
+        raise APIError(403, "forbidden", "only an admin may list another user's tokens")
+    return user
+
+
+@login_bp.post("")
+def login() -> Response:
+    """A name and password for a token that works `login_token_hours`. A wrong name and a wrong password
+    are the same 401; failures are counted per name and per source address (see `throttle`)."""
+    body = parse(Login)
+    the_store = store()
+    keys = throttle.subjects(body.name, request.remote_addr or "unknown")
+    throttle.check_not_shut_out(the_store, keys)
+    stored = the_store.get(PASSWORDS, body.name)
+    if not check_password(stored.value.argon2 if stored else None, body.password):
+        throttle.count_failure(the_store, keys)
+        raise APIError(401, "unauthenticated", "wrong name or password")
+    throttle.clear(the_store, keys[0])
+    text, token = mint_token(the_store, body.name, "login", the_store.settings.login_token_hours * 3600)
+    return _created(text, token)
