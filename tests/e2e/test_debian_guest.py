@@ -5,7 +5,9 @@ the router's advertisements, and lets its owner in as root at the address `uclou
 
 Slow: building the image takes a minute or two the first time on a machine, and the boot to
 cloud-init's final stage one to three minutes under TCG. Like test_reach_the_vm, it runs in the
-test machine's own network namespace, with this machine as the router host."""
+test machine's own network namespace, with this machine as the router host; so it cannot share
+that namespace with another cluster's agent at the same time (say a second test run): an agent
+removes every ucb*/ucx* device whose VNI its own etcd does not know, the guest's bridge included."""
 
 from __future__ import annotations
 
