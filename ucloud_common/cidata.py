@@ -97,7 +97,7 @@ def _valid_keys(vm: VM) -> list[str]:
 
 
 def _network_config(nics: Sequence[NIC]) -> dict[str, object]:
-    ethernets: dict[str, object] = {}
+    interfaces: list[dict[str, object]] = []
     seen: dict[str, str] = {}
     for index, nic in enumerate(nics):
         mac = nic.mac.lower()
@@ -108,10 +108,13 @@ def _network_config(nics: Sequence[NIC]) -> dict[str, object]:
             raise SeedError(f"cannot build the cloud-init drive: MAC {mac} is on two NICs "
                             f"(networks {seen[mac]} and {nic.network})")
         seen[mac] = nic.network
-        name = f"eth{index}"
         # Matched by MAC, not by order: the guest's own names (ens3, enp0s4) follow PCI slots, which
         # hot-plug changes. IPv6 comes from the network's router advertisements (SLAAC from the MAC,
         # the address the API shows); there is no DHCP server on a ucloud network to wait for.
-        ethernets[name] = {"match": {"macaddress": mac}, "set-name": name,
-                           "accept-ra": True, "dhcp4": False, "dhcp6": False}
-    return {"version": 2, "ethernets": ethernets}
+        # Version 1, not 2: v2 has no way to say "SLAAC only", and cloud-init (22.4, Debian 12)
+        # renders a v2 NIC without DHCP or addresses as `iface eth0 inet manual` with no `auto`,
+        # which ifupdown never brings up. v1's ipv6_slaac subnet renders `auto eth0` / `iface eth0
+        # inet6 auto` for ifupdown and `accept-ra: true` for netplan (tests/e2e/test_debian_guest.py).
+        interfaces.append({"type": "physical", "name": f"eth{index}", "mac_address": mac,
+                           "accept-ra": True, "subnets": [{"type": "ipv6_slaac"}]})
+    return {"version": 1, "config": interfaces}

@@ -1,4 +1,5 @@
-"""The tiny bootable test image, built once per machine by deploy/build-tiny-image.sh."""
+"""The test images, each built once per machine by its script in deploy/: the tiny bootable image
+(deploy/build-tiny-image.sh) and the real Debian 12 guest (deploy/build-debian-image.sh)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,28 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "deploy" / "build-tiny-image.sh"
+DEBIAN_SCRIPT = REPO / "deploy" / "build-debian-image.sh"
 BOOTED = "ucloud-tiny: booted"
 
 
-def cache_dir() -> Path:
-    """One directory per version of the build script: worktrees (and branches) with different
+def cache_dir(script: Path = SCRIPT) -> Path:
+    """One directory per version of a build script: worktrees (and branches) with different
     scripts share a machine without rebuilding over each other's image while a test boots it."""
-    return Path("/var/tmp") / f"ucloud-test-tiny-{hashlib.sha256(SCRIPT.read_bytes()).hexdigest()[:12]}"
+    name = script.name.removeprefix("build-").removesuffix("-image.sh")
+    return Path("/var/tmp") / f"ucloud-test-{name}-{hashlib.sha256(script.read_bytes()).hexdigest()[:12]}"
+
+
+def _built(script: Path, timeout: float | None = None) -> Path:
+    cache = cache_dir(script)
+    subprocess.run(["bash", str(script), str(cache)], check=True, capture_output=True, timeout=timeout)
+    return cache
 
 
 def tiny_image() -> Path:
-    cache = cache_dir()
-    subprocess.run(["bash", str(SCRIPT), str(cache)], check=True, capture_output=True)
-    return cache
+    return _built(SCRIPT)
+
+
+def debian_image() -> Path:
+    """The directory holding debian.qcow2. The first build downloads ≈ 150 MiB of packages and
+    takes a minute or two; later calls return at once."""
+    return _built(DEBIAN_SCRIPT, timeout=1200)

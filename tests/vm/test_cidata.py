@@ -48,11 +48,11 @@ def test_the_seed_of_a_vm_with_two_nics_and_two_keys() -> None:
     assert files == {
         "meta-data": {"local-hostname": "web-1"},
         "user-data": {"hostname": "web-1", "disable_root": False, "ssh_authorized_keys": [LAPTOP, PHONE]},
-        "network-config": {"version": 2, "ethernets": {
-            "eth0": {"match": {"macaddress": "02:00:00:00:00:0a"}, "set-name": "eth0",
-                     "accept-ra": True, "dhcp4": False, "dhcp6": False},
-            "eth1": {"match": {"macaddress": "02:00:00:00:00:0b"}, "set-name": "eth1",
-                     "accept-ra": True, "dhcp4": False, "dhcp6": False}}},
+        "network-config": {"version": 1, "config": [
+            {"type": "physical", "name": "eth0", "mac_address": "02:00:00:00:00:0a", "accept-ra": True,
+             "subnets": [{"type": "ipv6_slaac"}]},
+            {"type": "physical", "name": "eth1", "mac_address": "02:00:00:00:00:0b", "accept-ra": True,
+             "subnets": [{"type": "ipv6_slaac"}]}]},
     }
 
 

@@ -1,0 +1,66 @@
+"""What the end-to-end tests that log into a VM share: a cluster whose one agent routes VM networks
+over this machine's default route, the CLI as a user runs it, and ssh as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.processes import Cluster, running_cluster
+
+SSH = ["ssh", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
+       "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR"]
+
+
+def default_route() -> tuple[str, str]:
+    route = subprocess.run(["ip", "-o", "route", "get", "1.1.1.1"], capture_output=True, text=True, check=False)
+    words = route.stdout.split()
+    if route.returncode != 0 or "src" not in words:
+        pytest.skip("this machine has no default route to carry VM networks")
+    return words[words.index("dev") + 1], words[words.index("src") + 1]
+
+
+@contextmanager
+def router_cluster(root: Path) -> Iterator[Cluster]:
+    """One host, this machine in its own network namespace, the router of every network."""
+    device, address = default_route()
+    with running_cluster(root, UCLOUD_UNDERLAY_DEVICE=device, UCLOUD_UNDERLAY_ADDRESS=address,
+                         UCLOUD_ROUTER="true") as the_cluster:
+        yield the_cluster
+
+
+def ucloud(cluster: Cluster, *args: str) -> str:
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("UCLOUD_")},
+           "UCLOUD_API_URL": f"http://127.0.0.1:{cluster.api_port}", "UCLOUD_TOKEN": cluster.token}
+    done = subprocess.run([str(Path(sys.executable).parent / "ucloud"), *args], env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def key_laptop_and_network_net(cluster: Cluster, tmp_path: Path) -> Path:
+    """A new SSH key pair in `tmp_path`, its public half added as the user's key `laptop`, and a
+    network `net`: what a user makes before their first VM. Returns the private key's path."""
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    ucloud(cluster, "ssh-key", "add", "laptop", str(key.with_suffix(".pub")))
+    ucloud(cluster, "network", "create", "net")
+    return key
+
+
+def ssh_output(key: Path, address: str, command: str) -> str:
+    """What `command` prints run as root on `address` with `key`; "" if ssh fails (not up yet)."""
+    done = subprocess.run([*SSH, "-i", str(key), f"root@{address}", command], capture_output=True, text=True,
+                          timeout=60, check=False)
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def devices() -> str:
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=False).stdout
+    return "\n".join(line for line in links.splitlines() if any(f": {p}" in line for p in ("ucb", "ucx", "uct")))
