@@ -98,13 +98,15 @@ class VMNetworks:
         self.refresh()
 
     def refresh(self) -> None:
-        """Bring every network here up to date: peers as hosts come and go, networks without a
-        tap removed, the announcements rewritten. Called now and then by the agent's monitor."""
+        """Bring every network here up to date: peers as hosts come and go, taps put back on their
+        bridge, networks without a tap removed, the announcements rewritten. Called now and then by
+        the agent's monitor."""
         networks = self._networks()
         problems = set()
         if self._router:  # a router is on every network, with or without a VM of it here
             for network in networks.values():
                 problems.add(self._try_ensure(network))
+        problems |= self._adopt_strays({network.uuid: network for network in networks.values()})
         for vni, devices in self._devices.present().items():
             network = networks.get(vni)
             if network is None or not (devices.taps or self._router):
@@ -119,6 +121,30 @@ class VMNetworks:
                 log.error("host %s: VM networks cannot be kept up: %s", self._host, problem)
             self._problems = problems
         self._announce()
+
+    def _adopt_strays(self, networks: dict[str, Network]) -> set[str]:
+        """Taps on no bridge — their bridge deleted under them (by hand, or by another cluster's
+        agent in the same namespace), or a crash between making a tap and attaching it: a NIC of a
+        VM placed here goes back on its network's bridge (its guest never notices more than the
+        gap); any other is removed."""
+        strays = self._devices.stray_taps()
+        if not strays:
+            return set()
+        nics = {tap_name(nic.mac): nic for vm in self._store.list(VMS).items.values()
+                if vm.value.host == self._host for nic in vm.value.networks}
+        problems = set()
+        for tap in strays:
+            network = networks.get(nics[tap].network) if tap in nics else None
+            if network is None:
+                log.info("tap %s is of no NIC on %s: removing it", tap, self._host)
+                self._devices.remove_tap(tap)
+                continue
+            problem = self._try_ensure(network)
+            if not problem:
+                self._devices.ensure_tap(network.vxlan_id, tap)
+                log.warning("tap %s was on no bridge: put back on network %s", tap, network.uuid)
+            problems.add(problem)
+        return problems
 
     def _try_ensure(self, network: Network) -> str:
         try:

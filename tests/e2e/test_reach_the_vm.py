@@ -18,7 +18,7 @@ import pytest
 
 from tests.helpers.processes import Cluster, wait_until
 from tests.helpers.reach import (
-    devices,
+    delete_and_check_nothing_is_left,
     key_laptop_and_network_net,
     router_cluster,
     ssh_output,
@@ -36,7 +36,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 def test_the_owner_logs_into_a_new_vm_at_the_address_ucloud_shows(cluster: Cluster, tmp_path: Path) -> None:
-    before = devices()
     key = key_laptop_and_network_net(cluster, tmp_path)
     ucloud(cluster, "vm", "create", "web", "--image", "tiny", "--ram", "0.25", "--ssd", "1", "--network", "net",
            "--ssh-key", "laptop", "--wait")
@@ -46,6 +45,4 @@ def test_the_owner_logs_into_a_new_vm_at_the_address_ucloud_shows(cluster: Clust
     wait_until(lambda: ssh_output(key, nic["ipv6"], "hostname") == "web", 120,
                "ssh root@<the address ucloud vm show prints>")
 
-    ucloud(cluster, "vm", "delete", "web", "--wait")
-    ucloud(cluster, "network", "delete", "net")
-    wait_until(lambda: devices() == before, 60, "the router host to let the network go")
+    delete_and_check_nothing_is_left(cluster, "web", "net", nic["mac"])

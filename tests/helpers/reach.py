@@ -3,6 +3,7 @@ over this machine's default route, the CLI as a user runs it, and ssh as a user 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.processes import Cluster, running_cluster
+from tests.helpers.processes import Cluster, running_cluster, wait_until
+from ucloud_vm.netnames import bridge_name, tap_name, vxlan_name
 
 SSH = ["ssh", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
        "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR"]
@@ -61,6 +63,22 @@ def ssh_output(key: Path, address: str, command: str) -> str:
     return done.stdout.strip() if done.returncode == 0 else ""
 
 
-def devices() -> str:
-    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=False).stdout
-    return "\n".join(line for line in links.splitlines() if any(f": {p}" in line for p in ("ucb", "ucx", "uct")))
+def devices_of(cluster: Cluster, network: str, mac: str) -> list[str]:
+    """Which of network `network`'s bridge and VXLAN device and the tap of NIC `mac` exist here (by
+    name: another cluster in this namespace has its own)."""
+    vni = json.loads(ucloud(cluster, "network", "show", network, "-o", "json"))["vxlan_id"]
+    return sorted(_links() & {bridge_name(vni), vxlan_name(vni), tap_name(mac)})
+
+
+def delete_and_check_nothing_is_left(cluster: Cluster, vm: str, network: str, mac: str) -> None:
+    """Delete the VM and its network; the router host lets the network's devices go."""
+    mine = devices_of(cluster, network, mac)
+    assert len(mine) == 3, mine  # while the VM runs: bridge, VXLAN, tap
+    ucloud(cluster, "vm", "delete", vm, "--wait")
+    ucloud(cluster, "network", "delete", network)
+    wait_until(lambda: not set(mine) & _links(), 60, "the router host to let the network go")
+
+
+def _links() -> set[str]:
+    shown = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=False).stdout
+    return {line.split(": ")[1].split("@")[0] for line in shown.splitlines() if ": " in line}

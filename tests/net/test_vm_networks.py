@@ -213,6 +213,11 @@ def test_two_vms_of_one_network_on_two_hosts_reach_each_other_and_their_owner_lo
     wait_for(lambda: agent_of(store, "h2") not in ("", killed), 90, "h2's new agent")
     assert status(store, "vm-b") is Status.RUNNING and a_reaches_b()
     assert serial(agents["h2"].run_dir, "vm-b").count("ucloud-tiny: booted") == 1
+    # A bridge deleted under a running VM (by hand): the agent makes it again and puts the VM's tap
+    # back on it at its next host check; vm-b is reachable again, never restarted.
+    sh(agents["h2"].netns, "ip", "link", "del", bridge_name(VNI))
+    wait_for(a_reaches_b, 90, "vm-b reachable again on a bridge made anew")
+    assert serial(agents["h2"].run_dir, "vm-b").count("ucloud-tiny: booted") == 1
 
     # Hot-plugs that cannot be: a NIC on a network that is gone, and one with vm-a's MAC. Each is
     # marked on the VM with the reason and never retried hot; the VM runs on, reachable.
