@@ -113,8 +113,16 @@ def start_idle_qemu(ceph: Ceph, storage: RBDStorage, vm: VM, run_dir: Path) -> I
                 raise AssertionError(f"QEMU for {vm.uuid} did not start: {idle.stdout.read_text()[-500:]}")
             time.sleep(0.05)
         # Stop the guest so nothing at all runs in it (it would only read its disk anyway); QEMU has
-        # opened the drive once it watches the image.
-        qemu.execute(paths, "stop")
+        # opened the drive once it watches the image. The socket file exists a moment before QEMU
+        # listens on it: a refused connection is tried again.
+        while True:
+            try:
+                qemu.execute(paths, "stop")
+                break
+            except qemu.QMPFailed:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
         while not watchers(ceph, "vms", vm.uuid):
             if time.monotonic() > deadline:
                 raise AssertionError(f"QEMU for {vm.uuid} never watched vms/{vm.uuid}")
