@@ -179,6 +179,9 @@ fi
 dropbearkey -t ed25519 -f /etc/dropbear/host_key >/dev/null 2>&1
 (while true; do dropbear -F -E -s -p 22 -r /etc/dropbear/host_key; echo "ucloud-tiny: dropbear exited ($?), restarting"; sleep 1; done) &
 
+# The serial console is interactive (ucloud's serial console): a root shell on ttyS0, again after each exit.
+(while true; do setsid sh -c 'exec sh -i </dev/ttyS0 >/dev/ttyS0 2>&1'; sleep 1; done) &
+
 while true; do sleep 3600; done
 INIT
 printf '#!/bin/sh\necho "ucloud-tiny: power button, powering off"\npoweroff -f\n' > initramfs/etc/acpi/PWRF/00000080

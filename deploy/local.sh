@@ -65,6 +65,8 @@ up)
     mkdir -p "$state/uploads"
     start_daemon ucloud-jobs "$state" "sleep 0.2" bash -c \
         "while :; do '$bin/ucloud-filescan' run; '$bin/ucloud-imagescanner' run; sleep 30; done"
+    start_daemon ucloud-console "$state" "sleep 0.5" "$bin/ucloud-vm" console-proxy --hostname "$host" \
+        --address 127.0.0.1 --bind 127.0.0.1
     start_daemon ucloud-vm "$state" "api GET /api/v1/hosts/$host | json '[\"alive\"]' | grep -q True" \
         "$bin/ucloud-vm" run --hostname "$host"
 
@@ -101,6 +103,7 @@ ucloud runs on this machine:
   API         $api   (log in $state/ucloud-api.log; OpenAPI at $api/api/v1/openapi.json)
   scheduler   log in $state/ucloud-scheduler.log
   host agent  host "$host" (log in $state/ucloud-vm.log)
+  consoles    ws://127.0.0.1:${UCLOUD_CONSOLE_PORT:-6080} (log in $state/ucloud-console.log): POST /api/v1/vms/<uuid>/console
   file-scan and image-scanner every 30 s (log in $state/ucloud-jobs.log): a user's uploads go in
               $state/uploads/<user>/, then \`ucloud file list\`, \`ucloud image create\`
   admin token $state/admin.token
@@ -120,6 +123,7 @@ down)
     # QEMUs outlive their agent by design; "down" means everything, so the VMs stop too.
     pkill -f "$state/run/" 2>/dev/null && echo "VMs stopped" || true
     stop_daemon ucloud-jobs "$state"
+    stop_daemon ucloud-console "$state"
     stop_daemon ucloud-scheduler "$state"
     stop_daemon ucloud-api "$state"
     bash deploy/etcd.sh stop "$state/etcd"
@@ -127,7 +131,7 @@ down)
 status)
     bash deploy/etcd.sh status "$state/etcd" || true
     if curl -sf "$api/healthz" >/dev/null; then echo "ucloud-api running at $api"; else echo "ucloud-api not running"; fi
-    for daemon in ucloud-scheduler ucloud-vm ucloud-jobs; do
+    for daemon in ucloud-scheduler ucloud-vm ucloud-jobs ucloud-console; do
         if [ -f "$state/$daemon.pid" ] && kill -0 "$(cat "$state/$daemon.pid")" 2>/dev/null; then
             echo "$daemon running (pid $(cat "$state/$daemon.pid"))"; else echo "$daemon not running"; fi
     done

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from ucloud_api.schemas import (
     Attachment,
+    ConsoleRequest,
     ImageCreate,
     Maintenance,
     Migrate,
@@ -70,6 +71,9 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("post", "/api/v1/vms/{uuid}/{action}"): Route(
         "Ask a VM to start, shutdown, reboot, suspend, resume or migrate (migrate: admin, optional body)",
         Migrate, 202, "VM", errors=(404, 405, 409, 412)),  # 405: "delete" is DELETE /vms/{uuid}
+    ("post", "/api/v1/vms/{uuid}/console"): Route(
+        "A one-time ticket (60 s) for the VM's screen (vnc) or serial console, and the websocket URL of "
+        "its host's console proxy that takes it", ConsoleRequest, 201, "ConsoleTicket", errors=(404, 409, 422)),
     ("post", "/api/v1/networks"): Route("Create a network (VXLAN)", NetworkCreate, 201, "Network", errors=(409, 422)),
     ("get", "/api/v1/networks"): Route("List your networks", returns="[Network]"),
     ("get", "/api/v1/networks/{uuid}"): Route("Read a network", returns="Network", errors=(404,)),
@@ -123,7 +127,7 @@ def document(app: Flask) -> dict[str, Any]:
     components: dict[str, Any] = {"Error": _error_schema()}
     paths: dict[str, dict[str, Any]] = {}
     bodies = (VMCreate, Migrate, UserCreate, NetworkCreate, Attachment, SSHKeyCreate, ImageCreate, Maintenance,
-              PasswordChange, Login, TokenCreate)
+              PasswordChange, Login, TokenCreate, ConsoleRequest)
     for model_name, model in {**SCHEMAS, **{m.__name__: m for m in bodies}}.items():
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}", mode="serialization")
         components.update(schema.pop("$defs", {}))
@@ -143,6 +147,10 @@ def document(app: Flask) -> dict[str, Any]:
         "alive": {"type": "boolean"}, "allocated": {"type": "object"}}}]}
     components["ImageStore"] = {"type": "object", "required": ["name", "type"], "properties": {
         "name": {"type": "string"}, "type": {"type": "string", "enum": ["local", "rbd"]}}}
+    components["ConsoleTicket"] = {"type": "object", "required": ["ticket", "type", "url", "expires_in"],
+                                   "properties": {"ticket": {"type": "string"}, "url": {"type": "string"},
+                                                  "type": {"type": "string", "enum": ["vnc", "serial"]},
+                                                  "expires_in": {"type": "integer"}}}
     components["Health"] = {"type": "object", "properties": {"status": {"type": "string"}}}
     for (method, path), route in ROUTES.items():
         responses: dict[str, Any] = {}

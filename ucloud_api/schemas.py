@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ucloud_common.record import Name
 from ucloud_common.specs import RAM_MIN_MIB, Specs
+from ucloud_common.console import ConsoleKind
 from ucloud_common.sshkey import MAX_KEY_LINE, parse_public_key
 from ucloud_common.ipv6 import check_prefix
 from ucloud_common.user import Role, UserName
@@ -54,6 +55,10 @@ class VMCreate(Strict):
                                  "keys, copied into the VM")
     networks: list[Name] = Field(default_factory=list, max_length=8, description="uuids of your networks")
     anti_affinity: Name | None = Field(None, description="VMs of one group are placed on different hosts")
+
+
+class ConsoleRequest(Strict):
+    type: ConsoleKind = Field(strict=False, description="vnc (the screen) or serial (the first serial port)")
 
 
 class Migrate(Strict):

@@ -169,6 +169,11 @@ class Settings(BaseSettings):
                                   "the interface holding it is the underlay device.")
     vxlan_port: int = Field(4789, ge=1, le=65535, description="The UDP port of VXLAN on every host (IANA's "
                             "4789); all hosts must agree on it.")
+    console_port: int = Field(6080, ge=1, le=65535, description="The port of this host's console proxy "
+                              "(`ucloud-vm console-proxy`): websockets to its VMs' screens and serial consoles.")
+    console_cert: Path | None = Field(None, description="A PEM certificate (with its chain) for the console proxy: "
+                                      "with it, consoles are wss://; without, ws:// (then put TLS in front).")
+    console_key: Path | None = Field(None, description="The console certificate's PEM private key.")
     router: bool = Field(False, description="This host is the router of every VM network: it joins each "
                          "network (also without a VM of it), takes <prefix>::1 on its bridge, announces "
                          "itself as the default router, and may forward the /64s out (turn IPv6 forwarding "

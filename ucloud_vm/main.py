@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import socket
+import ssl
 import threading
 import uuid as uuidlib
 from pathlib import Path
@@ -17,9 +19,10 @@ from ucloud_common.errors import PermanentError, TemporaryError
 from ucloud_common.image import Image, ImageStatus
 from ucloud_common.record import check_name
 from ucloud_common.specs import Specs
-from ucloud_common.store import Store, StoreUnavailable
+from ucloud_common.store import KeptLease, Store, StoreUnavailable
 from ucloud_vm.accel import choose
 from ucloud_vm.agent import Agent, HostSpec, machine_capacity
+from ucloud_vm.console import ConsoleProxyServer, proxy_url, register, serve_consoles
 from ucloud_vm.images import import_image
 from ucloud_common.network import NETWORKS
 from ucloud_vm.hostnet import HostNetwork, Underlay, UnderlayError
@@ -93,6 +96,54 @@ def run(ctx: click.Context, hostname: str, address: str | None, run_dir: Path | 
     finally:
         store.close()
     exit_if_failed(f"ucloud-vm {hostname}", agent.failure)
+
+
+@cli.command("console-proxy")
+@click.option("--hostname", required=True, callback=_name, help="This host's name in ucloud.")
+@click.option("--address", default=None, help="The address users' browsers reach this host at [default: the "
+              "underlay address, else its hostname's address].")
+@click.option("--bind", default="::", show_default=True, help="The address to listen on.")
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Runtime files of this host's VMs, as the agent's --run-dir [default: UCLOUD_RUN_DIR/HOSTNAME].")
+@click.pass_context
+def console_proxy(ctx: click.Context, hostname: str, address: str | None, bind: str, run_dir: Path | None) -> None:
+    """Serve this host's VM consoles over websockets (UCLOUD_CONSOLE_PORT; wss with UCLOUD_CONSOLE_CERT
+    and UCLOUD_CONSOLE_KEY) to whoever holds a one-time ticket from the API, until SIGTERM or SIGINT.
+
+    Example: ucloud-vm console-proxy --hostname h1
+    """
+    settings = settings_from(ctx)
+    tls = None
+    if settings.console_cert:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            tls.load_cert_chain(settings.console_cert, settings.console_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise click.ClickException(f"UCLOUD_CONSOLE_CERT / UCLOUD_CONSOLE_KEY: {exc}") from None
+    url = proxy_url(address or settings.underlay_address or _address(), settings.console_port, tls is not None)
+    store = Store(settings)
+    lease = KeptLease(store, settings.host_lease_ttl, settings.heartbeat_interval)
+    try:
+        register(store, hostname, url, lease.id)
+        proxy = ConsoleProxyServer(store, hostname, run_dir or settings.run_dir / hostname)
+
+        async def main() -> None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, stop.set)
+            lease_lost = asyncio.create_task(asyncio.to_thread(lease.lost.wait))
+            lease_lost.add_done_callback(lambda _: stop.set())
+            await serve_consoles(proxy, bind, settings.console_port, tls, stop)
+            lease_lost.cancel()
+
+        logging.getLogger(__name__).info("console proxy of host %s at %s", hostname, url)
+        asyncio.run(main())
+    finally:
+        lease.close()
+        store.close()
+    if lease.lost.is_set():
+        exit_if_failed(f"ucloud-vm console-proxy {hostname}", "its lease in etcd was lost")
 
 
 @cli.command("import-image")

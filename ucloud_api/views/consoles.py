@@ -1,0 +1,40 @@
+"""`POST /api/v1/vms/<uuid>/console`: a one-time ticket for a VM's screen or serial console, and the
+websocket URL of the console proxy on the VM's host that takes it (see `ucloud_common.console`)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify
+
+from ucloud_api.auth import current
+from ucloud_api.body import parse
+from ucloud_api.errors import APIError
+from ucloud_api.replies import lookup_own, store
+from ucloud_api.schemas import ConsoleRequest
+from ucloud_common.console import PROXIES, TICKET_TTL, TICKETS, ConsoleTicket, new_ticket
+from ucloud_common.states import Status
+from ucloud_common.vm import VMS
+
+bp = Blueprint("consoles", __name__, url_prefix="/api/v1/vms")
+
+# A paused guest's screen is still worth seeing (and its serial port still takes input for later).
+_SHOWN = (Status.RUNNING, Status.SUSPENDED)
+
+
+@bp.post("/<uuid>/console")
+def ticket(uuid: str) -> Response:
+    body = parse(ConsoleRequest)
+    vm = lookup_own(VMS, uuid, f"VM {uuid}").value
+    if vm.status not in _SHOWN or not vm.host:
+        raise APIError(409, "conflict", f"the VM is {vm.status}: start it first", vm_status=vm.status.value)
+    proxy = store().get(PROXIES, vm.host)
+    if proxy is None:
+        raise APIError(503, "unavailable", f"no console proxy runs on host {vm.host}; ask the operator")
+    issued, digest = new_ticket()
+    store().create(TICKETS, digest, ConsoleTicket(digest=digest, user=current().name, vm=vm.uuid, host=vm.host,
+                                                  kind=body.type), lease=store().grant_lease(TICKET_TTL))
+    # Never logged: the access log has the request's path, which holds no ticket; the answer is not logged.
+    response = jsonify({"ticket": issued, "type": body.type.value, "expires_in": TICKET_TTL,
+                        "url": f"{proxy.value.url}/{body.type.value}?ticket={issued}"})
+    response.status_code = 201
+    response.headers["Cache-Control"] = "no-store"
+    return response
