@@ -144,15 +144,16 @@ def delete(uuid: str) -> Response:
     return _act(uuid, Action.DELETE)
 
 
-@bp.post("/<uuid>/<action>")
+# Only the actions: any other word (`events`) is not a POST route, so OPTIONS and a 405's Allow list
+# exactly the methods each path has.
+@bp.post(f"/<uuid>/<any({', '.join(Action)}):action>")
 @idempotent
 def act(uuid: str, action: str) -> Response:
-    try:
-        chosen = Action(action)
-    except ValueError:
-        raise APIError(404, "not_found", f"no action {action}; actions are {', '.join(Action)}") from None
+    chosen = Action(action)  # the route's converter lets only actions through
     if chosen is Action.DELETE:
-        raise APIError(405, "method_not_allowed", "delete a VM with DELETE /api/v1/vms/<uuid>")
+        # This path has no method at all (an empty Allow, RFC 9110 10.2.1): deleting is another path's.
+        raise APIError(405, "method_not_allowed", "delete a VM with DELETE /api/v1/vms/<uuid>",
+                       headers={"Allow": ""})
     return _act(uuid, chosen)
 
 
@@ -164,10 +165,10 @@ def _act(uuid: str, action: Action) -> Response:
         if target is not None and store().get(HOSTS, target) is None:
             raise APIError(422, "invalid", f"host: no host {quote(target)}", fields=[{"field": "host", "message": "no such host"}])
         extra["migrate_to"] = HOSTS.key(target) if target else "*"
-    conditional = if_match() is not None
     for _ in sleeps(_RETRY, attempts=store().settings.cas_attempts):
-        current_vm = lookup_own(VMS, uuid, f"VM {uuid}")
+        current_vm = lookup_own(VMS, uuid, f"VM {uuid}")  # no such VM is a 404 whatever If-Match says
         check_if_match(current_vm)
+        conditional = if_match() is not None
         vm = current_vm.value
         try:
             asked = request_fields(vm, action)
