@@ -5,10 +5,11 @@ ignored, use after free, resource availability, …) over its phases — example
 and the stateful phase, which chains operations by the links it infers from `Location` headers and
 path parameters (it reports how many transitions it found; this test asserts there are some).
 
-Excluded, because they would destroy the fixture the run stands on (and nothing else is):
-- `DELETE /api/v1/users/admin`: the fuzzer may create a second admin, then delete the one whose
-  token it sends; every later answer would be a 401.
-- `DELETE /api/v1/tokens/<the admin's token id>`: the same, by revoking that token (the stateful
+It runs once as an admin and once as a user (alice, who owns a VM and a network the admin's run
+also sees). Excluded, because they would destroy the fixture the run stands on (and nothing else is):
+- `DELETE /api/v1/users/<the caller>`: the fuzzer may create a second admin, then delete the one
+  whose token it sends; every later answer would be a 401.
+- `DELETE /api/v1/tokens/<the caller's token id>`: the same, by revoking that token (the stateful
   phase finds its id in `GET /api/v1/tokens`).
 Both stay covered by tests/api/test_passwords_and_tokens.py and test_tenancy_and_input.py.
 
@@ -75,13 +76,15 @@ def _failures(stream: Iterator[events.EngineEvent]) -> tuple[dict[tuple[str, str
     return found, transitions
 
 
-def test_all_checks_and_the_stateful_phase_find_nothing(app: Flask, admin: As, alice: As,
+@pytest.mark.parametrize("caller", ["admin", "alice"])
+def test_all_checks_and_the_stateful_phase_find_nothing(app: Flask, admin: As, alice: As, caller: str,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     alice.create_vm()
     alice.post("/api/v1/networks", json={"name": "n1"})
-    admin_token_id = admin.get("/api/v1/tokens").json[0]["id"]
+    who = {"admin": admin, "alice": alice}[caller]
+    token_id = who.get("/api/v1/tokens").json[0]["id"]
     config = SchemathesisConfig.from_dict({
-        "headers": {"Authorization": f"Bearer {admin.token}"},
+        "headers": {"Authorization": f"Bearer {who.token}"},
         # A 412 answers a well-formed If-Match naming an older ETag (RFC 9110): the data was fine.
         "checks": {"enabled": True, "positive_data_acceptance": {"expected-statuses": POSITIVE}},
         "generation": {"max-examples": MAX_EXAMPLES, "database": "none"},
@@ -98,8 +101,8 @@ def test_all_checks_and_the_stateful_phase_find_nothing(app: Flask, admin: As, a
     def filter_case(context: Any, case: Any) -> bool:  # the two exclusions of the docstring
         method, path, parameters = case.method.upper(), case.path, case.path_parameters or {}
         return not (method == "DELETE" and (
-            (path == "/api/v1/users/{name}" and parameters.get("name") == "admin")
-            or (path == "/api/v1/tokens/{token_id}" and parameters.get("token_id") == admin_token_id)))
+            (path == "/api/v1/users/{name}" and parameters.get("name") == who.name)
+            or (path == "/api/v1/tokens/{token_id}" and parameters.get("token_id") == token_id)))
 
     operations = {result.ok().label for result in schema.get_all_operations()}
     # (schemathesis leaves out the operation that serves the schema itself)
@@ -108,9 +111,9 @@ def test_all_checks_and_the_stateful_phase_find_nothing(app: Flask, admin: As, a
     failures, transitions = _failures(from_schema(schema).execute())
     assert not failures, "\n\n".join(f"{op} {check}:\n{text}" for (op, check), text in sorted(failures.items()))
     assert transitions > 0, "the stateful phase found no links to follow"
-    # The run stood on its fixture to the end: the admin and its token still work.
-    assert admin.get("/api/v1/users/admin").status_code == 200
-    print(f"schemathesis: {len(operations)} operations, {transitions} transitions, "
+    # The run stood on its fixture to the end: the caller and its token still work.
+    assert who.get("/api/v1/tokens").status_code == 200
+    print(f"schemathesis as {caller}: {len(operations)} operations, {transitions} transitions, "
           f"{time.monotonic() - started:.0f} s")
 
 
