@@ -32,7 +32,7 @@ from ucloud_common.host import Host
 from ucloud_common.image import Image
 from ucloud_common.network import Network
 from ucloud_common.record import NAME_SCHEMA
-from ucloud_common.states import Action
+from ucloud_common.states import Action, Status
 from ucloud_common.user import User
 from ucloud_common.vm import VM
 
@@ -47,6 +47,7 @@ class Route:
     errors: tuple[int, ...] = ()
     idempotent: bool = False  # takes an Idempotency-Key (a new key past the user's cap: 429)
     if_match: bool = False  # honours If-Match (a stale or malformed one: 412)
+    query: tuple[str, ...] = ()  # filters, each a name of `_QUERY_SCHEMAS`
 
 
 ROUTES: dict[tuple[str, str], Route] = {
@@ -63,13 +64,15 @@ ROUTES: dict[tuple[str, str], Route] = {
                                      "login_token_hours, shown once", Login, 201, "NewToken", errors=(401, 409, 422, 429)),
     ("post", "/api/v1/tokens"): Route("Create one of your API tokens; the answer holds it, shown once", TokenCreate,
                                       201, "NewToken", errors=(409, 422)),
-    ("get", "/api/v1/tokens"): Route("List your API tokens (an admin: ?user=<name> for another's)", returns="[Token]"),
+    ("get", "/api/v1/tokens"): Route("List your API tokens (an admin: ?user=<name> for another's)", returns="[Token]",
+                                     query=("user",)),
     ("delete", "/api/v1/tokens/{token_id}"): Route("Revoke one of your API tokens (an admin: anyone's)", ok=204,
                                                    errors=(404,)),
     ("delete", "/api/v1/users/{name}"): Route("Delete a user and its tokens (not the last admin)", ok=204, admin=True,
                                               errors=(404, 409), if_match=True),
     ("post", "/api/v1/vms"): Route("Create a VM", VMCreate, 201, "VM", errors=(409, 422), idempotent=True),
-    ("get", "/api/v1/vms"): Route("List your VMs (an admin: all, filtered by owner, host, status)", returns="[VM]"),
+    ("get", "/api/v1/vms"): Route("List your VMs (an admin: all, filtered by owner, host, status)", returns="[VM]",
+                                  query=("owner", "host", "status")),
     ("get", "/api/v1/vms/{uuid}"): Route("Read a VM with its last events", returns="VM", errors=(404,)),
     ("get", "/api/v1/vms/{uuid}/events"): Route("A VM's event log", returns="[Event]", errors=(404,)),
     # 204: a VM no host has taken yet goes at once; 202: its host is asked to delete it.
@@ -122,6 +125,12 @@ _PATH_SCHEMAS: dict[str, dict[str, Any]] = {
     "name": NAME_SCHEMA, "uuid": NAME_SCHEMA, "token_id": NAME_SCHEMA,
     # "delete" is an action too, but DELETE /vms/{uuid} asks for it (POST answers 405)
     "action": {"type": "string", "enum": [a.value for a in Action if a is not Action.DELETE]},
+}
+
+
+_QUERY_SCHEMAS: dict[str, dict[str, Any]] = {
+    "user": NAME_SCHEMA, "owner": NAME_SCHEMA, "host": NAME_SCHEMA,
+    "status": {"type": "string", "enum": [s.value for s in Status]},
 }
 
 
@@ -183,6 +192,8 @@ def document(app: Flask) -> dict[str, Any]:
                                      "responses": responses}
         parameters: list[dict[str, Any]] = [{"name": p, "in": "path", "required": True, "schema": _PATH_SCHEMAS[p]}
                                             for p in _path_parameters(path)]
+        parameters += [{"name": q, "in": "query", "required": False, "schema": _QUERY_SCHEMAS[q]}
+                       for q in route.query]
         if route.idempotent:
             parameters.append({"name": "Idempotency-Key", "in": "header", "required": False,
                                "description": "a retry with the same key gets the first answer, and nothing is "

@@ -44,3 +44,10 @@ def test_the_document_says_what_the_app_answers(client) -> None:  # type: ignore
     assert "delete" not in next(p for p in action["parameters"] if p["name"] == "action")["schema"]["enum"]
     assert {p["name"] for p in action["parameters"]} >= {"Idempotency-Key", "If-Match"}
     assert {"412", "422", "429"} <= set(action["responses"])
+
+
+def test_a_list_filter_that_is_no_name_is_400(admin) -> None:  # type: ignore[no-untyped-def]
+    """`GET /vms?owner=` listed every VM (an empty filter meant none), and `?user=` took any text."""
+    for path in ("/api/v1/vms?owner=", "/api/v1/vms?host=a%0Ab", "/api/v1/tokens?user=" + "x" * 64):
+        response = admin.get(path)
+        assert response.status_code == 400 and response.json["error"]["code"] == "bad_request", path

@@ -23,7 +23,7 @@ from ucloud_common.claim import MACS, VM_NAMES, Claim, held_by, mac_claim, vm_cl
 from ucloud_common.event import EVENTS, events_of
 from ucloud_common.host import HOSTS
 from ucloud_common.image import IMAGES, ImageStatus
-from ucloud_common.record import check_key_part
+from ucloud_common.record import check_key_part, check_name
 from ucloud_common.retry import Backoff, sleeps
 from ucloud_common.states import Action, ActionRefused, Status
 from ucloud_common.ipv6 import slaac_address
@@ -95,6 +95,14 @@ def list_() -> Response:
     owner, host, status = (request.args.get(k) for k in ("owner", "host", "status"))
     if (owner or host) and not caller.is_admin:
         raise APIError(403, "forbidden", "only an admin filters by owner or host")
+    for field, value in (("owner", owner), ("host", host)):
+        if value is None:
+            continue
+        # An empty or impossible filter must not quietly mean "no filter" (an admin's list of all).
+        try:
+            check_name(value)
+        except ValueError as exc:
+            raise APIError(400, "bad_request", f"{field}: {exc}") from None
     if status is not None and status not in Status.__members__:
         raise APIError(400, "bad_request", f"status must be one of {', '.join(Status)}")
     vms = []
