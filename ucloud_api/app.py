@@ -81,11 +81,16 @@ def create_app(settings: Settings, store: Store | None = None) -> Flask:
         return jsonify(body), 503
 
     @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException) -> tuple[Response, int]:
+    def http_error(exc: HTTPException) -> tuple[Response, int, dict[str, str]]:
         status = exc.code or 500
         code = (exc.name or "error").lower().replace(" ", "_")
-        message = "the request body exceeds the limit" if status == 413 else (exc.description or exc.name)
-        return jsonify(APIError(status, code, message).body()), status
+        message = ("the request body exceeds the limit" if status == 413
+                   else f"no such path: {request.path}; the API's paths (and a VM's actions) are listed in "
+                        "/api/v1/openapi.json" if status == 404 else (exc.description or exc.name))
+        # Werkzeug's own headers, e.g. the Allow of a 405, which RFC 9110 requires (its Content-Type
+        # is HTML's: the body here is JSON).
+        headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
+        return jsonify(APIError(status, code, message).body()), status, headers
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> tuple[Response, int]:

@@ -52,6 +52,11 @@ class SharedLease(Record):
 REPLIES: Family[Reply] = Family("/v1/idempotency/", Reply)  # <user>:<hash of the key>
 LEASES: Family[SharedLease] = Family("/v1/idempotency-lease/", SharedLease)  # <bucket number>
 
+# What the OpenAPI document promises is taken; the check below also takes printable non-ASCII, which
+# a header rarely carries.
+IDEMPOTENCY_KEY_SCHEMA: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 255,
+                                          "pattern": "^[\\x20-\\x7e]+$"}
+
 _leases: dict[int, int] = {}  # this process's bucket → lease, the current bucket only
 _leases_lock = threading.Lock()
 

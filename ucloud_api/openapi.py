@@ -5,12 +5,14 @@ Every route of the app must be described in `ROUTES` (a test checks it).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask
 from pydantic import BaseModel
 
+from ucloud_api.idempotency import IDEMPOTENCY_KEY_SCHEMA
 from ucloud_api.schemas import (
     Attachment,
     ConsoleRequest,
@@ -30,6 +32,8 @@ from ucloud_common.file import File
 from ucloud_common.host import Host
 from ucloud_common.image import Image
 from ucloud_common.network import Network
+from ucloud_common.record import NAME_SCHEMA
+from ucloud_common.states import Action, Status
 from ucloud_common.user import User
 from ucloud_common.vm import VM
 
@@ -42,6 +46,9 @@ class Route:
     returns: str | None = None  # a schema name, "[Name]" for a list of them
     admin: bool = False
     errors: tuple[int, ...] = ()
+    idempotent: bool = False  # takes an Idempotency-Key (a new key past the user's cap: 429)
+    if_match: bool = False  # honours If-Match (a stale or malformed one: 412)
+    query: tuple[str, ...] = ()  # filters, each a name of `_QUERY_SCHEMAS`
 
 
 ROUTES: dict[tuple[str, str], Route] = {
@@ -58,46 +65,55 @@ ROUTES: dict[tuple[str, str], Route] = {
                                      "login_token_hours, shown once", Login, 201, "NewToken", errors=(401, 409, 422, 429)),
     ("post", "/api/v1/tokens"): Route("Create one of your API tokens; the answer holds it, shown once", TokenCreate,
                                       201, "NewToken", errors=(409, 422)),
-    ("get", "/api/v1/tokens"): Route("List your API tokens (an admin: ?user=<name> for another's)", returns="[Token]"),
+    ("get", "/api/v1/tokens"): Route("List your API tokens (an admin: ?user=<name> for another's)", returns="[Token]",
+                                     query=("user",)),
     ("delete", "/api/v1/tokens/{token_id}"): Route("Revoke one of your API tokens (an admin: anyone's)", ok=204,
                                                    errors=(404,)),
     ("delete", "/api/v1/users/{name}"): Route("Delete a user and its tokens (not the last admin)", ok=204, admin=True,
-                                              errors=(404, 409, 412)),
-    ("post", "/api/v1/vms"): Route("Create a VM", VMCreate, 201, "VM", errors=(409, 422)),
-    ("get", "/api/v1/vms"): Route("List your VMs (an admin: all, filtered by owner, host, status)", returns="[VM]"),
+                                              errors=(404, 409), if_match=True),
+    ("post", "/api/v1/vms"): Route("Create a VM", VMCreate, 201, "VM", errors=(409, 422), idempotent=True),
+    ("get", "/api/v1/vms"): Route("List your VMs (an admin: all, filtered by owner, host, status)", returns="[VM]",
+                                  query=("owner", "host", "status")),
     ("get", "/api/v1/vms/{uuid}"): Route("Read a VM with its last events", returns="VM", errors=(404,)),
     ("get", "/api/v1/vms/{uuid}/events"): Route("A VM's event log", returns="[Event]", errors=(404,)),
-    ("delete", "/api/v1/vms/{uuid}"): Route("Delete a VM", ok=202, returns="VM", errors=(404, 409, 412)),
+    # 204: a VM no host has taken yet goes at once; 202: its host is asked to delete it.
+    ("delete", "/api/v1/vms/{uuid}"): Route("Delete a VM", ok=202, returns="VM", errors=(204, 404, 409),
+                                            if_match=True),
     ("post", "/api/v1/vms/{uuid}/{action}"): Route(
         "Ask a VM to start, shutdown, reboot, suspend, resume or migrate (migrate: admin, optional body)",
-        Migrate, 202, "VM", errors=(404, 405, 409, 412)),  # 405: "delete" is DELETE /vms/{uuid}
+        Migrate, 202, "VM", errors=(403, 404, 405, 409, 422), idempotent=True, if_match=True),
+    # 403: migrate is for admins; 405: "delete" is DELETE /vms/{uuid}; 422: migrate to no such host
     ("post", "/api/v1/vms/{uuid}/console"): Route(
         "A one-time ticket (60 s) for the VM's screen (vnc) or serial console, and the websocket URL of "
         "its host's console proxy that takes it", ConsoleRequest, 201, "ConsoleTicket", errors=(404, 409, 422)),
-    ("post", "/api/v1/networks"): Route("Create a network (VXLAN)", NetworkCreate, 201, "Network", errors=(409, 422)),
+    ("post", "/api/v1/networks"): Route("Create a network (VXLAN)", NetworkCreate, 201, "Network", errors=(409, 422),
+                                   idempotent=True),
     ("get", "/api/v1/networks"): Route("List your networks", returns="[Network]"),
     ("get", "/api/v1/networks/{uuid}"): Route("Read a network", returns="Network", errors=(404,)),
-    ("delete", "/api/v1/networks/{uuid}"): Route("Delete a network no VM uses", ok=204, errors=(404, 409)),
+    ("delete", "/api/v1/networks/{uuid}"): Route("Delete a network no VM uses", ok=204, errors=(404, 409),
+                                                 if_match=True),
     ("post", "/api/v1/networks/{uuid}/attach"): Route("Attach a VM to the network", Attachment, 202, "VM",
-                                                      errors=(404, 409, 422)),
+                                                      errors=(404, 409, 422), idempotent=True, if_match=True),
     ("post", "/api/v1/networks/{uuid}/detach"): Route("Detach a VM from the network", Attachment, 202, "VM",
-                                                      errors=(404, 409, 422)),
-    ("post", "/api/v1/ssh-keys"): Route("Add an SSH public key", SSHKeyCreate, 201, "SSHKey", errors=(409, 422)),
+                                                      errors=(404, 409, 422), idempotent=True, if_match=True),
+    ("post", "/api/v1/ssh-keys"): Route("Add an SSH public key", SSHKeyCreate, 201, "SSHKey", errors=(409, 422),
+                                        idempotent=True),
     ("get", "/api/v1/ssh-keys"): Route("List your SSH keys", returns="[SSHKey]"),
     ("delete", "/api/v1/ssh-keys/{name}"): Route("Delete an SSH key", ok=204, errors=(404,)),
     ("get", "/api/v1/files"): Route("List your uploaded files (registered by file-scan)", returns="[File]"),
     ("post", "/api/v1/images"): Route("Create an image from one of your files", ImageCreate, 201, "Image",
-                                      errors=(409, 422)),
+                                      errors=(409, 422), idempotent=True),
     ("get", "/api/v1/images"): Route("List public images and yours", returns="[Image]"),
     ("get", "/api/v1/image-stores"): Route("List the image stores (local directory or Ceph pool)",
                                            returns="[ImageStore]"),
     ("get", "/api/v1/images/{uuid}"): Route("Read an image", returns="Image", errors=(404,)),
-    ("delete", "/api/v1/images/{uuid}"): Route("Delete your image", ok=204, errors=(404, 409)),
+    ("delete", "/api/v1/images/{uuid}"): Route("Delete your image", ok=204, errors=(404, 409), if_match=True),
     ("get", "/api/v1/hosts"): Route("List hosts with capacity, allocation and liveness", returns="[HostView]",
                                     admin=True),
     ("get", "/api/v1/hosts/{name}"): Route("Read a host", returns="HostView", admin=True, errors=(404,)),
     ("post", "/api/v1/hosts/{name}/maintenance"): Route("Turn maintenance on or off", Maintenance,
-                                                        returns="Host", admin=True, errors=(404, 422)),
+                                                        returns="Host", admin=True, errors=(404, 422),
+                                                        if_match=True),
 }
 
 UNCHECKED = ("/healthz", "/api/v1/openapi.json")  # no body, no store writes: only a 503
@@ -105,6 +121,20 @@ PUBLIC = (*UNCHECKED, "/api/v1/login")  # no token needed
 
 SCHEMAS: dict[str, type[BaseModel]] = {
     "VM": VM, "User": User, "Event": Event, "Network": Network, "File": File, "Image": Image, "Host": Host,
+}
+
+
+# The names in paths are keys: a name that cannot be one is a 404, as nothing can be stored under it.
+_PATH_SCHEMAS: dict[str, dict[str, Any]] = {
+    "name": NAME_SCHEMA, "uuid": NAME_SCHEMA, "token_id": NAME_SCHEMA,
+    # "delete" is an action too, but DELETE /vms/{uuid} asks for it (POST answers 405)
+    "action": {"type": "string", "enum": [a.value for a in Action if a is not Action.DELETE]},
+}
+
+
+_QUERY_SCHEMAS: dict[str, dict[str, Any]] = {
+    "user": NAME_SCHEMA, "owner": NAME_SCHEMA, "host": NAME_SCHEMA,
+    "status": {"type": "string", "enum": [s.value for s in Status]},
 }
 
 
@@ -159,18 +189,33 @@ def document(app: Flask) -> dict[str, Any]:
             ok["content"] = {"application/json": {"schema": _ref(route.returns)}}
         responses[str(route.ok)] = ok
         generic = (503,) if path in UNCHECKED else (400, 413, 503) if path in PUBLIC else (400, 401, 403, 413, 503)
-        for status in (*route.errors, *generic):
+        for status in (*route.errors, *generic, *((429,) if route.idempotent else ()),
+                       *((412,) if route.if_match else ())):
+            if status == 204:  # not an error: a second success without a body
+                responses["204"] = {"description": "OK, nothing more to say"}
+                continue
             responses[str(status)] = {"description": "error",
                                       "content": {"application/json": {"schema": _ref("Error")}}}
         operation: dict[str, Any] = {"summary": route.summary + (" (admin)" if route.admin else ""),
                                      "responses": responses}
-        parameters = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
-                      for p in _path_parameters(path)]
+        parameters: list[dict[str, Any]] = [{"name": p, "in": "path", "required": True, "schema": _PATH_SCHEMAS[p]}
+                                            for p in _path_parameters(path)]
+        parameters += [{"name": q, "in": "query", "required": False, "schema": _QUERY_SCHEMAS[q]}
+                       for q in route.query]
+        if route.idempotent:
+            parameters.append({"name": "Idempotency-Key", "in": "header", "required": False,
+                               "description": "a retry with the same key gets the first answer, and nothing is "
+                                              "done twice", "schema": IDEMPOTENCY_KEY_SCHEMA})
+        if route.if_match:
+            parameters.append({"name": "If-Match", "in": "header", "required": False,
+                               "description": "the ETag read: refused with 412 if the object changed since",
+                               # Any text: one that is no ETag of ours matches none, which is a 412 (RFC 9110)
+                               "schema": {"type": "string"}})
         if parameters:
             operation["parameters"] = parameters
         if route.body is not None:
             operation["requestBody"] = {
-                "required": method == "post" and route.body is not Migrate,
+                "required": route.body is not Migrate,
                 "content": {"application/json": {"schema": _ref(route.body.__name__)}},
             }
         if path not in PUBLIC:
@@ -189,13 +234,17 @@ def _path_parameters(path: str) -> list[str]:
     return [part[1:-1] for part in path.split("/") if part.startswith("{")]
 
 
+# `<name>` or `<converter(arguments):name>` in a Flask rule
+_CONVERTED = re.compile(r"<(?:[^:<>]*:)?([^<>:]+)>")
+
+
 def flask_routes(app: Flask) -> set[tuple[str, str]]:
     """(method, OpenAPI path) of every route the app serves."""
     routes = set()
     for rule in app.url_map.iter_rules():
         if rule.endpoint == "static":
             continue
-        path = rule.rule.replace("<", "{").replace(">", "}")
+        path = _CONVERTED.sub(r"{\1}", rule.rule)
         for method in rule.methods or ():
             if method not in ("HEAD", "OPTIONS"):
                 routes.add((method.lower(), path))

@@ -13,19 +13,23 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, Self, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
 
 from ucloud_common import clock
 
 # A name: never a slash, never `.` or `..`, no control characters, short enough for a DNS label
-# (VM and host names end up in hostnames and file names).
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,62}")
+# (VM and host names end up in hostnames and file names). Written without a lookahead ("a dot is
+# followed by a non-dot or the end") so that the OpenAPI document can carry it as is: JSON Schema
+# patterns are ECMA-262, and the fuzzer's generator builds strings from it.
+NAME_PATTERN = r"^[A-Za-z0-9](?:[A-Za-z0-9_:@-]|\.[A-Za-z0-9_:@-])*\.?$"
+NAME_MAX = 63
 # What may stand after a family's prefix: a name, or names joined by ':' (e.g. owner:name claims).
-_KEY_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,190}")
+KEY_PART_MAX = 191
+_NAME = re.compile(NAME_PATTERN)
 
 
 def check_name(name: str) -> str:
-    if not _NAME.fullmatch(name) or ".." in name:
+    if len(name) > NAME_MAX or not _NAME.fullmatch(name):
         raise ValueError(
             "must be 1-63 characters of letters, digits and . _ - : @, start with a letter or digit, "
             "and contain no '..'"
@@ -34,12 +38,14 @@ def check_name(name: str) -> str:
 
 
 def check_key_part(part: str) -> str:
-    if not _KEY_PART.fullmatch(part) or ".." in part:
+    if len(part) > KEY_PART_MAX or not _NAME.fullmatch(part):
         raise ValueError(f"{part!r} cannot be part of a key")
     return part
 
 
-Name = Annotated[str, AfterValidator(check_name)]
+# The schema states the rule for the OpenAPI document; `check_name` enforces it with a sentence.
+NAME_SCHEMA: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": NAME_MAX, "pattern": NAME_PATTERN}
+Name = Annotated[str, AfterValidator(check_name), WithJsonSchema(NAME_SCHEMA)]
 
 
 def utcnow() -> datetime:

@@ -13,9 +13,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, WithJsonSchema
 
-from ucloud_common.record import Family, Name, Record, check_name
+from ucloud_common.record import NAME_PATTERN, NAME_SCHEMA, Family, Name, Record, check_name
 
 
 class Role(StrEnum):
@@ -33,7 +33,8 @@ def check_user_name(name: str) -> str:
     return name
 
 
-UserName = Annotated[str, AfterValidator(check_user_name)]
+UserName = Annotated[str, AfterValidator(check_user_name), WithJsonSchema({
+    **NAME_SCHEMA, "pattern": NAME_PATTERN.replace(":", "")})]
 
 
 class User(Record):

@@ -20,7 +20,7 @@ from ucloud_api.limits import TOKENS_PER_USER
 from ucloud_api.passwords import check_password
 from ucloud_api.replies import store
 from ucloud_api.schemas import Login, TokenCreate
-from ucloud_common.record import check_key_part, utcnow
+from ucloud_common.record import check_key_part, check_name, utcnow
 from ucloud_common.store import Store, Versioned
 from ucloud_common.user import PASSWORDS, TOKENS, Token
 
@@ -88,6 +88,10 @@ def revoke(token_id: str) -> Response:
 def _whose() -> str:
     caller = current()
     user = request.args.get("user", caller.name)
+    try:
+        check_name(user)
+    except ValueError as exc:
+        raise APIError(400, "bad_request", f"user: {exc}") from None
     if user != caller.name and not caller.is_admin:
         raise APIError(403, "forbidden", "only an admin may list another user's tokens")
     return user

@@ -23,7 +23,7 @@ from ucloud_common.claim import MACS, VM_NAMES, Claim, held_by, mac_claim, vm_cl
 from ucloud_common.event import EVENTS, events_of
 from ucloud_common.host import HOSTS
 from ucloud_common.image import IMAGES, ImageStatus
-from ucloud_common.record import check_key_part
+from ucloud_common.record import check_key_part, check_name
 from ucloud_common.retry import Backoff, sleeps
 from ucloud_common.states import Action, ActionRefused, Status
 from ucloud_common.ipv6 import slaac_address
@@ -95,6 +95,14 @@ def list_() -> Response:
     owner, host, status = (request.args.get(k) for k in ("owner", "host", "status"))
     if (owner or host) and not caller.is_admin:
         raise APIError(403, "forbidden", "only an admin filters by owner or host")
+    for field, value in (("owner", owner), ("host", host)):
+        if value is None:
+            continue
+        # An empty or impossible filter must not quietly mean "no filter" (an admin's list of all).
+        try:
+            check_name(value)
+        except ValueError as exc:
+            raise APIError(400, "bad_request", f"{field}: {exc}") from None
     if status is not None and status not in Status.__members__:
         raise APIError(400, "bad_request", f"status must be one of {', '.join(Status)}")
     vms = []
@@ -144,15 +152,16 @@ def delete(uuid: str) -> Response:
     return _act(uuid, Action.DELETE)
 
 
-@bp.post("/<uuid>/<action>")
+# Only the actions: any other word (`events`) is not a POST route, so OPTIONS and a 405's Allow list
+# exactly the methods each path has.
+@bp.post(f"/<uuid>/<any({', '.join(Action)}):action>")
 @idempotent
 def act(uuid: str, action: str) -> Response:
-    try:
-        chosen = Action(action)
-    except ValueError:
-        raise APIError(404, "not_found", f"no action {action}; actions are {', '.join(Action)}") from None
+    chosen = Action(action)  # the route's converter lets only actions through
     if chosen is Action.DELETE:
-        raise APIError(405, "method_not_allowed", "delete a VM with DELETE /api/v1/vms/<uuid>")
+        # This path has no method at all (an empty Allow, RFC 9110 10.2.1): deleting is another path's.
+        raise APIError(405, "method_not_allowed", "delete a VM with DELETE /api/v1/vms/<uuid>",
+                       headers={"Allow": ""})
     return _act(uuid, chosen)
 
 
@@ -164,10 +173,10 @@ def _act(uuid: str, action: Action) -> Response:
         if target is not None and store().get(HOSTS, target) is None:
             raise APIError(422, "invalid", f"host: no host {quote(target)}", fields=[{"field": "host", "message": "no such host"}])
         extra["migrate_to"] = HOSTS.key(target) if target else "*"
-    conditional = if_match() is not None
     for _ in sleeps(_RETRY, attempts=store().settings.cas_attempts):
-        current_vm = lookup_own(VMS, uuid, f"VM {uuid}")
+        current_vm = lookup_own(VMS, uuid, f"VM {uuid}")  # no such VM is a 404 whatever If-Match says
         check_if_match(current_vm)
+        conditional = if_match() is not None
         vm = current_vm.value
         try:
             asked = request_fields(vm, action)
