@@ -66,9 +66,17 @@ class NetHost:
         self.process.stdin.close()
 
     def stop(self, signum: int = signal.SIGTERM) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signum)
-            self.process.wait(timeout=60)
+        """Stop the agent; one that has not ended 30 s after SIGTERM is killed (and said so): an agent
+        left running would find the next test's etcd on a reused port and register there."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signum)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            print(f"agent {self.name} still ran 30 s after signal {signum}: killed")
+            self.process.kill()
+            self.process.wait(timeout=30)
 
 
 @pytest.fixture
@@ -89,7 +97,11 @@ def agents(lab: Lab, store: Store, settings: Settings, tmp_path: Path) -> Iterat
         yield hosts
     finally:
         for host in hosts.values():
-            host.stop()
+            try:
+                host.stop()
+            finally:
+                if host.process is not None and host.process.poll() is None:
+                    host.process.kill()
 
 
 def place(store: Store, name: str, host: str, mac: str, public_key: str, network: str = "net1",
