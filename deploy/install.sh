@@ -1,7 +1,7 @@
 #!/bin/bash
 # Install what ucloud needs on this Debian 12 machine: the Debian packages in deploy/apt-packages.txt,
-# pipenv, and the project's environment (.venv/, exactly as Pipfile.lock pins it). Idempotent: a
-# second run installs nothing new. Needs root for apt.
+# pipenv, the project's environment (.venv/, exactly as Pipfile.lock pins it) and the console site's
+# browser parts. Idempotent: a second run installs nothing new. Needs root for apt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +28,9 @@ PIPENV=$(command -v pipenv || echo "python3 -m pipenv")
 echo "install: Python environment in .venv/ (from Pipfile.lock)"
 export PIPENV_VENV_IN_PROJECT=1 PIPENV_NOSPIN=1 PIPENV_VERBOSITY=-1
 $PIPENV sync --dev >/dev/null
+
+# The console site's browser parts (noVNC, xterm.js), pinned.
+bash deploy/console-assets.sh
 
 # Ceph's Python bindings are Debian's (not on PyPI), built for this CPython 3.11: link just them
 # into the environment rather than exposing all of Debian's packages to it.

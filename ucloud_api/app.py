@@ -8,7 +8,7 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from ucloud_api import openapi
+from ucloud_api import openapi, site
 from ucloud_api.auth import Authenticator
 from ucloud_api.errors import APIError
 from ucloud_api.views import consoles, hosts, images, keys, networks, tokens, users, vms
@@ -32,11 +32,12 @@ def create_app(settings: Settings, store: Store | None = None) -> Flask:
 
     @app.before_request
     def authenticate() -> None:
-        if request.path not in PUBLIC_PATHS:
+        # The console site signs its users in with its own session cookie (`ucloud_api.site`).
+        if request.path not in PUBLIC_PATHS and not site.serves(request.path):
             g.caller = authenticator.caller()
 
     for blueprint in (users.bp, consoles.bp, vms.bp, networks.bp, keys.bp, images.files, images.images, images.stores,
-                      hosts.bp, tokens.bp, tokens.login_bp):
+                      hosts.bp, tokens.bp, tokens.login_bp, site.bp):
         app.register_blueprint(blueprint)
 
     @app.get("/healthz")

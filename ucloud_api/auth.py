@@ -70,6 +70,10 @@ class Authenticator:
         scheme, _, text = header.partition(" ")
         if scheme.lower() != "bearer" or not text:
             raise APIError(401, "unauthenticated", "send 'Authorization: Bearer <token>'")
+        return self.of(text)
+
+    def of(self, text: str) -> Caller:
+        """The caller whose token `text` is (from a header, or the console site's cookie), or 401."""
         now = time.monotonic()
         with self._lock:
             cached = self._cache.get(text)

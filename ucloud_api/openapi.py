@@ -239,10 +239,10 @@ _CONVERTED = re.compile(r"<(?:[^:<>]*:)?([^<>:]+)>")
 
 
 def flask_routes(app: Flask) -> set[tuple[str, str]]:
-    """(method, OpenAPI path) of every route the app serves."""
+    """(method, OpenAPI path) of every route the app serves (the console site's pages are no API)."""
     routes = set()
     for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static":
+        if rule.endpoint == "static" or rule.endpoint.startswith("site."):
             continue
         path = _CONVERTED.sub(r"{\1}", rule.rule)
         for method in rule.methods or ():

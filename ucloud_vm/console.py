@@ -6,8 +6,9 @@ connections on an event loop while the agent is threads that reconcile, and eith
 without the other (a new agent keeps consoles open; a new proxy drops them, nothing else).
 
 A connection is `/<vnc|serial>?ticket=…`. It is admitted only if the ticket exists, is of that kind,
-was given for this host, and its VM is still placed here and running or suspended; admitting it
-consumes it. Anything else is closed with code 4403 (4503 if etcd cannot be asked) and a reason. The
+was given for this host, its VM is still placed here and running or suspended, and its user still
+exists and owns the VM (or is an admin); admitting it consumes it. A serial console starts with the
+end of the serial log, so what the guest wrote before the connection (its boot) is seen too. Anything else is closed with code 4403 (4503 if etcd cannot be asked) and a reason. The
 ticket is never logged: the log names the VM, the kind and the peer.
 """
 
@@ -24,6 +25,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from ucloud_common.console import PROXIES, TICKETS, ConsoleKind, ConsoleProxy, digest_of
 from ucloud_common.states import Status
 from ucloud_common.store import AbstractStore, AlreadyExists, Conflict, NotFound, StoreError
+from ucloud_common.user import USERS, Role
 from ucloud_common.vm import VMS
 from ucloud_vm.paths import VMPaths
 
@@ -33,6 +35,7 @@ REFUSED = 4403  # application close codes (4000–4999): the ticket is not good 
 UNAVAILABLE = 4503  # etcd could not be asked: try again with a new ticket
 _SHOWN = (Status.RUNNING, Status.SUSPENDED)
 _CHUNK = 64 * 1024
+_SERIAL_TAIL = 16 * 1024  # of the serial log, shown first: a screenful or two of what came before
 
 
 class Refused(Exception):
@@ -47,8 +50,8 @@ class ConsoleProxyServer:
         self._host = host
         self._run_dir = run_dir
 
-    def admit(self, path: str) -> tuple[str, ConsoleKind, Path]:
-        """The VM, kind and unix socket for a connection to `path`, its ticket consumed; Refused
+    def admit(self, path: str) -> tuple[str, ConsoleKind, VMPaths]:
+        """The VM, kind and the VM's files for a connection to `path`, its ticket consumed; Refused
         with the reason otherwise. Blocking (etcd): run it off the event loop."""
         parts = urlsplit(path)
         try:
@@ -72,6 +75,9 @@ class ConsoleProxyServer:
             vm = self._store.get(VMS, ticket.vm)
             if vm is None or vm.value.host != self._host:
                 raise Refused(f"VM {ticket.vm} no longer runs on this host: ask for a new ticket")
+            user = self._store.get(USERS, ticket.user)
+            if user is None or (user.value.role is not Role.ADMIN and vm.value.owner != ticket.user):
+                raise Refused(f"the ticket's user may not see VM {ticket.vm}")
             if vm.value.status not in _SHOWN:
                 raise Refused(f"the VM is {vm.value.status}: start it first")
             try:  # consumed: of two connections with one ticket, one wins
@@ -80,17 +86,17 @@ class ConsoleProxyServer:
                 raise Refused("the ticket was used") from None
         except StoreError as exc:
             raise Refused(f"etcd did not answer ({exc}); try again with a new ticket", UNAVAILABLE) from None
-        paths = VMPaths.of(self._run_dir, ticket.vm)
-        return ticket.vm, kind, paths.vnc if kind is ConsoleKind.VNC else paths.serial_socket
+        return ticket.vm, kind, VMPaths.of(self._run_dir, ticket.vm)
 
     async def handle(self, connection: ServerConnection) -> None:
         peer = connection.remote_address
         try:
-            vm, kind, socket = await asyncio.to_thread(self.admit, connection.request.path)
+            vm, kind, paths = await asyncio.to_thread(self.admit, connection.request.path)
         except Refused as refused:
             log.info("console from %s refused: %s", peer, refused)
             await connection.close(refused.code, str(refused))
             return
+        socket = paths.vnc if kind is ConsoleKind.VNC else paths.serial_socket
         try:
             reader, writer = await asyncio.open_unix_connection(socket)
         except OSError as exc:
@@ -99,10 +105,28 @@ class ConsoleProxyServer:
             return
         log.info("vm=%s %s console opened for %s", vm, kind, peer)
         try:
+            if kind is ConsoleKind.SERIAL:
+                # What the guest said before anyone looked (its boot, its login prompt): from the log,
+                # read after connecting so that nothing falls between the two (a line may show twice).
+                if recent := await asyncio.to_thread(_tail, paths.serial, _SERIAL_TAIL):
+                    await connection.send(recent)
             await _pipe(connection, reader, writer)
         finally:
             writer.close()
             log.info("vm=%s %s console from %s closed", vm, kind, peer)
+
+
+def _tail(log_file: Path, size: int) -> bytes:
+    """The last `size` bytes of the file, from the first line that begins in them."""
+    try:
+        with log_file.open("rb") as f:
+            f.seek(max(0, f.seek(0, 2) - size))
+            data = f.read(size)
+    except OSError:
+        return b""
+    if len(data) == size and b"\n" in data:
+        data = data[data.index(b"\n") + 1:]
+    return data
 
 
 async def _pipe(connection: ServerConnection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

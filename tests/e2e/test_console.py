@@ -5,11 +5,8 @@ refused with a reason."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from websockets.exceptions import ConnectionClosed
@@ -26,12 +23,8 @@ SPECS = {"cpu": 1, "ram": 0.25, "ssd": 1}
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("console")
-    port = free_port()
-    with running_cluster(root, UCLOUD_CONSOLE_PORT=str(port)) as the_cluster:
-        proxy = subprocess.Popen([str(Path(sys.executable).parent / "ucloud-vm"), "console-proxy", "--hostname", "h1",
-                                  "--address", "127.0.0.1", "--bind", "127.0.0.1"], env=the_cluster.env,
-                                 stdout=(root / "proxy.log").open("ab"), stderr=subprocess.STDOUT)
-        the_cluster.others.append(proxy)
+    with running_cluster(root, UCLOUD_CONSOLE_PORT=str(free_port())) as the_cluster:
+        the_cluster.start_console_proxy("h1")
         yield the_cluster
 
 
@@ -85,7 +78,7 @@ def test_a_ticket_opens_the_vms_serial_console_and_screen_once(cluster: Cluster)
     assert "the ticket is for host h9, this is h1" in refusal(f"{base}?ticket={elsewhere}")
     assert "was never given" in refusal(f"{base}?ticket={new_ticket()[0]}")
     assert "no ticket" in refusal(base)
-    assert serial["ticket"] not in (cluster.root / "proxy.log").read_text()  # never logged
+    assert serial["ticket"] not in (cluster.root / "proxy-h1.log").read_text()  # never logged
 
 
 def _typed(ws: ClientConnection, line: bytes) -> bool:

@@ -84,6 +84,11 @@ class Cluster:
             args += [f"--{key}", value]
         self.agents[host] = _spawn(args, self.env, self.root / f"agent-{host}.log")
 
+    def start_console_proxy(self, host: str) -> None:
+        """The host's console proxy on 127.0.0.1, at the cluster's UCLOUD_CONSOLE_PORT."""
+        self.others.append(_spawn([str(BIN / "ucloud-vm"), "console-proxy", "--hostname", host, "--address",
+                                   "127.0.0.1", "--bind", "127.0.0.1"], self.env, self.root / f"proxy-{host}.log"))
+
     def start_scheduler(self, name: str) -> None:
         self.schedulers[name] = _spawn([str(BIN / "ucloud-scheduler"), "run", "--name", name], self.env,
                                        self.root / f"scheduler-{name}.log")

@@ -1,16 +1,17 @@
 """`POST /api/v1/vms/<uuid>/console`: a one-time ticket for a VM's screen or serial console, and the
-websocket URL of the console proxy on the VM's host that takes it (see `ucloud_common.console`)."""
+websocket URL of the console proxy on the VM's host that takes it (see `ucloud_common.console`), and the
+console site's page that opens it (`ucloud_api.site`)."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, request
 
 from ucloud_api.auth import current
 from ucloud_api.body import parse
 from ucloud_api.errors import APIError
 from ucloud_api.replies import lookup_own, store
 from ucloud_api.schemas import ConsoleRequest
-from ucloud_common.console import PROXIES, TICKET_TTL, TICKETS, ConsoleTicket, new_ticket
+from ucloud_common.console import PROXIES, TICKET_TTL, TICKETS, ConsoleKind, ConsoleTicket, new_ticket
 from ucloud_common.states import Status
 from ucloud_common.vm import VMS
 
@@ -22,7 +23,12 @@ _SHOWN = (Status.RUNNING, Status.SUSPENDED)
 
 @bp.post("/<uuid>/console")
 def ticket(uuid: str) -> Response:
-    body = parse(ConsoleRequest)
+    return issue(uuid, parse(ConsoleRequest).type)
+
+
+def issue(uuid: str, kind: ConsoleKind) -> Response:
+    """A ticket of the caller's for the VM's console (the API's route, and the console site's): the
+    websocket URL that takes it, and the console site's page that opens that URL."""
     vm = lookup_own(VMS, uuid, f"VM {uuid}").value
     if vm.status not in _SHOWN or not vm.host:
         raise APIError(409, "conflict", f"the VM is {vm.status}: start it first", vm_status=vm.status.value)
@@ -31,10 +37,12 @@ def ticket(uuid: str) -> Response:
         raise APIError(503, "unavailable", f"no console proxy runs on host {vm.host}; ask the operator")
     issued, digest = new_ticket()
     store().create(TICKETS, digest, ConsoleTicket(digest=digest, user=current().name, vm=vm.uuid, host=vm.host,
-                                                  kind=body.type), lease=store().grant_lease(TICKET_TTL))
-    # Never logged: the access log has the request's path, which holds no ticket; the answer is not logged.
-    response = jsonify({"ticket": issued, "type": body.type.value, "expires_in": TICKET_TTL,
-                        "url": f"{proxy.value.url}/{body.type.value}?ticket={issued}"})
+                                                  kind=kind), lease=store().grant_lease(TICKET_TTL))
+    url = f"{proxy.value.url}/{kind.value}?ticket={issued}"
+    # Never logged: the access log has the request's path, which holds no ticket; the answer is not logged,
+    # and the page carries the URL in its fragment, which browsers send to no server.
+    response = jsonify({"ticket": issued, "type": kind.value, "expires_in": TICKET_TTL, "url": url,
+                        "page": f"{request.host_url}console/{kind.value}#{url}"})
     response.status_code = 201
     response.headers["Cache-Control"] = "no-store"
     return response

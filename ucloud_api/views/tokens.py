@@ -99,16 +99,21 @@ def _whose() -> str:
 
 @login_bp.post("")
 def login() -> Response:
-    """A name and password for a token that works `login_token_hours`. A wrong name and a wrong password
-    are the same 401; failures are counted per name and per source address (see `throttle`)."""
+    """A name and password for a token that works `login_token_hours`."""
     body = parse(Login)
-    the_store = store()
-    keys = throttle.subjects(body.name, request.remote_addr or "unknown")
+    text, token = log_in(store(), body.name, body.password, "login")
+    return _created(text, token)
+
+
+def log_in(the_store: Store, name: str, password: str, token_name: str) -> tuple[str, Versioned[Token]]:
+    """A new token named `token_name` for the user whose password this is (the API's login, and the
+    console site's session). A wrong name and a wrong password are the same 401; failures are counted
+    per name and per source address (see `throttle`)."""
+    keys = throttle.subjects(name, request.remote_addr or "unknown")
     throttle.check_not_shut_out(the_store, keys)
-    stored = the_store.get(PASSWORDS, body.name)
-    if not check_password(stored.value.argon2 if stored else None, body.password):
+    stored = the_store.get(PASSWORDS, name)
+    if not check_password(stored.value.argon2 if stored else None, password):
         throttle.count_failure(the_store, keys)
         raise APIError(401, "unauthenticated", "wrong name or password")
     throttle.clear(the_store, keys[0])
-    text, token = mint_token(the_store, body.name, "login", the_store.settings.login_token_hours * 3600)
-    return _created(text, token)
+    return mint_token(the_store, name, token_name, the_store.settings.login_token_hours * 3600)

@@ -1,0 +1,43 @@
+#!/bin/bash
+# Fetch the console site's browser parts into ucloud_api/site/vendor/: noVNC (the screen) and xterm.js
+# (the serial terminal), as the npm registry publishes them, pinned by version and SHA-256 so that what
+# the browser runs is exactly what was reviewed. No Node.js needed: a tarball is all they are.
+# Idempotent: a second run checks the stamp and fetches nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+vendor=ucloud_api/site/vendor
+# name  version  tarball url  sha256  what to keep (paths inside the tarball's package/)
+assets=(
+    "novnc 1.7.0 https://registry.npmjs.org/@novnc/novnc/-/novnc-1.7.0.tgz"
+    "32689f18d6abe96bc6530828a6bd0b9ae33bda07c083a6575ed255b5a8f2e903 core vendor LICENSE.txt"
+    "xterm 6.0.0 https://registry.npmjs.org/@xterm/xterm/-/xterm-6.0.0.tgz"
+    "908e66e04af6c8dc6b00dd3b54de088e2e81e5ed866284fd6c2fb3c2d1c7a3f6 lib/xterm.mjs css/xterm.css LICENSE"
+)
+
+for ((i = 0; i < ${#assets[@]}; i += 2)); do
+    read -r name version url <<<"${assets[i]}"
+    read -r sha256 keep <<<"${assets[i + 1]}"
+    stamp="$vendor/$name/.version"
+    if [ "$(cat "$stamp" 2>/dev/null)" = "$version $sha256" ]; then
+        continue
+    fi
+    echo "console-assets: $name $version"
+    tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' EXIT
+    curl -fsSL --retry 3 -o "$tmp/package.tgz" "$url"
+    if ! echo "$sha256  $tmp/package.tgz" | sha256sum -c --quiet -; then
+        echo "console-assets: $url is not the reviewed $name $version (SHA-256 differs): refusing it" >&2
+        exit 1
+    fi
+    tar -xzf "$tmp/package.tgz" -C "$tmp"
+    rm -rf "${vendor:?}/$name"
+    mkdir -p "$vendor/$name"
+    for path in $keep; do
+        mkdir -p "$vendor/$name/$(dirname "$path")"
+        cp -r "$tmp/package/$path" "$vendor/$name/$path"
+    done
+    echo "$version $sha256" >"$stamp"
+    rm -rf "$tmp"
+    trap - EXIT
+done
