@@ -6,7 +6,7 @@
 #   deploy/local.sh status   show what runs
 #
 # State lives under UCLOUD_LOCAL_DIR (default /var/lib/ucloud/local): etcd's data, pid files, logs,
-# and the admin's API token (admin.token, mode 0600). Ports: UCLOUD_LOCAL_ETCD_PORT (2379),
+# the admin's API token (admin.token, mode 0600), the demo user's token and console password. Ports: UCLOUD_LOCAL_ETCD_PORT (2379),
 # UCLOUD_LOCAL_ETCD_PEER_PORT (2380), UCLOUD_LOCAL_API_PORT (8080).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -70,9 +70,17 @@ up)
     start_daemon ucloud-vm "$state" "api GET /api/v1/hosts/$host | json '[\"alive\"]' | grep -q True" \
         "$bin/ucloud-vm" run --hostname "$host"
 
-    # The demo: your SSH key (made once, kept in $state), a network and a VM on it with your key,
-    # each created once; a demo VM of an older `up` joins the network, and is started if it is not.
+    # The demo: a user "demo" with a password (for the console site), your SSH key, a network and a VM
+    # on it with your key, all the demo user's, each created once (kept in $state); a demo VM of an
+    # older `up` joins the network, and is started if it is not.
     export UCLOUD_TOKEN=$(cat "$state/admin.token")
+    if [ ! -s "$state/demo.token" ]; then
+        (umask 077
+         "$bin/python" -c 'import secrets; print(secrets.token_urlsafe(12))' > "$state/demo.password"
+         "$ucloud" user create demo --password-stdin -o json < "$state/demo.password" | json '["token"]' \
+             > "$state/demo.token")
+    fi
+    export UCLOUD_TOKEN=$(cat "$state/demo.token")
     [ -s "$key" ] || ssh-keygen -q -t ed25519 -N '' -C "ucloud local demo" -f "$key"
     "$ucloud" ssh-key list -o json | names | grep -qx local || "$ucloud" ssh-key add local "$key.pub"
     "$ucloud" network show demo >/dev/null 2>&1 || "$ucloud" network create demo >/dev/null
@@ -103,17 +111,18 @@ ucloud runs on this machine:
   API         $api   (log in $state/ucloud-api.log; OpenAPI at $api/api/v1/openapi.json)
   scheduler   log in $state/ucloud-scheduler.log
   host agent  host "$host" (log in $state/ucloud-vm.log)
-  consoles    ws://127.0.0.1:${UCLOUD_CONSOLE_PORT:-6080} (log in $state/ucloud-console.log): POST /api/v1/vms/<uuid>/console
+  consoles    $api/console/  (the console site: log in as "demo", password $(cat "$state/demo.password"))
+              proxy ws://127.0.0.1:${UCLOUD_CONSOLE_PORT:-6080} (log in $state/ucloud-console.log)
   file-scan and image-scanner every 30 s (log in $state/ucloud-jobs.log): a user's uploads go in
               $state/uploads/<user>/, then \`ucloud file list\`, \`ucloud image create\`
   admin token $state/admin.token
 
-The VM "demo" ($uuid) is $vm_status, on network "demo" at $address; its serial console
-($serial) says:
+The demo user's VM "demo" ($uuid) is $vm_status, on network "demo" at $address.
+Its serial console and screen are on the console site; its serial log ($serial) says:
 $(grep -a "ucloud-tiny" "$serial" | tail -n 3 | sed 's/^/  /')
 
 Log into it:  ssh -i $key root@$address
-Use the CLI:  export UCLOUD_API_URL=$api UCLOUD_TOKEN=\$(cat $state/admin.token)
+Use the CLI:  export UCLOUD_API_URL=$api UCLOUD_TOKEN=\$(cat $state/demo.token)   (admin: admin.token)
               $ucloud vm show demo
 Stop everything with: ${UCLOUD_LOCAL_DIR:+UCLOUD_LOCAL_DIR=$state }bash $repo/deploy/local.sh down
 EOT
