@@ -179,9 +179,10 @@ class Settings(BaseSettings):
                                        "guacd to connect to (`GET /api/v1/vms/<uuid>/guacamole`). Empty: no TCP VNC "
                                        "(the default). Put it on a management network only guacd reaches: VNC's "
                                        "DES password is the only lock.")
-    guacamole_vnc_ports: int = Field(1000, ge=1, le=65535 - 5900, description="How many TCP ports, from 5900, "
+    guacamole_vnc_ports: int = Field(100, ge=1, le=65536 - 5900, description="How many TCP ports, from 5900, "
                                      "the VMs of this host may take for Guacamole (each QEMU takes the first free "
-                                     "one): the range a firewall opens to guacd; at most this many VMs get one.")
+                                     "one): the range a firewall opens to guacd; at most this many VMs get one. "
+                                     "It may not hold the console proxy's port, which a QEMU could take first.")
     guacamole_secret_key: str = Field("", pattern="^([0-9A-Fa-f]{32})?$", description="guacamole-auth-json's "
                                       "json-secret-key (32 hex digits): with it, the API also answers the signed and "
                                       "encrypted login data for Guacamole's `?data=`; without, the plain JSON only.")
@@ -302,6 +303,10 @@ class Settings(BaseSettings):
             if store != "local" and (store != self.ceph_image_pool or not self.ceph_conf):
                 raise ValueError(f"image store {store} is neither local nor the Ceph image pool "
                                  "(UCLOUD_CEPH_IMAGE_POOL, with UCLOUD_CEPH_CONF)")
+        if self.guacamole_vnc_address and 5900 <= self.console_port < 5900 + self.guacamole_vnc_ports:
+            raise ValueError(f"UCLOUD_GUACAMOLE_VNC_PORTS={self.guacamole_vnc_ports} (5900 to "
+                             f"{5900 + self.guacamole_vnc_ports - 1}) holds UCLOUD_CONSOLE_PORT={self.console_port}: "
+                             "a VM's QEMU could take the console proxy's port")
         if bool(self.etcd_cert_cert) != bool(self.etcd_cert_key):
             raise ValueError("UCLOUD_ETCD_CERT_CERT and UCLOUD_ETCD_CERT_KEY go together")
         if bool(self.etcd_user) != bool(self.etcd_password):

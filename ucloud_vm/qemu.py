@@ -48,6 +48,8 @@ _STATES = {
 
 # The id of the second VNC server (TCP, for Guacamole) on QEMU's command line and in query-vnc-servers.
 GUACAMOLE_VNC_ID = "guacamole"
+# What QEMU 7.2 says when every port from a VNC display to its `to=` is taken.
+_NO_FREE_PORT = "Failed to find an available port"
 # VNC authentication (RFB's DES challenge) reads 8 characters of a password and no more.
 VNC_PASSWORD_LENGTH = 8
 
@@ -356,12 +358,23 @@ class QemuDriver:
         build_seed(paths.cidata, seed)
         if self._guacamole is not None:
             write_vnc_password(paths)
-        argv = command_line(vm, disk, paths, self.accel, paused=paused, seed=drive_options(paths.cidata), nics=nics,
-                            guacamole=self._guacamole)
-        if self._netns:
-            argv = ["ip", "netns", "exec", self._netns, *argv]
+
+        def argv(guacamole: GuacamoleVNC | None) -> list[str]:
+            line = command_line(vm, disk, paths, self.accel, paused=paused, seed=drive_options(paths.cidata),
+                                nics=nics, guacamole=guacamole)
+            return ["ip", "netns", "exec", self._netns, *line] if self._netns else line
+
         try:
-            start(argv, paths)
+            try:
+                start(argv(self._guacamole), paths)
+            except QEMUStartError as exc:
+                if self._guacamole is None or _NO_FREE_PORT not in str(exc):
+                    raise
+                # Every port of the range is taken: the VM runs all the same, without a screen for
+                # Guacamole (its record says so, and the API's refusal names why it may be).
+                log.warning("vm=%s: no free port for Guacamole's VNC server on %s (UCLOUD_GUACAMOLE_VNC_PORTS=%d); "
+                            "starting it without one", vm.uuid, self._guacamole.address, self._guacamole.ports)
+                start(argv(None), paths)
         except (QEMUStartError, subprocess.TimeoutExpired) as exc:
             kill(paths, self._timeout)  # nothing may run after a failed start
             raise QEMUStartError(str(exc)) from None

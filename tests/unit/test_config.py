@@ -52,6 +52,7 @@ def test_ucloud_config_names_the_file(tmp_path: Path, monkeypatch: pytest.Monkey
     ({"guacamole_vnc_address": "::"}, "every address of the host"),
     ({"guacamole_vnc_address": "guacd.example"}, "does not appear to be an IPv4 or IPv6 address"),
     ({"guacamole_secret_key": "4c0b569e4c96df157eee1b65dd0e4d4"}, "guacamole_secret_key"),  # 31 digits
+    ({"guacamole_vnc_address": "10.0.0.7", "guacamole_vnc_ports": 1000}, "could take the console proxy's port"),
 ])
 def test_bad_numbers_are_refused_when_config_loads(tmp_path: Path, overrides: dict, message: str) -> None:
     conf = tmp_path / "empty.conf"

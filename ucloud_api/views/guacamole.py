@@ -26,7 +26,8 @@ def connection(uuid: str) -> Response:
     if vm.guacamole is None:
         raise APIError(409, "conflict", f"the VM has no VNC server for Guacamole: its host {vm.host} offers none "
                        "(UCLOUD_GUACAMOLE_VNC_ADDRESS unset there: ask the operator), or the VM started before it "
-                       "was set (shut it down and start it again)", vm_status=vm.status.value)
+                       "was set or while all its ports were taken (shut it down and start it again)",
+                       vm_status=vm.status.value)
     expires_ms = int((clock.now() + guacamole.LOGIN_VALID_S) * 1000)
     document = guacamole.definition(current().name, vm.name, vm.guacamole, expires_ms)
     key = store().settings.guacamole_secret_key
