@@ -86,6 +86,10 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("post", "/api/v1/vms/{uuid}/console"): Route(
         "A one-time ticket (60 s) for the VM's screen (vnc) or serial console, and the websocket URL of "
         "its host's console proxy that takes it", ConsoleRequest, 201, "ConsoleTicket", errors=(404, 409, 422)),
+    ("get", "/api/v1/vms/{uuid}/guacamole"): Route(
+        "The VM's VNC server on TCP as guacamole-auth-json's connection definition (it holds the VNC password), "
+        "and, where the operator set guacamole_secret_key, the signed and encrypted login data for Guacamole's "
+        "?data=", returns="GuacamoleConnection", errors=(404, 409)),
     ("post", "/api/v1/networks"): Route("Create a network (VXLAN)", NetworkCreate, 201, "Network", errors=(409, 422),
                                    idempotent=True),
     ("get", "/api/v1/networks"): Route("List your networks", returns="[Network]"),
@@ -181,6 +185,17 @@ def document(app: Flask) -> dict[str, Any]:
                                    "properties": {"ticket": {"type": "string"}, "url": {"type": "string"},
                                                   "type": {"type": "string", "enum": ["vnc", "serial"]},
                                                   "expires_in": {"type": "integer"}}}
+    components["GuacamoleConnection"] = {
+        "type": "object", "required": ["definition", "expires_in", "data", "query"], "properties": {
+            "definition": {"type": "object", "required": ["username", "expires", "connections"], "properties": {
+                "username": {"type": "string"}, "expires": {"type": "integer"},
+                "connections": {"type": "object", "additionalProperties": {
+                    "type": "object", "required": ["protocol", "parameters"], "properties": {
+                        "protocol": {"type": "string", "enum": ["vnc"]},
+                        "parameters": {"type": "object", "required": ["hostname", "port", "password"],
+                                       "additionalProperties": {"type": "string"}}}}}}},
+            "expires_in": {"type": "integer"},
+            "data": {"type": ["string", "null"]}, "query": {"type": ["string", "null"]}}}
     components["Health"] = {"type": "object", "properties": {"status": {"type": "string"}}}
     for (method, path), route in ROUTES.items():
         responses: dict[str, Any] = {}

@@ -200,6 +200,28 @@ def vm_events(vm_ref: str, fmt: str) -> None:
     show(api.request("GET", f"/vms/{api.find('vms', vm_ref, 'VM')['uuid']}/events"), fmt, EVENT_COLUMNS)
 
 
+@vm.command("guacamole")
+@click.argument("vm_ref", metavar="VM")
+@output_option
+@handle_errors
+def vm_guacamole(vm_ref: str, fmt: str) -> None:
+    """What a Guacamole deployment needs to show a VM's screen (by name or uuid): its VNC server's
+    address, port and password, and, where the operator set a guacamole-auth-json key, the query
+    that logs into Guacamole (append it to Guacamole's URL after '?'). -o json prints the whole
+    answer, whose "definition" is guacamole-auth-json's JSON.
+
+    Example: ucloud vm guacamole web1
+    """
+    api = client()
+    answer = api.request("GET", f"/vms/{api.find('vms', vm_ref, 'VM')['uuid']}/guacamole")
+    if fmt == "json":
+        show(answer, fmt)
+        return
+    [(name, connection)] = answer["definition"]["connections"].items()
+    show({"connection": name, **connection["parameters"], "expires_in": answer["expires_in"],
+          "query": answer["query"] or "(no UCLOUD_GUACAMOLE_SECRET_KEY on the API: see -o json's definition)"}, fmt)
+
+
 def _action(action: str) -> click.Command:
     help_text = {
         "start": "Start a stopped VM.", "shutdown": "Shut a VM down (ACPI, then a hard stop).",

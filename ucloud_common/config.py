@@ -174,6 +174,30 @@ class Settings(BaseSettings):
     console_cert: Path | None = Field(None, description="A PEM certificate (with its chain) for the console proxy: "
                                       "with it, consoles are wss://; without, ws:// (then put TLS in front).")
     console_key: Path | None = Field(None, description="The console certificate's PEM private key.")
+    guacamole_vnc_address: str = Field("", description="An address of this host on which each VM's QEMU also "
+                                       "listens for VNC over TCP, with an 8-character VNC password, for a Guacamole "
+                                       "guacd to connect to (`GET /api/v1/vms/<uuid>/guacamole`). Empty: no TCP VNC "
+                                       "(the default). Put it on a management network only guacd reaches: VNC's "
+                                       "DES password is the only lock.")
+    guacamole_vnc_ports: int = Field(100, ge=1, le=65536 - 5900, description="How many TCP ports, from 5900, "
+                                     "the VMs of this host may take for Guacamole (each QEMU takes the first free "
+                                     "one): the range a firewall opens to guacd; at most this many VMs get one. "
+                                     "It may not hold the console proxy's port, which a QEMU could take first.")
+    guacamole_secret_key: str = Field("", pattern="^([0-9A-Fa-f]{32})?$", description="guacamole-auth-json's "
+                                      "json-secret-key (32 hex digits): with it, the API also answers the signed and "
+                                      "encrypted login data for Guacamole's `?data=`; without, the plain JSON only.")
+
+    @field_validator("guacamole_vnc_address")
+    @classmethod
+    def _one_address(cls, value: str) -> str:
+        if not value:
+            return value
+        address = ipaddress.ip_address(value.strip("[]"))  # a ValueError names what is wrong
+        # A wildcard would put every VM's screen, behind an 8-character password, on every
+        # interface of the host, public ones included.
+        if address.is_unspecified:
+            raise ValueError(f"{value} is every address of the host: give one that only guacd reaches")
+        return str(address)
     router: bool = Field(False, description="This host is the router of every VM network: it joins each "
                          "network (also without a VM of it), takes <prefix>::1 on its bridge, announces "
                          "itself as the default router, and may forward the /64s out (turn IPv6 forwarding "
@@ -279,6 +303,10 @@ class Settings(BaseSettings):
             if store != "local" and (store != self.ceph_image_pool or not self.ceph_conf):
                 raise ValueError(f"image store {store} is neither local nor the Ceph image pool "
                                  "(UCLOUD_CEPH_IMAGE_POOL, with UCLOUD_CEPH_CONF)")
+        if self.guacamole_vnc_address and 5900 <= self.console_port < 5900 + self.guacamole_vnc_ports:
+            raise ValueError(f"UCLOUD_GUACAMOLE_VNC_PORTS={self.guacamole_vnc_ports} (5900 to "
+                             f"{5900 + self.guacamole_vnc_ports - 1}) holds UCLOUD_CONSOLE_PORT={self.console_port}: "
+                             "a VM's QEMU could take the console proxy's port")
         if bool(self.etcd_cert_cert) != bool(self.etcd_cert_key):
             raise ValueError("UCLOUD_ETCD_CERT_CERT and UCLOUD_ETCD_CERT_KEY go together")
         if bool(self.etcd_user) != bool(self.etcd_password):

@@ -16,8 +16,12 @@ import secrets
 from enum import StrEnum
 
 from ucloud_common.record import Family, Name, Record
+from ucloud_common.states import Status
 
 TICKET_TTL = 60
+# A VM's consoles (its screen and serial port, and its TCP VNC server for Guacamole) are there in
+# these statuses: a paused guest's screen is still worth seeing.
+SHOWN = frozenset({Status.RUNNING, Status.SUSPENDED})
 _TICKET = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32)
 
 

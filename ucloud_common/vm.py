@@ -3,8 +3,8 @@
 Field families and their one writer each: the spec (`owner`, `name`, `specs`, `image`, `networks`,
 `ssh_keys`, `storage`) and the request (`requested`, `generation`, `reboot_generation`,
 `migrate_to`) belong to the API; placement (`hostname`) to the scheduler; what is true (`status`,
-`observed_generation`, `error`, `restarts`, `started_at`, `disk_clients`, `deadline`, `nic_errors`) to the
-scheduler and the agent, as `states.TRANSITIONS` allows.
+`observed_generation`, `error`, `restarts`, `started_at`, `disk_clients`, `deadline`, `nic_errors`,
+`guacamole`) to the scheduler and the agent, as `states.TRANSITIONS` allows.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from ucloud_common.host import HOSTS
 from ucloud_common.record import Family, Name, Record
@@ -25,6 +26,17 @@ class NIC(BaseModel):
 
     network: str  # the network's uuid
     mac: str
+
+
+class VNCEndpoint(BaseModel):
+    """A VNC server of the VM's QEMU on TCP, for Guacamole's guacd: where, and its VNC password (VNC
+    authentication reads at most 8 characters of it)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    address: str
+    port: int = Field(ge=1, le=65535)
+    password: str = Field(min_length=8, max_length=8)
 
 
 def _host_key(value: str) -> str:
@@ -64,6 +76,10 @@ class VM(Record):
     # a MAC another VM has, an underlay that does not work): the VM runs without them, and they are
     # tried again at its next start.
     nic_errors: dict[str, str] = Field(default_factory=dict)
+    # The TCP VNC server of the VM's running QEMU, as its agent saw it (UCLOUD_GUACAMOLE_VNC_ADDRESS on
+    # its host); None while no QEMU with one runs. It holds a password: the API shows it only on
+    # GET /vms/<uuid>/guacamole, never in a VM's answers, and the OpenAPI document leaves it out.
+    guacamole: SkipJsonSchema[VNCEndpoint | None] = None
     ssh_keys: tuple[str, ...] = ()
     anti_affinity: str = ""
 

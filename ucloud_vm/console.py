@@ -22,8 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 
-from ucloud_common.console import PROXIES, TICKETS, ConsoleKind, ConsoleProxy, digest_of
-from ucloud_common.states import Status
+from ucloud_common.console import PROXIES, SHOWN, TICKETS, ConsoleKind, ConsoleProxy, digest_of
 from ucloud_common.store import AbstractStore, AlreadyExists, Conflict, NotFound, StoreError
 from ucloud_common.user import USERS, Role
 from ucloud_common.vm import VMS
@@ -33,7 +32,6 @@ log = logging.getLogger(__name__)
 
 REFUSED = 4403  # application close codes (4000–4999): the ticket is not good here
 UNAVAILABLE = 4503  # etcd could not be asked: try again with a new ticket
-_SHOWN = (Status.RUNNING, Status.SUSPENDED)
 _CHUNK = 64 * 1024
 _SERIAL_TAIL = 16 * 1024  # of the serial log, shown first: a screenful or two of what came before
 
@@ -78,7 +76,7 @@ class ConsoleProxyServer:
             user = self._store.get(USERS, ticket.user)
             if user is None or (user.value.role is not Role.ADMIN and vm.value.owner != ticket.user):
                 raise Refused(f"the ticket's user may not see VM {ticket.vm}")
-            if vm.value.status not in _SHOWN:
+            if vm.value.status not in SHOWN:
                 raise Refused(f"the VM is {vm.value.status}: start it first")
             try:  # consumed: of two connections with one ticket, one wins
                 self._store.delete(TICKETS, digest, mod_revision=found.mod_revision)

@@ -22,6 +22,7 @@ from enum import StrEnum
 from typing import Any
 
 from ucloud_common.config import Settings
+from ucloud_common.console import SHOWN
 from ucloud_common.states import Requested, Status
 from ucloud_common.vm import VM
 from ucloud_vm.driver import GUEST_GONE, Observation, RunState
@@ -90,7 +91,11 @@ def decide(vm: VM, seen: Seen, now: datetime, settings: Settings) -> Step:
     if step.status not in (None, vm.status) and "deadline" not in step.fields:
         # A deadline belongs to the status that set it (a shutdown, a backoff, a retry): never
         # read again with another meaning.
-        return replace(step, fields={**step.fields, "deadline": None})
+        step = replace(step, fields={**step.fields, "deadline": None})
+    if step.status not in (None, vm.status, *SHOWN) and vm.guacamole is not None and "guacamole" not in step.fields:
+        # The TCP VNC server (and its password) goes with the QEMU that had it: a VM stopping,
+        # crashed or starting again (here or on another host) has none until it runs again.
+        step = replace(step, fields={**step.fields, "guacamole": None})
     return step
 
 
@@ -209,7 +214,8 @@ def _with_process(vm: VM, seen: Seen, now: datetime, settings: Settings) -> Step
     wants_to_run = vm.requested in WANTS_TO_RUN
     if vm.status is S.STARTING:
         return Step(status=S.RUNNING if running else S.SUSPENDED,
-                    fields=_observed(vm, error="", started_at=now), disk_clients=True, note="its QEMU answers")
+                    fields=_observed(vm, error="", started_at=now, guacamole=seen.run.vnc), disk_clients=True,
+                    note="its QEMU answers")
     if vm.status in (S.SCHEDULED_DEPLOY, S.KILLED, S.ERROR, S.STOPPED):
         return _found_running(vm, seen, wants_to_run)
     if vm.status is S.STOPPING:
@@ -217,6 +223,8 @@ def _with_process(vm: VM, seen: Seen, now: datetime, settings: Settings) -> Step
     if vm.status is S.MIGRATING:  # nothing migrates it now: record what the process shows
         return Step(status=S.RUNNING, fields=_observed(vm), event="running: no migration in progress", look_again=0)
     # RUNNING or SUSPENDED
+    if vm.guacamole != seen.run.vnc:  # an agent restarted with another setting sees what its QEMU has
+        return Step(fields={"guacamole": seen.run.vnc}, note="recorded its TCP VNC server", look_again=0)
     if vm.requested is Requested.STOPPED:
         return Step(Act.POWERDOWN, S.STOPPING, {"deadline": now + timedelta(seconds=settings.shutdown_timeout)},
                     "shutting down (ACPI)", look_again=settings.shutdown_timeout)

@@ -15,7 +15,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from ucloud_common.errors import PermanentError, TemporaryError
-from ucloud_common.vm import VM
+from ucloud_common.vm import VM, VNCEndpoint
 
 
 class RunState(StrEnum):
@@ -51,6 +51,8 @@ class Observation:
     timeout that made it UNRESPONSIVE."""
     nics: frozenset[str] | None = None
     """The MACs of the NICs the process has now (None: not known, e.g. no process)."""
+    vnc: VNCEndpoint | None = None
+    """The process's VNC server on TCP for Guacamole, with its password (None: it has none)."""
 
 
 class DriverError(PermanentError):

@@ -26,7 +26,7 @@ from ucloud_vm.console import ConsoleProxyServer, proxy_url, register, serve_con
 from ucloud_vm.images import import_image
 from ucloud_common.network import NETWORKS
 from ucloud_vm.hostnet import HostNetwork, Underlay, UnderlayError
-from ucloud_vm.qemu import QemuDriver
+from ucloud_vm.qemu import GuacamoleVNC, QemuDriver
 from ucloud_vm.radvd import Radvd
 from ucloud_vm.vmnet import VMNetworks
 from ucloud_vm.storage import LocalStorage, RBDStorage, StorageBackend
@@ -76,7 +76,9 @@ def run(ctx: click.Context, hostname: str, address: str | None, run_dir: Path | 
             raise click.ClickException(str(exc)) from None
         backends["rbd"] = RBDStorage(ceph, settings.ceph_image_pool, settings.ceph_vm_pool)
     run_dir = run_dir or settings.run_dir / hostname
-    driver = QemuDriver(run_dir, accel, settings.qmp_timeout)
+    guacamole = GuacamoleVNC(settings.guacamole_vnc_address, settings.guacamole_vnc_ports) \
+        if settings.guacamole_vnc_address else None
+    driver = QemuDriver(run_dir, accel, settings.qmp_timeout, guacamole=guacamole)
     networks = None
     if settings.underlay_device or settings.underlay_address:
         routed = (lambda: {n.value.vxlan_id for n in store.list(NETWORKS).items.values()}) if settings.router \

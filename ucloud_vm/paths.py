@@ -36,6 +36,12 @@ class VMPaths:
         return self.root / "serial.sock"
 
     @property
+    def vnc_password(self) -> Path:
+        """The password of the VM's VNC server on TCP (for Guacamole), read by QEMU at its start and
+        by the agent to record it; only root reads it."""
+        return self.root / "vnc-password"
+
+    @property
     def pidfile(self) -> Path:
         return self.root / "qemu.pid"
 

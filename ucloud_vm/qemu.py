@@ -9,19 +9,22 @@ when the guest powers off, so the agent can tell a guest's own power-off (QEMU s
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
+import secrets
 import shutil
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from qemu.qmp import ExecuteError, QMPClient, QMPError
 
 from ucloud_common.specs import guest_ram_mib
-from ucloud_common.vm import VM
+from ucloud_common.vm import VM, VNCEndpoint
 from ucloud_vm.cidata import build_seed, drive_options
 from ucloud_vm.driver import DriverError, DriverTimeout, Observation, RunState
 from ucloud_vm.paths import VMPaths
@@ -41,6 +44,29 @@ _STATES = {
     "inmigrate": RunState.INMIGRATE,
     "postmigrate": RunState.POSTMIGRATE,
 }
+
+
+# The id of the second VNC server (TCP, for Guacamole) on QEMU's command line and in query-vnc-servers.
+GUACAMOLE_VNC_ID = "guacamole"
+# What QEMU 7.2 says when every port from a VNC display to its `to=` is taken.
+_NO_FREE_PORT = "Failed to find an available port"
+# VNC authentication (RFB's DES challenge) reads 8 characters of a password and no more.
+VNC_PASSWORD_LENGTH = 8
+
+
+@dataclass(frozen=True)
+class GuacamoleVNC:
+    """Where this host's QEMUs offer VNC on TCP for guacd: `address`, on the first free of `ports`
+    ports from 5900 (UCLOUD_GUACAMOLE_VNC_ADDRESS, UCLOUD_GUACAMOLE_VNC_PORTS)."""
+
+    address: str
+    ports: int
+
+    def vnc_option(self, password_secret: str) -> str:
+        host = f"[{self.address}]" if ipaddress.ip_address(self.address).version == 6 else self.address
+        # display 0 = port 5900; `to=` lets QEMU take the next free display (bind, not a guess:
+        # two QEMUs starting at once never get the same port).
+        return (f"{host}:0,to={self.ports - 1},id={GUACAMOLE_VNC_ID},password-secret={password_secret}")
 
 
 class QEMUError(Exception):
@@ -66,11 +92,12 @@ def machine_args(accel: str, cpus: int, ram_mib: int) -> list[str]:
 
 def command_line(vm: VM, disk: list[str], paths: VMPaths, accel: str, binary: str = "qemu-system-x86_64",
                  paused: bool = False, seed: list[str] | None = None,
-                 nics: Mapping[str, str] | None = None) -> list[str]:
+                 nics: Mapping[str, str] | None = None, guacamole: GuacamoleVNC | None = None) -> list[str]:
     """The whole QEMU command line for `vm`; `disk` is the drive's `-drive` options (with format=);
     `paused`: the CPUs stay stopped until QMP `cont` (-S); `seed`: the cloud-init drive's options,
     after the disk so that the disk stays the guest's first (/dev/vda); `nics`: MAC → the tap each
-    virtio NIC is on (ids from the MAC, so that what runs can be compared with the record)."""
+    virtio NIC is on (ids from the MAC, so that what runs can be compared with the record);
+    `guacamole`: a second VNC server, on TCP with the password in `paths.vnc_password`."""
     argv = [
         binary, "-name", f"guest={vm.uuid},process=ucloud-{vm.uuid[:8]}",
         *machine_args(accel, vm.specs.cpu, guest_ram_mib(vm.specs.ram)), "-no-shutdown",
@@ -85,6 +112,10 @@ def command_line(vm: VM, disk: list[str], paths: VMPaths, accel: str, binary: st
         "-device", "pvpanic", "-action", "panic=pause",
         "-drive", ",".join([*disk, "if=virtio", "id=disk0"]),
     ]
+    if guacamole is not None:
+        # The password from a file (root's), not the command line, which every local user can read
+        # in /proc; the unix socket above stays without one (only root and the console proxy reach it).
+        argv += ["-object", f"secret,id=vncpass,file={paths.vnc_password}", "-vnc", guacamole.vnc_option("vncpass")]
     if seed is not None:
         argv += ["-drive", ",".join(seed)]
     for mac, tap in (nics or {}).items():
@@ -177,6 +208,29 @@ def execute(paths: VMPaths, command: str, timeout: float = QMP_TIMEOUT_S, **argu
                                                                     timeout), timeout)
 
 
+def write_vnc_password(paths: VMPaths) -> None:
+    """A fresh random VNC password for the QEMU about to start (48 bits: all 8 characters VNC reads)."""
+    paths.vnc_password.unlink(missing_ok=True)
+    fd = os.open(paths.vnc_password, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(secrets.token_urlsafe(6))
+
+
+def guacamole_endpoint(servers: list[dict[str, Any]], paths: VMPaths) -> VNCEndpoint | None:
+    """The TCP VNC server for Guacamole among QEMU's `query-vnc-servers`, with the password it was
+    started with (None: it has none)."""
+    for server in servers:
+        if server.get("id") != GUACAMOLE_VNC_ID or not server.get("server"):
+            continue
+        try:
+            password = paths.vnc_password.read_text()
+        except FileNotFoundError:
+            return None
+        listening = server["server"][0]
+        return VNCEndpoint(address=listening["host"], port=int(listening["service"]), password=password)
+    return None
+
+
 def _nic_name(mac: str) -> str:
     """The NIC's part of its QEMU ids (`nic…`, `net…`): its MAC's digits, so that the NICs a QEMU
     has can be compared with the record's."""
@@ -228,9 +282,11 @@ class QemuDriver:
     found again by its pid file and QMP socket after an agent restart."""
 
     def __init__(self, run_dir: Path, accel: str, qmp_timeout: float = QMP_TIMEOUT_S,
-                 netns: str | None = None) -> None:
-        """`netns`: the network namespace QEMUs start in (their taps live there); None: this one."""
+                 netns: str | None = None, guacamole: GuacamoleVNC | None = None) -> None:
+        """`netns`: the network namespace QEMUs start in (their taps live there); None: this one.
+        `guacamole`: where QEMUs started from now on also offer VNC on TCP; None: they do not."""
         self.accel = accel
+        self._guacamole = guacamole
         self._run_dir = run_dir
         self._timeout = qmp_timeout
         self._netns = netns
@@ -242,20 +298,24 @@ class QemuDriver:
         paths = self._paths(uuid)
         if running_qemu(paths) is None:
             return Observation(RunState.ABSENT, last_words(paths))
-        async def look(client: QMPClient) -> tuple[str, frozenset[str]]:
+        async def look(client: QMPClient) -> tuple[str, frozenset[str], VNCEndpoint | None]:
             state = await asyncio.wait_for(client.execute("query-status"), self._timeout)
             devices = await asyncio.wait_for(client.execute("qom-list", {"path": "/machine/peripheral"}),
                                              self._timeout)
-            return str(state["status"]), frozenset(_mac_of(d["name"]) for d in devices if _is_nic(d["name"]))
+            # Asked of every QEMU, whatever this agent's setting: what it reports is what runs (one
+            # started before the setting changed keeps its server, or has none).
+            servers = await asyncio.wait_for(client.execute("query-vnc-servers"), self._timeout)
+            return (str(state["status"]), frozenset(_mac_of(d["name"]) for d in devices if _is_nic(d["name"])),
+                    guacamole_endpoint(servers, paths))
 
         try:
-            state, nics = session(paths, "query-status", look, self._timeout)
+            state, nics, vnc = session(paths, "query-status", look, self._timeout)
         except QEMUError as exc:
             # Gone between the two looks, or alive and silent: tell them apart by the process.
             if running_qemu(paths) is None:
                 return Observation(RunState.ABSENT, last_words(paths))
             return Observation(RunState.UNRESPONSIVE, str(exc))
-        return Observation(_STATES.get(state, RunState.PAUSED), state, nics)
+        return Observation(_STATES.get(state, RunState.PAUSED), state, nics, vnc)
 
     def plug(self, uuid: str, mac: str, tap: str) -> None:
         name = _nic_name(mac)
@@ -296,11 +356,25 @@ class QemuDriver:
         paths = self._paths(vm.uuid)
         paths.root.mkdir(parents=True, exist_ok=True)
         build_seed(paths.cidata, seed)
-        argv = command_line(vm, disk, paths, self.accel, paused=paused, seed=drive_options(paths.cidata), nics=nics)
-        if self._netns:
-            argv = ["ip", "netns", "exec", self._netns, *argv]
+        if self._guacamole is not None:
+            write_vnc_password(paths)
+
+        def argv(guacamole: GuacamoleVNC | None) -> list[str]:
+            line = command_line(vm, disk, paths, self.accel, paused=paused, seed=drive_options(paths.cidata),
+                                nics=nics, guacamole=guacamole)
+            return ["ip", "netns", "exec", self._netns, *line] if self._netns else line
+
         try:
-            start(argv, paths)
+            try:
+                start(argv(self._guacamole), paths)
+            except QEMUStartError as exc:
+                if self._guacamole is None or _NO_FREE_PORT not in str(exc):
+                    raise
+                # Every port of the range is taken: the VM runs all the same, without a screen for
+                # Guacamole (its record says so, and the API's refusal names why it may be).
+                log.warning("vm=%s: no free port for Guacamole's VNC server on %s (UCLOUD_GUACAMOLE_VNC_PORTS=%d); "
+                            "starting it without one", vm.uuid, self._guacamole.address, self._guacamole.ports)
+                start(argv(None), paths)
         except (QEMUStartError, subprocess.TimeoutExpired) as exc:
             kill(paths, self._timeout)  # nothing may run after a failed start
             raise QEMUStartError(str(exc)) from None

@@ -48,6 +48,11 @@ def test_ucloud_config_names_the_file(tmp_path: Path, monkeypatch: pytest.Monkey
     ({"etcd_endpoints": ","}, "at least one"),
     ({"etcd_user": "root"}, "go together"),
     ({"log_level": "LOUD"}, "log_level"),
+    ({"guacamole_vnc_address": "0.0.0.0"}, "every address of the host"),
+    ({"guacamole_vnc_address": "::"}, "every address of the host"),
+    ({"guacamole_vnc_address": "guacd.example"}, "does not appear to be an IPv4 or IPv6 address"),
+    ({"guacamole_secret_key": "4c0b569e4c96df157eee1b65dd0e4d4"}, "guacamole_secret_key"),  # 31 digits
+    ({"guacamole_vnc_address": "10.0.0.7", "guacamole_vnc_ports": 1000}, "could take the console proxy's port"),
 ])
 def test_bad_numbers_are_refused_when_config_loads(tmp_path: Path, overrides: dict, message: str) -> None:
     conf = tmp_path / "empty.conf"
@@ -63,3 +68,11 @@ def test_image_stores_must_exist(tmp_path: Path) -> None:
         load_settings(conf, image_stores="local,images")
     settings = load_settings(conf, image_stores="local,images", ceph_conf=tmp_path / "ceph.conf")
     assert settings.image_stores == ["local", "images"]
+
+
+def test_guacamole_vnc_address_is_one_address(tmp_path: Path) -> None:
+    conf = tmp_path / "empty.conf"
+    conf.write_text("")
+    assert load_settings(conf).guacamole_vnc_address == ""  # off by default
+    assert load_settings(conf, guacamole_vnc_address="[fd00::1]").guacamole_vnc_address == "fd00::1"
+    assert load_settings(conf, guacamole_vnc_address="10.0.0.7").guacamole_vnc_address == "10.0.0.7"

@@ -13,12 +13,12 @@ import pytest
 from ucloud_common.config import Settings, load_settings
 from ucloud_common.specs import Specs
 from ucloud_common.states import Requested, Status, Writer, check_transition
-from ucloud_common.vm import VM, placed_on
+from ucloud_common.vm import VM, VNCEndpoint, placed_on
 from ucloud_vm.decide import NO_UNDERLAY, Act, Seen, Step, decide
 from ucloud_vm.driver import LIVE, Observation, RunState
 
 NOW = datetime(2027, 1, 1, tzinfo=UTC)
-AGENT_FIELDS = {"observed_generation", "error", "restarts", "started_at", "deadline", "nic_errors"}
+AGENT_FIELDS = {"observed_generation", "error", "restarts", "started_at", "deadline", "nic_errors", "guacamole"}
 
 
 @pytest.fixture(scope="module")
@@ -250,3 +250,28 @@ def test_a_nic_that_failed_for_good_waits_for_the_next_start(settings: Settings)
     stopped = vm.model_copy(update={"status": Status.SCHEDULED_DEPLOY})
     start = decide(stopped, Seen(Observation(RunState.ABSENT)), NOW, settings)
     assert start.act is Act.START and start.fields["nic_errors"] == {}
+
+
+VNC = VNCEndpoint(address="10.0.0.7", port=5903, password="abcdefgh")
+
+
+def test_the_tcp_vnc_server_is_recorded_while_its_qemu_runs_and_forgotten_with_it(settings: Settings) -> None:
+    starting = base().model_copy(update={"status": Status.STARTING})
+    up = decide(starting, Seen(Observation(RunState.RUNNING, vnc=VNC)), NOW, settings)
+    assert up.status is Status.RUNNING and up.fields["guacamole"] == VNC
+    running = base().model_copy(update={"status": Status.RUNNING, "observed_generation": 1})
+    # An agent restarted with the setting changed records what its QEMU really has, both ways.
+    assert decide(running, Seen(Observation(RunState.RUNNING, vnc=VNC)), NOW, settings).fields == {"guacamole": VNC}
+    with_vnc = running.model_copy(update={"guacamole": VNC})
+    assert decide(with_vnc, Seen(Observation(RunState.RUNNING)), NOW, settings).fields == {"guacamole": None}
+    assert not decide(with_vnc, Seen(Observation(RunState.RUNNING, vnc=VNC)), NOW, settings).writes()
+
+
+def test_every_step_away_from_running_forgets_the_tcp_vnc_server(settings: Settings) -> None:
+    """Stopping, crashed, killed with its host, starting again here or elsewhere: no VNC endpoint (and
+    password) of a QEMU that is gone is ever answered."""
+    for status, requested, state in itertools.product(Status, Requested, RunState):
+        vm = base().model_copy(update={"status": status, "requested": requested, "guacamole": VNC})
+        step = decide(vm, Seen(Observation(state, vnc=VNC if state in LIVE else None)), NOW, settings)
+        if step.status not in (None, status, Status.RUNNING, Status.SUSPENDED):
+            assert step.fields.get("guacamole", VNC) is None, f"{status} requested {requested}, process {state}"

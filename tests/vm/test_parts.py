@@ -44,6 +44,12 @@ def test_the_command_line() -> None:
     kvm = " ".join(qemu.command_line(a_vm(), ["format=raw"], paths, "kvm"))
     assert "-accel kvm" in kvm and "-cpu host" in kvm
     assert "-S" not in argv and "-S" in qemu.command_line(a_vm(), ["format=raw"], paths, "tcg", paused=True)
+    assert joined.count("-vnc") == 1 and "password" not in joined  # no TCP VNC unless asked for
+    guacamole = " ".join(qemu.command_line(a_vm(), ["format=raw"], paths, "tcg",
+                                           guacamole=qemu.GuacamoleVNC("fd00::7", 100)))
+    assert "-vnc unix:/run/x/vms/u1/vnc.sock" in guacamole  # the console proxy's stays as it was
+    assert "-object secret,id=vncpass,file=/run/x/vms/u1/vnc-password" in guacamole
+    assert "-vnc [fd00::7]:0,to=99,id=guacamole,password-secret=vncpass" in guacamole
 
 
 def test_paths_refuse_names_that_escape() -> None:

@@ -11,14 +11,11 @@ from ucloud_api.body import parse
 from ucloud_api.errors import APIError
 from ucloud_api.replies import lookup_own, store
 from ucloud_api.schemas import ConsoleRequest
-from ucloud_common.console import PROXIES, TICKET_TTL, TICKETS, ConsoleKind, ConsoleTicket, new_ticket
-from ucloud_common.states import Status
+from ucloud_common.console import PROXIES, SHOWN, TICKET_TTL, TICKETS, ConsoleKind, ConsoleTicket, new_ticket
 from ucloud_common.vm import VMS
 
 bp = Blueprint("consoles", __name__, url_prefix="/api/v1/vms")
 
-# A paused guest's screen is still worth seeing (and its serial port still takes input for later).
-_SHOWN = (Status.RUNNING, Status.SUSPENDED)
 
 
 @bp.post("/<uuid>/console")
@@ -30,7 +27,7 @@ def issue(uuid: str, kind: ConsoleKind) -> Response:
     """A ticket of the caller's for the VM's console (the API's route, and the console site's): the
     websocket URL that takes it, and the console site's page that opens that URL."""
     vm = lookup_own(VMS, uuid, f"VM {uuid}").value
-    if vm.status not in _SHOWN or not vm.host:
+    if vm.status not in SHOWN or not vm.host:
         raise APIError(409, "conflict", f"the VM is {vm.status}: start it first", vm_status=vm.status.value)
     proxy = store().get(PROXIES, vm.host)
     if proxy is None:

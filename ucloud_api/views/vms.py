@@ -126,8 +126,10 @@ def get(uuid: str) -> Response:
 def shown(vm: VM, prefixes: dict[str, str]) -> dict[str, Any]:
     """A VM as the API shows it: its record, and each NIC's IPv6 address — the one its guest takes
     by SLAAC from its MAC on its network's /64 (`prefixes`, by network), so no guest is asked — and
-    why its host could not give it the NIC, if so."""
+    why its host could not give it the NIC, if so. Never its TCP VNC server, which holds a password
+    (GET /vms/<uuid>/guacamole answers it)."""
     body = dump(vm)
+    del body["guacamole"]
     for nic in body["networks"]:
         prefix = prefixes.get(nic["network"], "")
         nic["ipv6"] = slaac_address(prefix, nic["mac"]) if prefix else None
