@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 
 vendor=ucloud_api/site/vendor
 # name  version  tarball url  sha256  what to keep (paths inside the tarball's package/)
+# (The registry publishes each tarball's sha512 as dist.integrity — novnc 1.7.0: sha512-ucEJOx4T2avIRCleod…;
+# xterm 6.0.0: sha512-TQwDdQGtwwDt+2cgKD… — and the SHA-256 pinned here is of the very same file.)
 assets=(
     "novnc 1.7.0 https://registry.npmjs.org/@novnc/novnc/-/novnc-1.7.0.tgz"
     "32689f18d6abe96bc6530828a6bd0b9ae33bda07c083a6575ed255b5a8f2e903 core vendor LICENSE.txt"
@@ -31,13 +33,16 @@ for ((i = 0; i < ${#assets[@]}; i += 2)); do
         exit 1
     fi
     tar -xzf "$tmp/package.tgz" -C "$tmp"
-    rm -rf "${vendor:?}/$name"
-    mkdir -p "$vendor/$name"
+    # Built beside, then swapped in: an API that serves the old files meanwhile never sees half of them.
+    mkdir -p "$vendor" "$tmp/out"
     for path in $keep; do
-        mkdir -p "$vendor/$name/$(dirname "$path")"
-        cp -r "$tmp/package/$path" "$vendor/$name/$path"
+        mkdir -p "$tmp/out/$(dirname "$path")"
+        cp -r "$tmp/package/$path" "$tmp/out/$path"
     done
-    echo "$version $sha256" >"$stamp"
-    rm -rf "$tmp"
+    echo "$version $sha256" >"$tmp/out/.version"
+    rm -rf "${vendor:?}/$name.old"
+    [ ! -e "$vendor/$name" ] || mv "$vendor/$name" "$vendor/$name.old"
+    mv "$tmp/out" "$vendor/$name"
+    rm -rf "${vendor:?}/$name.old" "$tmp"
     trap - EXIT
 done

@@ -72,13 +72,15 @@ up)
 
     # The demo: a user "demo" with a password (for the console site), your SSH key, a network and a VM
     # on it with your key, all the demo user's, each created once (kept in $state); a demo VM of an
-    # older `up` joins the network, and is started if it is not.
+    # earlier `up` joins the network if it has none, and is started if it is not.
     export UCLOUD_TOKEN=$(cat "$state/admin.token")
     if [ ! -s "$state/demo.token" ]; then
         (umask 077
-         "$bin/python" -c 'import secrets; print(secrets.token_urlsafe(12))' > "$state/demo.password"
+         [ -s "$state/demo.password" ] ||
+             "$bin/python" -c 'import secrets; print(secrets.token_urlsafe(12))' > "$state/demo.password"
          "$ucloud" user create demo --password-stdin -o json < "$state/demo.password" | json '["token"]' \
-             > "$state/demo.token")
+             > "$state/demo.token.new"
+         mv "$state/demo.token.new" "$state/demo.token")
     fi
     export UCLOUD_TOKEN=$(cat "$state/demo.token")
     [ -s "$key" ] || ssh-keygen -q -t ed25519 -N '' -C "ucloud local demo" -f "$key"

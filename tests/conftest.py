@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -122,3 +123,11 @@ def time_passes(any_store: AbstractStore) -> Iterator[Callable[[float], None]]:
     with clock.simulated(SimClock()) as simulated:
         assert isinstance(simulated, SimClock)
         yield simulated.advance
+
+
+@pytest.fixture(scope="session")
+def console_assets() -> None:
+    """The console site's browser parts (noVNC, xterm.js), which `deploy/install.sh` fetches: fetched
+    here too (it checks a stamp and fetches nothing when they are there), so a test run never depends
+    on which installs ran before it."""
+    subprocess.run(["bash", str(Path(__file__).parent.parent / "deploy" / "console-assets.sh")], check=True)

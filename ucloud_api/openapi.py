@@ -181,8 +181,10 @@ def document(app: Flask) -> dict[str, Any]:
         "alive": {"type": "boolean"}, "allocated": {"type": "object"}}}]}
     components["ImageStore"] = {"type": "object", "required": ["name", "type"], "properties": {
         "name": {"type": "string"}, "type": {"type": "string", "enum": ["local", "rbd"]}}}
-    components["ConsoleTicket"] = {"type": "object", "required": ["ticket", "type", "url", "expires_in"],
+    components["ConsoleTicket"] = {"type": "object", "required": ["ticket", "type", "url", "page", "expires_in"],
                                    "properties": {"ticket": {"type": "string"}, "url": {"type": "string"},
+                                                  "page": {"type": "string", "description": "the console "
+                                                           "site's page that opens `url`"},
                                                   "type": {"type": "string", "enum": ["vnc", "serial"]},
                                                   "expires_in": {"type": "integer"}}}
     components["GuacamoleConnection"] = {

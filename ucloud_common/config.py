@@ -226,6 +226,10 @@ class Settings(BaseSettings):
     login_window: int = Field(300, ge=1, le=86400, description="Seconds over which failed logins are counted.")
     login_token_hours: float = Field(12.0, gt=0, le=24 * 365, description="Hours a token from `POST /api/v1/login` "
                                      "works.")
+    public_url: str = Field("", pattern=r"^(https?://[^\s/?#]+)?$", description="The API's URL as users reach "
+                            "it, e.g. https://cloud.example (behind a reverse proxy, whose Host header the API "
+                            "cannot trust): console tickets link their page from it. Empty: the URL the request "
+                            "came to.")
     api_read_timeout: float = Field(10.0, gt=0, description="Seconds a client has to send a whole request "
                                     "(request line, headers and body) to the API; a slower one is cut off, so "
                                     "that slow clients never hold the API's threads for long.")

@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from flask.testing import FlaskClient
 
 from tests.api.conftest import As, set_status
+from ucloud_api.app import create_app
 from ucloud_api.site import session
 from ucloud_common.console import PROXIES, ConsoleProxy
 from ucloud_common.states import Status
+from ucloud_common.config import Settings
 from ucloud_common.store import Store
 from ucloud_common.user import TOKENS
 
 PASSWORD = "correct horse battery"
+pytestmark = pytest.mark.usefixtures("console_assets")
 
 
 def nonce_of(client: FlaskClient) -> str:
@@ -47,8 +51,8 @@ def test_a_user_signs_in_sees_only_their_vms_and_signs_out(alice: As, bob: As, s
     assert browser.get("/console/").headers["Location"] == "/console/login"  # not signed in
     signed = sign_in(browser, "alice")
     assert signed.status_code == 303 and signed.headers["Location"] == "/console/"  # type: ignore[attr-defined]
-    cookie = browser.get_cookie(session.SESSION_COOKIE, path="/console/")
-    assert cookie is not None and cookie.http_only and cookie.same_site == "Strict"
+    cookie = browser.get_cookie("ucloud_console", path="/console/")
+    assert cookie is not None and cookie.http_only and cookie.same_site == "Strict" and cookie.expires is None
     # The session is a login token of alice's, named so that she can see and revoke it.
     assert [t.value.name for t in store.list(TOKENS, where={"user": "alice"}).items.values()].count("console") == 1
 
@@ -63,9 +67,9 @@ def test_a_user_signs_in_sees_only_their_vms_and_signs_out(alice: As, bob: As, s
     assert browser.get("/console/").status_code == 200
     out = browser.post("/console/logout", data={"csrf": csrf(browser)})
     assert out.status_code == 303 and out.headers["Location"] == "/console/login"
-    assert browser.get_cookie(session.SESSION_COOKIE, path="/console/") is None
+    assert browser.get_cookie("ucloud_console", path="/console/") is None
     assert "console" not in [t.value.name for t in store.list(TOKENS, where={"user": "alice"}).items.values()]
-    browser.set_cookie(session.SESSION_COOKIE, cookie.value, path="/console/")  # a copy of the old cookie
+    browser.set_cookie("ucloud_console", cookie.value, path="/console/")  # a copy of the old cookie
     assert browser.get("/console/").headers["Location"] == "/console/login"  # revoked: it opens nothing
 
 
@@ -83,9 +87,44 @@ def test_a_wrong_password_is_refused_then_throttled_and_a_forged_login_form_is_r
     # A login posted from elsewhere carries no nonce of this browser's: refused, nothing counted.
     forged = client.post("/console/login", data={"name": "alice", "password": PASSWORD, "nonce": "x"})
     assert forged.status_code == 400 and "cookies are needed" in forged.text
+    # ... and one a page of another site made the browser send, nonce or not (a sibling subdomain
+    # can plant the nonce cookie; it cannot make the browser say the request is same-origin).
+    nonce = nonce_of(client)
+    planted = client.post("/console/login", data={"name": "bob", "password": PASSWORD, "nonce": nonce},
+                          headers={"Sec-Fetch-Site": "same-site"})
+    assert planted.status_code == 403 and "another site" in planted.text
 
 
-def test_the_buttons_tickets_are_the_sessions_users_with_the_apis_errors(alice: As, bob: As, store: Store) -> None:
+def test_names_and_passwords_that_are_no_login_are_refused_as_wrong_not_500(client: FlaskClient) -> None:
+    for name, password in (("al ice", PASSWORD), ("a/b", PASSWORD), ("é", PASSWORD), ("a\x00", PASSWORD),
+                           ("x" * 5000, PASSWORD), ("alice", "p" * 400_000), ("", PASSWORD), ("alice", "")):
+        refused = sign_in(client, name, password, address=f"198.51.100.{len(name) % 250}")
+        assert refused.status_code in (401, 413), (name[:20], refused.status_code)  # type: ignore[attr-defined]
+
+
+def test_logging_in_again_and_again_never_locks_a_user_out(alice: As, store: Store) -> None:
+    """Each login is a session token; the browser's previous one is revoked, and at the token limit
+    the oldest session makes room (never another kind of token)."""
+    assert alice.put("/api/v1/users/alice/password", json={"password": PASSWORD}).status_code == 204
+    assert sign_in(alice.client, "alice").status_code == 303  # type: ignore[attr-defined]
+    for _ in range(2):  # in the same browser (a second tab's login form): one session at a time
+        alice.client.set_cookie(session.LOGIN_COOKIE, "a-tabs-nonce", path="/console/")
+        again = alice.client.post("/console/login", data={"name": "alice", "password": PASSWORD,
+                                                          "nonce": "a-tabs-nonce"})
+        assert again.status_code == 303
+    names = [t.value.name for t in store.list(TOKENS, where={"user": "alice"}).items.values()]
+    assert names.count("console") == 1
+    limit = store.settings.max_tokens_per_user
+    for _ in range(limit + 2):  # in a new browser each time (no logout)
+        alice.client.delete_cookie("ucloud_console", path="/console/")
+        assert sign_in(alice.client, "alice").status_code == 303  # type: ignore[attr-defined]
+    names = [t.value.name for t in store.list(TOKENS, where={"user": "alice"}).items.values()]
+    assert len(names) == limit and names.count("initial") == 1  # her API token stays
+    assert alice.get("/api/v1/vms").status_code == 200
+
+
+def test_the_buttons_tickets_are_the_sessions_users_with_the_apis_errors(alice: As, bob: As, store: Store,
+                                                                        settings: Settings) -> None:
     for user in (alice, bob):
         assert user.put(f"/api/v1/users/{user.name}/password", json={"password": PASSWORD}).status_code == 204
     vm = alice.create_vm()
@@ -100,23 +139,37 @@ def test_the_buttons_tickets_are_the_sessions_users_with_the_apis_errors(alice: 
     set_status(store, vm["uuid"], Status.RUNNING)
     store.create(PROXIES, "h1", ConsoleProxy(url="ws://192.0.2.1:6080"))
     assert browser.post(path, json={"type": "serial"}).status_code == 403  # no CSRF token: another site's page
+    assert browser.post(path, json={"type": "serial"}, headers={session.CSRF_HEADER: token,
+                                                                "Sec-Fetch-Site": "cross-site"}).status_code == 403
     given = browser.post(path, json={"type": "serial"}, headers={session.CSRF_HEADER: token})
     assert given.status_code == 201, given.json
     url = f"ws://192.0.2.1:6080/serial?ticket={given.json['ticket']}"
     assert given.json["url"] == url and given.json["page"] == f"http://localhost/console/serial#{url}"
+    # Behind a reverse proxy, the page is linked from the URL users reach the API at, whatever Host says.
+    public = Store(settings.model_copy(update={"public_url": "https://cloud.example"}))
+    try:
+        behind = As(create_app(public.settings, public).test_client(), alice.token, "alice").post(
+            f"/api/v1/vms/{vm['uuid']}/console", json={"type": "vnc"}, headers={"Host": "10.0.0.1:8080"})
+    finally:
+        public.close()
+    assert behind.json["page"].startswith("https://cloud.example/console/vnc#ws://192.0.2.1:6080/vnc?ticket=")
     set_status(store, bobs["uuid"], Status.RUNNING)
     assert browser.post(f"/console/vms/{bobs['uuid']}/console", json={"type": "vnc"},
                         headers={session.CSRF_HEADER: token}).status_code == 404  # bob's: as if absent
 
-    browser.delete_cookie(session.SESSION_COOKIE, path="/console/")
+    browser.delete_cookie("ucloud_console", path="/console/")
     ended = browser.post(path, json={"type": "serial"}, headers={session.CSRF_HEADER: token})
     assert ended.status_code == 401 and "log in again" in ended.json["error"]["message"]
 
 
-def test_the_viewer_pages_and_the_browser_parts_are_served(client: FlaskClient) -> None:
+def test_the_viewer_pages_and_the_browser_parts_are_served(client: FlaskClient, store: Store) -> None:
+    store.create(PROXIES, "h1", ConsoleProxy(url="ws://192.0.2.1:6080"))
+    store.create(PROXIES, "h2", ConsoleProxy(url="wss://[2001:db8::2]:6080"))
     for kind in ("vnc", "serial"):
         page = client.get(f"/console/{kind}")
         assert page.status_code == 200 and f"{kind}.js" in page.text
+        # The only websockets the page opens: the registered proxies'.
+        assert 'name="console-proxies" content="ws://192.0.2.1:6080 wss://[2001:db8::2]:6080"' in page.text
     module = client.get("/console/vendor/xterm/lib/xterm.mjs")
     assert module.status_code == 200 and module.mimetype == "text/javascript"
     assert client.get("/console/vendor/novnc/core/rfb.js").mimetype == "text/javascript"

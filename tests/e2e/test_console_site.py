@@ -25,6 +25,7 @@ CHROMIUM = "/usr/bin/chromium"  # Playwright's own download is out of reach here
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 PASSWORDS = {"alice": "alice's long password", "bob": "bob's long password"}
 SPECS = {"cpu": 1, "ram": 0.25, "ssd": 1}
+pytestmark = pytest.mark.usefixtures("console_assets")
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +152,10 @@ def test_tickets_that_must_not_open_a_console_do_not_and_the_page_says_why(
     assert "the ticket's user may not see" in _page_with(cluster, page, "bob", alices, "h1")
     # A ticket given while the VM was on another host, or for a VM that has since moved away.
     assert "the ticket is for host h9, this is h1" in _page_with(cluster, page, "alice", alices, "h9")
+    # A link to the page whose fragment names a websocket of someone else's (a fake terminal on this
+    # site's address, asking for a password): the page opens nothing.
+    _open(page, f"{site(cluster)}serial#wss://attacker.example/serial")
+    expect(page.locator("#state")).to_have_text("refused: wss://attacker.example is no console proxy of this site")
     bobs = vms["bob"]
     cluster.store.update(VMS, bobs, lambda vm: vm.evolve(hostname="/v1/host/h2"))
     assert "no longer runs on this host" in _page_with(cluster, page, "bob", bobs, "h1")
@@ -159,7 +164,7 @@ def test_tickets_that_must_not_open_a_console_do_not_and_the_page_says_why(
 def test_a_wrong_password_is_refused_then_throttled(cluster: Cluster, page: Page) -> None:
     log_in(page, cluster, "alice", "not alice's password")
     expect(page.locator("#message")).to_have_text("wrong name or password")
-    for _ in range(5):  # login_failures
+    for _ in range(cluster.store.settings.login_failures):
         log_in(page, cluster, "alice", "not alice's password")
     expect(page.locator("#message")).to_contain_text("too many wrong passwords")
     log_in(page, cluster, "alice", PASSWORDS["alice"])

@@ -12,22 +12,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flask import Blueprint, Response, current_app, redirect, render_template, request, send_from_directory
+from flask import Blueprint, Response, current_app, g, redirect, render_template, request, send_from_directory
+from pydantic import ValidationError
 
 from ucloud_api.auth import forget
 from ucloud_api.body import parse
 from ucloud_api.errors import APIError
 from ucloud_api.replies import store
-from ucloud_api.schemas import ConsoleRequest
+from ucloud_api.schemas import ConsoleRequest, Login
 from ucloud_api.site import session
 from ucloud_api.views import consoles
 from ucloud_api.views.tokens import log_in
-from ucloud_common.console import ConsoleKind
+from ucloud_common.console import PROXIES, ConsoleKind
 from ucloud_common.user import TOKENS
 from ucloud_common.vm import VMS
 
 VENDOR = Path(__file__).parent / "vendor"
 PREFIX = "/console"
+# Inline styles: xterm.js and noVNC make <style> elements and style attributes of their own.
 _CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
         "connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 
@@ -54,7 +56,7 @@ def vms() -> Response | str:
     if caller is None:
         return redirect(f"{PREFIX}/login", 303)
     listed = store().list(VMS, where={"owner": caller.name}).items.values()
-    return render_template("vms.html", user=caller.name, csrf=session.csrf_of(request.cookies[session.SESSION_COOKIE]),
+    return render_template("vms.html", user=caller.name, csrf=session.csrf_of(g.session),
                            vms=sorted((vm.value for vm in listed), key=lambda vm: vm.name))
 
 
@@ -63,37 +65,51 @@ def login() -> Response:
     if request.method == "GET" and session.signed_in(current_app, request):
         return redirect(f"{PREFIX}/", 303)
     nonce = session.login_nonce(request)
-    message, status, refusal_headers = "", 200, {}
-    if request.method == "POST":
-        name, password = request.form.get("name", ""), request.form.get("password", "")
-        if not session.check_login_nonce(request):
-            message, status = "the login form had expired or cookies are off: try again (cookies are needed)", 400
-        elif not name or not password:
-            message, status = "give your name and your password", 400
-        else:
-            try:
-                text, token = log_in(store(), name, password, "console")
-            except APIError as refused:
-                message, status, refusal_headers = refused.message, refused.status, refused.headers
-            else:
-                signed = redirect(f"{PREFIX}/", 303)
-                session.open_session(signed, text, store().settings.login_token_hours * 3600, request.is_secure)
-                return signed
-    page = Response(render_template("login.html", nonce=nonce, message=message), status, refusal_headers)
+    try:
+        if request.method == "POST":
+            return _logged_in()
+        message, status, headers = "", 200, {}
+    except APIError as refused:
+        message, status, headers = refused.message, refused.status, refused.headers
+    page = Response(render_template("login.html", nonce=nonce, message=message), status, headers)
     session.give_login_nonce(page, nonce, request.is_secure)
     return page
+
+
+def _logged_in() -> Response:
+    """The answer to a login form that is right (a new session; the browser's old one revoked), or
+    APIError saying what is wrong."""
+    session.check_same_site(request)
+    if not session.check_login_nonce(request):
+        raise APIError(400, "bad_request", "the login form had expired or cookies are off: try again (cookies "
+                       "are needed)")
+    try:
+        form = Login.model_validate({"name": request.form.get("name", ""),
+                                     "password": request.form.get("password", "")})
+    except ValidationError:
+        raise APIError(401, "unauthenticated", "wrong name or password") from None  # as for any wrong name
+    text, _ = log_in(store(), form.name, form.password, "console", evict=True)
+    if session.signed_in(current_app, request) is not None:
+        _revoke(g.session)
+    signed = redirect(f"{PREFIX}/", 303)
+    session.open_session(signed, request, text)
+    return signed
 
 
 @bp.post("/logout")
 def logout() -> Response:
     if session.signed_in(current_app, request) is not None:
-        session.check_csrf(request.form.get("csrf"))
-        token_id = request.cookies[session.SESSION_COOKIE].partition(".")[0]
-        store().delete(TOKENS, token_id)  # False if already revoked: out either way
-        forget(token_id)
+        session.check_csrf(request, request.form.get("csrf"))
+        _revoke(g.session)
     out = redirect(f"{PREFIX}/login", 303)
-    session.close_session(out, request.is_secure)
+    session.close_session(out, request)
     return out
+
+
+def _revoke(token: str) -> None:
+    token_id = token.partition(".")[0]
+    store().delete(TOKENS, token_id)  # False if already revoked: out either way
+    forget(token_id)
 
 
 @bp.post("/vms/<uuid>/console")
@@ -101,7 +117,7 @@ def ticket(uuid: str) -> Response:
     """The list page's buttons: a ticket as `POST /api/v1/vms/<uuid>/console` gives it, for the session's user."""
     if session.signed_in(current_app, request) is None:
         raise APIError(401, "unauthenticated", "the session has ended: log in again")
-    session.check_csrf(request.headers.get(session.CSRF_HEADER))
+    session.check_csrf(request, request.headers.get(session.CSRF_HEADER))
     return consoles.issue(uuid, parse(ConsoleRequest).type)
 
 
@@ -110,7 +126,10 @@ def viewer(kind: str) -> Response | str:
     if not (VENDOR / "novnc" / ".version").exists() or not (VENDOR / "xterm" / ".version").exists():
         raise APIError(503, "unavailable", "the console site's browser parts are not installed: the operator "
                        "runs deploy/console-assets.sh")
-    return render_template(f"{ConsoleKind(kind).value}.html")
+    # The page opens only the console proxies ucloud knows: a link whose fragment names another
+    # websocket (someone's fake terminal asking for a password) is refused by the page.
+    proxies = sorted({proxy.value.url for proxy in store().list(PROXIES).items.values()})
+    return render_template(f"{ConsoleKind(kind).value}.html", proxies=" ".join(proxies))
 
 
 @bp.get("/vendor/<path:name>")

@@ -39,7 +39,8 @@ def issue(uuid: str, kind: ConsoleKind) -> Response:
     # Never logged: the access log has the request's path, which holds no ticket; the answer is not logged,
     # and the page carries the URL in its fragment, which browsers send to no server.
     response = jsonify({"ticket": issued, "type": kind.value, "expires_in": TICKET_TTL, "url": url,
-                        "page": f"{request.host_url}console/{kind.value}#{url}"})
+                        "page": f"{store().settings.public_url or request.host_url.rstrip('/')}/console/"
+                                f"{kind.value}#{url}"})
     response.status_code = 201
     response.headers["Cache-Control"] = "no-store"
     return response

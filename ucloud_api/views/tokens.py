@@ -28,11 +28,20 @@ bp = Blueprint("tokens", __name__, url_prefix="/api/v1/tokens")
 login_bp = Blueprint("login", __name__, url_prefix="/api/v1/login")
 
 
-def mint_token(store: Store, user: str, name: str, lifetime: float | None) -> tuple[str, Versioned[Token]]:
-    """Store a new token of `user` (at most `max_tokens_per_user`, else 409) working for `lifetime`
-    seconds (None: until revoked), on an etcd lease that deletes it a little after it stops working.
-    Returns the text, to be shown once, and the record."""
-    TOKENS_PER_USER.check(len(store.list(TOKENS, where={"user": user}).items))
+def mint_token(store: Store, user: str, name: str, lifetime: float | None,
+               evict: bool = False) -> tuple[str, Versioned[Token]]:
+    """Store a new token of `user` (at most `max_tokens_per_user`, else 409 — or, with `evict`, their
+    oldest token of the same name goes to make room) working for `lifetime` seconds (None: until
+    revoked), on an etcd lease that deletes it a little after it stops working. Returns the text, to
+    be shown once, and the record."""
+    held = store.list(TOKENS, where={"user": user}).items
+    if evict and len(held) >= store.settings.max_tokens_per_user:
+        alike = sorted((t for t in held.values() if t.value.name == name), key=lambda t: t.create_revision)
+        if alike:
+            store.delete(TOKENS, alike[0].name)
+            forget(alike[0].name)
+            held = {k: v for k, v in held.items() if k != alike[0].name}
+    TOKENS_PER_USER.check(len(held))
     expires_at = None if lifetime is None else utcnow() + timedelta(seconds=lifetime)
     token_id, text, token = new_token(user, name, expires_at)
     # A second more than the lifetime: the record, not the lease, says when it stops working.
@@ -105,10 +114,12 @@ def login() -> Response:
     return _created(text, token)
 
 
-def log_in(the_store: Store, name: str, password: str, token_name: str) -> tuple[str, Versioned[Token]]:
+def log_in(the_store: Store, name: str, password: str, token_name: str,
+           evict: bool = False) -> tuple[str, Versioned[Token]]:
     """A new token named `token_name` for the user whose password this is (the API's login, and the
-    console site's session). A wrong name and a wrong password are the same 401; failures are counted
-    per name and per source address (see `throttle`)."""
+    console site's session, which `evict`s the user's oldest session at the token limit). A wrong
+    name and a wrong password are the same 401; failures are counted per name and per source address
+    (see `throttle`)."""
     keys = throttle.subjects(name, request.remote_addr or "unknown")
     throttle.check_not_shut_out(the_store, keys)
     stored = the_store.get(PASSWORDS, name)
@@ -116,4 +127,4 @@ def log_in(the_store: Store, name: str, password: str, token_name: str) -> tuple
         throttle.count_failure(the_store, keys)
         raise APIError(401, "unauthenticated", "wrong name or password")
     throttle.clear(the_store, keys[0])
-    return mint_token(the_store, name, token_name, the_store.settings.login_token_hours * 3600)
+    return mint_token(the_store, name, token_name, the_store.settings.login_token_hours * 3600, evict)

@@ -15,8 +15,9 @@ async function open(vm, kind) {
     } catch (error) {
         answer = { error: { message: `the console site did not answer: ${error}` } };
     }
-    if (answer.page) {
-        location.assign(answer.page);
+    if (answer.url) {
+        // This site's own page (not the answer's absolute `page`, which is for API clients).
+        location.assign(`${kind}#${answer.url}`);
     } else {
         message.textContent = answer.error ? answer.error.message : "no ticket was given";
         message.hidden = false;
