@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
 import socket
 import ssl
@@ -114,6 +115,8 @@ def console_proxy(ctx: click.Context, hostname: str, address: str | None, bind: 
 
     Example: ucloud-vm console-proxy --hostname h1
     """
+    # Two descriptors per console: systemd's soft limit of 1024 would refuse the 507th (tests.bench.console).
+    resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
     settings = settings_from(ctx)
     tls = None
     if settings.console_cert:
