@@ -109,6 +109,18 @@ class Settings(BaseSettings):
         "spread", description="spread: least loaded host first (fewer VMs hit by one host's failure); "
         "pack: most loaded host that fits first (frees whole hosts)."
     )
+    migrations_per_host: int = Field(2, ge=1, le=64, description="Live migrations a host sends at once "
+                                     "(more wait their turn): each takes network bandwidth and CPU.")
+    migrations_per_cluster: int = Field(8, ge=1, le=1024, description="Live migrations under way at once in "
+                                        "the whole cluster.")
+    migration_prepare_timeout: float = Field(60.0, gt=0, description="Seconds the target host has to get a "
+                                             "QEMU ready to receive a migrating VM; then the migration fails.")
+    migration_timeout: float = Field(300.0, gt=0, description="Seconds a live migration may take once it "
+                                     "sends (a guest that dirties memory faster than the network carries it "
+                                     "never converges); then it is cancelled and the VM runs on where it was.")
+    migration_downtime_ms: int = Field(100, ge=1, le=60_000, description="The longest pause of the guest "
+                                       "QEMU may plan for the last copy of a live migration (QMP downtime-limit).")
+    migration_bandwidth_mib: int = Field(0, ge=0, description="MiB/s a live migration may use (0: no limit).")
     fence_command: str = Field(
         "", description="Command run (with the host's name and address appended) to fence a dead host "
         "before its VMs restart elsewhere, e.g. an IPMI power-off. Exit 0 means fenced."

@@ -72,9 +72,10 @@ S = Status
 @dataclass(frozen=True)
 class ActionRule:
     valid_in: frozenset[Status]
-    requested: Requested
-    """What `requested` becomes. Reboot and migrate keep RUNNING and are told apart by the VM's
-    `reboot_generation` / `migrate_to` fields, which the API writes with the same request."""
+    requested: Requested | None
+    """What `requested` becomes (None: it stays). Reboot keeps RUNNING and is told apart by the VM's
+    `reboot_generation`; migrate keeps whatever is requested (a suspended VM moves suspended), and is
+    told by `migrate_generation`: fields the API writes with the same request."""
 
 
 ACTIONS: dict[Action, ActionRule] = {
@@ -86,7 +87,7 @@ ACTIONS: dict[Action, ActionRule] = {
     Action.SUSPEND: ActionRule(frozenset({S.RUNNING}), Requested.SUSPENDED),
     Action.RESUME: ActionRule(frozenset({S.SUSPENDED}), Requested.RUNNING),
     Action.DELETE: ActionRule(frozenset(Status), Requested.DELETED),
-    Action.MIGRATE: ActionRule(frozenset({S.RUNNING}), Requested.RUNNING),
+    Action.MIGRATE: ActionRule(frozenset({S.RUNNING, S.SUSPENDED}), None),
 }
 
 
@@ -110,10 +111,37 @@ TRANSITIONS: dict[Writer, dict[Status, frozenset[Status]]] = {
         S.STOPPED: frozenset({S.STARTING, S.DELETING, S.ERROR}),
         S.KILLED: frozenset({S.STARTING, S.STOPPED, S.DELETING, S.ERROR}),
         # A VM may be deleted in any status, also while it migrates (found by the decision table).
-        S.MIGRATING: frozenset({S.RUNNING, S.KILLED, S.DELETING, S.ERROR}),
+        S.MIGRATING: frozenset({S.RUNNING, S.SUSPENDED, S.KILLED, S.DELETING, S.ERROR}),
         S.ERROR: frozenset({S.STARTING, S.STOPPED, S.DELETING}),
         S.DELETING: frozenset({S.ERROR}),
     },
+}
+
+
+class MigrationPhase(StrEnum):
+    """Where a live migration is (`VM.migration.phase`); no migration record: none under way."""
+
+    CHOSEN = "chosen"  # the scheduler chose the target host; its agent prepares a QEMU to receive the VM
+    LISTENING = "listening"  # the target's QEMU waits for the guest at `address`
+    RUNNING = "running"  # the source's QEMU sends the guest (the VM is MIGRATING)
+    FAILED = "failed"  # the target could not receive it (`error`); the source ends the migration
+
+
+class Party(StrEnum):
+    SCHEDULER = "scheduler"
+    SOURCE = "source agent"  # the agent of the host the VM is placed on
+    TARGET = "target agent"  # the agent of the host it moves to
+
+
+M = MigrationPhase
+# Who may move a migration from one phase to which (None: no migration). Only the source ends one
+# (to None), whatever its phase: it alone knows whether its QEMU has handed the guest over. The
+# scheduler also ends one when the source's host dies (the VM is then KILLED and fenced).
+MIGRATION_STEPS: dict[Party, dict[MigrationPhase | None, frozenset[MigrationPhase | None]]] = {
+    Party.SCHEDULER: {None: frozenset({M.CHOSEN}), **{phase: frozenset({None}) for phase in M}},
+    Party.TARGET: {M.CHOSEN: frozenset({M.LISTENING, M.FAILED}), M.LISTENING: frozenset({M.FAILED}),
+                   M.RUNNING: frozenset({M.FAILED})},
+    Party.SOURCE: {**{phase: frozenset({None}) for phase in M}, M.LISTENING: frozenset({M.RUNNING, None})},
 }
 
 
@@ -124,6 +152,11 @@ class ActionRefused(Exception):
         super().__init__(f"cannot {action.value}: {detail}")
         self.action = action
         self.status = status
+
+
+class IllegalMigrationStep(Exception):
+    def __init__(self, party: Party, old: MigrationPhase | None, new: MigrationPhase | None) -> None:
+        super().__init__(f"the {party.value} may not move a migration from {old or 'none'} to {new or 'none'}")
 
 
 class IllegalTransition(Exception):
@@ -141,7 +174,13 @@ def check_action(action: Action, status: Status, requested: Requested) -> Reques
         raise ActionRefused(
             action, status, f"the VM is {status} ({action.value} is possible when it is {possible})"
         )
-    return rule.requested
+    return rule.requested or requested
+
+
+def check_migration_step(party: Party, old: MigrationPhase | None, new: MigrationPhase | None) -> None:
+    """Raise `IllegalTransition` unless `party` may move a migration from `old` to `new` (staying is allowed)."""
+    if old is not new and new not in MIGRATION_STEPS[party].get(old, frozenset()):
+        raise IllegalMigrationStep(party, old, new)
 
 
 def check_transition(writer: Writer, old: Status, new: Status) -> None:
@@ -159,5 +198,6 @@ def render_markdown() -> str:
     ]
     for action, rule in ACTIONS.items():
         cells = ["✓" if s in rule.valid_in else "409" for s in statuses]
-        lines.append(f"| {action.value} → {rule.requested.value} | " + " | ".join(cells) + " |")
+        becomes = rule.requested.value if rule.requested else "unchanged"
+        lines.append(f"| {action.value} → {becomes} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -2,9 +2,11 @@
 
 Field families and their one writer each: the spec (`owner`, `name`, `specs`, `image`, `networks`,
 `ssh_keys`, `storage`) and the request (`requested`, `generation`, `reboot_generation`,
-`migrate_to`) belong to the API; placement (`hostname`) to the scheduler; what is true (`status`,
-`observed_generation`, `error`, `restarts`, `started_at`, `disk_clients`, `deadline`, `nic_errors`,
-`guacamole`) to the scheduler and the agent, as `states.TRANSITIONS` allows.
+`migrate_to`, `migrate_generation`) belong to the API; placement (`hostname`) to the scheduler — and
+to the source agent of a live migration, which hands the VM over when its target runs it; what is
+true (`status`, `observed_generation`, `error`, `restarts`, `started_at`, `disk_clients`, `deadline`,
+`nic_errors`, `guacamole`, `migration`, `migrated_generation`) to the scheduler and the agents, as
+`states.TRANSITIONS` and `states.MIGRATION_STEPS` allow.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pydantic.json_schema import SkipJsonSchema
 from ucloud_common.host import HOSTS
 from ucloud_common.record import Family, Name, Record
 from ucloud_common.specs import Specs
-from ucloud_common.states import Action, Requested, Status, check_action
+from ucloud_common.states import Action, MigrationPhase, Requested, Status, check_action
 
 
 class NIC(BaseModel):
@@ -47,6 +49,24 @@ def _host_key(value: str) -> str:
     return value
 
 
+class Migration(BaseModel):
+    """A live migration under way: one record the three parties meet in, each moving it only as
+    `MIGRATION_STEPS` says (the scheduler makes it CHOSEN; the target agent LISTENING or FAILED; the
+    source agent RUNNING, and ends it — the VM on the target, or still on the source — by removing it)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    source: Name
+    target: Name
+    phase: MigrationPhase = MigrationPhase.CHOSEN
+    request: int = Field(0, ge=0)  # the `migrate_generation` it serves (0: a host's drain asked for it)
+    address: str = ""  # where the target's QEMU listens (host:port), once LISTENING
+    # The Ceph client instances of the target's QEMU: a fence of the VM covers them too while the
+    # migration may have handed the disk over.
+    target_clients: tuple[str, ...] = ()
+    error: str = ""
+
+
 class VM(Record):
     uuid: Name
     owner: Name
@@ -60,7 +80,10 @@ class VM(Record):
     generation: int = Field(1, ge=1)  # bumped by the API with every accepted request
     observed_generation: int = Field(0, ge=0)  # the generation the agent last acted on
     reboot_generation: int = Field(0, ge=0)  # a reboot is wanted while this exceeds observed_generation
-    migrate_to: str = ""
+    migrate_to: str = ""  # "*": any host the scheduler finds; else the host's key
+    migrate_generation: int = Field(0, ge=0)  # the `generation` of the last migrate request
+    migration: Migration | None = None
+    migrated_generation: int = Field(0, ge=0)  # the migrate request last ended (moved or failed)
     error: str = ""
     restarts: int = Field(0, ge=0)  # crashes in a row, each followed by a restart
     started_at: datetime | None = None  # when the agent last started (or restarted) its QEMU
@@ -82,6 +105,10 @@ class VM(Record):
     guacamole: SkipJsonSchema[VNCEndpoint | None] = None
     ssh_keys: tuple[str, ...] = ()
     anti_affinity: str = ""
+
+    def wants_migration(self) -> bool:
+        """A migrate request that no migration has served yet."""
+        return bool(self.migrate_to) and self.migration is None and self.migrate_generation > self.migrated_generation
 
     @property
     def host(self) -> str:

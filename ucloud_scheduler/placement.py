@@ -79,15 +79,16 @@ class Placer:
             return False
         return vm.storage in host.storage_backends and fits(vm, self._room[name])
 
-    def place(self, vm: VM) -> str | None:
-        """The name of the host for `vm` (its room taken), or None if no host can take it."""
+    def place(self, vm: VM, avoid: str = "") -> str | None:
+        """The name of the host for `vm` (its room taken), or None if no host can take it; never
+        `avoid` (the host a migrating VM leaves)."""
         if any(getattr(vm.specs, dim) > self._most[dim] for dim, _, _ in _DIMENSIONS):
             return None
         skipped = []
         chosen = None
         while self._heap:
             entry = heapq.heappop(self._heap)
-            if self._allowed(vm, entry[2]):
+            if entry[2] != avoid and self._allowed(vm, entry[2]):
                 chosen = entry[2]
                 break
             skipped.append(entry)
@@ -95,22 +96,41 @@ class Placer:
             heapq.heappush(self._heap, entry)
         if chosen is None:
             return None
+        self._take(vm, chosen)
+        return chosen
+
+    def place_on(self, vm: VM, name: str) -> str | None:
+        """Why `vm` cannot go to host `name`, or None once its room there is taken."""
+        if name not in self._view.hosts:
+            return f"no host {name}"
+        if name not in self.eligible:
+            return f"host {name} is not UP, not alive or in maintenance"
+        if not self._allowed(vm, name):
+            return f"host {name} cannot take it: {self.why_not(vm, only=name)}"
+        self._take(vm, name)
+        self._heap = [entry for entry in self._heap if entry[2] != name]
+        heapq.heapify(self._heap)
+        heapq.heappush(self._heap, (self._weight(name), self._rng.random(), name))
+        return None
+
+    def _take(self, vm: VM, chosen: str) -> None:
         if vm.anti_affinity:
             self._placed_groups.add((vm.owner, vm.anti_affinity, chosen))
         room = self._room[chosen]
         for dim, _, _ in _DIMENSIONS:
             room[dim] -= getattr(vm.specs, dim)
         heapq.heappush(self._heap, (self._weight(chosen), self._rng.random(), chosen))
-        return chosen
 
-    def why_not(self, vm: VM) -> str:
-        """One sentence on why no host can take `vm`, naming the best there is."""
+    def why_not(self, vm: VM, avoid: str = "", only: str = "") -> str:
+        """One sentence on why no host (but `avoid`; or host `only`) can take `vm`, naming the best there is."""
         if not self._view.hosts:
             return "no host is registered"
-        if not self.eligible:
+        eligible = {n: h for n, h in self.eligible.items() if n != avoid and (not only or n == only)}
+        if not eligible:
             down = sum(1 for h in self._view.hosts if not self._view.is_alive(h))
-            return f"no host is UP and out of maintenance ({len(self._view.hosts)} hosts, {down} not alive)"
-        candidates = [n for n, h in self.eligible.items() if vm.storage in h.storage_backends]
+            other = " other" if avoid else ""
+            return f"no{other} host is UP and out of maintenance ({len(self._view.hosts)} hosts, {down} not alive)"
+        candidates = [n for n, h in eligible.items() if vm.storage in h.storage_backends]
         if not candidates:
             return f"no UP host offers storage {vm.storage}"
         free_of_group = [n for n in candidates if n not in self._view.group_hosts(vm)

@@ -17,10 +17,11 @@ from typing import Any
 
 from ucloud_common.allocation import SHARED_STORAGE
 from ucloud_common.config import Settings
-from ucloud_common.host import Host, HostStatus
-from ucloud_common.states import ON_HOST, Status, Writer, check_transition
+from ucloud_common.host import HOSTS, Host, HostStatus
+from ucloud_common.states import (ON_HOST, MigrationPhase, Party, Status, Writer, check_migration_step,
+                                  check_transition)
 from ucloud_common.store import Versioned
-from ucloud_common.vm import VM, placed_on
+from ucloud_common.vm import VM, Migration, placed_on
 from ucloud_scheduler.placement import Placer, Ratios
 from ucloud_scheduler.view import WANTS_TO_RUN, View
 
@@ -97,6 +98,8 @@ class Plan:
     unfenced: tuple[str, ...] = ()  # hosts whose `fenced` flag is cleared
     placed: tuple[VMWrite, ...] = ()
     refused: tuple[VMWrite, ...] = ()  # VMs no host can take, the reason as error (written when new)
+    moves: tuple[VMWrite, ...] = ()  # migrations started: a target chosen
+    unmovable: tuple[VMWrite, ...] = ()  # migrate requests no host can serve: ended, the reason told
     fences: tuple[FenceStart, ...] = ()  # fences to start
 
     def sentence(self) -> str:
@@ -110,6 +113,8 @@ class Plan:
         parts += [f"host {name} no longer fenced" for name in self.unfenced]
         parts += _count(self.placed, "placed")
         parts += _count(self.refused, "unplaceable")
+        parts += _count(self.moves, "to migrate")
+        parts += _count(self.unmovable, "not migrated")
         parts += [f"fencing host {start.host.name} for {len(start.uuids)} VMs" for start in self.fences]
         return "; ".join(parts)
 
@@ -146,7 +151,8 @@ def plan_cycle(view: View, fencing: Mapping[str, Fencing], settings: Settings, n
                 # It returned, and its agent has restarted (never re-adopted) the fenced VMs
                 # that stayed with it: their old QEMUs were cut off from their disks.
                 plan.unfenced.append(name)
-    _place(plan, view, settings, rng)
+    placer = _place(plan, view, settings, rng)
+    _move(plan, view, settings, placer)
     return plan.freeze()
 
 
@@ -164,6 +170,8 @@ class _Builder:
     unfenced: list[str] = field(default_factory=list)
     placed: list[VMWrite] = field(default_factory=list)
     refused: list[VMWrite] = field(default_factory=list)
+    moves: list[VMWrite] = field(default_factory=list)
+    unmovable: list[VMWrite] = field(default_factory=list)
     fences: list[FenceStart] = field(default_factory=list)
 
     def freeze(self) -> Plan:
@@ -180,7 +188,16 @@ def _killed(vm: Versioned[VM], host: str) -> VMWrite:
         why = f"host {host} died; restarting it elsewhere once the host is fenced"
     else:
         why = f"host {host} died; its disk is local to that host: it restarts when the host returns"
-    return _write(vm, f"killed: host {host} died", status=Status.KILLED, error=why)
+    migration = vm.value.migration
+    if migration is None:
+        return _write(vm, f"killed: host {host} died", status=Status.KILLED, error=why)
+    # Its migration ends with it: the target's QEMU may have taken the guest over already, so the
+    # fence cuts it off too (and its agent stops it, the VM no longer moving there).
+    check_migration_step(Party.SCHEDULER, migration.phase, None)
+    clients = tuple(dict.fromkeys((*vm.value.disk_clients, *migration.target_clients)))
+    return _write(vm, f"killed: host {host} died while the VM migrated to {migration.target}", status=Status.KILLED,
+                  error=why, migration=None, disk_clients=clients,
+                  migrated_generation=max(vm.value.migrated_generation, migration.request))
 
 
 def _cut_off_by_fence(vm: VM) -> bool:
@@ -233,9 +250,10 @@ def _placed(vm: Versioned[VM], host: str) -> VMWrite:
     return _write(vm, f"placed on {host}", status=Status.SCHEDULED_DEPLOY, **placed_on(host), error="")
 
 
-def _place(plan: _Builder, view: View, settings: Settings, rng: random.Random) -> None:
-    if not view.pending:
-        return
+def _place(plan: _Builder, view: View, settings: Settings, rng: random.Random) -> Placer | None:
+    """Place the VMs that wait for a host; the placer (with their room taken), if one was needed."""
+    if not view.pending and not view.to_move:
+        return None
     ratios = Ratios(settings.cpu_allocation_ratio, settings.ram_allocation_ratio, settings.disk_allocation_ratio)
     placer = Placer(view, ratios, settings.placement, rng)
     for uuid in view.pending:
@@ -246,3 +264,38 @@ def _place(plan: _Builder, view: View, settings: Settings, rng: random.Random) -
             continue
         reason = placer.why_not(vm.value)
         plan.refused.append(_write(vm, f"unschedulable: {reason}", error=reason))
+    return placer
+
+
+def _move(plan: _Builder, view: View, settings: Settings, placer: Placer | None) -> None:
+    """Choose a target for each VM asked to move — as placement would, never its own host — at most
+    `migrations_per_host` leaving one host and `migrations_per_cluster` in all at once (the others
+    wait their turn); a request no host can serve ends, its reason told."""
+    if placer is None:
+        return
+    leaving: dict[str, int] = {}
+    for source, _ in view.migrating.values():
+        leaving[source] = leaving.get(source, 0) + 1
+    under_way = len(view.migrating)
+    for uuid in view.to_move:
+        vm = view.vms[uuid]
+        source = vm.value.host
+        if under_way >= settings.migrations_per_cluster:
+            return
+        if leaving.get(source, 0) >= settings.migrations_per_host:
+            continue
+        if vm.value.migrate_to == "*":
+            target = placer.place(vm.value, avoid=source)
+            why = "" if target else placer.why_not(vm.value, avoid=source)
+        else:
+            target = HOSTS.name_of(vm.value.migrate_to)
+            why = placer.place_on(vm.value, target) or ""
+        if why or target is None:
+            plan.unmovable.append(_write(vm, f"not migrated: {why}",
+                                         migrated_generation=vm.value.migrate_generation))
+            continue
+        check_migration_step(Party.SCHEDULER, None, MigrationPhase.CHOSEN)
+        migration = Migration(source=source, target=target, request=vm.value.migrate_generation)
+        plan.moves.append(_write(vm, f"migrating to {target}", migration=migration))
+        leaving[source] = leaving.get(source, 0) + 1
+        under_way += 1

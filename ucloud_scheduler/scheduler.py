@@ -225,6 +225,8 @@ class Scheduler:
             self._store.update(HOSTS, name, lambda h: h.evolve(fenced=False, down_since=None), guard=guard)
         self._commit(plan.placed)
         self._commit(plan.refused)
+        self._commit(plan.moves)
+        self._commit(plan.unmovable)
         for start in plan.fences:
             self._start_fence(start)
         if plan.released:

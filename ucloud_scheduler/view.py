@@ -19,10 +19,16 @@ from ucloud_common.vm import VM
 # What a VM that waits for a host wants: to run (a suspended one is resumed where it lands).
 WANTS_TO_RUN = frozenset({Requested.RUNNING, Requested.SUSPENDED})
 WAITS_FOR_HOST = frozenset({Status.REQUESTED_NEW, Status.KILLED})
+MOVABLE = frozenset({Status.RUNNING, Status.SUSPENDED})  # what live migration moves
 
 
 def needs_host(vm: VM) -> bool:
     return not vm.host and vm.status in WAITS_FOR_HOST and vm.requested in WANTS_TO_RUN
+
+
+def needs_target(vm: VM) -> bool:
+    """Asked to move, and in a state to: the scheduler chooses where to."""
+    return vm.wants_migration() and bool(vm.host) and vm.status in MOVABLE
 
 
 @dataclass
@@ -35,6 +41,8 @@ class View:
     pending: dict[str, None] = field(default_factory=dict)  # uuids waiting for a host, oldest first
     groups: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)  # (owner, group) → host name → VMs
     by_host: dict[str, set[str]] = field(default_factory=dict)  # host name → uuids
+    to_move: dict[str, None] = field(default_factory=dict)  # uuids waiting for a migration target, oldest first
+    migrating: dict[str, tuple[str, str]] = field(default_factory=dict)  # uuid → (source, target) under way
 
     # -- feeding ----------------------------------------------------------------------------------
 
@@ -81,10 +89,21 @@ class View:
                 members[value.host] = members.get(value.host, 0) + 1
         if needs_host(value):
             self.pending[vm.name] = None
+        if needs_target(value):
+            self.to_move[vm.name] = None
+        if value.migration is not None:
+            # A VM being moved holds room on both hosts until it is on one of them.
+            target = value.migration.target
+            self.allocated[target] = add(self.allocated.get(target, ZERO), value.specs)
+            self.migrating[vm.name] = (value.migration.source, target)
 
     def _forget(self, uuid: str) -> None:
         old = self.vms.pop(uuid, None)
         self.pending.pop(uuid, None)
+        self.to_move.pop(uuid, None)
+        if self.migrating.pop(uuid, None) is not None and old is not None and old.value.migration is not None:
+            target = old.value.migration.target
+            self.allocated[target] = add(self.allocated.get(target, ZERO), old.value.specs, -1)
         if old is None or not old.value.host:
             return
         value = old.value

@@ -29,7 +29,8 @@ from ucloud_common.failures import Failures
 from ucloud_common.host import HOSTS, HOSTS_ALIVE, Host, HostAlive, HostStatus
 from ucloud_common.record import utcnow
 from ucloud_common.specs import Specs
-from ucloud_common.states import Requested, Status, Writer, check_transition
+from ucloud_common.states import (MigrationPhase, Party, Requested, Status, Writer, check_migration_step,
+                                  check_transition)
 from ucloud_common.store import (
     AbstractStore,
     Change,
@@ -47,9 +48,9 @@ from ucloud_common.store import (
     Versioned,
 )
 from ucloud_common.supervise import Supervisor
-from ucloud_common.vm import VMS, VM
+from ucloud_common.vm import VMS, VM, Migration
 from ucloud_common.cidata import hostname_for, seed_files
-from ucloud_vm.decide import Act, Seen, Step, decide
+from ucloud_vm.decide import Act, Seen, Step, decide, decide_incoming
 from ucloud_vm.driver import LIVE, Hypervisor, RunState
 from ucloud_vm.storage import StorageBackend, StorageError
 from ucloud_vm.vmnet import VMNetworks
@@ -181,12 +182,17 @@ class Agent:
                 name=self.host.name, address=self.host.address, capacity=self.host.capacity,
                 storage_backends=backends, router=self._settings.router))
 
+    def _concerns(self, vm: VM) -> bool:
+        """Placed here, or migrating here."""
+        return vm.host == self.host.name or (vm.migration is not None and vm.migration.target == self.host.name)
+
     def _fold(self, item: Snapshot[VM] | Change[VM]) -> None:
         if isinstance(item, Snapshot):
             with self._lock:
                 self._mine = {u: v.value for u, v in item.items.items() if v.value.host == self.host.name}
             leftovers = self._driver.leftovers()
-            keys = set(self._mine) | leftovers
+            incoming = {u for u, v in item.items.items() if self._concerns(v.value)}
+            keys = set(self._mine) | leftovers | incoming
             log.info("host %s: %d VMs placed here, %d with files here", self.host.name, len(self._mine),
                      len(leftovers))
             for uuid in keys:
@@ -198,7 +204,8 @@ class Agent:
                 self._mine[item.name] = item.value.value
             else:
                 self._mine.pop(item.name, None)
-        if was_mine or item.name in self._mine or item.name in self._driver.leftovers():
+        if (was_mine or item.name in self._mine or item.name in self._driver.leftovers()
+                or (item.value is not None and self._concerns(item.value.value))):
             self._workers.submit(item.name)
 
     def monitor_tick(self) -> None:
@@ -233,6 +240,9 @@ class Agent:
 
     def _reconcile(self, uuid: str) -> Step:
         current = self._store.get(VMS, uuid)
+        if current is not None and current.value.host != self.host.name and current.value.migration is not None \
+                and current.value.migration.target == self.host.name:
+            return self._receive(current, current.value.migration)
         if current is None or current.value.host != self.host.name:
             return self._let_go(uuid, current)
         step = decide(current.value, self._observe(current.value), utcnow(), self._settings)
@@ -279,7 +289,51 @@ class Agent:
         # Only where it decides anything (it costs a read of the host record).
         fenced = (vm.status is Status.KILLED and vm.storage in SHARED_STORAGE and run.state in LIVE
                   and self._host_fenced())
-        return Seen(run, fenced, networked=self._networks is not None)
+        sends = (vm.migration is not None and vm.migration.phase is MigrationPhase.RUNNING
+                 and run.state not in (RunState.ABSENT, RunState.UNRESPONSIVE))
+        return Seen(run, fenced, networked=self._networks is not None,
+                    migration=self._driver.migration(vm.uuid) if sends else None)
+
+    def _receive(self, current: Versioned[VM], migration: Migration) -> Step:
+        """The target's side of a migration: decide, act, and record where the process listens (or
+        why it cannot)."""
+        vm = current.value
+        step = decide_incoming(vm, migration, Seen(self._driver.observe(vm.uuid)))
+        if step.writes():
+            self._record(current, step)
+        if step.act is Act.RECEIVE:
+            try:
+                address = self._listen(vm)
+            except (PermanentError, StorageError) as exc:
+                check_migration_step(Party.TARGET, migration.phase, MigrationPhase.FAILED)
+                self._driver.kill(vm.uuid)
+                failed = migration.model_copy(update={"phase": MigrationPhase.FAILED, "error": str(exc)})
+                self._record(current, Step(fields={"migration": failed}))
+                log.warning("vm=%s cannot receive its migration from %s: %s", vm.uuid, migration.source, exc)
+                return Step(note=str(exc))
+            check_migration_step(Party.TARGET, migration.phase, MigrationPhase.LISTENING)
+            backend = self._storage[vm.storage]
+            ready = migration.model_copy(update={
+                "phase": MigrationPhase.LISTENING, "address": address,
+                "target_clients": tuple(c for c in backend.clients(vm) if c not in vm.disk_clients)})
+            try:
+                self._record(current, Step(fields={"migration": ready}))
+            except Conflict:  # the migration changed meanwhile (ended?): decided again, the process stopped then
+                return Step(note="changed meanwhile; deciding again", look_again=0)
+            log.info("vm=%s receiving it from %s at %s", vm.uuid, migration.source, address)
+        elif step.act is Act.KILL:
+            self._driver.kill(vm.uuid)
+        return step
+
+    def _listen(self, vm: VM) -> str:
+        backend = self._storage.get(vm.storage)
+        if backend is None:
+            raise StorageError(f"this host has no {vm.storage} storage")
+        nics, failed = self._networks.plug(vm) if self._networks else ({}, {})
+        if failed:  # the guest's devices must be the same on both sides
+            raise StorageError("cannot give it its NICs here: " + "; ".join(f"{m}: {r}" for m, r in failed.items()))
+        return self._driver.receive(vm, backend.drive(vm), seed=seed_files(vm, hostname_for(vm.name), vm.networks),
+                                    nics=nics, address=self.host.address)
 
     def _act(self, vm: VM, step: Step) -> dict[str, str]:
         """Carry out `step`; return the NICs (MAC → reason) the VM could not be given."""
@@ -301,8 +355,11 @@ class Agent:
         elif step.act is Act.UNPLUG and self._networks:
             self._driver.unplug(vm.uuid, step.nic)
             self._networks.unplug_nic(step.nic)
+        elif step.act is Act.SEND and vm.migration is not None:
+            self._driver.send(vm.uuid, vm.migration.address, self._settings.migration_downtime_ms,
+                              self._settings.migration_bandwidth_mib)
         elif step.act is not Act.NOTHING:
-            {Act.PAUSE: self._driver.pause, Act.RESUME: self._driver.resume, Act.RESET: self._driver.reset,
+            {Act.CANCEL_MIGRATION: self._driver.cancel_migration, Act.PAUSE: self._driver.pause, Act.RESUME: self._driver.resume, Act.RESET: self._driver.reset,
              Act.POWERDOWN: self._driver.powerdown, Act.KILL: self._driver.kill}[step.act](vm.uuid)
         return {}
 

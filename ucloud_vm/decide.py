@@ -23,9 +23,9 @@ from typing import Any
 
 from ucloud_common.config import Settings
 from ucloud_common.console import SHOWN
-from ucloud_common.states import Requested, Status
-from ucloud_common.vm import VM
-from ucloud_vm.driver import GUEST_GONE, Observation, RunState
+from ucloud_common.states import MigrationPhase, Party, Requested, Status, check_migration_step
+from ucloud_common.vm import VM, Migration, placed_on
+from ucloud_vm.driver import GUEST_GONE, LIVE, MigrationInfo, Observation, RunState
 
 S = Status
 
@@ -49,6 +49,9 @@ class Act(StrEnum):
     POWERDOWN = "powerdown"  # press the ACPI button
     KILL = "kill"
     DELETE = "delete"  # stop the process, delete the disk and files, remove the record
+    RECEIVE = "receive"  # (the target) start a process that waits for the migrating guest, record where
+    SEND = "send"  # (the source) start sending the guest to where the target listens
+    CANCEL_MIGRATION = "cancel migration"  # (the source) stop sending; the guest runs on here
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,8 @@ class Seen:
     networked: bool = False
     """This host gives VMs their NICs (it has an underlay): the NICs a running VM has are then
     kept equal to its record's, by hot-plug."""
+    migration: MigrationInfo | None = None
+    """How the migration the VM's process sends goes; only looked up while it may send one."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,10 @@ def decide(vm: VM, seen: Seen, now: datetime, settings: Settings) -> Step:
         # A deadline belongs to the status that set it (a shutdown, a backoff, a retry): never
         # read again with another meaning.
         step = replace(step, fields={**step.fields, "deadline": None})
+    if vm.migration is not None and step.status not in (None, S.MIGRATING, *SHOWN) and "migration" not in step.fields:
+        # Stopped, crashed, deleted, failed: a migration ends with the process that sent it (its
+        # target's agent then stops the copy that waited for it).
+        step = replace(step, fields={**step.fields, **_migration_ended(vm)})
     if step.status not in (None, vm.status, *SHOWN) and vm.guacamole is not None and "guacamole" not in step.fields:
         # The TCP VNC server (and its password) goes with the QEMU that had it: a VM stopping,
         # crashed or starting again (here or on another host) has none until it runs again.
@@ -104,7 +113,12 @@ def _decide(vm: VM, seen: Seen, now: datetime, settings: Settings) -> Step:
     if vm.status is S.REQUESTED_NEW:  # the scheduler's to move, even with a host named (never written so)
         return Step(note="not scheduled yet")
     if vm.requested is Requested.DELETED or vm.status is S.DELETING:
+        if vm.migration is not None and seen.migration is not None and seen.migration.sending:
+            return Step(Act.CANCEL_MIGRATION, note="deleted while it migrates: cancelling the migration first",
+                        look_again=0.2)
         return _delete(vm, now)
+    if vm.migration is not None and (step := _outgoing(vm, vm.migration, seen, now, settings)) is not None:
+        return step
     if state is RunState.UNRESPONSIVE:
         if vm.status is S.STOPPING:  # a hung guest is stopped hard at the deadline all the same
             return _stopping(vm, now, settings)
@@ -244,6 +258,108 @@ def _with_process(vm: VM, seen: Seen, now: datetime, settings: Settings) -> Step
     if _differs(vm, S.RUNNING):
         return Step(status=S.RUNNING, fields=_observed(vm))
     return _nics(vm, seen)
+
+
+# -- live migration -------------------------------------------------------------------------------
+#
+# The source (the host the VM is placed on) decides here; the target's agent in `decide_incoming`.
+# They meet only in the VM's `migration` record: the scheduler makes it CHOSEN, the target starts a
+# QEMU that waits for the guest and records LISTENING with its address, the source sends (MIGRATING)
+# and, once QEMU says the guest has arrived, hands the VM over (`hostname` names the target) and
+# ends the record; any failure on either side ends it with the VM running on the source.
+
+_POLL = 0.2  # how often the source looks at a migration it sends
+
+
+def _outgoing(vm: VM, migration: Migration, seen: Seen, now: datetime, settings: Settings) -> Step | None:
+    """The source's step for a VM with a migration under way; None: the ordinary step (a process that
+    vanished, hung or failed: which ends the migration, see `decide`)."""
+    info = seen.migration
+    if info is not None and info.status == "completed":
+        return _handed_over(vm, migration, info)
+    if seen.run.state not in LIVE:
+        return None
+    sending = info is not None and info.sending
+    why = _abort_reason(vm, migration, now, settings)
+    if why:
+        if sending:
+            return Step(Act.CANCEL_MIGRATION, note=f"cancelling the migration: {why}", look_again=_POLL)
+        return _migration_failed(vm, migration, seen, why)
+    if migration.phase is MigrationPhase.CHOSEN:
+        if vm.deadline is None:  # the target's time to get ready starts now
+            return Step(fields={"deadline": now + timedelta(seconds=settings.migration_prepare_timeout)},
+                        note=f"waiting for {migration.target} to get ready", look_again=settings.migration_prepare_timeout)
+        return Step(note=f"waiting for {migration.target} to get ready", look_again=_seconds(vm.deadline - now))
+    if migration.phase is MigrationPhase.LISTENING:
+        check_migration_step(Party.SOURCE, migration.phase, MigrationPhase.RUNNING)
+        return Step(Act.SEND, S.MIGRATING, {
+            "migration": migration.model_copy(update={"phase": MigrationPhase.RUNNING}),
+            "deadline": now + timedelta(seconds=settings.migration_timeout)},
+            f"migrating to {migration.target}", look_again=_POLL)
+    if info is not None and info.status in ("failed", "cancelled"):
+        return _migration_failed(vm, migration, seen, f"QEMU: {info.error or info.status}")
+    if not sending:  # recorded RUNNING, but the process sends nothing (the send was lost): send again
+        return Step(Act.SEND, note=f"sending to {migration.target} again", look_again=_POLL)
+    return Step(note=f"sending to {migration.target} ({info.status if info else 'unknown'})", look_again=_POLL)
+
+
+def _abort_reason(vm: VM, migration: Migration, now: datetime, settings: Settings) -> str:
+    if migration.phase is MigrationPhase.FAILED:
+        return f"the target {migration.target} could not receive it: {migration.error}"
+    if migration.request and not vm.migrate_to:
+        return "cancelled by an admin"
+    if vm.requested not in WANTS_TO_RUN:
+        return f"the VM was asked to be {vm.requested}"
+    if vm.deadline is not None and now >= vm.deadline and migration.phase is not MigrationPhase.LISTENING:
+        if migration.phase is MigrationPhase.CHOSEN:
+            return f"{migration.target} did not get ready within {settings.migration_prepare_timeout:.0f} s"
+        return f"it did not complete within {settings.migration_timeout:.0f} s"
+    return ""
+
+
+def _handed_over(vm: VM, migration: Migration, info: MigrationInfo) -> Step:
+    """The guest runs on the target now: the VM is placed there. (This process, paused for good,
+    is stopped by the next look: the VM is no longer this host's.)"""
+    check_migration_step(Party.SOURCE, migration.phase, None)
+    status = S.SUSPENDED if vm.requested is Requested.SUSPENDED else S.RUNNING
+    took = f"downtime {info.downtime_ms} ms, {info.total_ms / 1000:.1f} s in all" if info.total_ms else "done"
+    return Step(status=status, fields={**placed_on(migration.target), **_migration_ended(vm), "error": "",
+                                       "disk_clients": migration.target_clients or vm.disk_clients,
+                                       "guacamole": None, "nic_errors": {}},
+                event=f"migrated from {migration.source} to {migration.target} ({took})", look_again=0)
+
+
+def _migration_failed(vm: VM, migration: Migration, seen: Seen, why: str) -> Step:
+    """Ended where it was: the guest runs on (or stays paused, if asked) here."""
+    check_migration_step(Party.SOURCE, migration.phase, None)
+    status = S.RUNNING if seen.run.state is RunState.RUNNING else S.SUSPENDED
+    return Step(status=status, fields=_migration_ended(vm), event=f"not migrated to {migration.target}: {why}",
+                look_again=0)
+
+
+def _migration_ended(vm: VM) -> dict[str, Any]:
+    request = vm.migration.request if vm.migration else 0
+    return {"migration": None, "migrated_generation": max(vm.migrated_generation, request), "deadline": None}
+
+
+def decide_incoming(vm: VM, migration: Migration, seen: Seen) -> Step:
+    """The target's step for a VM migrating here (placed on the source until it arrives)."""
+    state = seen.run.state
+    if migration.phase is MigrationPhase.FAILED:
+        if state is RunState.ABSENT:
+            return Step(note="its migration here failed; waiting for the source to end it")
+        return Step(Act.KILL, note="its migration here failed: stopping the copy that waited for it")
+    if migration.phase is MigrationPhase.CHOSEN:
+        if state is not RunState.ABSENT:  # one started before this agent recorded where it listens
+            return Step(Act.KILL, note="stopping a receiving process whose address was not recorded", look_again=0)
+        return Step(Act.RECEIVE, event=f"receiving it from {migration.source}")
+    if state is RunState.INMIGRATE or state in LIVE:  # waiting, or arrived: the source hands it over
+        return Step(note=f"receiving it from {migration.source}", look_again=1.0)
+    check_migration_step(Party.TARGET, migration.phase, MigrationPhase.FAILED)
+    error = f"its process here {'exited' if state is RunState.ABSENT else 'is ' + state.value}" + (
+        f": {seen.run.detail}" if seen.run.detail else "")
+    return Step(fields={"migration": migration.model_copy(update={"phase": MigrationPhase.FAILED, "error": error})},
+                note=f"receiving failed: {error}")
 
 
 NO_UNDERLAY = "this host has no VM networking (no underlay configured: UCLOUD_UNDERLAY_DEVICE, UCLOUD_UNDERLAY_ADDRESS)"

@@ -55,6 +55,20 @@ class Observation:
     """The process's VNC server on TCP for Guacamole, with its password (None: it has none)."""
 
 
+@dataclass(frozen=True)
+class MigrationInfo:
+    """What the source's hypervisor says of the migration it sends (QMP `query-migrate`)."""
+
+    status: str  # "none" (never started), "setup", "active", "completed", "failed", "cancelled", …
+    downtime_ms: int | None = None  # how long the guest was paused for the last copy (once completed)
+    total_ms: int | None = None
+    error: str = ""
+
+    @property
+    def sending(self) -> bool:
+        return self.status not in ("none", "completed", "failed", "cancelled")
+
+
 class DriverError(PermanentError):
     """The hypervisor failed a start for good (e.g. QEMU would not start with this configuration);
     `str()` says why, for the VM's `error`. Retrying the same call will not help."""
@@ -91,6 +105,29 @@ class Hypervisor(Protocol):
 
     def pause(self, uuid: str) -> None:
         """Stop the guest's CPUs (memory kept). DriverTimeout if the process does not answer."""
+        ...
+
+    def receive(self, vm: VM, disk: list[str], *, seed: Mapping[str, bytes], nics: Mapping[str, str],
+                address: str) -> str:
+        """Start the VM's process as `start` does, but empty: waiting for the guest to arrive by live
+        migration on `address` (this host's), on a port the hypervisor chooses. Returns where it
+        listens, "host:port". The guest runs here (or stays paused, as it was) once it has arrived.
+        DriverError as for `start`."""
+        ...
+
+    def send(self, uuid: str, to: str, downtime_ms: int, bandwidth_mib: int) -> None:
+        """Start sending the running (or paused) guest to `to` ("host:port", where a `receive`
+        listens) and return at once; `migration` tells how it goes. The guest runs here until the
+        last copy, at most `downtime_ms` long (0 bandwidth: no limit). DriverTimeout as above."""
+        ...
+
+    def migration(self, uuid: str) -> MigrationInfo:
+        """How the migration this process sends goes. DriverTimeout if it does not answer."""
+        ...
+
+    def cancel_migration(self, uuid: str) -> None:
+        """Stop sending; the guest runs on here (a migration that completed meanwhile stays completed:
+        look at `migration` after). DriverTimeout as above."""
         ...
 
     def plug(self, uuid: str, mac: str, tap: str) -> None:

@@ -14,7 +14,11 @@ from dataclasses import dataclass, field
 
 from ucloud_common import clock
 from ucloud_common.vm import VM
-from ucloud_vm.driver import DriverError, DriverTimeout, Observation, RunState
+from ucloud_vm.driver import DriverError, DriverTimeout, MigrationInfo, Observation, RunState
+
+
+# Where fake drivers (one per simulated host) wait for migrating guests: "address:port" → (driver, uuid).
+_RECEIVERS: dict[str, tuple[FakeDriver, str]] = {}
 
 
 @dataclass
@@ -50,6 +54,8 @@ class FakeDriver:
     last_words: dict[str, str] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)  # "start u1", "kill u1", …: what the agent asked
     _trouble: dict[str, _Trouble] = field(default_factory=dict)
+    _migrations: dict[str, MigrationInfo] = field(default_factory=dict)  # what each sender's QEMU would say
+    _sending: dict[str, str] = field(default_factory=dict)  # uuid → where its guest is being sent
 
     # -- the contract ------------------------------------------------------------------------------
 
@@ -80,6 +86,39 @@ class FakeDriver:
             trouble.first_answer_fails, trouble.failing = False, trouble.failing + 1
         self.guests[vm.uuid] = FakeGuest(RunState.PAUSED if paused else RunState.RUNNING, tuple(disk), dict(seed),
                                          dict(nics))
+
+    def receive(self, vm: VM, disk: list[str], *, seed: Mapping[str, bytes], nics: Mapping[str, str],
+                address: str) -> str:
+        self.start(vm, disk, paused=False, seed=seed, nics=nics)
+        self.guests[vm.uuid].state = RunState.INMIGRATE
+        where = f"{address}:{len(_RECEIVERS) + 49152}"
+        _RECEIVERS[where] = (self, vm.uuid)
+        return where
+
+    def send(self, uuid: str, to: str, downtime_ms: int, bandwidth_mib: int) -> None:
+        self._command(uuid, "send")
+        self._migrations[uuid] = MigrationInfo("active")
+        self._sending[uuid] = to
+
+    def migration(self, uuid: str) -> MigrationInfo:
+        """A sent guest arrives at the first look after its send (if its receiver still waits)."""
+        guest = self._command(uuid, "query-migrate")
+        info = self._migrations.get(uuid, MigrationInfo("none"))
+        if info.status == "active":
+            receiver, name = _RECEIVERS.pop(self._sending.pop(uuid), (None, ""))
+            arrived = receiver.guests.get(name) if receiver else None
+            if arrived is None or arrived.state is not RunState.INMIGRATE:
+                info = MigrationInfo("failed", error="the receiving side is gone")
+            else:
+                arrived.state, guest.state = guest.state, RunState.POSTMIGRATE
+                info = MigrationInfo("completed", downtime_ms=1, total_ms=10)
+            self._migrations[uuid] = info
+        return info
+
+    def cancel_migration(self, uuid: str) -> None:
+        self._command(uuid, "migrate_cancel")
+        if self._migrations.get(uuid, MigrationInfo("none")).sending:
+            self._migrations[uuid] = MigrationInfo("cancelled")
 
     def pause(self, uuid: str) -> None:
         self._command(uuid, "pause").state = RunState.PAUSED

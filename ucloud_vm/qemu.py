@@ -26,7 +26,7 @@ from qemu.qmp import ExecuteError, QMPClient, QMPError
 from ucloud_common.specs import guest_ram_mib
 from ucloud_common.vm import VM, VNCEndpoint
 from ucloud_vm.cidata import build_seed, drive_options
-from ucloud_vm.driver import DriverError, DriverTimeout, Observation, RunState
+from ucloud_vm.driver import DriverError, DriverTimeout, MigrationInfo, Observation, RunState
 from ucloud_vm.paths import VMPaths
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,8 @@ def machine_args(accel: str, cpus: int, ram_mib: int) -> list[str]:
 
 def command_line(vm: VM, disk: list[str], paths: VMPaths, accel: str, binary: str = "qemu-system-x86_64",
                  paused: bool = False, seed: list[str] | None = None,
-                 nics: Mapping[str, str] | None = None, guacamole: GuacamoleVNC | None = None) -> list[str]:
+                 nics: Mapping[str, str] | None = None, guacamole: GuacamoleVNC | None = None,
+                 incoming: bool = False) -> list[str]:
     """The whole QEMU command line for `vm`; `disk` is the drive's `-drive` options (with format=);
     `paused`: the CPUs stay stopped until QMP `cont` (-S); `seed`: the cloud-init drive's options,
     after the disk so that the disk stays the guest's first (/dev/vda); `nics`: MAC → the tap each
@@ -124,6 +125,8 @@ def command_line(vm: VM, disk: list[str], paths: VMPaths, accel: str, binary: st
                  "-device", f"virtio-net-pci,netdev=net{name},mac={mac},id=nic{name}"]
     if paused:
         argv.append("-S")
+    if incoming:  # the guest arrives by live migration; where from is said over QMP (migrate-incoming)
+        argv += ["-incoming", "defer"]
     return argv
 
 
@@ -353,6 +356,46 @@ class QemuDriver:
 
     def start(self, vm: VM, disk: list[str], *, paused: bool, seed: Mapping[str, bytes],
               nics: Mapping[str, str]) -> None:
+        self._launch(vm, disk, paused=paused, seed=seed, nics=nics, incoming=False)
+
+    def receive(self, vm: VM, disk: list[str], *, seed: Mapping[str, bytes], nics: Mapping[str, str],
+                address: str) -> str:
+        self._launch(vm, disk, paused=False, seed=seed, nics=nics, incoming=True)
+        paths = self._paths(vm.uuid)
+        host = f"[{address}]" if ":" in address else address
+
+        async def listen(client: QMPClient) -> str:
+            await asyncio.wait_for(client.execute("migrate-incoming", {"uri": f"tcp:{host}:0"}), self._timeout)
+            # Port 0: QEMU binds a free one and says which.
+            info = await asyncio.wait_for(client.execute("query-migrate"), self._timeout)
+            return f"{host}:{info['socket-address'][0]['port']}"
+
+        try:
+            return session(paths, "migrate-incoming", listen, self._timeout)
+        except (QEMUError, ExecuteError, KeyError, IndexError) as exc:
+            kill(paths, self._timeout)
+            raise DriverError(f"QEMU could not listen for the migration: {exc}") from None
+
+    def send(self, uuid: str, to: str, downtime_ms: int, bandwidth_mib: int) -> None:
+        async def migrate(client: QMPClient) -> None:
+            await asyncio.wait_for(client.execute("migrate-set-capabilities", {"capabilities": [
+                {"capability": "events", "state": True}]}), self._timeout)
+            await asyncio.wait_for(client.execute("migrate-set-parameters", {
+                "downtime-limit": downtime_ms, "max-bandwidth": bandwidth_mib * 1024 * 1024}), self._timeout)
+            await asyncio.wait_for(client.execute("migrate", {"uri": f"tcp:{to}"}), self._timeout)
+
+        session(self._paths(uuid), "migrate", migrate, self._timeout)
+
+    def migration(self, uuid: str) -> MigrationInfo:
+        info = execute(self._paths(uuid), "query-migrate", self._timeout)
+        return MigrationInfo(status=str(info.get("status", "none")), downtime_ms=info.get("downtime"),
+                             total_ms=info.get("total-time"), error=str(info.get("error-desc", "")))
+
+    def cancel_migration(self, uuid: str) -> None:
+        execute(self._paths(uuid), "migrate_cancel", self._timeout)
+
+    def _launch(self, vm: VM, disk: list[str], *, paused: bool, seed: Mapping[str, bytes],
+                nics: Mapping[str, str], incoming: bool) -> None:
         paths = self._paths(vm.uuid)
         paths.root.mkdir(parents=True, exist_ok=True)
         build_seed(paths.cidata, seed)
@@ -361,7 +404,7 @@ class QemuDriver:
 
         def argv(guacamole: GuacamoleVNC | None) -> list[str]:
             line = command_line(vm, disk, paths, self.accel, paused=paused, seed=drive_options(paths.cidata),
-                                nics=nics, guacamole=guacamole)
+                                nics=nics, guacamole=guacamole, incoming=incoming)
             return ["ip", "netns", "exec", self._netns, *line] if self._netns else line
 
         try:

@@ -19,6 +19,7 @@ from ucloud_api.limits import VMS_PER_USER
 from ucloud_api.naming import create_named, new_nic
 from ucloud_api.replies import check_if_match, created_reply, dump, if_match, lookup_own, object_reply, store
 from ucloud_api.schemas import Migrate, VMCreate
+from ucloud_common.allocation import SHARED_STORAGE
 from ucloud_common.claim import MACS, VM_NAMES, Claim, held_by, mac_claim, vm_claims
 from ucloud_common.event import EVENTS, events_of
 from ucloud_common.host import HOSTS
@@ -168,13 +169,12 @@ def act(uuid: str, action: str) -> Response:
 
 
 def _act(uuid: str, action: Action) -> Response:
-    extra: dict[str, Any] = {}
+    target: str | None = None
     if action is Action.MIGRATE:
         require_admin()
         target = parse(Migrate, optional=True).host
         if target is not None and store().get(HOSTS, target) is None:
             raise APIError(422, "invalid", f"host: no host {quote(target)}", fields=[{"field": "host", "message": "no such host"}])
-        extra["migrate_to"] = HOSTS.key(target) if target else "*"
     for _ in sleeps(_RETRY, attempts=store().settings.cas_attempts):
         current_vm = lookup_own(VMS, uuid, f"VM {uuid}")  # no such VM is a 404 whatever If-Match says
         check_if_match(current_vm)
@@ -184,6 +184,10 @@ def _act(uuid: str, action: Action) -> Response:
             asked = request_fields(vm, action)
         except ActionRefused as refused:
             raise APIError(409, "conflict", str(refused), vm_status=vm.status.value) from None
+        extra: dict[str, Any] = {}
+        if action is Action.MIGRATE:
+            check_migratable(vm, target)
+            extra = {"migrate_to": HOSTS.key(target) if target else "*", "migrate_generation": asked["generation"]}
         try:
             if action is Action.DELETE and vm.status is Status.REQUESTED_NEW and not vm.host:
                 # Nothing exists anywhere yet: no agent will ever clean up, so the VM goes now.
@@ -195,6 +199,36 @@ def _act(uuid: str, action: Action) -> Response:
         except Conflict:
             if conditional:
                 raise APIError(412, "precondition_failed", "the VM changed; read it again") from None
+            continue
+        return object_reply(written, 202, shown_one(written.value))
+    raise APIError(409, "busy", "the VM kept changing; retry the request")
+
+
+def check_migratable(vm: VM, target: str | None) -> None:
+    """409 saying why the VM cannot be live-migrated (to `target`), if so."""
+    if vm.storage not in SHARED_STORAGE:
+        raise APIError(409, "conflict", f"cannot migrate: the VM's disk is on {vm.storage} storage, which only "
+                       f"host {vm.host} reaches; only VMs on shared storage ({', '.join(sorted(SHARED_STORAGE))}) "
+                       "move live (shut it down and recreate it elsewhere)")
+    if vm.migration is not None or vm.migrate_generation > vm.migrated_generation:
+        raise APIError(409, "conflict", "cannot migrate: a migration of this VM is already under way "
+                       "(DELETE /api/v1/vms/<uuid>/migration cancels it)")
+    if target == vm.host:
+        raise APIError(409, "conflict", f"cannot migrate: the VM already runs on host {target}")
+
+
+@bp.delete("/<uuid>/migration")
+def cancel_migration(uuid: str) -> Response:
+    """Cancel the VM's migration (asked, or under way): it stays on, or returns to, its host."""
+    require_admin()
+    for _ in sleeps(_RETRY, attempts=store().settings.cas_attempts):
+        current_vm = lookup_own(VMS, uuid, f"VM {uuid}")
+        vm = current_vm.value
+        if not vm.migrate_to or (vm.migration is None and vm.migrate_generation <= vm.migrated_generation):
+            raise APIError(409, "conflict", "no migration of this VM is under way")
+        try:
+            written = store().replace(VMS, uuid, vm.evolve(migrate_to=""), current_vm.mod_revision)
+        except Conflict:
             continue
         return object_reply(written, 202, shown_one(written.value))
     raise APIError(409, "busy", "the VM kept changing; retry the request")

@@ -1,0 +1,141 @@
+"""Live migration on real parts: two agents as two hosts on this machine, the one-node Ceph, the tiny
+guest counting on its serial console. It moves without a reboot (the count goes on, on the other
+host's serial log); a migration whose target QEMU dies, or that an admin cancels, leaves it running
+where it was; one whose source agent is killed meanwhile still ends with the VM on one host.
+
+Migrations are slowed to a few MiB/s (`UCLOUD_MIGRATION_BANDWIDTH_MIB`) so that each lasts seconds:
+long enough to be interrupted on purpose."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.helpers.ceph import CephServer
+from tests.helpers.processes import Cluster, running_cluster, wait_until
+from tests.helpers.tiny import BOOTED
+
+SPECS = {"cpu": 1, "ram": 0.25, "ssd": 1}
+OTHER = {"h1": "h2", "h2": "h1"}
+TICK = re.compile(r"tick-(\d+)")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, ceph_server: CephServer) -> Iterator[Cluster]:
+    with running_cluster(tmp_path_factory.mktemp("migration"), hosts=("h1", "h2"),
+                         UCLOUD_CEPH_CONF=str(ceph_server.conf), UCLOUD_MIGRATION_BANDWIDTH_MIB="4",
+                         UCLOUD_MIGRATION_TIMEOUT="120") as the_cluster:
+        wait_until(lambda: all("rbd" in the_cluster.call("GET", f"/api/v1/hosts/{h}")[1].get("storage_backends", [])
+                               for h in ("h1", "h2")), 30, "both hosts offering rbd")
+        yield the_cluster
+
+
+def counting_vm(cluster: Cluster, name: str) -> tuple[str, str]:
+    """A VM on rbd whose guest prints tick-1, tick-2, … on its serial console, once a second: (uuid, host)."""
+    status, vm = cluster.call("POST", "/api/v1/vms", {"name": name, "image": "tiny-rbd", "storage": "rbd",
+                                                       "specs": SPECS})
+    assert status == 201, vm
+    uuid = vm["uuid"]
+    host = cluster.wait(uuid, "RUNNING", timeout=90)["hostname"].rsplit("/", 1)[-1]
+    wait_until(lambda: BOOTED in cluster.serial(host, uuid), 120, "the guest's boot")
+    serial = cluster.run_dir(host) / "vms" / uuid / "serial.sock"
+
+    def typed() -> bool:
+        with socket.socket(socket.AF_UNIX) as console:
+            console.connect(str(serial))
+            # Held open until the guest has read it all: QEMU drops what the guest's UART has not
+            # taken yet when the client goes.
+            console.sendall(b"(i=0; while :; do i=$((i+1)); echo tick-$i; sleep 1; done) &\n")
+            return _wait_quietly(lambda: "tick-2" in cluster.serial(host, uuid), 10)
+
+    wait_until(typed, 90, "the counter on the serial console")
+    return uuid, host
+
+
+def ticks(cluster: Cluster, host: str, uuid: str) -> list[int]:
+    return [int(n) for n in TICK.findall(cluster.serial(host, uuid))]
+
+
+def migrate(cluster: Cluster, uuid: str, target: str) -> None:
+    status, body = cluster.call("POST", f"/api/v1/vms/{uuid}/migrate", {"host": target})
+    assert status == 202, body
+
+
+def events(cluster: Cluster, uuid: str) -> list[str]:
+    return [event["message"] for event in cluster.call("GET", f"/api/v1/vms/{uuid}/events")[1]]
+
+
+def test_a_running_vm_moves_live_and_its_counter_goes_on(cluster: Cluster) -> None:
+    uuid, source = counting_vm(cluster, "mover")
+    target = OTHER[source]
+    migrate(cluster, uuid, target)
+    wait_until(lambda: cluster.vm(uuid)["status"] == "MIGRATING", 30, "MIGRATING")
+    assert cluster.vm(uuid)["hostname"] == f"/v1/host/{source}"  # placed on the source until it arrives
+    before = ticks(cluster, source, uuid)  # (the source's files go once the VM has left)
+    moved = cluster.wait(uuid, "RUNNING", timeout=150, hostname=f"/v1/host/{target}")
+    assert moved["migration"] is None
+    wait_until(lambda: len(ticks(cluster, target, uuid)) >= 3, 30, "the counter on the target")
+    after = ticks(cluster, target, uuid)
+    # The same guest, not a new boot: it never booted there, and its count goes on from where it was.
+    assert BOOTED not in cluster.serial(target, uuid)
+    assert after == list(range(after[0], after[0] + len(after))) and after[0] > before[-1], (before, after)
+    assert any(f"migrated from {source} to {target}" in e for e in events(cluster, uuid))
+    wait_until(lambda: cluster.qemu_pid(source, uuid) is None, 30, "the source's QEMU to end")
+
+
+def test_a_migration_whose_target_dies_leaves_the_vm_running_where_it_was(cluster: Cluster) -> None:
+    uuid, source = counting_vm(cluster, "stays")
+    target = OTHER[source]
+    migrate(cluster, uuid, target)
+    wait_until(lambda: cluster.vm(uuid)["status"] == "MIGRATING", 30, "MIGRATING")
+    pid = cluster.qemu_pid(target, uuid)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    vm = cluster.wait(uuid, "RUNNING", timeout=60, hostname=f"/v1/host/{source}", migration=None)
+    assert vm["error"] == ""
+    assert any(f"not migrated to {target}" in e for e in events(cluster, uuid))
+    count = len(ticks(cluster, source, uuid))
+    wait_until(lambda: len(ticks(cluster, source, uuid)) > count + 1, 20, "the counter going on on the source")
+    assert BOOTED not in cluster.serial(source, uuid).split("tick-1", 1)[1]  # never rebooted
+    wait_until(lambda: cluster.qemu_pid(target, uuid) is None, 30, "no copy left on the target")
+
+
+def test_an_admin_cancels_a_migration_and_the_vm_stays(cluster: Cluster) -> None:
+    uuid, source = counting_vm(cluster, "cancelled")
+    migrate(cluster, uuid, OTHER[source])
+    wait_until(lambda: cluster.vm(uuid)["status"] == "MIGRATING", 30, "MIGRATING")
+    status, body = cluster.call("DELETE", f"/api/v1/vms/{uuid}/migration")
+    assert status == 202, body
+    cluster.wait(uuid, "RUNNING", timeout=60, hostname=f"/v1/host/{source}", migration=None)
+    assert any("cancelled by an admin" in e for e in events(cluster, uuid))
+    assert cluster.call("DELETE", f"/api/v1/vms/{uuid}/migration")[0] == 409  # nothing left to cancel
+    wait_until(lambda: cluster.qemu_pid(OTHER[source], uuid) is None, 30, "no copy left on the target")
+
+
+def test_a_migration_whose_source_agent_is_killed_still_ends_on_one_host(cluster: Cluster) -> None:
+    uuid, source = counting_vm(cluster, "orphaned")
+    target = OTHER[source]
+    migrate(cluster, uuid, target)
+    wait_until(lambda: cluster.vm(uuid)["status"] == "MIGRATING", 30, "MIGRATING")
+    cluster.stop_agent(source, signal.SIGKILL)  # QEMU goes on sending without it
+    time.sleep(2)
+    cluster.start_agent(source)
+    vm = cluster.wait(uuid, "RUNNING", timeout=150, migration=None)
+    host = vm["hostname"].rsplit("/", 1)[-1]
+    wait_until(lambda: cluster.qemu_pid(OTHER[host], uuid) is None, 30, "one QEMU left")
+    assert cluster.qemu_pid(host, uuid) is not None
+
+
+def _wait_quietly(condition: object, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return True
+        time.sleep(0.2)
+    return False
