@@ -83,6 +83,9 @@ ROUTES: dict[tuple[str, str], Route] = {
         "Ask a VM to start, shutdown, reboot, suspend, resume or migrate (migrate: admin, optional body)",
         Migrate, 202, "VM", errors=(403, 404, 405, 409, 422), idempotent=True, if_match=True),
     # 403: migrate is for admins; 405: "delete" is DELETE /vms/{uuid}; 422: migrate to no such host
+    ("delete", "/api/v1/vms/{uuid}/migration"): Route(
+        "Cancel the VM's migration, asked or under way: it stays on (or returns to) its host", ok=202, returns="VM",
+        admin=True, errors=(404, 409)),
     ("post", "/api/v1/vms/{uuid}/console"): Route(
         "A one-time ticket (60 s) for the VM's screen (vnc) or serial console, and the websocket URL of "
         "its host's console proxy that takes it", ConsoleRequest, 201, "ConsoleTicket", errors=(404, 409, 422)),

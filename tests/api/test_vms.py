@@ -9,6 +9,8 @@ import pytest
 from tests.api.conftest import As, set_status
 from ucloud_api.idempotency import REPLIES
 from ucloud_common.states import ACTIONS, Action, Requested, Status
+from ucloud_common.host import HOSTS, Host
+from ucloud_common.specs import Specs
 from ucloud_common.store import Store
 from ucloud_common.vm import VMS
 
@@ -107,14 +109,30 @@ def test_a_name_is_free_again_once_its_vm_is_gone(alice: As, store: Store) -> No
     alice.create_vm()
 
 
-def test_migrate_is_for_admins(alice: As, admin: As, store: Store) -> None:
-    vm = alice.create_vm()
+def test_migrate_is_for_admins_of_vms_on_shared_storage_one_at_a_time(alice: As, admin: As, store: Store) -> None:
+    local = alice.create_vm("local")
+    set_status(store, local["uuid"], Status.RUNNING)
+    refused = admin.post(f"/api/v1/vms/{local['uuid']}/migrate")
+    assert refused.status_code == 409 and "only host h1 reaches" in refused.json["error"]["message"]
+
+    vm = alice.create_vm("shared")
+    store.update(VMS, vm["uuid"], lambda v: v.evolve(storage="rbd"))
     set_status(store, vm["uuid"], Status.RUNNING)
-    assert alice.post(f"/api/v1/vms/{vm['uuid']}/migrate").status_code == 403
-    unknown = admin.post(f"/api/v1/vms/{vm['uuid']}/migrate", json={"host": "nowhere"})
+    path = f"/api/v1/vms/{vm['uuid']}"
+    assert alice.post(f"{path}/migrate").status_code == 403
+    assert alice.delete(f"{path}/migration").status_code == 403
+    assert admin.delete(f"{path}/migration").status_code == 409  # none to cancel
+    unknown = admin.post(f"{path}/migrate", json={"host": "nowhere"})
     assert unknown.status_code == 422
-    response = admin.post(f"/api/v1/vms/{vm['uuid']}/migrate")
+    store.create(HOSTS, "h1", Host(name="h1", capacity=Specs(cpu=8, ram=32, ssd=100)))
+    assert "already runs on host h1" in admin.post(f"{path}/migrate", json={"host": "h1"}).json["error"]["message"]
+    response = admin.post(f"{path}/migrate")
     assert response.status_code == 202 and response.json["migrate_to"] == "*"
+    assert response.json["migrate_generation"] == response.json["generation"] > response.json["migrated_generation"]
+    again = admin.post(f"{path}/migrate")
+    assert again.status_code == 409 and "already under way" in again.json["error"]["message"]
+    cancelled = admin.delete(f"{path}/migration")
+    assert cancelled.status_code == 202 and cancelled.json["migrate_to"] == ""
 
 
 def test_unknown_action(alice: As) -> None:
