@@ -9,8 +9,9 @@ from datetime import UTC, datetime
 from tests.scheduler.views import host, view_with, vm
 from ucloud_common.config import Settings
 from ucloud_common.host import HostStatus
-from ucloud_common.states import Requested, Status
-from ucloud_common.vm import placed_on
+from ucloud_common.states import MigrationPhase, Requested, Status
+from ucloud_common.store import Versioned
+from ucloud_common.vm import Migration, placed_on
 from ucloud_scheduler.plan import FenceDone, FenceFailure, FenceStart, Fencing, Plan, plan_cycle
 from ucloud_scheduler.view import View
 
@@ -142,3 +143,47 @@ def test_placement_and_refusal_with_the_reason() -> None:
         ("big", {"error": reason}, f"unschedulable: {reason}"), ("told", {"error": reason}, f"unschedulable: {reason}")]
     assert [w.changes_anything for w in decided.refused] == [True, False]  # already told: apply writes nothing
     assert list(view.pending) == ["small", "big", "told"], "a plan changes nothing"
+
+
+def moving(uuid: str, to: str = "*", **fields: object) -> object:
+    return vm(uuid, **{"storage": "rbd", "status": Status.RUNNING, "migrate_to": to if to == "*" else f"/v1/host/{to}",
+                       "migrate_generation": 2, "generation": 2, **placed_on("h1"), **fields})
+
+
+def test_a_migration_gets_a_target_as_placement_would_never_its_own_host() -> None:
+    rbd = ("local", "rbd")
+    view = view_with(host("h1", storage_backends=rbd), host("h2", storage_backends=rbd),
+                     host("h3", storage_backends=("local",)), vms=(moving("v1"),))  # type: ignore[arg-type]
+    [move] = plan(view).moves
+    assert move.changes["migration"].target == "h2" and move.changes["migration"].source == "h1"
+    assert move.changes["migration"].request == 2
+    # The room it takes on the target is held there from now on.
+    view.set_vm(Versioned("v1", move.seen.value.evolve(**move.changes), 2, 1))
+    assert view.allocated["h2"].cpu == 1 and not plan(view).moves
+
+
+def test_a_migration_no_host_can_take_ends_with_the_reason() -> None:
+    view = view_with(host("h1", storage_backends=("rbd",)), host("h2", storage_backends=("local",)),
+                     vms=(moving("v1"), moving("v2", to="h2")))  # type: ignore[arg-type]
+    refusals = {w.seen.name: w for w in plan(view).unmovable}
+    assert "no UP host offers storage rbd" in refusals["v1"].message
+    assert "host h2 cannot take it" in refusals["v2"].message
+    assert all(w.changes["migrated_generation"] == 2 for w in refusals.values())
+
+
+def test_migrations_leaving_one_host_wait_their_turn() -> None:
+    rbd = ("rbd",)
+    view = view_with(host("h1", cpu=64, ram=64, storage_backends=rbd), host("h2", cpu=64, ram=64, storage_backends=rbd),
+                     vms=tuple(moving(f"v{n}") for n in range(5)))  # type: ignore[arg-type]
+    assert len(plan(view).moves) == SETTINGS.migrations_per_host
+
+
+def test_a_host_that_dies_mid_migration_ends_it_and_the_fence_covers_the_target_too() -> None:
+    migration = Migration(source="h1", target="h2", phase=MigrationPhase.RUNNING, request=2,
+                          target_clients=("192.0.2.2:0/2",))
+    view = view_with(host("h1"), host("h2"), alive=("h2",),
+                     vms=(moving("v1", status=Status.MIGRATING, migration=migration,  # type: ignore[arg-type]
+                                 disk_clients=("192.0.2.1:0/1",)),))
+    [kill] = plan(view).killed
+    assert kill.changes["migration"] is None and kill.changes["status"] is Status.KILLED
+    assert kill.changes["disk_clients"] == ("192.0.2.1:0/1", "192.0.2.2:0/2")
