@@ -47,7 +47,7 @@ USER_COLUMNS: list[Column] = [("NAME", field("name")), ("ROLE", field("role")), 
 EVENT_COLUMNS: list[Column] = [("TIME", field("created_at")), ("SOURCE", field("source")), ("MESSAGE", field("message"))]
 
 # What each action waits for with --wait.
-TARGETS = {"start": "RUNNING", "resume": "RUNNING", "reboot": "RUNNING", "migrate": "RUNNING",
+TARGETS = {"start": "RUNNING", "resume": "RUNNING", "reboot": "RUNNING", "migrate": "RUNNING (on another host)",
            "shutdown": "STOPPED", "suspend": "SUSPENDED"}
 
 
@@ -230,7 +230,8 @@ def _action(action: str) -> click.Command:
     }[action]
 
     @click.argument("vm_ref", metavar="VM")
-    @click.option("--wait", is_flag=True, help=f"Follow the VM until it is {TARGETS[action]}.")
+    @click.option("--wait", is_flag=True, help="Follow the VM until its migration has ended (moved, or not, and "
+                  "why)." if action == "migrate" else f"Follow the VM until it is {TARGETS[action]}.")
     @click.option("--timeout", type=float, default=300, show_default=True, help="Seconds --wait waits.")
     @output_option
     @handle_errors
@@ -239,7 +240,8 @@ def _action(action: str) -> click.Command:
         body = {"host": options["host"]} if options.get("host") else None
         accepted = api.request("POST", f"/vms/{api.find('vms', vm_ref, 'VM')['uuid']}/{action}", body)
         if wait:
-            accepted = follow(api, accepted, TARGETS[action], timeout)
+            accepted = (follow_migration(api, accepted, timeout) if action == "migrate"
+                        else follow(api, accepted, TARGETS[action], timeout))
         show(accepted, fmt)
 
     command.__doc__ = f"{help_text} The VM by name or uuid.\n\nExample: ucloud vm {action} web1 --wait"
@@ -295,6 +297,41 @@ def follow(api: Client, vm: dict[str, Any], target: str | None, timeout: float) 
             raise CLIError(f"VM {vm['name']} is still {vm['status']} after {timeout:g} s (waiting for "
                            f"{target or 'its deletion'})")
         time.sleep(0.5)
+
+
+def follow_migration(api: Client, vm: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Print each status and host the VM goes through (on stderr) until the migration this answer
+    asked for has ended: the VM, moved; CLIError with the reason if it did not move, or after `timeout`."""
+    request, source = vm["migrate_generation"], vm["hostname"]
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        vm = api.request("GET", f"/vms/{vm['uuid']}")
+        where = vm["hostname"].rsplit("/", 1)[-1]
+        if (vm["status"], where) != last:
+            last = (vm["status"], where)
+            click.echo(f"{vm['name']}: {vm['status']} on {where}", err=True)
+        if vm["migrated_generation"] >= request and vm["migration"] is None:
+            if vm["hostname"] != source:
+                return vm
+            reasons = [e["message"] for e in vm["events"] if e["message"].startswith("not migrated")]
+            raise CLIError(f"VM {vm['name']} was not migrated: {reasons[-1] if reasons else 'see its events'}")
+        if time.monotonic() > deadline:
+            raise CLIError(f"VM {vm['name']} is still migrating after {timeout:g} s")
+        time.sleep(0.5)
+
+
+@vm.command("cancel-migration")
+@click.argument("vm_ref", metavar="VM")
+@output_option
+@handle_errors
+def vm_cancel_migration(vm_ref: str, fmt: str) -> None:
+    """Cancel a VM's migration, asked or under way (admin): it stays on, or returns to, its host.
+
+    Example: ucloud vm cancel-migration web1
+    """
+    api = client()
+    show(api.request("DELETE", f"/vms/{api.find('vms', vm_ref, 'VM')['uuid']}/migration"), fmt)
 
 
 # -- networks -------------------------------------------------------------------------------------

@@ -8,17 +8,19 @@ long enough to be interrupted on purpose."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
 
 from tests.helpers.ceph import CephServer
-from tests.helpers.processes import Cluster, running_cluster, wait_until
+from tests.helpers.processes import BIN, Cluster, running_cluster, wait_until
 from tests.helpers.tiny import BOOTED
 
 SPECS = {"cpu": 1, "ram": 0.25, "ssd": 1}
@@ -74,12 +76,17 @@ def events(cluster: Cluster, uuid: str) -> list[str]:
 def test_a_running_vm_moves_live_and_its_counter_goes_on(cluster: Cluster) -> None:
     uuid, source = counting_vm(cluster, "mover")
     target = OTHER[source]
-    migrate(cluster, uuid, target)
+    cli = subprocess.Popen([str(BIN / "ucloud"), "vm", "migrate", "mover", "--host", target, "--wait", "-o", "json"],
+                           env={**cluster.env, "UCLOUD_API_URL": f"http://127.0.0.1:{cluster.api_port}",
+                                "UCLOUD_TOKEN": cluster.token}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     wait_until(lambda: cluster.vm(uuid)["status"] == "MIGRATING", 30, "MIGRATING")
     assert cluster.vm(uuid)["hostname"] == f"/v1/host/{source}"  # placed on the source until it arrives
     before = ticks(cluster, source, uuid)  # (the source's files go once the VM has left)
-    moved = cluster.wait(uuid, "RUNNING", timeout=150, hostname=f"/v1/host/{target}")
-    assert moved["migration"] is None
+    out, err = cli.communicate(timeout=180)
+    assert cli.returncode == 0, err
+    moved = json.loads(out)
+    assert moved["hostname"] == f"/v1/host/{target}" and moved["status"] == "RUNNING" and moved["migration"] is None
+    assert f"mover: MIGRATING on {source}" in err.decode() and f"mover: RUNNING on {target}" in err.decode()
     wait_until(lambda: len(ticks(cluster, target, uuid)) >= 3, 30, "the counter on the target")
     after = ticks(cluster, target, uuid)
     # The same guest, not a new boot: it never booted there, and its count goes on from where it was.
