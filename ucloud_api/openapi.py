@@ -118,9 +118,11 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("get", "/api/v1/hosts"): Route("List hosts with capacity, allocation and liveness", returns="[HostView]",
                                     admin=True),
     ("get", "/api/v1/hosts/{name}"): Route("Read a host", returns="HostView", admin=True, errors=(404,)),
-    ("post", "/api/v1/hosts/{name}/maintenance"): Route("Turn maintenance on or off", Maintenance,
-                                                        returns="Host", admin=True, errors=(404, 422),
-                                                        if_match=True),
+    ("post", "/api/v1/hosts/{name}/maintenance"): Route("Turn maintenance on or off (drain: move its VMs away)",
+                                                        Maintenance, returns="HostView", admin=True,
+                                                        errors=(404, 422), if_match=True),
+    ("delete", "/api/v1/hosts/{name}"): Route("Forget a host that holds no VM and is DOWN or in maintenance", ok=204,
+                                              admin=True, errors=(404, 409), if_match=True),
 }
 
 UNCHECKED = ("/healthz", "/api/v1/openapi.json")  # no body, no store writes: only a 503
@@ -181,7 +183,8 @@ def document(app: Flask) -> dict[str, Any]:
     components["SSHKey"] = {"type": "object", "required": ["name", "key"],
                             "properties": {"name": {"type": "string"}, "key": {"type": "string"}}}
     components["HostView"] = {"allOf": [_ref("Host"), {"type": "object", "properties": {
-        "alive": {"type": "boolean"}, "allocated": {"type": "object"}}}]}
+        "alive": {"type": "boolean"}, "allocated": {"type": "object"},
+        "vms": {"type": "integer", "description": "VMs placed on it or migrating to it"}}}]}
     components["ImageStore"] = {"type": "object", "required": ["name", "type"], "properties": {
         "name": {"type": "string"}, "type": {"type": "string", "enum": ["local", "rbd"]}}}
     components["ConsoleTicket"] = {"type": "object", "required": ["ticket", "type", "url", "page", "expires_in"],

@@ -130,3 +130,4 @@ class ImageCreate(Strict):
 
 class Maintenance(Strict):
     on: bool
+    drain: bool = Field(False, description="with on: move every VM away (live, or placed elsewhere if stopped)")

@@ -36,7 +36,7 @@ FILE_COLUMNS: list[Column] = [("UUID", field("uuid")), ("FILENAME", field("filen
 KEY_COLUMNS: list[Column] = [("NAME", field("name")), ("KEY", lambda k: k["key"][:60] + ("…" if len(k["key"]) > 60 else ""))]
 HOST_COLUMNS: list[Column] = [
     ("NAME", field("name")), ("STATUS", field("status")), ("ALIVE", field("alive")),
-    ("MAINTENANCE", field("maintenance")),
+    ("MAINTENANCE", lambda h: "drain" if h.get("drain") else h["maintenance"]), ("VMS", field("vms")),
     ("CPU", lambda h: f"{_n(h['allocated']['cpu'])}/{_n(h['capacity']['cpu'])}"),
     ("RAM", lambda h: f"{_n(h['allocated']['ram'])}/{_n(h['capacity']['ram'])}"),
     ("SSD", lambda h: f"{_n(h['allocated']['ssd'])}/{_n(h['capacity']['ssd'])}"),
@@ -557,14 +557,54 @@ def host_list(fmt: str) -> None:
 @host.command("maintenance")
 @click.argument("name")
 @click.argument("state", type=click.Choice(["on", "off"]))
+@click.option("--drain", is_flag=True, help="With on: move every VM away (running ones live, stopped ones are "
+              "placed elsewhere).")
+@click.option("--wait", is_flag=True, help="With --drain: follow the host until it holds no VM; fails listing "
+              "the VMs that cannot leave, and why.")
+@click.option("--timeout", type=float, default=1800, show_default=True, help="Seconds --wait waits.")
 @output_option
 @handle_errors
-def host_maintenance(name: str, state: str, fmt: str) -> None:
-    """Turn a host's maintenance on (no new VMs) or off.
+def host_maintenance(name: str, state: str, drain: bool, wait: bool, timeout: float, fmt: str) -> None:
+    """Turn a host's maintenance on (no new VMs; --drain: and none left) or off.
 
-    Example: ucloud host maintenance h3 on
+    Example: ucloud host maintenance h3 on --drain --wait
     """
-    show(client().request("POST", f"/hosts/{name}/maintenance", {"on": state == "on"}), fmt)
+    api = client()
+    answer = api.request("POST", f"/hosts/{name}/maintenance", {"on": state == "on", "drain": drain})
+    if wait and drain:
+        answer = _follow_drain(api, name, timeout)
+    show(answer, fmt)
+
+
+def _follow_drain(api: Client, name: str, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        host = api.request("GET", f"/hosts/{name}")
+        if host["vms"] != last:
+            last = host["vms"]
+            click.echo(f"host {name}: {last} VMs", err=True)
+        if host["vms"] == 0:
+            return host  # type: ignore[no-any-return]
+        if host["drain_blocked"] and host["vms"] == len(host["drain_blocked"]):
+            stuck = "; ".join(f"{uuid}: {why}" for uuid, why in host["drain_blocked"].items())
+            raise CLIError(f"host {name} cannot be emptied: {stuck}")
+        if time.monotonic() > deadline:
+            raise CLIError(f"host {name} still holds {host['vms']} VMs after {timeout:g} s")
+        time.sleep(1)
+
+
+@host.command("delete")
+@click.argument("name")
+@handle_errors
+def host_delete(name: str) -> None:
+    """Forget a host that holds no VM and is DOWN or in maintenance (stop its agent for good first, or
+    it registers the host again when it starts).
+
+    Example: ucloud host delete h3
+    """
+    client().request("DELETE", f"/hosts/{name}")
+    click.echo(f"host {name} deleted")
 
 
 @cli.group()

@@ -37,6 +37,9 @@ class Host(Record):
     down_since: datetime | None = None
     fenced: bool = False
     maintenance: bool = False  # set by an admin through the API: no new VMs while it is on
+    drain: bool = False  # set with maintenance by an admin: its VMs are moved away (the scheduler moves them)
+    # Written by the scheduler while it drains the host: the VMs it cannot move, by uuid, with why.
+    drain_blocked: dict[str, str] = Field(default_factory=dict)
     storage_backends: tuple[str, ...] = ("local",)
     router: bool = False  # it joins every VM network and routes it (UCLOUD_ROUTER): a peer of every network
 

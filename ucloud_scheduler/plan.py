@@ -23,7 +23,7 @@ from ucloud_common.states import (ON_HOST, MigrationPhase, Party, Status, Writer
 from ucloud_common.store import Versioned
 from ucloud_common.vm import VM, Migration, placed_on
 from ucloud_scheduler.placement import Placer, Ratios
-from ucloud_scheduler.view import WANTS_TO_RUN, View
+from ucloud_scheduler.view import MOVABLE, WANTS_TO_RUN, View
 
 
 @dataclass(frozen=True)
@@ -98,8 +98,9 @@ class Plan:
     unfenced: tuple[str, ...] = ()  # hosts whose `fenced` flag is cleared
     placed: tuple[VMWrite, ...] = ()
     refused: tuple[VMWrite, ...] = ()  # VMs no host can take, the reason as error (written when new)
-    moves: tuple[VMWrite, ...] = ()  # migrations started: a target chosen
+    moves: tuple[VMWrite, ...] = ()  # migrations started (a target chosen), and stopped VMs placed elsewhere
     unmovable: tuple[VMWrite, ...] = ()  # migrate requests no host can serve: ended, the reason told
+    blocked: tuple[tuple[str, Mapping[str, str]], ...] = ()  # draining hosts: the VMs that cannot leave, and why
     fences: tuple[FenceStart, ...] = ()  # fences to start
 
     def sentence(self) -> str:
@@ -115,6 +116,7 @@ class Plan:
         parts += _count(self.refused, "unplaceable")
         parts += _count(self.moves, "to migrate")
         parts += _count(self.unmovable, "not migrated")
+        parts += [f"host {name}: {len(why)} VMs cannot leave" for name, why in self.blocked if why]
         parts += [f"fencing host {start.host.name} for {len(start.uuids)} VMs" for start in self.fences]
         return "; ".join(parts)
 
@@ -151,8 +153,10 @@ def plan_cycle(view: View, fencing: Mapping[str, Fencing], settings: Settings, n
                 # It returned, and its agent has restarted (never re-adopted) the fenced VMs
                 # that stayed with it: their old QEMUs were cut off from their disks.
                 plan.unfenced.append(name)
-    placer = _place(plan, view, settings, rng)
-    _move(plan, view, settings, placer)
+    draining = [host.value for host in view.hosts.values() if host.value.maintenance and host.value.drain]
+    placer = _place(plan, view, settings, rng, bool(draining))
+    if placer is not None:
+        _move(plan, view, settings, placer, draining)
     return plan.freeze()
 
 
@@ -172,6 +176,7 @@ class _Builder:
     refused: list[VMWrite] = field(default_factory=list)
     moves: list[VMWrite] = field(default_factory=list)
     unmovable: list[VMWrite] = field(default_factory=list)
+    blocked: list[tuple[str, Mapping[str, str]]] = field(default_factory=list)
     fences: list[FenceStart] = field(default_factory=list)
 
     def freeze(self) -> Plan:
@@ -250,9 +255,9 @@ def _placed(vm: Versioned[VM], host: str) -> VMWrite:
     return _write(vm, f"placed on {host}", status=Status.SCHEDULED_DEPLOY, **placed_on(host), error="")
 
 
-def _place(plan: _Builder, view: View, settings: Settings, rng: random.Random) -> Placer | None:
-    """Place the VMs that wait for a host; the placer (with their room taken), if one was needed."""
-    if not view.pending and not view.to_move:
+def _place(plan: _Builder, view: View, settings: Settings, rng: random.Random, draining: bool) -> Placer | None:
+    """Place the VMs that wait for a host; the placer (with their room taken), if one is needed."""
+    if not view.pending and not view.to_move and not draining:
         return None
     ratios = Ratios(settings.cpu_allocation_ratio, settings.ram_allocation_ratio, settings.disk_allocation_ratio)
     placer = Placer(view, ratios, settings.placement, rng)
@@ -267,22 +272,16 @@ def _place(plan: _Builder, view: View, settings: Settings, rng: random.Random) -
     return placer
 
 
-def _move(plan: _Builder, view: View, settings: Settings, placer: Placer | None) -> None:
-    """Choose a target for each VM asked to move — as placement would, never its own host — at most
-    `migrations_per_host` leaving one host and `migrations_per_cluster` in all at once (the others
-    wait their turn); a request no host can serve ends, its reason told."""
-    if placer is None:
-        return
-    leaving: dict[str, int] = {}
-    for source, _ in view.migrating.values():
-        leaving[source] = leaving.get(source, 0) + 1
-    under_way = len(view.migrating)
+def _move(plan: _Builder, view: View, settings: Settings, placer: Placer, draining: list[Host]) -> None:
+    """Choose a target for each VM asked to move, then for each VM of a draining host — as placement
+    would, never its own host — at most `migrations_per_host` leaving one host and
+    `migrations_per_cluster` in all at once (the others wait their turn). A request no host can serve
+    ends, its reason told; a draining host's VM that cannot leave is listed on the host with why."""
+    turns = _Turns(settings, view)
     for uuid in view.to_move:
         vm = view.vms[uuid]
         source = vm.value.host
-        if under_way >= settings.migrations_per_cluster:
-            return
-        if leaving.get(source, 0) >= settings.migrations_per_host:
+        if not turns.free(source):
             continue
         if vm.value.migrate_to == "*":
             target = placer.place(vm.value, avoid=source)
@@ -291,11 +290,66 @@ def _move(plan: _Builder, view: View, settings: Settings, placer: Placer | None)
             target = HOSTS.name_of(vm.value.migrate_to)
             why = placer.place_on(vm.value, target) or ""
         if why or target is None:
-            plan.unmovable.append(_write(vm, f"not migrated: {why}",
-                                         migrated_generation=vm.value.migrate_generation))
+            plan.unmovable.append(_write(vm, f"not migrated: {why}", migrated_generation=vm.value.migrate_generation))
             continue
-        check_migration_step(Party.SCHEDULER, None, MigrationPhase.CHOSEN)
-        migration = Migration(source=source, target=target, request=vm.value.migrate_generation)
-        plan.moves.append(_write(vm, f"migrating to {target}", migration=migration))
-        leaving[source] = leaving.get(source, 0) + 1
-        under_way += 1
+        plan.moves.append(_migrate(vm, target, vm.value.migrate_generation))
+        turns.take(source)
+    for host in draining:
+        blocked = {}
+        for vm in sorted(view.vms_on(host.name), key=lambda v: v.name):
+            why = _drain_one(plan, vm, placer, turns)
+            if why:
+                blocked[vm.name] = why
+        if blocked != host.drain_blocked:
+            plan.blocked.append((host.name, MappingProxyType(blocked)))
+
+
+def _drain_one(plan: _Builder, vm: Versioned[VM], placer: Placer, turns: _Turns) -> str:
+    """Move one VM of a draining host if it may go now; why it cannot leave at all, if so."""
+    value, source = vm.value, vm.value.host
+    if value.migration is not None or value.wants_migration() or value.status in _IN_PASSING:
+        return ""  # on its way, or about to be in a state that says
+    if value.storage not in SHARED_STORAGE:
+        return f"its disk is on {value.storage} storage, which only this host reaches"
+    if value.status not in MOVABLE and value.status is not Status.STOPPED:
+        return f"it is {value.status}" + (f": {value.error}" if value.error else "")
+    if value.status is not Status.STOPPED and not turns.free(source):
+        return ""
+    target = placer.place(value, avoid=source)
+    if target is None:
+        return f"no other host can take it: {placer.why_not(value, avoid=source)}"
+    if value.status is Status.STOPPED:  # nothing runs: it is simply placed elsewhere
+        plan.moves.append(_write(vm, f"placed on {target} while stopped (host {source} drains)", **placed_on(target)))
+    else:
+        plan.moves.append(_migrate(vm, target, 0))
+        turns.take(source)
+    return ""
+
+
+# Statuses a VM leaves by itself soon: a draining host waits for them rather than list them.
+_IN_PASSING = frozenset({Status.SCHEDULED_DEPLOY, Status.STARTING, Status.STOPPING, Status.MIGRATING, Status.DELETING})
+
+
+def _migrate(vm: Versioned[VM], target: str, request: int) -> VMWrite:
+    check_migration_step(Party.SCHEDULER, None, MigrationPhase.CHOSEN)
+    migration = Migration(source=vm.value.host, target=target, request=request)
+    return _write(vm, f"migrating to {target}", migration=migration)
+
+
+class _Turns:
+    """Migrations under way, per source host and in all, against their limits."""
+
+    def __init__(self, settings: Settings, view: View) -> None:
+        self._settings = settings
+        self.leaving: dict[str, int] = {}
+        for source, _ in view.migrating.values():
+            self.leaving[source] = self.leaving.get(source, 0) + 1
+        self.under_way = len(view.migrating)
+
+    def free(self, source: str) -> bool:
+        return (self.under_way < self._settings.migrations_per_cluster
+                and self.leaving.get(source, 0) < self._settings.migrations_per_host)
+
+    def take(self, source: str) -> None:
+        self.leaving[source] = self.leaving.get(source, 0) + 1
+        self.under_way += 1

@@ -227,6 +227,9 @@ class Scheduler:
         self._commit(plan.refused)
         self._commit(plan.moves)
         self._commit(plan.unmovable)
+        for name, blocked in plan.blocked:
+            self._store.update(HOSTS, name, lambda h, why=dict(blocked): h.evolve(drain_blocked=why)
+                               if h.drain and h.drain_blocked != why else None, guard=guard)
         for start in plan.fences:
             self._start_fence(start)
         if plan.released:

@@ -212,6 +212,19 @@ def test_hosts(admin: As, alice: As, store: Store) -> None:
     assert on.status_code == 200 and on.json["maintenance"] is True
     assert admin.post("/api/v1/hosts/h9/maintenance", json={"on": True}).status_code == 404
     assert admin.post("/api/v1/hosts/h2/maintenance", json={"on": "yes please"}).status_code == 422
+    assert admin.post("/api/v1/hosts/h2/maintenance", json={"on": False, "drain": True}).status_code == 422
+    drain = admin.post("/api/v1/hosts/h1/maintenance", json={"on": True, "drain": True})
+    assert drain.status_code == 200 and drain.json["drain"] is True and drain.json["vms"] == 1
+
+    # A host is forgotten only once it holds no VM, and is DOWN or in maintenance.
+    held = admin.delete("/api/v1/hosts/h1")
+    assert held.status_code == 409 and "still holds 1 VMs: drain it first" in held.json["error"]["message"]
+    store.create(HOSTS, "h3", Host(name="h3", capacity=Specs(cpu=8, ram=32, ssd=100)))
+    in_service = admin.delete("/api/v1/hosts/h3")
+    assert in_service.status_code == 409 and "in service" in in_service.json["error"]["message"]
+    assert alice.delete("/api/v1/hosts/h2").status_code == 403
+    assert admin.delete("/api/v1/hosts/h2").status_code == 204 and store.get(HOSTS, "h2") is None
+    assert admin.delete("/api/v1/hosts/h2").status_code == 404
     store.revoke_lease(lease)
 
 

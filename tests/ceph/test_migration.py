@@ -146,3 +146,34 @@ def _wait_quietly(condition: object, timeout: float) -> bool:
             return True
         time.sleep(0.2)
     return False
+
+
+def test_draining_a_host_moves_every_vm_away_and_empties_it(cluster: Cluster) -> None:
+    for n in range(6):  # spread placement: some land on h1 at least three
+        if sum(1 for vm in _vms(cluster) if vm["hostname"] == "/v1/host/h1") >= 3:
+            break
+        status, vm = cluster.call("POST", "/api/v1/vms", {"name": f"extra{n}", "image": "tiny-rbd", "storage": "rbd",
+                                                           "specs": SPECS})
+        assert status == 201, vm
+        cluster.wait(vm["uuid"], "RUNNING", timeout=90)
+    on_h1 = [vm for vm in _vms(cluster) if vm["hostname"] == "/v1/host/h1"]
+    assert len(on_h1) >= 3
+    stopped = on_h1[0]["uuid"]  # a stopped VM leaves too: it is simply placed elsewhere
+    assert cluster.call("POST", f"/api/v1/vms/{stopped}/shutdown")[0] == 202
+    cluster.wait(stopped, "STOPPED", timeout=60)
+
+    drain = subprocess.run([str(BIN / "ucloud"), "host", "maintenance", "h1", "on", "--drain", "--wait", "-o", "json"],
+                           env={**cluster.env, "UCLOUD_API_URL": f"http://127.0.0.1:{cluster.api_port}",
+                                "UCLOUD_TOKEN": cluster.token}, capture_output=True, text=True, timeout=600)
+    assert drain.returncode == 0, drain.stderr
+    assert json.loads(drain.stdout)["vms"] == 0 and "host h1: 0 VMs" in drain.stderr
+    for vm in on_h1:
+        moved = cluster.vm(vm["uuid"])
+        assert moved["hostname"] == "/v1/host/h2", moved
+        assert moved["status"] == ("STOPPED" if vm["uuid"] == stopped else "RUNNING")
+    wait_until(lambda: all(cluster.qemu_pid("h1", vm["uuid"]) is None for vm in on_h1), 30, "h1 without a QEMU")
+    assert cluster.call("POST", "/api/v1/hosts/h1/maintenance", {"on": False})[0] == 200
+
+
+def _vms(cluster: Cluster) -> list[dict]:  # type: ignore[type-arg]
+    return cluster.call("GET", "/api/v1/vms")[1]  # type: ignore[no-any-return]

@@ -187,3 +187,21 @@ def test_a_host_that_dies_mid_migration_ends_it_and_the_fence_covers_the_target_
     [kill] = plan(view).killed
     assert kill.changes["migration"] is None and kill.changes["status"] is Status.KILLED
     assert kill.changes["disk_clients"] == ("192.0.2.1:0/1", "192.0.2.2:0/2")
+
+
+def test_a_draining_host_is_emptied_in_turns_and_says_what_cannot_leave() -> None:
+    rbd = ("local", "rbd")
+    on_h1 = {"status": Status.RUNNING, "storage": "rbd", **placed_on("h1")}
+    view = view_with(host("h1", maintenance=True, drain=True, storage_backends=rbd),
+                     host("h2", cpu=64, ram=64, storage_backends=rbd),
+                     vms=(vm("a", **on_h1), vm("b", **on_h1), vm("c", **on_h1),  # type: ignore[arg-type]
+                          vm("d", **{**on_h1, "status": Status.STOPPED}),
+                          vm("e", **{**on_h1, "storage": "local"}),
+                          vm("f", **{**on_h1, "status": Status.STARTING})))
+    decided = plan(view)
+    live = sorted(w.seen.name for w in decided.moves if "migration" in w.changes)
+    assert live == ["a", "b"]  # two at a time (migrations_per_host); c waits its turn
+    [cold] = [w for w in decided.moves if "hostname" in w.changes]
+    assert cold.seen.name == "d" and cold.changes["hostname"] == "/v1/host/h2"  # stopped: placed elsewhere
+    [(name, blocked)] = decided.blocked
+    assert name == "h1" and dict(blocked) == {"e": "its disk is on local storage, which only this host reaches"}

@@ -8,12 +8,13 @@ from flask import Blueprint, Response, jsonify
 
 from ucloud_api.auth import require_admin
 from ucloud_api.body import parse
+from ucloud_api.errors import APIError
 from ucloud_api.replies import check_if_match, dump, lookup, object_reply, store
 from ucloud_api.schemas import Maintenance
-from ucloud_common.host import HOSTS, HOSTS_ALIVE, Host
+from ucloud_common.host import HOSTS, HOSTS_ALIVE, Host, HostStatus
 from ucloud_common.allocation import ZERO, allocations
 from ucloud_common.specs import Specs
-from ucloud_common.store import Versioned
+from ucloud_common.store import Conflict, Versioned
 from ucloud_common.vm import VMS
 
 bp = Blueprint("hosts", __name__, url_prefix="/api/v1/hosts")
@@ -22,17 +23,27 @@ def _allocations() -> dict[str, Specs]:
     return allocations(vm.value for vm in store().list(VMS).items.values())
 
 
-def _describe(host: Versioned[Host], alive: set[str], totals: dict[str, Specs]) -> dict[str, Any]:
+def _describe(host: Versioned[Host], alive: set[str], totals: dict[str, Specs], vms: int) -> dict[str, Any]:
+    """A host as the API shows it: its record, liveness, what its VMs take, and how many it holds
+    (placed there, or on their way there) — 0 once a drain has emptied it."""
     return {**dump(host.value), "alive": host.name in alive,
-            "allocated": totals.get(host.name, ZERO).model_dump()}
+            "allocated": totals.get(host.name, ZERO).model_dump(), "vms": vms}
+
+
+def _vms_on() -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for vm in store().list(VMS).items.values():
+        for name in {vm.value.host, vm.value.migration.target if vm.value.migration else ""} - {""}:
+            counts[name] = counts.get(name, 0) + 1
+    return counts
 
 
 @bp.get("")
 def list_() -> Response:
     require_admin()
     alive = set(store().list(HOSTS_ALIVE).items)
-    allocations = _allocations()
-    return jsonify([_describe(h, alive, allocations) for h in store().list(HOSTS).items.values()])
+    allocations, counts = _allocations(), _vms_on()
+    return jsonify([_describe(h, alive, allocations, counts.get(h.name, 0)) for h in store().list(HOSTS).items.values()])
 
 
 @bp.get("/<name>")
@@ -40,13 +51,39 @@ def get(name: str) -> Response:
     require_admin()
     host = lookup(HOSTS, name, f"host {name}")
     alive = {name} if store().get(HOSTS_ALIVE, name) else set()
-    return object_reply(host, body=_describe(host, alive, _allocations()))
+    return object_reply(host, body=_describe(host, alive, _allocations(), _vms_on().get(name, 0)))
 
 
 @bp.post("/<name>/maintenance")
 def maintenance(name: str) -> Response:
     require_admin()
     check_if_match(lookup(HOSTS, name, f"host {name}"))
-    on = parse(Maintenance).on
-    updated = store().update(HOSTS, name, lambda h: None if h.maintenance == on else h.evolve(maintenance=on))
-    return object_reply(updated)
+    asked = parse(Maintenance)
+    if asked.drain and not asked.on:
+        raise APIError(422, "invalid", "drain: a host is drained only into maintenance (on: true)",
+                       fields=[{"field": "drain", "message": "needs on: true"}])
+    updated = store().update(HOSTS, name, lambda h: None if (h.maintenance, h.drain) == (asked.on, asked.drain)
+                             else h.evolve(maintenance=asked.on, drain=asked.drain, drain_blocked={}))
+    alive = {name} if store().get(HOSTS_ALIVE, name) else set()
+    return object_reply(updated, body=_describe(updated, alive, _allocations(), _vms_on().get(name, 0)))
+
+
+@bp.delete("/<name>")
+def delete(name: str) -> Response:
+    """Forget a host that holds no VM and is DOWN or in maintenance (its agent, started again,
+    registers it again)."""
+    require_admin()
+    host = lookup(HOSTS, name, f"host {name}")
+    check_if_match(host)
+    held = _vms_on().get(name, 0)
+    if held:
+        raise APIError(409, "conflict", f"host {name} still holds {held} VMs: drain it first "
+                       "(POST /api/v1/hosts/<name>/maintenance {\"on\": true, \"drain\": true})", vms=held)
+    if host.value.status is not HostStatus.DOWN and not host.value.maintenance:
+        raise APIError(409, "conflict", f"host {name} is {host.value.status} and in service: put it in maintenance "
+                       "or stop its agent first")
+    try:
+        store().delete(HOSTS, name, mod_revision=host.mod_revision)
+    except Conflict:
+        raise APIError(409, "busy", f"host {name} changed meanwhile; read it again") from None
+    return Response(status=204)
