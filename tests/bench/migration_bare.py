@@ -19,7 +19,7 @@ before switchover, and the counter's last value on the source and first on the d
 it goes on). With --fault, one round injects a failure instead and prints what each side ended in.
 
     .venv/bin/python -m tests.bench.migration_bare [--rounds 5] [--rbd] [--no-pause]
-        [--downtime-limit 100] [--max-bandwidth 1000] [--fault kill-destination|kill-source|cancel]
+        [--downtime-limit 100] [--max-bandwidth 1000] [--fault NAME] [--after NAME] (FAULTS, AFTER below)
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ class Qemu:
     process: subprocess.Popen[bytes] | None = None
     qmp: QMPClient = field(default_factory=lambda: QMPClient("bench"))
     events: list[dict[str, Any]] = field(default_factory=list)
+    _collector: asyncio.Task[None] | None = None
 
     @property
     def serial_log(self) -> Path:
@@ -83,7 +84,7 @@ class Qemu:
                 break
             await asyncio.sleep(0.05)
         await self.qmp.connect(str(self.directory / "qmp.sock"))
-        asyncio.get_running_loop().create_task(self._collect())
+        self._collector = asyncio.get_running_loop().create_task(self._collect())
 
     async def _collect(self) -> None:
         async for event in self.qmp.events:
@@ -116,6 +117,8 @@ class Qemu:
             time.sleep(0.2)
 
     async def stop(self) -> None:
+        if self._collector is not None:
+            self._collector.cancel()
         try:
             await asyncio.wait_for(self.qmp.disconnect(), 2)
         except Exception:  # noqa: BLE001 - whatever state it is in, it goes
@@ -129,6 +132,18 @@ class Qemu:
             return self.process.wait(timeout) if self.process else None
         except subprocess.TimeoutExpired:
             return None
+
+
+async def finished_migration(source: Qemu) -> dict[str, Any]:
+    """`query-migrate` once its figures are in. QEMU 7.2 sends the MIGRATION `completed` event before it
+    computes total-time and downtime (migration_calculate_complete runs after the state change): asked
+    at once, it may answer 0 for both (seen once in a few runs here)."""
+    for _ in range(100):
+        info = await source.execute("query-migrate")
+        if info.get("total-time"):
+            return dict(info)
+        await asyncio.sleep(0.01)
+    raise TimeoutError(f"query-migrate never gave a total time: {info}")
 
 
 async def wait_for(condition: Any, timeout: float, what: str) -> None:
@@ -167,10 +182,12 @@ async def move(source: Qemu, destination: Qemu, args: argparse.Namespace, locker
                                                     "max-bandwidth": args.max_bandwidth * MIB})
     source.events.clear()  # a source that was a destination before has its incoming migration's events
     record: dict[str, Any] = {"port": port, "lockers_before": lockers.now()}
+    if args.fault == "throttled":
+        await source.execute("migrate-set-parameters", {"max-bandwidth": 4 * MIB})
     started = time.monotonic()
     await source.execute("migrate", {"uri": f"tcp:127.0.0.1:{port}"})
     if args.fault:
-        return await inject(args.fault, source, destination, record)
+        return await inject(args.fault, source, destination, record, args)
     paused_for = 0.0
     if args.pause:
         await source.wait_event("MIGRATION", 120, status="pre-switchover")
@@ -180,14 +197,22 @@ async def move(source: Qemu, destination: Qemu, args: argparse.Namespace, locker
         paused_for = time.monotonic() - pause_start
     await source.wait_event("MIGRATION", 120, status="completed")
     wall = time.monotonic() - started
-    info = await source.execute("query-migrate")
+    info = await finished_migration(source)
     resumed = await destination.wait_event("RESUME", 30)
     stopped = [e for e in source.events if e["event"] == "STOP"][-1]
     record["lockers_after_completed"] = lockers.now()
-    await source.execute("quit")
+    if args.after:
+        await after_switchover(args.after, source, destination, record, lockers)
+    # The source is left alive (postmigrate) while the destination's guest writes: does the disk's
+    # lock move to it while the source still has the image open?
+    wrote = time.monotonic()
+    await wait_for(lambda: len(destination.ticks()) >= 3, 60, "the counter on the destination")
+    record["destination_three_ticks_s"] = round(time.monotonic() - wrote, 2)
+    record["lockers_after_destination_wrote"] = lockers.now()
+    if source.process.poll() is None:
+        await source.execute("quit")
     source.exited(10)
     last_on_source = source.ticks()[-1]  # all it printed: the guest's CPUs stopped at switchover
-    await wait_for(lambda: len(destination.ticks()) >= 3, 60, "the counter on the destination")
     record["lockers_after_source_quit"] = lockers.now()
     record.update({
         "qemu_downtime_ms": info.get("downtime"), "qemu_total_ms": info.get("total-time"),
@@ -201,28 +226,103 @@ async def move(source: Qemu, destination: Qemu, args: argparse.Namespace, locker
     return record
 
 
-async def inject(fault: str, source: Qemu, destination: Qemu, record: dict[str, Any]) -> dict[str, Any]:
-    """Break the migration while it is active; report what each side ended in."""
-    await source.wait_event("MIGRATION", 30, status="active")
-    if fault == "kill-destination":
+FAULTS = {
+    "kill-destination": "SIGKILL the destination while RAM is copied",
+    "kill-source": "SIGKILL the source while RAM is copied",
+    "cancel": "migrate_cancel on the source while RAM is copied",
+    "cut": "SIGSTOP the destination (a network cut: its socket stops reading), then migrate_cancel after 3 s",
+    "cancel-paused": "migrate_cancel while the source waits in pre-switchover (guest stopped)",
+    "kill-destination-paused": "SIGKILL the destination while the source waits in pre-switchover",
+    "throttled": "start at 4 MiB/s, raise max-bandwidth to the set value after 2 s (a deadline's remedy)",
+}
+
+
+async def inject(fault: str, source: Qemu, destination: Qemu, record: dict[str, Any],
+                 args: argparse.Namespace) -> dict[str, Any]:
+    """Break (or slow) the migration; report what each side ended in."""
+    record["fault"] = fault
+    if fault.endswith("-paused"):
+        await source.wait_event("MIGRATION", 60, status="pre-switchover")
+        record["source_status_at_pause"] = (await source.execute("query-status"))["status"]
+    else:
+        await source.wait_event("MIGRATION", 30, status="active")
+    if fault.startswith("kill-destination"):
         destination.process.send_signal(signal.SIGKILL)
     elif fault == "kill-source":
         source.process.send_signal(signal.SIGKILL)
-    elif fault == "cancel":
+    elif fault.startswith("cancel"):
         await source.execute("migrate_cancel")
+    elif fault == "cut":
+        destination.process.send_signal(signal.SIGSTOP)
+        await asyncio.sleep(3)
+        record["source_migrate_while_cut"] = (await source.execute("query-migrate")).get("status")
+        started = time.monotonic()
+        await source.execute("migrate_cancel")
+        await source.wait_event("MIGRATION", 30, status="cancelled")
+        record["cancel_took_ms"] = round((time.monotonic() - started) * 1000, 1)
+        destination.process.send_signal(signal.SIGCONT)
+    elif fault == "throttled":
+        await asyncio.sleep(2)
+        record["transferred_at_2s_mib"] = round((await source.execute("query-migrate"))["ram"]["transferred"] / MIB, 1)
+        await source.execute("migrate-set-parameters", {"max-bandwidth": args.max_bandwidth * MIB})
+        if args.pause:
+            await source.wait_event("MIGRATION", 60, status="pre-switchover")
+            await source.execute("migrate-continue", {"state": "pre-switchover"})
+        await source.wait_event("MIGRATION", 60, status="completed")
+        record["total_ms"] = (await finished_migration(source))["total-time"]
     await asyncio.sleep(3)
-    record["fault"] = fault
     record["destination_exit"] = destination.exited(5)
+    record["destination_last_words"] = (destination.directory / "qemu.log").read_text(errors="replace").strip()[-200:]
     record["source_exit"] = source.process.poll()
     if record["source_exit"] is None:
         record["source_status"] = (await source.execute("query-status"))["status"]
         record["source_migrate"] = (await source.execute("query-migrate")).get("status")
+        if record["source_migrate"] == "pre-switchover":  # nothing ends this wait but a cancel (or continue)
+            await source.execute("migrate_cancel")
+            await source.wait_event("MIGRATION", 30, status="cancelled")
+            record["source_status_after_cancel"] = (await source.execute("query-status"))["status"]
         ticks = len(source.ticks())
         await asyncio.sleep(1)
         record["source_counter_goes_on"] = len(source.ticks()) > ticks
+    if record["destination_exit"] is None:
+        record["destination_status"] = (await destination.execute("query-status"))["status"]
     record["source_statuses"] = source.migration_statuses()
     record["destination_statuses"] = destination.migration_statuses()
     return record
+
+
+AFTER = {
+    "stop-source": "SIGSTOP the source once the migration completed (a source that froze holding the RBD "
+                   "lock): how long the destination's guest waits for its first write",
+    "cont-source": "QMP cont on the source once the migration completed: does anything stop a second writer?",
+}
+
+
+async def after_switchover(what: str, source: Qemu, destination: Qemu, record: dict[str, Any],
+                           lockers: Lockers) -> None:
+    ticks = len(destination.ticks())
+    if what == "stop-source":
+        source.process.send_signal(signal.SIGSTOP)
+        stopped = time.monotonic()
+        await wait_for(lambda: len(destination.ticks()) >= ticks + 3, 120, "the destination's counter")
+        record["destination_three_ticks_with_source_stopped_s"] = round(time.monotonic() - stopped, 2)
+        record["lockers_with_source_stopped"] = lockers.now()
+        source.process.send_signal(signal.SIGKILL)
+        source.process.wait()
+        return
+    try:
+        await source.execute("cont")
+        record["source_cont"] = "accepted"
+    except Exception as exc:  # noqa: BLE001 - QEMU's refusal is the finding
+        record["source_cont"] = f"refused: {exc}"
+    source_ticks = len(source.ticks())
+    await asyncio.sleep(3)
+    record["source_status_after_cont"] = (await source.execute("query-status"))["status"]
+    record["source_counted_after_cont"] = len(source.ticks()) - source_ticks
+    record["destination_counted_meanwhile"] = len(destination.ticks()) - ticks
+    record["lockers_after_cont"] = lockers.now()
+    source.process.send_signal(signal.SIGKILL)
+    source.process.wait()
 
 
 @contextmanager
@@ -291,7 +391,10 @@ def main() -> None:
     parser.add_argument("--downtime-limit", type=int, default=100, help="ms (QEMU's default: 300)")
     parser.add_argument("--max-bandwidth", type=int, default=1000, help="MiB/s (QEMU's default: 128)")
     parser.add_argument("--settle", type=float, default=2.0, help="seconds between rounds")
-    parser.add_argument("--fault", choices=["kill-destination", "kill-source", "cancel"])
+    parser.add_argument("--after", choices=sorted(AFTER), help="in every round: " +
+                        "; ".join(f"{name}: {what}" for name, what in AFTER.items()))
+    parser.add_argument("--fault", choices=sorted(FAULTS), help="one round with a fault: " +
+                        "; ".join(f"{name}: {what}" for name, what in FAULTS.items()))
     args = parser.parse_args()
     results = asyncio.run(run(args))
     if not args.fault:
