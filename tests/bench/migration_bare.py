@@ -68,7 +68,7 @@ class Qemu:
     def serial_log(self) -> Path:
         return self.directory / "serial.log"
 
-    async def start(self, incoming: bool) -> None:
+    async def start(self, incoming: bool, paused: bool = False) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         argv = ["qemu-system-x86_64", "-nodefaults", "-no-user-config", "-display", "none", "-accel", "tcg",
                 "-smp", "1", "-m", "128", "-no-shutdown",
@@ -78,6 +78,8 @@ class Qemu:
                 "-serial", "chardev:serial0", "-drive", f"{self.drive},if=virtio,id=disk0"]
         if incoming:
             argv += ["-incoming", "defer"]
+        if paused:
+            argv.append("-S")
         self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=open(self.directory / "qemu.log", "wb"))
         for _ in range(200):
             if (self.directory / "qmp.sock").exists():
@@ -170,7 +172,7 @@ class Lockers:
 
 async def move(source: Qemu, destination: Qemu, args: argparse.Namespace, lockers: Lockers) -> dict[str, Any]:
     """One migration from `source` (running) to `destination` (a fresh QEMU started here)."""
-    await destination.start(incoming=True)
+    await destination.start(incoming=True, paused=args.strict)
     await destination.execute("migrate-set-capabilities", {"capabilities": [{"capability": "events", "state": True}]})
     await destination.execute("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
     listening = await destination.execute("query-migrate")
@@ -198,6 +200,9 @@ async def move(source: Qemu, destination: Qemu, args: argparse.Namespace, locker
     await source.wait_event("MIGRATION", 120, status="completed")
     wall = time.monotonic() - started
     info = await finished_migration(source)
+    if args.strict:  # the destination's guest runs only when told: here at once, in ucloud after the commit
+        await destination.wait_event("MIGRATION", 30, status="completed")
+        await destination.execute("cont")
     resumed = await destination.wait_event("RESUME", 30)
     stopped = [e for e in source.events if e["event"] == "STOP"][-1]
     record["lockers_after_completed"] = lockers.now()
@@ -390,6 +395,9 @@ def main() -> None:
     parser.add_argument("--no-pause", dest="pause", action="store_false", help="without pause-before-switchover")
     parser.add_argument("--downtime-limit", type=int, default=100, help="ms (QEMU's default: 300)")
     parser.add_argument("--max-bandwidth", type=int, default=1000, help="MiB/s (QEMU's default: 128)")
+    parser.add_argument("--strict", action="store_true",
+                        help="destination started with -S and resumed by `cont` after its MIGRATION completed "
+                             "(libvirt's way: the guest runs there only once the control plane commits)")
     parser.add_argument("--settle", type=float, default=2.0, help="seconds between rounds")
     parser.add_argument("--after", choices=sorted(AFTER), help="in every round: " +
                         "; ".join(f"{name}: {what}" for name, what in AFTER.items()))
@@ -400,7 +408,7 @@ def main() -> None:
     if not args.fault:
         print(json.dumps({"summary": summary(results), "settings": {
             "pause_before_switchover": args.pause, "downtime_limit_ms": args.downtime_limit,
-            "max_bandwidth_mib_s": args.max_bandwidth, "disk": "rbd" if args.rbd else "qcow2"}}))
+            "max_bandwidth_mib_s": args.max_bandwidth, "strict": args.strict, "disk": "rbd" if args.rbd else "qcow2"}}))
 
 
 if __name__ == "__main__":
