@@ -19,7 +19,7 @@ before switchover, and the counter's last value on the source and first on the d
 it goes on). With --fault, one round injects a failure instead and prints what each side ended in.
 
     .venv/bin/python -m tests.bench.migration_bare [--rounds 5] [--rbd] [--no-pause]
-        [--downtime-limit 100] [--max-bandwidth 1000] [--fault NAME] [--after NAME] (FAULTS, AFTER below)
+        [--strict] [--downtime-limit 100] [--max-bandwidth 1000] [--fault NAME] [--after NAME] (FAULTS, AFTER below)
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,13 @@ MIB = 1024 * 1024
 COUNTER = ("i=0; while :; do echo \"tick $i\"; echo $i | dd of=/dev/vda bs=512 seek=1048576 conv=fsync "
            "2>/dev/null; i=$((i+1)); sleep 0.1; done\n")
 TICK = re.compile(rb"tick (\d+)")
+
+
+def spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """Start a QEMU in the foreground (it is this benchmark's child: killed and reaped by it), its
+    stderr to `log`."""
+    with open(log, "wb") as stderr:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=stderr)
 
 
 @dataclass
@@ -73,14 +80,14 @@ class Qemu:
         argv = ["qemu-system-x86_64", "-nodefaults", "-no-user-config", "-display", "none", "-accel", "tcg",
                 "-smp", "1", "-m", "128", "-no-shutdown",
                 "-qmp", f"unix:{self.directory / 'qmp.sock'},server=on,wait=off",
-                "-chardev", f"socket,id=serial0,path={self.directory / 'serial.sock'},server=on,wait=off,"
-                            f"logfile={self.serial_log},logappend=on",
+                "-chardev", (f"socket,id=serial0,path={self.directory / 'serial.sock'},server=on,wait=off,"
+                             f"logfile={self.serial_log},logappend=on"),
                 "-serial", "chardev:serial0", "-drive", f"{self.drive},if=virtio,id=disk0"]
         if incoming:
             argv += ["-incoming", "defer"]
         if paused:
             argv.append("-S")
-        self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=open(self.directory / "qemu.log", "wb"))
+        self.process = spawn(argv, self.directory / "qemu.log")
         for _ in range(200):
             if (self.directory / "qmp.sock").exists():
                 break
@@ -121,10 +128,8 @@ class Qemu:
     async def stop(self) -> None:
         if self._collector is not None:
             self._collector.cancel()
-        try:
+        with suppress(Exception):  # whatever state its QMP is in, the process goes
             await asyncio.wait_for(self.qmp.disconnect(), 2)
-        except Exception:  # noqa: BLE001 - whatever state it is in, it goes
-            pass
         if self.process and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
@@ -341,15 +346,16 @@ def disk(work: Path, rbd: bool) -> Iterator[tuple[str, Lockers]]:
         return
     from tests.helpers.ceph import ceph_with_tiny
 
-    with ceph_with_tiny(Path(tempfile.mkdtemp(dir="/dev/shm", prefix="ucloud-bench-ceph-"))) as ceph:
+    with tempfile.TemporaryDirectory(dir="/dev/shm", prefix="ucloud-bench-ceph-") as directory, \
+            ceph_with_tiny(Path(directory)) as ceph:
         ceph.clone_disk("images", "tiny", "vms", "migrating", 1)
         yield f"file=rbd:vms/migrating:conf={ceph.conf},format=raw,cache=writeback", Lockers(ceph, "migrating")
 
 
 async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    work = Path(tempfile.mkdtemp(prefix="ucloud-bench-migration-", dir="/var/tmp"))
     results = []
     with ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ucloud-bench-migration-", dir="/var/tmp")))
         drive, lockers = stack.enter_context(disk(work, args.rbd))
         source = Qemu(work / "qemu-0", drive)
         await source.start(incoming=False)
