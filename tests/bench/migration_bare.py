@@ -8,9 +8,10 @@ and is then migrated back and forth, one round per move, never more than two QEM
 
   destination  `-incoming defer`, `migrate-set-capabilities events`, `migrate-incoming tcp:127.0.0.1:0`,
                `query-migrate` → the port it listens on (what the agent would publish in etcd)
-  source       `migrate-set-capabilities` (events, pause-before-switchover), `migrate-set-parameters`
-               (downtime-limit, max-bandwidth), `migrate`, then the MIGRATION events; at
-               `pre-switchover` the disk's lock holders are listed (--rbd) and `migrate-continue`;
+  source       `migrate-set-capabilities` (events; pause-before-switchover with --pause),
+               `migrate-set-parameters` (downtime-limit, max-bandwidth), `migrate`, then the MIGRATION
+               events; with --pause, at `pre-switchover` the disk's lock holders are listed (--rbd)
+               and `migrate-continue`;
                at `completed`, `query-migrate` (total-time, downtime, setup-time), then `quit`.
 
 Printed per round: QEMU's own downtime and total time, the downtime seen from the events (the source's
@@ -18,7 +19,7 @@ STOP to the destination's RESUME, both stamped by QEMU with this machine's clock
 before switchover, and the counter's last value on the source and first on the destination (no reboot:
 it goes on). With --fault, one round injects a failure instead and prints what each side ended in.
 
-    .venv/bin/python -m tests.bench.migration_bare [--rounds 5] [--rbd] [--no-pause]
+    .venv/bin/python -m tests.bench.migration_bare [--rounds 5] [--rbd] [--pause]
         [--strict] [--downtime-limit 100] [--max-bandwidth 1000] [--fault NAME] [--after NAME] (FAULTS, AFTER below)
 """
 
@@ -398,7 +399,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--rbd", action="store_true", help="the disk in a one-node Ceph (started here)")
-    parser.add_argument("--no-pause", dest="pause", action="store_false", help="without pause-before-switchover")
+    parser.add_argument("--pause", action="store_true",
+                        help="with pause-before-switchover (off by default, as docs/migration-design.md recommends)")
     parser.add_argument("--downtime-limit", type=int, default=100, help="ms (QEMU's default: 300)")
     parser.add_argument("--max-bandwidth", type=int, default=1000, help="MiB/s (QEMU's default: 128)")
     parser.add_argument("--strict", action="store_true",
@@ -410,6 +412,8 @@ def main() -> None:
     parser.add_argument("--fault", choices=sorted(FAULTS), help="one round with a fault: " +
                         "; ".join(f"{name}: {what}" for name, what in FAULTS.items()))
     args = parser.parse_args()
+    if args.fault and args.fault.endswith("-paused"):
+        args.pause = True  # these faults strike while the source waits in pre-switchover
     results = asyncio.run(run(args))
     if not args.fault:
         print(json.dumps({"summary": summary(results), "settings": {
