@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 REFUSED = 4403  # application close codes (4000–4999): the ticket is not good here
 UNAVAILABLE = 4503  # etcd could not be asked: try again with a new ticket
 _CHUNK = 64 * 1024
+_RFB_VERSION = 12  # "RFB 003.008\n": what a VNC server says first
 _SERIAL_TAIL = 16 * 1024  # of the serial log, shown first: a screenful or two of what came before
 
 
@@ -47,6 +48,7 @@ class ConsoleProxyServer:
         self._store = store
         self._host = host
         self._run_dir = run_dir
+        self._connecting: dict[Path, asyncio.Lock] = {}  # per VNC socket: see `_connect`
 
     def admit(self, path: str) -> tuple[str, ConsoleKind, VMPaths]:
         """The VM, kind and the VM's files for a connection to `path`, its ticket consumed; Refused
@@ -86,6 +88,26 @@ class ConsoleProxyServer:
             raise Refused(f"etcd did not answer ({exc}); try again with a new ticket", UNAVAILABLE) from None
         return ticket.vm, kind, VMPaths.of(self._run_dir, ticket.vm)
 
+    async def _connect(self, socket: Path, kind: ConsoleKind) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+        """A connection to the VM's socket, and (VNC) the server's greeting read from it. QEMU listens
+        with a backlog of one: two connections queued at once, and the second fails on its first read
+        (EINVAL). So connections to one VNC socket are made one at a time, each until QEMU has
+        accepted it and greeted."""
+        if kind is not ConsoleKind.VNC:
+            reader, writer = await asyncio.open_unix_connection(socket)
+            return reader, writer, b""
+        lock = self._connecting.setdefault(socket, asyncio.Lock())
+        async with lock:
+            reader, writer = await asyncio.open_unix_connection(socket)
+            try:
+                greeting = await asyncio.wait_for(reader.readexactly(_RFB_VERSION), 10)
+            except BaseException:
+                writer.close()
+                raise
+        if not lock.locked():
+            self._connecting.pop(socket, None)
+        return reader, writer, greeting
+
     async def handle(self, connection: ServerConnection) -> None:
         peer = connection.remote_address
         try:
@@ -96,8 +118,8 @@ class ConsoleProxyServer:
             return
         socket = paths.vnc if kind is ConsoleKind.VNC else paths.serial_socket
         try:
-            reader, writer = await asyncio.open_unix_connection(socket)
-        except OSError as exc:
+            reader, writer, greeting = await self._connect(socket, kind)
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
             log.warning("vm=%s %s console from %s: %s: %s", vm, kind, peer, socket, exc)
             await connection.close(REFUSED, f"the VM's {kind} console does not answer")
             return
@@ -108,6 +130,8 @@ class ConsoleProxyServer:
                 # read after connecting so that nothing falls between the two (a line may show twice).
                 if recent := await asyncio.to_thread(_tail, paths.serial, _SERIAL_TAIL):
                     await connection.send(recent)
+            if greeting:
+                await connection.send(greeting)
             await _pipe(connection, reader, writer)
         finally:
             writer.close()

@@ -3,8 +3,8 @@ guest counting on its serial console. It moves without a reboot (the count goes 
 host's serial log); a migration whose target QEMU dies, or that an admin cancels, leaves it running
 where it was; one whose source agent is killed meanwhile still ends with the VM on one host.
 
-Migrations are slowed to a few MiB/s (`UCLOUD_MIGRATION_BANDWIDTH_MIB`) so that each lasts seconds:
-long enough to be interrupted on purpose."""
+The migrations that are interrupted on purpose run slowed to a few MiB/s
+(`UCLOUD_MIGRATION_BANDWIDTH_MIB`), so that each lasts long enough."""
 
 from __future__ import annotations
 
@@ -30,12 +30,35 @@ TICK = re.compile(r"tick-(\d+)")
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, ceph_server: CephServer) -> Iterator[Cluster]:
+    """Two hosts; migrations at full speed (a second or so for the tiny guest here)."""
     with running_cluster(tmp_path_factory.mktemp("migration"), hosts=("h1", "h2"),
-                         UCLOUD_CEPH_CONF=str(ceph_server.conf), UCLOUD_MIGRATION_BANDWIDTH_MIB="4",
-                         UCLOUD_MIGRATION_TIMEOUT="120") as the_cluster:
+                         UCLOUD_CEPH_CONF=str(ceph_server.conf), UCLOUD_MIGRATION_TIMEOUT="120") as the_cluster:
         wait_until(lambda: all("rbd" in the_cluster.call("GET", f"/api/v1/hosts/{h}")[1].get("storage_backends", [])
                                for h in ("h1", "h2")), 30, "both hosts offering rbd")
         yield the_cluster
+
+
+@pytest.fixture
+def slow(cluster: Cluster) -> Iterator[Cluster]:
+    """The same hosts, their agents started again (their QEMUs stay) with migrations slowed to 4 MiB/s,
+    so that each lasts long enough (≈ 25 s) to be interrupted on purpose. (Only interrupted
+    migrations run slowed: under TCG on QEMU 7.2, a guest moved by such a long, throttled precopy was
+    once seen arriving with a corrupted kernel timer queue; see the README.)"""
+    _restart_agents(cluster, UCLOUD_MIGRATION_BANDWIDTH_MIB="4")
+    yield cluster
+    _restart_agents(cluster)
+
+
+def _restart_agents(cluster: Cluster, **settings: str) -> None:
+    normal = cluster.env
+    for host in ("h1", "h2"):
+        if host in cluster.agents:
+            cluster.stop_agent(host)
+        cluster.env = {**normal, **settings}
+        try:
+            cluster.start_agent(host)
+        finally:
+            cluster.env = {k: v for k, v in normal.items() if k not in settings}
 
 
 def counting_vm(cluster: Cluster, name: str) -> tuple[str, str]:
@@ -76,17 +99,14 @@ def events(cluster: Cluster, uuid: str) -> list[str]:
 def test_a_running_vm_moves_live_and_its_counter_goes_on(cluster: Cluster) -> None:
     uuid, source = counting_vm(cluster, "mover")
     target = OTHER[source]
-    cli = subprocess.Popen([str(BIN / "ucloud"), "vm", "migrate", "mover", "--host", target, "--wait", "-o", "json"],
-                           env={**cluster.env, "UCLOUD_API_URL": f"http://127.0.0.1:{cluster.api_port}",
-                                "UCLOUD_TOKEN": cluster.token}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    wait_until(lambda: cluster.vm(uuid)["status"] == "MIGRATING", 30, "MIGRATING")
-    assert cluster.vm(uuid)["hostname"] == f"/v1/host/{source}"  # placed on the source until it arrives
     before = ticks(cluster, source, uuid)  # (the source's files go once the VM has left)
-    out, err = cli.communicate(timeout=180)
-    assert cli.returncode == 0, err
-    moved = json.loads(out)
+    cli = subprocess.run([str(BIN / "ucloud"), "vm", "migrate", "mover", "--host", target, "--wait", "-o", "json"],
+                         env={**cluster.env, "UCLOUD_API_URL": f"http://127.0.0.1:{cluster.api_port}",
+                              "UCLOUD_TOKEN": cluster.token}, capture_output=True, text=True, timeout=180)
+    assert cli.returncode == 0, cli.stderr
+    moved = json.loads(cli.stdout)
     assert moved["hostname"] == f"/v1/host/{target}" and moved["status"] == "RUNNING" and moved["migration"] is None
-    assert f"mover: MIGRATING on {source}" in err.decode() and f"mover: RUNNING on {target}" in err.decode()
+    assert f"mover: RUNNING on {target}" in cli.stderr
     wait_until(lambda: len(ticks(cluster, target, uuid)) >= 3, 30, "the counter on the target")
     after = ticks(cluster, target, uuid)
     # The same guest, not a new boot: it never booted there, and its count goes on from where it was.
@@ -96,7 +116,8 @@ def test_a_running_vm_moves_live_and_its_counter_goes_on(cluster: Cluster) -> No
     wait_until(lambda: cluster.qemu_pid(source, uuid) is None, 30, "the source's QEMU to end")
 
 
-def test_a_migration_whose_target_dies_leaves_the_vm_running_where_it_was(cluster: Cluster) -> None:
+def test_a_migration_whose_target_dies_leaves_the_vm_running_where_it_was(slow: Cluster) -> None:
+    cluster = slow
     uuid, source = counting_vm(cluster, "stays")
     target = OTHER[source]
     migrate(cluster, uuid, target)
@@ -113,7 +134,8 @@ def test_a_migration_whose_target_dies_leaves_the_vm_running_where_it_was(cluste
     wait_until(lambda: cluster.qemu_pid(target, uuid) is None, 30, "no copy left on the target")
 
 
-def test_an_admin_cancels_a_migration_and_the_vm_stays(cluster: Cluster) -> None:
+def test_an_admin_cancels_a_migration_and_the_vm_stays(slow: Cluster) -> None:
+    cluster = slow
     uuid, source = counting_vm(cluster, "cancelled")
     migrate(cluster, uuid, OTHER[source])
     wait_until(lambda: cluster.vm(uuid)["status"] == "MIGRATING", 30, "MIGRATING")
@@ -125,7 +147,8 @@ def test_an_admin_cancels_a_migration_and_the_vm_stays(cluster: Cluster) -> None
     wait_until(lambda: cluster.qemu_pid(OTHER[source], uuid) is None, 30, "no copy left on the target")
 
 
-def test_a_migration_whose_source_agent_is_killed_still_ends_on_one_host(cluster: Cluster) -> None:
+def test_a_migration_whose_source_agent_is_killed_still_ends_on_one_host(slow: Cluster) -> None:
+    cluster = slow
     uuid, source = counting_vm(cluster, "orphaned")
     target = OTHER[source]
     migrate(cluster, uuid, target)
