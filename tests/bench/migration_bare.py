@@ -19,7 +19,7 @@ STOP to the destination's RESUME, both stamped by QEMU with this machine's clock
 before switchover, and the counter's last value on the source and first on the destination (no reboot:
 it goes on). With --fault, one round injects a failure instead and prints what each side ended in.
 
-    .venv/bin/python -m tests.bench.migration_bare [--rounds 5] [--rbd] [--pause]
+    .venv/bin/python -m tests.bench.migration_bare [--rounds 5] [--ram 128] [--rbd] [--pause]
         [--strict] [--downtime-limit 100] [--max-bandwidth 1000] [--fault NAME] [--after NAME] (FAULTS, AFTER below)
 """
 
@@ -67,6 +67,7 @@ class Qemu:
 
     directory: Path
     drive: str
+    ram_mib: int = 128
     process: subprocess.Popen[bytes] | None = None
     qmp: QMPClient = field(default_factory=lambda: QMPClient("bench"))
     events: list[dict[str, Any]] = field(default_factory=list)
@@ -79,7 +80,7 @@ class Qemu:
     async def start(self, incoming: bool, paused: bool = False) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         argv = ["qemu-system-x86_64", "-nodefaults", "-no-user-config", "-display", "none", "-accel", "tcg",
-                "-smp", "1", "-m", "128", "-no-shutdown",
+                "-smp", "1", "-m", str(self.ram_mib), "-no-shutdown",
                 "-qmp", f"unix:{self.directory / 'qmp.sock'},server=on,wait=off",
                 "-chardev", (f"socket,id=serial0,path={self.directory / 'serial.sock'},server=on,wait=off,"
                              f"logfile={self.serial_log},logappend=on"),
@@ -358,7 +359,7 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     with ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ucloud-bench-migration-", dir="/var/tmp")))
         drive, lockers = stack.enter_context(disk(work, args.rbd))
-        source = Qemu(work / "qemu-0", drive)
+        source = Qemu(work / "qemu-0", drive, args.ram)
         await source.start(incoming=False)
         try:
             await wait_for(lambda: source.serial_log.exists() and BOOTED.encode() in source.serial_log.read_bytes(),
@@ -367,7 +368,7 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             source.type(COUNTER)
             await wait_for(lambda: len(source.ticks()) >= 5, 60, "the guest's counter")
             for number in range(1, args.rounds + 1):
-                destination = Qemu(work / f"qemu-{number}", drive)
+                destination = Qemu(work / f"qemu-{number}", drive, args.ram)
                 try:
                     record = await move(source, destination, args, lockers)
                 except BaseException:
@@ -395,14 +396,17 @@ def summary(results: list[dict[str, Any]]) -> dict[str, Any]:
                                         "qemu_total_ms", "wall_s")}
 
 
-def main() -> None:
+def arguments() -> argparse.ArgumentParser:
+    """The options, with their defaults: tests.bench.migration runs this pair with them, so that ucloud
+    is measured at the same settings."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--ram", type=int, default=128, help="the guest's MiB")
     parser.add_argument("--rbd", action="store_true", help="the disk in a one-node Ceph (started here)")
     parser.add_argument("--pause", action="store_true",
                         help="with pause-before-switchover (off by default, as docs/migration-design.md recommends)")
     parser.add_argument("--downtime-limit", type=int, default=100, help="ms (QEMU's default: 300)")
-    parser.add_argument("--max-bandwidth", type=int, default=1000, help="MiB/s (QEMU's default: 128)")
+    parser.add_argument("--max-bandwidth", type=int, default=1000, help="MiB/s, 0: no limit (QEMU's default: 128)")
     parser.add_argument("--strict", action="store_true",
                         help="destination started with -S and resumed by `cont` after its MIGRATION completed "
                              "(libvirt's way: the guest runs there only once the control plane commits)")
@@ -411,14 +415,19 @@ def main() -> None:
                         "; ".join(f"{name}: {what}" for name, what in AFTER.items()))
     parser.add_argument("--fault", choices=sorted(FAULTS), help="one round with a fault: " +
                         "; ".join(f"{name}: {what}" for name, what in FAULTS.items()))
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = arguments().parse_args()
     if args.fault and args.fault.endswith("-paused"):
         args.pause = True  # these faults strike while the source waits in pre-switchover
     results = asyncio.run(run(args))
     if not args.fault:
         print(json.dumps({"summary": summary(results), "settings": {
             "pause_before_switchover": args.pause, "downtime_limit_ms": args.downtime_limit,
-            "max_bandwidth_mib_s": args.max_bandwidth, "strict": args.strict, "disk": "rbd" if args.rbd else "qcow2"}}))
+            "max_bandwidth_mib_s": args.max_bandwidth, "ram_mib": args.ram, "strict": args.strict,
+            "disk": "rbd" if args.rbd else "qcow2"}}))
 
 
 if __name__ == "__main__":

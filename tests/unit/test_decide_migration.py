@@ -75,7 +75,7 @@ def test_a_migration_runs_chosen_listening_sending_handed_over(settings: Setting
     done = decide(sending, Seen(Observation(RunState.POSTMIGRATE), migration=MigrationInfo("completed", 7, 1000)),
                   NOW, settings)
     assert done.status is Status.RUNNING and done.fields["migration"] is None
-    assert done.event == "migrated from h1 to h2 (downtime 7 ms, 1.0 s in all)"
+    assert done.event == "migrated from h1 to h2 (downtime 7 ms, 1.000 s in all)"
     # Too slow: cancelled in QEMU first, ended once QEMU says so.
     late = sending.model_copy(update={"deadline": NOW - timedelta(seconds=1)})
     assert decide(late, Seen(Observation(RunState.RUNNING), migration=MigrationInfo("active")), NOW,
