@@ -36,6 +36,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, ceph_server: CephServer) -
         wait_until(lambda: all("rbd" in the_cluster.call("GET", f"/api/v1/hosts/{h}")[1].get("storage_backends", [])
                                for h in ("h1", "h2")), 30, "both hosts offering rbd")
         yield the_cluster
+        # Their disks are clones of the Ceph image the other modules import again (replacing it):
+        # no clone of it may outlive this cluster.
+        for vm in _vms(the_cluster):
+            the_cluster.call("DELETE", f"/api/v1/vms/{vm['uuid']}")
+        wait_until(lambda: not _vms(the_cluster), 120, "every VM deleted")
 
 
 @pytest.fixture
