@@ -13,7 +13,7 @@ from ucloud_common.claim import Claim, owned
 from ucloud_common.record import Family, R
 from ucloud_common.retry import Backoff, sleeps
 from ucloud_common.store import Conflict, Put, Versioned
-from ucloud_common.vm import NIC
+from ucloud_common.vm import NIC, free_slot
 
 _RETRY = Backoff(initial=0.002, maximum=0.1)
 
@@ -48,8 +48,9 @@ def create_named(family: Family[R], claims: Family[Claim], owner: str, name: str
     raise APIError(409, "exists", f"you already have a {what} named {name}")
 
 
-def new_nic(network_uuid: str) -> NIC:
-    """A NIC on the network with a fresh MAC: locally administered and unicast, never a vendor's.
-    Its claim (`mac_claim`) makes a collision a lost race, retried with another one."""
+def new_nic(network_uuid: str, beside: tuple[NIC, ...]) -> NIC:
+    """A NIC on the network with a fresh MAC (locally administered and unicast, never a vendor's)
+    in a PCI slot none of the VM's other NICs, `beside`, has. The MAC's claim (`mac_claim`) makes a
+    collision a lost race, retried with another one."""
     octets = [0x02] + [random.randrange(256) for _ in range(5)]
-    return NIC(network=network_uuid, mac=":".join(f"{o:02x}" for o in octets))
+    return NIC(network=network_uuid, mac=":".join(f"{o:02x}" for o in octets), slot=free_slot(beside))

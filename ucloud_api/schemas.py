@@ -14,6 +14,7 @@ from ucloud_common.console import ConsoleKind
 from ucloud_common.sshkey import MAX_KEY_LINE, parse_public_key
 from ucloud_common.ipv6 import check_prefix
 from ucloud_common.user import Role, UserName
+from ucloud_common.vm import NIC_SLOTS
 
 
 class Strict(BaseModel):
@@ -53,7 +54,8 @@ class VMCreate(Strict):
     storage: Literal["local", "rbd"] = "local"
     ssh_keys: list[Name] = Field(default_factory=list, max_length=MAX_VM_KEYS, description="names of your SSH "
                                  "keys, copied into the VM")
-    networks: list[Name] = Field(default_factory=list, max_length=8, description="uuids of your networks")
+    networks: list[Name] = Field(default_factory=list, max_length=len(NIC_SLOTS),
+                                description="uuids of your networks")
     anti_affinity: Name | None = Field(None, description="VMs of one group are placed on different hosts")
 
 

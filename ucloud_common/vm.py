@@ -23,11 +23,25 @@ from ucloud_common.specs import Specs
 from ucloud_common.states import Action, MigrationPhase, Requested, Status, check_action
 
 
+# The PCI slots a VM's NICs are put in, one each, kept for the NIC's life: a live migration's
+# target must build the very device tree the source has, and hot-plugs and unplugs would otherwise
+# leave the source's NICs in slots its command line would not give them. Clear of the slots QEMU
+# gives the devices it places itself (VGA, the disks) from slot 2 on.
+NIC_SLOTS = range(16, 24)
+
+
 class NIC(BaseModel):
     model_config = ConfigDict(frozen=True, extra="allow")
 
     network: str  # the network's uuid
     mac: str
+    # None for a NIC made before slots were kept: QEMU places it, as then.
+    slot: int | None = Field(None, ge=NIC_SLOTS.start, lt=NIC_SLOTS.stop)
+
+
+def free_slot(nics: tuple[NIC, ...]) -> int:
+    """The lowest NIC slot none of `nics` has (the API allows no more NICs than there are slots)."""
+    return next(s for s in NIC_SLOTS if all(n.slot != s for n in nics))
 
 
 class VNCEndpoint(BaseModel):

@@ -351,7 +351,7 @@ class Agent:
         elif step.act is Act.DELETE:
             self._delete(vm)
         elif step.act is Act.PLUG and self._networks:
-            self._driver.plug(vm.uuid, step.nic, self._networks.plug_nic(vm, step.nic))
+            self._driver.plug(vm, step.nic, self._networks.plug_nic(vm, step.nic))
         elif step.act is Act.UNPLUG and self._networks:
             self._driver.unplug(vm.uuid, step.nic)
             self._networks.unplug_nic(step.nic)

@@ -130,9 +130,9 @@ class Hypervisor(Protocol):
         look at `migration` after). DriverTimeout as above."""
         ...
 
-    def plug(self, uuid: str, mac: str, tap: str) -> None:
-        """Hot-plug a virtio NIC with `mac` on `tap` (made beforehand) into the running VM; the
-        guest sees a new PCI device. Idempotent for a NIC already there. DriverTimeout as above;
+    def plug(self, vm: VM, mac: str, tap: str) -> None:
+        """Hot-plug `vm`'s virtio NIC with `mac` on `tap` (made beforehand) into the running VM, in
+        the NIC's slot; the guest sees a new PCI device. Idempotent for a NIC already there. DriverTimeout as above;
         DriverError if the hypervisor refuses the NIC (the VM runs on without it)."""
         ...
 

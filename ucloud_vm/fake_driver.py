@@ -128,8 +128,8 @@ class FakeDriver:
         full = self._trouble.setdefault(uuid, _Trouble()).disk_full
         guest.state = RunState.IO_ERROR if full else RunState.RUNNING
 
-    def plug(self, uuid: str, mac: str, tap: str) -> None:
-        self._command(uuid, "plug").nics[mac] = tap
+    def plug(self, vm: VM, mac: str, tap: str) -> None:
+        self._command(vm.uuid, "plug").nics[mac] = tap
 
     def unplug(self, uuid: str, mac: str) -> None:
         self._command(uuid, "unplug").nics.pop(mac, None)

@@ -119,10 +119,12 @@ def command_line(vm: VM, disk: list[str], paths: VMPaths, accel: str, binary: st
         argv += ["-object", f"secret,id=vncpass,file={paths.vnc_password}", "-vnc", guacamole.vnc_option("vncpass")]
     if seed is not None:
         argv += ["-drive", ",".join(seed)]
+    slots = {nic.mac: nic.slot for nic in vm.networks}
     for mac, tap in (nics or {}).items():
         name = _nic_name(mac)
         argv += ["-netdev", f"tap,id=net{name},ifname={tap},script=no,downscript=no",
-                 "-device", f"virtio-net-pci,netdev=net{name},mac={mac},id=nic{name}"]
+                 "-device", ",".join([f"virtio-net-pci,netdev=net{name},mac={mac},id=nic{name}",
+                                      *_slot_option(slots.get(mac))])]
     if paused:
         argv.append("-S")
     if incoming:  # the guest arrives by live migration; where from is said over QMP (migrate-incoming)
@@ -240,6 +242,11 @@ def _nic_name(mac: str) -> str:
     return mac.replace(":", "").lower()
 
 
+def _slot_option(slot: int | None) -> list[str]:
+    """The NIC's PCI address, where the record keeps one (`NIC.slot`)."""
+    return [] if slot is None else [f"addr={slot:#x}"]
+
+
 def _is_nic(device: str) -> bool:
     return device.startswith("nic") and len(device) == 15
 
@@ -320,8 +327,9 @@ class QemuDriver:
             return Observation(RunState.UNRESPONSIVE, str(exc))
         return Observation(_STATES.get(state, RunState.PAUSED), state, nics, vnc)
 
-    def plug(self, uuid: str, mac: str, tap: str) -> None:
+    def plug(self, vm: VM, mac: str, tap: str) -> None:
         name = _nic_name(mac)
+        slot = next((nic.slot for nic in vm.networks if nic.mac == mac), None)
 
         async def add(client: QMPClient) -> None:
             try:  # a netdev left by an unplug whose guest let the device go after we stopped waiting
@@ -332,11 +340,12 @@ class QemuDriver:
                 await asyncio.wait_for(client.execute("netdev_add", {
                     "type": "tap", "id": f"net{name}", "ifname": tap, "script": "no", "downscript": "no"}), self._timeout)
                 await asyncio.wait_for(client.execute("device_add", {
-                    "driver": "virtio-net-pci", "id": f"nic{name}", "netdev": f"net{name}", "mac": mac}), self._timeout)
+                    "driver": "virtio-net-pci", "id": f"nic{name}", "netdev": f"net{name}", "mac": mac,
+                    **({} if slot is None else {"addr": f"{slot:#x}"})}), self._timeout)
             except ExecuteError as exc:  # QEMU said no (e.g. the tap is busy): asking again will not help
                 raise DriverError(f"QEMU refused the NIC: {exc}") from None
 
-        session(self._paths(uuid), "device_add", add, self._timeout)
+        session(self._paths(vm.uuid), "device_add", add, self._timeout)
 
     def unplug(self, uuid: str, mac: str) -> None:
         name = _nic_name(mac)

@@ -279,10 +279,17 @@ def test_networks_and_keys_at_creation(alice: As, bob: As, store: Store) -> None
     vm = alice.create_vm(networks=[n1, n2], ssh_keys=["laptop"])
     assert [nic["network"] for nic in vm["networks"]] == [n1, n2]
     assert len({nic["mac"] for nic in vm["networks"]}) == 2
+    assert [nic["slot"] for nic in vm["networks"]] == [16, 17]
     for nic in vm["networks"]:
         assert store.get(MACS, nic["mac"].replace(":", "-")) is not None
     assert alice.get(f"/api/v1/networks/{n1}").json["attached"] == [vm["uuid"]]
     assert alice.delete(f"/api/v1/networks/{n1}").status_code == 409
+    # A NIC keeps its PCI slot for life (a live migration's target must rebuild the same devices):
+    # one attached later takes the lowest slot free, the one a detached NIC left.
+    alice.post(f"/api/v1/networks/{n1}/detach", json={"vm": vm["uuid"]})
+    n4 = alice.post("/api/v1/networks", json={"name": "n4"}).json["uuid"]
+    nics = alice.post(f"/api/v1/networks/{n4}/attach", json={"vm": vm["uuid"]}).json["networks"]
+    assert [(nic["network"], nic["slot"]) for nic in nics] == [(n2, 17), (n4, 16)]
     for networks in ([theirs], ["../x"], [n1, n1]):
         bad = alice.post("/api/v1/vms", json={"name": "x", "specs": {"cpu": 1, "ram": 1, "ssd": 1},
                                               "image": "tiny", "networks": networks})

@@ -29,7 +29,7 @@ from ucloud_common.network import NETWORKS, Network
 from ucloud_common.retry import Backoff, sleeps
 from ucloud_common.states import Requested
 from ucloud_common.store import Conflict, Put, Remove, Versioned
-from ucloud_common.vm import VMS, VM
+from ucloud_common.vm import NIC_SLOTS, VMS, VM
 
 bp = Blueprint("networks", __name__, url_prefix="/api/v1/networks")
 
@@ -103,9 +103,9 @@ def attach(uuid: str) -> Response:
     def plug(network: Network, vm: VM) -> tuple[VM, tuple[str, ...], list[Put[Any] | Remove[Any]]]:
         if any(nic.network == uuid for nic in vm.networks):
             raise APIError(409, "attached", f"VM {vm.uuid} is already attached to network {uuid}")
-        if len(vm.networks) >= 8:
-            raise APIError(409, "too_many", "a VM has at most 8 network interfaces")
-        nic = new_nic(uuid)
+        if len(vm.networks) >= len(NIC_SLOTS):
+            raise APIError(409, "too_many", f"a VM has at most {len(NIC_SLOTS)} network interfaces")
+        nic = new_nic(uuid, vm.networks)
         attached = tuple(v for v in network.attached if v != vm.uuid) + (vm.uuid,)
         return vm.evolve(networks=(*vm.networks, nic)), attached, [Put(MACS, mac_claim(nic.mac), Claim(holder=vm.uuid), 0)]
 

@@ -74,7 +74,7 @@ def create() -> Response:
             if network is None or network.value.owner != caller.name:
                 raise APIError(422, "invalid", f"networks: you have no network {network_uuid}",
                                fields=[{"field": "networks", "message": f"no network {network_uuid}"}])
-            nic = new_nic(network_uuid)
+            nic = new_nic(network_uuid, tuple(nics))
             nics.append(nic)
             writes += [Put(NETWORKS, network_uuid, network.value.evolve(attached=(*network.value.attached, uuid)),
                            network.mod_revision),
