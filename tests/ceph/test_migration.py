@@ -54,6 +54,14 @@ def slow(cluster: Cluster) -> Iterator[Cluster]:
     _restart_agents(cluster)
 
 
+@pytest.fixture
+def hurried(cluster: Cluster) -> Iterator[Cluster]:
+    """Slowed as `slow`, and given 20 s to send: less than the whole copy takes at that speed."""
+    _restart_agents(cluster, UCLOUD_MIGRATION_BANDWIDTH_MIB="4", UCLOUD_MIGRATION_TIMEOUT="20")
+    yield cluster
+    _restart_agents(cluster)
+
+
 def _restart_agents(cluster: Cluster, **settings: str) -> None:
     normal = cluster.env
     for host in ("h1", "h2"):
@@ -165,6 +173,57 @@ def test_a_migration_whose_source_agent_is_killed_still_ends_on_one_host(slow: C
     host = vm["hostname"].rsplit("/", 1)[-1]
     wait_until(lambda: cluster.qemu_pid(OTHER[host], uuid) is None, 30, "one QEMU left")
     assert cluster.qemu_pid(host, uuid) is not None
+
+
+def test_a_migration_whose_source_host_dies_ends_with_the_vm_restarted_on_one_host(slow: Cluster) -> None:
+    """The source host dies (its agent and its QEMU killed): the scheduler fences it, which ends the
+    migration, and the VM boots again on the live host; the dead host, back, runs nothing of it."""
+    cluster = slow
+    uuid, source = counting_vm(cluster, "bereft")
+    target = OTHER[source]
+    migrate(cluster, uuid, target)
+    wait_until(lambda: cluster.vm(uuid)["status"] == "MIGRATING", 30, "MIGRATING")
+    cluster.stop_agent(source, signal.SIGKILL)
+    pid = cluster.qemu_pid(source, uuid)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    vm = cluster.wait(uuid, "RUNNING", timeout=120, hostname=f"/v1/host/{target}", migration=None)
+    assert vm["error"] == ""
+    wait_until(lambda: BOOTED in cluster.serial(target, uuid), 120, "the guest booted again on the target")
+    history = events(cluster, uuid)
+    assert any(f"host {source}" in e and "fenced" in e for e in history), history
+    cluster.start_agent(source)
+    time.sleep(3)  # the host back: nothing of the VM may start there
+    assert cluster.qemu_pid(source, uuid) is None
+    assert cluster.vm(uuid)["hostname"] == f"/v1/host/{target}"
+
+
+def test_a_migration_cut_off_from_its_target_gives_up_at_its_deadline_and_the_vm_stays(hurried: Cluster) -> None:
+    cluster = hurried
+    uuid, source = counting_vm(cluster, "cut")
+    target = OTHER[source]
+    migrate(cluster, uuid, target)
+    wait_until(lambda: cluster.vm(uuid)["status"] == "MIGRATING", 30, "MIGRATING")
+    port = int(cluster.vm(uuid)["migration"]["address"].rsplit(":", 1)[1])
+    nft = ["nft", "add", "rule", "inet", "ucloud_test_cut", "out"]
+    subprocess.run(["nft", "add", "table", "inet", "ucloud_test_cut"], check=True)
+    try:
+        subprocess.run(["nft", "add", "chain", "inet", "ucloud_test_cut", "out",
+                        "{ type filter hook output priority 0; }"], check=True)
+        subprocess.run([*nft, "tcp", "dport", str(port), "counter", "drop"], check=True)
+        subprocess.run([*nft, "tcp", "sport", str(port), "counter", "drop"], check=True)
+        vm = cluster.wait(uuid, "RUNNING", timeout=90, hostname=f"/v1/host/{source}", migration=None)
+        dropped = subprocess.run(["nft", "list", "table", "inet", "ucloud_test_cut"], capture_output=True, text=True)
+        assert re.search(r"counter packets [1-9]", dropped.stdout), dropped.stdout  # the cut did cut
+    finally:
+        subprocess.run(["nft", "delete", "table", "inet", "ucloud_test_cut"], check=False)
+    assert vm["error"] == ""
+    history = events(cluster, uuid)
+    assert any(f"not migrated to {target}" in e and "within 20 s" in e for e in history), history
+    count = len(ticks(cluster, source, uuid))
+    wait_until(lambda: len(ticks(cluster, source, uuid)) > count + 1, 20, "the counter going on on the source")
+    assert BOOTED not in cluster.serial(source, uuid).split("tick-1", 1)[1]  # never rebooted
+    wait_until(lambda: cluster.qemu_pid(target, uuid) is None, 30, "no copy left on the target")
 
 
 def _wait_quietly(condition: object, timeout: float) -> bool:
