@@ -151,7 +151,12 @@ class Settings(BaseSettings):
                                 "are not a crash loop.")
 
     monitor_interval: float = Field(1.0, gt=0, description="Seconds between a host agent's looks at each "
-                                    "of its QEMUs: a crash becomes KILLED within this.")
+                                    "QEMU whose events it cannot follow (one started before QEMUs got an "
+                                    "events monitor): a crash becomes KILLED within this. The others say themselves "
+                                    "when something happens.")
+    monitor_sweep_interval: float = Field(30.0, gt=0, description="Seconds between a host agent's looks at "
+                                          "every QEMU, even those whose events it follows: a safety net "
+                                          "for an event missed.")
     host_check_interval: float = Field(5.0, gt=0, description="Seconds between a host agent's checks that "
                                        "its host is recorded UP (a scheduler may have judged it dead "
                                        "during a partition).")

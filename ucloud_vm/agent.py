@@ -5,7 +5,9 @@ with files left here, `reconcile` reads the record, observes the VM's process th
 hypervisor driver, lets the pure `decide` (ucloud_vm/decide.py: start here) choose one step,
 records it with compare-and-swap and acts. A monitor observes every running VM each
 `monitor_interval` and wakes its worker when the decision would change something, so a crash
-becomes KILLED within a second, then a restart with backoff, then ERROR if it keeps dying.
+becomes KILLED within a second, then a restart with backoff, then ERROR if it keeps dying. A QEMU
+says itself when something happens (its QMP events, ucloud_vm.qmp_events): the monitor looks at
+those only every `monitor_sweep_interval`.
 QEMU processes outlive the agent: a restarted agent re-adopts them and restarts none of them.
 """
 
@@ -15,6 +17,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 import uuid as uuidlib
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -86,6 +89,7 @@ class Agent:
         self._mine: dict[str, VM] = {}  # the VMs placed here, as last seen
         self._lock = threading.Lock()
         self._workers = KeyedWorkers(lambda uuid: self.reconcile(uuid).look_again, threads=settings.agent_workers)
+        self._next_sweep = 0.0  # (time.monotonic) the monitor's next look at every process
         self._stop = threading.Event()
         self._supervisor = Supervisor(self._stop)
 
@@ -210,11 +214,17 @@ class Agent:
 
     def monitor_tick(self) -> None:
         """Wake the worker of each VM whose decision, on what its process shows now, would change
-        something (a crash, a guest that powered off or paused by itself)."""
+        something (a crash, a guest that powered off or paused by itself). A process whose events
+        are followed wakes its worker itself, and is looked at only each sweep."""
         with self._lock:
             mine = [vm for vm in self._mine.values() if vm.status in MONITORED]
         now = utcnow()
+        sweep = time.monotonic() >= self._next_sweep
+        if sweep:
+            self._next_sweep = time.monotonic() + self._settings.monitor_sweep_interval
         for vm in mine:
+            if self._driver.follow(vm.uuid, self._workers.submit) and not sweep:
+                continue
             step = decide(vm, Seen(self._driver.observe(vm.uuid), networked=self._networks is not None), now,
                           self._settings)
             if step.writes() or step.act is not Act.NOTHING:
@@ -286,6 +296,9 @@ class Agent:
 
     def _observe(self, vm: VM) -> Seen:
         run = self._driver.observe(vm.uuid)
+        if run.state not in (RunState.ABSENT, RunState.UNRESPONSIVE):
+            # From now on its QEMU says itself when something happens (the monitor's sweep asks too).
+            self._driver.follow(vm.uuid, self._workers.submit)
         # Only where it decides anything (it costs a read of the host record).
         fenced = (vm.status is Status.KILLED and vm.storage in SHARED_STORAGE and run.state in LIVE
                   and self._host_fenced())

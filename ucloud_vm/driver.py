@@ -9,7 +9,7 @@ milliseconds. Model: Nova's `nova/virt/driver.py` beside `nova/virt/fake.py`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -90,6 +90,13 @@ class Hypervisor(Protocol):
         """What the VM's process is doing now. Never raises for the VM's own trouble: a missing
         process is ABSENT (with its last words as `detail`), one that does not answer within the
         driver's timeout is UNRESPONSIVE."""
+        ...
+
+    def follow(self, uuid: str, wake: Callable[[str], None]) -> bool:
+        """Call `wake(uuid)`, from another thread, whenever the VM's process does something that
+        `observe` would show (its guest stops, resumes, powers off, panics; the process exits) —
+        until it exits. Idempotent and cheap; False if this process cannot be followed, and must
+        then be observed now and then instead."""
         ...
 
     def start(self, vm: VM, disk: list[str], *, paused: bool, seed: Mapping[str, bytes],

@@ -9,7 +9,7 @@ Time is `ucloud_common.clock`: under a simulated clock, a guest told to power of
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from ucloud_common import clock
@@ -58,6 +58,9 @@ class FakeDriver:
     _sending: dict[str, str] = field(default_factory=dict)  # uuid → where its guest is being sent
 
     # -- the contract ------------------------------------------------------------------------------
+
+    def follow(self, uuid: str, wake: Callable[[str], None]) -> bool:
+        return False  # observed by the agent's monitor: simulated time has no events to wait for
 
     def observe(self, uuid: str) -> Observation:
         guest = self.guests.get(uuid)

@@ -21,6 +21,11 @@ class VMPaths:
         return self.root / "qmp.sock"
 
     @property
+    def qmp_events(self) -> Path:
+        """A second QMP monitor, held by the agent to hear QEMU's events (ucloud_vm.qmp_events)."""
+        return self.root / "events.sock"
+
+    @property
     def vnc(self) -> Path:
         return self.root / "vnc.sock"
 

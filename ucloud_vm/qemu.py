@@ -28,6 +28,7 @@ from ucloud_common.vm import VM, VNCEndpoint
 from ucloud_vm.cidata import build_seed, drive_options
 from ucloud_vm.driver import DriverError, DriverTimeout, MigrationInfo, Observation, RunState
 from ucloud_vm.paths import VMPaths
+from ucloud_vm.qmp_events import EventFollower
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def command_line(vm: VM, disk: list[str], paths: VMPaths, accel: str, binary: st
         binary, "-name", f"guest={vm.uuid},process=ucloud-{vm.uuid[:8]}",
         *machine_args(accel, vm.specs.cpu, guest_ram_mib(vm.specs.ram)), "-no-shutdown",
         "-daemonize", "-pidfile", str(paths.pidfile),
-        "-qmp", f"unix:{paths.qmp},server=on,wait=off",
+        "-qmp", f"unix:{paths.qmp},server=on,wait=off", "-qmp", f"unix:{paths.qmp_events},server=on,wait=off",
         "-chardev", f"socket,id=serial0,path={paths.serial_socket},server=on,wait=off,logfile={paths.serial},"
                     "logappend=on", "-serial", "chardev:serial0",
         "-vnc", f"unix:{paths.vnc}", "-device", "VGA",
@@ -300,9 +301,19 @@ class QemuDriver:
         self._run_dir = run_dir
         self._timeout = qmp_timeout
         self._netns = netns
+        self._events = EventFollower()
 
     def _paths(self, uuid: str) -> VMPaths:
         return VMPaths.of(self._run_dir, uuid)
+
+    def follow(self, uuid: str, wake: Callable[[str], None]) -> bool:
+        if self._events.following(uuid):
+            return True
+        paths = self._paths(uuid)
+        if running_qemu(paths) is None or not paths.qmp_events.exists():
+            return False  # gone, or started before QEMUs had an events monitor
+        self._events.follow(uuid, paths.qmp_events, wake)
+        return True
 
     def observe(self, uuid: str) -> Observation:
         paths = self._paths(uuid)

@@ -63,15 +63,8 @@ def hurried(cluster: Cluster) -> Iterator[Cluster]:
 
 
 def _restart_agents(cluster: Cluster, **settings: str) -> None:
-    normal = cluster.env
     for host in ("h1", "h2"):
-        if host in cluster.agents:
-            cluster.stop_agent(host)
-        cluster.env = {**normal, **settings}
-        try:
-            cluster.start_agent(host)
-        finally:
-            cluster.env = {k: v for k, v in normal.items() if k not in settings}
+        cluster.restart_agent(host, **settings)
 
 
 def counting_vm(cluster: Cluster, name: str) -> tuple[str, str]:

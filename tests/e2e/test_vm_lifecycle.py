@@ -10,6 +10,8 @@ from pathlib import Path
 from tests.helpers.processes import Cluster, wait_until
 from tests.helpers.tiny import BOOTED
 from ucloud_common.vm import VMS
+from ucloud_vm.paths import VMPaths
+from ucloud_vm.qemu import execute
 
 SPECS = {"cpu": 1, "ram": 0.25, "ssd": 1}
 
@@ -95,6 +97,26 @@ def test_a_killed_qemu_is_restarted(cluster: Cluster) -> None:
     assert any(m.startswith("killed: QEMU exited unexpectedly") for m in messages), messages
     assert any(m.startswith("restarted") for m in messages), messages
     wait_until(lambda: cluster.serial("h1", uuid).count(BOOTED) == 2, 60, "the boot after the restart")
+
+
+def test_the_agent_hears_of_a_crash_from_qemu_without_looking(cluster: Cluster) -> None:
+    """The agent's monitor looks only every 5 minutes here: the crash is heard on QEMU's events
+    monitor (its end), and the VM restarted all the same; so is a guest paused behind its back."""
+    cluster.restart_agent("h1", UCLOUD_MONITOR_INTERVAL="300", UCLOUD_MONITOR_SWEEP_INTERVAL="300")
+    try:
+        uuid = create(cluster, "heard")
+        cluster.wait(uuid, "RUNNING", timeout=30)
+        time.sleep(2)  # the agent's first monitor tick (which looks at every QEMU) has passed
+        paths = cluster.run_dir("h1") / "vms" / uuid
+        execute(VMPaths(paths), "stop")  # not asked for: the agent resumes it (RUNNING is requested)
+        wait_until(lambda: any("resumed" in m for m in events(cluster, uuid)), 20, "the paused guest resumed")
+        pid = cluster.qemu_pid("h1", uuid)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        cluster.wait(uuid, "RUNNING", timeout=30, restarts=1)
+        assert any(m.startswith("killed: QEMU exited unexpectedly") for m in events(cluster, uuid))
+    finally:
+        cluster.restart_agent("h1")
 
 
 def test_a_killed_agent_leaves_its_vms_running_and_readopts_them(cluster: Cluster) -> None:

@@ -98,6 +98,18 @@ class Cluster:
         process.send_signal(sig)
         process.wait(timeout=15)
 
+    def restart_agent(self, host: str, **settings: str) -> None:
+        """Stop the host's agent if it runs (its QEMUs live on) and start it again with `settings`
+        (UCLOUD_… variables) over the cluster's; none: as the cluster has them."""
+        if host in self.agents:
+            self.stop_agent(host)
+        normal = self.env
+        self.env = {**normal, **settings}
+        try:
+            self.start_agent(host)
+        finally:
+            self.env = normal
+
 
 def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(args, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
