@@ -86,6 +86,7 @@ class Agent:
         self._source = f"agent {host.name}"
         self._agent_id = uuidlib.uuid4().hex
         self._lease: KeptLease | None = None
+        self._registering = False  # a thread registers again after a lost lease
         self._mine: dict[str, VM] = {}  # the VMs placed here, as last seen
         self._lock = threading.Lock()
         self._workers = KeyedWorkers(lambda uuid: self.reconcile(uuid).look_again, threads=settings.agent_workers)
@@ -151,8 +152,24 @@ class Agent:
         self._store_host_up()
 
     def _reregister(self) -> None:
+        """A lease was lost: register again, in one thread however many leases are lost meanwhile
+        (each try makes a lease, which a slow etcd may lose in turn: a thread per loss piled up
+        hundreds of them, all retrying, in an agent whose etcd had gone)."""
+        with self._lock:
+            if self._registering:
+                return  # that thread makes a new lease anyway, and looks again after
+            self._registering = True
         log.error("host %s lost its lease; registering again (its VMs keep running)", self.host.name)
-        threading.Thread(target=self._register, name="register", daemon=True).start()
+        threading.Thread(target=self._register_again, name="register", daemon=True).start()
+
+    def _register_again(self) -> None:
+        while True:
+            self._register()
+            with self._lock:
+                # A loss told while this thread was at work was not acted on: it is seen here.
+                if self._stop.is_set() or self._lease is None or not self._lease.lost.is_set():
+                    self._registering = False
+                    return
 
     def check_host(self) -> None:
         """A host declared DOWN while its agent still holds its lease (the scheduler judged it dead
