@@ -21,7 +21,8 @@ GUNICORN_CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "gunicorn.con
 
 
 @cli.command()
-@click.option("--bind", default="127.0.0.1:8080", show_default=True, help="HOST:PORT to listen on.")
+@click.option("--bind", default="[::]:8080", show_default=True,
+              help="HOST:PORT to listen on ([::]: every address, IPv6 and IPv4).")
 @click.option("--workers", type=click.IntRange(1, 64), default=None,
               help="Worker processes [default: from the gunicorn config: 2 per CPU + 1].")
 @click.option("--gunicorn-config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -30,7 +31,7 @@ GUNICORN_CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "gunicorn.con
 def serve(ctx: click.Context, bind: str, workers: int | None, gunicorn_config: Path) -> None:
     """Serve the API under gunicorn (replaces this process).
 
-    Example: ucloud-api serve --bind 0.0.0.0:8080
+    Example: ucloud-api serve --bind 127.0.0.1:8080
     """
     settings_from(ctx)  # refuse to start on a bad configuration, before forking workers
     config = ctx.find_root().params.get("config")
