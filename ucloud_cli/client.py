@@ -63,15 +63,16 @@ class Client:
             raise CLIError(f"cannot reach the API at {self.url}: {reason}", 3) from None
         return json.loads(text) if text else None
 
-    def find(self, collection: str, ref: str, what: str) -> dict[str, Any]:
-        """The `what` (VM, network) of `collection` whose uuid or name is `ref`. Names are unique per
-        owner, but an admin's listing spans owners: a name two of them use is refused, not guessed."""
+    def find(self, collection: str, ref: str, what: str, name: str = "name") -> dict[str, Any]:
+        """The `what` (VM, network, image, file) of `collection` whose uuid or `name` field is `ref`.
+        Names are unique per owner, but an admin's listing spans owners, and a user's images include
+        the public ones: a name two owners use is refused, not guessed."""
         try:
             return self.request("GET", f"/{collection}/{urllib.parse.quote(ref, safe='')}")
         except CLIError as exc:
-            if exc.http_status != 404:
+            if exc.http_status not in (404, 405):  # (files have no one-item route: the list has them)
                 raise
-        named = [item for item in self.request("GET", f"/{collection}") if item["name"] == ref]
+        named = [item for item in self.request("GET", f"/{collection}") if ref in (item[name], item["uuid"])]
         if not named:
             raise CLIError(f"{what} {ref!r} does not exist (no {what} has that uuid or name)")
         if len(named) > 1:

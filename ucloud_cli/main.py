@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.shell_completion import get_completion_class
 
 from ucloud_cli.client import CLIError, Client, config_path, save_login
 from ucloud_cli.output import Column, error, field, show
@@ -95,6 +96,35 @@ def cli() -> None:
     pass
 
 
+def _names(collection: str, field: str = "name") -> Callable[[click.Context, click.Parameter, str], list[str]]:
+    """Tab completion of the names in `collection` the caller sees (nothing when the API cannot be
+    reached: a completion never prints an error into the command line being typed)."""
+    def complete(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+        try:
+            items = client().request("GET", f"/{collection}")
+        except CLIError:
+            return []
+        return sorted({item[field] for item in items if str(item[field]).startswith(incomplete)})
+    return complete
+
+
+vm_argument = click.argument("vm_ref", metavar="VM", shell_complete=_names("vms"))
+network_argument = click.argument("network_ref", metavar="NETWORK", shell_complete=_names("networks"))
+
+
+@cli.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the tab completion script for your shell (commands, options, and the names of your VMs,
+    networks and images).
+
+    Example: echo 'eval "$(ucloud completion bash)"' >> ~/.bashrc
+    """
+    complete = get_completion_class(shell)
+    assert complete is not None  # one of click's own three
+    click.echo(complete(cli, {}, "ucloud", "_UCLOUD_COMPLETE").source())
+
+
 @cli.command()
 @click.option("--url", required=True, help="The API's base URL, e.g. http://api.example:8080")
 @click.option("--token", default=None, help="Your API token (asked for if neither it nor --user is given).")
@@ -131,7 +161,7 @@ def vm() -> None:
 @click.option("--ram", type=float, default=1, show_default=True, help="GiB")
 @click.option("--ssd", type=int, default=10, show_default=True, help="GiB")
 @click.option("--hdd", type=int, default=0, show_default=True, help="GiB")
-@click.option("--image", required=True, help="The image's uuid.")
+@click.option("--image", required=True, shell_complete=_names("images"), help="The image, by name or uuid (yours or a public one).")
 @click.option("--storage", type=click.Choice(["local", "rbd"]), default="local", show_default=True)
 @click.option("--ssh-key", "ssh_keys", multiple=True, help="Name of one of your SSH keys (repeatable).")
 @click.option("--network", "networks", multiple=True, help="One of your networks, by name or uuid (repeatable).")
@@ -149,7 +179,7 @@ def vm_create(name: str, cpu: int, ram: float, ssd: int, hdd: int, image: str, s
     """
     api = client()
     body: dict[str, Any] = {"name": name, "specs": {"cpu": cpu, "ram": ram, "ssd": ssd, "hdd": hdd},
-                            "image": image, "storage": storage, "ssh_keys": list(ssh_keys),
+                            "image": api.find("images", image, "image")["uuid"], "storage": storage, "ssh_keys": list(ssh_keys),
                             "networks": [api.find("networks", ref, "network")["uuid"] for ref in networks]}
     if anti_affinity:
         body["anti_affinity"] = anti_affinity
@@ -175,7 +205,7 @@ def vm_list(owner: str | None, host: str | None, status: str | None, fmt: str) -
 
 
 @vm.command("show")
-@click.argument("vm_ref", metavar="VM")
+@vm_argument
 @output_option
 @handle_errors
 def vm_show(vm_ref: str, fmt: str) -> None:
@@ -188,7 +218,7 @@ def vm_show(vm_ref: str, fmt: str) -> None:
 
 
 @vm.command("events")
-@click.argument("vm_ref", metavar="VM")
+@vm_argument
 @output_option
 @handle_errors
 def vm_events(vm_ref: str, fmt: str) -> None:
@@ -201,7 +231,7 @@ def vm_events(vm_ref: str, fmt: str) -> None:
 
 
 @vm.command("guacamole")
-@click.argument("vm_ref", metavar="VM")
+@vm_argument
 @output_option
 @handle_errors
 def vm_guacamole(vm_ref: str, fmt: str) -> None:
@@ -229,7 +259,7 @@ def _action(action: str) -> click.Command:
         "resume": "Resume a suspended VM.", "migrate": "Move a running VM to another host (admin).",
     }[action]
 
-    @click.argument("vm_ref", metavar="VM")
+    @vm_argument
     @click.option("--wait", is_flag=True, help="Follow the VM until its migration has ended (moved, or not, and "
                   "why)." if action == "migrate" else f"Follow the VM until it is {TARGETS[action]}.")
     @click.option("--timeout", type=float, default=300, show_default=True, help="Seconds --wait waits.")
@@ -255,7 +285,7 @@ for _name in TARGETS:
 
 
 @vm.command("delete")
-@click.argument("vm_ref", metavar="VM")
+@vm_argument
 @click.option("--wait", is_flag=True, help="Follow the VM until it is gone.")
 @click.option("--timeout", type=float, default=300, show_default=True, help="Seconds --wait waits.")
 @handle_errors
@@ -322,7 +352,7 @@ def follow_migration(api: Client, vm: dict[str, Any], timeout: float) -> dict[st
 
 
 @vm.command("cancel-migration")
-@click.argument("vm_ref", metavar="VM")
+@vm_argument
 @output_option
 @handle_errors
 def vm_cancel_migration(vm_ref: str, fmt: str) -> None:
@@ -370,7 +400,7 @@ def network_list(fmt: str) -> None:
 
 
 @network.command("show")
-@click.argument("network_ref", metavar="NETWORK")
+@network_argument
 @output_option
 @handle_errors
 def network_show(network_ref: str, fmt: str) -> None:
@@ -382,7 +412,7 @@ def network_show(network_ref: str, fmt: str) -> None:
 
 
 @network.command("delete")
-@click.argument("network_ref", metavar="NETWORK")
+@network_argument
 @handle_errors
 def network_delete(network_ref: str) -> None:
     """Delete a network (by name or uuid) no VM is attached to.
@@ -396,8 +426,8 @@ def network_delete(network_ref: str) -> None:
 
 
 @network.command("attach")
-@click.argument("network_ref", metavar="NETWORK")
-@click.argument("vm_ref", metavar="VM")
+@network_argument
+@vm_argument
 @output_option
 @handle_errors
 def network_attach(network_ref: str, vm_ref: str, fmt: str) -> None:
@@ -409,8 +439,8 @@ def network_attach(network_ref: str, vm_ref: str, fmt: str) -> None:
 
 
 @network.command("detach")
-@click.argument("network_ref", metavar="NETWORK")
-@click.argument("vm_ref", metavar="VM")
+@network_argument
+@vm_argument
 @output_option
 @handle_errors
 def network_detach(network_ref: str, vm_ref: str, fmt: str) -> None:
@@ -448,30 +478,33 @@ def image_list(fmt: str) -> None:
 
 @image.command("create")
 @click.argument("name")
-@click.option("--file", "file_uuid", required=True, help="uuid of one of your files (see `ucloud file list`).")
+@click.option("--file", "file_ref", required=True, help="One of your files, by uuid or file name (see `ucloud file list`).")
 @click.option("--store", default="local", show_default=True, help="The image store.")
 @click.option("--public", is_flag=True, help="Visible to everyone (admin).")
 @output_option
 @handle_errors
-def image_create(name: str, file_uuid: str, store: str, public: bool, fmt: str) -> None:
+def image_create(name: str, file_ref: str, store: str, public: bool, fmt: str) -> None:
     """Create an image from one of your uploaded files.
 
-    Example: ucloud image create debian12 --file 77ab…
+    Example: ucloud image create debian12 --file debian-12.qcow2
     """
-    show(client().request("POST", "/images", {"name": name, "file": file_uuid, "store": store,
-                                              "public": public}), fmt)
+    api = client()
+    file_uuid = api.find("files", file_ref, "file", name="filename")["uuid"]
+    show(api.request("POST", "/images", {"name": name, "file": file_uuid, "store": store, "public": public}), fmt)
 
 
 @image.command("delete")
-@click.argument("uuid")
+@click.argument("image_ref", metavar="IMAGE", shell_complete=_names("images"))
 @handle_errors
-def image_delete(uuid: str) -> None:
-    """Delete one of your images (no VM may use it).
+def image_delete(image_ref: str) -> None:
+    """Delete one of your images, by name or uuid (no VM may use it).
 
-    Example: ucloud image delete 5d0e…
+    Example: ucloud image delete debian12
     """
-    client().request("DELETE", f"/images/{uuid}")
-    click.echo(f"image {uuid} deleted")
+    api = client()
+    found = api.find("images", image_ref, "image")
+    api.request("DELETE", f"/images/{found['uuid']}")
+    click.echo(f"image {found['name']} ({found['uuid']}) deleted")
 
 
 @cli.group("file")

@@ -161,9 +161,31 @@ def test_networks_keys_images_files(cluster: Cluster, home: Path, tmp_path: Path
     assert "tiny" in {i["uuid"] for i in images}
     assert "STORE" in ok(ucloud(home, "image", "list", cluster=cluster))
     assert as_json(ucloud(home, "file", "list", "-o", "json", cluster=cluster)) == []
-    assert "you have no file" in one_error_line(
+    assert "file 'nope' does not exist" in one_error_line(
         ucloud(home, "image", "create", "x", "--file", "nope", cluster=cluster), 1)
     assert "does not exist" in one_error_line(ucloud(home, "image", "delete", "nope", cluster=cluster), 1)
+
+
+def test_images_are_named_and_names_complete(cluster: Cluster, home: Path) -> None:
+    from ucloud_common.image import IMAGES, Image, ImageStatus
+
+    cluster.store.create(IMAGES, "b0b0b0b0-0000-4000-8000-000000000001", Image(
+        uuid="b0b0b0b0-0000-4000-8000-000000000001", owner="admin", name="nowhere", store_name="local",
+        public=True, status=ImageStatus.CREATED))
+    # By name: the VM gets the image's uuid (which no host has: so it ends in ERROR, saying which).
+    failed = ucloud(home, "vm", "create", "named", "--ram", "0.25", "--ssd", "1", "--image", "nowhere", "--wait",
+                    "--timeout", "60", cluster=cluster)
+    assert "image b0b0b0b0-0000-4000-8000-000000000001 is not in this host's image store" in failed.stderr
+    assert "image 'nowhere' does not exist" not in failed.stderr
+    env = {"COMP_WORDS": "ucloud vm show na", "COMP_CWORD": "3", "_UCLOUD_COMPLETE": "bash_complete"}
+    completed = subprocess.run([str(BIN / "ucloud")], env={**os.environ, **env, "UCLOUD_TOKEN": cluster.token,
+                               "UCLOUD_API_URL": f"http://127.0.0.1:{cluster.api_port}"},
+                               capture_output=True, text=True, timeout=60)
+    assert completed.stdout.split() == ["plain,named"], completed.stdout
+    assert "_UCLOUD_COMPLETE=bash_complete" in ok(ucloud(home, "completion", "bash"))
+    assert "deleted" in ok(ucloud(home, "vm", "delete", "named", "--wait", cluster=cluster))
+    assert "image nowhere (b0b0b0b0-0000-4000-8000-000000000001) deleted" in ok(
+        ucloud(home, "image", "delete", "nowhere", cluster=cluster))
 
 
 def test_admin_hosts_and_users(cluster: Cluster, home: Path) -> None:
