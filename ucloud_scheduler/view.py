@@ -52,6 +52,9 @@ class View:
     # Built by the first placement after a snapshot (or a change of ratios, mode or rng), then kept
     # up to date change by change.
     _index: HostIndex | None = field(default=None, repr=False, compare=False)
+    # Hosts whose allocations changed in the VM change being taken in: re-weighed once at its end
+    # (a VM rewritten in place takes its room off and on again).
+    _reallocated: set[str] = field(default_factory=set, repr=False, compare=False)
 
     # -- feeding ----------------------------------------------------------------------------------
 
@@ -98,7 +101,7 @@ class View:
                 self.set_vm(item.value)
 
     def set_vm(self, vm: Versioned[VM]) -> None:
-        self._forget(vm.name)
+        self._unset(vm.name)
         self.vms[vm.name] = vm
         value = vm.value
         if value.host:
@@ -116,8 +119,13 @@ class View:
             target = value.migration.target
             self._allocate(target, value.specs, 1)
             self.migrating[vm.name] = (value.migration.source, target)
+        self._refresh_reallocated()
 
     def _forget(self, uuid: str) -> None:
+        self._unset(uuid)
+        self._refresh_reallocated()
+
+    def _unset(self, uuid: str) -> None:
         old = self.vms.pop(uuid, None)
         self.pending.pop(uuid, None)
         self.to_move.pop(uuid, None)
@@ -136,7 +144,12 @@ class View:
 
     def _allocate(self, host_name: str, specs: Specs, times: int) -> None:
         self.allocated[host_name] = add(self.allocated.get(host_name, ZERO), specs, times)
-        self._refresh(host_name)
+        self._reallocated.add(host_name)
+
+    def _refresh_reallocated(self) -> None:
+        for host_name in self._reallocated:
+            self._refresh(host_name)
+        self._reallocated.clear()
 
     def _refresh(self, host_name: str) -> None:
         if self._index is not None:

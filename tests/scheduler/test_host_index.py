@@ -130,3 +130,33 @@ def test_incremental_index_chooses_as_from_scratch(seed: int) -> None:
             if rng.random() < 0.7:  # written; else a conflict left them pending
                 for new, chosen in placed:
                     world.set_vm(new.evolve(**placed_on(chosen), status=Status.SCHEDULED_DEPLOY))
+
+
+def test_a_cycle_weighs_only_the_hosts_that_changed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.scheduler.views import view_with
+    from ucloud_common.config import load_settings
+    from ucloud_scheduler import hostindex, placement
+    from ucloud_scheduler.plan import plan_cycle
+
+    settings = load_settings(etcd_endpoints="http://127.0.0.1:1")
+    view = view_with(*(host(f"h{i:04}") for i in range(2000)))
+    rng = random.Random(1)
+    weighed: list[str] = []
+
+    def counted(h: Host, room: dict[str, float], ratios: Ratios, sign: float) -> float:
+        weighed.append(h.name)
+        return weight(h, room, ratios, sign)
+
+    monkeypatch.setattr(hostindex, "weight", counted)
+    monkeypatch.setattr(placement, "weight", counted)
+    for cycle in range(3):
+        new = vm(f"v{cycle}")
+        view.apply_vms(Change(new.uuid, Versioned(new.uuid, new, 10 + 2 * cycle, 10 + 2 * cycle), 10 + 2 * cycle))
+        weighed.clear()
+        (placed,) = plan_cycle(view, {}, settings, 0.0, rng).placed
+        if cycle:  # the first builds the index: every host once
+            assert len(weighed) == 1, "only the chosen host is weighed again, in the batch's own heap"
+        chosen = placed.seen.value.evolve(**placed.changes)
+        weighed.clear()
+        view.set_vm(Versioned(new.uuid, chosen, 11 + 2 * cycle, 10 + 2 * cycle))
+        assert weighed == [chosen.host], "taking the write in re-weighs that host alone"
