@@ -7,14 +7,17 @@ import random
 
 import pytest
 
-from tests.scheduler.views import host, vm
+from tests.scheduler.views import host, view_with, vm
 from ucloud_common.allocation import ZERO, allocations
+from ucloud_common.config import load_settings
 from ucloud_common.host import Host, HostStatus
 from ucloud_common.states import Status
 from ucloud_common.store import Change, Versioned
 from ucloud_common.vm import VM, placed_on
+from ucloud_scheduler import hostindex, placement
 from ucloud_scheduler.hostindex import Ratios, eligible, free, weight
 from ucloud_scheduler.placement import Placer, fits
+from ucloud_scheduler.plan import plan_cycle
 from ucloud_scheduler.view import View
 
 RATIOS = Ratios(cpu=2.0, ram=1.0, disk=1.0)
@@ -133,11 +136,6 @@ def test_incremental_index_chooses_as_from_scratch(seed: int) -> None:
 
 
 def test_a_cycle_weighs_only_the_hosts_that_changed(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.scheduler.views import view_with
-    from ucloud_common.config import load_settings
-    from ucloud_scheduler import hostindex, placement
-    from ucloud_scheduler.plan import plan_cycle
-
     settings = load_settings(etcd_endpoints="http://127.0.0.1:1")
     view = view_with(*(host(f"h{i:04}") for i in range(2000)))
     rng = random.Random(1)
