@@ -5,40 +5,26 @@ backend, it runs no other VM of the VM's anti-affinity group, and it has the VM'
 hdd free after the over-commit ratios. Weighers: `spread` takes the host with the largest free
 share of its scarcest resource, `pack` the smallest that fits; ties are broken at random.
 
-Hosts wait in a heap ordered by weight, so a placement pops the best host and usually takes it:
-its cost grows with the log of the number of hosts, and not at all with the number of VMs.
+Hosts wait in the view's `HostIndex`, a heap ordered by weight and kept up to date as the view
+changes, so a placement pops the best host and usually takes it: its cost grows with the log of the
+number of hosts, and not at all with the number of VMs.
 """
 
 from __future__ import annotations
 
 import heapq
 import random
-from dataclasses import dataclass
 
-from ucloud_common.allocation import ZERO
-from ucloud_common.host import Host, HostStatus
-from ucloud_common.specs import Specs
+from ucloud_common.host import Host
 from ucloud_common.vm import VM
+from ucloud_scheduler.hostindex import DIMENSIONS, Entry, Ratios, weight
 from ucloud_scheduler.view import View
 
-
-@dataclass(frozen=True)
-class Ratios:
-    cpu: float = 4.0
-    ram: float = 1.0
-    disk: float = 1.0
-
-
-_DIMENSIONS = (("cpu", "CPUs", "cpu"), ("ram", "GiB RAM", "ram"), ("ssd", "GiB SSD", "disk"), ("hdd", "GiB HDD", "disk"))
-
-
-def free(host: Host, allocated: Specs, ratios: Ratios) -> dict[str, float]:
-    return {dim: getattr(host.capacity, dim) * getattr(ratios, ratio) - getattr(allocated, dim)
-            for dim, _, ratio in _DIMENSIONS}
+__all__ = ["Placer", "Ratios", "fits"]
 
 
 def fits(vm: VM, room: dict[str, float]) -> bool:
-    return all(getattr(vm.specs, dim) <= room[dim] for dim, _, _ in _DIMENSIONS)
+    return all(getattr(vm.specs, dim) <= room[dim] for dim, _, _ in DIMENSIONS)
 
 
 def _fmt(value: float) -> str:
@@ -46,52 +32,71 @@ def _fmt(value: float) -> str:
 
 
 class Placer:
-    """Places a batch of VMs on one snapshot of the view, updating its own copy of allocations as
-    it goes (so one batch never overfills a host)."""
+    """Places a batch of VMs on one state of the view, taking their room as it goes (so one batch
+    never overfills a host) without changing the view: the hosts it took room on are weighed again
+    in a heap of its own, and their entries in the view's index are passed over."""
 
     def __init__(self, view: View, ratios: Ratios, mode: str = "spread", rng: random.Random | None = None) -> None:
         self._view = view
         self._ratios = ratios
         self._sign = -1.0 if mode == "spread" else 1.0
         self._rng = rng or random.Random()
-        self.eligible: dict[str, Host] = {
-            name: host.value for name, host in view.hosts.items()
-            if host.value.status is HostStatus.UP and not host.value.maintenance and view.is_alive(name)
-        }
-        self._room = {name: free(host, view.allocated.get(name, ZERO), ratios)
-                      for name, host in self.eligible.items()}
-        self._heap = [(self._weight(name), self._rng.random(), name) for name in self.eligible]
+        self._index = view.host_index(ratios, self._sign, self._rng)
+        self._index.take_back()
+        self.eligible: dict[str, Host] = self._index.hosts
+        self._taken: dict[str, Entry] = {}  # hosts this batch took room on: their entry now
+        self._heap: list[Entry] = []  # those entries (and stale ones), by weight
         self._placed_groups: set[tuple[str, str, str]] = set()  # (owner, group, host) placed in this batch
-        heapq.heapify(self._heap)
         # Upper bounds of what any host has free: a VM above one of them is refused at once.
-        self._most = {dim: max((room[dim] for room in self._room.values()), default=0.0) for dim, _, _ in _DIMENSIONS}
+        self._most = {dim: self._index.most(dim) for dim, _, _ in DIMENSIONS}
 
-    def _weight(self, name: str) -> float:
-        host, room = self.eligible[name], self._room[name]
-        shares = [room[dim] / (getattr(host.capacity, dim) * getattr(self._ratios, ratio))
-                  for dim, _, ratio in _DIMENSIONS if getattr(host.capacity, dim) > 0]
-        return self._sign * min(shares, default=0.0)
+    def _room(self, name: str) -> dict[str, float]:
+        entry = self._taken.get(name) or self._index.entries[name]
+        return entry.room
 
     def _allowed(self, vm: VM, name: str) -> bool:
         host = self.eligible[name]
         if vm.anti_affinity and (name in self._view.group_hosts(vm)
                                  or (vm.owner, vm.anti_affinity, name) in self._placed_groups):
             return False
-        return vm.storage in host.storage_backends and fits(vm, self._room[name])
+        return vm.storage in host.storage_backends and fits(vm, self._room(name))
+
+    def _next(self, borrowed: list[Entry]) -> Entry | None:
+        """Pop the best host's entry, from the index (kept in `borrowed`, to be put back) or from
+        this batch's heap; None once every host was popped. The index's entries of hosts this batch
+        took room on are lent out until the next batch: popping them again for each VM of a large
+        batch would cost O(VMs²)."""
+        index, taken = self._index, self._taken
+        while self._heap and taken.get(self._heap[0].name) is not self._heap[0]:
+            heapq.heappop(self._heap)
+        while index.heap and not index.current(index.heap[0]):
+            heapq.heappop(index.heap)  # stale for good
+        while index.heap and index.heap[0].name in taken:
+            index.lent.append(heapq.heappop(index.heap))  # current, but this batch knows better
+            while index.heap and not index.current(index.heap[0]):
+                heapq.heappop(index.heap)
+        if index.heap and (not self._heap or index.heap[0] < self._heap[0]):
+            entry = heapq.heappop(index.heap)
+            borrowed.append(entry)
+            return entry
+        return heapq.heappop(self._heap) if self._heap else None
 
     def place(self, vm: VM, avoid: str = "") -> str | None:
         """The name of the host for `vm` (its room taken), or None if no host can take it; never
         `avoid` (the host a migrating VM leaves)."""
-        if any(getattr(vm.specs, dim) > self._most[dim] for dim, _, _ in _DIMENSIONS):
+        if any(getattr(vm.specs, dim) > self._most[dim] for dim, _, _ in DIMENSIONS):
             return None
-        skipped = []
+        borrowed: list[Entry] = []
+        skipped: list[Entry] = []
         chosen = None
-        while self._heap:
-            entry = heapq.heappop(self._heap)
-            if entry[2] != avoid and self._allowed(vm, entry[2]):
-                chosen = entry[2]
+        while (entry := self._next(borrowed)) is not None:
+            if entry.name != avoid and self._allowed(vm, entry.name):
+                chosen = entry.name
                 break
-            skipped.append(entry)
+            if entry.name in self._taken:
+                skipped.append(entry)
+        for entry in borrowed:
+            heapq.heappush(self._index.heap, entry)
         for entry in skipped:
             heapq.heappush(self._heap, entry)
         if chosen is None:
@@ -108,18 +113,17 @@ class Placer:
         if not self._allowed(vm, name):
             return f"host {name} cannot take it: {self.why_not(vm, only=name)}"
         self._take(vm, name)
-        self._heap = [entry for entry in self._heap if entry[2] != name]
-        heapq.heapify(self._heap)
-        heapq.heappush(self._heap, (self._weight(name), self._rng.random(), name))
         return None
 
     def _take(self, vm: VM, chosen: str) -> None:
         if vm.anti_affinity:
             self._placed_groups.add((vm.owner, vm.anti_affinity, chosen))
-        room = self._room[chosen]
-        for dim, _, _ in _DIMENSIONS:
+        room = dict(self._room(chosen))
+        for dim, _, _ in DIMENSIONS:
             room[dim] -= getattr(vm.specs, dim)
-        heapq.heappush(self._heap, (self._weight(chosen), self._rng.random(), chosen))
+        entry = Entry(weight(self.eligible[chosen], room, self._ratios, self._sign), self._rng.random(), chosen, room)
+        self._taken[chosen] = entry
+        heapq.heappush(self._heap, entry)
 
     def why_not(self, vm: VM, avoid: str = "", only: str = "") -> str:
         """One sentence on why no host (but `avoid`; or host `only`) can take `vm`, naming the best there is."""
@@ -137,11 +141,11 @@ class Placer:
                          and (vm.owner, vm.anti_affinity, n) not in self._placed_groups]
         if not free_of_group:
             return f"every UP host already runs a VM of anti-affinity group {vm.anti_affinity}"
-        for dim, unit, _ in _DIMENSIONS:
+        for dim, unit, _ in DIMENSIONS:
             need = getattr(vm.specs, dim)
-            best = max(free_of_group, key=lambda n: self._room[n][dim])
-            if need > self._room[best][dim]:
+            best = max(free_of_group, key=lambda n: self._room(n)[dim])
+            if need > self._room(best)[dim]:
                 return (f"no host has {_fmt(need)} {unit} free; the most free is "
-                        f"{_fmt(max(self._room[best][dim], 0))} {unit} on {best}")
+                        f"{_fmt(max(self._room(best)[dim], 0))} {unit} on {best}")
         return (f"no host has {vm.specs.cpu} CPUs, {_fmt(vm.specs.ram)} GiB RAM, {vm.specs.ssd} GiB SSD and "
                 f"{vm.specs.hdd} GiB HDD free at once")

@@ -135,7 +135,11 @@ def plan_cycle(view: View, fencing: Mapping[str, Fencing], settings: Settings, n
     `fenced` flag cleared once no fenced VM waits on it. Then every VM waiting for a host is placed,
     or refused with the reason. Consumes `rng` (placement ties); changes nothing else."""
     plan = _Builder()
-    for name, host in view.hosts.items():
+    # Only these hosts can need anything but placement: a host alive, unfenced and out of a drain
+    # has nothing to decide on (and a cycle costs nothing per host).
+    looked_at = sorted(name for name in view.unsettled | fencing.keys() if name in view.hosts)
+    for name in looked_at:
+        host = view.hosts[name]
         alive = view.is_alive(name)
         if host.value.status is HostStatus.UP and view.known_dead(host):
             plan.down.append(name)
@@ -153,7 +157,8 @@ def plan_cycle(view: View, fencing: Mapping[str, Fencing], settings: Settings, n
                 # It returned, and its agent has restarted (never re-adopted) the fenced VMs
                 # that stayed with it: their old QEMUs were cut off from their disks.
                 plan.unfenced.append(name)
-    draining = [host.value for host in view.hosts.values() if host.value.maintenance and host.value.drain]
+    draining = [view.hosts[name].value for name in looked_at
+                if view.hosts[name].value.maintenance and view.hosts[name].value.drain]
     placer = _place(plan, view, settings, rng, bool(draining))
     if placer is not None:
         _move(plan, view, settings, placer, draining)

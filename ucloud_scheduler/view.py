@@ -2,11 +2,13 @@
 
 Allocations and the set of VMs waiting for a host are kept up to date change by change, so a
 placement never reads all hosts or all VMs from etcd, and its cost does not grow with the number
-of VMs.
+of VMs. The hosts a VM may go to wait in a `HostIndex`, re-weighed one host at a time as its record,
+liveness or allocations change, so a placement costs O(log hosts) rather than a weighing of all.
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 
 from ucloud_common.allocation import ZERO, add
@@ -15,6 +17,7 @@ from ucloud_common.specs import Specs
 from ucloud_common.states import Requested, Status
 from ucloud_common.store import Change, Snapshot, Versioned
 from ucloud_common.vm import VM
+from ucloud_scheduler.hostindex import HostIndex, Ratios
 
 # What a VM that waits for a host wants: to run (a suspended one is resumed where it lands).
 WANTS_TO_RUN = frozenset({Requested.RUNNING, Requested.SUSPENDED})
@@ -43,28 +46,48 @@ class View:
     by_host: dict[str, set[str]] = field(default_factory=dict)  # host name → uuids
     to_move: dict[str, None] = field(default_factory=dict)  # uuids waiting for a migration target, oldest first
     migrating: dict[str, tuple[str, str]] = field(default_factory=dict)  # uuid → (source, target) under way
+    # Hosts a cycle must look at beyond placing: not alive, fenced, or draining (kept change by
+    # change, so a cycle does not go through every host).
+    unsettled: set[str] = field(default_factory=set)
+    # Built by the first placement after a snapshot (or a change of ratios, mode or rng), then kept
+    # up to date change by change.
+    _index: HostIndex | None = field(default=None, repr=False, compare=False)
+    # Hosts whose allocations changed in the VM change being taken in: re-weighed once at its end
+    # (a VM rewritten in place takes its room off and on again).
+    _reallocated: set[str] = field(default_factory=set, repr=False, compare=False)
 
     # -- feeding ----------------------------------------------------------------------------------
 
     def apply_hosts(self, item: Snapshot[Host] | Change[Host]) -> None:
         if isinstance(item, Snapshot):
             self.hosts = dict(item.items)
-        elif item.value is None:
+            self._index = None
+            self.unsettled = {name for name in self.hosts if self._is_unsettled(name)}
+            return
+        if item.value is None:
             self.hosts.pop(item.name, None)
         else:
             self.hosts[item.name] = item.value
+        self._refresh(item.name)
+        self._settle(item.name)
 
     def apply_alive(self, item: Snapshot[HostAlive] | Change[HostAlive]) -> None:
         self.alive_revision = max(self.alive_revision, item.revision)
         if isinstance(item, Snapshot):
             self.alive = set(item.items)
-        elif item.value is None:
+            self._index = None
+            self.unsettled = {name for name in self.hosts if self._is_unsettled(name)}
+            return
+        if item.value is None:
             self.alive.discard(item.name)
         else:
             self.alive.add(item.name)
+        self._refresh(item.name)
+        self._settle(item.name)
 
     def apply_vms(self, item: Snapshot[VM] | Change[VM]) -> None:
         if isinstance(item, Snapshot):
+            self._index = None  # rebuilt once, not re-weighed VM by VM
             for uuid in list(self.vms):
                 self._forget(uuid)
             for uuid, vm in item.items.items():
@@ -78,11 +101,11 @@ class View:
                 self.set_vm(item.value)
 
     def set_vm(self, vm: Versioned[VM]) -> None:
-        self._forget(vm.name)
+        self._unset(vm.name)
         self.vms[vm.name] = vm
         value = vm.value
         if value.host:
-            self.allocated[value.host] = add(self.allocated.get(value.host, ZERO), value.specs)
+            self._allocate(value.host, value.specs, 1)
             self.by_host.setdefault(value.host, set()).add(vm.name)
             if value.anti_affinity:
                 members = self.groups.setdefault((value.owner, value.anti_affinity), {})
@@ -94,26 +117,66 @@ class View:
         if value.migration is not None:
             # A VM being moved holds room on both hosts until it is on one of them.
             target = value.migration.target
-            self.allocated[target] = add(self.allocated.get(target, ZERO), value.specs)
+            self._allocate(target, value.specs, 1)
             self.migrating[vm.name] = (value.migration.source, target)
+        self._refresh_reallocated()
 
     def _forget(self, uuid: str) -> None:
+        self._unset(uuid)
+        self._refresh_reallocated()
+
+    def _unset(self, uuid: str) -> None:
         old = self.vms.pop(uuid, None)
         self.pending.pop(uuid, None)
         self.to_move.pop(uuid, None)
         if self.migrating.pop(uuid, None) is not None and old is not None and old.value.migration is not None:
-            target = old.value.migration.target
-            self.allocated[target] = add(self.allocated.get(target, ZERO), old.value.specs, -1)
+            self._allocate(old.value.migration.target, old.value.specs, -1)
         if old is None or not old.value.host:
             return
         value = old.value
-        self.allocated[value.host] = add(self.allocated.get(value.host, ZERO), value.specs, -1)
+        self._allocate(value.host, value.specs, -1)
         self.by_host.get(value.host, set()).discard(uuid)
         if value.anti_affinity:
             members = self.groups.get((value.owner, value.anti_affinity), {})
             members[value.host] = members.get(value.host, 1) - 1
             if members.get(value.host) == 0:
                 del members[value.host]
+
+    def _allocate(self, host_name: str, specs: Specs, times: int) -> None:
+        self.allocated[host_name] = add(self.allocated.get(host_name, ZERO), specs, times)
+        self._reallocated.add(host_name)
+
+    def _refresh_reallocated(self) -> None:
+        for host_name in self._reallocated:
+            self._refresh(host_name)
+        self._reallocated.clear()
+
+    def _refresh(self, host_name: str) -> None:
+        if self._index is not None:
+            host = self.hosts.get(host_name)
+            self._index.update(host_name, host.value if host else None, host_name in self.alive,
+                               self.allocated.get(host_name, ZERO))
+
+    def _is_unsettled(self, name: str) -> bool:
+        host = self.hosts.get(name)
+        return host is not None and (name not in self.alive or host.value.fenced
+                                     or (host.value.maintenance and host.value.drain))
+
+    def _settle(self, name: str) -> None:
+        if self._is_unsettled(name):
+            self.unsettled.add(name)
+        else:
+            self.unsettled.discard(name)
+
+    def host_index(self, ratios: Ratios, sign: float, rng: random.Random) -> HostIndex:
+        """The eligible hosts by weight for these ratios and mode (`sign`), ties broken with `rng`;
+        built from all hosts only when asked first, or for other ratios, mode or rng."""
+        index = self._index
+        if index is None or index.ratios != ratios or index.sign != sign or index.rng is not rng:
+            index = self._index = HostIndex(ratios, sign, rng)
+            for name, host in self.hosts.items():
+                index.update(name, host.value, name in self.alive, self.allocated.get(name, ZERO))
+        return index
 
     # -- questions --------------------------------------------------------------------------------
 
