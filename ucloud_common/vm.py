@@ -26,7 +26,8 @@ from ucloud_common.states import Action, MigrationPhase, Requested, Status, chec
 # The PCI slots a VM's NICs are put in, one each, kept for the NIC's life: a live migration's
 # target must build the very device tree the source has, and hot-plugs and unplugs would otherwise
 # leave the source's NICs in slots its command line would not give them. Clear of the slots QEMU
-# gives the devices it places itself (VGA, the disks) from slot 2 on.
+# gives the devices it places itself from slot 2 on (VGA, the disk, the seed drive, NICs without a
+# slot: a handful, far from 16).
 NIC_SLOTS = range(16, 24)
 
 

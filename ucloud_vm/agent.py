@@ -3,11 +3,10 @@
 A reconcile loop: follow `/v1/vm/` (list, watch, relist), and for every VM placed on this host, or
 with files left here, `reconcile` reads the record, observes the VM's process through the
 hypervisor driver, lets the pure `decide` (ucloud_vm/decide.py: start here) choose one step,
-records it with compare-and-swap and acts. A monitor observes every running VM each
-`monitor_interval` and wakes its worker when the decision would change something, so a crash
-becomes KILLED within a second, then a restart with backoff, then ERROR if it keeps dying. A QEMU
-says itself when something happens (its QMP events, ucloud_vm.qmp_events): the monitor looks at
-those only every `monitor_sweep_interval`.
+records it with compare-and-swap and acts. Each QEMU says itself when something happens (its QMP
+events, ucloud_vm.qmp_events), which wakes its VM's worker: a crash becomes KILLED at once, then a
+restart with backoff, then ERROR if it keeps dying. A monitor looks each `monitor_interval` at the
+running VMs whose events cannot be followed, and at every one each `monitor_sweep_interval`.
 QEMU processes outlive the agent: a restarted agent re-adopts them and restarts none of them.
 """
 
@@ -106,7 +105,9 @@ class Agent:
         restart`) takes over its host without the host ever being DOWN and its VMs moved."""
         self._stop = stop
         self._supervisor = Supervisor(stop)
-        self._register()
+        with self._lock:
+            self._registering = True  # a lease lost meanwhile is this thread's to replace
+        self._register_again()
         follower = Follower(self._store, VMS, resync_interval=self._settings.resync_interval)
         # Each duty its own loop: a host check that fails (a garbage host record) never delays a
         # look at the VMs, whose crashes the monitor must notice within a second.

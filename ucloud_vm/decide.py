@@ -291,6 +291,12 @@ def _outgoing(vm: VM, migration: Migration, seen: Seen, now: datetime, settings:
                         note=f"waiting for {migration.target} to get ready", look_again=settings.migration_prepare_timeout)
         return Step(note=f"waiting for {migration.target} to get ready", look_again=_seconds(vm.deadline - now))
     if migration.phase is MigrationPhase.LISTENING:
+        differ = seen.run.nics is not None and seen.run.nics != {nic.mac for nic in vm.networks}
+        if seen.networked and (differ or vm.nic_errors):
+            # The target gave the guest the record's NICs; this QEMU has others (a hot-plug or
+            # unplug still to come, a NIC it could not be given): the target could not load its state.
+            return _migration_failed(vm, migration, seen, "its NICs here are not yet those of its record "
+                                     "(a NIC attached or detached meanwhile, or one it could not be given)")
         check_migration_step(Party.SOURCE, migration.phase, MigrationPhase.RUNNING)
         return Step(Act.SEND, S.MIGRATING, {
             "migration": migration.model_copy(update={"phase": MigrationPhase.RUNNING}),

@@ -99,6 +99,10 @@ class Hypervisor(Protocol):
         then be observed now and then instead."""
         ...
 
+    def close(self) -> None:
+        """Let go of what `follow` holds (the processes go on)."""
+        ...
+
     def start(self, vm: VM, disk: list[str], *, paused: bool, seed: Mapping[str, bytes],
               nics: Mapping[str, str]) -> None:
         """Start the VM's process on `disk` (its `-drive` options), with CPUs stopped if `paused`,

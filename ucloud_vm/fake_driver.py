@@ -62,6 +62,9 @@ class FakeDriver:
     def follow(self, uuid: str, wake: Callable[[str], None]) -> bool:
         return False  # observed by the agent's monitor: simulated time has no events to wait for
 
+    def close(self) -> None:
+        pass
+
     def observe(self, uuid: str) -> Observation:
         guest = self.guests.get(uuid)
         if guest is None:

@@ -59,6 +59,8 @@ def run(ctx: click.Context, hostname: str, address: str | None, run_dir: Path | 
 
     Example: ucloud-vm run --hostname h1
     """
+    # One socket held per QEMU (its events), beside QMP sessions and etcd's: 1024 would not do for hundreds.
+    _all_descriptors()
     settings = settings_from(ctx)
     machine = machine_capacity(settings.disk_dir)
     capacity = Specs(cpu=cpu or machine.cpu, ram=ram or machine.ram, ssd=ssd or machine.ssd)
@@ -97,8 +99,14 @@ def run(ctx: click.Context, hostname: str, address: str | None, run_dir: Path | 
     try:
         agent.run(stop)
     finally:
+        driver.close()
         store.close()
     exit_if_failed(f"ucloud-vm {hostname}", agent.failure)
+
+
+def _all_descriptors() -> None:
+    """Raise the soft limit of open files to the hard one (systemd's soft default is 1024)."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
 
 
 @cli.command("console-proxy")
@@ -116,7 +124,7 @@ def console_proxy(ctx: click.Context, hostname: str, address: str | None, bind: 
     Example: ucloud-vm console-proxy --hostname h1
     """
     # Two descriptors per console: systemd's soft limit of 1024 would refuse the 507th (tests.bench.console).
-    resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
+    _all_descriptors()
     settings = settings_from(ctx)
     tls = None
     if settings.console_cert:

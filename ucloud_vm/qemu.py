@@ -301,19 +301,19 @@ class QemuDriver:
         self._run_dir = run_dir
         self._timeout = qmp_timeout
         self._netns = netns
-        self._events = EventFollower()
+        self._events = EventFollower(qmp_timeout)
 
     def _paths(self, uuid: str) -> VMPaths:
         return VMPaths.of(self._run_dir, uuid)
 
     def follow(self, uuid: str, wake: Callable[[str], None]) -> bool:
-        if self._events.following(uuid):
-            return True
         paths = self._paths(uuid)
-        if running_qemu(paths) is None or not paths.qmp_events.exists():
+        if not paths.qmp_events.exists():
             return False  # gone, or started before QEMUs had an events monitor
-        self._events.follow(uuid, paths.qmp_events, wake)
-        return True
+        return self._events.follow(uuid, paths.qmp_events, wake)
+
+    def close(self) -> None:
+        self._events.close()
 
     def observe(self, uuid: str) -> Observation:
         paths = self._paths(uuid)

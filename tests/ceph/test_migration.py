@@ -186,7 +186,8 @@ def test_a_migration_whose_source_host_dies_ends_with_the_vm_restarted_on_one_ho
     history = events(cluster, uuid)
     assert any(f"host {source}" in e and "fenced" in e for e in history), history
     cluster.start_agent(source)
-    time.sleep(3)  # the host back: nothing of the VM may start there
+    # The host back: its agent clears what the dead QEMU left (it has handled the VM), starts nothing.
+    wait_until(lambda: not (cluster.run_dir(source) / "vms" / uuid).exists(), 60, "the source's leftovers cleared")
     assert cluster.qemu_pid(source, uuid) is None
     assert cluster.vm(uuid)["hostname"] == f"/v1/host/{target}"
 

@@ -103,3 +103,18 @@ def test_every_target_cell_is_a_step_its_party_may_take() -> None:
                              Seen(Observation(RunState.ABSENT, "killed")))  # type: ignore[arg-type]
     assert failed.fields["migration"].phase is MigrationPhase.FAILED and "exited: killed" in failed.fields[
         "migration"].error
+
+
+def test_the_source_does_not_send_a_guest_whose_nics_differ_from_its_record(settings: Settings) -> None:
+    from ucloud_common.vm import NIC
+
+    nic = NIC(network="n1", mac="02:00:00:00:00:01", slot=16)
+    vm = migrating(MigrationPhase.LISTENING, networks=(nic,))
+    running = Observation(RunState.RUNNING, nics=frozenset({nic.mac}))
+    assert decide(vm, Seen(running, networked=True), NOW, settings).act is Act.SEND
+    for seen, record in ((Observation(RunState.RUNNING, nics=frozenset()), vm),  # its hot-plug still to come
+                         (running, vm.model_copy(update={"nic_errors": {nic.mac: "tap busy"}})),
+                         (running, vm.model_copy(update={"networks": ()}))):  # its unplug still to come
+        step = decide(record, Seen(seen, networked=True), NOW, settings)
+        assert step.act is not Act.SEND and step.fields["migration"] is None, step
+        assert "its NICs here are not yet those of its record" in step.event

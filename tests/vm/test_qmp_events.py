@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -48,7 +49,7 @@ def test_a_followed_qemu_wakes_its_vm_on_each_change_and_on_its_exit(tmp_path: P
         woken = Woken()
         assert driver.follow("followed", woken)
         assert driver.follow("followed", woken)  # idempotent: still the one connection
-        time.sleep(0.5)  # connected (a wake before any change would be counted below)
+        woken.after(0, "the subscription")  # once subscribed, a look at what happened before it
         seen = woken.count
         execute(paths, "cont")  # the command socket is free while the events are followed
         woken.after(seen, "RESUME")
@@ -74,3 +75,23 @@ def test_a_qemu_without_an_events_socket_is_left_to_the_monitor(tmp_path: Path) 
     driver = QemuDriver(tmp_path / "run", "tcg")
     VMPaths.of(tmp_path / "run", "old").root.mkdir(parents=True)
     assert not driver.follow("old", lambda uuid: None)
+
+
+def test_a_socket_that_refuses_is_not_asked_again_at_once_nor_wakes_the_vm(tmp_path: Path) -> None:
+    """A QEMU gone, its socket file left behind: one try, then the monitor's, for a while."""
+    driver = QemuDriver(tmp_path / "run", "tcg")
+    paths = VMPaths.of(tmp_path / "run", "stale")
+    paths.root.mkdir(parents=True)
+    left = socket.socket(socket.AF_UNIX)
+    left.bind(str(paths.qmp_events))  # bound, never listening: connections are refused
+    woken: list[str] = []
+    try:
+        assert driver.follow("stale", woken.append)  # the one try
+        deadline = time.monotonic() + 10
+        while driver.follow("stale", woken.append) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        tries = [driver.follow("stale", woken.append) for _ in range(100)]
+        assert not any(tries) and woken == []
+    finally:
+        left.close()
+        driver.close()
