@@ -17,7 +17,7 @@ from ucloud_common import clock
 from ucloud_common.allocation import allocations
 from ucloud_common.clock import SimClock
 from ucloud_common.config import Settings
-from ucloud_common.event import EVENTS, events_of
+from ucloud_common.event import Kind, object_events, ref
 from ucloud_common.host import HOSTS, HOSTS_ALIVE, Host, HostAlive, HostStatus
 from ucloud_common.specs import Specs
 from ucloud_common.states import Status
@@ -44,8 +44,8 @@ def test_places_new_vms_within_capacity_and_tells_the_event_log(
             vm(store, u).error == "no host has 1 GiB RAM free; the most free is 0 GiB RAM on h2"
     totals = allocations(v.value for v in store.list(VMS).items.values())
     assert totals["h1"].ram == totals["h2"].ram == 4  # spread evenly, none overfilled
-    events = store.list(EVENTS, within=events_of(uuids[0])).items.values()
-    assert any(e.value.message.startswith("placed on h") for e in events)
+    events = object_events(store, ref(Kind.VM, uuids[0]))
+    assert any(e.message.startswith("placed on h") for e in events)
     for lease in leases:
         lease.close()
 
@@ -96,7 +96,7 @@ def test_a_dead_hosts_vms_are_killed_fenced_and_rescheduled(
     for u in shared:
         v = vm(store, u)
         assert v.status is Status.SCHEDULED_DEPLOY and v.error == ""
-        events = [e.value for e in store.list(EVENTS, within=events_of(u)).items.values()]
+        events = object_events(store, ref(Kind.VM, u))
         killed = [e for e in events if e.message == "killed: host h1 died"]
         released = [e for e in events if e.message == "host h1 is fenced: to be placed elsewhere"]
         assert killed and released and released[0].created_at.timestamp() >= fenced_at, "rescheduled before the fence"
@@ -139,8 +139,8 @@ def test_each_outage_of_a_host_is_fenced_anew(store: Store, start_scheduler: Cal
     wait_for(lambda: vm(store, second).host == "h2", 30, "the second VM moved")
     fences = fence_log.read_text().splitlines()
     assert len(fences) == 2, fences
-    released = [e.value for e in store.list(EVENTS, within=events_of(second)).items.values()
-                if e.value.message == "host h1 is fenced: to be placed elsewhere"]
+    released = [e for e in object_events(store, ref(Kind.VM, second))
+                if e.message == "host h1 is fenced: to be placed elsewhere"]
     assert released and released[0].created_at.timestamp() >= float(fences[1].split()[-1])
     other.close()
 
@@ -184,7 +184,7 @@ def test_a_standby_does_not_place(store: Store, start_scheduler: Callable[..., S
     u = create_vm(store)
     wait_for(lambda: placed(store, u), 10)
     assert not second.election.is_leader
-    assert [e.value.source for e in store.list(EVENTS, within=events_of(u)).items.values()] == \
+    assert [e.source for e in object_events(store, ref(Kind.VM, u))] == \
         [f"scheduler {first.candidate}"]
     lease.close()
 
