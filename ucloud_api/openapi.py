@@ -33,7 +33,7 @@ from ucloud_common.file import File
 from ucloud_common.host import Host
 from ucloud_common.image import Image
 from ucloud_common.network import Network
-from ucloud_common.record import NAME_MAX, NAME_SCHEMA
+from ucloud_common.record import KEY_PART_MAX, NAME_PATTERN, NAME_SCHEMA
 from ucloud_common.states import Action, Status
 from ucloud_common.user import User
 from ucloud_common.vm import VM
@@ -149,7 +149,7 @@ _PATH_SCHEMAS: dict[str, dict[str, Any]] = {
 _QUERY_SCHEMAS: dict[str, dict[str, Any]] = {
     "user": NAME_SCHEMA, "owner": NAME_SCHEMA, "host": NAME_SCHEMA,
     "status": {"type": "string", "enum": [s.value for s in Status]},
-    "object": {"type": "string", "pattern": f"^({'|'.join(Kind)}):", "maxLength": len(max(Kind, key=len)) + 1 + NAME_MAX},
+    "object": {"type": "string", "pattern": f"^({'|'.join(Kind)}):" + NAME_PATTERN[1:], "maxLength": KEY_PART_MAX},
     "since": {"type": "string", "format": "date-time"},
     "limit": {"type": "integer", "minimum": 1, "maximum": LIMIT_MAX},
 }

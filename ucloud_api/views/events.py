@@ -11,7 +11,7 @@ from ucloud_api.auth import require_admin
 from ucloud_api.errors import APIError
 from ucloud_api.replies import dump, store
 from ucloud_common.event import EVENTS, Kind, events_of
-from ucloud_common.record import check_name
+from ucloud_common.record import check_key_part
 
 bp = Blueprint("events", __name__, url_prefix="/api/v1/events")
 
@@ -35,10 +35,12 @@ def _object() -> str:
     obj = request.args.get("object")
     if obj is None:
         return ""
+    # Any name that can be part of a key: one no object has (too long for a VM's) simply has no events.
     kind, _, name = obj.partition(":")
     try:
         Kind(kind)
-        check_name(name)
+        check_key_part(obj)
+        check_key_part(name)
     except ValueError:
         raise APIError(400, "bad_request", f"object must be <kind>:<name> with a kind of {', '.join(Kind)} "
                        "(e.g. vm:<uuid>, user:alice, host:h1)") from None
