@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from ucloud_common.allocation import allocations
 from ucloud_common.clock import SimClock
 from ucloud_common.config import Settings
 from ucloud_common.event import Kind, object_events, ref
+from ucloud_common.logs import DATE_FORMAT, FORMAT, PrintableFormatter
 from ucloud_common.host import HOSTS, HOSTS_ALIVE, Host, HostAlive, HostStatus
 from ucloud_common.specs import Specs
 from ucloud_common.states import Status
@@ -225,3 +227,25 @@ def test_a_scheduler_driven_single_threaded_in_simulated_time(store: Store, sett
     h1 = store.get(HOSTS, "h1")
     assert h1 is not None and h1.value.fenced and h1.value.down_since == died  # the simulated time
     scheduler.election.resign()
+
+
+def test_the_scheduler_logs_and_tells_the_request_id_of_the_vm(
+        store: Store, start_scheduler: Callable[..., Scheduler]) -> None:
+    lines = io.StringIO()
+    handler = logging.StreamHandler(lines)
+    handler.setFormatter(PrintableFormatter(FORMAT, DATE_FORMAT))
+    logger = logging.getLogger("ucloud_scheduler.scheduler")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        lease = register_host(store, "h1")
+        start_scheduler()
+        u = create_vm(store, request_id="r-from-the-api")
+        wait_for(lambda: placed(store, u), 10, "a placement")
+        assert [e.request_id for e in object_events(store, ref(Kind.VM, u))] == ["r-from-the-api"]
+        wait_for(lambda: f"vm={u} placed on h1 request=r-from-the-api" in lines.getvalue(), 5, "the log line")
+        lease.close()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
