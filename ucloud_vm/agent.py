@@ -449,7 +449,7 @@ class Agent:
 
     def _event(self, uuid: str, message: str, vm_created: int) -> None:
         """Tell the VM's event log, only while the VM (created at revision `vm_created`) exists: an
-        event written after its deletion would outlive it for good."""
+        event written after its deletion would tell of work on a VM that is gone."""
         try:
             self._store.transact([self._told(uuid, message)], guard=Guard(VMS.key(uuid), vm_created))
         except GuardFailed:
