@@ -18,6 +18,7 @@ keepalive = 5  # seconds an idle connection is kept (in the selector, holding no
 limit_request_line = 8190
 limit_request_fields = 100
 limit_request_field_size = 8190
-accesslog = "-"
+# The access log is the app's (ucloud_api/audit.py): only it knows the user and the request id, and it
+# follows UCLOUD_LOG_FORMAT. gunicorn's own would log every request a second time.
+accesslog = None
 errorlog = "-"
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'

@@ -8,10 +8,10 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from ucloud_api import openapi, site
+from ucloud_api import audit, openapi, site
 from ucloud_api.auth import Authenticator
 from ucloud_api.errors import APIError
-from ucloud_api.views import consoles, guacamole, hosts, images, keys, networks, tokens, users, vms
+from ucloud_api.views import consoles, events, guacamole, hosts, images, keys, networks, tokens, users, vms
 from ucloud_common.config import Settings
 from ucloud_common.store import Store, StoreError, StoreRefused, StoreUnavailable, TooLarge
 
@@ -30,6 +30,8 @@ def create_app(settings: Settings, store: Store | None = None) -> Flask:
     authenticator = Authenticator(the_store)
     app.extensions["ucloud.auth"] = authenticator
 
+    audit.install(app)
+
     @app.before_request
     def authenticate() -> None:
         # The console site signs its users in with its own session cookie (`ucloud_api.site`).
@@ -37,7 +39,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Flask:
             g.caller = authenticator.caller()
 
     for blueprint in (users.bp, consoles.bp, guacamole.bp, vms.bp, networks.bp, keys.bp, images.files,
-                      images.images, images.stores, hosts.bp, tokens.bp, tokens.login_bp, site.bp):
+                      images.images, images.stores, hosts.bp, tokens.bp, tokens.login_bp, site.bp, events.bp):
         app.register_blueprint(blueprint)
 
     @app.get("/healthz")

@@ -11,6 +11,7 @@ import hmac
 import secrets
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -125,12 +126,14 @@ def require_admin() -> Caller:
     return caller
 
 
-def create_user(store: Store, name: str, role: Role, password: str | None = None) -> tuple[User, str]:
+def create_user(store: Store, name: str, role: Role, password: str | None = None,
+                also: Sequence[Put[Any]] = ()) -> tuple[User, str]:
     """Create a user, its first token (returned as text, to be shown once) and its password, if
-    given. Atomic. ValueError for a name a new user cannot have, 409 if it is taken."""
+    given, and `also` (the event that tells of it). Atomic. ValueError for a name a new user cannot
+    have, 409 if it is taken."""
     user = User(name=check_user_name(name), role=role)
     token_id, text, token = new_token(name)
-    writes: list[Put[Any]] = [Put(USERS, name, user, 0), Put(TOKENS, token_id, token, 0)]
+    writes: list[Put[Any]] = [Put(USERS, name, user, 0), Put(TOKENS, token_id, token, 0), *also]
     if password is not None:
         writes.append(Put(PASSWORDS, name, Password(argon2=hash_password(password)), 0))
     try:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -25,9 +24,9 @@ from ucloud_api.auth import current
 from ucloud_api.body import raw_body
 from ucloud_api.errors import APIError
 from ucloud_api.limits import IDEMPOTENCY_KEYS_PER_USER
-from ucloud_common import clock
 from ucloud_common.record import Family, Record
-from ucloud_common.store import AlreadyExists, LeaseExpired, Store, Versioned
+from ucloud_common.sharedlease import SharedLease, SharedLeases
+from ucloud_common.store import AlreadyExists, Conflict, LeaseExpired, Store, Versioned
 
 KEEP_SECONDS = 24 * 3600
 # Replies made within one bucket share a lease that lasts KEEP_SECONDS past the bucket's end: each is
@@ -43,22 +42,14 @@ class Reply(Record):
     headers: dict[str, str] = Field(default_factory=dict)
 
 
-class SharedLease(Record):
-    """The lease every reply of one time bucket is kept on (the key itself lives on it)."""
-
-    lease: int
-
-
 REPLIES: Family[Reply] = Family("/v1/idempotency/", Reply)  # <user>:<hash of the key>
 LEASES: Family[SharedLease] = Family("/v1/idempotency-lease/", SharedLease)  # <bucket number>
+_LEASES = SharedLeases(LEASES, BUCKET_SECONDS, KEEP_SECONDS)
 
 # What the OpenAPI document promises is taken; the check below also takes printable non-ASCII, which
 # a header rarely carries.
 IDEMPOTENCY_KEY_SCHEMA: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 255,
                                           "pattern": "^[\\x20-\\x7e]+$"}
-
-_leases: dict[int, int] = {}  # this process's bucket → lease, the current bucket only
-_leases_lock = threading.Lock()
 
 
 def idempotent(view: Callable[..., Response]) -> Callable[..., Response]:
@@ -102,39 +93,18 @@ def idempotent(view: Callable[..., Response]) -> Callable[..., Response]:
 def _reserve(store: Store, name: str, reply: Reply) -> None:
     """Create the reply on the current bucket's shared lease; AlreadyExists if a request with the
     same key got there first."""
-    lease = _shared_lease(store)
     try:
-        store.create(REPLIES, name, reply, lease=lease)
+        store.create(REPLIES, name, reply, lease=_lease(store))
     except LeaseExpired:  # revoked or lost (etcd restored from a backup): take the bucket's new one
-        with _leases_lock:
-            _leases.clear()
-        store.create(REPLIES, name, reply, lease=_shared_lease(store))
+        _LEASES.forget(store)
+        store.create(REPLIES, name, reply, lease=_lease(store))
 
 
-def _shared_lease(store: Store) -> int:
-    """The lease of the current time bucket: granted by the first API process that needs it and
-    published under LEASES (on that lease itself, so it goes with it); the others use that one."""
-    bucket = int(clock.now() // BUCKET_SECONDS)
-    with _leases_lock:
-        if bucket in _leases:
-            return _leases[bucket]
-    for _ in range(3):
-        published = store.get(LEASES, str(bucket))
-        if published is not None:
-            lease = published.value.lease
-            break
-        lease = store.grant_lease(BUCKET_SECONDS + KEEP_SECONDS)
-        try:
-            store.create(LEASES, str(bucket), SharedLease(lease=lease), lease=lease)
-            break
-        except AlreadyExists:  # another process published one first: use it, give ours up
-            store.revoke_lease(lease)
-    else:
-        raise APIError(409, "retry", "retry the request")
-    with _leases_lock:
-        _leases.clear()
-        _leases[bucket] = lease
-    return lease
+def _lease(store: Store) -> int:
+    try:
+        return _LEASES.current(store)
+    except Conflict:
+        raise APIError(409, "retry", "retry the request") from None
 
 
 def _replay(first: Versioned[Reply] | None, fingerprint: str) -> Response:

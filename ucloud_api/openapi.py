@@ -13,6 +13,7 @@ from flask import Flask
 from pydantic import BaseModel
 
 from ucloud_api.idempotency import IDEMPOTENCY_KEY_SCHEMA
+from ucloud_api.views.events import LIMIT_MAX
 from ucloud_api.schemas import (
     Attachment,
     ConsoleRequest,
@@ -27,12 +28,12 @@ from ucloud_api.schemas import (
     UserCreate,
     VMCreate,
 )
-from ucloud_common.event import Event
+from ucloud_common.event import Event, Kind
 from ucloud_common.file import File
 from ucloud_common.host import Host
 from ucloud_common.image import Image
 from ucloud_common.network import Network
-from ucloud_common.record import NAME_SCHEMA
+from ucloud_common.record import KEY_PART_MAX, NAME_PATTERN, NAME_SCHEMA
 from ucloud_common.states import Action, Status
 from ucloud_common.user import User
 from ucloud_common.vm import VM
@@ -76,6 +77,10 @@ ROUTES: dict[tuple[str, str], Route] = {
                                   query=("owner", "host", "status")),
     ("get", "/api/v1/vms/{uuid}"): Route("Read a VM with its last events", returns="VM", errors=(404,)),
     ("get", "/api/v1/vms/{uuid}/events"): Route("A VM's event log", returns="[Event]", errors=(404,)),
+    ("get", "/api/v1/events"): Route("Events of all objects, or of one (object=vm:<uuid>, user:<name>, host:<name>, "
+                                     "network:<uuid>, image:<uuid>), also of deleted ones, oldest first, after "
+                                     "`since`, at most `limit`", returns="[Event]", admin=True,
+                                     query=("object", "since", "limit")),
     # 204: a VM no host has taken yet goes at once; 202: its host is asked to delete it.
     ("delete", "/api/v1/vms/{uuid}"): Route("Delete a VM", ok=202, returns="VM", errors=(204, 404, 409),
                                             if_match=True),
@@ -144,6 +149,9 @@ _PATH_SCHEMAS: dict[str, dict[str, Any]] = {
 _QUERY_SCHEMAS: dict[str, dict[str, Any]] = {
     "user": NAME_SCHEMA, "owner": NAME_SCHEMA, "host": NAME_SCHEMA,
     "status": {"type": "string", "enum": [s.value for s in Status]},
+    "object": {"type": "string", "pattern": f"^({'|'.join(Kind)}):" + NAME_PATTERN[1:], "maxLength": KEY_PART_MAX},
+    "since": {"type": "string", "format": "date-time"},
+    "limit": {"type": "integer", "minimum": 1, "maximum": LIMIT_MAX},
 }
 
 
@@ -229,6 +237,11 @@ def document(app: Flask) -> dict[str, Any]:
             parameters.append({"name": "Idempotency-Key", "in": "header", "required": False,
                                "description": "a retry with the same key gets the first answer, and nothing is "
                                               "done twice", "schema": IDEMPOTENCY_KEY_SCHEMA})
+        parameters.append({"name": "X-Request-Id", "in": "header", "required": False,
+                           "description": "this request's id, kept if it is 1-128 characters of letters, digits "
+                                          "and ._:@=+/- starting with a letter or digit, else a new one is made; "
+                                          "every answer carries it, and the events and logs of the request name it",
+                           "schema": {"type": "string"}})
         if route.if_match:
             parameters.append({"name": "If-Match", "in": "header", "required": False,
                                "description": "the ETag read: refused with 412 if the object changed since",

@@ -45,7 +45,11 @@ HOST_COLUMNS: list[Column] = [
 TOKEN_COLUMNS: list[Column] = [("ID", field("id")), ("NAME", field("name")), ("CREATED", field("created_at")),
                                ("EXPIRES", field("expires_at"))]
 USER_COLUMNS: list[Column] = [("NAME", field("name")), ("ROLE", field("role")), ("CREATED", field("created_at"))]
-EVENT_COLUMNS: list[Column] = [("TIME", field("created_at")), ("SOURCE", field("source")), ("MESSAGE", field("message"))]
+EVENT_COLUMNS: list[Column] = [("TIME", field("created_at")), ("SOURCE", field("source")), ("USER", field("user")),
+                               ("MESSAGE", field("message"))]
+OBJECT_EVENT_COLUMNS: list[Column] = [("TIME", field("created_at")), ("OBJECT", field("object")),
+                                      ("SOURCE", field("source")), ("USER", field("user")),
+                                      ("REQUEST", field("request_id")), ("MESSAGE", field("message"))]
 
 # What each action waits for with --wait.
 TARGETS = {"start": "RUNNING", "resume": "RUNNING", "reboot": "RUNNING", "migrate": "RUNNING (on another host)",
@@ -222,12 +226,29 @@ def vm_show(vm_ref: str, fmt: str) -> None:
 @output_option
 @handle_errors
 def vm_events(vm_ref: str, fmt: str) -> None:
-    """What the scheduler and the agent did with a VM (by name or uuid), and when.
+    """Who asked what of a VM (by name or uuid), what the scheduler and the agent did, and when.
 
     Example: ucloud vm events web1
     """
     api = client()
     show(api.request("GET", f"/vms/{api.find('vms', vm_ref, 'VM')['uuid']}/events"), fmt, EVENT_COLUMNS)
+
+
+@cli.command("events")
+@click.option("--object", "obj", default=None, help="Only this object's: vm:<uuid>, network:<uuid>, image:<uuid>, "
+              "user:<name> or host:<name> (also a deleted one's).")
+@click.option("--since", default=None, help="Only after this time (ISO 8601 with offset, e.g. 2025-01-31T12:00:00Z).")
+@click.option("--limit", type=click.IntRange(1, 5000), default=500, show_default=True, help="At most this many.")
+@output_option
+@handle_errors
+def events(obj: str | None, since: str | None, limit: int, fmt: str) -> None:
+    """Events of every object, oldest first: who asked what (with the request id), what the scheduler and
+    the agents did (admin). Events are kept for UCLOUD_EVENT_RETENTION, also after their object is gone.
+
+    Example: ucloud events --object user:alice --since 2025-01-31T00:00:00Z
+    """
+    query = urllib.parse.urlencode({k: v for k, v in (("object", obj), ("since", since), ("limit", limit)) if v is not None})
+    show(client().request("GET", f"/events?{query}"), fmt, OBJECT_EVENT_COLUMNS)
 
 
 @vm.command("guacamole")

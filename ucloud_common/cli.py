@@ -30,7 +30,7 @@ def settings_from(ctx: click.Context) -> Settings:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
         click.echo(f"Error: invalid configuration: {problems}", err=True)
         sys.exit(2)
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     return settings
 
 

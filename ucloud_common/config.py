@@ -283,6 +283,14 @@ class Settings(BaseSettings):
     ceph_vm_pool: str = Field("vms", description="The pool holding VM disks (clones of images).")
 
     log_level: str = Field("INFO", pattern="^(?i)(DEBUG|INFO|WARNING|ERROR)$")
+    log_format: Literal["text", "json"] = Field("text", description="text: one `time level logger: message` "
+                                                "line per entry; json: one JSON object per line, with the "
+                                                "request id and (API access lines) user, method, path, status "
+                                                "and duration as fields, for a log collector.")
+    event_retention: float = Field(7 * 24 * 3600.0, ge=1, description="Seconds an event (who asked for "
+                                   "what, what the scheduler and agents did) is kept after it was written, "
+                                   "also after its object is deleted; up to 1/24 of it (an hour at most) "
+                                   "longer, as events share one etcd lease per bucket of time.")
 
     @field_validator("etcd_endpoints", mode="before")
     @classmethod

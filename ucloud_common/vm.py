@@ -1,7 +1,7 @@
 """The VM family: `/v1/vm/<uuid>`.
 
 Field families and their one writer each: the spec (`owner`, `name`, `specs`, `image`, `networks`,
-`ssh_keys`, `storage`) and the request (`requested`, `generation`, `reboot_generation`,
+`ssh_keys`, `storage`) and the request (`requested`, `request_id`, `generation`, `reboot_generation`,
 `migrate_to`, `migrate_generation`) belong to the API; placement (`hostname`) to the scheduler — and
 to the source agent of a live migration, which hands the VM over when its target runs it; what is
 true (`status`, `observed_generation`, `error`, `restarts`, `started_at`, `disk_clients`, `deadline`,
@@ -91,6 +91,9 @@ class VM(Record):
     storage: str = "local"
     hostname: Annotated[str, AfterValidator(_host_key)] = ""  # the host's key, e.g. /v1/host/h1 (the seed's shape): read it as `host`
     requested: Requested = Requested.RUNNING
+    # The X-Request-Id of the API request that last wrote the spec or the request: the scheduler and
+    # the agent log it with what they do about the VM, and put it in the events they write.
+    request_id: str = ""
     status: Status = Status.REQUESTED_NEW
     generation: int = Field(1, ge=1)  # bumped by the API with every accepted request
     observed_generation: int = Field(0, ge=0)  # the generation the agent last acted on

@@ -29,7 +29,8 @@ from typing import Any
 
 from ucloud_common import clock
 from ucloud_common.config import Settings
-from ucloud_common.event import new_event
+from ucloud_common.event import Kind, event_leases, new_event, ref
+from ucloud_common.logs import acting_for
 from ucloud_common.failures import Failures
 from ucloud_common.host import HOSTS, HOSTS_ALIVE, Host, HostStatus
 from ucloud_common.record import utcnow
@@ -40,6 +41,7 @@ from ucloud_common.store import (
     Election,
     Follower,
     GuardFailed,
+    LeaseExpired,
     Put,
     Snapshot,
     StoreUnavailable,
@@ -133,6 +135,10 @@ class Scheduler:
         except StoreUnavailable as exc:
             log.warning("cycle skipped: %s", exc)
             self._stop.wait(1.0)
+            return
+        except LeaseExpired as exc:  # the events' shared lease was revoked: the next cycle takes the new one
+            log.warning("cycle skipped: %s", exc)
+            event_leases(self._store).forget(self._store)
             return
         if sentence:
             log.info("cycle: %s", sentence)
@@ -279,7 +285,8 @@ class Scheduler:
             while batch:
                 puts: list[Put[Any]] = []
                 for vm, new, message in batch.values():
-                    puts += [Put(VMS, vm.name, new, vm.mod_revision), new_event(vm.name, self._source, message)]
+                    puts += [Put(VMS, vm.name, new, vm.mod_revision),
+                             new_event(self._store, ref(Kind.VM, vm.name), self._source, message, request_id=new.request_id)]
                 try:
                     revision = self._store.transact(puts, guard=guard)
                 except Conflict as exc:
@@ -291,7 +298,8 @@ class Scheduler:
                     continue
                 for vm, new, message in batch.values():
                     self.view.set_vm(Versioned(vm.name, new, revision, vm.create_revision))
-                    log.info("vm=%s %s", vm.name, message)
+                    with acting_for(new.request_id):  # the API request that last asked something of the VM
+                        log.info("vm=%s %s", vm.name, message)
                 break
 
 

@@ -26,8 +26,9 @@ from ucloud_common.config import Settings
 from ucloud_common.allocation import SHARED_STORAGE
 from ucloud_common.claim import held_by, vm_claims
 from ucloud_common.errors import PermanentError, TemporaryError
-from ucloud_common.event import EVENTS, events_of, new_event
+from ucloud_common.event import Event, Kind, event_leases, new_event, ref
 from ucloud_common.failures import Failures
+from ucloud_common.logs import acting_for, current_request_id
 from ucloud_common.host import HOSTS, HOSTS_ALIVE, Host, HostAlive, HostStatus
 from ucloud_common.record import utcnow
 from ucloud_common.specs import Specs
@@ -41,6 +42,7 @@ from ucloud_common.store import (
     Guard,
     GuardFailed,
     KeptLease,
+    LeaseExpired,
     NotFound,
     Put,
     Remove,
@@ -255,6 +257,9 @@ class Agent:
         Returns the step taken; its `look_again` says when to look again."""
         try:
             return self._reconcile(uuid)
+        except LeaseExpired as exc:  # the events' shared lease was revoked: take the new one next time
+            event_leases(self._store).forget(self._store)
+            return self._later(uuid, str(exc), self._settings.store_retry)
         except (StoreUnavailable, Conflict) as exc:
             # Temporary: etcd is away or other writers kept winning. Every step is recorded by
             # compare-and-swap and decided afresh, so looking again soon is safe; no traceback.
@@ -268,6 +273,11 @@ class Agent:
 
     def _reconcile(self, uuid: str) -> Step:
         current = self._store.get(VMS, uuid)
+        # What is logged and told from here on names the API request that last asked something of the VM.
+        with acting_for(current.value.request_id if current else ""):
+            return self._reconcile_read(uuid, current)
+
+    def _reconcile_read(self, uuid: str, current: Versioned[VM] | None) -> Step:
         if current is not None and current.value.host != self.host.name and current.value.migration is not None \
                 and current.value.migration.target == self.host.name:
             return self._receive(current, current.value.migration)
@@ -443,7 +453,6 @@ class Agent:
             # Conflict (changed meanwhile) propagates: decided again shortly, the deletion is idempotent.
             self._store.transact([Remove(VMS, vm.uuid, latest.mod_revision),
                                   *held_by(self._store, vm.uuid, vm_claims(latest.value))])
-        self._store.delete_all(EVENTS, events_of(vm.uuid))
         with self._lock:
             self._mine.pop(vm.uuid, None)
         log.info("vm=%s deleted: no process, file or key left", vm.uuid)
@@ -463,7 +472,7 @@ class Agent:
         check_transition(Writer.AGENT, vm.status, status)
         new = vm.evolve(status=status, **fields)
         revision = self._store.transact([Put(VMS, vm.uuid, new, current.mod_revision),
-                                         *([new_event(vm.uuid, self._source, event)] if event else [])])
+                                         *([self._told(vm.uuid, event)] if event else [])])
         with self._lock:
             if vm.uuid in self._mine:
                 self._mine[vm.uuid] = new
@@ -471,13 +480,17 @@ class Agent:
 
     def _event(self, uuid: str, message: str, vm_created: int) -> None:
         """Tell the VM's event log, only while the VM (created at revision `vm_created`) exists: an
-        event written after its deletion would outlive it for good."""
+        event written after its deletion would tell of work on a VM that is gone."""
         try:
-            self._store.transact([new_event(uuid, self._source, message)], guard=Guard(VMS.key(uuid), vm_created))
+            self._store.transact([self._told(uuid, message)], guard=Guard(VMS.key(uuid), vm_created))
         except GuardFailed:
             log.debug("vm=%s is gone; event not recorded: %s", uuid, message)
         except StoreUnavailable as exc:
             log.warning("vm=%s: event not recorded (%s): %s", uuid, exc, message)
+
+    def _told(self, uuid: str, message: str) -> Put[Event]:
+        """The VM's event, naming the API request that last asked something of it (`_reconcile`)."""
+        return new_event(self._store, ref(Kind.VM, uuid), self._source, message, request_id=current_request_id())
 
 
 # Permanent failures of these actions are the VM's: it goes to ERROR with the reason. (Any other

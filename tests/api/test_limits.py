@@ -104,7 +104,7 @@ def test_a_user_cannot_grow_their_record_past_what_etcd_takes(alice: As, store: 
 def test_a_write_etcd_refuses_as_too_large_is_413_naming_the_limit(alice: As, store: Store, mocker) -> None:  # type: ignore[no-untyped-def]
     """No request can make one any more; should one get through, it is the client's 413, not an outage."""
     before = store.get(USERS, "alice")
-    mocker.patch.object(Store, "replace", side_effect=TooLarge("etcd refused: request is too large"))
+    mocker.patch.object(Store, "transact", side_effect=TooLarge("etcd refused: request is too large"))
     response = alice.post("/api/v1/ssh-keys", json={"name": "k", "key": ED25519})
     assert response.status_code == 413 and response.json["error"]["code"] == "too_large"
     assert "1.5 MiB" in response.json["error"]["message"]

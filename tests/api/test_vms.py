@@ -19,7 +19,7 @@ def test_create_read_list(alice: As, store: Store) -> None:
     vm = alice.create_vm()
     assert vm["owner"] == "alice" and vm["status"] == "REQUESTED_NEW" and vm["requested"] == "RUNNING"
     got = alice.get(f"/api/v1/vms/{vm['uuid']}")
-    assert got.status_code == 200 and got.json["name"] == "web1" and got.json["events"] == []
+    assert got.status_code == 200 and got.json["name"] == "web1" and [(e["user"], e["message"]) for e in got.json["events"]] == [("alice", "create VM web1 from image tiny")]
     assert got.headers["ETag"].strip('"').isdigit()
     assert [v["uuid"] for v in alice.get("/api/v1/vms").json] == [vm["uuid"]]
     stored = store.get(VMS, vm["uuid"])
@@ -240,15 +240,15 @@ def test_admin_lists_all_and_filters(alice: As, bob: As, admin: As, store: Store
 
 
 def test_the_owner_reads_the_event_log_in_order(alice: As, bob: As, store: Store) -> None:
-    from ucloud_common.event import EVENTS, Event, event_name
+    from ucloud_common.event import Kind, new_event, ref
 
     vm = alice.create_vm()["uuid"]
     other = alice.create_vm("other")["uuid"]
     for source, message in [("scheduler", "placed on h1"), ("agent h1", "disk created"), ("agent h1", "RUNNING")]:
-        store.create(EVENTS, event_name(vm), Event(vm=vm, source=source, message=message))
-    store.create(EVENTS, event_name(other), Event(vm=other, source="scheduler", message="not mine"))
+        store.transact([new_event(store, ref(Kind.VM, vm), source, message)])
+    store.transact([new_event(store, ref(Kind.VM, other), "scheduler", "not mine")])
     events = alice.get(f"/api/v1/vms/{vm}/events").json
-    assert [e["message"] for e in events] == ["placed on h1", "disk created", "RUNNING"]
+    assert [e["message"] for e in events] == ["create VM web1 from image tiny", "placed on h1", "disk created", "RUNNING"]
     assert alice.get(f"/api/v1/vms/{vm}").json["events"] == events
     assert bob.get(f"/api/v1/vms/{vm}/events").status_code == 404
 

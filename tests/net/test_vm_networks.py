@@ -19,7 +19,7 @@ import pytest
 from tests.helpers.tiny import tiny_image
 from tests.net.conftest import Lab, sh, wait_for
 from ucloud_common.config import Settings
-from ucloud_common.event import EVENTS, events_of
+from ucloud_common.event import Kind, object_events, ref
 from ucloud_common.host import HOSTS_ALIVE
 from ucloud_common.imagestore import local_image_path
 from ucloud_common.ipv6 import slaac_address
@@ -118,7 +118,7 @@ def events(store: Store, uuid: str) -> list[str]:
     """The VM's event messages; none while etcd does not answer in time (two booting QEMUs and two
     agents share these 2 cores: a poll that times out is tried again, not a failure)."""
     try:
-        return [e.value.message for e in store.list(EVENTS, within=events_of(uuid)).items.values()]
+        return [e.message for e in object_events(store, ref(Kind.VM, uuid))]
     except StoreUnavailable:
         return []
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 from collections.abc import Callable
@@ -17,7 +18,8 @@ from ucloud_common import clock
 from ucloud_common.allocation import allocations
 from ucloud_common.clock import SimClock
 from ucloud_common.config import Settings
-from ucloud_common.event import EVENTS, events_of
+from ucloud_common.event import Kind, object_events, ref
+from ucloud_common.logs import DATE_FORMAT, FORMAT, PrintableFormatter
 from ucloud_common.host import HOSTS, HOSTS_ALIVE, Host, HostAlive, HostStatus
 from ucloud_common.specs import Specs
 from ucloud_common.states import Status
@@ -44,8 +46,8 @@ def test_places_new_vms_within_capacity_and_tells_the_event_log(
             vm(store, u).error == "no host has 1 GiB RAM free; the most free is 0 GiB RAM on h2"
     totals = allocations(v.value for v in store.list(VMS).items.values())
     assert totals["h1"].ram == totals["h2"].ram == 4  # spread evenly, none overfilled
-    events = store.list(EVENTS, within=events_of(uuids[0])).items.values()
-    assert any(e.value.message.startswith("placed on h") for e in events)
+    events = object_events(store, ref(Kind.VM, uuids[0]))
+    assert any(e.message.startswith("placed on h") for e in events)
     for lease in leases:
         lease.close()
 
@@ -96,7 +98,7 @@ def test_a_dead_hosts_vms_are_killed_fenced_and_rescheduled(
     for u in shared:
         v = vm(store, u)
         assert v.status is Status.SCHEDULED_DEPLOY and v.error == ""
-        events = [e.value for e in store.list(EVENTS, within=events_of(u)).items.values()]
+        events = object_events(store, ref(Kind.VM, u))
         killed = [e for e in events if e.message == "killed: host h1 died"]
         released = [e for e in events if e.message == "host h1 is fenced: to be placed elsewhere"]
         assert killed and released and released[0].created_at.timestamp() >= fenced_at, "rescheduled before the fence"
@@ -139,8 +141,8 @@ def test_each_outage_of_a_host_is_fenced_anew(store: Store, start_scheduler: Cal
     wait_for(lambda: vm(store, second).host == "h2", 30, "the second VM moved")
     fences = fence_log.read_text().splitlines()
     assert len(fences) == 2, fences
-    released = [e.value for e in store.list(EVENTS, within=events_of(second)).items.values()
-                if e.value.message == "host h1 is fenced: to be placed elsewhere"]
+    released = [e for e in object_events(store, ref(Kind.VM, second))
+                if e.message == "host h1 is fenced: to be placed elsewhere"]
     assert released and released[0].created_at.timestamp() >= float(fences[1].split()[-1])
     other.close()
 
@@ -184,7 +186,7 @@ def test_a_standby_does_not_place(store: Store, start_scheduler: Callable[..., S
     u = create_vm(store)
     wait_for(lambda: placed(store, u), 10)
     assert not second.election.is_leader
-    assert [e.value.source for e in store.list(EVENTS, within=events_of(u)).items.values()] == \
+    assert [e.source for e in object_events(store, ref(Kind.VM, u))] == \
         [f"scheduler {first.candidate}"]
     lease.close()
 
@@ -225,3 +227,25 @@ def test_a_scheduler_driven_single_threaded_in_simulated_time(store: Store, sett
     h1 = store.get(HOSTS, "h1")
     assert h1 is not None and h1.value.fenced and h1.value.down_since == died  # the simulated time
     scheduler.election.resign()
+
+
+def test_the_scheduler_logs_and_tells_the_request_id_of_the_vm(
+        store: Store, start_scheduler: Callable[..., Scheduler]) -> None:
+    lines = io.StringIO()
+    handler = logging.StreamHandler(lines)
+    handler.setFormatter(PrintableFormatter(FORMAT, DATE_FORMAT))
+    logger = logging.getLogger("ucloud_scheduler.scheduler")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        lease = register_host(store, "h1")
+        start_scheduler()
+        u = create_vm(store, request_id="r-from-the-api")
+        wait_for(lambda: placed(store, u), 10, "a placement")
+        assert [e.request_id for e in object_events(store, ref(Kind.VM, u))] == ["r-from-the-api"]
+        wait_for(lambda: f"vm={u} placed on h1 request=r-from-the-api" in lines.getvalue(), 5, "the log line")
+        lease.close()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)

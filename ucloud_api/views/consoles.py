@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
+from ucloud_api.audit import told
 from ucloud_api.auth import current
 from ucloud_api.body import parse
 from ucloud_api.errors import APIError
 from ucloud_api.replies import lookup_own, store
 from ucloud_api.schemas import ConsoleRequest
 from ucloud_common.console import PROXIES, SHOWN, TICKET_TTL, TICKETS, ConsoleKind, ConsoleTicket, new_ticket
+from ucloud_common.event import Kind
+from ucloud_common.store import Put
 from ucloud_common.vm import VMS
 
 bp = Blueprint("consoles", __name__, url_prefix="/api/v1/vms")
@@ -33,8 +36,9 @@ def issue(uuid: str, kind: ConsoleKind) -> Response:
     if proxy is None:
         raise APIError(503, "unavailable", f"no console proxy runs on host {vm.host}; ask the operator")
     issued, digest = new_ticket()
-    store().create(TICKETS, digest, ConsoleTicket(digest=digest, user=current().name, vm=vm.uuid, host=vm.host,
-                                                  kind=kind), lease=store().grant_lease(TICKET_TTL))
+    ticket = ConsoleTicket(digest=digest, user=current().name, vm=vm.uuid, host=vm.host, kind=kind)
+    store().transact([Put(TICKETS, digest, ticket, 0, lease=store().grant_lease(TICKET_TTL)),
+                      told(Kind.VM, vm.uuid, f"open the {kind.value} console")])
     url = f"{proxy.value.url}/{kind.value}?ticket={issued}"
     # Never logged: the access log has the request's path, which holds no ticket; the answer is not logged,
     # and the page carries the URL in its fragment, which browsers send to no server.

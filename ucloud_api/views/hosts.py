@@ -6,15 +6,17 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
+from ucloud_api.audit import told
 from ucloud_api.auth import require_admin
 from ucloud_api.body import parse
 from ucloud_api.errors import APIError
 from ucloud_api.replies import check_if_match, dump, lookup, object_reply, store
 from ucloud_api.schemas import Maintenance
+from ucloud_common.event import Kind
 from ucloud_common.host import HOSTS, HOSTS_ALIVE, Host, HostStatus
 from ucloud_common.allocation import ZERO, allocations
 from ucloud_common.specs import Specs
-from ucloud_common.store import Conflict, Versioned
+from ucloud_common.store import Conflict, Remove, Versioned
 from ucloud_common.vm import VMS
 
 bp = Blueprint("hosts", __name__, url_prefix="/api/v1/hosts")
@@ -62,8 +64,10 @@ def maintenance(name: str) -> Response:
     if asked.drain and not asked.on:
         raise APIError(422, "invalid", "drain: a host is drained only into maintenance (on: true)",
                        fields=[{"field": "drain", "message": "needs on: true"}])
+    asking = "maintenance on, drain" if asked.drain else "maintenance on" if asked.on else "maintenance off"
     updated = store().update(HOSTS, name, lambda h: None if (h.maintenance, h.drain) == (asked.on, asked.drain)
-                             else h.evolve(maintenance=asked.on, drain=asked.drain, drain_blocked={}))
+                             else h.evolve(maintenance=asked.on, drain=asked.drain, drain_blocked={}),
+                             also=[told(Kind.HOST, name, asking)])
     alive = {name} if store().get(HOSTS_ALIVE, name) else set()
     return object_reply(updated, body=_describe(updated, alive, _allocations(), _vms_on().get(name, 0)))
 
@@ -83,7 +87,7 @@ def delete(name: str) -> Response:
         raise APIError(409, "conflict", f"host {name} is {host.value.status} and in service: put it in maintenance "
                        "or stop its agent first")
     try:
-        store().delete(HOSTS, name, mod_revision=host.mod_revision)
+        store().transact([Remove(HOSTS, name, host.mod_revision), told(Kind.HOST, name, "forget the host")])
     except Conflict:
         raise APIError(409, "busy", f"host {name} changed meanwhile; read it again") from None
     return Response(status=204)

@@ -6,6 +6,7 @@ import uuid as uuidlib
 
 from flask import Blueprint, Response, jsonify
 
+from ucloud_api.audit import told
 from ucloud_api.auth import current
 from ucloud_api.body import parse
 from ucloud_api.errors import APIError, not_found
@@ -15,6 +16,7 @@ from ucloud_api.naming import create_named
 from ucloud_api.replies import check_if_match, created_reply, dump, lookup, lookup_own, object_reply, store
 from ucloud_api.schemas import ImageCreate
 from ucloud_common.claim import IMAGE_NAMES, owned
+from ucloud_common.event import Kind
 from ucloud_common.file import FILES
 from ucloud_common.image import IMAGES, Image
 from ucloud_common.store import Remove
@@ -58,8 +60,9 @@ def create() -> Response:
     uuid = str(uuidlib.uuid4())
     image = Image(uuid=uuid, owner=caller.name, name=body.name, store_name=body.store,
                   file_uuid=body.file, public=body.public)
-    created = create_named(IMAGES, IMAGE_NAMES, caller.name, body.name, uuid, lambda: (image, []), "image",
-                           IMAGES_PER_USER)
+    created = create_named(IMAGES, IMAGE_NAMES, caller.name, body.name, uuid, lambda: (image, [
+        told(Kind.IMAGE, uuid, f"create image {body.name} from file {body.file} in store {body.store}"
+                               f"{' (public)' if body.public else ''}")]), "image", IMAGES_PER_USER)
     return created_reply(created, f"/api/v1/images/{uuid}")
 
 
@@ -87,5 +90,6 @@ def delete(uuid: str) -> Response:
     if users:
         raise APIError(409, "in_use", f"image {uuid} is the base of VM {users[0]}; delete the VM first")
     store().transact([Remove(IMAGES, uuid, image.mod_revision),
-                      Remove(IMAGE_NAMES, owned(image.value.owner, image.value.name), None)])
+                      Remove(IMAGE_NAMES, owned(image.value.owner, image.value.name), None),
+                      told(Kind.IMAGE, uuid, f"delete image {image.value.name}")])
     return Response(status=204)

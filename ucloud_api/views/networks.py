@@ -14,6 +14,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
+from ucloud_api.audit import request_id, told
 from ucloud_api.auth import current
 from ucloud_api.body import parse
 from ucloud_api.errors import APIError
@@ -23,6 +24,7 @@ from ucloud_api.naming import create_named, new_nic
 from ucloud_api.replies import check_if_match, created_reply, dump, lookup_own, object_reply, store
 from ucloud_api.schemas import Attachment, NetworkCreate
 from ucloud_api.views.vms import shown_one
+from ucloud_common.event import Kind
 from ucloud_common.claim import IPV6_PREFIXES, MACS, NETWORK_NAMES, VXLAN_IDS, Claim, mac_claim, owned, prefix_claim
 from ucloud_common.ipv6 import random_subnet
 from ucloud_common.network import NETWORKS, Network
@@ -45,14 +47,15 @@ def create() -> Response:
     body = parse(NetworkCreate)
     uuid = str(uuidlib.uuid4())
 
-    def make() -> tuple[Network, list[Put[Claim]]]:
+    def make() -> tuple[Network, list[Put[Any]]]:
         # Both claimed with the network: a VXLAN id or a /64 another request took meanwhile is a
         # lost race, and make() runs again (a given prefix in use is refused before that).
         vxlan_id = random.randint(*VXLAN_IDS_RANGE)
         prefix = body.ipv6_prefix or random_subnet(store().settings.ipv6_pool, _RNG)
         network = Network(uuid=uuid, owner=caller.name, name=body.name, vxlan_id=vxlan_id, ipv6_prefix=prefix)
         return network, [Put(VXLAN_IDS, str(vxlan_id), Claim(holder=uuid), 0),
-                         Put(IPV6_PREFIXES, prefix_claim(prefix), Claim(holder=uuid), 0)]
+                         Put(IPV6_PREFIXES, prefix_claim(prefix), Claim(holder=uuid), 0),
+                         told(Kind.NETWORK, uuid, f"create network {body.name} ({prefix})")]
 
     if body.ipv6_prefix is not None:
         holder = store().get(IPV6_PREFIXES, prefix_claim(body.ipv6_prefix))
@@ -90,7 +93,8 @@ def delete(uuid: str) -> Response:
             store().transact([Remove(NETWORKS, uuid, network.mod_revision),
                               Remove(NETWORK_NAMES, owned(n.owner, n.name), None),
                               Remove(VXLAN_IDS, str(n.vxlan_id), None),
-                              *([Remove(IPV6_PREFIXES, prefix_claim(n.ipv6_prefix), None)] if n.ipv6_prefix else [])])
+                              *([Remove(IPV6_PREFIXES, prefix_claim(n.ipv6_prefix), None)] if n.ipv6_prefix else []),
+                              told(Kind.NETWORK, uuid, f"delete network {n.name}")])
         except Conflict:
             continue  # a VM was attached meanwhile: look again
         return Response(status=204)
@@ -109,7 +113,7 @@ def attach(uuid: str) -> Response:
         attached = tuple(v for v in network.attached if v != vm.uuid) + (vm.uuid,)
         return vm.evolve(networks=(*vm.networks, nic)), attached, [Put(MACS, mac_claim(nic.mac), Claim(holder=vm.uuid), 0)]
 
-    return _change_attachment(uuid, plug)
+    return _change_attachment(uuid, plug, "attach")
 
 
 @bp.post("/<uuid>/detach")
@@ -123,24 +127,27 @@ def detach(uuid: str) -> Response:
         return (vm.evolve(networks=tuple(n for n in vm.networks if n.network != uuid)), attached,
                 [Remove(MACS, mac_claim(nic.mac), None) for nic in nics])
 
-    return _change_attachment(uuid, unplug)
+    return _change_attachment(uuid, unplug, "detach")
 
 
 AttachmentChange = Callable[[Network, VM], tuple[VM, tuple[str, ...], list[Any]]]
 
 
-def _change_attachment(uuid: str, change: AttachmentChange) -> Response:
-    """Rewrite a VM's NICs and the network's attached list together, by compare-and-swap on both."""
+def _change_attachment(uuid: str, change: AttachmentChange, verb: str) -> Response:
+    """Rewrite a VM's NICs and the network's attached list together, by compare-and-swap on both,
+    told in both event logs."""
     body = parse(Attachment)
     for _ in sleeps(_RETRY, attempts=store().settings.cas_attempts):
         network, vm = _both(uuid, body.vm)
         new_vm, attached, claims = change(network.value, vm.value)
-        new_vm = new_vm.evolve(generation=vm.value.generation + 1)
+        new_vm = new_vm.evolve(generation=vm.value.generation + 1, request_id=request_id())
         try:
             revision = store().transact([
                 Put(VMS, vm.name, new_vm, vm.mod_revision),
                 Put(NETWORKS, uuid, network.value.evolve(attached=attached), network.mod_revision),
                 *claims,
+                told(Kind.VM, vm.name, f"{verb} network {uuid}"),
+                told(Kind.NETWORK, uuid, f"{verb} VM {vm.name}"),
             ])
         except Conflict:
             continue

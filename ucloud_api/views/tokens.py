@@ -13,6 +13,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from ucloud_api import throttle
+from ucloud_api.audit import told
 from ucloud_api.auth import current, forget, new_token
 from ucloud_api.body import parse
 from ucloud_api.errors import APIError, not_found
@@ -21,7 +22,8 @@ from ucloud_api.passwords import check_password
 from ucloud_api.replies import store
 from ucloud_api.schemas import Login, TokenCreate
 from ucloud_common.record import check_key_part, check_name, utcnow
-from ucloud_common.store import Store, Versioned
+from ucloud_common.event import Kind
+from ucloud_common.store import Put, Remove, Store, Versioned
 from ucloud_common.user import PASSWORDS, TOKENS, Token
 
 bp = Blueprint("tokens", __name__, url_prefix="/api/v1/tokens")
@@ -29,11 +31,12 @@ login_bp = Blueprint("login", __name__, url_prefix="/api/v1/login")
 
 
 def mint_token(store: Store, user: str, name: str, lifetime: float | None,
-               evict: bool = False) -> tuple[str, Versioned[Token]]:
+               evict: bool = False, asked_by: str | None = None) -> tuple[str, Versioned[Token]]:
     """Store a new token of `user` (at most `max_tokens_per_user`, else 409 — or, with `evict`, their
     oldest token of the same name goes to make room) working for `lifetime` seconds (None: until
-    revoked), on an etcd lease that deletes it a little after it stops working. Returns the text, to
-    be shown once, and the record."""
+    revoked), on an etcd lease that deletes it a little after it stops working, told in the user's
+    event log as asked by the caller (or `asked_by`, for a login). Returns the text, to be shown once,
+    and the record."""
     held = store.list(TOKENS, where={"user": user}).items
     if evict and len(held) >= store.settings.max_tokens_per_user:
         alike = sorted((t for t in held.values() if t.value.name == name), key=lambda t: t.create_revision)
@@ -46,7 +49,9 @@ def mint_token(store: Store, user: str, name: str, lifetime: float | None,
     token_id, text, token = new_token(user, name, expires_at)
     # A second more than the lifetime: the record, not the lease, says when it stops working.
     lease = None if lifetime is None else store.grant_lease(int(lifetime) + 1)
-    return text, store.create(TOKENS, token_id, token, lease=lease)
+    revision = store.transact([Put(TOKENS, token_id, token, 0, lease=lease),
+                               told(Kind.USER, user, f"create token {token_id} ({name})", user=asked_by)])
+    return text, Versioned(token_id, token, revision, revision)
 
 
 def shown(token: Versioned[Token]) -> dict[str, Any]:
@@ -89,7 +94,8 @@ def revoke(token_id: str) -> Response:
     token = store().get(TOKENS, token_id)
     if token is None or (token.value.user != caller.name and not caller.is_admin):
         raise not_found(f"token {token_id}")
-    store().delete(TOKENS, token_id)
+    store().transact([Remove(TOKENS, token_id, None),
+                      told(Kind.USER, token.value.user, f"revoke token {token_id} ({token.value.name})")])
     forget(token_id)
     return Response(status=204)
 
@@ -127,4 +133,4 @@ def log_in(the_store: Store, name: str, password: str, token_name: str,
         throttle.count_failure(the_store, keys)
         raise APIError(401, "unauthenticated", "wrong name or password")
     throttle.clear(the_store, keys[0])
-    return mint_token(the_store, name, token_name, the_store.settings.login_token_hours * 3600, evict)
+    return mint_token(the_store, name, token_name, the_store.settings.login_token_hours * 3600, evict, asked_by=name)

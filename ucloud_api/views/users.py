@@ -12,6 +12,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from ucloud_api import throttle
+from ucloud_api.audit import told
 from ucloud_api.auth import create_user, current, require_admin
 from ucloud_api.body import parse
 from ucloud_api.errors import APIError
@@ -20,6 +21,7 @@ from ucloud_api.passwords import check_password, hash_password
 from ucloud_api.replies import check_if_match, dump, lookup, object_reply, store
 from ucloud_api.schemas import PasswordChange, UserCreate
 from ucloud_common.claim import owned
+from ucloud_common.event import Kind
 from ucloud_common.file import FILES
 from ucloud_common.image import IMAGES
 from ucloud_common.network import NETWORKS
@@ -38,7 +40,8 @@ def create() -> Response:
     body = parse(UserCreate)
     if store().get(USERS, body.name) is None:
         _check_nothing_owned_by(body.name)
-    user, token = create_user(store(), body.name, body.role, body.password)
+    user, token = create_user(store(), body.name, body.role, body.password,
+                              also=[told(Kind.USER, body.name, f"create user {body.name} ({body.role.value})")])
     created = store().get(USERS, user.name)
     assert created is not None
     return object_reply(created, 201, {**dump(user), "token": token})
@@ -63,7 +66,8 @@ def delete(name: str) -> Response:
     check_if_match(user)
     tokens = [t for t in store().list(TOKENS).items.values() if t.value.user == name]
     writes: list[Put[Any] | Remove[Any]] = [Remove(USERS, name, user.mod_revision),
-                                            *(Remove(TOKENS, t.name, None) for t in tokens), Remove(PASSWORDS, name, None)]
+                                            *(Remove(TOKENS, t.name, None) for t in tokens), Remove(PASSWORDS, name, None),
+                                            told(Kind.USER, name, f"delete user {name}")]
     if user.value.role is Role.ADMIN:
         admins = [u for u in store().list(USERS).items.values() if u.value.role is Role.ADMIN and u.name != name]
         if not admins:
@@ -102,7 +106,8 @@ def set_password(name: str) -> Response:
         # The user rewritten unchanged under compare-and-swap: a user deleted meanwhile gets no password.
         store().transact([Put(USERS, name, user.value, user.mod_revision),
                           Put(PASSWORDS, name, Password(argon2=hash_password(body.password)),
-                              existing.mod_revision if existing else 0)])
+                              existing.mod_revision if existing else 0),
+                          told(Kind.USER, name, "set the password")])
     except Conflict:
         raise APIError(409, "busy", f"user {name} changed meanwhile; retry the request") from None
     return Response(status=204)

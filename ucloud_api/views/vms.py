@@ -11,6 +11,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
+from ucloud_api.audit import request_id, told
 from ucloud_api.auth import current, require_admin
 from ucloud_api.body import parse
 from ucloud_api.errors import APIError
@@ -21,7 +22,7 @@ from ucloud_api.replies import check_if_match, created_reply, dump, if_match, lo
 from ucloud_api.schemas import Migrate, VMCreate
 from ucloud_common.allocation import SHARED_STORAGE
 from ucloud_common.claim import MACS, VM_NAMES, Claim, held_by, mac_claim, vm_claims
-from ucloud_common.event import EVENTS, events_of
+from ucloud_common.event import Kind, object_events, ref
 from ucloud_common.host import HOSTS
 from ucloud_common.image import IMAGES, ImageStatus
 from ucloud_common.record import check_key_part, check_name
@@ -30,7 +31,7 @@ from ucloud_common.states import Action, ActionRefused, Status
 from ucloud_common.ipv6 import slaac_address
 from ucloud_common.quoting import quote
 from ucloud_common.network import NETWORKS
-from ucloud_common.store import Conflict, Put, Remove
+from ucloud_common.store import Conflict, Put, Remove, Versioned
 from ucloud_common.user import USERS
 from ucloud_common.vm import VMS, VM, request_fields
 
@@ -78,13 +79,14 @@ def create() -> Response:
             nics.append(nic)
             writes += [Put(NETWORKS, network_uuid, network.value.evolve(attached=(*network.value.attached, uuid)),
                            network.mod_revision),
-                       Put(MACS, mac_claim(nic.mac), Claim(holder=uuid), 0)]
+                       Put(MACS, mac_claim(nic.mac), Claim(holder=uuid), 0),
+                       told(Kind.NETWORK, network_uuid, f"attached VM {uuid} at its creation")]
         vm = VM(
             uuid=uuid, owner=caller.name, name=body.name, specs=body.specs.as_specs(), image=body.image,
             storage=body.storage, ssh_keys=tuple(user_keys[k] for k in body.ssh_keys),
-            anti_affinity=body.anti_affinity or "", networks=tuple(nics),
+            anti_affinity=body.anti_affinity or "", networks=tuple(nics), request_id=request_id(),
         )
-        return vm, writes
+        return vm, [*writes, told(Kind.VM, uuid, f"create VM {body.name} from image {body.image}")]
 
     created = create_named(VMS, VM_NAMES, caller.name, body.name, uuid, make, "VM", VMS_PER_USER)
     return created_reply(created, f"/api/v1/vms/{uuid}", shown_one(created.value))
@@ -192,10 +194,13 @@ def _act(uuid: str, action: Action) -> Response:
             if action is Action.DELETE and vm.status is Status.REQUESTED_NEW and not vm.host:
                 # Nothing exists anywhere yet: no agent will ever clean up, so the VM goes now.
                 store().transact([Remove(VMS, uuid, current_vm.mod_revision),
-                                  *held_by(store(), uuid, vm_claims(vm))])
+                                  *held_by(store(), uuid, vm_claims(vm)),
+                                  told(Kind.VM, uuid, "delete (it was never placed: deleted at once)")])
                 return Response(status=204)
-            new = vm.evolve(**asked, **extra)
-            written = store().replace(VMS, uuid, new, current_vm.mod_revision)
+            new = vm.evolve(**asked, **extra, request_id=request_id())
+            asking = f"{action.value} to {target}" if target else action.value
+            revision = store().transact([Put(VMS, uuid, new, current_vm.mod_revision), told(Kind.VM, uuid, asking)])
+            written = Versioned(uuid, new, revision, current_vm.create_revision)
         except Conflict:
             if conditional:
                 raise APIError(412, "precondition_failed", "the VM changed; read it again") from None
@@ -227,7 +232,10 @@ def cancel_migration(uuid: str) -> Response:
         if not vm.migrate_to or (vm.migration is None and vm.migrate_generation <= vm.migrated_generation):
             raise APIError(409, "conflict", "no migration of this VM is under way")
         try:
-            written = store().replace(VMS, uuid, vm.evolve(migrate_to=""), current_vm.mod_revision)
+            new = vm.evolve(migrate_to="", request_id=request_id())
+            revision = store().transact([Put(VMS, uuid, new, current_vm.mod_revision),
+                                         told(Kind.VM, uuid, "cancel the migration")])
+            written = Versioned(uuid, new, revision, current_vm.create_revision)
         except Conflict:
             continue
         return object_reply(written, 202, shown_one(written.value))
@@ -235,8 +243,7 @@ def cancel_migration(uuid: str) -> Response:
 
 
 def _events(uuid: str) -> list[dict[str, Any]]:
-    listing = store().list(EVENTS, within=events_of(uuid))
-    return [dump(e.value) for _, e in sorted(listing.items.items())]
+    return [dump(e) for e in object_events(store(), ref(Kind.VM, uuid))]
 
 
 def _user_keys(name: str) -> dict[str, str]:

@@ -141,12 +141,14 @@ class AbstractStore(ABC):
         (`Conflict` otherwise). As in etcd, an absent key is "at revision 0"."""
 
     def update(self, family: Family[R], name: str, change: Callable[[R], R | None], *,
-               guard: Guard | None = None) -> Versioned[R]:
+               guard: Guard | None = None, also: Sequence[Put[Any] | Remove[Any]] = ()) -> Versioned[R]:
         """Read, apply `change`, compare-and-swap; on a lost race, re-read and re-apply.
 
         `change` gets the current record and returns the new one, or None to write nothing (the
         current one is returned). It may run several times, so it must not have side effects; it
-        may raise to abort (e.g. a state-table refusal), and that exception propagates.
+        may raise to abort (e.g. a state-table refusal), and that exception propagates. `also` is
+        written in the same transaction as the new record (e.g. the event that tells of it), never
+        without it; a `Conflict` on one of its own expectations is a lost race too.
         Raises `NotFound` if the key is absent, `Conflict` after `cas_attempts` lost races.
         """
         key = family.key(name)
@@ -158,7 +160,10 @@ class AbstractStore(ABC):
             if new is None:
                 return current
             try:
-                return self.replace(family, name, new, current.mod_revision, guard=guard)
+                if not also:
+                    return self.replace(family, name, new, current.mod_revision, guard=guard)
+                revision = self.transact([Put(family, name, new, current.mod_revision), *also], guard=guard)
+                return Versioned(name, new, revision, current.create_revision)
             except Conflict:
                 log.debug("lost compare-and-swap on %s (attempt %d)", key, attempt)
         raise Conflict(

@@ -1,0 +1,68 @@
+"""`GET /api/v1/events` (admin): the event logs of all objects, or of one, also of deleted ones (for
+`UCLOUD_EVENT_RETENTION`). A user reads their own VMs' events at `GET /api/v1/vms/<uuid>/events`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from flask import Blueprint, Response, jsonify, request
+
+from ucloud_api.auth import require_admin
+from ucloud_api.errors import APIError
+from ucloud_api.replies import dump, store
+from ucloud_common.event import EVENTS, Kind, events_of
+from ucloud_common.record import check_key_part
+
+bp = Blueprint("events", __name__, url_prefix="/api/v1/events")
+
+LIMIT_DEFAULT = 500
+LIMIT_MAX = 5000
+
+
+@bp.get("")
+def list_() -> Response:
+    """Events oldest first, after `since` if given, at most `limit`: page on with `since` set to the
+    last one's `created_at`."""
+    require_admin()
+    obj, since, limit = _object(), _since(), _limit()
+    listing = store().list(EVENTS, within=events_of(obj) if obj else "", where={"object": obj} if obj else None)
+    chosen = sorted((e.value for e in listing.items.values() if since is None or e.value.created_at > since),
+                    key=lambda e: e.created_at)
+    return jsonify([dump(e) for e in chosen[:limit]])
+
+
+def _object() -> str:
+    obj = request.args.get("object")
+    if obj is None:
+        return ""
+    # Any name that can be part of a key: one no object has (too long for a VM's) simply has no events.
+    kind, _, name = obj.partition(":")
+    try:
+        Kind(kind)
+        check_key_part(obj)
+        check_key_part(name)
+    except ValueError:
+        raise APIError(400, "bad_request", f"object must be <kind>:<name> with a kind of {', '.join(Kind)} "
+                       "(e.g. vm:<uuid>, user:alice, host:h1)") from None
+    return obj
+
+
+def _since() -> datetime | None:
+    text = request.args.get("since")
+    if text is None:
+        return None
+    try:
+        since = datetime.fromisoformat(text)
+    except ValueError:
+        raise APIError(400, "bad_request", "since must be a time in ISO 8601 with its offset, e.g. "
+                       "2025-01-31T12:00:00+00:00") from None
+    if since.tzinfo is None:
+        raise APIError(400, "bad_request", "since needs a UTC offset (e.g. +00:00 or Z)")
+    return since
+
+
+def _limit() -> int:
+    text = request.args.get("limit", str(LIMIT_DEFAULT))
+    if not (text.isascii() and text.isdigit() and len(text) <= 4) or not 1 <= int(text) <= LIMIT_MAX:
+        raise APIError(400, "bad_request", f"limit must be a number from 1 to {LIMIT_MAX}")
+    return int(text)
