@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from ucloud_common.config import Settings, load_settings
 from ucloud_common.joblock import AlreadyRunning, single_run
 from ucloud_common.logs import setup_logging
+from ucloud_common.metrics import MetricsUnavailable, serve, write_textfile
 from ucloud_common.store import Store, StoreError
 
 
@@ -79,6 +80,15 @@ def daemon_group(name: str, description: str) -> click.Group:
         click.echo(f"{name}: configuration valid; etcd at {endpoints} answers (revision {revision})")
 
     return group
+
+
+def serve_metrics(settings: Settings, port: int, setting: str) -> None:
+    """Serve this daemon's /metrics on `port` of UCLOUD_METRICS_ADDRESS (0: not at all), or exit
+    saying why it cannot (a port taken is a configuration error, told at start, not a silent gap)."""
+    try:
+        serve(settings.metrics_address, port, setting)
+    except MetricsUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def exit_if_failed(daemon: str, failure: str | None) -> None:
