@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import click
 from pydantic import ValidationError
@@ -99,13 +100,27 @@ def exit_if_failed(daemon: str, failure: str | None) -> None:
         raise click.ClickException(f"{daemon} stopped: {failure}; exiting with status 1 so that it is restarted")
 
 
-def run_periodic_job(name: str, settings: Settings, work: Callable[[Store], str]) -> None:
-    """One run of a periodic job (file-scan, image-scanner): under its lock, so that a run started
-    while the last one still goes is a logged no-op; `work` returns the sentence to report."""
+class JobReport(Protocol):
+    """What one run of a periodic job did."""
+
+    def sentence(self) -> str:
+        """One line for the log."""
+        ...
+
+    def figures(self) -> dict[str, float]:
+        """The counts for the node exporter's textfile (`ucloud_<job>_<figure>`)."""
+        ...
+
+
+def run_periodic_job(name: str, settings: Settings, work: Callable[[Store], JobReport]) -> None:
+    """One run of a periodic job (ucloud-filescan, ucloud-imagescanner): under its lock, so that a run
+    started while the last one still goes is a logged no-op; `work` returns its report, which is told
+    and, with UCLOUD_METRICS_TEXTFILE_DIR, written for the node exporter (after a complete run only:
+    a job that keeps failing shows as a last run time that grows old)."""
     store = Store(settings)
     try:
         with single_run(settings.lock_dir, name):
-            sentence = work(store)
+            report = work(store)
     except AlreadyRunning as exc:
         click.echo(f"{name}: skipped: {exc}", err=True)
         return
@@ -113,4 +128,9 @@ def run_periodic_job(name: str, settings: Settings, work: Callable[[Store], str]
         raise click.ClickException(str(exc)) from None
     finally:
         store.close()
-    click.echo(f"{name}: {sentence}", err=True)
+    click.echo(f"{name}: {report.sentence()}", err=True)
+    try:
+        write_textfile(settings.metrics_textfile_dir, name.removeprefix("ucloud-"), report.figures())
+    except OSError as exc:
+        raise click.ClickException(f"{name}: its run is done, but its figures could not be written to "
+                                   f"{settings.metrics_textfile_dir} (UCLOUD_METRICS_TEXTFILE_DIR): {exc}") from None
