@@ -36,6 +36,7 @@ from ucloud_common.record import NAME_SCHEMA
 from ucloud_common.states import Action, Status
 from ucloud_common.user import User
 from ucloud_common.vm import VM
+from ucloud_common.vmstats import VMStats
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,9 @@ ROUTES: dict[tuple[str, str], Route] = {
                                   query=("owner", "host", "status")),
     ("get", "/api/v1/vms/{uuid}"): Route("Read a VM with its last events", returns="VM", errors=(404,)),
     ("get", "/api/v1/vms/{uuid}/events"): Route("A VM's event log", returns="[Event]", errors=(404,)),
+    ("get", "/api/v1/vms/{uuid}/stats"): Route(
+        "A running VM's CPU time, resident memory, disk and network I/O (totals since its QEMU started), as its "
+        "host's agent last measured them (404 while no QEMU runs it)", returns="VMStats", errors=(404,)),
     # 204: a VM no host has taken yet goes at once; 202: its host is asked to delete it.
     ("delete", "/api/v1/vms/{uuid}"): Route("Delete a VM", ok=202, returns="VM", errors=(204, 404, 409),
                                             if_match=True),
@@ -133,6 +137,7 @@ PUBLIC = (*UNCHECKED, "/api/v1/login")  # no token needed
 
 SCHEMAS: dict[str, type[BaseModel]] = {
     "VM": VM, "User": User, "Event": Event, "Network": Network, "File": File, "Image": Image, "Host": Host,
+    "VMStats": VMStats,
 }
 
 
