@@ -82,7 +82,7 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("get", "/api/v1/vms/{uuid}/events"): Route("A VM's event log", returns="[Event]", errors=(404,)),
     ("get", "/api/v1/vms/{uuid}/stats"): Route(
         "A running VM's CPU time, resident memory, disk and network I/O (totals since its QEMU started), as its "
-        "host's agent last measured them (404 while no QEMU runs it)", returns="VMStats", errors=(404,)),
+        "host's agent last measured them (409 while no QEMU runs it)", returns="VMStats", errors=(404, 409)),
     # 204: a VM no host has taken yet goes at once; 202: its host is asked to delete it.
     ("delete", "/api/v1/vms/{uuid}"): Route("Delete a VM", ok=202, returns="VM", errors=(204, 404, 409),
                                             if_match=True),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import heapq
 import random
 from dataclasses import dataclass
+from typing import Self
 
 from ucloud_common.allocation import ZERO
 from ucloud_common.host import Host, HostStatus
@@ -35,7 +36,7 @@ class Refusal(str):
 
     kind: str
 
-    def __new__(cls, kind: str, sentence: str) -> Refusal:
+    def __new__(cls, kind: str, sentence: str) -> Self:
         refusal = super().__new__(cls, sentence)
         refusal.kind = kind
         return refusal

@@ -27,10 +27,15 @@ def rss_bytes(pid: int) -> int:
 
 
 def nic_io(pid: int, macs: Iterable[str]) -> dict[str, NicIO]:
-    """Per MAC, its tap's counters seen from the guest: what the tap receives, the guest sent."""
+    """Per MAC, its tap's counters seen from the guest, in the process's network namespace."""
+    return parse_net_dev(Path(f"/proc/{pid}/net/dev").read_text(), macs)
+
+
+def parse_net_dev(text: str, macs: Iterable[str]) -> dict[str, NicIO]:
+    """The NICs of `macs` in a /proc/net/dev text; what a tap receives, the guest sent."""
     taps = {tap_name(mac): mac for mac in macs}
     found: dict[str, NicIO] = {}
-    for line in Path(f"/proc/{pid}/net/dev").read_text().splitlines()[2:]:
+    for line in text.splitlines()[2:]:
         name, _, counters = line.partition(":")
         mac = taps.get(name.strip())
         if mac is None:

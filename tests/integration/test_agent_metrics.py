@@ -109,5 +109,5 @@ def test_a_vm_without_a_running_qemu_has_no_figures_and_says_why(store: Store, s
     client = create_app(settings, store).test_client()
     _, alice = create_user(store, "alice", Role.USER)
     answer = client.get("/api/v1/vms/u2/stats", headers={"Authorization": f"Bearer {alice}"})
-    assert answer.status_code == 404 and answer.json["error"]["code"] == "no_stats"
+    assert answer.status_code == 409 and answer.json["error"]["code"] == "no_stats"
     assert "it is REQUESTED_NEW" in answer.json["error"]["message"]

@@ -34,9 +34,10 @@ def scheduler(etcd_server: EtcdServer, store: Store, tmp_path: Path) -> Iterator
     """A scheduler process with its metrics on a free port; yields their URL."""
     port = free_port()
     log = tmp_path / "scheduler.log"
-    process = subprocess.Popen([str(BIN / "ucloud-scheduler"), "run", "--name", "s1"],
-                               env=scheduler_env(etcd_server, tmp_path, port), stdout=subprocess.DEVNULL,
-                               stderr=open(log, "w"))
+    with open(log, "w") as stderr:
+        process = subprocess.Popen([str(BIN / "ucloud-scheduler"), "run", "--name", "s1"],
+                                   env=scheduler_env(etcd_server, tmp_path, port), stdout=subprocess.DEVNULL,
+                                   stderr=stderr)
     url = f"http://127.0.0.1:{port}/metrics"
 
     def answers() -> bool:
@@ -72,6 +73,6 @@ def test_a_metrics_port_in_use_is_refused_at_start_saying_which(etcd_server: Etc
         taken.listen()
         port = taken.getsockname()[1]
         result = subprocess.run([str(BIN / "ucloud-scheduler"), "run"], env=scheduler_env(etcd_server, tmp_path, port),
-                                capture_output=True, text=True, timeout=30)
+                                capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 1
     assert f"cannot serve /metrics on 127.0.0.1:{port} (UCLOUD_SCHEDULER_METRICS_PORT" in result.stderr

@@ -11,13 +11,13 @@ from prometheus_client import REGISTRY, CollectorRegistry
 import ucloud_api.metrics  # noqa: F401 (registers the API's metrics)
 import ucloud_common.metrics  # noqa: F401
 import ucloud_scheduler.metrics  # noqa: F401
+from tests.helpers.metrics import parse
+from tests.integration.test_follow import a_vm
 from ucloud_common.metrics import write_textfile
 from ucloud_common.vmstats import DiskIO, NicIO, Usage
 from ucloud_filescan.scan import Report as FilescanReport
 from ucloud_imagescanner.scanner import Report as ImagescannerReport
 from ucloud_vm.metrics import AgentCollector
-from tests.helpers.metrics import parse
-from tests.integration.test_follow import a_vm
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "ucloud-dashboard.json"
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}

@@ -1,5 +1,6 @@
 """The QEMU driver's figures of a real QEMU (TCG, no guest OS: the firmware reading the disk's boot
-sector is the I/O measured): CPU time and memory from /proc, the disk's reads from QMP query-blockstats."""
+sector is the I/O measured): CPU time and memory from /proc, the disk's reads from QMP query-blockstats;
+and a NIC's counters as /proc/<pid>/net/dev gives them."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ from pathlib import Path
 
 from tests.helpers.cluster import wait_for
 from tests.vm.test_guacamole_vnc import a_vm
-from ucloud_common.vmstats import Usage
+from ucloud_common.vmstats import NicIO, Usage
+from ucloud_vm.netnames import tap_name
+from ucloud_vm.procstats import parse_net_dev
 from ucloud_vm.qemu import QemuDriver
+
+MAC = "52:54:00:00:00:01"
 
 
 def test_a_running_qemu_reports_its_cpu_memory_and_disk_reads(tmp_path: Path) -> None:
@@ -35,3 +40,16 @@ def test_a_running_qemu_reports_its_cpu_memory_and_disk_reads(tmp_path: Path) ->
     finally:
         driver.kill("vm-u")
     assert driver.usage("vm-u") is None
+
+
+def test_a_taps_counters_are_the_guests_the_other_way_round() -> None:
+    """/proc/<pid>/net/dev as Linux 6.1 writes it: a tap's receive is what its guest sent."""
+    text = ("Inter-|   Receive                                                |  Transmit\n"
+            " face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls "
+            "carrier compressed\n"
+            "    lo:    1234      12    0    0    0     0          0         0     1234      12    0    0    0     0 "
+            "      0          0\n"
+            f"{tap_name(MAC)}:  5000  50    0    0    0     0          0         0   7000  70    0    0    0     0 "
+            "      0          0\n")
+    assert parse_net_dev(text, [MAC, "52:54:00:00:00:02"]) == {
+        MAC: NicIO(sent_bytes=5000, sent_packets=50, received_bytes=7000, received_packets=70)}

@@ -159,7 +159,7 @@ def stats(uuid: str) -> Response:
     # A record of another host is a leftover of where the VM ran before a move (it expires with
     # that host's lease or is removed by its agent): never shown as this VM's figures now.
     if found is None or found.value.host != vm.host:
-        raise APIError(404, "no_stats", f"VM {uuid} has no figures: they are measured while its QEMU runs (it is "
+        raise APIError(409, "no_stats", f"VM {uuid} has no figures: they are measured while its QEMU runs (it is "
                        f"{vm.status}), and published by its host's agent every vm_stats_interval seconds")
     return jsonify(dump(found.value))
 
