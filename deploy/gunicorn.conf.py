@@ -1,5 +1,8 @@
 # gunicorn settings for ucloud-api (`ucloud-api serve` uses this file; --bind and --workers override).
 import multiprocessing
+import os
+import shutil
+import tempfile
 
 # Threaded workers (gthread) with a deadline on reading each request (ucloud_api/worker.py): a slow
 # client holds neither a process nor, for longer than UCLOUD_API_READ_TIMEOUT, a thread (with sync
@@ -22,3 +25,13 @@ limit_request_field_size = 8190
 # follows UCLOUD_LOG_FORMAT. gunicorn's own would log every request a second time.
 accesslog = None
 errorlog = "-"
+# Prometheus metrics of every worker (ucloud_common/metrics.py): each worker keeps its figures in
+# files of one directory and /metrics on any worker sums them all. A fresh directory per start (files
+# left by an earlier run would be counted again), set here in the master, before it forks the workers
+# that import prometheus-client (which chooses the mode when imported); removed when the master exits.
+# An operator who sets PROMETHEUS_MULTIPROC_DIR must empty it before each start.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="ucloud-api-metrics-")
+
+    def on_exit(server: object) -> None:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

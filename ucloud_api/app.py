@@ -8,7 +8,7 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from ucloud_api import audit, openapi, site
+from ucloud_api import audit, metrics, openapi, site
 from ucloud_api.auth import Authenticator
 from ucloud_api.errors import APIError
 from ucloud_api.views import consoles, events, guacamole, hosts, images, keys, networks, tokens, users, vms
@@ -18,7 +18,7 @@ from ucloud_common.store import Store, StoreError, StoreRefused, StoreUnavailabl
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
-PUBLIC_PATHS = frozenset({"/healthz", "/api/v1/openapi.json", "/api/v1/login"})
+PUBLIC_PATHS = frozenset({"/healthz", "/api/v1/openapi.json", "/api/v1/login", metrics.PATH})
 
 
 def create_app(settings: Settings, store: Store | None = None) -> Flask:
@@ -29,6 +29,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Flask:
     app.extensions["ucloud.store"] = the_store
     authenticator = Authenticator(the_store)
     app.extensions["ucloud.auth"] = authenticator
+    metrics.instrument(app)
 
     audit.install(app)
 

@@ -37,6 +37,7 @@ from ucloud_common.record import KEY_PART_MAX, NAME_PATTERN, NAME_SCHEMA
 from ucloud_common.states import Action, Status
 from ucloud_common.user import User
 from ucloud_common.vm import VM
+from ucloud_common.vmstats import VMStats
 
 
 @dataclass(frozen=True)
@@ -50,11 +51,14 @@ class Route:
     idempotent: bool = False  # takes an Idempotency-Key (a new key past the user's cap: 429)
     if_match: bool = False  # honours If-Match (a stale or malformed one: 412)
     query: tuple[str, ...] = ()  # filters, each a name of `_QUERY_SCHEMAS`
+    media_type: str = "application/json"  # of the answer's body
 
 
 ROUTES: dict[tuple[str, str], Route] = {
     ("get", "/healthz"): Route("Whether etcd is reachable", returns="Health", errors=(503,)),
     ("get", "/api/v1/openapi.json"): Route("This document", returns="Object"),
+    ("get", "/metrics"): Route("Prometheus metrics of the API (all workers) and its etcd calls, in Prometheus' "
+                               "text format", returns="Text", media_type="text/plain"),
     ("post", "/api/v1/users"): Route("Create a user; the answer holds its token, shown once", UserCreate, 201,
                                      "NewUser", admin=True, errors=(409, 422)),
     ("get", "/api/v1/users"): Route("List users", returns="[User]", admin=True),
@@ -81,6 +85,9 @@ ROUTES: dict[tuple[str, str], Route] = {
                                      "network:<uuid>, image:<uuid>), also of deleted ones, oldest first, after "
                                      "`since`, at most `limit`", returns="[Event]", admin=True,
                                      query=("object", "since", "limit")),
+    ("get", "/api/v1/vms/{uuid}/stats"): Route(
+        "A running VM's CPU time, resident memory, disk and network I/O (totals since its QEMU started), as its "
+        "host's agent last measured them (409 while no QEMU runs it)", returns="VMStats", errors=(404, 409)),
     # 204: a VM no host has taken yet goes at once; 202: its host is asked to delete it.
     ("delete", "/api/v1/vms/{uuid}"): Route("Delete a VM", ok=202, returns="VM", errors=(204, 404, 409),
                                             if_match=True),
@@ -130,11 +137,12 @@ ROUTES: dict[tuple[str, str], Route] = {
                                               admin=True, errors=(404, 409), if_match=True),
 }
 
-UNCHECKED = ("/healthz", "/api/v1/openapi.json")  # no body, no store writes: only a 503
+UNCHECKED = ("/healthz", "/api/v1/openapi.json", "/metrics")  # no body, no store writes: only a 503
 PUBLIC = (*UNCHECKED, "/api/v1/login")  # no token needed
 
 SCHEMAS: dict[str, type[BaseModel]] = {
     "VM": VM, "User": User, "Event": Event, "Network": Network, "File": File, "Image": Image, "Host": Host,
+    "VMStats": VMStats,
 }
 
 
@@ -160,6 +168,8 @@ def _ref(name: str) -> dict[str, Any]:
         return {"type": "array", "items": _ref(name[1:-1])}
     if name == "Object":
         return {"type": "object"}
+    if name == "Text":
+        return {"type": "string"}
     return {"$ref": f"#/components/schemas/{name}"}
 
 
@@ -217,7 +227,7 @@ def document(app: Flask) -> dict[str, Any]:
         responses: dict[str, Any] = {}
         ok: dict[str, Any] = {"description": "OK"}
         if route.returns:
-            ok["content"] = {"application/json": {"schema": _ref(route.returns)}}
+            ok["content"] = {route.media_type: {"schema": _ref(route.returns)}}
         responses[str(route.ok)] = ok
         generic = (503,) if path in UNCHECKED else (400, 413, 503) if path in PUBLIC else (400, 401, 403, 413, 503)
         for status in (*route.errors, *generic, *((429,) if route.idempotent else ()),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import click
 from pydantic import ValidationError
@@ -16,6 +17,7 @@ from pydantic import ValidationError
 from ucloud_common.config import Settings, load_settings
 from ucloud_common.joblock import AlreadyRunning, single_run
 from ucloud_common.logs import setup_logging
+from ucloud_common.metrics import MetricsUnavailable, serve, write_textfile
 from ucloud_common.store import Store, StoreError
 
 
@@ -81,6 +83,15 @@ def daemon_group(name: str, description: str) -> click.Group:
     return group
 
 
+def serve_metrics(settings: Settings, port: int, setting: str) -> None:
+    """Serve this daemon's /metrics on `port` of UCLOUD_METRICS_ADDRESS (0: not at all), or exit
+    saying why it cannot (a port taken is a configuration error, told at start, not a silent gap)."""
+    try:
+        serve(settings.metrics_address, port, setting)
+    except MetricsUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def exit_if_failed(daemon: str, failure: str | None) -> None:
     """End a daemon's `run` command: when the daemon stopped because an essential part of it failed
     (`ucloud_common.supervise.Supervisor`), exit 1 with one line saying which and why, so that
@@ -89,13 +100,27 @@ def exit_if_failed(daemon: str, failure: str | None) -> None:
         raise click.ClickException(f"{daemon} stopped: {failure}; exiting with status 1 so that it is restarted")
 
 
-def run_periodic_job(name: str, settings: Settings, work: Callable[[Store], str]) -> None:
-    """One run of a periodic job (file-scan, image-scanner): under its lock, so that a run started
-    while the last one still goes is a logged no-op; `work` returns the sentence to report."""
+class JobReport(Protocol):
+    """What one run of a periodic job did."""
+
+    def sentence(self) -> str:
+        """One line for the log."""
+        ...
+
+    def figures(self) -> dict[str, float]:
+        """The counts for the node exporter's textfile (`ucloud_<job>_<figure>`)."""
+        ...
+
+
+def run_periodic_job(name: str, settings: Settings, work: Callable[[Store], JobReport]) -> None:
+    """One run of a periodic job (ucloud-filescan, ucloud-imagescanner): under its lock, so that a run
+    started while the last one still goes is a logged no-op; `work` returns its report, which is told
+    and, with UCLOUD_METRICS_TEXTFILE_DIR, written for the node exporter (after a complete run only:
+    a job that keeps failing shows as a last run time that grows old)."""
     store = Store(settings)
     try:
         with single_run(settings.lock_dir, name):
-            sentence = work(store)
+            report = work(store)
     except AlreadyRunning as exc:
         click.echo(f"{name}: skipped: {exc}", err=True)
         return
@@ -103,4 +128,9 @@ def run_periodic_job(name: str, settings: Settings, work: Callable[[Store], str]
         raise click.ClickException(str(exc)) from None
     finally:
         store.close()
-    click.echo(f"{name}: {sentence}", err=True)
+    click.echo(f"{name}: {report.sentence()}", err=True)
+    try:
+        write_textfile(settings.metrics_textfile_dir, name.removeprefix("ucloud-"), report.figures())
+    except OSError as exc:
+        raise click.ClickException(f"{name}: its run is done, but its figures could not be written to "
+                                   f"{settings.metrics_textfile_dir} (UCLOUD_METRICS_TEXTFILE_DIR): {exc}") from None

@@ -282,6 +282,23 @@ class Settings(BaseSettings):
     ceph_image_pool: str = Field("images", description="The pool holding images (an image store of that name).")
     ceph_vm_pool: str = Field("vms", description="The pool holding VM disks (clones of images).")
 
+    # Prometheus metrics (ucloud_common/metrics.py). The API serves them at its own /metrics; the
+    # scheduler and the agent, which serve no HTTP otherwise, on a port each (several agents may run
+    # on one machine as simulated hosts, so no daemon takes a port unless told to).
+    metrics_address: str = Field("127.0.0.1", description="The address the scheduler's and the agent's "
+                                 "/metrics listen on (:: or 0.0.0.0 for a Prometheus on another machine).")
+    scheduler_metrics_port: int = Field(0, ge=0, le=65535, description="The scheduler's /metrics port (0: none; "
+                                        "9471 is the one the README suggests).")
+    agent_metrics_port: int = Field(0, ge=0, le=65535, description="The host agent's /metrics port (0: none; "
+                                    "9472 is the one the README suggests).")
+    vm_stats_interval: float = Field(15.0, ge=0, description="Seconds between a host agent's samples of its "
+                                     "VMs' CPU, memory, disk and network figures, exported on its /metrics and "
+                                     "published to etcd for GET /api/v1/vms/{uuid}/stats (0: none). Each sample "
+                                     "is one etcd write per running VM.")
+    metrics_textfile_dir: Path | None = Field(None, description="Where file-scan and image-scanner write their "
+                                              "figures after each run, in the node exporter's textfile format "
+                                              "(its --collector.textfile.directory); unset: nowhere.")
+
     log_level: str = Field("INFO", pattern="^(?i)(DEBUG|INFO|WARNING|ERROR)$")
     log_format: Literal["text", "json"] = Field("text", description="text: one `time level logger: message` "
                                                 "line per entry; json: one JSON object per line, with the "

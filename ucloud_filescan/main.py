@@ -23,4 +23,4 @@ def run(ctx: click.Context, upload_dir: Path | None) -> None:
     """
     settings = settings_from(ctx)
     run_periodic_job("ucloud-filescan", settings, lambda store: scan(
-        store, upload_dir or settings.upload_dir, settings.filescan_settle, Limits.of(settings)).sentence())
+        store, upload_dir or settings.upload_dir, settings.filescan_settle, Limits.of(settings)))

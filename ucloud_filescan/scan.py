@@ -80,6 +80,9 @@ class Report:
     skipped: int = 0
     too_large: int = 0
 
+    def figures(self) -> dict[str, float]:
+        return {f"files_{name}": count for name, count in vars(self).items()}
+
     def sentence(self) -> str:
         return (f"{self.registered} registered, {self.updated} updated, {self.removed} removed, "
                 f"{self.unchanged} unchanged, {self.skipped} skipped, {self.too_large} too large")

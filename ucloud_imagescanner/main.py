@@ -24,4 +24,4 @@ def run(ctx: click.Context) -> None:
         ceph = Ceph(settings.ceph_conf, settings.ceph_client) if settings.ceph_conf else None
     except CephError as exc:
         raise click.ClickException(str(exc)) from None
-    run_periodic_job("ucloud-imagescanner", settings, lambda store: scan(store, settings, ceph).sentence())
+    run_periodic_job("ucloud-imagescanner", settings, lambda store: scan(store, settings, ceph))

@@ -39,6 +39,9 @@ class Report:
     waiting: int = 0
     retrying: int = 0
 
+    def figures(self) -> dict[str, float]:
+        return {f"images_{name}": count for name, count in vars(self).items()}
+
     def sentence(self) -> str:
         return (f"{self.created} images created, {self.refused} refused, {self.waiting} waiting for their file, "
                 f"{self.retrying} left for the next run")

@@ -8,7 +8,7 @@ import threading
 import click
 
 from ucloud_common.ceph import Ceph, CephError
-from ucloud_common.cli import daemon_group, exit_if_failed, settings_from
+from ucloud_common.cli import daemon_group, exit_if_failed, serve_metrics, settings_from
 from ucloud_common.store import Store
 from ucloud_scheduler.fencing import AllFences, CommandFence, Fence, NoFence, RBDFence
 from ucloud_scheduler.scheduler import Scheduler
@@ -35,6 +35,7 @@ def run(ctx: click.Context, name: str | None) -> None:
         except CephError as exc:
             raise click.ClickException(str(exc)) from None
     fence: Fence = AllFences(fences) if fences else NoFence()
+    serve_metrics(settings, settings.scheduler_metrics_port, "UCLOUD_SCHEDULER_METRICS_PORT")
     store = Store(settings)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

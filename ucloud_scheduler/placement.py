@@ -14,13 +14,26 @@ from __future__ import annotations
 
 import heapq
 import random
+from typing import Self
 
 from ucloud_common.host import Host
 from ucloud_common.vm import VM
 from ucloud_scheduler.hostindex import DIMENSIONS, Entry, Ratios, weight
 from ucloud_scheduler.view import View
 
-__all__ = ["Placer", "Ratios", "fits"]
+__all__ = ["Placer", "Ratios", "Refusal", "fits"]
+
+
+class Refusal(str):
+    """Why no host can take a VM: the sentence (it is a `str`, written as the VM's error) and a
+    `kind` of a few fixed words ("no_room_ram", "storage", …) that the metrics count by."""
+
+    kind: str
+
+    def __new__(cls, kind: str, sentence: str) -> Self:
+        refusal = super().__new__(cls, sentence)
+        refusal.kind = kind
+        return refusal
 
 
 def fits(vm: VM, room: dict[str, float]) -> bool:
@@ -125,27 +138,28 @@ class Placer:
         self._taken[chosen] = entry
         heapq.heappush(self._heap, entry)
 
-    def why_not(self, vm: VM, avoid: str = "", only: str = "") -> str:
+    def why_not(self, vm: VM, avoid: str = "", only: str = "") -> Refusal:
         """One sentence on why no host (but `avoid`; or host `only`) can take `vm`, naming the best there is."""
         if not self._view.hosts:
-            return "no host is registered"
+            return Refusal("no_host", "no host is registered")
         eligible = {n: h for n, h in self.eligible.items() if n != avoid and (not only or n == only)}
         if not eligible:
             down = sum(1 for h in self._view.hosts if not self._view.is_alive(h))
             other = " other" if avoid else ""
-            return f"no{other} host is UP and out of maintenance ({len(self._view.hosts)} hosts, {down} not alive)"
+            return Refusal("no_host_up", f"no{other} host is UP and out of maintenance ({len(self._view.hosts)} hosts, "
+                           f"{down} not alive)")
         candidates = [n for n, h in eligible.items() if vm.storage in h.storage_backends]
         if not candidates:
-            return f"no UP host offers storage {vm.storage}"
+            return Refusal("storage", f"no UP host offers storage {vm.storage}")
         free_of_group = [n for n in candidates if n not in self._view.group_hosts(vm)
                          and (vm.owner, vm.anti_affinity, n) not in self._placed_groups]
         if not free_of_group:
-            return f"every UP host already runs a VM of anti-affinity group {vm.anti_affinity}"
+            return Refusal("anti_affinity", f"every UP host already runs a VM of anti-affinity group {vm.anti_affinity}")
         for dim, unit, _ in DIMENSIONS:
             need = getattr(vm.specs, dim)
             best = max(free_of_group, key=lambda n: self._room(n)[dim])
             if need > self._room(best)[dim]:
-                return (f"no host has {_fmt(need)} {unit} free; the most free is "
-                        f"{_fmt(max(self._room(best)[dim], 0))} {unit} on {best}")
-        return (f"no host has {vm.specs.cpu} CPUs, {_fmt(vm.specs.ram)} GiB RAM, {vm.specs.ssd} GiB SSD and "
-                f"{vm.specs.hdd} GiB HDD free at once")
+                return Refusal(f"no_room_{dim}", f"no host has {_fmt(need)} {unit} free; the most free is "
+                               f"{_fmt(max(self._room(best)[dim], 0))} {unit} on {best}")
+        return Refusal("no_room", f"no host has {vm.specs.cpu} CPUs, {_fmt(vm.specs.ram)} GiB RAM, "
+                       f"{vm.specs.ssd} GiB SSD and {vm.specs.hdd} GiB HDD free at once")

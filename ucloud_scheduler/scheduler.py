@@ -49,6 +49,7 @@ from ucloud_common.store import (
 )
 from ucloud_common.supervise import Supervisor
 from ucloud_common.vm import VMS
+from ucloud_scheduler import metrics
 from ucloud_scheduler.fencing import Fence
 from ucloud_scheduler.plan import (
     FenceDone,
@@ -122,6 +123,7 @@ class Scheduler:
         """Take in what the followers brought; while leading, run a cycle. (`keep_going` tells
         whatever this raises and goes on with the next turn.)"""
         changed = self._drain(timeout=self._settings.scheduler_cadence)
+        metrics.LEADER.set(self.election.is_leader)
         if len(self._ready) < len(self._followers) or not self.election.is_leader:
             # What this process fenced or tried was for its own tenure: a leader again later
             # fences afresh (fencing is idempotent) rather than trust what another may have undone.
@@ -197,8 +199,11 @@ class Scheduler:
     def run_cycle(self) -> str:
         """Decide on the view as it is now, carry the decisions out, and say what they were.
         Raises GuardFailed if this process is not (or no longer) the leader: nothing is written."""
-        plan = plan_cycle(self.view, self.fencing(), self._settings, clock.monotonic(), self._rng)
-        self.apply(plan)
+        metrics.PENDING.set(len(self.view.pending))
+        with metrics.CYCLE_SECONDS.time():
+            plan = plan_cycle(self.view, self.fencing(), self._settings, clock.monotonic(), self._rng)
+            self.apply(plan)
+        metrics.planned(plan)
         return plan.sentence()
 
     def fencing(self) -> dict[str, Fencing]:
@@ -229,7 +234,7 @@ class Scheduler:
             self._fencing.pop(name, None)
         for name in plan.unfenced:
             self._store.update(HOSTS, name, lambda h: h.evolve(fenced=False, down_since=None), guard=guard)
-        self._commit(plan.placed)
+        metrics.PLACEMENTS.inc(self._commit(plan.placed))
         self._commit(plan.refused)
         self._commit(plan.moves)
         self._commit(plan.unmovable)
@@ -273,12 +278,13 @@ class Scheduler:
 
     # -- writing ----------------------------------------------------------------------------------
 
-    def _commit(self, writes: tuple[VMWrite, ...]) -> None:
+    def _commit(self, writes: tuple[VMWrite, ...]) -> int:
         """Write VMs in batches, each compared with the revision its decision saw; a VM that changed
         meanwhile is left out (the next cycle decides again on its new state). A write that changes
         nothing (a refusal or a fence failure already told) is skipped: the event log would repeat it
-        every cycle."""
+        every cycle. Returns how many VMs were written."""
         guard = self.election.guard
+        written = 0
         decisions = [(w.seen, w.seen.value.evolve(**w.changes), w.message) for w in writes if w.changes_anything]
         for start in range(0, len(decisions), BATCH):
             batch = {vm.name: (vm, new, message) for vm, new, message in decisions[start:start + BATCH]}
@@ -300,7 +306,9 @@ class Scheduler:
                     self.view.set_vm(Versioned(vm.name, new, revision, vm.create_revision))
                     with acting_for(new.request_id):  # the API request that last asked something of the VM
                         log.info("vm=%s %s", vm.name, message)
+                written += len(batch)
                 break
+        return written
 
 
 def _observed(book: Fencing, future: Future[frozenset[str]] | None) -> Fencing:

@@ -53,7 +53,9 @@ from ucloud_common.store import (
 )
 from ucloud_common.supervise import Supervisor
 from ucloud_common.vm import VMS, VM, Migration
+from ucloud_common.vmstats import VM_STATS, Usage, VMStats
 from ucloud_common.cidata import hostname_for, seed_files
+from ucloud_vm import metrics
 from ucloud_vm.decide import Act, Seen, Step, decide, decide_incoming
 from ucloud_vm.driver import LIVE, Hypervisor, RunState
 from ucloud_vm.storage import StorageBackend, StorageError
@@ -94,6 +96,9 @@ class Agent:
         self._next_sweep = 0.0  # (time.monotonic) the monitor's next look at every process
         self._stop = threading.Event()
         self._supervisor = Supervisor(self._stop)
+        self.usage: dict[str, Usage] = {}  # the last sample of each VM whose QEMU runs here
+        self._published: dict[str, int] = {}  # uuid → the mod_revision of the figures this agent last wrote
+        self.collector = metrics.AgentCollector(self._vms, lambda: self.usage)
 
     # -- the process ------------------------------------------------------------------------------
 
@@ -117,6 +122,9 @@ class Agent:
         self._supervisor.loop("host-check", self.check_host, every=self._settings.host_check_interval,
                               expected=(StoreUnavailable,))
         self._supervisor.follow("follow-vm", follower, self._fold)
+        if self._settings.vm_stats_interval:
+            self._supervisor.loop("vm-stats", self.sample_usage, every=self._settings.vm_stats_interval,
+                                  expected=(StoreUnavailable,))
         try:
             stop.wait()
         finally:
@@ -250,11 +258,52 @@ class Agent:
             if step.writes() or step.act is not Act.NOTHING:
                 self._workers.submit(vm.uuid)
 
+    def _vms(self) -> list[VM]:
+        with self._lock:
+            return list(self._mine.values())
+
+    def sample_usage(self) -> None:
+        """Measure each VM whose QEMU should run here, keep the figures for /metrics, and publish them
+        in etcd on the host's lease (one writer: this agent, for the VMs placed here; its own records
+        of VMs that left are removed by compare-and-swap, so a new host's records are never touched)."""
+        usage: dict[str, Usage] = {}
+        for vm in self._vms():
+            if vm.status not in MONITORED:
+                continue
+            try:
+                found = self._driver.usage(vm.uuid)
+            except TemporaryError as exc:  # a QEMU that does not answer: the monitor handles it
+                log.debug("vm=%s: no figures this time: %s", vm.uuid, exc)
+                continue
+            if found is not None:
+                usage[vm.uuid] = found
+        self.usage = usage
+        lease = self._lease
+        if lease is None or lease.lost.is_set():
+            return
+        sampled = utcnow()
+        records = [Put(VM_STATS, uuid, VMStats(vm=uuid, host=self.host.name, sampled_at=sampled, usage=used), None,
+                       lease=lease.id) for uuid, used in usage.items()]
+        for start in range(0, len(records), _STATS_PER_TRANSACTION):
+            batch = records[start:start + _STATS_PER_TRANSACTION]
+            revision = self._store.transact(list(batch))
+            self._published.update((put.name, revision) for put in batch)
+        for uuid in set(self._published) - set(usage):
+            try:
+                self._store.delete(VM_STATS, uuid, mod_revision=self._published[uuid])
+            except Conflict:
+                pass  # written since by the agent of the host the VM moved to: its record now
+            del self._published[uuid]
+
     # -- reconciling one VM -----------------------------------------------------------------------
 
     def reconcile(self, uuid: str) -> Step:
         """Read the VM, observe its process, decide, record the step (compare-and-swap), act.
         Returns the step taken; its `look_again` says when to look again."""
+        with metrics.RECONCILE_SECONDS.time():
+            return self._reconcile_or_later(uuid)
+
+    def _reconcile_or_later(self, uuid: str) -> Step:
         try:
             return self._reconcile(uuid)
         except LeaseExpired as exc:  # the events' shared lease was revoked: take the new one next time
@@ -386,8 +435,12 @@ class Agent:
             if step.act is Act.START:
                 # A VM requested SUSPENDED starts with its CPUs stopped: its guest never runs a cycle.
                 nics, failed = self._networks.plug(vm) if self._networks else ({}, {})
+                started = time.perf_counter()
                 self._driver.start(vm, backend.drive(vm), paused=vm.requested is Requested.SUSPENDED,
                                    seed=seed_files(vm, hostname_for(vm.name), vm.networks), nics=nics)
+                metrics.QEMU_START_SECONDS.observe(time.perf_counter() - started)
+                if step.fields.get("restarts"):
+                    metrics.RESTARTS.inc()
                 return failed
         elif step.act is Act.DELETE:
             self._delete(vm)
@@ -492,6 +545,9 @@ class Agent:
         """The VM's event, naming the API request that last asked something of it (`_reconcile`)."""
         return new_event(self._store, ref(Kind.VM, uuid), self._source, message, request_id=current_request_id())
 
+
+# Figures per etcd transaction: etcd takes at most 128 operations in one.
+_STATS_PER_TRANSACTION = 100
 
 # Permanent failures of these actions are the VM's: it goes to ERROR with the reason. (Any other
 # action failing for good is a bug: logged once, looked at again after `failure_retry`.)

@@ -16,6 +16,7 @@ from typing import Protocol
 
 from ucloud_common.errors import PermanentError, TemporaryError
 from ucloud_common.vm import VM, VNCEndpoint
+from ucloud_common.vmstats import Usage
 
 
 class RunState(StrEnum):
@@ -112,6 +113,12 @@ class Hypervisor(Protocol):
         Returns once the process runs. On failure nothing runs and nothing is left but the log:
         raises DriverError (or the seed's SeedError) saying why. Must not be called while a process
         of the VM lives."""
+        ...
+
+    def usage(self, uuid: str) -> Usage | None:
+        """What the VM's process has used since it started: CPU time, resident memory, each drive's
+        and each NIC's I/O (None: no process). DriverTimeout if the process does not answer; the
+        process's own figures are read without asking it."""
         ...
 
     def pause(self, uuid: str) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from ucloud_common import clock
 from ucloud_common.vm import VM
+from ucloud_common.vmstats import Usage
 from ucloud_vm.driver import DriverError, DriverTimeout, MigrationInfo, Observation, RunState
 
 
@@ -30,6 +31,7 @@ class FakeGuest:
     powers_off_at: float | None = None  # clock.now() at which it obeys the ACPI button
     resets: int = 0
     fenced: bool = False  # cut off from its disk by a fence: it runs on, but can write nothing
+    usage: Usage = field(default_factory=Usage)  # what `usage` reports (a test sets it)
 
 
 @dataclass
@@ -125,6 +127,15 @@ class FakeDriver:
         self._command(uuid, "migrate_cancel")
         if self._migrations.get(uuid, MigrationInfo("none")).sending:
             self._migrations[uuid] = MigrationInfo("cancelled")
+
+    def usage(self, uuid: str) -> Usage | None:
+        guest = self.guests.get(uuid)
+        if guest is None:
+            return None
+        # Only a hung guest fails here: a sample must not use up the failures a test set for the agent's calls.
+        if self._trouble.get(uuid, _Trouble()).hung:
+            raise DriverTimeout(f"{uuid}: no answer within {self.timeout:.0f} s", self.timeout)
+        return guest.usage
 
     def pause(self, uuid: str) -> None:
         self._command(uuid, "pause").state = RunState.PAUSED

@@ -13,9 +13,10 @@ import uuid as uuidlib
 from pathlib import Path
 
 import click
+from prometheus_client import REGISTRY
 
 from ucloud_common.ceph import Ceph, CephError
-from ucloud_common.cli import daemon_group, exit_if_failed, settings_from
+from ucloud_common.cli import daemon_group, exit_if_failed, serve_metrics, settings_from
 from ucloud_common.errors import PermanentError, TemporaryError
 from ucloud_common.image import Image, ImageStatus
 from ucloud_common.record import check_name
@@ -96,6 +97,8 @@ def run(ctx: click.Context, hostname: str, address: str | None, run_dir: Path | 
         logging.getLogger(__name__).warning("no underlay configured (UCLOUD_UNDERLAY_DEVICE, UCLOUD_UNDERLAY_ADDRESS): "
                                             "VM networks are records only on host %s, its QEMUs get no NIC", hostname)
     agent = Agent(store, settings, host, driver, backends, networks)
+    REGISTRY.register(agent.collector)
+    serve_metrics(settings, settings.agent_metrics_port, "UCLOUD_AGENT_METRICS_PORT")
     try:
         agent.run(stop)
     finally:

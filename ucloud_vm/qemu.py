@@ -25,6 +25,8 @@ from qemu.qmp import ExecuteError, QMPClient, QMPError
 
 from ucloud_common.specs import guest_ram_mib
 from ucloud_common.vm import VM, VNCEndpoint
+from ucloud_common.vmstats import DiskIO, Usage
+from ucloud_vm import procstats
 from ucloud_vm.cidata import build_seed, drive_options
 from ucloud_vm.driver import DriverError, DriverTimeout, MigrationInfo, Observation, RunState
 from ucloud_vm.paths import VMPaths
@@ -337,6 +339,28 @@ class QemuDriver:
                 return Observation(RunState.ABSENT, last_words(paths))
             return Observation(RunState.UNRESPONSIVE, str(exc))
         return Observation(_STATES.get(state, RunState.PAUSED), state, nics, vnc)
+
+    def usage(self, uuid: str) -> Usage | None:
+        paths = self._paths(uuid)
+        pid = running_qemu(paths)
+        if pid is None:
+            return None
+
+        async def ask(client: QMPClient) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+            blockstats = await asyncio.wait_for(client.execute("query-blockstats"), self._timeout)
+            devices = await asyncio.wait_for(client.execute("qom-list", {"path": "/machine/peripheral"}),
+                                             self._timeout)
+            return blockstats, devices
+
+        blockstats, devices = session(paths, "query-blockstats", ask, self._timeout)
+        disks = {entry["device"]: DiskIO(read_bytes=entry["stats"]["rd_bytes"], written_bytes=entry["stats"]["wr_bytes"],
+                                         reads=entry["stats"]["rd_operations"], writes=entry["stats"]["wr_operations"])
+                 for entry in blockstats if entry.get("device")}
+        try:
+            return Usage(cpu_seconds=procstats.cpu_seconds(pid), rss_bytes=procstats.rss_bytes(pid), disks=disks,
+                         nics=procstats.nic_io(pid, (_mac_of(d["name"]) for d in devices if _is_nic(d["name"]))))
+        except (FileNotFoundError, ProcessLookupError):
+            return None  # it ended meanwhile
 
     def plug(self, vm: VM, mac: str, tap: str) -> None:
         name = _nic_name(mac)

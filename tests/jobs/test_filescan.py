@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.metrics import parse, value
 from ucloud_common.file import FILES
 from ucloud_common.joblock import AlreadyRunning, single_run
 from ucloud_common.store import Store
@@ -195,3 +196,24 @@ def test_each_user_is_read_in_turns_up_to_their_share() -> None:
     modest = [seen("modest", "small", 1), seen("modest", "big", 30)]
     order = [(i.owner, i.filename) for i in in_turns(greedy + modest, share=25)]
     assert order == [("modest", "small"), ("greedy", "g0"), ("modest", "big"), ("greedy", "g1"), ("greedy", "g2")]
+
+
+def test_a_run_writes_its_figures_for_the_node_exporter(tmp_path: Path, store: Store, tree: Path,
+                                                       etcd_server) -> None:  # type: ignore[no-untyped-def]
+    textfiles = tmp_path / "textfiles"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("UCLOUD_")},
+           "UCLOUD_ETCD_ENDPOINTS": etcd_server.endpoint, "UCLOUD_LOCK_DIR": str(tmp_path),
+           "UCLOUD_FILESCAN_SETTLE": "0", "UCLOUD_CONFIG": str(_empty(tmp_path)),
+           "UCLOUD_METRICS_TEXTFILE_DIR": str(textfiles)}
+    started = time.time()
+    registered_per_run = []
+    for _ in range(2):  # the second run registers nothing: the file says what the last run did
+        done = subprocess.run([str(BIN / "ucloud-filescan"), "run", "--upload-dir", str(tree)], env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        figures = parse((textfiles / "ucloud_filescan.prom").read_text())
+        registered_per_run.append(value(figures, "ucloud_filescan_files_registered"))
+    assert registered_per_run == [3, 0]
+    assert value(figures, "ucloud_filescan_files_unchanged") == 3
+    assert started <= value(figures, "ucloud_filescan_last_run_timestamp_seconds") <= time.time()
+    assert [p.name for p in textfiles.iterdir()] == ["ucloud_filescan.prom"], "no temporary file left"

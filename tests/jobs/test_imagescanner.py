@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.metrics import parse, value
 from tests.helpers.tiny import tiny_image
+from ucloud_common.cli import run_periodic_job
 from ucloud_common import qemuimg
 from ucloud_common.ceph import CephError, CephUnavailable
 from ucloud_common.config import Settings
@@ -398,3 +400,16 @@ def test_text_from_the_file_is_quoted_in_the_error_and_the_log(store: Store, set
                      "\\x1b[2J\\x1b[H') is not accepted")
     lines = [PrintableFormatter().format(r) for r in caplog.records if uuid in r.getMessage()]
     assert lines and all(line.isprintable() for line in lines), lines
+
+
+def test_a_run_writes_images_created_and_refused_for_the_node_exporter(
+        store: Store, settings_for: Settings, uploads: dict[str, Path], tmp_path: Path) -> None:
+    settings = settings_for.model_copy(update={"metrics_textfile_dir": tmp_path / "textfiles"})
+    filescan(store, settings.upload_dir, settle=0)
+    request(store, "alice", "good.raw")
+    request(store, "alice", "disguised.img")
+    run_periodic_job("ucloud-imagescanner", settings, lambda job_store: scan(job_store, settings))
+    figures = parse((tmp_path / "textfiles" / "ucloud_imagescanner.prom").read_text())
+    assert value(figures, "ucloud_imagescanner_images_created") == 1
+    assert value(figures, "ucloud_imagescanner_images_refused") == 1
+    assert value(figures, "ucloud_imagescanner_last_run_timestamp_seconds") > 0

@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 import pyetcd.exceptions as etcd_errors
 import pytest
+from prometheus_client import REGISTRY
 from pytest_mock import MockerFixture
 
 from ucloud_common.config import Settings, load_settings
@@ -172,9 +173,9 @@ def on(members: Members, port: str) -> None:
 def test_a_read_moves_to_another_member_at_once_and_stays_there(members: Members) -> None:
     on(members, "1")
     script = Script(**{"1": FakeRpcError(grpc.StatusCode.UNAVAILABLE, "Socket closed")})
-    assert members.call("read /x", script, retry_safe=True) == "ok"
+    assert members.call("read /x", script, retry_safe=True, operation="range") == "ok"
     assert script.calls == ["127.0.0.1:1", "127.0.0.1:2"] and members.current == "127.0.0.1:2"
-    assert members.call("read /x", script, retry_safe=True) == "ok"
+    assert members.call("read /x", script, retry_safe=True, operation="range") == "ok"
     assert script.calls[-1] == "127.0.0.1:2"
 
 
@@ -182,16 +183,16 @@ def test_a_write_that_may_have_reached_the_member_is_not_repeated_but_the_next_c
     on(members, "1")
     script = Script(**{"1": FakeRpcError(grpc.StatusCode.UNAVAILABLE, "Socket closed")})
     with pytest.raises(StoreUnavailable, match="127.0.0.1:1 is unavailable"):
-        members.call("transaction (/v1/vm/a)", script, retry_safe=False)
+        members.call("transaction (/v1/vm/a)", script, retry_safe=False, operation="txn")
     assert script.calls == ["127.0.0.1:1"]
-    assert members.call("transaction (/v1/vm/a)", script, retry_safe=False) == "ok"
+    assert members.call("transaction (/v1/vm/a)", script, retry_safe=False, operation="txn") == "ok"
     assert script.calls[-1] != "127.0.0.1:1"
 
 
 def test_a_write_that_never_left_is_repeated_on_another_member(members: Members) -> None:
     on(members, "1")
     script = Script(**{"1": FakeRpcError(grpc.StatusCode.UNAVAILABLE, REFUSED)})
-    assert members.call("transaction (/v1/vm/a)", script, retry_safe=False) == "ok"
+    assert members.call("transaction (/v1/vm/a)", script, retry_safe=False, operation="txn") == "ok"
     assert script.calls == ["127.0.0.1:1", "127.0.0.1:2"]
 
 
@@ -199,7 +200,7 @@ def test_a_refusal_is_raised_at_once_and_does_not_move_the_store(members: Member
     on(members, "1")
     script = Script(**{"1": FakeRpcError(grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: request is too large")})
     with pytest.raises(StoreRefused, match="request is too large"):
-        members.call("transaction (/v1/vm/a)", script, retry_safe=True)
+        members.call("transaction (/v1/vm/a)", script, retry_safe=True, operation="txn")
     assert script.calls == ["127.0.0.1:1"] and members.current == "127.0.0.1:1"
 
 
@@ -207,9 +208,24 @@ def test_when_every_member_fails_the_error_names_them_all_and_comes_within_the_t
     down = FakeRpcError(grpc.StatusCode.UNAVAILABLE, REFUSED)
     script = Script(**{"1": down, "2": down, "3": down})
     with pytest.raises(StoreUnavailable, match=r"etcd at 127.0.0.1:1,127.0.0.1:2,127.0.0.1:3 is unavailable"):
-        members.call("read /x", script, retry_safe=True)
+        members.call("read /x", script, retry_safe=True, operation="range")
     assert sorted(set(script.calls)) == ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]
     assert len(script.calls) == 6, "two passes over the members"
+
+
+def test_etcd_calls_are_timed_and_failures_counted_per_operation(members: Members) -> None:
+    down = FakeRpcError(grpc.StatusCode.UNAVAILABLE, REFUSED)
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    calls, errors = (sample("ucloud_etcd_call_seconds_count", operation="count"),
+                     sample("ucloud_etcd_errors_total", operation="count", error="StoreUnavailable"))
+    assert members.call("count /x", Script(), retry_safe=True, operation="count") == "ok"
+    with pytest.raises(StoreUnavailable):
+        members.call("count /x", Script(**{"1": down, "2": down, "3": down}), retry_safe=True, operation="count")
+    assert sample("ucloud_etcd_call_seconds_count", operation="count") - calls == 2
+    assert sample("ucloud_etcd_errors_total", operation="count", error="StoreUnavailable") - errors == 1
 
 
 def test_a_member_that_failed_is_never_refused_when_no_other_is_better(tmp_path: Path) -> None:
@@ -219,9 +235,9 @@ def test_a_member_that_failed_is_never_refused_when_no_other_is_better(tmp_path:
     single = Members(load_settings(config_file=conf, etcd_endpoints="127.0.0.1:1", etcd_timeout=1.0))
     script = Script(**{"1": FakeRpcError(grpc.StatusCode.UNAVAILABLE, "Socket closed")})
     with pytest.raises(StoreUnavailable):
-        single.call("read /x", script, retry_safe=True)
+        single.call("read /x", script, retry_safe=True, operation="range")
     script.answers["1"] = "back"
-    assert single.call("read /x", script, retry_safe=True) == "back"
+    assert single.call("read /x", script, retry_safe=True, operation="range") == "back"
     single.close()
 
 
@@ -238,7 +254,7 @@ def test_an_expired_token_is_renewed_once(settings: Settings, mocker: MockerFixt
             raise FakeRpcError(grpc.StatusCode.UNAUTHENTICATED, "etcdserver: invalid auth token")
         return "ok"
 
-    assert members.call("read /x", rpc, retry_safe=True) == "ok"
+    assert members.call("read /x", rpc, retry_safe=True, operation="range") == "ok"
     assert seen == [(("token", "t1"),), (("token", "t2"),)] and authenticate.call_count == 2
     members.close()
 
@@ -246,7 +262,7 @@ def test_an_expired_token_is_renewed_once(settings: Settings, mocker: MockerFixt
 def test_a_closed_store_says_so(members: Members) -> None:
     members.close()
     with pytest.raises(StoreUnavailable, match="the store was closed"):
-        members.call("read /x", Script(), retry_safe=True)
+        members.call("read /x", Script(), retry_safe=True, operation="range")
 
 
 def test_the_store_maps_a_failing_stub_and_fails_over(settings: Settings, mocker: MockerFixture) -> None:

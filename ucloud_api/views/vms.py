@@ -1,4 +1,4 @@
-"""VMs: create, list, read, delete, the actions, and each VM's event log.
+"""VMs: create, list, read, delete, the actions, and each VM's event log and resource figures.
 
 Every action is checked against the VM's actual status by `ucloud_common.states` and written with
 compare-and-swap: accepted → 202 with the VM; not valid now → 409 saying why, and nothing written.
@@ -34,6 +34,7 @@ from ucloud_common.network import NETWORKS
 from ucloud_common.store import Conflict, Put, Remove, Versioned
 from ucloud_common.user import USERS
 from ucloud_common.vm import VMS, VM, request_fields
+from ucloud_common.vmstats import VM_STATS
 
 bp = Blueprint("vms", __name__, url_prefix="/api/v1/vms")
 
@@ -150,6 +151,19 @@ def shown_one(vm: VM) -> dict[str, Any]:
 def events(uuid: str) -> Response:
     lookup_own(VMS, uuid, f"VM {uuid}")
     return jsonify(_events(uuid))
+
+
+@bp.get("/<uuid>/stats")
+def stats(uuid: str) -> Response:
+    """The VM's resource figures as its host's agent last published them (every vm_stats_interval)."""
+    vm = lookup_own(VMS, uuid, f"VM {uuid}").value
+    found = store().get(VM_STATS, uuid)
+    # A record of another host is a leftover of where the VM ran before a move (it expires with
+    # that host's lease or is removed by its agent): never shown as this VM's figures now.
+    if found is None or found.value.host != vm.host:
+        raise APIError(409, "no_stats", f"VM {uuid} has no figures: they are measured while its QEMU runs (it is "
+                       f"{vm.status}), and published by its host's agent every vm_stats_interval seconds")
+    return jsonify(dump(found.value))
 
 
 @bp.delete("/<uuid>")

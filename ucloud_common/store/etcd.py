@@ -107,7 +107,8 @@ class Store(AbstractStore):
             request.range_end = range_end
         return self._members.call(
             what or f"read {_b(key).decode(errors='replace')}",
-            lambda m, left, metadata: m.kv.Range(request, timeout=left, metadata=metadata), retry_safe=True)
+            lambda m, left, metadata: m.kv.Range(request, timeout=left, metadata=metadata), retry_safe=True,
+            operation="range")
 
     def get(self, family: Family[R], name: str) -> Versioned[R] | None:
         key = family.key(name)
@@ -122,7 +123,8 @@ class Store(AbstractStore):
         request = rpc_pb2.RangeRequest(key=prefix, range_end=_prefix_end(prefix), count_only=True)
         response = self._members.call(
             f"count {prefix.decode(errors='replace')}",
-            lambda m, left, metadata: m.kv.Range(request, timeout=left, metadata=metadata), retry_safe=True)
+            lambda m, left, metadata: m.kv.Range(request, timeout=left, metadata=metadata), retry_safe=True,
+            operation="count")
         return int(response.count)
 
     def list(self, family: Family[R], within: str = "", where: Mapping[str, str] | None = None) -> Listing[R]:
@@ -236,7 +238,8 @@ class Store(AbstractStore):
         request = rpc_pb2.DeleteRangeRequest(key=prefix, range_end=_prefix_end(prefix))
         response = self._members.call(
             f"delete range {prefix.decode()}",
-            lambda m, left, metadata: m.kv.DeleteRange(request, timeout=left, metadata=metadata), retry_safe=True)
+            lambda m, left, metadata: m.kv.DeleteRange(request, timeout=left, metadata=metadata), retry_safe=True,
+            operation="delete_range")
         return int(response.deleted)
 
     # -- raw keys (the leader key holds a bare name, not a record) --------------------------------
@@ -264,7 +267,7 @@ class Store(AbstractStore):
         request = rpc_pb2.LeaseGrantRequest(TTL=ttl)
         response = self._members.call(
             "lease grant", lambda m, left, metadata: m.lease.LeaseGrant(request, timeout=left, metadata=metadata),
-            retry_safe=True)
+            retry_safe=True, operation="lease_grant")
         return int(response.ID)
 
     def refresh_lease(self, lease_id: int) -> int:
@@ -279,7 +282,8 @@ class Store(AbstractStore):
                 return int(response.TTL)
             return 0
 
-        return self._members.call(f"lease keep-alive {lease_id:x}", keep_alive, retry_safe=True)
+        return self._members.call(f"lease keep-alive {lease_id:x}", keep_alive, retry_safe=True,
+                                   operation="lease_keepalive")
 
     def revoke_lease(self, lease_id: int) -> None:
         """Revoke the lease, deleting every key attached to it. Revoking an expired lease is fine."""
@@ -288,7 +292,7 @@ class Store(AbstractStore):
             self._members.call(
                 f"lease revoke {lease_id:x}",
                 lambda m, left, metadata: m.lease.LeaseRevoke(request, timeout=left, metadata=metadata),
-                retry_safe=True)
+                retry_safe=True, operation="lease_revoke")
         except LeaseExpired:
             pass
 
@@ -321,7 +325,7 @@ class Store(AbstractStore):
         keys = ", ".join(sorted({_b(c.key).decode(errors="replace") for c in compare})) or "no compare"
         return self._members.call(
             f"transaction ({keys})", lambda m, left, metadata: m.kv.Txn(request, timeout=left, metadata=metadata),
-            retry_safe=False)
+            retry_safe=False, operation="txn")
 
     @staticmethod
     def _raise_guard_failure(response: Any, guard: Guard | None) -> None:

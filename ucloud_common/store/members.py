@@ -38,6 +38,7 @@ import pyetcd.exceptions as etcd_errors
 from pyetcd.etcdrpc import rpc_pb2, rpc_pb2_grpc
 
 from ucloud_common.config import Settings
+from ucloud_common.metrics import timed_etcd_call
 from ucloud_common.store.errors import StoreError, StoreRefused, StoreUnavailable
 from ucloud_common.store.failures import describe, never_sent, rule_for, store_error
 
@@ -165,14 +166,20 @@ class Members:
 
     # -- calling ----------------------------------------------------------------------------------
 
-    def call(self, what: str, rpc: Callable[[Member, float, Metadata], T], *, retry_safe: bool) -> T:
+    def call(self, what: str, rpc: Callable[[Member, float, Metadata], T], *, retry_safe: bool,
+             operation: str) -> T:
         """Run `rpc(member, seconds_left, metadata)` on a healthy member within `etcd_timeout`.
 
-        `what` names the call in errors ("range /v1/vm/…"). With `retry_safe`, a failure of the
+        `what` names the call in errors ("range /v1/vm/…"), `operation` in the metrics ("range": a
+        fixed word, see `metrics.timed_etcd_call`). With `retry_safe`, a failure of the
         member is repeated on the others (two passes); without, only a failure that certainly never
         reached a member is. Raises the store's error for the last failure: `StoreUnavailable` when
         no member answered in time, `StoreRefused` (or a subclass) when etcd refused the request.
         """
+        with timed_etcd_call(operation):
+            return self._call(what, rpc, retry_safe)
+
+    def _call(self, what: str, rpc: Callable[[Member, float, Metadata], T], retry_safe: bool) -> T:
         deadline = time.monotonic() + self.timeout
         last: MemberFailed | None = None
         for second_pass in (False, True):

@@ -1,0 +1,43 @@
+"""The API's request metrics, and `GET /metrics` (without authentication: it holds counts and
+timings per route, never a name, a key or an id, and Prometheus scrapes it without a token)."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Flask, Response, g, request
+from prometheus_client import Counter, Histogram
+
+from ucloud_common.metrics import FAST_BUCKETS, exposition
+
+PATH = "/metrics"
+# A request that matched no route (a 404, a probe for /wp-admin) is counted under this one label:
+# the raw path would give every scanner on the internet its own series.
+UNMATCHED = "unmatched"
+
+REQUESTS = Counter("ucloud_api_requests_total", "Requests answered, per route (Flask's rule, e.g. "
+                   "/api/v1/vms/<uuid>), method and status.", ["route", "method", "status"])
+REQUEST_SECONDS = Histogram("ucloud_api_request_seconds", "Seconds from a request's arrival in the app to its "
+                            "answer, per route and method.", ["route", "method"], buckets=FAST_BUCKETS)
+
+
+def instrument(app: Flask) -> None:
+    """Count and time every request of `app` and serve `/metrics`. Called before any other
+    `before_request`, so that a request refused by one (a 401) is still counted and timed."""
+
+    @app.before_request
+    def started() -> None:
+        g.metrics_started = time.perf_counter()
+
+    @app.after_request
+    def answered(response: Response) -> Response:
+        route = request.url_rule.rule if request.url_rule is not None else UNMATCHED
+        REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+        if "metrics_started" in g:
+            REQUEST_SECONDS.labels(route, request.method).observe(time.perf_counter() - g.metrics_started)
+        return response
+
+    @app.get(PATH)
+    def metrics() -> Response:
+        body, content_type = exposition()
+        return Response(body, content_type=content_type)
