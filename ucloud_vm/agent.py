@@ -30,6 +30,7 @@ from ucloud_common.event import Event, Kind, event_leases, new_event, ref
 from ucloud_common.failures import Failures
 from ucloud_common.logs import acting_for, current_request_id
 from ucloud_common.host import HOSTS, HOSTS_ALIVE, Host, HostAlive, HostStatus
+from ucloud_common.network import detached
 from ucloud_common.record import utcnow
 from ucloud_common.specs import Specs
 from ucloud_common.states import (MigrationPhase, Party, Requested, Status, Writer, check_migration_step,
@@ -505,7 +506,8 @@ class Agent:
         if latest is not None:
             # Conflict (changed meanwhile) propagates: decided again shortly, the deletion is idempotent.
             self._store.transact([Remove(VMS, vm.uuid, latest.mod_revision),
-                                  *held_by(self._store, vm.uuid, vm_claims(latest.value))])
+                                  *held_by(self._store, vm.uuid, vm_claims(latest.value)),
+                                  *detached(self._store, vm.uuid, (nic.network for nic in latest.value.networks))])
         with self._lock:
             self._mine.pop(vm.uuid, None)
         log.info("vm=%s deleted: no process, file or key left", vm.uuid)

@@ -271,6 +271,15 @@ def test_if_match_guards_every_write(alice: As, admin: As, store: Store) -> None
     assert admin.delete("/api/v1/users/alice", headers={"If-Match": user_etag}).status_code == 412
 
 
+def test_a_vm_deleted_before_its_placement_leaves_its_network(alice: As) -> None:
+    """Its entry in the network's `attached` goes with it (the agent's deletion of a placed VM:
+    tests/integration/test_vm_deletion.py), or the record grows with every VM the network ever had."""
+    net = alice.post("/api/v1/networks", json={"name": "n"}).json["uuid"]
+    vm = alice.create_vm(networks=[net])
+    assert alice.delete(f"/api/v1/vms/{vm['uuid']}").status_code == 204  # never placed: gone at once
+    assert alice.get(f"/api/v1/networks/{net}").json["attached"] == []
+
+
 def test_networks_and_keys_at_creation(alice: As, bob: As, store: Store) -> None:
     n1 = alice.post("/api/v1/networks", json={"name": "n1"}).json["uuid"]
     n2 = alice.post("/api/v1/networks", json={"name": "n2"}).json["uuid"]

@@ -30,7 +30,7 @@ from ucloud_common.retry import Backoff, sleeps
 from ucloud_common.states import Action, ActionRefused, Status
 from ucloud_common.ipv6 import slaac_address
 from ucloud_common.quoting import quote
-from ucloud_common.network import NETWORKS
+from ucloud_common.network import NETWORKS, detached
 from ucloud_common.store import Conflict, Put, Remove, Versioned
 from ucloud_common.user import USERS
 from ucloud_common.vm import VMS, VM, request_fields
@@ -209,6 +209,7 @@ def _act(uuid: str, action: Action) -> Response:
                 # Nothing exists anywhere yet: no agent will ever clean up, so the VM goes now.
                 store().transact([Remove(VMS, uuid, current_vm.mod_revision),
                                   *held_by(store(), uuid, vm_claims(vm)),
+                                  *detached(store(), uuid, (nic.network for nic in vm.networks)),
                                   told(Kind.VM, uuid, "delete (it was never placed: deleted at once)")])
                 return Response(status=204)
             new = vm.evolve(**asked, **extra, request_id=request_id())
