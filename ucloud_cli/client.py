@@ -33,6 +33,7 @@ class Client:
     url: str
     token: str
     timeout: float = 30.0
+    PAGE = 500  # items a list asks for at once (the API answers up to 1,000)
 
     @classmethod
     def from_environment(cls) -> Client:
@@ -47,6 +48,23 @@ class Client:
         return cls(url.rstrip("/"), token)
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
+        return self._call(method, path, body)[0]
+
+    def list(self, path: str) -> list[Any]:
+        """Every item of a list, page after page (`X-Ucloud-Continue`): the API answers at most
+        `limit` items a page, in key order, so an item that exists throughout is listed once."""
+        items: list[Any] = []
+        separator = "&" if "?" in path else "?"
+        token = None
+        while True:
+            query = f"{separator}limit={self.PAGE}" + (f"&continue={urllib.parse.quote(token)}" if token else "")
+            page, headers = self._call("GET", path + query)
+            items += page
+            token = headers.get("X-Ucloud-Continue")
+            if not token:
+                return items
+
+    def _call(self, method: str, path: str, body: Any = None) -> tuple[Any, Any]:
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(
             f"{self.url}/api/v1{path}", data=data, method=method,
@@ -56,12 +74,13 @@ class Client:
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 text = response.read()
+                headers = response.headers
         except urllib.error.HTTPError as exc:
             raise CLIError(_message(exc.code, exc.read()), http_status=exc.code) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise CLIError(f"cannot reach the API at {self.url}: {reason}", 3) from None
-        return json.loads(text) if text else None
+        return (json.loads(text) if text else None), headers
 
     def find(self, collection: str, ref: str, what: str) -> dict[str, Any]:
         """The `what` (VM, network) of `collection` whose uuid or name is `ref`. Names are unique per
@@ -71,7 +90,7 @@ class Client:
         except CLIError as exc:
             if exc.http_status != 404:
                 raise
-        named = [item for item in self.request("GET", f"/{collection}") if item["name"] == ref]
+        named = [item for item in self.list(f"/{collection}") if item["name"] == ref]
         if not named:
             raise CLIError(f"{what} {ref!r} does not exist (no {what} has that uuid or name)")
         if len(named) > 1:

@@ -171,7 +171,7 @@ def vm_list(owner: str | None, host: str | None, status: str | None, fmt: str) -
     Example: ucloud vm list --status RUNNING
     """
     query = "&".join(f"{k}={v}" for k, v in (("owner", owner), ("host", host), ("status", status)) if v)
-    show(client().request("GET", f"/vms{'?' + query if query else ''}"), fmt, VM_COLUMNS)
+    show(client().list(f"/vms{'?' + query if query else ''}"), fmt, VM_COLUMNS)
 
 
 @vm.command("show")
@@ -366,7 +366,7 @@ def network_list(fmt: str) -> None:
 
     Example: ucloud network list -o json
     """
-    show(client().request("GET", "/networks"), fmt, NETWORK_COLUMNS)
+    show(client().list("/networks"), fmt, NETWORK_COLUMNS)
 
 
 @network.command("show")
@@ -443,7 +443,7 @@ def image_list(fmt: str) -> None:
 
     Example: ucloud image list
     """
-    show(client().request("GET", "/images"), fmt, IMAGE_COLUMNS)
+    show(client().list("/images"), fmt, IMAGE_COLUMNS)
 
 
 @image.command("create")
@@ -487,7 +487,7 @@ def file_list(fmt: str) -> None:
 
     Example: ucloud file list
     """
-    show(client().request("GET", "/files"), fmt, FILE_COLUMNS)
+    show(client().list("/files"), fmt, FILE_COLUMNS)
 
 
 # -- SSH keys -------------------------------------------------------------------------------------
@@ -551,7 +551,7 @@ def host_list(fmt: str) -> None:
 
     Example: ucloud host list
     """
-    show(client().request("GET", "/hosts"), fmt, HOST_COLUMNS)
+    show(client().list("/hosts"), fmt, HOST_COLUMNS)
 
 
 @host.command("maintenance")
