@@ -16,7 +16,7 @@ from typing import Any
 
 from flask import current_app, g, request
 
-from ucloud_api.cache import WAIT_S, sent_revision
+from ucloud_api.cache import sent_revision
 from ucloud_api.errors import APIError
 from ucloud_api.passwords import hash_password
 from ucloud_common.record import Family, R, check_key_part, utcnow
@@ -104,8 +104,9 @@ class Authenticator:
 
     def _read(self, mirror: Mirror[R], family: Family[R], name: str) -> Versioned[R] | None:
         # The client's X-Ucloud-Revision counts here too: after a revocation it sends back, the
-        # token is refused by every worker, whatever its watch has delivered so far.
-        if mirror.wait_for(sent_revision(), WAIT_S):
+        # token is refused by every worker, whatever its watch has delivered so far. Not waited
+        # for: it is mostly the revision of a write to another family, which these never reach.
+        if mirror.wait_for(sent_revision(), 0):
             found = mirror.table.items.get(name)
             if found is not None:
                 return found

@@ -171,8 +171,8 @@ def test_bad_ssh_keys(alice: As) -> None:
 def test_files_and_images(alice: As, bob: As, admin: As, store: Store) -> None:
     store.create(FILES, "f1", File(uuid="f1", owner="alice", filename="disk.qcow2", size=10,
                                    sha512="0" * 128, mtime=datetime.now(UTC)))
-    assert [f["uuid"] for f in alice.get("/api/v1/files").json] == ["f1"]
-    assert bob.get("/api/v1/files").json == []
+    assert [f["uuid"] for f in alice.get("/api/v1/files", headers=seen(store)).json] == ["f1"]
+    assert bob.get("/api/v1/files", headers=seen(store)).json == []
     created = alice.post("/api/v1/images", json={"name": "mine", "file": "f1", "store": "local"})
     assert created.status_code == 201 and created.json["status"] == "TO_BE_CREATED"
     image = created.json["uuid"]
