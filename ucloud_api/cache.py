@@ -187,7 +187,7 @@ def page_args() -> tuple[str, int | None]:
             raise APIError(400, "bad_request", f"limit must be a whole number from 1 to {MAX_LIMIT}")
         limit = int(limit_text)
     token = request.args.get("continue")
-    return (_after(token) if token is not None else ""), limit
+    return (_after(token) if token else ""), limit  # an empty one: the first page
 
 
 def continue_token(after: str) -> str:

@@ -13,12 +13,12 @@ from ucloud_api.cache import cache, caught_up, compact_json, list_reply
 from ucloud_api.errors import APIError
 from ucloud_api.replies import check_if_match, dump, lookup, object_reply, store
 from ucloud_api.schemas import Maintenance
-from ucloud_common.allocation import ZERO, allocations
 from ucloud_common.host import HOSTS, HOSTS_ALIVE, Host, HostStatus
+from ucloud_common.allocation import ZERO, allocations
 from ucloud_common.record import Family, R
 from ucloud_common.specs import Specs
 from ucloud_common.store import Conflict, Versioned
-from ucloud_common.vm import VM, VMS
+from ucloud_common.vm import VMS, VM
 
 bp = Blueprint("hosts", __name__, url_prefix="/api/v1/hosts")
 

@@ -30,7 +30,7 @@ from ucloud_common.network import NETWORKS, Network
 from ucloud_common.retry import Backoff, sleeps
 from ucloud_common.states import Requested
 from ucloud_common.store import Conflict, Put, Remove, Versioned
-from ucloud_common.vm import VM, VMS
+from ucloud_common.vm import VMS, VM
 
 bp = Blueprint("networks", __name__, url_prefix="/api/v1/networks")
 

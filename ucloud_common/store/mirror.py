@@ -57,10 +57,11 @@ class Table(Generic[R]):
             return
         kept = {name: made for name, made in self.rendered.items()
                 if name in items and items[name].mod_revision == self.items[name].mod_revision}
-        self.items, self.rendered, self._names = {}, {}, SortedSet()
-        self._by = {index: {} for index in self._indexes}
+        fresh: Table[R] = Table(self._indexes, self._render)
         for item in items.values():
-            self._put(item, kept.get(item.name))
+            fresh._put(item, kept.get(item.name))
+        # Swapped in whole: a render that raises halfway leaves the table as it was.
+        self.items, self.rendered, self._names, self._by = fresh.items, fresh.rendered, fresh._names, fresh._by
         self.revision = revision
 
     def apply(self, change: Change[R]) -> None:
@@ -126,7 +127,10 @@ class Mirror(Generic[R]):
         self.render = render
         self.table: Table[R] = Table(self.indexes, render)
         self.ready = False
+        self.relisted_after_failure = 0
         self._changed = threading.Condition()
+        self._store = store
+        self._stopped = False
         self._follower = Follower(store, family)
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"mirror {family.prefix}")
 
@@ -135,18 +139,21 @@ class Mirror(Generic[R]):
         return self
 
     def stop(self) -> None:
-        self._follower.stop()
+        with self._changed:
+            self._stopped = True
+            self._follower.stop()
 
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
 
     @property
     def relists(self) -> int:
+        """How many times the follower listed again (a compaction, a resync)."""
         return self._follower.relists
 
     def _run(self) -> None:
-        # The follower never ends before stop(); a bug in applying a change is logged and followed
-        # on (iterating again resumes after the last change that was yielded).
+        # The follower never ends before stop(). Should taking in a change fail (a bug, a record a
+        # render cannot show), the mirror lists the family again rather than go on with a hole.
         while True:
             try:
                 for item in self._follower:
@@ -159,7 +166,12 @@ class Mirror(Generic[R]):
                         self._changed.notify_all()
                 return
             except Exception:  # a mirror that stops leaves its readers on stale data for good
-                log.exception("mirror of %s: applying a change failed; following on", self.family.prefix)
+                log.exception("mirror of %s: taking in a change failed; listing again", self.family.prefix)
+                with self._changed:
+                    if self._stopped:
+                        return
+                    self._follower = Follower(self._store, self.family)
+                    self.relisted_after_failure += 1
 
     def wait_for(self, revision: int, timeout: float) -> bool:
         """Whether the mirror is ready and has seen `revision` (waiting up to `timeout` s for it). One
