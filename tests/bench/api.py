@@ -148,7 +148,9 @@ def main() -> None:
             print(f"the read cache holds {held / 2**20:.1f} MiB for {args.vms} VMs "
                   f"({held / args.vms * 10_000 / 2**20:.1f} MiB per 10,000 VMs)")
             port, ceiling_port = free_port(), free_port()
-            env = {**os.environ, "UCLOUD_ETCD_ENDPOINTS": etcd.endpoint, "UCLOUD_LOG_LEVEL": "WARNING"}
+            # No per-user limit: user0 owns 100 VMs already, and every POST would be a 409.
+            env = {**os.environ, "UCLOUD_ETCD_ENDPOINTS": etcd.endpoint, "UCLOUD_LOG_LEVEL": "WARNING",
+                   "UCLOUD_MAX_VMS_PER_USER": "1000000"}
             workers = ["--workers", str(args.workers)] if args.workers else []
             api = serve([str(BIN / "ucloud-api"), "serve", "--bind", f"127.0.0.1:{port}", *workers], env, port)
             ceiling = serve([sys.executable, "-m", "gunicorn", "--config", str(GUNICORN_CONFIG), "--bind",
