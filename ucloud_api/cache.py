@@ -3,9 +3,8 @@ from etcd's watch (`ucloud_common.store.mirror`), and what makes a read from it 
 
 - **Lists** are served from memory in key order, one page at one revision (`X-Ucloud-Revision`), with
   `?limit=` and an opaque `?continue=` token (the last name shown), as the Kubernetes API does.
-- **Read-your-writes.** Every accepted write answers `X-Ucloud-Revision` (etcd's revision after
-  it), and the worker that took it remembers it for the caller. A read waits, at most `WAIT_S`, for
-  the mirror to pass the newer of that and the revision the client sends back in the same header;
+- **Read-your-writes.** Every accepted write answers `X-Ucloud-Revision` (its revision), and the
+  worker that took it remembers it for the caller. A read waits, at most `WAIT_S`, for the mirror to pass the newer of that and the revision the client sends back in the same header;
   past that it reads etcd, so a read never shows the state before the caller's own write. A
   client's kept-alive connection stays with one worker, which remembers; a client that opens a new
   connection for each request reaches any worker, and sends the revision back (the CLI does).
@@ -120,8 +119,12 @@ def install(app: Flask, store: AbstractStore, vm_render: Render) -> ReadCache:
     def tell_revision(response: Response) -> Response:
         if request.method not in _WRITES or response.status_code >= 400:
             return response
+        # The written object's ETag is the write's own revision. Without one (a 204), etcd's present
+        # revision, at or after the write's; it may be a later write's to another family, which
+        # a mirror of this one never reaches (and the next read lists etcd): the ETag is better.
+        etag = (response.headers.get("ETag") or "").strip('"')
         try:
-            revision = store.revision()  # at or after the write's own: what a later read must reach
+            revision = int(etag) if etag.isascii() and etag.isdigit() else store.revision()
         except StoreError:
             return response  # the write is done; only the hint is missing
         response.headers[REVISION_HEADER] = str(revision)

@@ -176,7 +176,7 @@ _PAGE_PARAMETERS = [
      "description": "a revision an answer gave (a write's): this answer reflects it or a later one"},
 ]
 _PAGE_HEADERS = {
-    REVISION_HEADER: {"description": "etcd's revision this answer reflects (a write's: after it)",
+    REVISION_HEADER: {"description": "etcd's revision this answer reflects (a write's: its own)",
                       "schema": _REVISION_SCHEMA},
     CONTINUE_HEADER: {"description": "more follow: send it back as ?continue= for the next page",
                       "schema": {"type": "string"}},

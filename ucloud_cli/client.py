@@ -8,7 +8,7 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,9 @@ class Client:
     token: str
     timeout: float = 30.0
     PAGE = 500  # items a list asks for at once (the API answers up to 1,000)
+    # The newest X-Ucloud-Revision a write answered, sent with every request: whichever API worker
+    # answers next reflects this command's own writes (a new connection may reach another worker).
+    seen: dict[str, int] = field(default_factory=lambda: {"revision": 0}, repr=False, compare=False)
 
     @classmethod
     def from_environment(cls) -> Client:
@@ -69,12 +72,16 @@ class Client:
         request = urllib.request.Request(
             f"{self.url}/api/v1{path}", data=data, method=method,
             headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json",
-                     "Accept": "application/json"},
+                     "Accept": "application/json",
+                     **({"X-Ucloud-Revision": str(self.seen["revision"])} if self.seen["revision"] else {})},
         )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 text = response.read()
                 headers = response.headers
+                revision = headers.get("X-Ucloud-Revision", "")
+                if method != "GET" and revision.isascii() and revision.isdigit():
+                    self.seen["revision"] = max(self.seen["revision"], int(revision))
         except urllib.error.HTTPError as exc:
             raise CLIError(_message(exc.code, exc.read()), http_status=exc.code) from None
         except (urllib.error.URLError, OSError) as exc:

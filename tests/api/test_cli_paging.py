@@ -4,6 +4,7 @@ served over HTTP on a real etcd (no agent: nothing boots)."""
 from __future__ import annotations
 
 import threading
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -37,3 +38,14 @@ def test_lists_and_finds_follow_every_page(url: str, alice: As, monkeypatch: pyt
     # A name on the last page is found (the name lookup lists every page).
     last = max(api.list("/vms"), key=lambda vm: vm["uuid"])
     assert api.find("vms", last["name"], "VM")["uuid"] == last["uuid"]
+
+
+def test_the_cli_sends_its_writes_revision_back(url: str, alice: As, monkeypatch: pytest.MonkeyPatch) -> None:
+    api = Client(url, alice.token)
+    made = api.request("POST", "/networks", {"name": "n"})
+    sent = []
+    real_open = urllib.request.urlopen
+    monkeypatch.setattr(urllib.request, "urlopen", lambda r, **kw: sent.append(r.get_header("X-ucloud-revision"))
+                        or real_open(r, **kw))
+    assert made["uuid"] in {n["uuid"] for n in api.list("/networks")}
+    assert sent and int(sent[0]) >= 1
