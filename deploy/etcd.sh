@@ -7,6 +7,8 @@
 #                               start (idempotent); a single member waits until healthy
 #   deploy/etcd.sh stop DIR     stop (SIGTERM, then SIGKILL after 10 s)
 #   deploy/etcd.sh status DIR   exit 0 if running and healthy
+#   deploy/etcd.sh defrag DIR   give the space freed by compaction back to the file system (weekly,
+#                               e.g. from cron; the member blocks its clients while it runs)
 #
 # Everything lives under DIR: data/, etcd.log, etcd.pid, and etcd.env (the ports, name and cluster,
 # remembered so that a restart reuses them). Ports default to 2379 / 2380.
@@ -14,11 +16,12 @@
 # make DIR one member of a multi-member cluster: start every member with the same CLUSTER. Such a
 # member cannot be healthy alone (it serves clients only once a majority runs), so start returns
 # once its process runs; check the cluster's health once a majority was started.
-# As ucloud expects of any etcd (README, "What etcd must be given"): compaction every hour, and a
-# backend quota of UCLOUD_ETCD_QUOTA_BYTES (default 8 GiB).
+# As ucloud expects of any etcd (README, "What etcd must be given"): compaction every hour, a backend
+# quota of UCLOUD_ETCD_QUOTA_BYTES (default 8 GiB), and a regular defrag (compaction alone frees space
+# inside the file only).
 set -euo pipefail
 
-usage() { sed -n '5,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '5,21p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 [ $# -ge 2 ] || usage
 cmd=$1; dir=$2
 mkdir -p "$dir"; dir=$(cd "$dir" && pwd)
@@ -78,6 +81,10 @@ status)
     if [ -f "$envfile" ]; then . "$envfile"; fi
     CLIENT_PORT=${CLIENT_PORT:-2379}
     if running && healthy; then echo "etcd running (pid $(cat "$pidfile")) on 127.0.0.1:$CLIENT_PORT"; else echo "etcd not running"; exit 1; fi
+    ;;
+defrag)
+    if [ -f "$envfile" ]; then . "$envfile"; fi
+    ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:${CLIENT_PORT:-2379}" --command-timeout=300s defrag
     ;;
 *) usage ;;
 esac

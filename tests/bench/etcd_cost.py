@@ -205,6 +205,20 @@ def etcd_status(endpoint: str) -> dict[str, int]:
             "revision": status["header"]["revision"]}
 
 
+def count(endpoint: str) -> int:
+    return int(json.loads(etcdctl(endpoint, "get", "", "--prefix", "--limit", "1", "-w", "json")).get("count", 0))
+
+
+def compact_and_defrag(endpoint: str, figures: dict[str, Any], label: str) -> None:
+    """Compact at the current revision (--physical: wait until it is done), then defragment, and note
+    the status after each."""
+    revision = etcd_status(endpoint)["revision"]
+    etcdctl(endpoint, "--command-timeout=300s", "compact", "--physical", str(revision))
+    figures[f"after compaction{label}"] = etcd_status(endpoint)
+    etcdctl(endpoint, "--command-timeout=300s", "defrag")
+    figures[f"after defrag{label}"] = etcd_status(endpoint)
+
+
 def renamed(key: str, uuid: str, new_uuid: str, i: int, networks: int) -> str:
     """`key` for the `i`th replayed VM: its uuid swapped, or else its last part replaced by one of
     the same length: another network among `networks`, or (a claim: a name, a MAC) one that no
@@ -241,12 +255,13 @@ def churn(root: Path, lifecycle: list[Change], vms: int) -> dict[str, Any]:
                                    ops.put(key, c.value.replace(uuid.encode(), new.encode())))
                 store.client.transaction(compare=[], success=txn, failure=[])
         figures["seconds"] = round(time.monotonic() - started, 1)
-        figures["keys left"] = json.loads(etcdctl(etcd.endpoint, "get", "", "--prefix", "--limit", "1", "-w", "json")).get("count", 0)
+        figures["keys left"] = count(etcd.endpoint)
         figures["after churn"] = etcd_status(etcd.endpoint)
-        etcdctl(etcd.endpoint, "compact", "--physical", str(figures["after churn"]["revision"]))
-        figures["after compaction"] = etcd_status(etcd.endpoint)
-        etcdctl(etcd.endpoint, "defrag")
-        figures["after defrag"] = etcd_status(etcd.endpoint)
+        compact_and_defrag(etcd.endpoint, figures, "")
+        # The events' shared leases expire after UCLOUD_EVENT_RETENTION: then nothing of the VMs is left.
+        etcdctl(etcd.endpoint, "del", "--prefix", "/v1/event/")
+        figures["keys left, events expired"] = count(etcd.endpoint)
+        compact_and_defrag(etcd.endpoint, figures, ", events expired")
         return figures
     finally:
         store.close()
@@ -292,8 +307,10 @@ def main() -> None:
                                               for c in changes))
         figures = churn(Path(tmp), measured["lifecycle"], args.churn)
         print(f"etcd after {args.churn} VMs created and deleted ({len(measured['lifecycle'])} writes each, "
-              f"replayed in {figures['seconds']} s, {figures['keys left']} keys left):")
-        for name in ("empty", "after churn", "after compaction", "after defrag"):
+              f"replayed in {figures['seconds']} s, {figures['keys left']} keys left; "
+              f"{figures['keys left, events expired']} once their events expired):")
+        for name in ("empty", "after churn", "after compaction", "after defrag", "after compaction, events expired",
+                     "after defrag, events expired"):
             s = figures[name]
             print(f"  {name:18} dbSize {mib(s['dbSize']):>11}  dbSizeInUse {mib(s['dbSizeInUse']):>11}  "
                   f"revision {s['revision']}")
