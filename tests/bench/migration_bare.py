@@ -65,7 +65,11 @@ MIB = 1024 * 1024
 # in, past the tiny image's data) so that the disk has a writer, whose RBD lock must change hands.
 COUNTER = ("i=0; while :; do echo \"tick $i\"; echo $i | dd of=/dev/vda bs=512 seek=1048576 conv=fsync "
            "2>/dev/null; i=$((i+1)); sleep 0.1; done\n")
-TICK = re.compile(rb"tick (\d+)")
+# The counter of the migration tests (tests/ceph/test_migration.py), where the corruption was seen: a
+# tick a second in the background, no disk write (--counter test).
+TEST_COUNTER = "(i=0; while :; do i=$((i+1)); echo tick-$i; sleep 1; done) &\n"
+COUNTERS = {"bench": COUNTER, "test": TEST_COUNTER}
+TICK = re.compile(rb"tick[ -](\d+)")
 # What a guest kernel in trouble prints on its console.
 KERNEL_TROUBLE = re.compile(rb"Oops|BUG|general protection|Call Trace|Kernel panic")
 # The record ucloud's command line is built from (--like-ucloud): the tiny guest as the migration tests
@@ -276,6 +280,10 @@ async def move(source: Qemu, destination: Qemu, args: argparse.Namespace, locker
     return record
 
 
+class NotConverged(Exception):
+    """The copy did not complete within --deadline and was cancelled; args[0]: the round's record."""
+
+
 async def switched_over(source: Qemu, destination: Qemu, args: argparse.Namespace, record: dict[str, Any],
                         lockers: Lockers, started: float) -> None:
     """The rest of a `move`: the copy, the switchover, the guest running on the destination."""
@@ -286,7 +294,13 @@ async def switched_over(source: Qemu, destination: Qemu, args: argparse.Namespac
         record["lockers_at_pre_switchover"] = lockers.now()
         await source.execute("migrate-continue", {"state": "pre-switchover"})
         paused_for = time.monotonic() - pause_start
-    await source.wait_event("MIGRATION", 120, status="completed")
+    try:
+        await source.wait_event("MIGRATION", args.deadline, status="completed")
+    except TimeoutError:  # as ucloud's agent does at its deadline; the guest runs on at the source
+        await source.execute("migrate_cancel")
+        await source.wait_event("MIGRATION", 30, status="cancelled")
+        record["passes"] = sum(e["event"] == "MIGRATION_PASS" for e in source.events)
+        raise NotConverged(record) from None
     wall = time.monotonic() - started
     info = await finished_migration(source)
     if args.strict:  # the destination's guest runs only when told: here at once, in ucloud after the commit
@@ -316,6 +330,7 @@ async def switched_over(source: Qemu, destination: Qemu, args: argparse.Namespac
         "source_statuses": source.migration_statuses(), "destination_statuses": destination.migration_statuses(),
         "last_tick_source": last_on_source,
         "first_tick_destination": destination.ticks()[0],
+        "passes": sum(e["event"] == "MIGRATION_PASS" for e in source.events),
     })
 
 
@@ -358,11 +373,11 @@ async def poll_like_agents(source: Qemu, destination: Qemu, stop: asyncio.Event)
 
 async def verdict(qemu: Qemu, seconds: float) -> dict[str, Any]:
     """Whether the guest is sound on `qemu` after it arrived: for `seconds`, its counter goes on (and still
-    went on in the last 2 s), its serial log shows no kernel oops, QEMU says `running`."""
+    went on in the last 3 s), its serial log shows no kernel oops, QEMU says `running`."""
     start_ticks = qemu.ticks()
-    await asyncio.sleep(max(0.0, seconds - 2))
+    await asyncio.sleep(max(0.0, seconds - 3))
     before_end = qemu.ticks()
-    await asyncio.sleep(min(2.0, seconds))
+    await asyncio.sleep(min(3.0, seconds))
     ticks = qemu.ticks()
     log = qemu.serial_log.read_bytes() if qemu.serial_log.exists() else b""
     trouble = KERNEL_TROUBLE.search(log)
@@ -497,13 +512,13 @@ def disk(work: Path, rbd: bool) -> Iterator[tuple[str, Lockers]]:
         yield f"file=rbd:vms/migrating:conf={ceph.conf},format=raw,cache=writeback", Lockers(ceph, "migrating")
 
 
-async def counting_guest(qemu: Qemu) -> None:
+async def counting_guest(qemu: Qemu, counter: str) -> None:
     """Boot the guest on `qemu` and start its counter."""
     await qemu.start(incoming=False)
     await wait_for(lambda: qemu.serial_log.exists() and BOOTED.encode() in qemu.serial_log.read_bytes(),
                    120, "the guest's first line")
     await asyncio.sleep(1)  # its serial shell starts after the first line
-    qemu.type(COUNTER)
+    qemu.type(counter)
     await wait_for(lambda: len(qemu.ticks()) >= 5, 60, "the guest's counter")
 
 
@@ -518,29 +533,34 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
         source = qemu("qemu-0")
         try:
-            await counting_guest(source)
+            await counting_guest(source, COUNTERS[args.counter])
             for number in range(1, args.rounds + 1):
                 destination = qemu(f"qemu-{number}")
                 try:
                     record = await move(source, destination, args, lockers)
+                except NotConverged as exc:  # the guest stays on the source: is it sound there?
+                    await destination.stop()
+                    record = {**exc.args[0], **(await verdict(source, args.check) if args.check else {})}
+                    record["verdict"] = f"not converged in {args.deadline:.0f} s, cancelled; source {record.get('verdict')}"
                 except BaseException:
                     await destination.stop()
                     raise
-                if args.fault:
-                    results.append(record)
-                    print(json.dumps({"round": number, **record}), flush=True)
-                    await destination.stop()
-                    break
-                await source.stop()
-                source = destination
-                if args.check:
-                    record.update(await verdict(source, args.check))
+                else:
+                    if args.fault:
+                        results.append(record)
+                        print(json.dumps({"round": number, **record}), flush=True)
+                        await destination.stop()
+                        break
+                    await source.stop()
+                    source = destination
+                    if args.check:
+                        record.update(await verdict(source, args.check))
                 results.append(record)
                 print(json.dumps({"round": number, **record}), flush=True)
-                if record.get("verdict", "ok") != "ok":  # a broken guest proves nothing more: a fresh one
+                if "BROKEN" in record.get("verdict", ""):  # a broken guest proves nothing more: a fresh one
                     await source.stop()
                     source = qemu(f"qemu-{number}-rebooted")
-                    await counting_guest(source)
+                    await counting_guest(source, COUNTERS[args.counter])
                 await asyncio.sleep(args.settle)
         finally:
             await source.stop()
@@ -555,7 +575,8 @@ def summary(results: list[dict[str, Any]]) -> dict[str, Any]:
     figures = {key: stats(key) for key in ("qemu_downtime_ms", "event_downtime_ms", "paused_before_switchover_ms",
                                            "qemu_total_ms", "wall_s")}
     verdicts = [r["verdict"] for r in results if "verdict" in r]
-    return {**figures, "rounds": len(results), "broken": sum(v != "ok" for v in verdicts)} if verdicts else figures
+    return {**figures, "rounds": len(results), "broken": sum("BROKEN" in v for v in verdicts),
+            "not_converged": sum(v.startswith("not converged") for v in verdicts)} if verdicts else figures
 
 
 def arguments() -> argparse.ArgumentParser:
@@ -577,6 +598,11 @@ def arguments() -> argparse.ArgumentParser:
                         "; ".join(f"{name}: {what}" for name, what in AFTER.items()))
     parser.add_argument("--check", type=float, default=10.0,
                         help="seconds to watch the guest after each arrival for its verdict (0: none)")
+    parser.add_argument("--deadline", type=float, default=120.0,
+                        help="seconds a copy may take before it is cancelled (the guest stays on the source)")
+    parser.add_argument("--counter", choices=sorted(COUNTERS), default="bench",
+                        help="bench: a tick every 0.1 s, each written to the disk; test: the migration tests' "
+                             "tick a second, no disk write")
     parser.add_argument("--poll", action="store_true",
                         help="during each copy, ask both QEMUs what ucloud's agents ask, on fresh QMP connections")
     parser.add_argument("--like-ucloud", action="store_true",
@@ -595,7 +621,8 @@ def main() -> None:
         print(json.dumps({"summary": summary(results), "settings": {
             "pause_before_switchover": args.pause, "downtime_limit_ms": args.downtime_limit,
             "max_bandwidth_mib_s": args.max_bandwidth, "ram_mib": args.ram, "strict": args.strict,
-            "disk": "rbd" if args.rbd else "qcow2", "poll": args.poll, "like_ucloud": args.like_ucloud}}))
+            "disk": "rbd" if args.rbd else "qcow2", "poll": args.poll, "like_ucloud": args.like_ucloud,
+            "counter": args.counter}}))
 
 
 if __name__ == "__main__":
