@@ -38,6 +38,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -280,6 +281,34 @@ async def move(source: Qemu, destination: Qemu, args: argparse.Namespace, locker
     return record
 
 
+async def compare_ram(source: Qemu, destination: Qemu, size: int) -> dict[str, Any]:
+    """The guest's RAM on both sides once the copy is done and neither guest runs (the source stopped
+    for good, the destination not started yet): they must be equal page for page; the pages that
+    differ are what the migration stream lost."""
+    dumps = []
+    for qemu in (source, destination):
+        dump = qemu.directory / "ram.dump"
+        await qemu.execute("pmemsave", {"val": 0, "size": size, "filename": str(dump)})
+        dumps.append(dump)
+    differing = differing_pages(*dumps, size)
+    for dump in dumps:
+        dump.unlink()
+    return {"pages": len(differing), "first": differing[:20]}
+
+
+def differing_pages(left_dump: Path, right_dump: Path, size: int) -> list[dict[str, Any]]:
+    """The 4 KiB pages that differ between two RAM dumps: their guest-physical address and how many
+    of their bytes differ."""
+    page = 4096
+    differing = []
+    with open(left_dump, "rb") as left, open(right_dump, "rb") as right:
+        for number in range(size // page):
+            a, b = left.read(page), right.read(page)
+            if a != b:
+                differing.append({"address": hex(number * page), "bytes": sum(x != y for x, y in zip(a, b))})
+    return differing
+
+
 class NotConverged(Exception):
     """The copy did not complete within --deadline and was cancelled; args[0]: the round's record."""
 
@@ -305,8 +334,17 @@ async def switched_over(source: Qemu, destination: Qemu, args: argparse.Namespac
     info = await finished_migration(source)
     if args.strict:  # the destination's guest runs only when told: here at once, in ucloud after the commit
         await destination.wait_event("MIGRATION", 30, status="completed")
+        if args.compare_ram:
+            record["ram_differences"] = await compare_ram(source, destination, args.ram * MIB)
         await destination.execute("cont")
-    resumed = await destination.wait_event("RESUME", 30)
+    try:
+        resumed: dict[str, Any] | None = await destination.wait_event("RESUME", 30)
+    except TimeoutError:  # arrived not running (a guest that panicked on the way?): the verdict says more
+        resumed = None
+        record["destination_not_resumed"] = {"status": (await destination.execute("query-status"))["status"],
+                                             "source_status": (await source.execute("query-status"))["status"],
+                                             "destination_events": [e["event"] for e in destination.events],
+                                             "destination_statuses": destination.migration_statuses()}
     stopped = [e for e in source.events if e["event"] == "STOP"][-1]
     record["lockers_after_completed"] = lockers.now()
     if args.after:
@@ -314,8 +352,11 @@ async def switched_over(source: Qemu, destination: Qemu, args: argparse.Namespac
     # The source is left alive (postmigrate) while the destination's guest writes: does the disk's
     # lock move to it while the source still has the image open?
     wrote = time.monotonic()
-    await wait_for(lambda: len(destination.ticks()) >= 3, 60, "the counter on the destination")
-    record["destination_three_ticks_s"] = round(time.monotonic() - wrote, 2)
+    try:
+        await wait_for(lambda: len(destination.ticks()) >= 3, 60, "the counter on the destination")
+        record["destination_three_ticks_s"] = round(time.monotonic() - wrote, 2)
+    except TimeoutError:  # a guest that arrived broken: the verdict tells what it shows
+        record["destination_three_ticks_s"] = None
     record["lockers_after_destination_wrote"] = lockers.now()
     if source.process.poll() is None:
         await source.execute("quit")
@@ -325,11 +366,11 @@ async def switched_over(source: Qemu, destination: Qemu, args: argparse.Namespac
     record.update({
         "qemu_downtime_ms": info.get("downtime"), "qemu_total_ms": info.get("total-time"),
         "setup_ms": info.get("setup-time"), "ram_transferred_mib": round(info["ram"]["transferred"] / MIB, 1),
-        "event_downtime_ms": round((resumed["t"] - stopped["t"]) * 1000, 1),
+        "event_downtime_ms": round((resumed["t"] - stopped["t"]) * 1000, 1) if resumed else None,
         "paused_before_switchover_ms": round(paused_for * 1000, 1), "wall_s": round(wall, 3),
         "source_statuses": source.migration_statuses(), "destination_statuses": destination.migration_statuses(),
         "last_tick_source": last_on_source,
-        "first_tick_destination": destination.ticks()[0],
+        "first_tick_destination": next(iter(destination.ticks()), None),
         "passes": sum(e["event"] == "MIGRATION_PASS" for e in source.events),
     })
 
@@ -393,6 +434,11 @@ async def verdict(qemu: Qemu, seconds: float) -> dict[str, Any]:
                               "ticks_during_check": len(ticks) - len(start_ticks)}
     if trouble:
         result["console"] = log[max(0, trouble.start() - 200):trouble.start() + 3000].decode(errors="replace")
+    elif problems:
+        result["console_tail"] = log[-1500:].decode(errors="replace")
+    if problems and status != "exited":  # where its CPU is: spinning, halted, or in a loop of faults
+        registers = await qemu.execute("human-monitor-command", {"command-line": "info registers"})
+        result["registers"] = registers[:900]
     return result
 
 
@@ -564,6 +610,11 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 await asyncio.sleep(args.settle)
         finally:
             await source.stop()
+            if args.keep:  # the consoles and QEMU logs of every QEMU of the run, for a post-mortem
+                for log in work.glob("qemu-*/*.log"):
+                    kept = args.keep / log.parent.name / log.name
+                    kept.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(log, kept)
     return results
 
 
@@ -603,6 +654,9 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--counter", choices=sorted(COUNTERS), default="bench",
                         help="bench: a tick every 0.1 s, each written to the disk; test: the migration tests' "
                              "tick a second, no disk write")
+    parser.add_argument("--compare-ram", action="store_true",
+                        help="with --strict: compare the guest's RAM on both sides before the destination runs")
+    parser.add_argument("--keep", type=Path, help="a directory to copy every QEMU's serial.log and qemu.log into")
     parser.add_argument("--poll", action="store_true",
                         help="during each copy, ask both QEMUs what ucloud's agents ask, on fresh QMP connections")
     parser.add_argument("--like-ucloud", action="store_true",
