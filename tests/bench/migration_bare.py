@@ -24,11 +24,14 @@ counter goes on to the end of that time, its serial log has no kernel oops and Q
 else "BROKEN" with what was seen, and the next round starts from a freshly booted guest. This is the
 hunt for the guest corruption seen once in about five long throttled migrations through ucloud (the
 README's "Live migration"): --poll does during each copy what ucloud's agents do to the two QEMUs, and
---like-ucloud starts them with ucloud's own command line (`ucloud_vm.qemu.command_line`).
+--like-ucloud starts them with ucloud's own command line (`ucloud_vm.qemu.command_line`); --strict
+--compare-ram compares the guest's RAM on both sides after the copy (docs/migration-design.md, "Long
+throttled migrations lose guest writes under TCG": they differ after long throttled copies).
 
     .venv/bin/python -m tests.bench.migration_bare [--rounds 5] [--ram 128] [--rbd] [--pause]
         [--strict] [--downtime-limit 100] [--max-bandwidth 1000] [--fault NAME] [--after NAME] (FAULTS, AFTER below)
-        [--check 10] [--poll] [--like-ucloud]
+        [--check 10] [--deadline 120] [--counter bench|test] [--poll] [--like-ucloud] [--strict --compare-ram]
+        [--keep DIR]
 """
 
 from __future__ import annotations
