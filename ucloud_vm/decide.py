@@ -310,10 +310,12 @@ def _outgoing(vm: VM, migration: Migration, seen: Seen, now: datetime, settings:
 
 
 def _abort_reason(vm: VM, migration: Migration, now: datetime, settings: Settings) -> str:
-    if migration.phase is MigrationPhase.FAILED:
-        return f"the target {migration.target} could not receive it: {migration.error}"
+    # The admin's cancel first: sending stops at once, the target's copy ends with it and says so,
+    # and that is the cancel's consequence, not the reason.
     if migration.request and not vm.migrate_to:
         return "cancelled by an admin"
+    if migration.phase is MigrationPhase.FAILED:
+        return f"the target {migration.target} could not receive it: {migration.error}"
     if vm.requested not in WANTS_TO_RUN:
         return f"the VM was asked to be {vm.requested}"
     if vm.deadline is not None and now >= vm.deadline and migration.phase is not MigrationPhase.LISTENING:
