@@ -51,6 +51,15 @@ def test_a_table_never_goes_back_in_time() -> None:
     assert sorted(t.items) == ["b"] and t.revision == 21
 
 
+def test_every_change_of_one_transaction_is_taken_in() -> None:
+    # One transaction changes several keys at one revision (the scheduler's KILLED for all the VMs
+    # of a fenced host): each comes as a change of that revision, and each must land.
+    t = table(vm("a"), vm("b"), vm("c"), revision=20)
+    for name in ("a", "b", "c"):
+        t.apply(Change(name, vm(name, "bob", 21), 21))
+    assert [i.name for i in t.page("", None, "owner", "bob")[0]] == ["a", "b", "c"] and t.revision == 21
+
+
 def test_a_mirror_waits_for_a_revision_and_takes_a_fresher_listing() -> None:
     store = MemoryStore()
     store.create(VMS, "a", vm("a").value)

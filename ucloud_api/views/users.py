@@ -116,9 +116,9 @@ def set_password(name: str) -> Response:
 def _check_nothing_owned_by(name: str) -> None:
     """409 if a VM, network, image or registered file still has `owner` `name` (a deleted user's):
     everything is owned by name, so a new user of that name would inherit it all. The records are
-    read, not the name claims: an imported image has none. (A new user created while a deleted user's
-    cached token still works, `CACHE_SECONDS`, could race this; nothing else creates objects of a
-    user who does not exist.) Not checked by `ucloud-api create-admin`, the operator's at the console:
+    read, not the name claims: an imported image has none. (A deleted user's token still working in a
+    worker whose watch has not delivered the deletion yet, for milliseconds, could race this; nothing
+    else creates objects of a user who does not exist.) Not checked by `ucloud-api create-admin`, the operator's at the console:
     `ucloud-vm import-image` makes images owned by "admin" before the first admin exists."""
     counts = {what: len(store().list(family, where={"owner": name}).items)
              for what, family in (("VMs", VMS), ("networks", NETWORKS), ("images", IMAGES), ("files", FILES))}

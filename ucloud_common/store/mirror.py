@@ -65,8 +65,10 @@ class Table(Generic[R]):
         self.revision = revision
 
     def apply(self, change: Change[R]) -> None:
-        if change.revision <= self.revision:
-            return  # already in a listing the table took (see replace)
+        # Older than the table: already in a listing it took (see replace). Not so one of the same
+        # revision: a transaction changes its keys at one revision, each a change of its own.
+        if change.revision < self.revision:
+            return
         self._remove(change.name)
         if change.value is not None:
             self._put(change.value)
