@@ -158,14 +158,7 @@ class Mirror(Generic[R]):
         # render cannot show), the mirror lists the family again rather than go on with a hole.
         while True:
             try:
-                for item in self._follower:
-                    with self._changed:
-                        if isinstance(item, Snapshot):
-                            self.table.replace(item.items, item.revision)
-                            self.ready = True
-                        else:
-                            self.table.apply(item)
-                        self._changed.notify_all()
+                self._take_in()
                 return
             except Exception:  # a mirror that stops leaves its readers on stale data for good
                 log.exception("mirror of %s: taking in a change failed; listing again", self.family.prefix)
@@ -174,6 +167,29 @@ class Mirror(Generic[R]):
                         return
                     self._follower = Follower(self._store, self.family)
                     self.relisted_after_failure += 1
+
+    def _take_in(self) -> None:
+        """Apply what the follower yields, a transaction's changes under one hold of the lock, so
+        that readers see whole revisions only (the follower yields the rest of a revision from the
+        response in hand: the lock is never held across a wait for etcd)."""
+        held = False
+        try:
+            for item in self._follower:
+                if not held:
+                    self._changed.acquire()
+                    held = True
+                if isinstance(item, Snapshot):
+                    self.table.replace(item.items, item.revision)
+                    self.ready = True
+                else:
+                    self.table.apply(item)
+                if isinstance(item, Snapshot) or item.whole:
+                    self._changed.notify_all()
+                    self._changed.release()
+                    held = False
+        finally:
+            if held:
+                self._changed.release()
 
     def wait_for(self, revision: int, timeout: float) -> bool:
         """Whether the mirror is ready and has seen `revision` (waiting up to `timeout` s for it). One
