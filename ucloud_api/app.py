@@ -8,7 +8,7 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from ucloud_api import audit, cache, metrics, openapi, site
+from ucloud_api import audit, cache, metrics, openapi, ratelimit, site
 from ucloud_api.auth import Authenticator
 from ucloud_api.errors import APIError
 from ucloud_api.views import consoles, events, guacamole, hosts, images, keys, networks, tokens, users, vms
@@ -39,6 +39,8 @@ def create_app(settings: Settings, store: Store | None = None) -> Flask:
         # The console site signs its users in with its own session cookie (`ucloud_api.site`).
         if request.path not in PUBLIC_PATHS and not site.serves(request.path):
             g.caller = authenticator.caller()
+
+    ratelimit.install(app, settings.user_write_rate)
 
     for blueprint in (users.bp, consoles.bp, guacamole.bp, vms.bp, networks.bp, keys.bp, images.files,
                       images.images, images.stores, hosts.bp, tokens.bp, tokens.login_bp, site.bp, events.bp):

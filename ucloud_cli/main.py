@@ -340,13 +340,17 @@ def follow(api: Client, vm: dict[str, Any], target: str | None, timeout: float) 
         if vm["status"] != last:
             last = vm["status"]
             click.echo(f"{vm['name']}: {last}", err=True)
-        if vm["status"] == "ERROR":
+        # An ERROR from before this request is not its outcome (a VM in ERROR being deleted); a
+        # deletion that fails is tried again by the agent, so it is waited for, and told at the end.
+        acted = vm["observed_generation"] >= generation
+        if target is not None and vm["status"] == "ERROR" and acted:
             raise CLIError(f"VM {vm['name']} is in ERROR: {vm['error']}")
-        if target is not None and vm["status"] == target and vm["observed_generation"] >= generation:
+        if target is not None and vm["status"] == target and acted:
             return vm
         if time.monotonic() > deadline:
+            error = f": {vm['error']}" if vm["status"] == "ERROR" else ""
             raise CLIError(f"VM {vm['name']} is still {vm['status']} after {timeout:g} s (waiting for "
-                           f"{target or 'its deletion'})")
+                           f"{target or 'its deletion'}){error}")
         time.sleep(0.5)
 
 

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
+from limits import parse_many
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -304,6 +305,20 @@ class Settings(BaseSettings):
                                                 "line per entry; json: one JSON object per line, with the "
                                                 "request id and (API access lines) user, method, path, status "
                                                 "and duration as fields, for a log collector.")
+    user_write_rate: str = Field("10/second;1000/hour", description="How fast one user (not an admin) may "
+                                 "write through one API worker, as `N/second;M/hour` (any of second, minute, "
+                                 "hour, day; empty: no limit); past it a write is refused with 429 and "
+                                 "Retry-After. Each write adds an event kept for `event_retention`: this bounds "
+                                 "what one user can make etcd hold (1000/hour for 7 days: 168,000 events, "
+                                 "≈50 MiB, per worker).")
+
+    @field_validator("user_write_rate")
+    @classmethod
+    def _rates(cls, value: str) -> str:
+        if value.strip():
+            parse_many(value)  # a ValueError naming the text it cannot read
+        return value
+
     event_retention: float = Field(7 * 24 * 3600.0, ge=1, description="Seconds an event (who asked for "
                                    "what, what the scheduler and agents did) is kept after it was written, "
                                    "also after its object is deleted; up to 1/24 of it (an hour at most) "

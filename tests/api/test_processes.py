@@ -32,7 +32,8 @@ READ_TIMEOUT = 4  # UCLOUD_API_READ_TIMEOUT of the gunicorn below
 
 def env_for(endpoint: str, tmp_path: Path) -> dict[str, str]:
     conf = tmp_path / "ucloud.conf"
-    conf.write_text(f"UCLOUD_ETCD_ENDPOINTS={endpoint}\n")
+    # No write rate: the failover test writes as fast as it can (tests/api/test_ratelimit.py checks it).
+    conf.write_text(f"UCLOUD_ETCD_ENDPOINTS={endpoint}\nUCLOUD_USER_WRITE_RATE=\n")
     clean = {k: v for k, v in os.environ.items() if not k.startswith("UCLOUD_")}
     return {**clean, "UCLOUD_CONFIG": str(conf)}
 
