@@ -25,6 +25,7 @@ from ucloud_common.event import Kind
 from ucloud_common.file import FILES
 from ucloud_common.image import IMAGES
 from ucloud_common.network import NETWORKS
+from ucloud_common.quota import QUOTAS, USAGES
 from ucloud_common.store import Conflict, Put, Remove
 from ucloud_common.user import PASSWORDS, TOKENS, USERS, Password, Role
 from ucloud_common.vm import VMS
@@ -67,6 +68,9 @@ def delete(name: str) -> Response:
     tokens = [t for t in store().list(TOKENS).items.values() if t.value.user == name]
     writes: list[Put[Any] | Remove[Any]] = [Remove(USERS, name, user.mod_revision),
                                             *(Remove(TOKENS, t.name, None) for t in tokens), Remove(PASSWORDS, name, None),
+                                            # A new user of the name starts at the default quota;
+                                            # what stays owned by the name is counted again if needed.
+                                            Remove(QUOTAS, name, None), Remove(USAGES, name, None),
                                             told(Kind.USER, name, f"delete user {name}")]
     if user.value.role is Role.ADMIN:
         admins = [u for u in store().list(USERS).items.values() if u.value.role is Role.ADMIN and u.name != name]
