@@ -63,12 +63,11 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("post", "/api/v1/users"): Route("Create a user; the answer holds its token, shown once", UserCreate, 201,
                                      "NewUser", admin=True, errors=(409, 422)),
     ("get", "/api/v1/users"): Route("List users", returns="[User]", admin=True),
-    ("get", "/api/v1/users/{name}"): Route("Read a user", returns="User", admin=True, errors=(404,)),
+    ("get", "/api/v1/users/{name}"): Route("Read a user (admin); `me`: your own record, with `quota`, your quota and "
+                                           "usage of each resource", returns="User", errors=(404,)),
     ("put", "/api/v1/users/{name}/password"): Route(
         "Set a user's password: your own (with current_password if you have one) or, as an admin, anyone's",
         PasswordChange, 204, errors=(403, 404, 409, 422, 429)),
-    ("get", "/api/v1/users/me"): Route("Your own user record, with your quota and usage of each resource",
-                                       returns="Me", errors=(404,)),
     ("get", "/api/v1/users/{name}/quota"): Route("A user's quota and usage of each resource (your own: name `me`; "
                                                  "an admin: anyone's)", returns="Quota", errors=(404,)),
     ("put", "/api/v1/users/{name}/quota"): Route("Set the resources of a user's quota the body names (null: back to "
@@ -239,8 +238,6 @@ def document(app: Flask) -> dict[str, Any]:
             "unit": {"type": "string", "description": "bytes, GiB, or what is counted"},
             "what": {"type": "string"},
             "set": {"type": "boolean", "description": "set by an admin (else the settings' default)"}}}}
-    components["Me"] = {"allOf": [_ref("User"), {"type": "object", "required": ["quota"],
-                                                 "properties": {"quota": _ref("Quota")}}]}
     components["Health"] = {"type": "object", "properties": {"status": {"type": "string"}}}
     for (method, path), route in ROUTES.items():
         responses: dict[str, Any] = {}

@@ -22,9 +22,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 
 from ucloud_common.file import FILES, File
 from ucloud_common.image import IMAGES, Image
@@ -78,21 +78,34 @@ Amounts = Mapping[str, float]  # resource name → amount (a change may be negat
 
 
 _COUNT = 1_000_000  # more than any cluster holds: larger numbers are typos
-_BYTES = 2**60
+# 1 PiB. Below 2**53, so that JSON's numbers (doubles, for many clients) hold every value exactly.
+_BYTES = 2**50
+
+
+def _whole(value: Any) -> Any:
+    """2.0 as 2: JSON Schema's integers include numbers spelled with a zero fraction (the API's strict
+    request models refuse any other float, a string or a boolean for an integer)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# The bounds before the validator: after it, pydantic writes them into the JSON schema as "ge"/"le".
+Count = Annotated[int, Field(ge=0, le=_COUNT), BeforeValidator(_whole)]
+GiBs = Annotated[int, Field(ge=0, le=_BYTES // GiB, description="GiB"), BeforeValidator(_whole)]
+Bytes = Annotated[int, Field(ge=0, le=_BYTES), BeforeValidator(_whole)]
 
 
 class QuotaSettings(BaseModel):
     """What an admin sets of one user's quota: a resource set to None follows its default in the
     settings."""
 
-    vms: int | None = Field(None, ge=0, le=_COUNT)
-    cpu: int | None = Field(None, ge=0, le=_COUNT)
-    ram: float | None = Field(None, ge=0, le=_COUNT * 1024, description="GiB")
-    ssd: int | None = Field(None, ge=0, le=_BYTES // GiB, description="GiB")
-    hdd: int | None = Field(None, ge=0, le=_BYTES // GiB, description="GiB")
-    images: int | None = Field(None, ge=0, le=_COUNT)
-    image_bytes: int | None = Field(None, ge=0, le=_BYTES)
-    upload_bytes: int | None = Field(None, ge=0, le=_BYTES)
+    vms: Count | None = None
+    cpu: Count | None = None
+    ram: Annotated[float, Field(ge=0, le=_COUNT * 1024, description="GiB")] | None = None
+    ssd: GiBs | None = None
+    hdd: GiBs | None = None
+    images: Count | None = None
+    image_bytes: Bytes | None = None
+    upload_bytes: Bytes | None = None
 
 
 class Quota(Record, QuotaSettings):

@@ -1,5 +1,5 @@
-"""Quotas: a user's own record with their quota and usage (`GET /users/me`), and an admin setting a
-user's quota (partial: what the body names) or recounting their usage from the records.
+"""Quotas: a user's quota and usage (`shown`, also in `GET /users/me`), and an admin setting a user's
+quota (partial: what the body names) or recounting their usage from the records.
 
 `me` in these paths names the caller: no user is created with that name (`user.check_user_name`).
 """
@@ -14,7 +14,7 @@ from ucloud_api.audit import told
 from ucloud_api.auth import current, require_admin
 from ucloud_api.body import parse
 from ucloud_api.errors import APIError
-from ucloud_api.replies import dump, lookup, object_reply, store
+from ucloud_api.replies import lookup, store
 from ucloud_api.schemas import QuotaUpdate
 from ucloud_common.event import Kind
 from ucloud_common.quota import QUOTAS, RESOURCES, Quota, Usage, limits, recount, usage
@@ -45,13 +45,6 @@ def _whose(name: str) -> str:
     if name != caller.name and not caller.is_admin:
         raise APIError(403, "forbidden", "you may see only your own quota (GET /api/v1/users/me/quota)")
     return name
-
-
-@bp.get("/me")
-def me() -> Response:
-    caller = current()
-    user = lookup(USERS, caller.name, f"user {caller.name}")
-    return object_reply(user, body={**dump(user.value), "quota": shown(caller.name)})
 
 
 @bp.get("/<name>/quota")
