@@ -133,7 +133,9 @@ class Usage(Record):
         logged: the usage drifted from the records (`recount` repairs it)."""
         new: dict[str, Any] = {}
         for name, amount in change.items():
-            total = getattr(self, name) + amount
+            # Rounded: a VM recorded before the API took only whole MiB (0.1 GiB) must not leave
+            # float dust that later looks like a negative usage.
+            total = round(getattr(self, name) + amount, 9)
             if total < 0:
                 log.warning("usage of %s: %s would go below zero (%s %+g); kept at 0, recount it", self.user, name,
                             getattr(self, name), amount)
