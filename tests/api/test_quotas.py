@@ -19,7 +19,7 @@ from ucloud_common.file import FILES, File
 from ucloud_common.image import IMAGES, Image, ImageStatus
 from ucloud_common.quota import GiB, USAGES, QuotaExceeded, Usage, change, transact_counted
 from ucloud_common.states import Status
-from ucloud_common.store import Put, Store
+from ucloud_common.store import Conflict, Put, Store
 from ucloud_common.user import Role
 from ucloud_common.vm import VMS
 
@@ -194,3 +194,25 @@ def test_deleting_a_user_forgets_their_quota(admin: As, store: Store) -> None:
 def test_no_user_is_named_me(admin: As) -> None:
     response = admin.post("/api/v1/users", json={"name": "me"})
     assert response.status_code == 422 and "names the caller" in response.json["error"]["message"]
+
+
+def test_a_release_past_zero_keeps_zero_and_says_so(alice: As, store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    vm = alice.create_vm("web")
+    store.update(USAGES, "alice", lambda usage: usage.evolve(vms=0, cpu=0))  # drifted below the records
+    assert alice.delete(f"/api/v1/vms/{vm['uuid']}").status_code == 204
+    assert (used(store, "alice").vms, used(store, "alice").cpu, used(store, "alice").ssd) == (0, 0, 0)
+    assert "usage of alice: vms would go below zero (0 -1); kept at 0, recount it" in caplog.text
+
+
+def test_a_usage_that_keeps_changing_is_a_409_to_retry_not_a_500(alice: As, store: Store, mocker) -> None:  # type: ignore[no-untyped-def]
+    """Every attempt loses the usage's compare-and-swap (other requests of the owner win each time)."""
+    store.create(FILES, "f0", File(uuid="f0", owner="alice", filename="0.raw", size=1, sha512="0" * 128,
+                                   mtime=datetime.now(UTC)))
+    image = alice.post("/api/v1/images", json={"name": "i0", "file": "f0", "store": "local"}).json
+    mocker.patch.object(Store, "transact", side_effect=Conflict("changed", USAGES.key("alice")))
+    response = alice.delete(f"/api/v1/images/{image['uuid']}")
+    assert response.status_code == 409 and response.json["error"]["code"] == "busy", response.json
+    created = alice.post("/api/v1/vms", json=vm_body("web"))
+    assert created.status_code == 409 and created.json["error"]["code"] == "busy", created.json
+    mocker.stopall()
+    assert store.get(IMAGES, image["uuid"]) is not None and used(store, "alice").images == 1
