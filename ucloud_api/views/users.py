@@ -20,11 +20,13 @@ from ucloud_api.idempotency import REPLIES
 from ucloud_api.passwords import check_password, hash_password
 from ucloud_api.replies import check_if_match, dump, lookup, object_reply, store
 from ucloud_api.schemas import PasswordChange, UserCreate
+from ucloud_api.views.quotas import shown
 from ucloud_common.claim import owned
 from ucloud_common.event import Kind
 from ucloud_common.file import FILES
 from ucloud_common.image import IMAGES
 from ucloud_common.network import NETWORKS
+from ucloud_common.quota import QUOTAS, USAGES
 from ucloud_common.store import Conflict, Put, Remove
 from ucloud_common.user import PASSWORDS, TOKENS, USERS, Password, Role
 from ucloud_common.vm import VMS
@@ -55,6 +57,11 @@ def list_() -> Response:
 
 @bp.get("/<name>")
 def get(name: str) -> Response:
+    """A user (admin); `me`: the caller's own record, with their quota and usage."""
+    if name == "me":
+        mine = current().name
+        user = lookup(USERS, mine, f"user {mine}")
+        return object_reply(user, body={**dump(user.value), "quota": shown(mine)})
     require_admin()
     return object_reply(lookup(USERS, name, f"user {name}"))
 
@@ -67,6 +74,9 @@ def delete(name: str) -> Response:
     tokens = [t for t in store().list(TOKENS).items.values() if t.value.user == name]
     writes: list[Put[Any] | Remove[Any]] = [Remove(USERS, name, user.mod_revision),
                                             *(Remove(TOKENS, t.name, None) for t in tokens), Remove(PASSWORDS, name, None),
+                                            # A new user of the name starts at the default quota;
+                                            # what stays owned by the name is counted again if needed.
+                                            Remove(QUOTAS, name, None), Remove(USAGES, name, None),
                                             told(Kind.USER, name, f"delete user {name}")]
     if user.value.role is Role.ADMIN:
         admins = [u for u in store().list(USERS).items.values() if u.value.role is Role.ADMIN and u.name != name]
