@@ -19,10 +19,13 @@ from typing import Any, Generic
 from sortedcontainers import SortedSet
 
 from ucloud_common.record import Family, R
+from ucloud_common.retry import Backoff
 from ucloud_common.store.contract import AbstractStore, Listing, Versioned
 from ucloud_common.store.follow import Change, Follower, Snapshot
 
 log = logging.getLogger(__name__)
+
+_RELIST_BACKOFF = Backoff(initial=0.1, maximum=5.0)
 
 Index = Callable[[Any], str]  # a record → the value it is found under (e.g. its owner); "" for none
 Render = Callable[[Versioned[Any]], Any]  # a record → what readers are served (e.g. its JSON), made once
@@ -42,6 +45,9 @@ class Table(Generic[R]):
         self._render = render
         self._names: SortedSet = SortedSet()
         self._by: dict[str, dict[str, SortedSet]] = {index: {} for index in indexes}
+        # Where each record was filed, by index (None: its index raised): a removal takes it out of
+        # those buckets without asking the index again, which may raise again or answer otherwise.
+        self._filed: dict[str, tuple[str | None, ...]] = {}
 
     @classmethod
     def of(cls, listing: Listing[R], indexes: Mapping[str, Index], render: Render | None) -> Table[R]:
@@ -62,6 +68,7 @@ class Table(Generic[R]):
             fresh._put(item, kept.get(item.name))
         # Swapped in whole: a render that raises halfway leaves the table as it was.
         self.items, self.rendered, self._names, self._by = fresh.items, fresh.rendered, fresh._names, fresh._by
+        self._filed = fresh._filed
         self.revision = revision
 
     def apply(self, change: Change[R]) -> None:
@@ -75,12 +82,31 @@ class Table(Generic[R]):
         self.revision = change.revision
 
     def _put(self, item: Versioned[R], rendered: Any = None) -> None:
+        """File `item`. An index or a render that raises (a bug, a record it cannot take) costs that
+        record its place in that index, or its rendering made in advance (readers render it when
+        they show it), and is logged; never the mirror: one such record once stopped the whole
+        family's mirror in every worker, listing the family again and again as fast as etcd answered."""
         self.items[item.name] = item
         self._names.add(item.name)
+        filed: list[str | None] = []
         for index, of in self._indexes.items():
-            self._by[index].setdefault(of(item.value), SortedSet()).add(item.name)
+            try:
+                value = of(item.value)
+            except Exception as exc:  # noqa: BLE001 - logged, and the record stays out of this index only
+                log.warning("mirror: record %s is in no %r index: %s: %s", item.name, index, type(exc).__name__, exc)
+                filed.append(None)
+                continue
+            self._by[index].setdefault(value, SortedSet()).add(item.name)
+            filed.append(value)
+        self._filed[item.name] = tuple(filed)
         if self._render is not None:
-            self.rendered[item.name] = rendered if rendered is not None else self._render(item)
+            if rendered is None:
+                try:
+                    rendered = self._render(item)
+                except Exception as exc:  # noqa: BLE001 - logged; readers render it themselves
+                    log.warning("mirror: record %s is not rendered in advance: %s: %s", item.name,
+                                type(exc).__name__, exc)
+            self.rendered[item.name] = rendered
 
     def _remove(self, name: str) -> None:
         old = self.items.pop(name, None)
@@ -88,12 +114,14 @@ class Table(Generic[R]):
             return
         self._names.discard(name)
         self.rendered.pop(name, None)
-        for index, of in self._indexes.items():
-            bucket = self._by[index].get(of(old.value))
+        for index, value in zip(self._indexes, self._filed.pop(name, ())):
+            if value is None:
+                continue
+            bucket = self._by[index].get(value)
             if bucket is not None:
                 bucket.discard(name)
                 if not bucket:
-                    del self._by[index][of(old.value)]
+                    del self._by[index][value]
 
     def names(self, index: str | None = None, value: str = "") -> SortedSet:
         """Every name (or those whose `index` is `value`), sorted."""
@@ -120,7 +148,8 @@ class Mirror(Generic[R]):
     """A family followed into a `Table` by a thread of its own, from `start()` until `stop()`.
 
     Readers take `locked()` and read the table; `wait_for(revision)` first when they need to have
-    seen a write. `ready` is False until the first listing arrived (etcd unreachable at start)."""
+    seen a write. `ready` is False until the first listing arrived (etcd unreachable at start), and
+    again from a failure to take in a change until the listing that repairs it."""
 
     def __init__(self, store: AbstractStore, family: Family[R], indexes: Mapping[str, Index] | None = None,
                  render: Render | None = None) -> None:
@@ -133,6 +162,7 @@ class Mirror(Generic[R]):
         self._changed = threading.Condition()
         self._store = store
         self._stopped = False
+        self._stop = threading.Event()  # wakes the pause between two failed attempts
         self._follower = Follower(store, family)
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"mirror {family.prefix}")
 
@@ -143,6 +173,7 @@ class Mirror(Generic[R]):
     def stop(self) -> None:
         with self._changed:
             self._stopped = True
+            self._stop.set()
             self._follower.stop()
 
     def join(self, timeout: float) -> None:
@@ -154,14 +185,18 @@ class Mirror(Generic[R]):
         return self._follower.relists
 
     def _run(self) -> None:
-        # The follower never ends before stop(). Should taking in a change fail (a bug, a record a
-        # render cannot show), the mirror lists the family again rather than go on with a hole.
+        # The follower never ends before stop(). Should taking in a change fail (a bug), the mirror
+        # lists the family again rather than go on with a hole, after a pause that grows while it
+        # keeps failing: at once and forever, it listed the family hundreds of times a second.
+        pauses = _RELIST_BACKOFF.delays()
         while True:
             try:
                 self._take_in()
                 return
             except Exception:  # a mirror that stops leaves its readers on stale data for good
                 log.exception("mirror of %s: taking in a change failed; listing again", self.family.prefix)
+                if self._stop.wait(next(pauses)):
+                    return
                 with self._changed:
                     if self._stopped:
                         return
@@ -189,6 +224,9 @@ class Mirror(Generic[R]):
                     held = False
         finally:
             if held:
+                # Left halfway through a revision (taking in a change failed): what the table holds
+                # is no revision at all. Readers go to etcd until the next listing is taken in.
+                self.ready = False
                 self._changed.release()
 
     def wait_for(self, revision: int, timeout: float) -> bool:

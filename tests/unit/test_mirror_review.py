@@ -1,0 +1,122 @@
+"""What the review of the mirror found: one record a render or an index cannot take stopped the whole
+family's mirror for good (every worker, every reader), in a loop listing the family as fast as etcd
+answered; and a mirror that cannot hear etcd was trusted however long ago it last heard from it."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from ucloud_common.specs import Specs
+from ucloud_common.store import MemoryStore, Versioned
+from ucloud_common.store.mirror import Mirror, Table
+from ucloud_common.vm import VM, VMS
+
+
+def a_vm(name: str, owner: str = "alice") -> VM:
+    return VM(uuid=name, owner=owner, name=name, specs=Specs(cpu=1, ram=1, ssd=1), image="t")
+
+
+def test_a_record_its_render_cannot_show_does_not_stop_the_mirror() -> None:
+    store = MemoryStore()
+    renders = []
+
+    def render(item: Versioned[VM]) -> bytes:
+        renders.append(item.name)
+        if item.name == "bad":
+            raise ValueError("cannot show it")
+        return item.name.encode()
+
+    mirror = Mirror(store, VMS, {"owner": lambda v: v.owner}, render).start()
+    try:
+        store.create(VMS, "good", a_vm("good"))
+        store.create(VMS, "bad", a_vm("bad"))
+        time.sleep(1.0)
+        written = store.create(VMS, "later", a_vm("later")).mod_revision
+        assert mirror.wait_for(written, 5), f"the mirror stopped at {mirror.table.revision} (etcd at {written})"
+        assert sorted(mirror.table.items) == ["bad", "good", "later"]
+        assert mirror.table.rendered.get("bad") is None  # shown by rendering it when read
+        assert [i.name for i in mirror.table.page("", None, "owner", "alice")[0]] == ["bad", "good", "later"]
+        assert renders.count("bad") <= 3, f"rendered {renders.count('bad')} times in a second (a relist loop)"
+    finally:
+        mirror.stop()
+        mirror.join(5)
+
+
+def test_a_record_an_index_cannot_file_does_not_stop_the_mirror() -> None:
+    store = MemoryStore()
+
+    def owner(vm: VM) -> str:
+        if vm.name == "bad":
+            raise KeyError("no owner")
+        return vm.owner
+
+    mirror = Mirror(store, VMS, {"owner": owner}).start()
+    try:
+        store.create(VMS, "bad", a_vm("bad"))
+        store.create(VMS, "good", a_vm("good"))
+        store.delete(VMS, "bad")
+        written = store.create(VMS, "later", a_vm("later")).mod_revision
+        assert mirror.wait_for(written, 5), f"the mirror stopped at {mirror.table.revision} (etcd at {written})"
+        assert [i.name for i in mirror.table.page("", None, "owner", "alice")[0]] == ["good", "later"]
+        assert mirror.relisted_after_failure == 0
+    finally:
+        mirror.stop()
+        mirror.join(5)
+
+
+def test_a_mirror_that_keeps_failing_lists_again_with_a_pause(monkeypatch: pytest.MonkeyPatch) -> None:
+    store = MemoryStore()
+    store.create(VMS, "a", a_vm("a"))
+    listings = []
+    real_list = store.list
+
+    def list_(*args, **kwargs):  # type: ignore[no-untyped-def]
+        listings.append(time.monotonic())
+        return real_list(*args, **kwargs)
+
+    monkeypatch.setattr(store, "list", list_)
+
+    def broken(self: Table[VM], items: object, revision: int) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Table, "replace", broken)
+    mirror = Mirror(store, VMS).start()
+    try:
+        time.sleep(1.0)
+    finally:
+        mirror.stop()
+        mirror.join(5)
+    assert len(listings) <= 10, f"{len(listings)} listings of the family in one second"
+
+
+def test_a_transaction_taken_in_halfway_is_not_served(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Taking in the second change of three failed: the table held the first at the transaction's
+    revision, and readers were served it as that revision until the listing that repaired it."""
+    import ucloud_common.store.mirror as mirror_module
+    from ucloud_common.retry import Backoff
+    from ucloud_common.store import Change, Put
+
+    monkeypatch.setattr(mirror_module, "_RELIST_BACKOFF", Backoff(initial=2.0, maximum=2.0, multiplier=1.0))
+    real_apply = Table.apply
+
+    def apply(self: Table[VM], change: Change[VM]) -> None:
+        if change.name == "t2":
+            raise RuntimeError("a bug")
+        real_apply(self, change)
+
+    monkeypatch.setattr(Table, "apply", apply)
+    store = MemoryStore()
+    mirror = Mirror(store, VMS).start()
+    try:
+        assert mirror.wait_for(store.revision(), 5)
+        revision = store.transact([Put(VMS, name, a_vm(name), 0) for name in ("t1", "t2", "t3")])
+        time.sleep(0.5)
+        with mirror.locked() as table:
+            half = table.revision >= revision and sorted(table.items) != ["t1", "t2", "t3"]
+        assert not (half and mirror.wait_for(revision, 0)), f"served {sorted(table.items)} as revision {revision}"
+        assert mirror.wait_for(revision, 5) and sorted(mirror.table.items) == ["t1", "t2", "t3"]
+    finally:
+        mirror.stop()
+        mirror.join(5)
