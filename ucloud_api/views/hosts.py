@@ -48,7 +48,7 @@ def list_() -> Response:
     require_admin()
     vms, alive = [vm.value for vm in _cached_all(VMS)], {h.name for h in _cached_all(HOSTS_ALIVE)}
     totals, counts = _allocations(vms), _vms_on(vms)
-    return list_reply(HOSTS, lambda _, h: compact_json(_describe(h, alive, totals, counts.get(h.name, 0))))
+    return list_reply(HOSTS, lambda h: compact_json(_describe(h, alive, totals, counts.get(h.name, 0))))
 
 
 def _cached_all(family: Family[R]) -> list[Versioned[R]]:

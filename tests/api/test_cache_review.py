@@ -1,0 +1,131 @@
+"""What the review of the API's read cache found (real etcd): a list must not ask etcd while it holds
+a mirror's lock, a revision from the future must not make every read list etcd, and a worker cut off
+from etcd must not go on accepting a token revoked meanwhile."""
+
+from __future__ import annotations
+
+import time
+import uuid as uuidlib
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from tests.api.conftest import As
+from ucloud_api.cache import ReadCache
+from ucloud_common.specs import Specs
+from ucloud_common.store import Store
+from ucloud_common.vm import VM, VMS
+
+
+def a_vm(owner: str, name: str) -> VM:
+    return VM(uuid=str(uuidlib.uuid4()), owner=owner, name=name, specs=Specs(cpu=1, ram=1, ssd=1), image="tiny")
+
+
+def test_a_list_of_vms_with_nics_reads_no_network_from_etcd_under_the_mirrors_lock(
+        alice: As, app: Flask, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A VM with NICs is shown with its networks' prefixes. After any write of the caller's that the
+    networks' mirror has not passed (a write to a VM: the usual case), each such VM of the page was
+    looked up in etcd, one round trip per VM, while the list held the VMs' mirror lock: the watch
+    thread and every other reader of VMs waited for a page of up to 1,000 round trips."""
+    net = alice.post("/api/v1/networks", json={"name": "n"}).json["uuid"]
+    for i in range(20):
+        alice.create_vm(f"nic{i}", networks=[net])
+    alice.create_vm("plain")  # a write the networks' mirror never passes (nobody writes a network after it)
+    cache: ReadCache = app.extensions["ucloud.cache"]
+    lock = cache.vms._changed
+    under_lock: list[str] = []
+    real_get = Store.get
+
+    def get(self: Store, family: Any, name: str) -> Any:
+        if lock._is_owned():  # type: ignore[attr-defined]
+            under_lock.append(f"{family.prefix}{name}")
+        return real_get(self, family, name)
+
+    monkeypatch.setattr(Store, "get", get)
+    listed = alice.get("/api/v1/vms?limit=100")
+    assert listed.status_code == 200 and len(listed.json) == 21
+    assert all(vm["networks"][0]["ipv6"] for vm in listed.json if vm["networks"])
+    assert under_lock == [], f"{len(under_lock)} etcd reads while holding the VMs' mirror lock"
+
+
+def test_a_revision_from_the_future_does_not_make_every_list_read_etcd(
+        alice: As, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any caller may send any X-Ucloud-Revision. One ahead of etcd is never reached: each list waited
+    WAIT_S, then listed the whole family from etcd (10,000 VMs for a user's list of 3) and swapped it
+    into the mirror under its lock, request after request."""
+    for i in range(3):
+        alice.create_vm(f"v{i}")
+    listings: list[str] = []
+    real_list = Store.list
+
+    def list_(self: Store, family: Any, *args: Any, **kwargs: Any) -> Any:
+        listings.append(family.prefix)
+        return real_list(self, family, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "list", list_)
+    future = {"X-Ucloud-Revision": str(store.revision() + 1_000_000)}
+    answers = [alice.get("/api/v1/vms?limit=10", headers=future).status_code for _ in range(5)]
+    assert listings.count(VMS.prefix) <= 1, f"{listings.count(VMS.prefix)} listings of every VM for 5 lists ({answers})"
+
+
+@pytest.mark.etcd_only("cuts the TCP connection")
+def test_a_worker_cut_off_from_etcd_stops_accepting_a_token_revoked_meanwhile(
+        etcd_server: Any, settings: Any, store: Store, alice: As) -> None:
+    """Token checks read the worker's mirror, with no bound on how old it may be: a worker whose
+    watch cannot reach etcd (a partition, a member down behind a proxy) kept accepting a revoked
+    token, and serving lists from memory to it, for as long as the cut lasted. Before the cache,
+    the same worker refused (it could not read the token)."""
+    from tests.api.test_cache import other_app
+    from tests.helpers.proxy import CuttableProxy
+
+    proxy = CuttableProxy("127.0.0.1", etcd_server.client_port)
+    behind = settings.model_copy(update={"etcd_endpoints": [type(settings.etcd_endpoints[0]).parse(proxy.endpoint)]})
+    made = alice.post("/api/v1/tokens", json={"name": "leaked"}).json
+    for app, _ in other_app(behind):
+        cache: ReadCache = app.extensions["ucloud.cache"]
+        elsewhere = As(app.test_client(), made["token"], "alice")
+        assert cache.tokens.wait_for(store.revision(), 10) and cache.vms.wait_for(store.revision(), 10)
+        assert elsewhere.get("/api/v1/vms").status_code == 200
+        proxy.cut()
+        try:
+            assert alice.delete(f"/api/v1/tokens/{made['id']}").status_code == 204
+            deadline = time.monotonic() + 20
+            codes = []
+            while time.monotonic() < deadline:
+                codes.append(elsewhere.get("/api/v1/vms").status_code)
+                if codes[-1] != 200:
+                    break
+                time.sleep(0.5)
+            assert codes[-1] != 200, f"the revoked token was still accepted {len(codes)} times over 20 s"
+        finally:
+            proxy.restore()  # the app stops with etcd reachable
+    proxy.cut()
+
+
+def test_a_long_page_does_not_hold_the_mirror_lock_while_it_renders(
+        admin: As, app: Flask, store: Store) -> None:
+    """The watch thread takes the same lock as a page: while a page of 1,000 VMs with NICs renders
+    each VM under the lock, no change is taken in, and every reader waits."""
+    net = admin.post("/api/v1/networks", json={"name": "n"}).json["uuid"]
+    for i in range(30):
+        admin.create_vm(f"nic{i}", networks=[net])
+    cache: ReadCache = app.extensions["ucloud.cache"]
+    assert cache.vms.wait_for(store.revision(), 10)
+    import ucloud_api.views.vms as vms_view
+
+    real = vms_view.shown_one
+    held = []
+
+    def shown_one(vm: VM) -> Any:
+        held.append(cache.vms._changed._is_owned())  # type: ignore[attr-defined]
+        return real(vm)
+
+    vms_view.shown_one = shown_one  # type: ignore[assignment]
+    try:
+        assert admin.get("/api/v1/vms?limit=1000").status_code == 200
+    finally:
+        vms_view.shown_one = real  # type: ignore[assignment]
+    assert held and not any(held), f"{sum(held)} of {len(held)} VMs rendered under the mirror's lock"
+
+
