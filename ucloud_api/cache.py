@@ -31,6 +31,7 @@ from ucloud_common.network import NETWORKS
 from ucloud_common.record import Family, R, check_key_part
 from ucloud_common.store import AbstractStore, StoreError, Versioned
 from ucloud_common.store.mirror import Index, Mirror, Render
+from ucloud_common.store.watch import WATCH_IDLE_S
 from ucloud_common.user import TOKENS, USERS
 from ucloud_common.vm import VMS
 
@@ -63,16 +64,19 @@ class ReadCache:
         def owner(record: Any) -> str:
             return str(record.owner)
 
+        # A live watch hears from etcd at least every WATCH_IDLE_S (a progress answer when nothing
+        # changes), within etcd_timeout; a mirror silent for longer is cut off, and not trusted.
+        stale = WATCH_IDLE_S + store.settings.etcd_timeout + 1.0
         self.vms = Mirror(store, VMS, {"owner": owner, "host": lambda vm: vm.host, "status": lambda vm: vm.status.value},
-                          vm_render)
-        self.networks = Mirror(store, NETWORKS, {"owner": owner}, _rendered)
-        self.images = Mirror(store, IMAGES, {"owner": owner}, _rendered)
-        self.files = Mirror(store, FILES, {"owner": owner}, _rendered)
-        self.hosts = Mirror(store, HOSTS)
-        self.alive = Mirror(store, HOSTS_ALIVE)
-        self.events = Mirror(store, EVENTS, {"object": lambda event: event.object})
-        self.users = Mirror(store, USERS)
-        self.tokens = Mirror(store, TOKENS)
+                          vm_render, stale)
+        self.networks = Mirror(store, NETWORKS, {"owner": owner}, _rendered, stale)
+        self.images = Mirror(store, IMAGES, {"owner": owner}, _rendered, stale)
+        self.files = Mirror(store, FILES, {"owner": owner}, _rendered, stale)
+        self.hosts = Mirror(store, HOSTS, stale_after=stale)
+        self.alive = Mirror(store, HOSTS_ALIVE, stale_after=stale)
+        self.events = Mirror(store, EVENTS, {"object": lambda event: event.object}, stale_after=stale)
+        self.users = Mirror(store, USERS, stale_after=stale)
+        self.tokens = Mirror(store, TOKENS, stale_after=stale)
         self._mirrors: list[Mirror[Any]] = [self.vms, self.networks, self.images, self.files, self.hosts,
                                              self.alive, self.events, self.users, self.tokens]
         self._written: OrderedDict[str, int] = OrderedDict()

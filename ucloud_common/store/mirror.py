@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Generic
@@ -152,8 +153,14 @@ class Mirror(Generic[R]):
     again from a failure to take in a change until the listing that repairs it."""
 
     def __init__(self, store: AbstractStore, family: Family[R], indexes: Mapping[str, Index] | None = None,
-                 render: Render | None = None) -> None:
+                 render: Render | None = None, stale_after: float | None = None) -> None:
         self.family = family
+        # Seconds after which a mirror that has not heard from etcd (its watch cut off: a partition,
+        # a member gone) is no longer trusted by `wait_for`, so that its readers go to etcd. Without
+        # it, a worker cut off from etcd went on serving what it last knew, and accepting the
+        # tokens revoked meanwhile, for as long as the cut lasted. None: trusted however old.
+        self.stale_after = stale_after
+        self._refreshed_at = float("-inf")
         self.indexes = dict(indexes or {})
         self.render = render
         self.table: Table[R] = Table(self.indexes, render)
@@ -230,18 +237,29 @@ class Mirror(Generic[R]):
                 self._changed.release()
 
     def wait_for(self, revision: int, timeout: float) -> bool:
-        """Whether the mirror is ready and has seen `revision` (waiting up to `timeout` s for it). One
-        not loaded yet is not waited for: its first listing may take long, and etcd answers meanwhile."""
+        """Whether the mirror is ready, has seen `revision` and heard from etcd within `stale_after`
+        (waiting up to `timeout` s for it). One not loaded yet is not waited for: its first listing
+        may take long, and etcd answers meanwhile."""
         with self._changed:
             if not self.ready:
                 return False
-            return self._changed.wait_for(lambda: self.ready and self.table.revision >= revision, timeout)
+            return self._changed.wait_for(
+                lambda: self.ready and self.table.revision >= revision and self._current(), timeout)
+
+    def _current(self) -> bool:
+        """Whether etcd was heard lately enough: by the follower, or by a reader's listing (`refresh`)."""
+        if self.stale_after is None:
+            return True
+        return time.monotonic() - max(self._follower.heard_at, self._refreshed_at) <= self.stale_after
 
     def refresh(self, listing: Listing[R]) -> None:
         """Take a listing a reader made from etcd because the mirror was not fresh enough: a family
         nobody writes never delivers the revision a reader waits for, and a listing proves it."""
+        listed_at = time.monotonic()  # (a listing made before the call: a bound on its age)
         with self._changed:
             self.table.replace(listing.items, listing.revision)
+            if self.table.revision == listing.revision:
+                self._refreshed_at = max(self._refreshed_at, listed_at)
             self.ready = True
             self._changed.notify_all()
 
