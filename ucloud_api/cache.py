@@ -66,17 +66,23 @@ class ReadCache:
 
         # A live watch hears from etcd at least every WATCH_IDLE_S (a progress answer when nothing
         # changes), within etcd_timeout; a mirror silent for longer is cut off, and not trusted.
-        stale = WATCH_IDLE_S + store.settings.etcd_timeout + 1.0
-        self.vms = Mirror(store, VMS, {"owner": owner, "host": lambda vm: vm.host, "status": lambda vm: vm.status.value},
-                          vm_render, stale)
-        self.networks = Mirror(store, NETWORKS, {"owner": owner}, _rendered, stale)
-        self.images = Mirror(store, IMAGES, {"owner": owner}, _rendered, stale)
-        self.files = Mirror(store, FILES, {"owner": owner}, _rendered, stale)
-        self.hosts = Mirror(store, HOSTS, stale_after=stale)
-        self.alive = Mirror(store, HOSTS_ALIVE, stale_after=stale)
-        self.events = Mirror(store, EVENTS, {"object": lambda event: event.object}, stale_after=stale)
-        self.users = Mirror(store, USERS, stale_after=stale)
-        self.tokens = Mirror(store, TOKENS, stale_after=stale)
+        # And like every daemon's follower, each lists again every resync_interval: a change the
+        # watch lost (a bug: a transaction's changes once were) costs one cadence, not the worker's life.
+        stale, resync = WATCH_IDLE_S + store.settings.etcd_timeout + 1.0, store.settings.resync_interval
+
+        def mirror(family: Family[R], indexes: dict[str, Index] | None = None, render: Render | None = None) -> Mirror[R]:
+            return Mirror(store, family, indexes, render, stale_after=stale, resync_interval=resync)
+
+        self.vms = mirror(VMS, {"owner": owner, "host": lambda vm: vm.host, "status": lambda vm: vm.status.value},
+                          vm_render)
+        self.networks = mirror(NETWORKS, {"owner": owner}, _rendered)
+        self.images = mirror(IMAGES, {"owner": owner}, _rendered)
+        self.files = mirror(FILES, {"owner": owner}, _rendered)
+        self.hosts = mirror(HOSTS)
+        self.alive = mirror(HOSTS_ALIVE)
+        self.events = mirror(EVENTS, {"object": lambda event: event.object})
+        self.users = mirror(USERS)
+        self.tokens = mirror(TOKENS)
         self._mirrors: list[Mirror[Any]] = [self.vms, self.networks, self.images, self.files, self.hosts,
                                              self.alive, self.events, self.users, self.tokens]
         self._written: OrderedDict[str, int] = OrderedDict()

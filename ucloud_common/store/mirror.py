@@ -60,17 +60,46 @@ class Table(Generic[R]):
     def replace(self, items: Mapping[str, Versioned[R]], revision: int) -> None:
         """Take a listing at `revision` instead of what the table holds, unless the table is newer
         (a reader refreshed it, `Mirror.refresh`): a table never goes back in time."""
-        if revision < self.revision:
-            return
-        kept = {name: made for name, made in self.rendered.items()
-                if name in items and items[name].mod_revision == self.items[name].mod_revision}
+        self.take(self.prepared(items, revision))
+
+    def copies(self) -> tuple[dict[str, Versioned[R]], dict[str, Any]]:
+        """What `prepared` needs of this table, taken at one revision (under the mirror's lock)."""
+        return dict(self.items), dict(self.rendered)
+
+    def prepared(self, items: Mapping[str, Versioned[R]], revision: int,
+                 old: tuple[Mapping[str, Versioned[R]], Mapping[str, Any]] | None = None) -> Table[R]:
+        """A new table of `items` at `revision`, keeping the renderings of `old` (this table's
+        `copies()`, by default taken now) of records unchanged since. With `old` given it needs no
+        lock: a mirror builds it outside its lock and only swaps it in under it (`take`), since
+        building one of 10,000 VMs took over a second here, a second the watch and every reader
+        waited. Indexes are built in bulk: adding names one by one cost most of that second."""
+        old_items, old_rendered = old if old is not None else self.copies()
         fresh: Table[R] = Table(self._indexes, self._render)
+        by_value: dict[str, dict[str, list[str]]] = {index: {} for index in self._indexes}
         for item in items.values():
-            fresh._put(item, kept.get(item.name))
-        # Swapped in whole: a render that raises halfway leaves the table as it was.
+            before = old_items.get(item.name)
+            kept = old_rendered.get(item.name) if before is not None and before.mod_revision == item.mod_revision \
+                else None
+            fresh.items[item.name] = item
+            filed = fresh._filed[item.name] = fresh._index_values(item)
+            for index, value in zip(self._indexes, filed):
+                if value is not None:
+                    by_value[index].setdefault(value, []).append(item.name)
+            if self._render is not None:
+                fresh.rendered[item.name] = kept if kept is not None else fresh._rendering(item)
+        fresh._names = SortedSet(fresh.items)
+        fresh._by = {index: {value: SortedSet(names) for value, names in values.items()}
+                     for index, values in by_value.items()}
+        fresh.revision = revision
+        return fresh
+
+    def take(self, fresh: Table[R]) -> None:
+        """Become `fresh` (from `prepared`), unless this table is newer."""
+        if fresh.revision < self.revision:
+            return
         self.items, self.rendered, self._names, self._by = fresh.items, fresh.rendered, fresh._names, fresh._by
         self._filed = fresh._filed
-        self.revision = revision
+        self.revision = fresh.revision
 
     def apply(self, change: Change[R]) -> None:
         # Older than the table: already in a listing it took (see replace). Not so one of the same
@@ -82,32 +111,41 @@ class Table(Generic[R]):
             self._put(change.value)
         self.revision = change.revision
 
-    def _put(self, item: Versioned[R], rendered: Any = None) -> None:
-        """File `item`. An index or a render that raises (a bug, a record it cannot take) costs that
-        record its place in that index, or its rendering made in advance (readers render it when
-        they show it), and is logged; never the mirror: one such record once stopped the whole
-        family's mirror in every worker, listing the family again and again as fast as etcd answered."""
+    def _put(self, item: Versioned[R]) -> None:
         self.items[item.name] = item
         self._names.add(item.name)
-        filed: list[str | None] = []
+        filed = self._filed[item.name] = self._index_values(item)
+        for index, value in zip(self._indexes, filed):
+            if value is not None:
+                bucket = self._by[index].get(value)
+                if bucket is None:
+                    bucket = self._by[index][value] = SortedSet()
+                bucket.add(item.name)
+        if self._render is not None:
+            self.rendered[item.name] = self._rendering(item)
+
+    # An index or a render that raises (a bug, a record it cannot take) costs that record its place
+    # in that index, or its rendering made in advance (readers render it when they show it), and is
+    # logged; never the mirror: one such record once stopped the whole family's mirror in every
+    # worker, listing the family again and again as fast as etcd answered.
+
+    def _index_values(self, item: Versioned[R]) -> tuple[str | None, ...]:
+        values: list[str | None] = []
         for index, of in self._indexes.items():
             try:
-                value = of(item.value)
+                values.append(of(item.value))
             except Exception as exc:  # noqa: BLE001 - logged, and the record stays out of this index only
                 log.warning("mirror: record %s is in no %r index: %s: %s", item.name, index, type(exc).__name__, exc)
-                filed.append(None)
-                continue
-            self._by[index].setdefault(value, SortedSet()).add(item.name)
-            filed.append(value)
-        self._filed[item.name] = tuple(filed)
-        if self._render is not None:
-            if rendered is None:
-                try:
-                    rendered = self._render(item)
-                except Exception as exc:  # noqa: BLE001 - logged; readers render it themselves
-                    log.warning("mirror: record %s is not rendered in advance: %s: %s", item.name,
-                                type(exc).__name__, exc)
-            self.rendered[item.name] = rendered
+                values.append(None)
+        return tuple(values)
+
+    def _rendering(self, item: Versioned[R]) -> Any:
+        assert self._render is not None
+        try:
+            return self._render(item)
+        except Exception as exc:  # noqa: BLE001 - logged; readers render it themselves
+            log.warning("mirror: record %s is not rendered in advance: %s: %s", item.name, type(exc).__name__, exc)
+            return None
 
     def _remove(self, name: str) -> None:
         old = self.items.pop(name, None)
@@ -153,7 +191,8 @@ class Mirror(Generic[R]):
     again from a failure to take in a change until the listing that repairs it."""
 
     def __init__(self, store: AbstractStore, family: Family[R], indexes: Mapping[str, Index] | None = None,
-                 render: Render | None = None, stale_after: float | None = None) -> None:
+                 render: Render | None = None, stale_after: float | None = None,
+                 resync_interval: float | None = None) -> None:
         self.family = family
         # Seconds after which a mirror that has not heard from etcd (its watch cut off: a partition,
         # a member gone) is no longer trusted by `wait_for`, so that its readers go to etcd. Without
@@ -170,7 +209,10 @@ class Mirror(Generic[R]):
         self._store = store
         self._stopped = False
         self._stop = threading.Event()  # wakes the pause between two failed attempts
-        self._follower = Follower(store, family)
+        # Listing again on this cadence repairs a change the watch lost, as every daemon's follower
+        # does (a lost event costs one cadence): a mirror once kept a missed KILLED for good.
+        self._resync_interval = resync_interval
+        self._follower = Follower(store, family, resync_interval=resync_interval)
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"mirror {family.prefix}")
 
     def start(self) -> Mirror[R]:
@@ -207,7 +249,7 @@ class Mirror(Generic[R]):
                 with self._changed:
                     if self._stopped:
                         return
-                    self._follower = Follower(self._store, self.family)
+                    self._follower = Follower(self._store, self.family, resync_interval=self._resync_interval)
                     self.relisted_after_failure += 1
 
     def _take_in(self) -> None:
@@ -217,11 +259,19 @@ class Mirror(Generic[R]):
         held = False
         try:
             for item in self._follower:
+                fresh = None
+                if isinstance(item, Snapshot) and not held:  # (a snapshot never comes mid-revision)
+                    with self._changed:
+                        old = self.table.copies()
+                    fresh = self.table.prepared(item.items, item.revision, old)  # without the lock
                 if not held:
                     self._changed.acquire()
                     held = True
                 if isinstance(item, Snapshot):
-                    self.table.replace(item.items, item.revision)
+                    if fresh is not None:
+                        self.table.take(fresh)
+                    else:
+                        self.table.replace(item.items, item.revision)
                     self.ready = True
                 else:
                     self.table.apply(item)
@@ -257,7 +307,10 @@ class Mirror(Generic[R]):
         nobody writes never delivers the revision a reader waits for, and a listing proves it."""
         listed_at = time.monotonic()  # (a listing made before the call: a bound on its age)
         with self._changed:
-            self.table.replace(listing.items, listing.revision)
+            old = self.table.copies()
+        fresh = self.table.prepared(listing.items, listing.revision, old)  # without the lock (see prepared)
+        with self._changed:
+            self.table.take(fresh)
             if self.table.revision == listing.revision:
                 self._refreshed_at = max(self._refreshed_at, listed_at)
             self.ready = True
