@@ -173,7 +173,14 @@ def caught_up(mirror: Mirror[R]) -> Mirror[R]:
     """`mirror`, having seen what this request needs: waited for, or else given a listing from etcd.
     400 for a sent revision etcd has not reached: no mirror and no listing ever reaches it, and each
     such request would list the whole family (any caller may send any number)."""
-    if not fresh(mirror):
+    if fresh(mirror):
+        return mirror
+    # One listing at a time per mirror: readers that need it meanwhile wait for it and are served
+    # by it, rather than each list the whole family at once (a watch that lags under load, with
+    # every reader adding a listing to the load).
+    with mirror.refreshing:
+        if fresh(mirror, wait=0):
+            return mirror
         store: AbstractStore = current_app.extensions["ucloud.store"]
         sent, present = sent_revision(), store.revision()  # one small read, before a large one
         if sent > present:

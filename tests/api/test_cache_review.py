@@ -131,3 +131,35 @@ def test_a_long_page_does_not_hold_the_mirror_lock_while_it_renders(
     assert held and not any(held), f"{sum(held)} of {len(held)} VMs rendered under the mirror's lock"
 
 
+
+
+def test_readers_that_need_a_newer_mirror_share_one_listing(
+        alice: As, app: Flask, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mirror behind what its readers need (a watch slowed down, reconnecting): each of them
+    listed the whole family from etcd, at once, which slows everything further."""
+    import threading
+
+    for i in range(3):
+        alice.create_vm(f"v{i}")
+    cache: ReadCache = app.extensions["ucloud.cache"]
+    cache.vms.stop()  # the watch delivers nothing more
+    cache.vms.join(5)
+    needed = {"X-Ucloud-Revision": str(store.create(VMS, (vm := a_vm("alice", "late")).uuid, vm).mod_revision)}
+    listings: list[str] = []
+    real_list = Store.list
+
+    def list_(self: Store, family: Any, *args: Any, **kwargs: Any) -> Any:
+        listings.append(family.prefix)
+        time.sleep(0.3)  # a listing of many VMs
+        return real_list(self, family, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "list", list_)
+    codes: list[int] = []
+    readers = [threading.Thread(target=lambda: codes.append(alice.get("/api/v1/vms", headers=needed).status_code))
+               for _ in range(6)]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join()
+    assert codes == [200] * 6
+    assert listings.count(VMS.prefix) == 1, f"{listings.count(VMS.prefix)} listings for 6 readers"

@@ -200,6 +200,7 @@ class Mirror(Generic[R]):
         # tokens revoked meanwhile, for as long as the cut lasted. None: trusted however old.
         self.stale_after = stale_after
         self._refreshed_at = float("-inf")
+        self.refreshing = threading.Lock()  # held by the one reader listing for `refresh` (never the table's lock)
         self.indexes = dict(indexes or {})
         self.render = render
         self.table: Table[R] = Table(self.indexes, render)
