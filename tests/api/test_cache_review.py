@@ -163,3 +163,25 @@ def test_readers_that_need_a_newer_mirror_share_one_listing(
         reader.join()
     assert codes == [200] * 6
     assert listings.count(VMS.prefix) == 1, f"{listings.count(VMS.prefix)} listings for 6 readers"
+
+
+def test_get_one_vm_dumps_only_the_events_it_shows(
+        alice: As, app: Flask, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ucloud_api.views.vms as vms_view
+    from ucloud_common.event import EVENTS, Event, Kind, event_name, ref
+    from ucloud_common.store import Put
+
+    uuid = alice.create_vm("busy")["uuid"]
+    obj = ref(Kind.VM, uuid)
+    for batch in range(4):
+        store.transact([Put(EVENTS, event_name(obj), Event(object=obj, source="agent h1", message=f"restart {batch}.{i}"), 0)
+                        for i in range(50)])
+    cache: ReadCache = app.extensions["ucloud.cache"]
+    assert cache.events.wait_for(store.revision(), 10)
+    dumped: list[Any] = []
+    real_dump = vms_view.dump
+    monkeypatch.setattr(vms_view, "dump", lambda record: dumped.append(record) or real_dump(record))
+    shown = alice.get(f"/api/v1/vms/{uuid}", headers={"X-Ucloud-Revision": str(store.revision())})
+    assert shown.status_code == 200 and len(shown.json["events"]) == vms_view.EVENTS_SHOWN
+    assert shown.json["events"][-1]["message"] == "restart 3.49"
+    assert len(dumped) <= vms_view.EVENTS_SHOWN + 1, f"{len(dumped)} records dumped for one VM"

@@ -135,7 +135,7 @@ def _listed(item: Versioned[VM]) -> bytes:
 @bp.get("/<uuid>")
 def get(uuid: str) -> Response:
     vm = lookup_own(VMS, uuid, f"VM {uuid}", cached=True)
-    return object_reply(vm, body={**shown_one(vm.value), "events": _events(uuid, cached=True)[-EVENTS_SHOWN:]})
+    return object_reply(vm, body={**shown_one(vm.value), "events": _events(uuid, cached=True, last=EVENTS_SHOWN)})
 
 
 def shown(vm: VM, prefixes: dict[str, str]) -> dict[str, Any]:
@@ -272,14 +272,20 @@ def cancel_migration(uuid: str) -> Response:
     raise APIError(409, "busy", "the VM kept changing; retry the request")
 
 
-def _events(uuid: str, cached: bool = False) -> list[dict[str, Any]]:
-    """The VM's events, oldest first (from the cache when `cached` and it is fresh)."""
+def _events(uuid: str, cached: bool = False, last: int | None = None) -> list[dict[str, Any]]:
+    """The VM's events (the `last` ones if given), oldest first (from the cache when `cached` and it
+    is fresh). From the cache, only those are taken, and under the lock only: a VM's events are kept
+    for event_retention (a week), and a VM that restarts often has thousands, all of which every GET
+    of it dumped under the lock before keeping the last 20. (Names sort by time: `event_name`.)"""
     obj = ref(Kind.VM, uuid)
     mirror = cache().events
     if cached and fresh(mirror, wait=0):
         with mirror.locked() as table:
-            return [dump(table.items[name].value) for name in table.names("object", obj)]
-    return [dump(e) for e in object_events(store(), obj)]
+            names = table.names("object", obj)
+            found = [table.items[name].value for name in (names[-last:] if last else names)]
+        return [dump(e) for e in found]
+    every = [dump(e) for e in object_events(store(), obj)]
+    return every[-last:] if last else every
 
 
 def _user_keys(name: str) -> dict[str, str]:
