@@ -164,25 +164,25 @@ def needed_revision() -> int:
     return max(sent_revision(), cache().written(caller.name) if caller is not None else 0)
 
 
-def fresh(mirror: Mirror[R], wait: float = WAIT_S) -> bool:
-    """Whether `mirror` may answer this request (it has seen what the request needs)."""
-    return mirror.wait_for(needed_revision(), wait)
+def fresh(mirror: Mirror[R], wait: float = WAIT_S, at_least: int = 0) -> bool:
+    """Whether `mirror` may answer this request (it has seen what the request needs, and `at_least`)."""
+    return mirror.wait_for(max(needed_revision(), at_least), wait)
 
 
-def caught_up(mirror: Mirror[R]) -> Mirror[R]:
+def caught_up(mirror: Mirror[R], at_least: int = 0) -> Mirror[R]:
     """`mirror`, having seen what this request needs: waited for, or else given a listing from etcd.
     400 for a sent revision etcd has not reached: no mirror and no listing ever reaches it, and each
     such request would list the whole family (any caller may send any number)."""
-    if fresh(mirror):
+    if fresh(mirror, at_least=at_least):
         return mirror
     # One listing at a time per mirror: readers that need it meanwhile wait for it and are served
     # by it, rather than each list the whole family at once (a watch that lags under load, with
     # every reader adding a listing to the load).
     with mirror.refreshing:
-        if fresh(mirror, wait=0):
+        if fresh(mirror, wait=0, at_least=at_least):
             return mirror
         store: AbstractStore = current_app.extensions["ucloud.store"]
-        sent, present = sent_revision(), store.revision()  # one small read, before a large one
+        sent, present = max(sent_revision(), at_least), store.revision()  # one small read, before a large one
         if sent > present:
             raise APIError(400, "bad_request", f"{REVISION_HEADER} {sent} is ahead of etcd (at revision "
                            f"{present}): send back a revision this API answered")
@@ -213,8 +213,9 @@ def get_cached(family: Family[R], name: str, fallback: Callable[[], Versioned[R]
 # -- pages --------------------------------------------------------------------------------------
 
 
-def page_args() -> tuple[str, int | None]:
-    """`?continue=` (the name to go on after) and `?limit=`, or 400 saying what is wrong."""
+def page_args() -> tuple[str, int | None, int]:
+    """`?continue=` (the name to go on after, and the revision of the page it follows) and `?limit=`,
+    or 400 saying what is wrong."""
     limit_text = request.args.get("limit")
     limit = None
     if limit_text is not None:
@@ -222,14 +223,17 @@ def page_args() -> tuple[str, int | None]:
             raise APIError(400, "bad_request", f"limit must be a whole number from 1 to {MAX_LIMIT}")
         limit = int(limit_text)
     token = request.args.get("continue")
-    return (_after(token) if token else ""), limit  # an empty one: the first page
+    after, revision = _after(token) if token else ("", 0)  # an empty one: the first page
+    return after, limit, revision
 
 
-def continue_token(after: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"after": after}).encode()).decode().rstrip("=")
+def continue_token(after: str, revision: int = 0) -> str:
+    """The next page's token: the last name shown, and the page's revision, which the next page is
+    at least as new as (pages served by workers whose mirrors differ never go back in time)."""
+    return base64.urlsafe_b64encode(json.dumps({"after": after, "revision": revision}).encode()).decode().rstrip("=")
 
 
-def _after(token: str) -> str:
+def _after(token: str) -> tuple[str, int]:
     bad = APIError(400, "bad_request", "continue: not a token this API gave (send back the "
                    f"{CONTINUE_HEADER} header of the previous page as it is)")
     try:
@@ -237,10 +241,11 @@ def _after(token: str) -> str:
     except (binascii.Error, ValueError):
         raise bad from None
     after = decoded.get("after") if isinstance(decoded, dict) else None
-    if not isinstance(after, str):
+    revision = decoded.get("revision", 0) if isinstance(decoded, dict) else None  # (none in older tokens)
+    if not isinstance(after, str) or type(revision) is not int or not 0 <= revision < 2**63:
         raise bad
     try:
-        return check_key_part(after)
+        return check_key_part(after), revision
     except ValueError:
         raise bad from None
 
@@ -258,8 +263,8 @@ def list_reply(family: Family[R], show: Show | None = None, index: str | None = 
     Only the page's records are taken under the mirror's lock; what is left to render is rendered
     after it (records are frozen): the watch thread waits for the same lock, and a page of 1,000
     VMs with NICs rendered under it kept every change, and every other reader, waiting."""
-    after, limit = page_args()
-    with caught_up(cache().mirror(family)).locked() as table:
+    after, limit, at_least = page_args()
+    with caught_up(cache().mirror(family), at_least).locked() as table:
         items, more = table.page(after, limit, index, value, keep)
         made = [table.rendered.get(item.name) for item in items]
         revision = table.revision
@@ -268,7 +273,7 @@ def list_reply(family: Family[R], show: Show | None = None, index: str | None = 
     response = Response(body, mimetype="application/json")
     response.headers[REVISION_HEADER] = str(revision)
     if more:
-        response.headers[CONTINUE_HEADER] = continue_token(items[-1].name)
+        response.headers[CONTINUE_HEADER] = continue_token(items[-1].name, revision)
     return response
 
 

@@ -185,3 +185,30 @@ def test_get_one_vm_dumps_only_the_events_it_shows(
     assert shown.status_code == 200 and len(shown.json["events"]) == vms_view.EVENTS_SHOWN
     assert shown.json["events"][-1]["message"] == "restart 3.49"
     assert len(dumped) <= vms_view.EVENTS_SHOWN + 1, f"{len(dumped)} records dumped for one VM"
+
+
+def test_the_next_page_is_never_older_than_the_page_before(
+        admin: As, app: Flask, store: Store, settings: Any) -> None:
+    """Pages are read through any worker. The continue token named only the last VM shown, so the
+    next page could come from a worker whose mirror is behind the page before: a VM deleted before
+    page 1 was served still showed on page 2, a revision older than page 1's."""
+    from tests.api.test_cache import other_app
+
+    names = sorted(store.create(VMS, (vm := a_vm("alice", f"p{i}")).uuid, vm).name for i in range(6))
+    for other, _ in other_app(settings):
+        behind: ReadCache = other.extensions["ucloud.cache"]
+        lagging = As(other.test_client(), admin.token, "admin")
+        deadline = time.monotonic() + 10
+        while not behind.vms.wait_for(store.revision(), 0.1) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        behind.vms.stop()  # from here this worker's mirror lags
+        behind.vms.join(5)
+        doomed = names[-1]
+        store.delete(VMS, doomed)
+        first = admin.get("/api/v1/vms?limit=3", headers={"X-Ucloud-Revision": str(store.revision())})
+        assert first.status_code == 200 and doomed not in {vm["uuid"] for vm in first.json}
+        token = first.headers["X-Ucloud-Continue"]
+        second = lagging.get(f"/api/v1/vms?limit=3&continue={token}")
+        assert second.status_code == 200
+        assert int(second.headers["X-Ucloud-Revision"]) >= int(first.headers["X-Ucloud-Revision"])
+        assert doomed not in {vm["uuid"] for vm in second.json}, "page 2 showed a VM deleted before page 1"
