@@ -200,3 +200,18 @@ def test_a_listing_is_built_into_a_table_outside_the_mirrors_lock() -> None:
     finally:
         mirror.stop()
         mirror.join(5)
+
+
+def test_an_older_listing_does_not_make_a_mirror_left_halfway_ready() -> None:
+    """A reader's listing made before the revision that taking in failed halfway is not taken (the
+    table never goes back), and must not make that half revision servable either."""
+    from ucloud_common.store import Listing
+
+    store = MemoryStore()
+    mirror: Mirror[VM] = Mirror(store, VMS)  # not started: the test plays the watch thread
+    mirror.table.replace({"t1": Versioned("t1", a_vm("t1"), 10, 10)}, 10)  # t2, t3 of revision 10 missing
+    mirror.ready = False  # as `_take_in` leaves it
+    mirror.refresh(Listing({}, 9))
+    assert not mirror.ready and not mirror.wait_for(10, 0)
+    mirror.refresh(Listing({name: Versioned(name, a_vm(name), 10, 10) for name in ("t1", "t2", "t3")}, 10))
+    assert mirror.ready and sorted(mirror.table.items) == ["t1", "t2", "t3"]

@@ -314,7 +314,9 @@ class Mirror(Generic[R]):
             self.table.take(fresh)
             if self.table.revision == listing.revision:
                 self._refreshed_at = max(self._refreshed_at, listed_at)
-            self.ready = True
+                # Ready only when taken: a table newer than the listing may be one that taking in a
+                # change left halfway (not ready until a listing at least as new repairs it).
+                self.ready = True
             self._changed.notify_all()
 
     @contextmanager
