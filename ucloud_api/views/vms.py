@@ -14,7 +14,7 @@ from flask import Blueprint, Response, jsonify, request
 from ucloud_api.audit import request_id, told
 from ucloud_api.auth import current, require_admin
 from ucloud_api.body import parse
-from ucloud_api.cache import cache, compact_json, fresh, get_cached, list_reply
+from ucloud_api.cache import cache, compact_json, fresh, get_settled, list_reply
 from ucloud_api.errors import APIError
 from ucloud_api.idempotency import idempotent
 from ucloud_api.naming import create_named, new_nic
@@ -33,7 +33,6 @@ from ucloud_common.quota import USAGES, change, charged
 from ucloud_common.quoting import quote
 from ucloud_common.network import NETWORKS, detached
 from ucloud_common.store import Conflict, Put, Remove, Versioned
-from ucloud_common.store.mirror import Table
 from ucloud_common.user import USERS
 from ucloud_common.vm import VMS, VM, request_fields
 from ucloud_common.vmstats import VM_STATS
@@ -129,15 +128,15 @@ def rendered(item: Versioned[VM]) -> bytes | None:
     return None if item.value.networks else compact_json(shown(item.value, {}))
 
 
-def _listed(table: Table[VM], item: Versioned[VM]) -> bytes:
-    made: bytes | None = table.rendered.get(item.name)
-    return made if made is not None else compact_json(shown_one(item.value))
+def _listed(item: Versioned[VM]) -> bytes:
+    """A VM the cache did not render (one with NICs), as lists show it."""
+    return compact_json(shown_one(item.value))
 
 
 @bp.get("/<uuid>")
 def get(uuid: str) -> Response:
     vm = lookup_own(VMS, uuid, f"VM {uuid}", cached=True)
-    return object_reply(vm, body={**shown_one(vm.value), "events": _events(uuid, cached=True)[-EVENTS_SHOWN:]})
+    return object_reply(vm, body={**shown_one(vm.value), "events": _events(uuid, cached=True, last=EVENTS_SHOWN)})
 
 
 def shown(vm: VM, prefixes: dict[str, str]) -> dict[str, Any]:
@@ -157,8 +156,9 @@ def shown(vm: VM, prefixes: dict[str, str]) -> dict[str, Any]:
 def shown_one(vm: VM) -> dict[str, Any]:
     """`shown`, reading only this VM's networks: every answer that is a VM looks the same. A network's
     prefix never changes, and a network is never deleted while a VM is attached: the cache's copy is
-    as good as etcd's."""
-    networks = (get_cached(NETWORKS, nic.network, lambda n=nic.network: store().get(NETWORKS, n))
+    as good as etcd's, whatever its revision (`get_settled`: a caller's write to a VM, which the
+    networks' mirror never passes, once cost a round trip per VM of a list)."""
+    networks = (get_settled(NETWORKS, nic.network, lambda n=nic.network: store().get(NETWORKS, n))
                 for nic in vm.networks)
     return shown(vm, {n.name: n.value.ipv6_prefix for n in networks if n is not None})
 
@@ -275,14 +275,20 @@ def cancel_migration(uuid: str) -> Response:
     raise APIError(409, "busy", "the VM kept changing; retry the request")
 
 
-def _events(uuid: str, cached: bool = False) -> list[dict[str, Any]]:
-    """The VM's events, oldest first (from the cache when `cached` and it is fresh)."""
+def _events(uuid: str, cached: bool = False, last: int | None = None) -> list[dict[str, Any]]:
+    """The VM's events (the `last` ones if given), oldest first (from the cache when `cached` and it
+    is fresh). From the cache, only those are taken, and under the lock only: a VM's events are kept
+    for event_retention (a week), and a VM that restarts often has thousands, all of which every GET
+    of it dumped under the lock before keeping the last 20. (Names sort by time: `event_name`.)"""
     obj = ref(Kind.VM, uuid)
     mirror = cache().events
     if cached and fresh(mirror, wait=0):
         with mirror.locked() as table:
-            return [dump(table.items[name].value) for name in table.names("object", obj)]
-    return [dump(e) for e in object_events(store(), obj)]
+            names = table.names("object", obj)
+            found = [table.items[name].value for name in (names[-last:] if last else names)]
+        return [dump(e) for e in found]
+    every = [dump(e) for e in object_events(store(), obj)]
+    return every[-last:] if last else every
 
 
 def _user_keys(name: str) -> dict[str, str]:
