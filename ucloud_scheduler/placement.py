@@ -1,7 +1,7 @@
 """Choosing a host: filters (can this host take this VM?) and a weigher (which of them first?).
 
 Filters: the host is UP, its agent is alive, it is not in maintenance, it offers the VM's storage
-backend, it runs no other VM of the VM's anti-affinity group, and it has the VM's cpu, ram, ssd and
+backend (and, for a VM with an HDD disk, HDD disks on that backend), it runs no other VM of the VM's anti-affinity group, and it has the VM's cpu, ram, ssd and
 hdd free after the over-commit ratios. Weighers: `spread` takes the host with the largest free
 share of its scarcest resource, `pack` the smallest that fits; ties are broken at random.
 
@@ -40,6 +40,10 @@ def fits(vm: VM, room: dict[str, float]) -> bool:
     return all(getattr(vm.specs, dim) <= room[dim] for dim, _, _ in DIMENSIONS)
 
 
+def _offers_storage(host: Host, vm: VM) -> bool:
+    return vm.storage in host.storage_backends and (not vm.specs.hdd or vm.storage in host.hdd_backends)
+
+
 def _fmt(value: float) -> str:
     return f"{value:g}"
 
@@ -72,7 +76,7 @@ class Placer:
         if vm.anti_affinity and (name in self._view.group_hosts(vm)
                                  or (vm.owner, vm.anti_affinity, name) in self._placed_groups):
             return False
-        return vm.storage in host.storage_backends and fits(vm, self._room(name))
+        return _offers_storage(host, vm) and fits(vm, self._room(name))
 
     def _next(self, borrowed: list[Entry]) -> Entry | None:
         """Pop the best host's entry, from the index (kept in `borrowed`, to be put back) or from
@@ -148,8 +152,11 @@ class Placer:
             other = " other" if avoid else ""
             return Refusal("no_host_up", f"no{other} host is UP and out of maintenance ({len(self._view.hosts)} hosts, "
                            f"{down} not alive)")
-        candidates = [n for n, h in eligible.items() if vm.storage in h.storage_backends]
+        candidates = [n for n, h in eligible.items() if _offers_storage(h, vm)]
         if not candidates:
+            if vm.specs.hdd and any(vm.storage in h.storage_backends for h in eligible.values()):
+                return Refusal("storage", f"no UP host offers HDD disks on storage {vm.storage} (it asks for "
+                               f"{vm.specs.hdd} GiB HDD)")
             return Refusal("storage", f"no UP host offers storage {vm.storage}")
         free_of_group = [n for n in candidates if n not in self._view.group_hosts(vm)
                          and (vm.owner, vm.anti_affinity, n) not in self._placed_groups]
