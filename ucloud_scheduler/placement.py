@@ -17,6 +17,7 @@ import random
 from typing import Self
 
 from ucloud_common.host import Host
+from ucloud_common.specs import Specs
 from ucloud_common.vm import VM
 from ucloud_scheduler.hostindex import DIMENSIONS, Entry, Ratios, weight
 from ucloud_scheduler.view import View
@@ -132,12 +133,32 @@ class Placer:
         self._take(vm, name)
         return None
 
+    def grow(self, vm: VM, delta: Specs) -> str | None:
+        """Why `vm` (placed, with a resize asked) cannot take `delta` more (`allocation.resize_delta`) on
+        its host, or None once that room there is taken. It stays on its host either way: a local disk
+        cannot leave it, and a refusal tells the owner what would fit."""
+        name = vm.host
+        if name not in self.eligible:
+            return f"its host {name} is not UP, not alive or in maintenance; ask again once it is"
+        if vm.resize is not None and vm.resize.hdd and vm.storage not in self.eligible[name].hdd_backends:
+            return f"its host {name} makes no HDD disks on storage {vm.storage}"
+        room = self._room(name)
+        for dim, unit, _ in DIMENSIONS:
+            if getattr(delta, dim) > room[dim]:
+                return (f"its host {name} has {_fmt(max(room[dim], 0))} {unit} free, the resize needs "
+                        f"{_fmt(getattr(delta, dim))} {unit} more")
+        self._take_room(name, delta)
+        return None
+
     def _take(self, vm: VM, chosen: str) -> None:
         if vm.anti_affinity:
             self._placed_groups.add((vm.owner, vm.anti_affinity, chosen))
+        self._take_room(chosen, vm.specs)
+
+    def _take_room(self, chosen: str, specs: Specs) -> None:
         room = dict(self._room(chosen))
         for dim, _, _ in DIMENSIONS:
-            room[dim] -= getattr(vm.specs, dim)
+            room[dim] -= getattr(specs, dim)
         entry = Entry(weight(self.eligible[chosen], room, self._ratios, self._sign), self._rng.random(), chosen, room)
         self._taken[chosen] = entry
         heapq.heappush(self._heap, entry)
