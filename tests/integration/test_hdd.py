@@ -8,14 +8,14 @@ import json
 import subprocess
 from pathlib import Path
 
-from tests.helpers.cluster import vm, wait_for
+from tests.helpers.cluster import request_deletion, vm, wait_for
 from tests.integration.test_supervision import Running
 from ucloud_common.config import Settings
 from ucloud_common.host import HOSTS
 from ucloud_common.imagestore import local_image_path
 from ucloud_common.specs import Specs
-from ucloud_common.states import Requested, Status
-from ucloud_common.store import Conflict, Store
+from ucloud_common.states import Status
+from ucloud_common.store import Store
 from ucloud_common.vm import VM, VMS
 from ucloud_scheduler.fencing import NoFence
 from ucloud_scheduler.scheduler import Scheduler
@@ -58,18 +58,7 @@ def test_a_vm_asking_for_hdd_is_placed_on_the_host_offering_it_and_gets_a_second
         wait_for(lambda: "HDD" in vm(store, "d3").error, 15, "d3 refused")
         assert vm(store, "d3").error == "no host has 8 GiB HDD free; the most free is 4 GiB HDD on hdd"
         assert vm(store, "d3").host == ""
-
-        def delete() -> bool:
-            current = store.get(VMS, "d1")
-            assert current is not None
-            try:
-                store.replace(VMS, "d1", current.value.evolve(requested=Requested.DELETED,
-                                                              generation=current.value.generation + 1),
-                              current.mod_revision)
-            except Conflict:
-                return False
-            return True
-        wait_for(delete, 15, "the deletion requested")
+        request_deletion(store, "d1")
         wait_for(lambda: store.get(VMS, "d1") is None, 15, "d1 deleted")
         assert not hdd.exists() and not (tmp_path / "disks" / "d1.qcow2").exists()
     finally:
