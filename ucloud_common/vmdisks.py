@@ -28,8 +28,12 @@ class RBDPools:
     ssd: str
     hdd: str = ""
 
+    def every_disk(self, uuid: str) -> tuple[tuple[str, str], ...]:
+        """(pool, image) of every RBD disk a VM may have had, whatever its specs say now (for its deletion)."""
+        return ((self.ssd, uuid), (self.hdd, hdd_name(uuid))) if self.hdd else ((self.ssd, uuid),)
+
     def disks(self, vm: VM) -> tuple[tuple[str, str], ...]:
         """(pool, image) of each RBD disk the VM may have: its system disk, and its HDD disk when it asks
         for one (which may not exist yet: a VM grown from no HDD gets it at its next start)."""
-        system = ((self.ssd, vm.uuid),)
-        return system + ((self.hdd, hdd_name(vm.uuid)),) if vm.specs.hdd and self.hdd else system
+        every = self.every_disk(vm.uuid)
+        return every if vm.specs.hdd else every[:1]

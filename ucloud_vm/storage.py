@@ -148,7 +148,9 @@ def _made(disk: Path, *backing: str, size: int) -> None:
 def _grow(disk: Path, size_gib: int) -> None:
     """Grow the qcow2 file to size_gib if it is smaller (never shrink: the guest's data would be cut)."""
     try:
-        current = int(json.loads(qemu_img("info", "-f", "qcow2", "--output=json", str(disk)))["virtual-size"])
+        # -U: reading the size needs no lock, so a look never fails for a process that has the file
+        # open; growing it does, and fails then, as it must.
+        current = int(json.loads(qemu_img("info", "-U", "-f", "qcow2", "--output=json", str(disk)))["virtual-size"])
         if current < size_gib * GIB:
             qemu_img("resize", "-q", "-f", "qcow2", str(disk), str(size_gib * GIB))
             log.info("disk %s grown from %d to %d GiB", disk, current // GIB, size_gib)
@@ -199,10 +201,8 @@ class RBDStorage:
         return [f"file=rbd:{pool}/{name}:conf={self._ceph.conf}", "format=raw", "cache=writeback", "discard=unmap"]
 
     def delete(self, vm: VM) -> None:
-        # Both, whatever the specs say now: a disk made for them earlier is never left behind.
-        disks = {(self._pools.ssd, vm.uuid)} | ({(self._pools.hdd, hdd_name(vm.uuid))} if self._pools.hdd else set())
         try:
-            for pool, name in sorted(disks):
+            for pool, name in self._pools.every_disk(vm.uuid):
                 self._ceph.remove(pool, name)
         except CephUnavailable:
             raise
