@@ -71,11 +71,6 @@ def run(ctx: click.Context, hostname: str, address: str | None, run_dir: Path | 
                      hdd=machine.hdd if hdd is None else hdd)
     # Other hosts reach this one at its address, also for VXLAN: the underlay address when one is set.
     host = HostSpec(hostname, address or settings.underlay_address or _address(), capacity)
-    accel = choose(settings.accel, settings.probe_image_dir)
-    store = Store(settings)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
     backends: dict[str, StorageBackend] = {"local": LocalStorage(settings.image_dir, settings.disk_dir, settings.hdd_dir)}
     if settings.ceph_conf:
         try:
@@ -86,6 +81,11 @@ def run(ctx: click.Context, hostname: str, address: str | None, run_dir: Path | 
     if capacity.hdd and not any(backend.offers_hdd for backend in backends.values()):
         raise click.ClickException(f"--hdd {capacity.hdd} offers HDD, but no storage here can make HDD disks: "
                                    "set UCLOUD_HDD_DIR (local) or UCLOUD_CEPH_HDD_POOL (rbd)")
+    accel = choose(settings.accel, settings.probe_image_dir)
+    store = Store(settings)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
     run_dir = run_dir or settings.run_dir / hostname
     guacamole = GuacamoleVNC(settings.guacamole_vnc_address, settings.guacamole_vnc_ports) \
         if settings.guacamole_vnc_address else None
