@@ -289,14 +289,19 @@ def _place(plan: _Builder, view: View, settings: Settings, rng: random.Random, d
     return placer
 
 
+RESIZE_REFUSED = "resize refused: "  # how a refused resize's error begins
+
+
 def _resize(plan: _Builder, vm: Versioned[VM], asked: Specs, placer: Placer) -> None:
     """The asked specs written if the VM's host has room for them (a VM on no host has nothing to
     check), else the reason; the VM stays where it is either way."""
     why = placer.grow(vm.value, resize_delta(vm.value)) if vm.value.host else None
     if why is None:
-        plan.resized.append(_write(vm, f"resized to {described(asked)}", specs=asked, resize=None, error=""))
+        # An earlier refusal no longer holds; any other error (why it stopped) is not the resize's to clear.
+        error = "" if vm.value.error.startswith(RESIZE_REFUSED) else vm.value.error
+        plan.resized.append(_write(vm, f"resized to {described(asked)}", specs=asked, resize=None, error=error))
     else:
-        plan.not_resized.append(_write(vm, f"not resized: {why}", resize=None, error=f"resize refused: {why}"))
+        plan.not_resized.append(_write(vm, f"not resized: {why}", resize=None, error=RESIZE_REFUSED + why))
 
 
 def _move(plan: _Builder, view: View, settings: Settings, placer: Placer, draining: list[Host]) -> None:

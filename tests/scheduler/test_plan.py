@@ -235,6 +235,10 @@ def test_a_resize_is_written_where_its_host_has_room_and_refused_with_the_reason
         "in-maintenance": "resize refused: its host h3 is not UP, not alive or in maintenance; ask again once it is",
     }
     assert all(w.changes["resize"] is None for w in decided.not_resized)
+    # A later resize that fits clears an earlier refusal, never another error.
+    again = view_with(host("h1"), vms=(stopped("refused-before", "h1", {"cpu": 2}, error="resize refused: no room"),
+                                       stopped("crashed", "h1", {"cpu": 2}, error="disk: full")))
+    assert {w.seen.name: w.changes["error"] for w in plan(again).resized} == {"refused-before": "", "crashed": "disk: full"}
     assert {w.message for w in decided.resized} >= {"resized to 1 CPUs, 3 GiB RAM, 20 GiB SSD, 0 GiB HDD"}
     # The room the resizes took is gone for a new VM in the same plan: h1 has 30 GiB SSD free without
     # `grows`' resize and 20 with it, h2 no CPU left after `hdd`'s.
