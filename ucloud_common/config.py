@@ -134,6 +134,9 @@ class Settings(BaseSettings):
                             "file per image.")
     disk_dir: Path = Field(Path("/var/lib/ucloud/disks"), description="Where the local storage backend "
                            "keeps VM disks (qcow2 overlays on their image).")
+    hdd_dir: Path | None = Field(None, description="Where the local storage backend keeps VMs' HDD disks (empty "
+                                 "qcow2 files), e.g. on a file system of spinning disks; a host offers its size "
+                                 "as HDD capacity. Unset: local VMs get no HDD disk on this host.")
     accel: Literal["auto", "kvm", "tcg"] = Field(
         "auto", description="auto: KVM if a probe boot under KVM succeeds at agent start, else TCG. "
         "/dev/kvm existing is not proof that it boots a guest."
@@ -296,6 +299,8 @@ class Settings(BaseSettings):
     ceph_client: str = Field("admin", description="The Ceph client (user) name ucloud connects as.")
     ceph_image_pool: str = Field("images", description="The pool holding images (an image store of that name).")
     ceph_vm_pool: str = Field("vms", description="The pool holding VM disks (clones of images).")
+    ceph_hdd_pool: str = Field("", description="The pool holding VMs' HDD disks (empty images), e.g. one on HDD "
+                               "OSDs. Empty: rbd VMs get no HDD disk.")
 
     # Prometheus metrics (ucloud_common/metrics.py). The API serves them at its own /metrics; the
     # scheduler and the agent, which serve no HTTP otherwise, on a port each (several agents may run

@@ -41,6 +41,9 @@ class Host(Record):
     # Written by the scheduler while it drains the host: the VMs it cannot move, by uuid, with why.
     drain_blocked: dict[str, str] = Field(default_factory=dict)
     storage_backends: tuple[str, ...] = ("local",)
+    # Those of `storage_backends` that have a place for HDD disks (a directory, a pool): a VM asking
+    # for `hdd` is placed only where its backend makes them.
+    hdd_backends: tuple[str, ...] = ()
     router: bool = False  # it joins every VM network and routes it (UCLOUD_ROUTER): a peer of every network
 
 

@@ -1,7 +1,7 @@
 """Choosing a host: filters (can this host take this VM?) and a weigher (which of them first?).
 
 Filters: the host is UP, its agent is alive, it is not in maintenance, it offers the VM's storage
-backend, it runs no other VM of the VM's anti-affinity group, and it has the VM's cpu, ram, ssd and
+backend (and, for a VM with an HDD disk, HDD disks on that backend), it runs no other VM of the VM's anti-affinity group, and it has the VM's cpu, ram, ssd and
 hdd free after the over-commit ratios. Weighers: `spread` takes the host with the largest free
 share of its scarcest resource, `pack` the smallest that fits; ties are broken at random.
 
@@ -17,6 +17,7 @@ import random
 from typing import Self
 
 from ucloud_common.host import Host
+from ucloud_common.specs import Specs
 from ucloud_common.vm import VM
 from ucloud_scheduler.hostindex import DIMENSIONS, Entry, Ratios, weight
 from ucloud_scheduler.view import View
@@ -38,6 +39,10 @@ class Refusal(str):
 
 def fits(vm: VM, room: dict[str, float]) -> bool:
     return all(getattr(vm.specs, dim) <= room[dim] for dim, _, _ in DIMENSIONS)
+
+
+def _offers_storage(host: Host, vm: VM) -> bool:
+    return vm.storage in host.storage_backends and (not vm.specs.hdd or vm.storage in host.hdd_backends)
 
 
 def _fmt(value: float) -> str:
@@ -72,7 +77,7 @@ class Placer:
         if vm.anti_affinity and (name in self._view.group_hosts(vm)
                                  or (vm.owner, vm.anti_affinity, name) in self._placed_groups):
             return False
-        return vm.storage in host.storage_backends and fits(vm, self._room(name))
+        return _offers_storage(host, vm) and fits(vm, self._room(name))
 
     def _next(self, borrowed: list[Entry]) -> Entry | None:
         """Pop the best host's entry, from the index (kept in `borrowed`, to be put back) or from
@@ -128,12 +133,32 @@ class Placer:
         self._take(vm, name)
         return None
 
+    def grow(self, vm: VM, delta: Specs) -> str | None:
+        """Why `vm` (placed, with a resize asked) cannot take `delta` more (`allocation.resize_delta`) on
+        its host, or None once that room there is taken. It stays on its host either way: a local disk
+        cannot leave it, and a refusal tells the owner what would fit."""
+        name = vm.host
+        if name not in self.eligible:
+            return f"its host {name} is not UP, not alive or in maintenance; ask again once it is"
+        if vm.resize is not None and vm.resize.hdd and vm.storage not in self.eligible[name].hdd_backends:
+            return f"its host {name} makes no HDD disks on storage {vm.storage}"
+        room = self._room(name)
+        for dim, unit, _ in DIMENSIONS:
+            if getattr(delta, dim) > room[dim]:
+                return (f"its host {name} has {_fmt(max(room[dim], 0))} {unit} free, the resize needs "
+                        f"{_fmt(getattr(delta, dim))} {unit} more")
+        self._take_room(name, delta)
+        return None
+
     def _take(self, vm: VM, chosen: str) -> None:
         if vm.anti_affinity:
             self._placed_groups.add((vm.owner, vm.anti_affinity, chosen))
+        self._take_room(chosen, vm.specs)
+
+    def _take_room(self, chosen: str, specs: Specs) -> None:
         room = dict(self._room(chosen))
         for dim, _, _ in DIMENSIONS:
-            room[dim] -= getattr(vm.specs, dim)
+            room[dim] -= getattr(specs, dim)
         entry = Entry(weight(self.eligible[chosen], room, self._ratios, self._sign), self._rng.random(), chosen, room)
         self._taken[chosen] = entry
         heapq.heappush(self._heap, entry)
@@ -148,8 +173,11 @@ class Placer:
             other = " other" if avoid else ""
             return Refusal("no_host_up", f"no{other} host is UP and out of maintenance ({len(self._view.hosts)} hosts, "
                            f"{down} not alive)")
-        candidates = [n for n, h in eligible.items() if vm.storage in h.storage_backends]
+        candidates = [n for n, h in eligible.items() if _offers_storage(h, vm)]
         if not candidates:
+            if vm.specs.hdd and any(vm.storage in h.storage_backends for h in eligible.values()):
+                return Refusal("storage", f"no UP host offers HDD disks on storage {vm.storage} (it asks for "
+                               f"{vm.specs.hdd} GiB HDD)")
             return Refusal("storage", f"no UP host offers storage {vm.storage}")
         free_of_group = [n for n in candidates if n not in self._view.group_hosts(vm)
                          and (vm.owner, vm.anti_affinity, n) not in self._placed_groups]

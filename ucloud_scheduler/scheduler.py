@@ -234,6 +234,8 @@ class Scheduler:
             self._fencing.pop(name, None)
         for name in plan.unfenced:
             self._store.update(HOSTS, name, lambda h: h.evolve(fenced=False, down_since=None), guard=guard)
+        self._commit(plan.resized)
+        self._commit(plan.not_resized)
         metrics.PLACEMENTS.inc(self._commit(plan.placed))
         self._commit(plan.refused)
         self._commit(plan.moves)

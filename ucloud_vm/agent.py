@@ -208,14 +208,15 @@ class Agent:
 
     def _store_host_up(self) -> None:
         backends = tuple(sorted(self._storage))
+        hdd = tuple(name for name in backends if self._storage[name].offers_hdd)
         try:
             self._store.update(HOSTS, self.host.name, lambda h: h.evolve(
                 status=HostStatus.UP, address=self.host.address, capacity=self.host.capacity,
-                storage_backends=backends, down_since=None, router=self._settings.router))
+                storage_backends=backends, hdd_backends=hdd, down_since=None, router=self._settings.router))
         except NotFound:
             self._store.create(HOSTS, self.host.name, Host(
                 name=self.host.name, address=self.host.address, capacity=self.host.capacity,
-                storage_backends=backends, router=self._settings.router))
+                storage_backends=backends, hdd_backends=hdd, router=self._settings.router))
 
     def _concerns(self, vm: VM) -> bool:
         """Placed here, or migrating here."""
@@ -426,7 +427,7 @@ class Agent:
         if failed:  # the guest's devices must be the same on both sides
             raise StorageError("cannot give it its NICs here: " + "; ".join(f"{m}: {r}" for m, r in failed.items()))
         return self._driver.receive(vm, backend.drive(vm), seed=seed_files(vm, hostname_for(vm.name), vm.networks),
-                                    nics=nics, address=self.host.address)
+                                    nics=nics, address=self.host.address, hdd=backend.hdd_drive(vm))
 
     def _act(self, vm: VM, step: Step) -> dict[str, str]:
         """Carry out `step`; return the NICs (MAC → reason) the VM could not be given."""
@@ -440,7 +441,8 @@ class Agent:
                 nics, failed = self._networks.plug(vm) if self._networks else ({}, {})
                 started = time.perf_counter()
                 self._driver.start(vm, backend.drive(vm), paused=vm.requested is Requested.SUSPENDED,
-                                   seed=seed_files(vm, hostname_for(vm.name), vm.networks), nics=nics)
+                                   seed=seed_files(vm, hostname_for(vm.name), vm.networks), nics=nics,
+                                   hdd=backend.hdd_drive(vm))
                 metrics.QEMU_START_SECONDS.observe(time.perf_counter() - started)
                 if step.fields.get("restarts"):
                     metrics.RESTARTS.inc()
@@ -566,9 +568,15 @@ _STATS_PER_TRANSACTION = 100
 _PERMANENT_WHEN_FAILED = frozenset({Act.CREATE_DISK, Act.START, Act.DELETE})
 
 
-def machine_capacity(disk_dir: Path) -> Specs:
+def machine_capacity(disk_dir: Path, hdd_dir: Path | None = None) -> Specs:
+    """What this machine has: its CPUs and RAM, the size of the file system of `disk_dir` as ssd and
+    of `hdd_dir` as hdd (none without an HDD directory)."""
     ram_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
                    if line.startswith("MemTotal:"))
-    disk_dir.mkdir(parents=True, exist_ok=True)
-    return Specs(cpu=os.cpu_count() or 1, ram=round(ram_kib / 1024**2, 1),
-                 ssd=max(1, shutil.disk_usage(disk_dir).total // 1024**3))
+    return Specs(cpu=os.cpu_count() or 1, ram=round(ram_kib / 1024**2, 1), ssd=max(1, _gib_of(disk_dir)),
+                 hdd=_gib_of(hdd_dir) if hdd_dir is not None else 0)
+
+
+def _gib_of(directory: Path) -> int:
+    directory.mkdir(parents=True, exist_ok=True)
+    return shutil.disk_usage(directory).total // 1024**3

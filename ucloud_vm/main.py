@@ -51,9 +51,12 @@ def _name(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @click.option("--cpu", type=click.IntRange(1), default=None, help="CPUs to offer [default: this machine's].")
 @click.option("--ram", type=click.FloatRange(min=0.1), default=None, help="GiB of RAM to offer [default: this machine's].")
 @click.option("--ssd", type=click.IntRange(1), default=None, help="GiB of disk to offer [default: the disk dir's size].")
+@click.option("--hdd", type=click.IntRange(0), default=None, help="GiB of HDD disks to offer [default: the size of "
+              "UCLOUD_HDD_DIR's file system; 0 without it]. A host with only an HDD pool (UCLOUD_CEPH_HDD_POOL) "
+              "offers what this says.")
 @click.pass_context
 def run(ctx: click.Context, hostname: str, address: str | None, run_dir: Path | None, cpu: int | None,
-        ram: float | None, ssd: int | None) -> None:
+        ram: float | None, ssd: int | None, hdd: int | None) -> None:
     """Run the agent for one host until SIGTERM or SIGINT (its VMs keep running).
 
     Several agents with different --hostname and --run-dir may run on one machine, as simulated hosts.
@@ -63,22 +66,26 @@ def run(ctx: click.Context, hostname: str, address: str | None, run_dir: Path | 
     # One socket held per QEMU (its events), beside QMP sessions and etcd's: 1024 would not do for hundreds.
     _all_descriptors()
     settings = settings_from(ctx)
-    machine = machine_capacity(settings.disk_dir)
-    capacity = Specs(cpu=cpu or machine.cpu, ram=ram or machine.ram, ssd=ssd or machine.ssd)
+    machine = machine_capacity(settings.disk_dir, settings.hdd_dir)
+    capacity = Specs(cpu=cpu or machine.cpu, ram=ram or machine.ram, ssd=ssd or machine.ssd,
+                     hdd=machine.hdd if hdd is None else hdd)
     # Other hosts reach this one at its address, also for VXLAN: the underlay address when one is set.
     host = HostSpec(hostname, address or settings.underlay_address or _address(), capacity)
-    accel = choose(settings.accel, settings.probe_image_dir)
-    store = Store(settings)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    backends: dict[str, StorageBackend] = {"local": LocalStorage(settings.image_dir, settings.disk_dir)}
+    backends: dict[str, StorageBackend] = {"local": LocalStorage(settings.image_dir, settings.disk_dir, settings.hdd_dir)}
     if settings.ceph_conf:
         try:
             ceph = Ceph(settings.ceph_conf, settings.ceph_client)
         except CephError as exc:
             raise click.ClickException(str(exc)) from None
-        backends["rbd"] = RBDStorage(ceph, settings.ceph_image_pool, settings.ceph_vm_pool)
+        backends["rbd"] = RBDStorage(ceph, settings.ceph_image_pool, settings.ceph_vm_pool, settings.ceph_hdd_pool)
+    if capacity.hdd and not any(backend.offers_hdd for backend in backends.values()):
+        raise click.ClickException(f"--hdd {capacity.hdd} offers HDD, but no storage here can make HDD disks: "
+                                   "set UCLOUD_HDD_DIR (local) or UCLOUD_CEPH_HDD_POOL (rbd)")
+    accel = choose(settings.accel, settings.probe_image_dir)
+    store = Store(settings)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
     run_dir = run_dir or settings.run_dir / hostname
     guacamole = GuacamoleVNC(settings.guacamole_vnc_address, settings.guacamole_vnc_ports) \
         if settings.guacamole_vnc_address else None

@@ -116,3 +116,18 @@ def test_a_host_is_known_dead_only_once_liveness_was_seen_past_its_record() -> N
     assert not view.known_dead(record)
     view.apply_alive(Change("h1", None, 200))  # the lease expired
     assert view.known_dead(record)
+
+
+def test_a_vm_with_an_hdd_disk_goes_only_where_its_backend_makes_hdd_disks_with_room() -> None:
+    view = view_with(host("no-hdd"), host("small", hdd=5, hdd_backends=("local",)),
+                     host("rbd-hdd", hdd=500, storage_backends=("local", "rbd"), hdd_backends=("rbd",)),
+                     host("big", hdd=100, hdd_backends=("local",)))
+    placer = Placer(view, Ratios())
+    assert [placer.place(vm(f"v{i}", hdd=40)) for i in range(3)] == ["big", "big", None]
+    assert placer.why_not(vm("v", hdd=40)) == "no host has 40 GiB HDD free; the most free is 20 GiB HDD on big"
+    assert placer.place(vm("small-one", hdd=5)) == "small"
+    assert placer.place(vm("r", storage="rbd", hdd=400)) == "rbd-hdd"
+    assert {placer.place(vm(f"plain{i}")) for i in range(20)} >= {"no-hdd"}  # no hdd asked: any host
+    only_plain = Placer(view_with(host("no-hdd"), host("rbd-only", storage_backends=("local", "rbd"))), Ratios())
+    assert only_plain.place(vm("v", hdd=1)) is None
+    assert only_plain.why_not(vm("v", hdd=1)) == "no UP host offers HDD disks on storage local (it asks for 1 GiB HDD)"

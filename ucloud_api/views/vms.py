@@ -19,7 +19,7 @@ from ucloud_api.errors import APIError
 from ucloud_api.idempotency import idempotent
 from ucloud_api.naming import create_named, new_nic
 from ucloud_api.replies import check_if_match, created_reply, dump, if_match, lookup_own, object_reply, store
-from ucloud_api.schemas import Migrate, VMCreate
+from ucloud_api.schemas import Migrate, Resize, VMCreate
 from ucloud_common.allocation import SHARED_STORAGE
 from ucloud_common.claim import MACS, VM_NAMES, Claim, held_by, mac_claim, vm_claims
 from ucloud_common.event import Kind, object_events, ref
@@ -27,6 +27,7 @@ from ucloud_common.host import HOSTS
 from ucloud_common.image import IMAGES, ImageStatus
 from ucloud_common.record import check_key_part, check_name
 from ucloud_common.retry import Backoff, sleeps
+from ucloud_common.specs import Specs, described
 from ucloud_common.states import Action, ActionRefused, Status
 from ucloud_common.ipv6 import slaac_address
 from ucloud_common.quota import USAGES, change, charged
@@ -188,8 +189,8 @@ def delete(uuid: str) -> Response:
 
 
 # Only the actions: any other word (`events`) is not a POST route, so OPTIONS and a 405's Allow list
-# exactly the methods each path has.
-@bp.post(f"/<uuid>/<any({', '.join(Action)}):action>")
+# exactly the methods each path has. (Resize, with a body of its own, is a route of its own.)
+@bp.post(f"/<uuid>/<any({', '.join(a for a in Action if a is not Action.RESIZE)}):action>")
 @idempotent
 def act(uuid: str, action: str) -> Response:
     chosen = Action(action)  # the route's converter lets only actions through
@@ -200,8 +201,28 @@ def act(uuid: str, action: str) -> Response:
     return _act(uuid, chosen)
 
 
+@bp.post("/<uuid>/resize")
+@idempotent
+def resize(uuid: str) -> Response:
+    """Ask for new specs for a STOPPED VM: the scheduler checks that its host has room for them (and
+    writes them, or the reason in `error`); the agent grows its disks at its next start."""
+    return _act(uuid, Action.RESIZE)
+
+
+def _resized(vm: VM, asked: Resize) -> Specs:
+    """The VM's specs with `asked` applied, or 422 naming a disk that would shrink."""
+    new = asked.applied_to(vm.specs)
+    for disk in ("ssd", "hdd"):
+        before, after = getattr(vm.specs, disk), getattr(new, disk)
+        if after < before:
+            raise APIError(422, "invalid", f"{disk}: disks only grow: the VM has {before} GiB, {after} GiB would cut "
+                           "off the guest's data", fields=[{"field": disk, "message": f"at least {before}"}])
+    return new
+
+
 def _act(uuid: str, action: Action) -> Response:
     target: str | None = None
+    asked_specs = parse(Resize) if action is Action.RESIZE else None
     if action is Action.MIGRATE:
         require_admin()
         target = parse(Migrate, optional=True).host
@@ -220,6 +241,8 @@ def _act(uuid: str, action: Action) -> Response:
         if action is Action.MIGRATE:
             check_migratable(vm, target)
             extra = {"migrate_to": HOSTS.key(target) if target else "*", "migrate_generation": asked["generation"]}
+        if asked_specs is not None:
+            extra = {"resize": _resized(vm, asked_specs)}
         try:
             if action is Action.DELETE and vm.status is Status.REQUESTED_NEW and not vm.host:
                 # Nothing exists anywhere yet: no agent will ever clean up, so the VM goes now.
@@ -231,6 +254,8 @@ def _act(uuid: str, action: Action) -> Response:
                 return Response(status=204)
             new = vm.evolve(**asked, **extra, request_id=request_id())
             asking = f"{action.value} to {target}" if target else action.value
+            if asked_specs is not None:
+                asking = f"resize to {described(extra['resize'])}"
             revision = store().transact([Put(VMS, uuid, new, current_vm.mod_revision), told(Kind.VM, uuid, asking)])
             written = Versioned(uuid, new, revision, current_vm.create_revision)
         except Conflict as exc:
