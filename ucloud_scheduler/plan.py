@@ -292,6 +292,10 @@ def _place(plan: _Builder, view: View, settings: Settings, rng: random.Random, d
 RESIZE_REFUSED = "resize refused: "  # how a refused resize's error begins
 
 
+def refused_resize(vm: Versioned[VM], why: str) -> VMWrite:
+    return _write(vm, f"not resized: {why}", resize=None, error=RESIZE_REFUSED + why)
+
+
 def _resize(plan: _Builder, vm: Versioned[VM], asked: Specs, placer: Placer) -> None:
     """The asked specs written if the VM's host has room for them (a VM on no host has nothing to
     check), else the reason; the VM stays where it is either way."""
@@ -301,7 +305,7 @@ def _resize(plan: _Builder, vm: Versioned[VM], asked: Specs, placer: Placer) -> 
         error = "" if vm.value.error.startswith(RESIZE_REFUSED) else vm.value.error
         plan.resized.append(_write(vm, f"resized to {described(asked)}", specs=asked, resize=None, error=error))
     else:
-        plan.not_resized.append(_write(vm, f"not resized: {why}", resize=None, error=RESIZE_REFUSED + why))
+        plan.not_resized.append(refused_resize(vm, why))
 
 
 def _move(plan: _Builder, view: View, settings: Settings, placer: Placer, draining: list[Host]) -> None:

@@ -14,8 +14,9 @@ from ucloud_common.config import Settings
 from ucloud_common.host import HOSTS
 from ucloud_common.imagestore import local_image_path
 from ucloud_common.specs import Specs
-from ucloud_common.states import Status
-from ucloud_common.store import Store
+from ucloud_common.quota import QUOTAS, Quota, change, charged, usage
+from ucloud_common.states import Requested, Status
+from ucloud_common.store import Put, Store
 from ucloud_common.vm import VM, VMS
 from ucloud_scheduler.fencing import NoFence
 from ucloud_scheduler.scheduler import Scheduler
@@ -61,6 +62,39 @@ def test_a_vm_asking_for_hdd_is_placed_on_the_host_offering_it_and_gets_a_second
         request_deletion(store, "d1")
         wait_for(lambda: store.get(VMS, "d1") is None, 15, "d1 deleted")
         assert not hdd.exists() and not (tmp_path / "disks" / "d1.qcow2").exists()
+    finally:
+        for each in running:
+            each.end()
+
+
+def test_a_resize_is_charged_to_its_owners_quota_when_written_and_refused_past_it(
+        store: Store, quick: Settings, tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(local_image_path(images, "tiny")), "16M"], check=True)
+    agent = Agent(store, quick, HostSpec("h", "127.0.0.1", Specs(cpu=8, ram=8, ssd=10)), FakeDriver(),
+                  {"local": LocalStorage(images, tmp_path / "disks")})
+    store.create(QUOTAS, "alice", Quota(user="alice", cpu=3))
+    for uuid in ("r1", "r2"):
+        made = VM(uuid=uuid, owner="alice", name=uuid, image="tiny", specs=Specs(cpu=1, ram=1, ssd=1))
+        store.transact([Put(VMS, uuid, made, 0), charged(store, "alice", change(None, made))])
+    running = [Running(agent.run), Running(Scheduler(store, quick, NoFence(), "s1").run)]
+    try:
+        wait_for(lambda: all(vm(store, u).status is Status.RUNNING for u in ("r1", "r2")), 20, "both running")
+        for uuid in ("r1", "r2"):  # a resize is for a STOPPED VM
+            store.update(VMS, uuid, lambda v: v.evolve(requested=Requested.STOPPED, generation=v.generation + 1))
+        wait_for(lambda: all(vm(store, u).status is Status.STOPPED for u in ("r1", "r2")), 20, "both stopped")
+
+        def ask(uuid: str, cpu: int) -> None:  # as the API does, past its own quota check
+            store.update(VMS, uuid, lambda v: v.evolve(resize=v.specs.model_copy(update={"cpu": cpu})))
+
+        ask("r1", 2)
+        wait_for(lambda: vm(store, "r1").resize is None, 15, "r1 resized")
+        assert vm(store, "r1").specs.cpu == 2 and usage(store, "alice")[0].cpu == 3
+        ask("r2", 2)  # one more than the quota's last unit: refused by the scheduler, nothing charged
+        wait_for(lambda: vm(store, "r2").resize is None, 15, "r2 decided")
+        assert vm(store, "r2").specs.cpu == 1 and "quota cpu" in vm(store, "r2").error
+        assert usage(store, "alice")[0].cpu == 3
     finally:
         for each in running:
             each.end()

@@ -30,6 +30,7 @@ from ucloud_common.retry import Backoff, sleeps
 from ucloud_common.specs import Specs, described
 from ucloud_common.states import Action, ActionRefused, Status
 from ucloud_common.ipv6 import slaac_address
+from ucloud_common import quota
 from ucloud_common.quota import USAGES, change, charged
 from ucloud_common.quoting import quote
 from ucloud_common.network import NETWORKS, detached
@@ -243,6 +244,9 @@ def _act(uuid: str, action: Action) -> Response:
             extra = {"migrate_to": HOSTS.key(target) if target else "*", "migrate_generation": asked["generation"]}
         if asked_specs is not None:
             extra = {"resize": _resized(vm, asked_specs)}
+            # Refused now, clearly; the scheduler charges it when it writes the specs (and checks again).
+            quota.check(vm.owner, quota.usage(store(), vm.owner)[0], quota.limits(store(), vm.owner),
+                        change(vm, vm.evolve(specs=extra["resize"])))
         try:
             if action is Action.DELETE and vm.status is Status.REQUESTED_NEW and not vm.host:
                 # Nothing exists anywhere yet: no agent will ever clean up, so the VM goes now.
