@@ -25,6 +25,9 @@ class Image(Record):
     status: ImageStatus = ImageStatus.TO_BE_CREATED
     error: str = ""
     size: int = Field(0, ge=0)  # virtual size in bytes, once CREATED: what counts against its owner's image quota
+    # The BLAKE2b of the local store's raw file, once CREATED there (its length is `size`): what a host
+    # fetching the image from another checks before using it. "" for images made before it was kept.
+    digest: str = Field("", pattern="^([0-9a-f]{128})?$")
 
 
 IMAGES: Family[Image] = Family("/v1/image/", Image, identity="uuid")

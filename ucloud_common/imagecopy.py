@@ -51,6 +51,20 @@ def copy_hashed(source_fd: int, target: Path) -> str:
     return digest.hexdigest()
 
 
+def new_image_digest() -> hashlib.blake2b:
+    """The digest of a stored raw image (`Image.digest`), which a host checks an image fetched from
+    another host against: BLAKE2b-512, in hashlib, faster than sha512 on 64-bit CPUs."""
+    return hashlib.blake2b()
+
+
+def image_digest_of(path: Path) -> str:
+    digest = new_image_digest()
+    with open(path, "rb") as file:
+        while chunk := file.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def sha512_of(path: Path) -> str:
     digest = hashlib.sha512()
     with open(path, "rb") as file:

@@ -31,7 +31,7 @@ from ucloud_common.config import Settings
 from ucloud_common.diskformat import HEADER_BYTES, QCOW2_MAGIC, Refused, Verdict, judge
 from ucloud_common.errors import PermanentError, TemporaryError, classify
 from ucloud_common.image import IMAGES, Image, ImageStatus
-from ucloud_common.imagecopy import copy_hashed, copy_sparse, sha512_of
+from ucloud_common.imagecopy import copy_hashed, copy_sparse, image_digest_of, sha512_of
 from ucloud_common.qcow2tables import check_tables
 from ucloud_common.qemuimg import Limits, QemuImgError, qemu_img
 from ucloud_common.record import check_key_part
@@ -47,6 +47,24 @@ def local_image_path(image_dir: Path, uuid: str) -> Path:
     return image_dir / f"{check_key_part(uuid)}.raw"
 
 
+def local_images(image_dir: Path) -> tuple[str, ...]:
+    """The uuids of the images in the local store under `image_dir`, sorted (what a host reports)."""
+    try:
+        names = os.listdir(image_dir)
+    except FileNotFoundError:
+        return ()
+    return tuple(sorted(name[:-4] for name in names
+                        if name.endswith(".raw") and _is_key_part(name[:-4]) and (image_dir / name).is_file()))
+
+
+def _is_key_part(text: str) -> bool:
+    try:
+        check_key_part(text)
+    except ValueError:
+        return False
+    return True
+
+
 def served_pool(settings: Settings, store_name: str, ceph: Ceph | None) -> str | None:
     """The Ceph pool that serves image store `store_name`, None for the local store; PermanentError
     if neither serves it here."""
@@ -59,6 +77,15 @@ def served_pool(settings: Settings, store_name: str, ceph: Ceph | None) -> str |
 
 
 @dataclass(frozen=True)
+class Built:
+    """An image made in its store: its virtual size, and the BLAKE2b of its raw file in the local
+    store ("" in Ceph, where no host copies it from another)."""
+
+    size: int
+    digest: str = ""
+
+
+@dataclass(frozen=True)
 class Outcome:
     """What came of one image: CREATED; ERROR with `reason`; or still TO_BE_CREATED with `reason`
     when the failure was temporary and the image is left for the next run."""
@@ -68,9 +95,9 @@ class Outcome:
 
 
 def build(settings: Settings, image: Image, source_fd: int, ceph: Ceph | None = None,
-          sha512: str | None = None, room: int | None = None) -> int:
+          sha512: str | None = None, room: int | None = None) -> Built:
     """Make `image` in its store (`image.store_name`, see `served_pool`) from the open file
-    `source_fd` (left open) and return its virtual size; with `sha512`, the file must still be the
+    `source_fd` (left open) and say what was built; with `sha512`, the file must still be the
     one file-scan registered; with `room`, its virtual size must be at most that many bytes.
 
     Raises PermanentError (the file is `Refused`, the store is not served here, Ceph refused),
@@ -92,8 +119,9 @@ def build(settings: Settings, image: Image, source_fd: int, ceph: Ceph | None = 
         verify_sha512()  # before anything reaches the store
         if pool is None:
             converted.chmod(0o444)  # the image's snapshot: VM disks are overlays on it and never write it
+            digest = image_digest_of(converted)  # of our own copy, which nobody else can change
             os.replace(converted, local_image_path(settings.image_dir, image.uuid))
-            return size
+            return Built(size, digest)
         assert ceph is not None  # served_pool names a pool only with a client
         try:
             ceph.store_image(pool, image.uuid, converted)  # snapshot `base`, protected
@@ -101,16 +129,16 @@ def build(settings: Settings, image: Image, source_fd: int, ceph: Ceph | None = 
             raise  # temporary: built again on the next run
         except CephError as exc:
             raise PermanentError(str(exc)) from None
-        return size
+        return Built(size)
     finally:
         hashing.shutdown(wait=True)
         for leftover in (staged, converted):
             leftover.unlink(missing_ok=True)
 
 
-def settle(store: Store, image: Image, make: Callable[[], int]) -> Outcome:
-    """Run `make` (which builds `image` and returns its virtual size, e.g. with `build`) and record
-    what came of it on the image's record: CREATED with its size, or ERROR with the reason of a permanent or unexpected failure, written by one
+def settle(store: Store, image: Image, make: Callable[[], Built]) -> Outcome:
+    """Run `make` (which builds `image`, e.g. with `build`) and record what came of it on the
+    image's record: CREATED with its size and digest, or ERROR with the reason of a permanent or unexpected failure, written by one
     compare-and-swap and only while the record still asks for the image (TO_BE_CREATED). A temporary
     failure writes nothing: the image stays TO_BE_CREATED for the next run.
 
@@ -118,9 +146,9 @@ def settle(store: Store, image: Image, make: Callable[[], int]) -> Outcome:
     image never stops the others. Raises StoreUnavailable if the record cannot be written; building
     again later is safe (`build` replaces a half-stored image).
     """
-    size = 0
+    built = Built(0)
     try:
-        size = make()
+        built = make()
         outcome = Outcome(ImageStatus.CREATED)
     except Exception as exc:  # whatever one image does, the next one is still made
         failure = classify(exc)
@@ -134,7 +162,7 @@ def settle(store: Store, image: Image, make: Callable[[], int]) -> Outcome:
         return outcome
     try:
         store.update(IMAGES, image.uuid, lambda current: current.evolve(
-            status=outcome.status, error=outcome.reason, size=size)
+            status=outcome.status, error=outcome.reason, size=built.size, digest=built.digest)
             if current.status is ImageStatus.TO_BE_CREATED else None)
     except NotFound:
         log.warning("%s was deleted while it was made; it stays in its store as %s", what, outcome.status)

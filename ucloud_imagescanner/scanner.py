@@ -25,7 +25,7 @@ from ucloud_common.config import Settings
 from ucloud_common.diskformat import Refused
 from ucloud_common.file import FILES, File
 from ucloud_common.image import IMAGES, Image, ImageStatus
-from ucloud_common.imagestore import build, settle
+from ucloud_common.imagestore import Built, build, settle
 from ucloud_common.quoting import quote
 from ucloud_common.store import Store
 
@@ -71,9 +71,9 @@ def open_beneath(base: Path, relative: str) -> int:
 
 
 def create_image(settings: Settings, image: Image, file: File, ceph: Ceph | None = None,
-                 room: int | None = None) -> int:
-    """Make the image from the user's file, at most `room` bytes large, and return its virtual size
-    (see `imagestore.build`, which says what it raises)."""
+                 room: int | None = None) -> Built:
+    """Make the image from the user's file, at most `room` bytes large (see `imagestore.build`,
+    which says what it returns and raises)."""
     if file.refused:  # file-scan found it too large and never read it
         raise Refused(file.refused)
     fd = open_beneath(settings.upload_dir / file.owner, file.filename)
@@ -100,11 +100,11 @@ def scan(store: Store, settings: Settings, ceph: Ceph | None = None) -> Report:
             report.waiting += 1
             continue
 
-        def make(image: Image = image, file: File = file.value) -> int:
-            size = create_image(settings, image, file, ceph, 
-                                room=max(0, settings.image_quota * 2**30 - used[image.owner]))
-            used[image.owner] += size
-            return size
+        def make(image: Image = image, file: File = file.value) -> Built:
+            built = create_image(settings, image, file, ceph,
+                                 room=max(0, settings.image_quota * 2**30 - used[image.owner]))
+            used[image.owner] += built.size
+            return built
 
         outcome = settle(store, image, make)
         if outcome.status is ImageStatus.CREATED:

@@ -4,6 +4,7 @@ paths (an unexpected exception, a hung qemu-img, Ceph failing) injected with moc
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import struct
 import subprocess
@@ -118,6 +119,19 @@ def test_good_images_are_created_and_hostile_ones_refused(store: Store, settings
     assert local_image_path(settings_for.image_dir, images["good.raw"]).stat().st_mode & 0o222 == 0, "not read-only"
     again = scan(store, settings_for)
     assert again.created == again.refused == 0, "a second run redoes nothing"
+
+
+def test_a_local_image_records_the_blake2b_of_its_raw_file(store: Store, settings_for: Settings,
+                                                           uploads: dict[str, Path]) -> None:
+    """What a host fetching the image from another checks the transfer against (ucloud_vm.imagefetch)."""
+    filescan(store, settings_for.upload_dir, settle=0)
+    uuids = [request(store, "alice", name) for name in ("good.qcow2", "good.raw")]
+    scan(store, settings_for)
+    raw = (tiny_image() / "tiny.raw").read_bytes()
+    for uuid in uuids:
+        image = store.get(IMAGES, uuid)
+        assert image is not None and image.value.status is ImageStatus.CREATED
+        assert image.value.digest == hashlib.blake2b(raw).hexdigest() and image.value.size == len(raw)
 
 
 def test_a_file_changed_after_registration_is_refused(store: Store, settings_for: Settings,
