@@ -129,6 +129,9 @@ class Agent:
         self._supervisor.loop("host-check", self.check_host, every=self._settings.host_check_interval,
                               expected=(StoreUnavailable,))
         self._supervisor.follow("follow-vm", follower, self._fold)
+        if self._images is not None:
+            self._supervisor.loop("image-cleanup", self.remove_deleted_images, every=self._settings.resync_interval,
+                                  expected=(StoreUnavailable,))
         if self._settings.vm_stats_interval:
             self._supervisor.loop("vm-stats", self.sample_usage, every=self._settings.vm_stats_interval,
                                   expected=(StoreUnavailable,))
@@ -201,6 +204,16 @@ class Agent:
         if self._networks:
             self._networks.refresh()
         self._report_images()
+
+    def remove_deleted_images(self) -> None:
+        """Free the local store of images deleted through the API, but those a VM placed here is
+        made from (its disk is an overlay on the image's file)."""
+        if self._images is None:
+            return
+        with self._lock:
+            in_use = {vm.image for vm in self._mine.values()}
+        if self._images.remove_deleted(in_use):
+            self._report_images()
 
     def _report_images(self) -> None:
         """Write the local store's images on the host record when they changed (a fetch, an import,

@@ -78,6 +78,25 @@ class PeerImages:
     def held(self) -> tuple[str, ...]:
         return local_images(self._image_dir)
 
+    def remove_deleted(self, in_use: set[str]) -> list[str]:
+        """Remove from the local store the images whose record is gone (deleted through the API),
+        but those in `in_use` (the base of a disk here: a qcow2 overlay reads its image's file to
+        the end), and transfers left of deleted images; return the images removed.
+
+        The files are listed before the records: an image's record is written before its file
+        (image-scanner, import-image), so a file seen here whose record is not is a deleted image's."""
+        held = self.held()
+        partials = list((self._image_dir / ".fetching").glob("*.part"))
+        records = set(self._store.list(IMAGES).items)
+        removed = [image for image in held if image not in records and image not in in_use]
+        for image in removed:
+            local_image_path(self._image_dir, image).unlink(missing_ok=True)
+            log.info("image %s removed from this host's store: it was deleted", image)
+        for partial in partials:
+            if partial.name.removesuffix(".part") not in records:
+                partial.unlink(missing_ok=True)
+        return removed
+
     def ensure(self, image: str) -> Fetched | None:
         """Make sure image `image` is in the local store: fetch it from a live host that serves it
         if it is not (None: it was here). One fetch per image at a time; VMs on the same image wait
