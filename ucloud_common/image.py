@@ -1,4 +1,6 @@
-"""The image family: `/v1/image/<uuid>`: a request to turn a file into an image, and its outcome."""
+"""The image family: `/v1/image/<uuid>`: a request to turn a file into an image, and its outcome;
+and `/v1/image-deletion/<uuid>`: an image of a Ceph image pool deleted through the API, whose RBD
+image image-scanner has yet to remove."""
 
 from __future__ import annotations
 
@@ -31,3 +33,16 @@ class Image(Record):
 
 
 IMAGES: Family[Image] = Family("/v1/image/", Image, identity="uuid")
+
+
+class ImageDeletion(Record):
+    """Written by the API with the image's removal, in one transaction; removed by image-scanner once
+    the RBD image and its snapshot are gone. (A local image needs none: each host's agent removes the
+    files of images that have no record.) Only what ucloud deleted is removed from a pool, never an
+    RBD image merely missing a record."""
+
+    uuid: Name
+    store_name: Name
+
+
+IMAGE_DELETIONS: Family[ImageDeletion] = Family("/v1/image-deletion/", ImageDeletion, identity="uuid")
