@@ -5,7 +5,6 @@ API and QEMU; the hosts' image servers on loopback)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
