@@ -27,9 +27,10 @@ class Image(Record):
     status: ImageStatus = ImageStatus.TO_BE_CREATED
     error: str = ""
     size: int = Field(0, ge=0)  # virtual size in bytes, once CREATED: what counts against its owner's image quota
-    # The BLAKE2b of the local store's raw file, once CREATED there (its length is `size`): what a host
-    # fetching the image from another checks before using it. "" for images made before it was kept.
-    digest: str = Field("", pattern="^([0-9a-f]{128})?$")
+    # The content digest (ucloud_common/contentdigest.py) of the local store's raw file, once CREATED
+    # there (its length is `size`): what a host fetching the image from another checks before using
+    # it. "" in Ceph, and for images made before it was kept.
+    digest: str = Field("", pattern="^([0-9a-f]{64})?$")
 
 
 IMAGES: Family[Image] = Family("/v1/image/", Image, identity="uuid")

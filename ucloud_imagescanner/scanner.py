@@ -81,7 +81,7 @@ def create_image(settings: Settings, image: Image, file: File, ceph: Ceph | None
         raise Refused(file.refused)
     fd = open_beneath(settings.upload_dir / file.owner, file.filename)
     try:
-        return build(settings, image, fd, ceph, sha512=file.sha512, room=room)
+        return build(settings, image, fd, ceph, registered=file, room=room)
     finally:
         os.close(fd)
 

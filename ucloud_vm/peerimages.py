@@ -4,7 +4,7 @@ host that has it, before a local disk is made on it.
 
 A fetch writes into `<image_dir>/.fetching/<uuid>.part`, asks each time from where it stopped
 (`Range: bytes=N-`: a broken transfer, or an agent restarted meanwhile, resumes), and the image
-enters the store only once the whole file's BLAKE2b is the one image-scanner recorded in etcd: a
+enters the store only once the whole file's digest is the one image-scanner recorded in etcd: a
 peer is not trusted with the bytes, only asked for them. A transfer that does not match is thrown
 away whole (resuming on a wrong prefix would never match).
 """
@@ -25,10 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from ucloud_common.contentdigest import digest_of
 from ucloud_common.errors import PermanentError, TemporaryError
 from ucloud_common.host import HOSTS, HOSTS_ALIVE
 from ucloud_common.image import IMAGES, ImageStatus
-from ucloud_common.imagecopy import CHUNK, ZEROS, image_digest_of
+from ucloud_common.imagecopy import CHUNK, ZEROS
 from ucloud_common.imagestore import local_image_path, local_images
 from ucloud_common.quoting import quote
 from ucloud_common.store import AbstractStore
@@ -171,7 +172,7 @@ class PeerImages:
             os.fsync(fd)
         finally:
             os.close(fd)
-        if image_digest_of(partial) != digest:
+        if digest_of(partial) != digest:
             partial.unlink()
             raise _PeerFailed("what it sent does not match the image's digest (damaged in transfer, or its copy is "
                               "damaged): thrown away")

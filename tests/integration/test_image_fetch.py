@@ -4,7 +4,6 @@ the image in a real etcd; the VM's agent on the fake hypervisor."""
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import os
@@ -21,6 +20,7 @@ from tests.helpers.cluster import register_host, vm, wait_for
 from tests.helpers.etcd import free_port
 from tests.integration.test_follow import a_vm
 from tests.integration.test_supervision import Running
+from tests.unit.test_contentdigest import by_hand
 from ucloud_common.config import Settings
 from ucloud_common.host import HOSTS
 from ucloud_common.image import IMAGES, Image, ImageStatus
@@ -72,7 +72,7 @@ def peers(store: Store, tmp_path: Path) -> Iterator[Peers]:
     local_image_path(source, "img").chmod(0o444)
     store.create(IMAGES, "img", Image(uuid="img", owner="alice", name="img", store_name="local",
                                       status=ImageStatus.CREATED, size=len(data),
-                                      digest=hashlib.blake2b(data).hexdigest()))
+                                      digest=by_hand(data)))
     lease = register_host(store, "h1")
     server = ImageServer(source, SECRET, "127.0.0.1", 0, timeout=5.0)
     server.start()
