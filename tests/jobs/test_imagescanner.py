@@ -152,10 +152,9 @@ def test_the_copy_is_checked_by_its_digest_or_the_sha512_of_a_file_registered_be
         file.write(b"\0" * 512)
     by_digest, by_sha512 = request(store, "alice", "good.raw"), request(store, "alice", "good.qcow2")
     scan(store, settings_for)
-    assert status_of(store, by_digest) == (ImageStatus.ERROR, "the file changed since file-scan registered it "
-                                                              "(its digest differs)")
-    assert status_of(store, by_sha512) == (ImageStatus.ERROR, "the file changed since file-scan registered it "
-                                                              "(its sha512 differs)")
+    changed = "the file changed since file-scan registered it"
+    assert status_of(store, by_digest) == (ImageStatus.ERROR, f"{changed} (its digest differs)")
+    assert status_of(store, by_sha512) == (ImageStatus.ERROR, f"{changed} (its sha512 differs)")
 
 
 def test_a_file_changed_after_registration_is_refused(store: Store, settings_for: Settings,

@@ -131,7 +131,7 @@ def test_a_local_disk_vm_goes_where_its_image_is_or_can_be_fetched() -> None:
 
 
 def test_a_local_disk_vm_waits_with_the_reason_while_no_live_host_serves_its_image() -> None:
-    served = dict(images=("tiny",), image_url="http://h1:9473")
+    served = {"images": ("tiny",), "image_url": "http://h1:9473"}
     lonely = view_with(host("h1", **served), host("h2", images=(), image_url="http://h2:9473"), alive=("h2",))
     placer = Placer(lonely, Ratios())
     assert placer.place(vm("v")) is None
