@@ -304,6 +304,19 @@ class Ceph:
                 self.remove_image(pool, name)
                 raise _failed(f"cannot store image {pool}/{name}", exc) from None
 
+    def clones(self, pool: str, name: str) -> list[str]:
+        """The clones of `pool/name@base` (VM disks, as `pool/disk`); [] if the image is gone."""
+        import rbd
+
+        with self.pool(pool) as ioctx:
+            try:
+                with rbd.Image(ioctx, name, snapshot=SNAPSHOT, read_only=True) as handle:
+                    return sorted(f"{child['pool']}/{child['image']}" for child in handle.list_children2())
+            except rbd.ImageNotFound:
+                return []
+            except rbd.Error as exc:
+                raise _failed(f"cannot list the clones of {pool}/{name}@{SNAPSHOT}", exc) from None
+
     def remove_image(self, pool: str, name: str) -> None:
         """Remove an image with its snapshot (it must have no clones left)."""
         import rbd

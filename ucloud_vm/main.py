@@ -26,6 +26,8 @@ from ucloud_vm.accel import choose
 from ucloud_vm.agent import Agent, HostSpec, machine_capacity
 from ucloud_vm.console import ConsoleProxyServer, proxy_url, register, serve_consoles
 from ucloud_vm.images import import_image
+from ucloud_vm.imageserver import ImageServer
+from ucloud_vm.peerimages import PeerImages
 from ucloud_common.network import NETWORKS
 from ucloud_vm.hostnet import HostNetwork, Underlay, UnderlayError
 from ucloud_vm.qemu import GuacamoleVNC, QemuDriver
@@ -54,9 +56,11 @@ def _name(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @click.option("--hdd", type=click.IntRange(0), default=None, help="GiB of HDD disks to offer [default: the size of "
               "UCLOUD_HDD_DIR's file system; 0 without it]. A host with only an HDD pool (UCLOUD_CEPH_HDD_POOL) "
               "offers what this says.")
+@click.option("--image-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="This host's local image store [default: UCLOUD_IMAGE_DIR].")
 @click.pass_context
 def run(ctx: click.Context, hostname: str, address: str | None, run_dir: Path | None, cpu: int | None,
-        ram: float | None, ssd: int | None, hdd: int | None) -> None:
+        ram: float | None, ssd: int | None, hdd: int | None, image_dir: Path | None) -> None:
     """Run the agent for one host until SIGTERM or SIGINT (its VMs keep running).
 
     Several agents with different --hostname and --run-dir may run on one machine, as simulated hosts.
@@ -71,7 +75,8 @@ def run(ctx: click.Context, hostname: str, address: str | None, run_dir: Path | 
                      hdd=machine.hdd if hdd is None else hdd)
     # Other hosts reach this one at its address, also for VXLAN: the underlay address when one is set.
     host = HostSpec(hostname, address or settings.underlay_address or _address(), capacity)
-    backends: dict[str, StorageBackend] = {"local": LocalStorage(settings.image_dir, settings.disk_dir, settings.hdd_dir)}
+    image_dir = image_dir or settings.image_dir
+    backends: dict[str, StorageBackend] = {"local": LocalStorage(image_dir, settings.disk_dir, settings.hdd_dir)}
     if settings.ceph_conf:
         try:
             ceph = Ceph(settings.ceph_conf, settings.ceph_client)
@@ -103,12 +108,28 @@ def run(ctx: click.Context, hostname: str, address: str | None, run_dir: Path | 
     else:
         logging.getLogger(__name__).warning("no underlay configured (UCLOUD_UNDERLAY_DEVICE, UCLOUD_UNDERLAY_ADDRESS): "
                                             "VM networks are records only on host %s, its QEMUs get no NIC", hostname)
-    agent = Agent(store, settings, host, driver, backends, networks)
+    server = None
+    if settings.image_secret:
+        try:
+            server = ImageServer(image_dir, settings.image_secret, host.address, settings.image_port,
+                                 settings.image_fetch_timeout)
+        except OSError as exc:
+            raise click.ClickException(f"cannot serve images at {host.address} port {settings.image_port} "
+                                       f"(UCLOUD_IMAGE_PORT): {exc}") from None
+        server.start()
+    else:
+        logging.getLogger(__name__).warning("no UCLOUD_IMAGE_SECRET: host %s neither serves nor fetches images; "
+                                            "local-disk VMs are placed here only with their image here", hostname)
+    images = PeerImages(store, image_dir, hostname, settings.image_secret, server.url if server else "",
+                        settings.image_fetch_timeout)
+    agent = Agent(store, settings, host, driver, backends, networks, images)
     REGISTRY.register(agent.collector)
     serve_metrics(settings, settings.agent_metrics_port, "UCLOUD_AGENT_METRICS_PORT")
     try:
         agent.run(stop)
     finally:
+        if server is not None:
+            server.close()
         driver.close()
         store.close()
     exit_if_failed(f"ucloud-vm {hostname}", agent.failure)

@@ -9,9 +9,9 @@ from tests.integration.test_follow import a_vm
 from tests.integration.test_supervision import Running
 from ucloud_common.claim import MACS, VM_NAMES, Claim, mac_claim, owned
 from ucloud_common.network import NETWORKS, Network
-from ucloud_common.states import Requested, Status
+from ucloud_common.states import Status
 from ucloud_common.quota import USAGES, change, charged
-from ucloud_common.store import Conflict, Put, Store
+from ucloud_common.store import Put, Store
 from ucloud_common.vm import NIC, VMS, placed_on
 from ucloud_vm.agent import Agent
 
