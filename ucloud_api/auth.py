@@ -105,7 +105,7 @@ class Authenticator:
         if _expired(token.value.expires_at):
             raise APIError(401, "unauthenticated", "the token has expired")
         user = self._store.get(USERS, token.value.user)
-        if user is None:
+        if user is None or user.value.deleting:  # a user being deleted makes nothing new meanwhile
             raise refused
         return token.value.expires_at, Caller(user.value.name, user.value.role)
 

@@ -37,6 +37,7 @@ from ucloud_common.record import KEY_PART_MAX, NAME_PATTERN, NAME_SCHEMA
 from ucloud_common.states import Action, Status
 from ucloud_common.user import User
 from ucloud_common.vm import VM
+from ucloud_common.uploads import NAME_MAX_BYTES
 from ucloud_common.vmstats import VMStats
 
 
@@ -52,6 +53,7 @@ class Route:
     if_match: bool = False  # honours If-Match (a stale or malformed one: 412)
     query: tuple[str, ...] = ()  # filters, each a name of `_QUERY_SCHEMAS`
     media_type: str = "application/json"  # of the answer's body
+    upload: bool = False  # the body is the bytes of a file (application/octet-stream), streamed
 
 
 ROUTES: dict[tuple[str, str], Route] = {
@@ -74,8 +76,11 @@ ROUTES: dict[tuple[str, str], Route] = {
                                      query=("user",)),
     ("delete", "/api/v1/tokens/{token_id}"): Route("Revoke one of your API tokens (an admin: anyone's)", ok=204,
                                                    errors=(404,)),
-    ("delete", "/api/v1/users/{name}"): Route("Delete a user and its tokens (not the last admin)", ok=204, admin=True,
-                                              errors=(404, 409), if_match=True),
+    # 409: the user still owns something (the answer lists it); 202: ?cascade=true and VMs are still going.
+    ("delete", "/api/v1/users/{name}"): Route(
+        "Delete a user who owns nothing (with its tokens, SSH keys and upload folder); ?cascade=true: with all it "
+        "owns, 202 saying what is still going until the user is gone (repeat the request until 204)", ok=204,
+        returns="UserDeletion", admin=True, errors=(202, 404, 409), if_match=True, query=("cascade",)),
     ("post", "/api/v1/vms"): Route("Create a VM", VMCreate, 201, "VM", errors=(409, 422), idempotent=True),
     ("get", "/api/v1/vms"): Route("List your VMs (an admin: all, filtered by owner, host, status)", returns="[VM]",
                                   query=("owner", "host", "status")),
@@ -120,6 +125,10 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("get", "/api/v1/ssh-keys"): Route("List your SSH keys", returns="[SSHKey]"),
     ("delete", "/api/v1/ssh-keys/{name}"): Route("Delete an SSH key", ok=204, errors=(404,)),
     ("get", "/api/v1/files"): Route("List your uploaded files (registered by file-scan)", returns="[File]"),
+    ("put", "/api/v1/files/{filename}"): Route(
+        "Upload a file into your upload folder, streamed (file-scan registers it on its next run); ?replace=true "
+        "replaces one of that name", ok=201, returns="Upload", errors=(409, 411, 507), query=("replace",),
+        upload=True),
     ("post", "/api/v1/images"): Route("Create an image from one of your files", ImageCreate, 201, "Image",
                                       errors=(409, 422), idempotent=True),
     ("get", "/api/v1/images"): Route("List public images and yours", returns="[Image]"),
@@ -149,6 +158,7 @@ SCHEMAS: dict[str, type[BaseModel]] = {
 # The names in paths are keys: a name that cannot be one is a 404, as nothing can be stored under it.
 _PATH_SCHEMAS: dict[str, dict[str, Any]] = {
     "name": NAME_SCHEMA, "uuid": NAME_SCHEMA, "token_id": NAME_SCHEMA,
+    "filename": {"type": "string", "minLength": 1, "maxLength": NAME_MAX_BYTES, "pattern": r"^[^./\\][^/\\]*$"},
     # "delete" is an action too, but DELETE /vms/{uuid} asks for it (POST answers 405)
     "action": {"type": "string", "enum": [a.value for a in Action if a is not Action.DELETE]},
 }
@@ -160,6 +170,7 @@ _QUERY_SCHEMAS: dict[str, dict[str, Any]] = {
     "object": {"type": "string", "pattern": f"^({'|'.join(Kind)}):" + NAME_PATTERN[1:], "maxLength": KEY_PART_MAX},
     "since": {"type": "string", "format": "date-time"},
     "limit": {"type": "integer", "minimum": 1, "maximum": LIMIT_MAX},
+    "replace": {"type": "boolean"}, "cascade": {"type": "boolean"},
 }
 
 
@@ -222,6 +233,14 @@ def document(app: Flask) -> dict[str, Any]:
                                        "additionalProperties": {"type": "string"}}}}}}},
             "expires_in": {"type": "integer"},
             "data": {"type": ["string", "null"]}, "query": {"type": ["string", "null"]}}}
+    components["Upload"] = {"type": "object", "required": ["owner", "filename", "size"], "properties": {
+        "owner": {"type": "string"}, "filename": {"type": "string"}, "size": {"type": "integer"},
+        "registered": {"type": "boolean"}, "note": {"type": "string"}}}
+    components["UserDeletion"] = {"type": "object", "required": ["name", "deleting", "left"], "properties": {
+        "name": {"type": "string"}, "deleting": {"type": "boolean"},
+        "left": {"type": "object", "description": "what the user still owns, by kind: a count and some names",
+                 "additionalProperties": {"type": "object", "properties": {
+                     "count": {"type": "integer"}, "some": {"type": "array", "items": {"type": "string"}}}}}}}
     components["Health"] = {"type": "object", "properties": {"status": {"type": "string"}}}
     for (method, path), route in ROUTES.items():
         responses: dict[str, Any] = {}
@@ -259,6 +278,9 @@ def document(app: Flask) -> dict[str, Any]:
                                "schema": {"type": "string"}})
         if parameters:
             operation["parameters"] = parameters
+        if route.upload:
+            operation["requestBody"] = {"required": True, "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
         if route.body is not None:
             operation["requestBody"] = {
                 "required": route.body is not Migrate,

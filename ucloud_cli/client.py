@@ -10,7 +10,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
 def config_path() -> Path:
@@ -48,10 +48,19 @@ class Client:
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
+        return self._send(method, path, data, {"Content-Type": "application/json"})
+
+    def upload(self, name: str, source: BinaryIO, size: int, replace: bool) -> Any:
+        """Stream `size` bytes from `source` as the file `name` (`PUT /files/{name}`): http.client reads
+        the body from `source` block by block as it sends, never all of it at once."""
+        path = f"/files/{urllib.parse.quote(name, safe='')}{'?replace=true' if replace else ''}"
+        return self._send("PUT", path, source, {"Content-Type": "application/octet-stream",
+                                                "Content-Length": str(size)})
+
+    def _send(self, method: str, path: str, data: bytes | BinaryIO | None, headers: dict[str, str]) -> Any:
         request = urllib.request.Request(
             f"{self.url}/api/v1{path}", data=data, method=method,
-            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json",
-                     "Accept": "application/json"},
+            headers={"Authorization": f"Bearer {self.token}", "Accept": "application/json", **headers},
         )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:

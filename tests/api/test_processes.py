@@ -28,11 +28,13 @@ from ucloud_common.user import Role
 
 BIN = Path(sys.executable).parent
 READ_TIMEOUT = 4  # UCLOUD_API_READ_TIMEOUT of the gunicorn below
+UPLOAD_MAX = 16 * 1024 * 1024  # its UCLOUD_UPLOAD_MAX_SIZE, in bytes
 
 
 def env_for(endpoint: str, tmp_path: Path) -> dict[str, str]:
     conf = tmp_path / "ucloud.conf"
-    conf.write_text(f"UCLOUD_ETCD_ENDPOINTS={endpoint}\n")
+    (tmp_path / "www").mkdir(exist_ok=True)
+    conf.write_text(f"UCLOUD_ETCD_ENDPOINTS={endpoint}\nUCLOUD_UPLOAD_DIR={tmp_path / 'www'}\n")
     clean = {k: v for k, v in os.environ.items() if not k.startswith("UCLOUD_")}
     return {**clean, "UCLOUD_CONFIG": str(conf)}
 
@@ -56,6 +58,7 @@ def gunicorn(etcd_server: EtcdServer, store: Store, tmp_path: Path) -> Iterator[
     port = free_port()
     env = env_for(etcd_server.endpoint, tmp_path)
     env["UCLOUD_API_READ_TIMEOUT"] = str(READ_TIMEOUT)
+    env["UCLOUD_UPLOAD_MAX_SIZE"] = str(UPLOAD_MAX / 2**30)
     process = subprocess.Popen([str(BIN / "ucloud-api"), "serve", "--bind", f"127.0.0.1:{port}", "--workers", "2"],
                                env=env, stdout=subprocess.DEVNULL,
                                stderr=open(tmp_path / "gunicorn.log", "w"))

@@ -1,4 +1,4 @@
-"""Files (registered by file-scan) and images (made from them by image-scanner)."""
+"""Images (made by image-scanner from files users uploaded, `ucloud_api.views.files`)."""
 
 from __future__ import annotations
 
@@ -19,10 +19,9 @@ from ucloud_common.claim import IMAGE_NAMES, owned
 from ucloud_common.event import Kind
 from ucloud_common.file import FILES
 from ucloud_common.image import IMAGES, Image
-from ucloud_common.store import Remove
+from ucloud_common.store import Remove, Versioned
 from ucloud_common.vm import VMS
 
-files = Blueprint("files", __name__, url_prefix="/api/v1/files")
 images = Blueprint("images", __name__, url_prefix="/api/v1/images")
 
 
@@ -33,13 +32,6 @@ stores = Blueprint("image_stores", __name__, url_prefix="/api/v1/image-stores")
 def list_stores() -> Response:
     return jsonify([{"name": name, "type": "local" if name == "local" else "rbd"}
                     for name in store().settings.image_stores])
-
-
-@files.get("")
-def list_files() -> Response:
-    caller = current()
-    return jsonify([dump(f.value) for f in store().list(FILES).items.values()
-                    if caller.is_admin or f.value.owner == caller.name])
 
 
 @images.post("")
@@ -86,10 +78,17 @@ def get(uuid: str) -> Response:
 def delete(uuid: str) -> Response:
     image = lookup_own(IMAGES, uuid, f"image {uuid}")
     check_if_match(image)
+    remove(image)
+    return Response(status=204)
+
+
+def remove(image: Versioned[Image], why: str = "") -> None:
+    """Delete the image as read, with its name claim; 409 if a VM is based on it, `Conflict` if it
+    changed."""
+    uuid = image.name
     users = [vm.value.name for vm in store().list(VMS).items.values() if vm.value.image == uuid]
     if users:
         raise APIError(409, "in_use", f"image {uuid} is the base of VM {users[0]}; delete the VM first")
     store().transact([Remove(IMAGES, uuid, image.mod_revision),
                       Remove(IMAGE_NAMES, owned(image.value.owner, image.value.name), None),
-                      told(Kind.IMAGE, uuid, f"delete image {image.value.name}")])
-    return Response(status=204)
+                      told(Kind.IMAGE, uuid, f"delete image {image.value.name}{why}")])
