@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import configparser
+import http.client
 import json
 import os
+import select
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
+
+UPLOAD_BLOCK = 256 * 1024  # as the API reads it: the progress bar moves by what the API took in
 
 
 def config_path() -> Path:
@@ -48,19 +53,10 @@ class Client:
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
-        return self._send(method, path, data, {"Content-Type": "application/json"})
-
-    def upload(self, name: str, source: BinaryIO, size: int, replace: bool) -> Any:
-        """Stream `size` bytes from `source` as the file `name` (`PUT /files/{name}`): http.client reads
-        the body from `source` block by block as it sends, never all of it at once."""
-        path = f"/files/{urllib.parse.quote(name, safe='')}{'?replace=true' if replace else ''}"
-        return self._send("PUT", path, source, {"Content-Type": "application/octet-stream",
-                                                "Content-Length": str(size)})
-
-    def _send(self, method: str, path: str, data: bytes | BinaryIO | None, headers: dict[str, str]) -> Any:
         request = urllib.request.Request(
             f"{self.url}/api/v1{path}", data=data, method=method,
-            headers={"Authorization": f"Bearer {self.token}", "Accept": "application/json", **headers},
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json",
+                     "Accept": "application/json"},
         )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
@@ -68,9 +64,44 @@ class Client:
         except urllib.error.HTTPError as exc:
             raise CLIError(_message(exc.code, exc.read()), http_status=exc.code) from None
         except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise CLIError(f"cannot reach the API at {self.url}: {reason}", 3) from None
+            raise self._unreachable(getattr(exc, "reason", exc)) from None
         return json.loads(text) if text else None
+
+    def upload(self, name: str, source: BinaryIO, size: int, replace: bool,
+               advance: Callable[[int], None] = lambda _: None) -> Any:
+        """Stream `size` bytes of `source` as the file `name` (`PUT /files/{name}`), block by block,
+        telling `advance` of each. The API may refuse before the body is through (the name is taken,
+        too large): it answers at once, so the answer is looked for between blocks and the sending
+        stops there (urllib would send it all first, and with its `Connection: close` the API hangs
+        up on the rest: the answer was lost to a broken pipe)."""
+        url = urllib.parse.urlsplit(self.url)
+        connection = (http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection)(
+            url.hostname or "", url.port, timeout=self.timeout)
+        try:
+            connection.putrequest("PUT", f"{url.path}/api/v1/files/{urllib.parse.quote(name, safe='')}"
+                                         f"{'?replace=true' if replace else ''}")
+            for header, value in (("Authorization", f"Bearer {self.token}"), ("Accept", "application/json"),
+                                  ("Content-Type", "application/octet-stream"), ("Content-Length", str(size))):
+                connection.putheader(header, value)
+            connection.endheaders()
+            try:
+                while (block := source.read(UPLOAD_BLOCK)) and not _answered(connection):
+                    connection.send(block)
+                    advance(len(block))
+            except OSError:
+                pass  # the API hung up: its answer, if it gave one, says why
+            response = connection.getresponse()
+            status, text = response.status, response.read()
+        except OSError as exc:
+            raise self._unreachable(exc) from None
+        finally:
+            connection.close()
+        if status >= 400:
+            raise CLIError(_message(status, text), http_status=status)
+        return json.loads(text) if text else None
+
+    def _unreachable(self, reason: object) -> CLIError:
+        return CLIError(f"cannot reach the API at {self.url}: {reason}", 3)
 
     def find(self, collection: str, ref: str, what: str, name: str = "name") -> dict[str, Any]:
         """The `what` (VM, network, image, file) of `collection` whose uuid or `name` field is `ref`.
@@ -88,6 +119,11 @@ class Client:
             owners = ", ".join(sorted(item["owner"] for item in named))
             raise CLIError(f"{len(named)} {what}s are named {ref!r} (owners {owners}): give the uuid")
         return named[0]
+
+
+def _answered(connection: http.client.HTTPConnection) -> bool:
+    """Whether the API sent something (its answer) before the request's body was through."""
+    return connection.sock is not None and bool(select.select([connection.sock], [], [], 0)[0])
 
 
 def _message(status: int, text: bytes) -> str:

@@ -12,7 +12,7 @@ import time
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import click
 from click.shell_completion import get_completion_class
@@ -561,24 +561,10 @@ def file_upload(path: Path, name: str | None, replace: bool, fmt: str) -> None:
     with path.open("rb") as source:
         if sys.stderr.isatty():
             with click.progressbar(length=size, label=f"uploading {path.name}", file=sys.stderr) as bar:
-                stored = api.upload(name or path.name, _Progress(source, bar.update), size, replace)
+                stored = api.upload(name or path.name, source, size, replace, bar.update)
         else:
             stored = api.upload(name or path.name, source, size, replace)
     show(stored, fmt)
-
-
-class _Progress:
-    """A file read through, telling `advance` how many bytes each read gave (http.client reads the
-    body it sends in blocks: the bar moves as the bytes leave)."""
-
-    def __init__(self, source: BinaryIO, advance: Callable[[int], None]) -> None:
-        self._source = source
-        self._advance = advance
-
-    def read(self, size: int = -1) -> bytes:
-        block = self._source.read(size)
-        self._advance(len(block))
-        return block
 
 
 # -- SSH keys -------------------------------------------------------------------------------------
