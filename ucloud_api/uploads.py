@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import secrets
-from pathlib import Path
 from typing import BinaryIO
 
 from ucloud_api.auth import Caller
