@@ -8,7 +8,7 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from ucloud_api import audit, metrics, openapi, site
+from ucloud_api import audit, cache, metrics, openapi, site
 from ucloud_api.auth import Authenticator
 from ucloud_api.errors import APIError
 from ucloud_api.views import consoles, events, files, guacamole, hosts, images, keys, networks, tokens, users, vms
@@ -27,7 +27,8 @@ def create_app(settings: Settings, store: Store | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     the_store = store or Store(settings)
     app.extensions["ucloud.store"] = the_store
-    authenticator = Authenticator(the_store)
+    read_cache = cache.install(app, the_store, vms.rendered)
+    authenticator = Authenticator(the_store, read_cache.tokens, read_cache.users)
     app.extensions["ucloud.auth"] = authenticator
     metrics.instrument(app)
 

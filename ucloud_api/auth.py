@@ -10,7 +10,6 @@ import hashlib
 import hmac
 import secrets
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,15 +17,13 @@ from typing import Any
 
 from flask import current_app, g, request
 
+from ucloud_api.cache import sent_revision
 from ucloud_api.errors import APIError
 from ucloud_api.passwords import hash_password
-from ucloud_common.record import check_key_part, utcnow
-from ucloud_common.store import Conflict, Put, Store
+from ucloud_common.record import Family, R, check_key_part, utcnow
+from ucloud_common.store import Conflict, Put, Store, Versioned
+from ucloud_common.store.mirror import Mirror
 from ucloud_common.user import PASSWORDS, TOKENS, USERS, Password, Role, Token, User, check_user_name
-
-# How long a worker trusts a checked token without asking etcd again: a deleted user or token
-# stops working within this, and a busy API does not read two keys for every request.
-CACHE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -49,7 +46,8 @@ def new_token(user: str, name: str = "initial", expires_at: datetime | None = No
 
 
 def forget(token_id: str) -> None:
-    """Drop a revoked token from this process's cache (other API processes: within CACHE_SECONDS)."""
+    """Refuse a token revoked through this process at once (the others refuse it as soon as their
+    watch delivers its deletion)."""
     authenticator: Authenticator = current_app.extensions["ucloud.auth"]
     authenticator.forget(token_id)
 
@@ -59,10 +57,21 @@ def _digest(salt: str, secret: str) -> str:
 
 
 class Authenticator:
-    def __init__(self, store: Store) -> None:
+    """Checks a token against its salted hash, reading the token and its user from the worker's
+    mirrors (`ucloud_api.cache`): no etcd round trip per request. A token or user the mirror does not
+    hold (made a moment ago through another worker, or the mirror not loaded yet) is read from etcd.
+    A deleted token or user stops working here as soon as the watch delivers the deletion; at once
+    when the client sends the revision of the deletion back (`X-Ucloud-Revision`)."""
+
+    # Ids revoked through this process, refused even before its own watch delivers the deletion.
+    # Token ids are random and never reused, so one refused here can never come back.
+    _REVOKED_KEPT = 10_000
+
+    def __init__(self, store: Store, tokens: Mirror[Token], users: Mirror[User]) -> None:
         self._store = store
-        # text → (when checked, until when it works, the caller)
-        self._cache: dict[str, tuple[float, datetime | None, Caller]] = {}
+        self._tokens = tokens
+        self._users = users
+        self._revoked: set[str] = set()
         self._lock = threading.Lock()
 
     def caller(self) -> Caller:
@@ -75,39 +84,40 @@ class Authenticator:
 
     def of(self, text: str) -> Caller:
         """The caller whose token `text` is (from a header, or the console site's cookie), or 401."""
-        now = time.monotonic()
-        with self._lock:
-            cached = self._cache.get(text)
-        if cached and now - cached[0] < CACHE_SECONDS and not _expired(cached[1]):
-            return cached[2]
-        expires_at, caller = self._check(text.strip())
-        with self._lock:
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[text] = (now, expires_at, caller)
-        return caller
-
-    def forget(self, token_id: str) -> None:
-        with self._lock:
-            for text in [t for t in self._cache if t.strip().partition(".")[0] == token_id]:
-                del self._cache[text]
-
-    def _check(self, text: str) -> tuple[datetime | None, Caller]:
         refused = APIError(401, "unauthenticated", "the token is not valid")
-        token_id, _, secret = text.partition(".")
+        token_id, _, secret = text.strip().partition(".")
         try:
             check_key_part(token_id)
         except ValueError:
             raise refused from None
-        token = self._store.get(TOKENS, token_id)
+        with self._lock:
+            if token_id in self._revoked:
+                raise refused
+        token = self._read(self._tokens, TOKENS, token_id)
         if token is None or not hmac.compare_digest(token.value.sha256, _digest(token.value.salt, secret)):
             raise refused
         if _expired(token.value.expires_at):
             raise APIError(401, "unauthenticated", "the token has expired")
-        user = self._store.get(USERS, token.value.user)
+        user = self._read(self._users, USERS, token.value.user)
         if user is None or user.value.deleting:  # a user being deleted makes nothing new meanwhile
             raise refused
-        return token.value.expires_at, Caller(user.value.name, user.value.role)
+        return Caller(user.value.name, user.value.role)
+
+    def _read(self, mirror: Mirror[R], family: Family[R], name: str) -> Versioned[R] | None:
+        # The client's X-Ucloud-Revision counts here too: after a revocation it sends back, the
+        # token is refused by every worker, whatever its watch has delivered so far. Not waited
+        # for: it is mostly the revision of a write to another family, which these never reach.
+        if mirror.wait_for(sent_revision(), 0):
+            found = mirror.table.items.get(name)
+            if found is not None:
+                return found
+        return self._store.get(family, name)
+
+    def forget(self, token_id: str) -> None:
+        with self._lock:
+            if len(self._revoked) >= self._REVOKED_KEPT:
+                self._revoked = {t for t in self._revoked if t in self._tokens.table.items}
+            self._revoked.add(token_id)
 
 
 def _expired(expires_at: datetime | None) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -11,8 +12,12 @@ import click
 from ucloud_api.auth import create_user
 from ucloud_api.errors import APIError
 from ucloud_common.cli import daemon_group, settings_from
+from ucloud_common.config import Settings
+from ucloud_common.event import forget_old_events
 from ucloud_common.store import Store, StoreError
 from ucloud_common.user import Role
+
+log = logging.getLogger(__name__)
 
 cli = daemon_group("ucloud-api", "The REST API: users' requests about VMs, networks, images and keys, "
                    "checked and written to etcd.")
@@ -33,7 +38,8 @@ def serve(ctx: click.Context, bind: str, workers: int | None, gunicorn_config: P
 
     Example: ucloud-api serve --bind 127.0.0.1:8080
     """
-    settings_from(ctx)  # refuse to start on a bad configuration, before forking workers
+    settings = settings_from(ctx)  # refuse to start on a bad configuration, before forking workers
+    _forget_old_events(settings)
     config = ctx.find_root().params.get("config")
     if config:
         os.environ["UCLOUD_CONFIG"] = str(config)
@@ -41,6 +47,21 @@ def serve(ctx: click.Context, bind: str, workers: int | None, gunicorn_config: P
     if workers:
         argv += ["--workers", str(workers)]
     os.execv(sys.executable, [*argv, "ucloud_api.wsgi:app"])
+
+
+def _forget_old_events(settings: Settings) -> None:
+    """An upgrade's one step: events of the old layout go (see `forget_old_events`). Best effort: an
+    API started while etcd is away serves anyway (answering 503), and the next start deletes them."""
+    store = Store(settings)
+    try:
+        forgotten = forget_old_events(store)
+    except StoreError as exc:
+        log.warning("events of the layout before the audit trail are left for the next start: %s", exc)
+        return
+    finally:
+        store.close()
+    if forgotten:
+        log.info("deleted %d events of the layout before the audit trail (a VM's, kept without a lease)", forgotten)
 
 
 @cli.command("create-admin")

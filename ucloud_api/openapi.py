@@ -12,6 +12,7 @@ from typing import Any
 from flask import Flask
 from pydantic import BaseModel
 
+from ucloud_api.cache import CONTINUE_HEADER, MAX_LIMIT, REVISION_HEADER
 from ucloud_api.idempotency import IDEMPOTENCY_KEY_SCHEMA
 from ucloud_api.views.events import LIMIT_MAX
 from ucloud_api.schemas import (
@@ -54,6 +55,7 @@ class Route:
     query: tuple[str, ...] = ()  # filters, each a name of `_QUERY_SCHEMAS`
     media_type: str = "application/json"  # of the answer's body
     upload: bool = False  # the body is the bytes of a file (application/octet-stream), streamed
+    paged: bool = False  # a list from the worker's cache: ?limit=&continue=, its revision (ucloud_api.cache)
 
 
 ROUTES: dict[tuple[str, str], Route] = {
@@ -83,7 +85,7 @@ ROUTES: dict[tuple[str, str], Route] = {
         returns="UserDeletion", admin=True, errors=(202, 404, 409), if_match=True, query=("cascade",)),
     ("post", "/api/v1/vms"): Route("Create a VM", VMCreate, 201, "VM", errors=(409, 422), idempotent=True),
     ("get", "/api/v1/vms"): Route("List your VMs (an admin: all, filtered by owner, host, status)", returns="[VM]",
-                                  query=("owner", "host", "status")),
+                                  query=("owner", "host", "status"), paged=True),
     ("get", "/api/v1/vms/{uuid}"): Route("Read a VM with its last events", returns="VM", errors=(404,)),
     ("get", "/api/v1/vms/{uuid}/events"): Route("A VM's event log", returns="[Event]", errors=(404,)),
     ("get", "/api/v1/events"): Route("Events of all objects, or of one (object=vm:<uuid>, user:<name>, host:<name>, "
@@ -112,7 +114,7 @@ ROUTES: dict[tuple[str, str], Route] = {
         "?data=", returns="GuacamoleConnection", errors=(404, 409)),
     ("post", "/api/v1/networks"): Route("Create a network (VXLAN)", NetworkCreate, 201, "Network", errors=(409, 422),
                                    idempotent=True),
-    ("get", "/api/v1/networks"): Route("List your networks", returns="[Network]"),
+    ("get", "/api/v1/networks"): Route("List your networks", returns="[Network]", paged=True),
     ("get", "/api/v1/networks/{uuid}"): Route("Read a network", returns="Network", errors=(404,)),
     ("delete", "/api/v1/networks/{uuid}"): Route("Delete a network no VM uses", ok=204, errors=(404, 409),
                                                  if_match=True),
@@ -124,19 +126,20 @@ ROUTES: dict[tuple[str, str], Route] = {
                                         idempotent=True),
     ("get", "/api/v1/ssh-keys"): Route("List your SSH keys", returns="[SSHKey]"),
     ("delete", "/api/v1/ssh-keys/{name}"): Route("Delete an SSH key", ok=204, errors=(404,)),
-    ("get", "/api/v1/files"): Route("List your uploaded files (registered by file-scan)", returns="[File]"),
+    ("get", "/api/v1/files"): Route("List your uploaded files (registered by file-scan)", returns="[File]",
+                                        paged=True),
     ("put", "/api/v1/files/{filename}"): Route(
         "Upload a file into your upload folder, streamed (file-scan registers it on its next run); ?replace=true "
         "replaces one of that name", ok=201, returns="Upload", errors=(409, 411, 507), query=("replace",),
         upload=True),
     ("post", "/api/v1/images"): Route("Create an image from one of your files", ImageCreate, 201, "Image",
                                       errors=(409, 422), idempotent=True),
-    ("get", "/api/v1/images"): Route("List public images and yours", returns="[Image]"),
+    ("get", "/api/v1/images"): Route("List public images and yours", returns="[Image]", paged=True),
     ("get", "/api/v1/image-stores"): Route("List the image stores (local directory or Ceph pool)",
                                            returns="[ImageStore]"),
     ("get", "/api/v1/images/{uuid}"): Route("Read an image", returns="Image", errors=(404,)),
     ("delete", "/api/v1/images/{uuid}"): Route("Delete your image", ok=204, errors=(404, 409), if_match=True),
-    ("get", "/api/v1/hosts"): Route("List hosts with capacity, allocation and liveness", returns="[HostView]",
+    ("get", "/api/v1/hosts"): Route("List hosts with capacity, allocation and liveness", returns="[HostView]", paged=True,
                                     admin=True),
     ("get", "/api/v1/hosts/{name}"): Route("Read a host", returns="HostView", admin=True, errors=(404,)),
     ("post", "/api/v1/hosts/{name}/maintenance"): Route("Turn maintenance on or off (drain: move its VMs away)",
@@ -189,6 +192,24 @@ def _error_schema() -> dict[str, Any]:
         "type": "object", "required": ["code", "message"],
         "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
     }}}
+
+
+_REVISION_SCHEMA = {"type": "string", "pattern": "^[0-9]{1,20}$"}
+_PAGE_PARAMETERS = [
+    {"name": "limit", "in": "query", "required": False, "description": "at most this many items (else all)",
+     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}},
+    {"name": "continue", "in": "query", "required": False,
+     "description": f"the previous page's {CONTINUE_HEADER}, as it is: the items after its last one, in key order",
+     "schema": {"type": "string"}},
+    {"name": REVISION_HEADER, "in": "header", "required": False, "schema": _REVISION_SCHEMA,
+     "description": "a revision an answer gave (a write's): this answer reflects it or a later one"},
+]
+_PAGE_HEADERS = {
+    REVISION_HEADER: {"description": "etcd's revision this answer reflects (a write's: its own)",
+                      "schema": _REVISION_SCHEMA},
+    CONTINUE_HEADER: {"description": "more follow: send it back as ?continue= for the next page",
+                      "schema": {"type": "string"}},
+}
 
 
 def document(app: Flask) -> dict[str, Any]:
@@ -262,6 +283,11 @@ def document(app: Flask) -> dict[str, Any]:
                                             for p in _path_parameters(path)]
         parameters += [{"name": q, "in": "query", "required": False, "schema": _QUERY_SCHEMAS[q]}
                        for q in route.query]
+        if route.paged:
+            parameters += _PAGE_PARAMETERS
+            ok["headers"] = _PAGE_HEADERS
+        elif method != "get":
+            ok["headers"] = {REVISION_HEADER: _PAGE_HEADERS[REVISION_HEADER]}
         if route.idempotent:
             parameters.append({"name": "Idempotency-Key", "in": "header", "required": False,
                                "description": "a retry with the same key gets the first answer, and nothing is "

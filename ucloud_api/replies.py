@@ -8,6 +8,7 @@ from typing import Any
 from flask import Response, current_app, jsonify, request
 
 from ucloud_api.auth import current
+from ucloud_api.cache import get_cached
 from ucloud_api.errors import APIError, not_found
 from ucloud_common.record import Family, InvalidRecord, R, Record, check_key_part
 from ucloud_common.store import Store, Versioned
@@ -58,14 +59,17 @@ def check_if_match(obj: Versioned[Any]) -> None:
                        f"the object changed (ETag is now \"{obj.mod_revision}\"); read it again")
 
 
-def lookup(family: Family[R], name: str, what: str) -> Versioned[R]:
-    """The object, or 404 (also for a name that cannot be a key: it cannot exist either)."""
+def lookup(family: Family[R], name: str, what: str, cached: bool = False) -> Versioned[R]:
+    """The object, or 404 (also for a name that cannot be a key: it cannot exist either); from the
+    worker's cache when `cached` and the cache is fresh (never for what a write is based on: a
+    compare-and-swap fails on a stale revision anyway, but a refusal must be about the present)."""
     try:
         check_key_part(name)
     except ValueError:
         raise not_found(what) from None
     try:
-        found = store().get(family, name)
+        found = (get_cached(family, name, lambda: store().get(family, name)) if cached
+                 else store().get(family, name))
     except InvalidRecord as exc:
         # As a listing skips it, so does a read: the operator learns of it from the log.
         log.warning("skipping invalid record %s", exc)
@@ -75,9 +79,9 @@ def lookup(family: Family[R], name: str, what: str) -> Versioned[R]:
     return found
 
 
-def lookup_own(family: Family[R], name: str, what: str) -> Versioned[R]:
+def lookup_own(family: Family[R], name: str, what: str, cached: bool = False) -> Versioned[R]:
     """Like `lookup`, but another user's object is 404 too, exactly like a missing one."""
-    found = lookup(family, name, what)
+    found = lookup(family, name, what, cached)
     caller = current()
     if not caller.is_admin and getattr(found.value, "owner", None) != caller.name:
         raise not_found(what)

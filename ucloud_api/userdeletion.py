@@ -21,7 +21,7 @@ from datetime import timedelta
 from typing import Any
 
 from ucloud_api.audit import told
-from ucloud_api.auth import CACHE_SECONDS, forget
+from ucloud_api.auth import forget
 from ucloud_api.errors import APIError
 from ucloud_api.idempotency import REPLIES
 from ucloud_api.replies import store
@@ -41,6 +41,11 @@ from ucloud_common.vm import VMS, request_fields
 log = logging.getLogger(__name__)
 
 SOME = 5  # names shown per kind: enough to recognise, short enough for one line
+# How long after the mark a request of the user may still be under way: authenticated just before
+# it (or by a worker whose watch has not delivered it: milliseconds, seconds when etcd is slow), it
+# may still create something. The user record outlives the mark by this much, so that the sweep
+# after it finds what such a request made; a request runs for at most a few etcd timeouts.
+SETTLE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -130,14 +135,14 @@ def mark(user: Versioned[User]) -> Versioned[User]:
     except Conflict:
         raise APIError(409, "busy", f"user {name} changed meanwhile; retry the request") from None
     for token in tokens:
-        forget(token.name)  # this process at once; the others within CACHE_SECONDS
+        forget(token.name)  # this process at once; the others when their watch delivers it
     return Versioned(name, marked, revision, user.create_revision)
 
 
 def sweep(user: Versioned[User]) -> Holdings:
     """Delete what of the (marked) user's can go now; what is left. Removes the user once nothing is
-    left and the mark is older than the API's token cache (CACHE_SECONDS): until then a request
-    authenticated just before the mark may still make something, which a later sweep must find."""
+    left and the mark is `SETTLE_SECONDS` old: until then a request authenticated just before the
+    mark may still make something, which a later sweep must find."""
     name, why = user.name, f" (its owner {user.name} is being deleted)"
     for vm in store().list(VMS, where={"owner": name}).items.values():
         if vm.value.requested is Requested.DELETED:
@@ -158,7 +163,7 @@ def sweep(user: Versioned[User]) -> Holdings:
             pass
     left = holdings(name)
     assert user.value.deleting_since is not None, "sweep only a marked user"
-    if left.empty and utcnow() - user.value.deleting_since >= timedelta(seconds=CACHE_SECONDS):
+    if left.empty and utcnow() - user.value.deleting_since >= timedelta(seconds=SETTLE_SECONDS):
         remove_user(user, f"user {name} deleted: nothing of theirs is left")
     return left
 

@@ -11,7 +11,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -38,6 +38,10 @@ class Client:
     url: str
     token: str
     timeout: float = 30.0
+    PAGE = 500  # items a list asks for at once (the API answers up to 1,000)
+    # The newest X-Ucloud-Revision a write answered, sent with every request: whichever API worker
+    # answers next reflects this command's own writes (a new connection may reach another worker).
+    seen: dict[str, int] = field(default_factory=lambda: {"revision": 0}, repr=False, compare=False)
 
     @classmethod
     def from_environment(cls) -> Client:
@@ -52,20 +56,42 @@ class Client:
         return cls(url.rstrip("/"), token)
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
+        return self._call(method, path, body)[0]
+
+    def list(self, path: str) -> list[Any]:
+        """Every item of a list, page after page (`X-Ucloud-Continue`): the API answers at most
+        `limit` items a page, in key order, so an item that exists throughout is listed once."""
+        items: list[Any] = []
+        separator = "&" if "?" in path else "?"
+        token = None
+        while True:
+            query = f"{separator}limit={self.PAGE}" + (f"&continue={urllib.parse.quote(token)}" if token else "")
+            page, headers = self._call("GET", path + query)
+            items += page
+            token = headers.get("X-Ucloud-Continue")
+            if not token:
+                return items
+
+    def _call(self, method: str, path: str, body: Any = None) -> tuple[Any, Any]:
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(
             f"{self.url}/api/v1{path}", data=data, method=method,
             headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json",
-                     "Accept": "application/json"},
+                     "Accept": "application/json",
+                     **({"X-Ucloud-Revision": str(self.seen["revision"])} if self.seen["revision"] else {})},
         )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 text = response.read()
+                headers = response.headers
+                revision = headers.get("X-Ucloud-Revision", "")
+                if method != "GET" and revision.isascii() and revision.isdigit():
+                    self.seen["revision"] = max(self.seen["revision"], int(revision))
         except urllib.error.HTTPError as exc:
             raise CLIError(_message(exc.code, exc.read()), http_status=exc.code) from None
         except (urllib.error.URLError, OSError) as exc:
             raise self._unreachable(getattr(exc, "reason", exc)) from None
-        return json.loads(text) if text else None
+        return (json.loads(text) if text else None), headers
 
     def upload(self, name: str, source: BinaryIO, size: int, replace: bool,
                advance: Callable[[int], None] = lambda _: None) -> Any:
@@ -112,7 +138,7 @@ class Client:
         except CLIError as exc:
             if exc.http_status not in (404, 405):  # (files have no one-item route: the list has them)
                 raise
-        named = [item for item in self.request("GET", f"/{collection}") if ref in (item[name], item["uuid"])]
+        named = [item for item in self.list(f"/{collection}") if ref in (item[name], item["uuid"])]
         if not named:
             raise CLIError(f"{what} {ref!r} does not exist (no {what} has that uuid or name)")
         if len(named) > 1:

@@ -205,7 +205,7 @@ def vm_list(owner: str | None, host: str | None, status: str | None, fmt: str) -
     Example: ucloud vm list --status RUNNING
     """
     query = "&".join(f"{k}={v}" for k, v in (("owner", owner), ("host", host), ("status", status)) if v)
-    show(client().request("GET", f"/vms{'?' + query if query else ''}"), fmt, VM_COLUMNS)
+    show(client().list(f"/vms{'?' + query if query else ''}"), fmt, VM_COLUMNS)
 
 
 @vm.command("show")
@@ -417,7 +417,7 @@ def network_list(fmt: str) -> None:
 
     Example: ucloud network list -o json
     """
-    show(client().request("GET", "/networks"), fmt, NETWORK_COLUMNS)
+    show(client().list("/networks"), fmt, NETWORK_COLUMNS)
 
 
 @network.command("show")
@@ -494,7 +494,7 @@ def image_list(fmt: str) -> None:
 
     Example: ucloud image list
     """
-    show(client().request("GET", "/images"), fmt, IMAGE_COLUMNS)
+    show(client().list("/images"), fmt, IMAGE_COLUMNS)
 
 
 @image.command("create")
@@ -541,7 +541,7 @@ def file_list(fmt: str) -> None:
 
     Example: ucloud file list
     """
-    show(client().request("GET", "/files"), fmt, FILE_COLUMNS)
+    show(client().list("/files"), fmt, FILE_COLUMNS)
 
 
 @file_group.command("upload")
@@ -628,7 +628,7 @@ def host_list(fmt: str) -> None:
 
     Example: ucloud host list
     """
-    show(client().request("GET", "/hosts"), fmt, HOST_COLUMNS)
+    show(client().list("/hosts"), fmt, HOST_COLUMNS)
 
 
 @host.command("maintenance")

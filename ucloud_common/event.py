@@ -80,6 +80,18 @@ def event_leases(store: AbstractStore) -> SharedLeases:
     return _leases[retention]
 
 
+# Before events belonged to any object they were a VM's, named `<vm uuid>:<time>`, kept without a lease
+# and deleted with the VM; with the VM no longer deleting them, nothing would. A uuid starts with a hex
+# digit and no `Kind` does, so these prefixes hold those events and nothing else.
+_OLD_LAYOUT = "0123456789abcdef"
+
+
+def forget_old_events(store: AbstractStore) -> int:
+    """Delete the events of the layout before the audit trail (no object, read by nobody, skipped with
+    a warning by every listing); return how many. Deleting again deletes nothing more."""
+    return sum(store.delete_all(EVENTS, first) for first in _OLD_LAYOUT)
+
+
 def new_event(store: AbstractStore, obj: str, source: str, message: str, *, user: str = "",
               request_id: str = "") -> Put[Event]:
     """The write that appends an event, to go in the same transaction as what it tells of. A

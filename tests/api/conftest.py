@@ -57,6 +57,7 @@ def app(settings: Settings, store: Store) -> Iterator[Flask]:
     store.create(IMAGES, "tiny", Image(uuid="tiny", owner="admin", name="tiny", store_name="local",
                                         public=True, status=ImageStatus.CREATED))
     yield app
+    app.extensions["ucloud.cache"].stop()
 
 
 @pytest.fixture
@@ -80,6 +81,12 @@ def alice(client: FlaskClient, store: Store) -> As:
 def bob(client: FlaskClient, store: Store) -> As:
     _, token = create_user(store, "bob", Role.USER)
     return As(client, token, "bob")
+
+
+def seen(store: Store) -> dict[str, str]:
+    """Headers that make the API answer at etcd's present revision: what a read after a write of
+    another process (the scheduler, an agent: here the test itself) needs to see it at once."""
+    return {"X-Ucloud-Revision": str(store.revision())}
 
 
 def set_status(store: Store, uuid: str, status: Status, hostname: str = "/v1/host/h1") -> None:

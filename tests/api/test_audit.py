@@ -16,7 +16,7 @@ from tests.api.conftest import As, set_status
 from ucloud_api.app import create_app
 from ucloud_api.auth import create_user
 from ucloud_common.config import Settings
-from ucloud_common.event import Kind, object_events, ref
+from ucloud_common.event import Kind, forget_old_events, object_events, ref
 from ucloud_common.host import HOSTS, Host
 from ucloud_common.logs import JSONFormatter, acting_for
 from ucloud_common.specs import Specs
@@ -163,3 +163,13 @@ def test_json_log_lines_are_one_object_each_with_the_request_id() -> None:
     assert (entry["user"], entry["method"], entry["path"], entry["status"], entry["duration_ms"]) == \
         ("a\nb", "GET", "/x", 200, 1.5)
     assert entry["time"].endswith("Z")
+
+
+def test_an_upgrade_deletes_the_events_of_the_layout_before_the_audit_trail(alice: As, store: Store) -> None:
+    vm = alice.create_vm()["uuid"]
+    old = f"/v1/event/{vm}:00000001764201600000"  # a VM's event as round 1 wrote it: no object, no lease
+    assert store.create_key(old, json.dumps({"vm": vm, "source": "agent h1", "message": "started"}), 0)[0]
+    assert forget_old_events(store) == 1
+    assert store.read_key(old)[0] is None
+    assert [m for _, _, m in told(store, Kind.VM, vm)] == ["create VM web1 from image tiny"]  # today's stay
+    assert forget_old_events(store) == 0

@@ -18,6 +18,9 @@ naming an ETag that is no longer current is a failed precondition, not refused d
 from the four operations whose bodies name other objects (an image, file, store, network, SSH key
 that must exist and be yours) or hold what only a parser can judge (an SSH key's blob, an IPv6
 /64). A body that breaks the schema itself is still caught: its 422 is what the schema predicts.
+Left out: a paged list's `continue` other than empty. It is an opaque token that only the API makes
+(any string fits the schema, and one the API did not make is a 400): tests/api/test_cache.py holds
+bad tokens to their 400s and pages through with good ones; `limit` is fuzzed here as any parameter.
 """
 
 from __future__ import annotations
@@ -98,11 +101,12 @@ def test_all_checks_and_the_stateful_phase_find_nothing(app: Flask, admin: As, a
     monkeypatch.setattr(WSGI_TRANSPORT, "send", _without_socket_options(WSGI_TRANSPORT.send))
 
     @schema.hook
-    def filter_case(context: Any, case: Any) -> bool:  # the two exclusions of the docstring
+    def filter_case(context: Any, case: Any) -> bool:  # the exclusions of the docstring
         method, path, parameters = case.method.upper(), case.path, case.path_parameters or {}
         return not (method == "DELETE" and (
             (path == "/api/v1/users/{name}" and parameters.get("name") == who.name)
-            or (path == "/api/v1/tokens/{token_id}" and parameters.get("token_id") == token_id)))
+            or (path == "/api/v1/tokens/{token_id}" and parameters.get("token_id") == token_id))
+            or (case.query or {}).get("continue"))
 
     operations = {result.ok().label for result in schema.get_all_operations()}
     # (schemathesis leaves out the operation that serves the schema itself)

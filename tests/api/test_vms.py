@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from tests.api.conftest import As, set_status
+from tests.api.conftest import As, seen, set_status
 from ucloud_api.idempotency import REPLIES
 from ucloud_common.states import ACTIONS, Action, Requested, Status
 from ucloud_common.host import HOSTS, Host
@@ -231,10 +231,11 @@ def test_admin_lists_all_and_filters(alice: As, bob: As, admin: As, store: Store
     a = alice.create_vm("a")
     b = bob.create_vm("b")
     set_status(store, b["uuid"], Status.RUNNING, hostname="/v1/host/h2")
-    assert {v["uuid"] for v in admin.get("/api/v1/vms").json} == {a["uuid"], b["uuid"]}
-    assert [v["uuid"] for v in admin.get("/api/v1/vms?owner=alice").json] == [a["uuid"]]
-    assert [v["uuid"] for v in admin.get("/api/v1/vms?host=h2").json] == [b["uuid"]]
-    assert [v["uuid"] for v in admin.get("/api/v1/vms?status=RUNNING").json] == [b["uuid"]]
+    now = seen(store)  # the scheduler's write (the test's here) is seen once the watch delivers it
+    assert {v["uuid"] for v in admin.get("/api/v1/vms", headers=now).json} == {a["uuid"], b["uuid"]}
+    assert [v["uuid"] for v in admin.get("/api/v1/vms?owner=alice", headers=now).json] == [a["uuid"]]
+    assert [v["uuid"] for v in admin.get("/api/v1/vms?host=h2", headers=now).json] == [b["uuid"]]
+    assert [v["uuid"] for v in admin.get("/api/v1/vms?status=RUNNING", headers=now).json] == [b["uuid"]]
     assert alice.get("/api/v1/vms?owner=bob").status_code == 403
     assert alice.get("/api/v1/vms?status=NAPPING").status_code == 400
 

@@ -21,6 +21,7 @@ from ucloud_common.store import (
     AbstractStore,
     Follower,
     MemoryStore,
+    Put,
     Store,
     StoreUnavailable,
 )
@@ -82,6 +83,19 @@ def test_snapshot_then_every_change_once_in_order(store: AbstractStore, collecto
     assert changes[1].value is not None and changes[1].value.value.restarts == 1
     assert [c.revision for c in changes] == sorted(c.revision for c in changes)
     assert sorted(collector.state) == ["a"]
+
+
+def test_a_transactions_changes_come_at_one_revision_the_last_one_whole(
+        store: AbstractStore, collectors: list[Collector]) -> None:
+    collector = Collector(Follower(store, VMS))
+    collectors.append(collector)
+    collector.wait_for(lambda: len(collector.items) == 1)
+    store.create(VMS, "alone", a_vm("alone"))
+    store.transact([Put(VMS, name, a_vm(name), 0) for name in ("t1", "t2", "t3")])
+    collector.wait_for(lambda: len(collector.changes()) == 4)
+    changes = collector.changes()
+    assert [(c.name, c.whole) for c in changes] == [("alone", True), ("t1", False), ("t2", False), ("t3", True)]
+    assert len({c.revision for c in changes[1:]}) == 1
 
 
 @pytest.mark.etcd_only("restarts etcd")

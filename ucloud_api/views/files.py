@@ -10,9 +10,10 @@ from flask import Blueprint, Response, jsonify, request
 from ucloud_api import uploads
 from ucloud_api.audit import told
 from ucloud_api.auth import current
+from ucloud_api.cache import list_reply
 from ucloud_api.errors import APIError
 from ucloud_api.query import flag
-from ucloud_api.replies import dump, store
+from ucloud_api.replies import store
 from ucloud_common.event import Kind
 from ucloud_common.file import FILES
 from ucloud_common.quoting import quote
@@ -28,8 +29,7 @@ files = Blueprint("files", __name__, url_prefix="/api/v1/files")
 @files.get("")
 def list_files() -> Response:
     caller = current()
-    return jsonify([dump(f.value) for f in store().list(FILES).items.values()
-                    if caller.is_admin or f.value.owner == caller.name])
+    return list_reply(FILES, index=None if caller.is_admin else "owner", value=caller.name)
 
 
 # `path:`: a name with a slash reaches the check below (a 400 that says why) instead of a 404.

@@ -2,27 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response
 
 from ucloud_api.audit import told
 from ucloud_api.auth import require_admin
 from ucloud_api.body import parse
+from ucloud_api.cache import cache, caught_up, compact_json, list_reply
 from ucloud_api.errors import APIError
 from ucloud_api.replies import check_if_match, dump, lookup, object_reply, store
 from ucloud_api.schemas import Maintenance
 from ucloud_common.event import Kind
 from ucloud_common.host import HOSTS, HOSTS_ALIVE, Host, HostStatus
 from ucloud_common.allocation import ZERO, allocations
+from ucloud_common.record import Family, R
 from ucloud_common.specs import Specs
 from ucloud_common.store import Conflict, Remove, Versioned
-from ucloud_common.vm import VMS
+from ucloud_common.vm import VMS, VM
 
 bp = Blueprint("hosts", __name__, url_prefix="/api/v1/hosts")
 
-def _allocations() -> dict[str, Specs]:
-    return allocations(vm.value for vm in store().list(VMS).items.values())
+def _allocations(vms: Iterable[VM] | None = None) -> dict[str, Specs]:
+    return allocations(vms if vms is not None else (vm.value for vm in store().list(VMS).items.values()))
 
 
 def _describe(host: Versioned[Host], alive: set[str], totals: dict[str, Specs], vms: int) -> dict[str, Any]:
@@ -32,10 +35,10 @@ def _describe(host: Versioned[Host], alive: set[str], totals: dict[str, Specs], 
             "allocated": totals.get(host.name, ZERO).model_dump(), "vms": vms}
 
 
-def _vms_on() -> dict[str, int]:
+def _vms_on(vms: Iterable[VM] | None = None) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for vm in store().list(VMS).items.values():
-        for name in {vm.value.host, vm.value.migration.target if vm.value.migration else ""} - {""}:
+    for vm in vms if vms is not None else (vm.value for vm in store().list(VMS).items.values()):
+        for name in {vm.host, vm.migration.target if vm.migration else ""} - {""}:
             counts[name] = counts.get(name, 0) + 1
     return counts
 
@@ -43,9 +46,15 @@ def _vms_on() -> dict[str, int]:
 @bp.get("")
 def list_() -> Response:
     require_admin()
-    alive = set(store().list(HOSTS_ALIVE).items)
-    allocations, counts = _allocations(), _vms_on()
-    return jsonify([_describe(h, alive, allocations, counts.get(h.name, 0)) for h in store().list(HOSTS).items.values()])
+    vms, alive = [vm.value for vm in _cached_all(VMS)], {h.name for h in _cached_all(HOSTS_ALIVE)}
+    totals, counts = _allocations(vms), _vms_on(vms)
+    return list_reply(HOSTS, lambda _, h: compact_json(_describe(h, alive, totals, counts.get(h.name, 0))))
+
+
+def _cached_all(family: Family[R]) -> list[Versioned[R]]:
+    """The whole family, from the cache when fresh (what the hosts' answers sum up)."""
+    with caught_up(cache().mirror(family)).locked() as table:
+        return list(table.items.values())
 
 
 @bp.get("/<name>")

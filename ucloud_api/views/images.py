@@ -9,11 +9,12 @@ from flask import Blueprint, Response, jsonify
 from ucloud_api.audit import told
 from ucloud_api.auth import current
 from ucloud_api.body import parse
+from ucloud_api.cache import list_reply
 from ucloud_api.errors import APIError, not_found
 from ucloud_api.idempotency import idempotent
 from ucloud_api.limits import IMAGES_PER_USER
 from ucloud_api.naming import create_named
-from ucloud_api.replies import check_if_match, created_reply, dump, lookup, lookup_own, object_reply, store
+from ucloud_api.replies import check_if_match, created_reply, lookup, lookup_own, object_reply, store
 from ucloud_api.schemas import ImageCreate
 from ucloud_common.claim import IMAGE_NAMES, owned
 from ucloud_common.event import Kind
@@ -61,8 +62,7 @@ def create() -> Response:
 @images.get("")
 def list_images() -> Response:
     caller = current()
-    return jsonify([dump(i.value) for i in store().list(IMAGES).items.values()
-                    if caller.is_admin or i.value.public or i.value.owner == caller.name])
+    return list_reply(IMAGES, keep=lambda image: caller.is_admin or image.public or image.owner == caller.name)
 
 
 @images.get("/<uuid>")

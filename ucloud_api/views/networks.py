@@ -12,16 +12,17 @@ import uuid as uuidlib
 from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response
 
 from ucloud_api.audit import request_id, told
 from ucloud_api.auth import current
 from ucloud_api.body import parse
+from ucloud_api.cache import list_reply
 from ucloud_api.errors import APIError
 from ucloud_api.idempotency import idempotent
 from ucloud_api.limits import NETWORKS_PER_USER
 from ucloud_api.naming import create_named, new_nic
-from ucloud_api.replies import check_if_match, created_reply, dump, lookup_own, object_reply, store
+from ucloud_api.replies import check_if_match, created_reply, lookup_own, object_reply, store
 from ucloud_api.schemas import Attachment, NetworkCreate
 from ucloud_api.views.vms import shown_one
 from ucloud_common.event import Kind
@@ -70,8 +71,7 @@ def create() -> Response:
 @bp.get("")
 def list_() -> Response:
     caller = current()
-    return jsonify([dump(n.value) for n in store().list(NETWORKS).items.values()
-                    if caller.is_admin or n.value.owner == caller.name])
+    return list_reply(NETWORKS, index=None if caller.is_admin else "owner", value=caller.name)
 
 
 @bp.get("/<uuid>")

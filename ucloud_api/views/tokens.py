@@ -85,7 +85,8 @@ def list_() -> Response:
 
 @bp.delete("/<token_id>")
 def revoke(token_id: str) -> Response:
-    """Revoke a token: it stops working at once in this API process, within `CACHE_SECONDS` in the others."""
+    """Revoke a token: it stops working at once in this API process, in the others as soon as their
+    watch delivers the deletion (milliseconds)."""
     caller = current()
     try:
         check_key_part(token_id)

@@ -121,10 +121,11 @@ def _check_nothing_owned_by(name: str) -> None:
     """409 if a VM, network, image or registered file still has `owner` `name` (a deleted user's):
     everything is owned by name, so a new user of that name would inherit it all. The records are
     read, not the name claims: an imported image has none; nor the upload folder, which an operator
-    may make before the user (the seed's way). (A user deleted at once, owning nothing, whose cached
-    token still works for `CACHE_SECONDS`, could race this; a cascade waits that long.) Not checked
-    by `ucloud-api create-admin`, the operator's at the console: `ucloud-vm import-image` makes images
-    owned by "admin" before the first admin exists."""
+    may make before the user (the seed's way). (A user deleted at once, owning nothing, whose token
+    still works in a worker whose watch has not delivered the deletion yet, for milliseconds, could
+    race this; a cascade waits `userdeletion.SETTLE_SECONDS`.) Not checked by `ucloud-api
+    create-admin`, the operator's at the console: `ucloud-vm import-image` makes images owned by
+    "admin" before the first admin exists."""
     owns = userdeletion.holdings(name, folder=False)
     if not owns.empty:
         raise APIError(409, "name_in_use", f"the name {name} still owns {owns.sentence()} of a deleted user: a new "

@@ -14,6 +14,7 @@ from flask import Blueprint, Response, jsonify, request
 from ucloud_api.audit import request_id, told
 from ucloud_api.auth import current, require_admin
 from ucloud_api.body import parse
+from ucloud_api.cache import cache, compact_json, fresh, get_cached, list_reply
 from ucloud_api.errors import APIError
 from ucloud_api.idempotency import idempotent
 from ucloud_api.limits import VMS_PER_USER
@@ -32,6 +33,7 @@ from ucloud_common.ipv6 import slaac_address
 from ucloud_common.quoting import quote
 from ucloud_common.network import NETWORKS, detached
 from ucloud_common.store import Conflict, Put, Remove, Versioned
+from ucloud_common.store.mirror import Table
 from ucloud_common.user import USERS
 from ucloud_common.vm import VMS, VM, request_fields
 from ucloud_common.vmstats import VM_STATS
@@ -109,22 +111,32 @@ def list_() -> Response:
             raise APIError(400, "bad_request", f"{field}: {exc}") from None
     if status is not None and status not in Status.__members__:
         raise APIError(400, "bad_request", f"status must be one of {', '.join(Status)}")
-    vms = []
-    where = {"owner": caller.name} if not caller.is_admin else {"owner": owner} if owner else None
-    for item in store().list(VMS, where=where).items.values():
-        vm = item.value
-        if (not caller.is_admin and vm.owner != caller.name) or (owner and vm.owner != owner) \
-                or (host and vm.host != host) or (status and vm.status != status):
-            continue
-        vms.append(vm)
-    prefixes = {uuid: n.value.ipv6_prefix for uuid, n in store().list(NETWORKS).items.items()} if vms else {}
-    return jsonify([shown(vm, prefixes) for vm in vms])
+    # Found by the narrowest index the request names; the other filters are checked on each VM.
+    index, value = (("owner", caller.name) if not caller.is_admin else ("owner", owner) if owner
+                    else ("host", host) if host else ("status", status) if status else (None, ""))
+
+    def keep(vm: VM) -> bool:
+        return (caller.is_admin or vm.owner == caller.name) and (not owner or vm.owner == owner) \
+            and (not host or vm.host == host) and (not status or vm.status == status)
+
+    return list_reply(VMS, _listed, index, value, keep)
+
+
+def rendered(item: Versioned[VM]) -> bytes | None:
+    """A VM's JSON as lists show it, made once when the cache takes it in; None for a VM with NICs,
+    whose addresses come from its networks' records (`_listed`)."""
+    return None if item.value.networks else compact_json(shown(item.value, {}))
+
+
+def _listed(table: Table[VM], item: Versioned[VM]) -> bytes:
+    made: bytes | None = table.rendered.get(item.name)
+    return made if made is not None else compact_json(shown_one(item.value))
 
 
 @bp.get("/<uuid>")
 def get(uuid: str) -> Response:
-    vm = lookup_own(VMS, uuid, f"VM {uuid}")
-    return object_reply(vm, body={**shown_one(vm.value), "events": _events(uuid)[-EVENTS_SHOWN:]})
+    vm = lookup_own(VMS, uuid, f"VM {uuid}", cached=True)
+    return object_reply(vm, body={**shown_one(vm.value), "events": _events(uuid, cached=True)[-EVENTS_SHOWN:]})
 
 
 def shown(vm: VM, prefixes: dict[str, str]) -> dict[str, Any]:
@@ -142,8 +154,11 @@ def shown(vm: VM, prefixes: dict[str, str]) -> dict[str, Any]:
 
 
 def shown_one(vm: VM) -> dict[str, Any]:
-    """`shown`, reading only this VM's networks: every answer that is a VM looks the same."""
-    networks = (store().get(NETWORKS, nic.network) for nic in vm.networks)
+    """`shown`, reading only this VM's networks: every answer that is a VM looks the same. A network's
+    prefix never changes, and a network is never deleted while a VM is attached: the cache's copy is
+    as good as etcd's."""
+    networks = (get_cached(NETWORKS, nic.network, lambda n=nic.network: store().get(NETWORKS, n))
+                for nic in vm.networks)
     return shown(vm, {n.name: n.value.ipv6_prefix for n in networks if n is not None})
 
 
@@ -268,8 +283,14 @@ def cancel_migration(uuid: str) -> Response:
     raise APIError(409, "busy", "the VM kept changing; retry the request")
 
 
-def _events(uuid: str) -> list[dict[str, Any]]:
-    return [dump(e) for e in object_events(store(), ref(Kind.VM, uuid))]
+def _events(uuid: str, cached: bool = False) -> list[dict[str, Any]]:
+    """The VM's events, oldest first (from the cache when `cached` and it is fresh)."""
+    obj = ref(Kind.VM, uuid)
+    mirror = cache().events
+    if cached and fresh(mirror, wait=0):
+        with mirror.locked() as table:
+            return [dump(table.items[name].value) for name in table.names("object", obj)]
+    return [dump(e) for e in object_events(store(), obj)]
 
 
 def _user_keys(name: str) -> dict[str, str]:

@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Generic
 
 import pyetcd.utils
@@ -44,6 +44,9 @@ class Change(Generic[R]):
     name: str
     value: Versioned[R] | None  # None: the key was deleted
     revision: int
+    # The last change of its revision: a transaction's changes come one by one at one revision, and
+    # a consumer that shows whole revisions (the API's mirror) waits for this one.
+    whole: bool = True
 
 
 _BACKOFF = Backoff(initial=0.05, maximum=2.0)
@@ -130,12 +133,14 @@ class Follower(Generic[R]):
                 if events is None:  # nothing yet
                     continue
                 self._heard()
-                for event in events:
-                    change = self._change(event)
+                # etcd sends all of a revision's events in one response, so its last is known here.
+                changes = [change for change in map(self._change, events) if change is not None]
+                for change, after in zip(changes, [*changes[1:], None]):
                     # Watching again from here misses nothing and repeats nothing (see Watch).
-                    self._next_revision = event.mod_revision + 1
-                    if change is not None:
-                        yield change
+                    self._next_revision = change.revision + 1
+                    yield change if after is None or after.revision != change.revision \
+                        else replace(change, whole=False)
+                self._next_revision = events[-1].mod_revision + 1
         finally:
             watch.cancel()
 
