@@ -38,7 +38,7 @@ from ucloud_common.record import KEY_PART_MAX, NAME_PATTERN, NAME_SCHEMA
 from ucloud_common.states import Action, Status
 from ucloud_common.user import User
 from ucloud_common.vm import VM
-from ucloud_common.uploads import NAME_MAX_BYTES
+from ucloud_common.uploads import NAME_MAX_BYTES, NAME_PATTERN as UPLOAD_NAME_PATTERN
 from ucloud_common.vmstats import VMStats
 
 
@@ -81,8 +81,8 @@ ROUTES: dict[tuple[str, str], Route] = {
     # 409: the user still owns something (the answer lists it); 202: ?cascade=true and VMs are still going.
     ("delete", "/api/v1/users/{name}"): Route(
         "Delete a user who owns nothing (with its tokens, SSH keys and upload folder); ?cascade=true: with all it "
-        "owns, 202 saying what is still going until the user is gone (repeat the request until 204)", ok=204,
-        returns="UserDeletion", admin=True, errors=(202, 404, 409), if_match=True, query=("cascade",)),
+        "owns, 202 saying what is still going until the user is gone (repeat the request until 204)", ok=202,
+        returns="UserDeletion", admin=True, errors=(204, 404, 409), if_match=True, query=("cascade",)),
     ("post", "/api/v1/vms"): Route("Create a VM", VMCreate, 201, "VM", errors=(409, 422), idempotent=True),
     ("get", "/api/v1/vms"): Route("List your VMs (an admin: all, filtered by owner, host, status)", returns="[VM]",
                                   query=("owner", "host", "status"), paged=True),
@@ -130,7 +130,7 @@ ROUTES: dict[tuple[str, str], Route] = {
                                         paged=True),
     ("put", "/api/v1/files/{filename}"): Route(
         "Upload a file into your upload folder, streamed (file-scan registers it on its next run); ?replace=true "
-        "replaces one of that name", ok=201, returns="Upload", errors=(409, 411, 507), query=("replace",),
+        "replaces one of that name", ok=201, returns="Upload", errors=(409, 507), query=("replace",),
         upload=True),
     ("post", "/api/v1/images"): Route("Create an image from one of your files", ImageCreate, 201, "Image",
                                       errors=(409, 422), idempotent=True),
@@ -161,7 +161,7 @@ SCHEMAS: dict[str, type[BaseModel]] = {
 # The names in paths are keys: a name that cannot be one is a 404, as nothing can be stored under it.
 _PATH_SCHEMAS: dict[str, dict[str, Any]] = {
     "name": NAME_SCHEMA, "uuid": NAME_SCHEMA, "token_id": NAME_SCHEMA,
-    "filename": {"type": "string", "minLength": 1, "maxLength": NAME_MAX_BYTES, "pattern": r"^[^./\\][^/\\]*$"},
+    "filename": {"type": "string", "minLength": 1, "maxLength": NAME_MAX_BYTES, "pattern": UPLOAD_NAME_PATTERN},
     # "delete" is an action too, but DELETE /vms/{uuid} asks for it (POST answers 405)
     "action": {"type": "string", "enum": [a.value for a in Action if a is not Action.DELETE]},
 }
@@ -306,7 +306,7 @@ def document(app: Flask) -> dict[str, Any]:
             operation["parameters"] = parameters
         if route.upload:
             operation["requestBody"] = {"required": True, "content": {
-                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary", "minLength": 1}}}}
         if route.body is not None:
             operation["requestBody"] = {
                 "required": route.body is not Migrate,

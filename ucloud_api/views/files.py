@@ -47,8 +47,9 @@ def upload(filename: str) -> Response:
     if user is None or user.value.deleting:
         raise APIError(409, "user_deleted", f"user {caller.name} is being deleted: nothing new is stored for it")
     length = request.content_length
-    if length is None and not request.environ.get("wsgi.input_terminated"):
-        raise APIError(411, "length_required", "send Content-Length, or the body chunked")
+    if not length and not request.environ.get("wsgi.input_terminated"):
+        raise APIError(400, "no_body", "the body is the file: send it, with Content-Length or chunked (an empty "
+                       "file makes no image)")
     stored = uploads.receive(store().settings, caller, filename, request.environ["wsgi.input"], length, replace)
     try:
         store().transact([told(Kind.USER, caller.name, f"upload file {filename} ({stored.st_size} bytes"
