@@ -11,6 +11,7 @@ client gone, a full disk), the temporary file is removed before the answer.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from typing import BinaryIO
@@ -20,6 +21,8 @@ from ucloud_api.errors import APIError
 from ucloud_api.readdeadline import still_reading
 from ucloud_common.config import Settings
 from ucloud_common.uploads import FILE_MODE, TEMPORARY_PREFIX, make_user_folder
+
+log = logging.getLogger(__name__)
 
 # Each block read moves the read deadline on (`readdeadline`): a client must send at least this much
 # per UCLOUD_API_READ_TIMEOUT (25 KiB/s with the default 10 s) or be cut off as a slow one.
@@ -41,7 +44,12 @@ def receive(settings: Settings, caller: Caller, name: str, body: BinaryIO, lengt
     limit = allowed_size(settings, caller)
     if length is not None and length > limit:
         raise _too_large(name, limit)
-    folder = make_user_folder(settings.upload_dir, caller.name)  # a user made before uploads existed
+    try:
+        folder = make_user_folder(settings.upload_dir, caller.name)  # a user made before uploads existed
+    except OSError as exc:  # the API may not write UCLOUD_UPLOAD_DIR: the operator's to mend
+        log.error("the upload folder of %s cannot be made: %s", caller.name, exc)
+        raise APIError(503, "uploads_unavailable", f"uploads cannot be stored now ({exc.strerror}); the reason is "
+                       "in the API's log") from None
     try:
         directory = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:  # ELOOP, ENOTDIR: something else than a folder stands in its place
@@ -109,6 +117,9 @@ def _give_name(temporary: str, name: str, directory: int, replace: bool) -> None
         raise _taken(name) from None
     except IsADirectoryError:
         raise APIError(409, "exists", f"{name} is a folder in your upload folder; choose another name") from None
+    except OSError as exc:  # ENOENT: the folder was removed meanwhile (its user is being deleted)
+        raise APIError(409, "folder_unusable", f"{name}: your upload folder went away meanwhile ({exc.strerror}); "
+                       "nothing was stored") from None
 
 
 def _exists(name: str, directory: int) -> bool:

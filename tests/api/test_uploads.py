@@ -4,7 +4,9 @@ streamed cases (chunked, aborted, slower than the read timeout) under the real g
 from __future__ import annotations
 
 import http.client
+import io
 import os
+import shutil
 import socket
 import stat
 import time
@@ -185,3 +187,34 @@ def test_an_upload_longer_than_the_read_timeout_is_not_cut_off(gunicorn: int, st
     conn.close()
     assert (tmp_path / "www" / "dave" / "slow.img").stat().st_size == len(block) * seconds
 
+
+
+class _RemovingFolder(io.BytesIO):
+    """A body that removes the uploader's folder after its first block, as a cascade deletion of the
+    user does while an upload of theirs is still arriving."""
+
+    def __init__(self, folder: Path, data: bytes) -> None:
+        super().__init__(data)
+        self.folder, self.reads = folder, 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        self.reads += 1
+        if self.reads == 2:
+            shutil.rmtree(self.folder)
+        return super().read(size)
+
+
+def test_a_folder_removed_during_an_upload_is_409_and_leaves_nothing(alice: As, settings: Settings) -> None:
+    folder = folder_of(settings, "alice")
+    data = b"r" * (LIMIT // 2)
+    response = alice.put("/api/v1/files/gone.img", input_stream=_RemovingFolder(folder, data),
+                         headers={"Content-Length": str(len(data))})
+    assert response.status_code == 409 and response.json["error"]["code"] == "folder_unusable", response.json
+    assert not folder.exists()
+
+
+def test_an_upload_folder_the_api_cannot_write_is_503_not_500(alice: As, app, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    settings.upload_dir.rmdir()
+    settings.upload_dir.write_text("not a folder")  # as a misconfigured UCLOUD_UPLOAD_DIR
+    response = alice.put("/api/v1/files/a.img", data=b"x")
+    assert response.status_code == 503 and response.json["error"]["code"] == "uploads_unavailable"
