@@ -8,12 +8,13 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from ucloud_api import audit, cache, metrics, openapi, site
+from ucloud_api import audit, cache, metrics, openapi, ratelimit, site
 from ucloud_api.auth import Authenticator
 from ucloud_api.errors import APIError
-from ucloud_api.views import consoles, events, files, guacamole, hosts, images, keys, networks, tokens, users, vms
+from ucloud_api.views import consoles, events, files, guacamole, hosts, images, keys, networks, quotas, tokens, users, vms
 from ucloud_common.config import Settings
-from ucloud_common.store import Store, StoreError, StoreRefused, StoreUnavailable, TooLarge
+from ucloud_common.quota import QuotaExceeded
+from ucloud_common.store import Conflict, Store, StoreError, StoreRefused, StoreUnavailable, TooLarge
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,9 @@ def create_app(settings: Settings, store: Store | None = None) -> Flask:
         if request.path not in PUBLIC_PATHS and not site.serves(request.path):
             g.caller = authenticator.caller()
 
-    for blueprint in (users.bp, consoles.bp, guacamole.bp, vms.bp, networks.bp, keys.bp, files.files,
+    ratelimit.install(app, settings.user_write_rate)
+
+    for blueprint in (users.bp, quotas.bp, consoles.bp, guacamole.bp, vms.bp, networks.bp, keys.bp, files.files,
                       images.images, images.stores, hosts.bp, tokens.bp, tokens.login_bp, site.bp, events.bp):
         app.register_blueprint(blueprint)
 
@@ -59,6 +62,20 @@ def create_app(settings: Settings, store: Store | None = None) -> Flask:
     @app.errorhandler(APIError)
     def api_error(exc: APIError) -> tuple[Response, int, dict[str, str]]:
         return jsonify(exc.body()), exc.status, exc.headers
+
+    @app.errorhandler(QuotaExceeded)
+    def over_quota(exc: QuotaExceeded) -> tuple[Response, int]:
+        # 409, as for the per-user limits: a conflict with what the user holds now, which deleting
+        # something resolves (403 would say the user may never do this).
+        return jsonify(APIError(409, "quota_exceeded", str(exc), quota=exc.resource.name, limit=exc.limit,
+                                usage=exc.usage, asked=exc.asked).body()), 409
+
+    @app.errorhandler(Conflict)
+    def kept_losing(exc: Conflict) -> tuple[Response, int]:
+        # A write that lost every compare-and-swap it tried: others kept changing the same keys.
+        log.warning("%s %s: %s", request.method, request.path, exc)
+        return jsonify(APIError(409, "busy", "what this request changes kept changing meanwhile; nothing was "
+                                "written; retry the request").body()), 409
 
     @app.errorhandler(StoreUnavailable)
     def unavailable(exc: StoreUnavailable) -> tuple[Response, int, dict[str, str]]:

@@ -1,5 +1,8 @@
-"""What one user may keep: a count per user of each kind of object, from the settings (until quotas
-set by an operator exist), so that no user can fill etcd, or slow every listing, for the others.
+"""What one user may keep of the small objects that cost only etcd space (networks, SSH keys, tokens,
+kept replies): a count per user of each, from the settings, so that no user can fill etcd, or slow
+every listing, for the others. VMs and images, which also cost hosts' and stores' resources, are
+bounded by quotas instead (`ucloud_common.quota`: set per user by an admin, enforced in the creation's
+transaction); nothing is bounded by both.
 
 A limit is checked before the create that would pass it, not in the same transaction: requests racing
 past the check together may overshoot it by at most the API's concurrent requests (its threads), and
@@ -32,9 +35,7 @@ class Limit:
                            limit=self.most())
 
 
-VMS_PER_USER = Limit("VMs", "max_vms_per_user")
 NETWORKS_PER_USER = Limit("networks", "max_networks_per_user")
-IMAGES_PER_USER = Limit("images", "max_images_per_user")
 SSH_KEYS_PER_USER = Limit("SSH keys", "max_ssh_keys_per_user")
 TOKENS_PER_USER = Limit("API tokens", "max_tokens_per_user")
 # Kept replies expire after a day: waiting is a way out, so this is "too many requests".

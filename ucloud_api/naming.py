@@ -19,18 +19,20 @@ _RETRY = Backoff(initial=0.002, maximum=0.1)
 
 
 def create_named(family: Family[R], claims: Family[Claim], owner: str, name: str, uuid: str,
-                 make: Callable[[], tuple[R, list[Put[Any]]]], what: str, limit: Limit) -> Versioned[R]:
+                 make: Callable[[], tuple[R, list[Put[Any]]]], what: str, limit: Limit | None = None) -> Versioned[R]:
     """Create the record `make()` returns under `uuid`, claiming `name` for `owner`, together with
-    the other writes `make()` returns (claims, records that must change with it); 409 if the name is
-    taken, or if `owner` has as many of them as `limit` allows (counted by their name claims: one
-    per object, removed with it).
+    the other writes `make()` returns (claims, records that must change with it, the owner's usage
+    charged by `quota.charged`); 409 if the name is taken, or if `owner` has as many of them as `limit`
+    allows (counted by their name claims: one per object, removed with it).
 
     `make` runs again after a lost race, so that it can re-read what it writes and pick other values
     for its claims (a VXLAN id that another request took meanwhile). A name claim whose holder no longer exists (an
     agent deleted the VM) is taken over.
     """
     claim_name = owned(owner, name)
-    limit.check(store().count(claims, owned(owner, "")))
+    if limit is not None:
+        limit.check(store().count(claims, owned(owner, "")))
+    lost = Conflict("")
     for _ in sleeps(_RETRY, attempts=10):
         record, also = make()
         claim = store().get(claims, claim_name)
@@ -42,10 +44,14 @@ def create_named(family: Family[R], claims: Family[Claim], owner: str, name: str
         try:
             revision = store().transact([Put(claims, claim_name, Claim(holder=uuid), expect),
                                          Put(family, uuid, record, 0), *also])
-        except Conflict:
+        except Conflict as exc:
+            lost = exc
             continue
         return Versioned(uuid, record, revision, revision)
-    raise APIError(409, "exists", f"you already have a {what} named {name}")
+    if lost.key == claims.key(claim_name):
+        raise APIError(409, "exists", f"you already have a {what} named {name}")
+    # Other creations of the owner kept winning the race for the usage record (`quota.charged`).
+    raise APIError(409, "busy", f"your other requests kept changing what you hold; retry creating {what} {name}")
 
 
 def new_nic(network_uuid: str, beside: tuple[NIC, ...]) -> NIC:

@@ -24,6 +24,7 @@ from ucloud_api.schemas import (
     Login,
     NetworkCreate,
     PasswordChange,
+    QuotaUpdate,
     SSHKeyCreate,
     TokenCreate,
     UserCreate,
@@ -66,10 +67,19 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("post", "/api/v1/users"): Route("Create a user; the answer holds its token, shown once", UserCreate, 201,
                                      "NewUser", admin=True, errors=(409, 422)),
     ("get", "/api/v1/users"): Route("List users", returns="[User]", admin=True),
-    ("get", "/api/v1/users/{name}"): Route("Read a user", returns="User", admin=True, errors=(404,)),
+    ("get", "/api/v1/users/{name}"): Route("Read a user (admin); `me`: your own record, with `quota`, your quota and "
+                                           "usage of each resource", returns="User", errors=(404,)),
     ("put", "/api/v1/users/{name}/password"): Route(
         "Set a user's password: your own (with current_password if you have one) or, as an admin, anyone's",
         PasswordChange, 204, errors=(403, 404, 409, 422, 429)),
+    ("get", "/api/v1/users/{name}/quota"): Route("A user's quota and usage of each resource (your own: name `me`; "
+                                                 "an admin: anyone's)", returns="Quota", errors=(404,)),
+    ("put", "/api/v1/users/{name}/quota"): Route("Set the resources of a user's quota the body names (null: back to "
+                                                 "the default)", QuotaUpdate, returns="Quota", admin=True,
+                                                 errors=(404, 409, 422)),
+    ("post", "/api/v1/users/{name}/quota/recount"): Route("Recount a user's usage from their VMs, images and files "
+                                                          "(the repair of a usage that drifted)", returns="Quota",
+                                                          admin=True, errors=(404, 409)),
     ("post", "/api/v1/login"): Route("Log in with a name and password; the answer holds a token that works "
                                      "login_token_hours, shown once", Login, 201, "NewToken", errors=(401, 409, 422, 429)),
     ("post", "/api/v1/tokens"): Route("Create one of your API tokens; the answer holds it, shown once", TokenCreate,
@@ -216,7 +226,7 @@ def document(app: Flask) -> dict[str, Any]:
     components: dict[str, Any] = {"Error": _error_schema()}
     paths: dict[str, dict[str, Any]] = {}
     bodies = (VMCreate, Migrate, UserCreate, NetworkCreate, Attachment, SSHKeyCreate, ImageCreate, Maintenance,
-              PasswordChange, Login, TokenCreate, ConsoleRequest)
+              PasswordChange, Login, TokenCreate, ConsoleRequest, QuotaUpdate)
     for model_name, model in {**SCHEMAS, **{m.__name__: m for m in bodies}}.items():
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}", mode="serialization")
         components.update(schema.pop("$defs", {}))
@@ -262,6 +272,12 @@ def document(app: Flask) -> dict[str, Any]:
         "left": {"type": "object", "description": "what the user still owns, by kind: a count and some names",
                  "additionalProperties": {"type": "object", "properties": {
                      "count": {"type": "integer"}, "some": {"type": "array", "items": {"type": "string"}}}}}}}
+    components["Quota"] = {"type": "object", "description": "each resource's usage and quota", "additionalProperties": {
+        "type": "object", "required": ["used", "limit", "unit", "what", "set"], "properties": {
+            "used": {"type": "number"}, "limit": {"type": "number"},
+            "unit": {"type": "string", "description": "bytes, GiB, or what is counted"},
+            "what": {"type": "string"},
+            "set": {"type": "boolean", "description": "set by an admin (else the settings' default)"}}}}
     components["Health"] = {"type": "object", "properties": {"status": {"type": "string"}}}
     for (method, path), route in ROUTES.items():
         responses: dict[str, Any] = {}

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ucloud_common.quota import QuotaSettings
 from ucloud_common.record import Name
 from ucloud_common.specs import RAM_MIN_MIB, Specs
 from ucloud_common.console import ConsoleKind
@@ -83,6 +84,10 @@ class PasswordChange(Strict):
     password: Password
     current_password: str | None = Field(None, max_length=1024, description="needed when users change "
                                          "their own password and have one (an admin changing another's: not)")
+
+
+class QuotaUpdate(Strict, QuotaSettings):
+    """The resources to set; a resource absent stays as it is, null returns it to the default."""
 
 
 class Login(Strict):

@@ -29,8 +29,9 @@ from ucloud_api.views import images, networks, vms
 from ucloud_common.claim import owned
 from ucloud_common.event import Kind
 from ucloud_common.file import FILES
-from ucloud_common.image import IMAGES
+from ucloud_common.image import IMAGES, Image
 from ucloud_common.network import NETWORKS
+from ucloud_common.quota import QUOTAS, USAGES, change, transact_counted
 from ucloud_common.record import R, utcnow
 from ucloud_common.states import Action, ActionRefused, Requested
 from ucloud_common.store import Conflict, Put, Remove, Versioned
@@ -112,6 +113,9 @@ def remove_user(user: Versioned[User], message: str) -> None:
     try:
         store().transact([Remove(USERS, name, user.mod_revision), *(Remove(TOKENS, t.name, None) for t in tokens),
                           Remove(PASSWORDS, name, None), *check_not_last_admin(user),
+                          # A new user of the name starts at the default quota; what stays owned by
+                          # the name is counted again if needed.
+                          Remove(QUOTAS, name, None), Remove(USAGES, name, None),
                           told(Kind.USER, name, message)])
     except Conflict:
         raise APIError(409, "busy", "the users changed meanwhile; retry the request") from None
@@ -154,11 +158,12 @@ def sweep(user: Versioned[User]) -> Holdings:
     for network in store().list(NETWORKS, where={"owner": name}).items.values():
         _try(networks.remove, network, why)
     for image in store().list(IMAGES, where={"owner": name}).items.values():
-        _try(images.remove, image, why)
+        _try(_remove_image, image, why)
     remove_user_folder(store().settings.upload_dir, name)
     for file in store().list(FILES, where={"owner": name}).items.values():
-        try:
-            store().delete(FILES, file.name, mod_revision=file.mod_revision)
+        try:  # with the release of its bytes from the user's usage, as file-scan removes a file gone
+            transact_counted(store(), name, lambda file=file: ([Remove(FILES, file.name, file.mod_revision)],
+                                                               change(file.value, None)), enforce=False)
         except Conflict:  # file-scan updated it meanwhile: the next sweep
             pass
     left = holdings(name)
@@ -173,3 +178,11 @@ def _try(remove: Callable[[Versioned[R], str], None], obj: Versioned[R], why: st
         remove(obj, why)
     except (APIError, Conflict) as exc:  # still used by a VM that is going: the next sweep
         log.info("%s is not deleted yet: %s", obj.name, exc)
+
+
+def _remove_image(image: Versioned[Image], why: str) -> None:
+    """Delete the image as read (409 if a VM is based on it), releasing it from its owner's usage."""
+    def removal() -> tuple[list[Put[Any] | Remove[Any]], dict[str, float]] | None:
+        current = store().get(IMAGES, image.name)
+        return None if current is None else images.removal_of(current, why)
+    transact_counted(store(), image.value.owner, removal)

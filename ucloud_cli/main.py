@@ -340,13 +340,17 @@ def follow(api: Client, vm: dict[str, Any], target: str | None, timeout: float) 
         if vm["status"] != last:
             last = vm["status"]
             click.echo(f"{vm['name']}: {last}", err=True)
-        if vm["status"] == "ERROR":
+        # An ERROR from before this request is not its outcome (a VM in ERROR being deleted); a
+        # deletion that fails is tried again by the agent, so it is waited for, and told at the end.
+        acted = vm["observed_generation"] >= generation
+        if target is not None and vm["status"] == "ERROR" and acted:
             raise CLIError(f"VM {vm['name']} is in ERROR: {vm['error']}")
-        if target is not None and vm["status"] == target and vm["observed_generation"] >= generation:
+        if target is not None and vm["status"] == target and acted:
             return vm
         if time.monotonic() > deadline:
+            error = f": {vm['error']}" if vm["status"] == "ERROR" else ""
             raise CLIError(f"VM {vm['name']} is still {vm['status']} after {timeout:g} s (waiting for "
-                           f"{target or 'its deletion'})")
+                           f"{target or 'its deletion'}){error}")
         time.sleep(0.5)
 
 
@@ -767,6 +771,82 @@ def user_passwd(name: str, from_stdin: bool) -> None:
     body = {"password": password, **({"current_password": current} if current else {})}
     client().request("PUT", f"/users/{urllib.parse.quote(name, safe='')}/password", body)
     click.echo(f"password of {name} set")
+
+
+# -- quotas ----------------------------------------------------------------------------------------
+
+# As the API names them; those whose unit is bytes are set and shown in GiB.
+QUOTA_RESOURCES = ("vms", "cpu", "ram", "ssd", "hdd", "images", "image_bytes", "upload_bytes")
+
+
+def _quota_rows(quota: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    def amount(value: float, unit: str) -> str:
+        return f"{value / 2**30:.2f}".rstrip("0").rstrip(".") if unit == "bytes" else _n(value)
+
+    return [{"resource": name, "used": f"{amount(r['used'], r['unit'])}/{amount(r['limit'], r['unit'])}",
+             "unit": "GiB" if r["unit"] == "bytes" else r["unit"], "what": r["what"],
+             "set": "admin" if r["set"] else "default"} for name, r in quota.items()]
+
+
+QUOTA_COLUMNS: list[Column] = [("RESOURCE", field("resource")), ("USED/LIMIT", field("used")), ("UNIT", field("unit")),
+                               ("SET BY", field("set")), ("WHAT", field("what"))]
+
+
+def _show_quota(quota: dict[str, dict[str, Any]], fmt: str) -> None:
+    show(quota if fmt == "json" else _quota_rows(quota), fmt, QUOTA_COLUMNS)
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--user", "whose", default="me", help="Another user's quota (admin).")
+@output_option
+@click.pass_context
+@handle_errors
+def quota(ctx: click.Context, whose: str, fmt: str) -> None:
+    """Your quota: what you use of each resource, and the most you may (an admin: set, recount).
+
+    Example: ucloud quota
+    """
+    if ctx.invoked_subcommand is None:
+        _show_quota(client().request("GET", f"/users/{urllib.parse.quote(whose, safe='')}/quota"), fmt)
+
+
+@quota.command("set")
+@click.argument("name")
+@click.option("--vms", type=click.IntRange(0), help="VMs.")
+@click.option("--cpu", type=click.IntRange(0), help="Virtual CPUs of all the VMs.")
+@click.option("--ram", type=click.FloatRange(0), help="GiB of RAM of all the VMs.")
+@click.option("--ssd", type=click.IntRange(0), help="GiB of SSD disk of all the VMs.")
+@click.option("--hdd", type=click.IntRange(0), help="GiB of HDD disk of all the VMs.")
+@click.option("--images", type=click.IntRange(0), help="Images.")
+@click.option("--image-gib", "image_bytes", type=click.FloatRange(0), help="GiB of images (virtual sizes).")
+@click.option("--upload-gib", "upload_bytes", type=click.FloatRange(0), help="GiB of uploaded files.")
+@click.option("--default", "defaults", multiple=True, type=click.Choice(QUOTA_RESOURCES),
+              help="Return a resource to the settings' default (repeatable).")
+@output_option
+@handle_errors
+def quota_set(name: str, defaults: tuple[str, ...], fmt: str, **given: float | None) -> None:
+    """Set a user's quota of the resources named (admin); the others stay as they are.
+
+    Example: ucloud quota set alice --vms 10 --cpu 16 --ram 32 --default hdd
+    """
+    body: dict[str, float | None] = {k: int(v * 2**30) if k.endswith("_bytes") else v
+                                     for k, v in given.items() if v is not None}
+    body.update(dict.fromkeys(defaults))
+    if not body:
+        raise click.UsageError("name at least one resource to set (e.g. --cpu 8) or --default RESOURCE")
+    _show_quota(client().request("PUT", f"/users/{urllib.parse.quote(name, safe='')}/quota", body), fmt)
+
+
+@quota.command("recount")
+@click.argument("name")
+@output_option
+@handle_errors
+def quota_recount(name: str, fmt: str) -> None:
+    """Recount a user's usage from their VMs, images and files (admin): the repair of a usage that drifted.
+
+    Example: ucloud quota recount alice
+    """
+    _show_quota(client().request("POST", f"/users/{urllib.parse.quote(name, safe='')}/quota/recount"), fmt)
 
 
 # -- your API tokens ------------------------------------------------------------------------------

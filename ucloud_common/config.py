@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
+from limits import parse_many
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -220,12 +221,21 @@ class Settings(BaseSettings):
                          "itself as the default router, and may forward the /64s out (turn IPv6 forwarding "
                          "on and route the prefixes to it). Any number of hosts may be routers.")
 
-    # Limits per user, until quotas set by an operator exist: each bounds what one user can make
-    # etcd hold (and every listing read), so that no user can fill etcd for the others.
-    max_vms_per_user: int = Field(100, ge=0, description="VMs a user may have (a VM record is at most "
-                                  "≈45 KiB: 10 SSH keys of 4 KiB).")
+    # Limits per user: each bounds what one user can make etcd hold (and every listing read), so that
+    # no user can fill etcd for the others. Those of VMs and images, and the resources below, are the
+    # defaults of the quotas (`ucloud_common.quota`), which an admin sets per user.
+    max_vms_per_user: int = Field(100, ge=0, description="Quota default: VMs a user may have (a VM record is at "
+                                  "most ≈45 KiB: 10 SSH keys of 4 KiB).")
+    max_cpu_per_user: int = Field(200, ge=0, description="Quota default: virtual CPUs a user's VMs may have in "
+                                  "all (two for each of max_vms_per_user VMs).")
+    max_ram_per_user: float = Field(400, ge=0, description="Quota default: GiB of RAM a user's VMs may have in "
+                                    "all (4 GiB for each of max_vms_per_user VMs).")
+    max_ssd_per_user: int = Field(4096, ge=0, description="Quota default: GiB of SSD disk a user's VMs may have "
+                                  "in all (four times image_quota: a VM's disk is a clone of an image, grown).")
+    max_hdd_per_user: int = Field(4096, ge=0, description="Quota default: GiB of HDD disk a user's VMs may have "
+                                  "in all.")
     max_networks_per_user: int = Field(20, ge=0, description="Networks a user may have.")
-    max_images_per_user: int = Field(50, ge=0, description="Images a user may have (each also costs its "
+    max_images_per_user: int = Field(50, ge=0, description="Quota default: images a user may have (each also costs its "
                                      "size in the image store).")
     max_ssh_keys_per_user: int = Field(32, ge=0, le=200, description="SSH keys a user may keep (4 KiB each "
                                        "at most; 200 keep a user's record under 1 MiB, below etcd's 1.5 MiB "
@@ -262,9 +272,14 @@ class Settings(BaseSettings):
     lock_dir: Path = Field(Path("/run/lock"), description="Where the periodic jobs keep their lock files "
                            "(one run at a time).")
     image_max_size: int = Field(256, ge=1, description="GiB: an image whose virtual size is larger is refused.")
-    image_quota: int = Field(1024, ge=1, description="GiB per user: the virtual sizes of a user's images in the "
-                             "image stores add up to at most this; image-scanner refuses an image that would pass it. "
-                             "Four images of the largest size: a user cannot fill a store others share.")
+    image_quota: int = Field(1024, ge=0, description="Quota default: GiB per user: the virtual sizes of a user's "
+                             "images in the image stores add up to at most this; image-scanner refuses an image that "
+                             "would pass it. Four images of the largest size: a user cannot fill a store others "
+                             "share.")
+    upload_quota: int = Field(1024, ge=0, description="Quota default: GiB of files per user in the upload folder, "
+                              "as file-scan registers them; a file past it is registered refused (it can become no "
+                              "image) and the user must delete some. As much as image_quota: every image was an "
+                              "upload once.")
     image_max_expansion: float = Field(10.0, ge=1, description="A qcow2 upload may hold at most this many times "
                                        "its file's size as data (compressed clusters expand; the tiny test image "
                                        "compressed holds 1.2 times its size, zlib at its best over 1000 times).")
@@ -307,6 +322,20 @@ class Settings(BaseSettings):
                                                 "line per entry; json: one JSON object per line, with the "
                                                 "request id and (API access lines) user, method, path, status "
                                                 "and duration as fields, for a log collector.")
+    user_write_rate: str = Field("10/second;1000/hour", description="How fast one user (not an admin) may "
+                                 "write through one API worker, as `N/second;M/hour` (any of second, minute, "
+                                 "hour, day; empty: no limit); past it a write is refused with 429 and "
+                                 "Retry-After. Each write adds an event kept for `event_retention`: this bounds "
+                                 "what one user can make etcd hold (1000/hour for 7 days: 168,000 events, "
+                                 "≈50 MiB, per worker).")
+
+    @field_validator("user_write_rate")
+    @classmethod
+    def _rates(cls, value: str) -> str:
+        if value.strip():
+            parse_many(value)  # a ValueError naming the text it cannot read
+        return value
+
     event_retention: float = Field(7 * 24 * 3600.0, ge=1, description="Seconds an event (who asked for "
                                    "what, what the scheduler and agents did) is kept after it was written, "
                                    "also after its object is deleted; up to 1/24 of it (an hour at most) "

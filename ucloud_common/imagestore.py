@@ -7,7 +7,7 @@ its protected snapshot `base` (VM disks are clones of it).
 Image-scanner (a user's uploaded file) and `ucloud-vm import-image` (an admin's file) both make
 images with `build` and record what came of it with `settle`, so both apply the same checks and
 write the image record the same way. `build` judges the file's header and size first (a file too
-large for `image_max_size`, or for what is left of its owner's `image_quota`, is refused before it
+large for `image_max_size`, or for what is left of its owner's quota `image_bytes`, is refused before it
 is read through), copies it into a private staging file (from then on nobody can change what is
 checked), compares its sha512 with what file-scan registered (for an upload), judges the copy
 (`diskformat.judge`), lets qemu-img check it too, with an explicit format and under limits, reads a
@@ -34,8 +34,9 @@ from ucloud_common.image import IMAGES, Image, ImageStatus
 from ucloud_common.imagecopy import copy_hashed, copy_sparse, sha512_of
 from ucloud_common.qcow2tables import check_tables
 from ucloud_common.qemuimg import Limits, QemuImgError, qemu_img
+from ucloud_common.quota import change, transact_counted
 from ucloud_common.record import check_key_part
-from ucloud_common.store import Conflict, NotFound, Store
+from ucloud_common.store import Conflict, NotFound, Put, Store
 
 log = logging.getLogger(__name__)
 
@@ -132,10 +133,19 @@ def settle(store: Store, image: Image, make: Callable[[], int]) -> Outcome:
     if outcome.status is ImageStatus.TO_BE_CREATED:
         log.warning("%s left for the next run: %s", what, outcome.reason)
         return outcome
+    def recorded() -> tuple[list[Put[Image]], dict[str, float]] | None:
+        current = store.get(IMAGES, image.uuid)
+        if current is None:
+            raise NotFound(IMAGES.key(image.uuid))
+        if current.value.status is not ImageStatus.TO_BE_CREATED:
+            return None
+        new = current.value.evolve(status=outcome.status, error=outcome.reason, size=size)
+        return [Put(IMAGES, image.uuid, new, current.mod_revision)], change(current.value, new)
+
     try:
-        store.update(IMAGES, image.uuid, lambda current: current.evolve(
-            status=outcome.status, error=outcome.reason, size=size)
-            if current.status is ImageStatus.TO_BE_CREATED else None)
+        # Counted, not refused: `make` was given only the room left of the owner's quota, and only
+        # image-scanner (one run at a time) and an admin's import grow images' bytes.
+        transact_counted(store, image.owner, recorded, enforce=False)
     except NotFound:
         log.warning("%s was deleted while it was made; it stays in its store as %s", what, outcome.status)
         return outcome
@@ -175,7 +185,8 @@ def _judge(settings: Settings, header: bytes, file_size: int, room: int | None) 
     verdict = judge(header, file_size, settings.image_max_size * 2**30)
     if room is not None and verdict.virtual_size > room:
         raise Refused(f"virtual size {verdict.virtual_size / 2**30:.1f} GiB is more than the {room / 2**30:.1f} GiB "
-                      f"left of the owner's image quota ({settings.image_quota} GiB): delete an image first")
+                      "left of the owner's quota image_bytes: delete an image first, or ask an admin for a larger "
+                      "quota")
     return verdict
 
 

@@ -30,6 +30,8 @@ def check_user_name(name: str) -> str:
     check_name(name)
     if ":" in name:
         raise ValueError("a user's name has no ':'")
+    if name == "me":
+        raise ValueError("'me' names the caller in the API's paths (/api/v1/users/me)")
     return name
 
 

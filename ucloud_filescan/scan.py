@@ -38,9 +38,10 @@ from pathlib import Path
 from ucloud_common.config import Settings
 from ucloud_common.diskformat import size_refusal
 from ucloud_common.file import FILES, File
+from ucloud_common.quota import change, transact_counted
 from ucloud_common.quoting import quote
 from ucloud_common.record import check_name
-from ucloud_common.store import Store, Versioned
+from ucloud_common.store import Put, Remove, Store, Versioned
 from ucloud_common.uploads import is_temporary
 from ucloud_common.user import USERS
 
@@ -271,23 +272,35 @@ def scan(store: Store, upload_dir: Path, settle: float, limits: Limits = Limits(
         known = registered.get((item.owner, item.filename))
         if known is None:
             uuid = str(uuidlib.uuid4())
-            store.create(FILES, uuid, File(uuid=uuid, owner=item.owner, filename=item.filename, size=item.size,
-                                           sha512=digest, mtime=mtime, refused=refused))
+            _write(store, None, File(uuid=uuid, owner=item.owner, filename=item.filename, size=item.size,
+                                     sha512=digest, mtime=mtime, refused=refused))
             log.info("registered %s of %s as %s (%d bytes)", quote(item.filename), item.owner, uuid, item.size)
             report.registered += 1
         else:
-            store.replace(FILES, known.name, known.value.evolve(size=item.size, sha512=digest, mtime=mtime,
-                                                                refused=refused), known.mod_revision)
+            _write(store, known, known.value.evolve(size=item.size, sha512=digest, mtime=mtime, refused=refused))
             log.info("updated %s of %s (%s): it changed", quote(item.filename), item.owner, known.name)
             report.updated += 1
     for key, known in registered.items():
         if key not in first.files and key not in second.files and known.value.owner not in (
                 first.partial | second.partial):
-            store.delete(FILES, known.name, mod_revision=known.mod_revision)
+            _write(store, known, None)
             log.info("removed %s of %s (%s): the file is gone", quote(known.value.filename), known.value.owner,
                      known.name)
             report.removed += 1
     return report
+
+
+def _write(store: Store, known: Versioned[File] | None, new: File | None) -> None:
+    """Register `new` where `known` was (None: a new file; a file gone), with the change of its owner's
+    usage in the same transaction. Counted, never refused: the file is on the disk already; the upload
+    endpoint is what keeps a user within their quota upload_bytes. Conflict if `known` changed meanwhile."""
+    before = known.value if known else None
+    record = new or before
+    assert record is not None
+    name = record.uuid
+    expect = known.mod_revision if known else 0
+    write: Put[File] | Remove[File] = Put(FILES, name, new, expect) if new else Remove(FILES, name, expect)
+    transact_counted(store, record.owner, lambda: ([write], change(before, new)), enforce=False)
 
 
 def _mtime(item: Seen) -> datetime:

@@ -6,9 +6,10 @@ the file is still the one file-scan registered, judges it, converts it and store
 `imagestore.settle` marks the image CREATED, or ERROR with the reason, or leaves it for the next run
 after a temporary failure. One image's failure, of any kind, never stops the others.
 
-Each user's images add up to at most `image_quota` GiB of virtual size: the images CREATED count, and
-one that would pass the quota is refused before its file is read. Runs never overlap (a lock), so
-what this run counts is all there is.
+Each user's images add up to at most their quota `image_bytes` of virtual size (`ucloud_common.quota`):
+one that would pass it is refused before its file is read, and one made is counted in its owner's
+usage in the transaction that marks it CREATED. Runs never overlap (a lock), so the room this run
+reads is not taken by another.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from ucloud_common.diskformat import Refused
 from ucloud_common.file import FILES, File
 from ucloud_common.image import IMAGES, Image, ImageStatus
 from ucloud_common.imagestore import build, settle
+from ucloud_common.quota import room
 from ucloud_common.quoting import quote
 from ucloud_common.store import Store
 
@@ -87,10 +88,6 @@ def scan(store: Store, settings: Settings, ceph: Ceph | None = None) -> Report:
     report = Report()
     files = store.list(FILES).items
     images = [item.value for item in store.list(IMAGES).items.values()]
-    used: Counter[str] = Counter()
-    for image in images:
-        if image.status is ImageStatus.CREATED:
-            used[image.owner] += image.size
     for image in images:
         if image.status is not ImageStatus.TO_BE_CREATED:
             continue
@@ -101,10 +98,7 @@ def scan(store: Store, settings: Settings, ceph: Ceph | None = None) -> Report:
             continue
 
         def make(image: Image = image, file: File = file.value) -> int:
-            size = create_image(settings, image, file, ceph, 
-                                room=max(0, settings.image_quota * 2**30 - used[image.owner]))
-            used[image.owner] += size
-            return size
+            return create_image(settings, image, file, ceph, room=room(store, image.owner, "image_bytes"))
 
         outcome = settle(store, image, make)
         if outcome.status is ImageStatus.CREATED:

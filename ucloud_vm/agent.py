@@ -21,6 +21,7 @@ import uuid as uuidlib
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from ucloud_common.config import Settings
 from ucloud_common.allocation import SHARED_STORAGE
@@ -31,6 +32,7 @@ from ucloud_common.failures import Failures
 from ucloud_common.logs import acting_for, current_request_id
 from ucloud_common.host import HOSTS, HOSTS_ALIVE, Host, HostAlive, HostStatus
 from ucloud_common.network import detached
+from ucloud_common.quota import change, transact_counted
 from ucloud_common.record import utcnow
 from ucloud_common.specs import Specs
 from ucloud_common.states import (MigrationPhase, Party, Requested, Status, Writer, check_migration_step,
@@ -502,12 +504,20 @@ class Agent:
         if backend is not None:
             backend.delete(vm)
         self._driver.forget(vm.uuid)
-        latest = self._store.get(VMS, vm.uuid)
-        if latest is not None:
-            # Conflict (changed meanwhile) propagates: decided again shortly, the deletion is idempotent.
-            self._store.transact([Remove(VMS, vm.uuid, latest.mod_revision),
-                                  *held_by(self._store, vm.uuid, vm_claims(latest.value)),
-                                  *detached(self._store, vm.uuid, (nic.network for nic in latest.value.networks))])
+
+        def removal() -> tuple[list[Put[Any] | Remove[Any]], dict[str, float]] | None:
+            latest = self._store.get(VMS, vm.uuid)
+            if latest is None:
+                return None
+            # Its resources are released with its record, and only then: its owner cannot create more
+            # while this host still holds its disk.
+            return [Remove(VMS, vm.uuid, latest.mod_revision),
+                    *held_by(self._store, vm.uuid, vm_claims(latest.value)),
+                    *detached(self._store, vm.uuid, (nic.network for nic in latest.value.networks))], \
+                change(latest.value, None)
+
+        # Conflict (the VM kept changing) propagates: decided again shortly, the deletion is idempotent.
+        transact_counted(self._store, vm.owner, removal)
         with self._lock:
             self._mine.pop(vm.uuid, None)
         log.info("vm=%s deleted: no process, file or key left", vm.uuid)

@@ -16,19 +16,27 @@ from ucloud_common.ceph import Ceph
 from ucloud_common.config import Settings
 from ucloud_common.image import IMAGES, Image
 from ucloud_common.imagestore import Outcome, build, served_pool, settle
-from ucloud_common.store import Store
+from ucloud_common.errors import PermanentError
+from ucloud_common.quota import change, transact_counted
+from ucloud_common.store import Put, Store
 
 
 def import_image(store: Store, settings: Settings, path: Path, request: Image, ceph: Ceph | None = None) -> Outcome:
     """Make `request` (a TO_BE_CREATED image) from the file at `path`, replacing any image of the
     same uuid. Raises PermanentError, before writing anything, if its store is not served here
-    (`served_pool`), and StoreUnavailable if etcd cannot be reached."""
+    (`served_pool`) or the uuid is another owner's image, and StoreUnavailable if etcd cannot be reached."""
     served_pool(settings, request.store_name, ceph)
-    current = store.get(IMAGES, request.uuid)
-    if current is None:
-        store.create(IMAGES, request.uuid, request)
-    else:
-        store.replace(IMAGES, request.uuid, request, current.mod_revision)
+
+    def requested() -> tuple[list[Put[Image]], dict[str, float]]:
+        current = store.get(IMAGES, request.uuid)
+        if current is not None and current.value.owner != request.owner:
+            raise PermanentError(f"image {request.uuid} is {current.value.owner}'s: delete it first, or import "
+                                 "under another uuid")
+        return ([Put(IMAGES, request.uuid, request, current.mod_revision if current else 0)],
+                change(current.value if current else None, request))
+
+    # An admin's import is counted in the owner's usage, not refused by their quota.
+    transact_counted(store, request.owner, requested, enforce=False)
 
     def make() -> int:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)

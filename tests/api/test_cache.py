@@ -76,7 +76,8 @@ def test_paging_through_vms_created_and_deleted_meanwhile(admin: As, store: Stor
             made.append(store.create(VMS, vm.uuid, vm).name)
 
     read = list(pages(admin, "/api/v1/vms", 7, seen(store), churn))
-    assert len(read) > 8 and all(len(page) <= 7 for page in read)
+    # At least the 40 survivors; how many others depends on where the random uuids sort.
+    assert len(read) >= 6 and all(len(page) <= 7 for page in read)
     shown = [vm["uuid"] for page in read for vm in page]
     assert len(shown) == len(set(shown)), "a VM was shown twice"
     assert survivors <= set(shown), "a VM that existed throughout was not shown"

@@ -46,6 +46,12 @@ def refused_at_the_limit(response, setting: str) -> None:  # type: ignore[no-unt
     assert setting in response.json["error"]["message"]
 
 
+def refused_at_the_quota(response, quota: str) -> None:  # type: ignore[no-untyped-def]
+    assert response.status_code == 409, response.json
+    assert (response.json["error"]["code"], response.json["error"]["quota"], response.json["error"]["limit"]) == (
+        "quota_exceeded", quota, 2)
+
+
 def test_counts_per_user_are_limited_and_one_users_limit_is_not_anothers(limited: FlaskClient,
                                                                          store: Store) -> None:
     alice, bob = user(limited, store, "alice"), user(limited, store, "bob")
@@ -57,11 +63,11 @@ def test_counts_per_user_are_limited_and_one_users_limit_is_not_anothers(limited
         assert alice.post("/api/v1/images", json={"name": f"i{n}", "file": f"f{n}", "store": "local"}).status_code == 201
         assert alice.post("/api/v1/ssh-keys", json={"name": f"k{n}", "key": ED25519}).status_code == 201
     assert alice.post("/api/v1/ssh-keys", json={"name": "k2", "key": ED25519}).status_code == 201
-    refused_at_the_limit(alice.post("/api/v1/vms", json={"name": "vm2", "specs": {"cpu": 1, "ram": 1, "ssd": 1},
-                                                         "image": "tiny"}), "UCLOUD_MAX_VMS_PER_USER")
+    # VMs and images: the settings are the defaults of their quotas (tests/api/test_quotas.py).
+    refused_at_the_quota(alice.post("/api/v1/vms", json={"name": "vm2", "specs": {"cpu": 1, "ram": 1, "ssd": 1},
+                                                         "image": "tiny"}), "vms")
     refused_at_the_limit(alice.post("/api/v1/networks", json={"name": "n2"}), "UCLOUD_MAX_NETWORKS_PER_USER")
-    refused_at_the_limit(alice.post("/api/v1/images", json={"name": "i2", "file": "f0", "store": "local"}),
-                         "UCLOUD_MAX_IMAGES_PER_USER")
+    refused_at_the_quota(alice.post("/api/v1/images", json={"name": "i2", "file": "f0", "store": "local"}), "images")
     refused_at_the_limit(alice.post("/api/v1/ssh-keys", json={"name": "k3", "key": ED25519}),
                          "UCLOUD_MAX_SSH_KEYS_PER_USER")
     assert len(alice.get("/api/v1/vms").json) == 2

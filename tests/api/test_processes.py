@@ -34,7 +34,8 @@ UPLOAD_MAX = 16 * 1024 * 1024  # its UCLOUD_UPLOAD_MAX_SIZE, in bytes
 def env_for(endpoint: str, tmp_path: Path) -> dict[str, str]:
     conf = tmp_path / "ucloud.conf"
     (tmp_path / "www").mkdir(exist_ok=True)
-    conf.write_text(f"UCLOUD_ETCD_ENDPOINTS={endpoint}\nUCLOUD_UPLOAD_DIR={tmp_path / 'www'}\n")
+    # No write rate: the failover test writes as fast as it can (tests/api/test_ratelimit.py checks it).
+    conf.write_text(f"UCLOUD_ETCD_ENDPOINTS={endpoint}\nUCLOUD_UPLOAD_DIR={tmp_path / 'www'}\nUCLOUD_USER_WRITE_RATE=\n")
     clean = {k: v for k, v in os.environ.items() if not k.startswith("UCLOUD_")}
     return {**clean, "UCLOUD_CONFIG": str(conf)}
 

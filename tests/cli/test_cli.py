@@ -249,6 +249,26 @@ def test_admin_hosts_and_users(cluster: Cluster, home: Path) -> None:
     ok(ucloud(home, "user", "delete", "dave", cluster=cluster))
 
 
+def test_quotas_shown_set_and_refused(cluster: Cluster, home: Path) -> None:
+    hana = as_json(ucloud(home, "user", "create", "hana", "-o", "json", cluster=cluster))
+    shown = ok(ucloud(home, "quota", cluster=cluster, token=hana["token"]))
+    assert shown.splitlines()[0].split() == ["RESOURCE", "USED/LIMIT", "UNIT", "SET", "BY", "WHAT"]
+    rows = {line.split()[0]: line.split()[1:] for line in shown.splitlines()[1:]}
+    assert rows["vms"] == ["0/100", "VMs", "default", "VMs"] and rows["upload_bytes"][:3] == ["0/1024", "GiB", "default"]
+    set_ = ok(ucloud(home, "quota", "set", "hana", "--vms", "0", "--upload-gib", "1.5", "--default", "cpu",
+                     cluster=cluster))
+    assert "0/0" in set_ and "0/1.5" in set_ and "admin" in set_
+    quota = as_json(ucloud(home, "quota", "--user", "hana", "-o", "json", cluster=cluster))
+    assert (quota["vms"]["limit"], quota["upload_bytes"]["limit"], quota["cpu"]["set"]) == (0, 1.5 * 2**30, False)
+    refused = ucloud(home, "vm", "create", "web", "--image", "tiny", cluster=cluster, token=hana["token"])
+    assert "quota vms (VMs) of user hana exceeded: 0 VMs used of 0 VMs" in one_error_line(refused, 1)
+    assert "needs an admin" in one_error_line(
+        ucloud(home, "quota", "set", "hana", "--vms", "9", cluster=cluster, token=hana["token"]), 1)
+    assert "name at least one resource" in ucloud(home, "quota", "set", "hana", cluster=cluster).stderr
+    assert "0/0" in ok(ucloud(home, "quota", "recount", "hana", cluster=cluster))
+    ok(ucloud(home, "user", "delete", "hana", cluster=cluster))
+
+
 def test_passwords_and_own_tokens(cluster: Cluster, home: Path) -> None:
     frank = as_json(ucloud(home, "user", "create", "frank", "--password-stdin", "-o", "json", cluster=cluster,
                            stdin="first password\n"))
@@ -299,7 +319,8 @@ def test_every_command_has_help_with_an_example(home: Path) -> None:
                 *[["network", c] for c in ("create", "list", "show", "delete", "attach", "detach")],
                 *[["image", c] for c in ("list", "create", "delete")], ["file", "list"],
                 *[["ssh-key", c] for c in ("add", "list", "delete")], ["host", "list"], ["host", "maintenance"],
-                *[["user", c] for c in ("create", "list", "delete", "passwd")],
+                *[["user", c] for c in ("create", "list", "delete", "passwd")], ["quota"],
+                *[["quota", c] for c in ("set", "recount")],
                 *[["token", c] for c in ("create", "list", "revoke")]]
     for command in commands:
         helped = ucloud(home, *command, "--help")

@@ -47,7 +47,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, ceph_server: CephServer) -
     with running_cluster(root, hosts=HOSTS_, schedulers=SCHEDULERS, UCLOUD_CEPH_CONF=str(ceph_server.conf),
                          UCLOUD_MAX_RESTARTS="2", UCLOUD_STABLE_AFTER="4",
                          # the load tests write far more than one user may keep by default
-                         UCLOUD_MAX_NETWORKS_PER_USER="100000", UCLOUD_MAX_VMS_PER_USER="100000") as the_cluster:
+                         UCLOUD_MAX_NETWORKS_PER_USER="100000", UCLOUD_MAX_VMS_PER_USER="100000",
+                         UCLOUD_MAX_CPU_PER_USER="100000", UCLOUD_MAX_RAM_PER_USER="100000",
+                         UCLOUD_MAX_SSD_PER_USER="100000") as the_cluster:
         wait_until(lambda: all(_up(the_cluster, h) for h in HOSTS_), 60, "three hosts UP")
         yield the_cluster
 

@@ -139,7 +139,8 @@ def running_cluster(root: Path, hosts: tuple[str, ...] = ("h1",), schedulers: tu
         "UCLOUD_IMAGE_DIR": str(root / "images"), "UCLOUD_DISK_DIR": str(root / "disks"),
         "UCLOUD_UPLOAD_DIR": str(root / "uploads"),
         "UCLOUD_ACCEL": "tcg", "UCLOUD_SHUTDOWN_TIMEOUT": "20", "UCLOUD_HOST_LEASE_TTL": "6",
-        "UCLOUD_HEARTBEAT_INTERVAL": "1", "UCLOUD_LEADER_LEASE_TTL": "6", "UCLOUD_ETCD_TIMEOUT": "2", **settings,
+        "UCLOUD_HEARTBEAT_INTERVAL": "1", "UCLOUD_LEADER_LEASE_TTL": "6", "UCLOUD_ETCD_TIMEOUT": "2",
+        "UCLOUD_USER_WRITE_RATE": "", **settings,
     }
     conf.write_text("".join(f"{k}={v}\n" for k, v in lines.items()))
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("UCLOUD_")}, "UCLOUD_CONFIG": str(conf)}

@@ -3,6 +3,7 @@ restarts, broken connections and compaction."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Iterator
@@ -96,6 +97,18 @@ def test_a_transactions_changes_come_at_one_revision_the_last_one_whole(
     changes = collector.changes()
     assert [(c.name, c.whole) for c in changes] == [("alone", True), ("t1", False), ("t2", False), ("t3", True)]
     assert len({c.revision for c in changes[1:]}) == 1
+
+
+def test_a_follower_takes_progress_answers_as_nothing(store: AbstractStore, collectors: list[Collector],
+                                                     mocker: MockerFixture) -> None:
+    mocker.patch.object(store, "watch", side_effect=functools.partial(store.watch, idle=0.2))
+    follower = Follower(store, VMS)
+    collector = Collector(follower)
+    collectors.append(collector)
+    time.sleep(1.5)  # several idle periods: each an answer without events
+    store.create(VMS, "a", a_vm("a"))
+    collector.wait_for(lambda: len(collector.changes()) == 1)
+    assert follower.failures == 0 and follower.relists == 0
 
 
 @pytest.mark.etcd_only("restarts etcd")

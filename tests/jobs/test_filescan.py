@@ -16,6 +16,7 @@ import pytest
 from tests.helpers.metrics import parse, value
 from ucloud_common.file import FILES
 from ucloud_common.joblock import AlreadyRunning, single_run
+from ucloud_common.quota import USAGES
 from ucloud_common.store import Store
 from ucloud_common.user import USERS, User
 from ucloud_filescan.scan import Limits, Seen, in_turns, scan
@@ -76,6 +77,23 @@ def test_notices_changed_and_removed_files(store: Store, tree: Path) -> None:
     after = files[("alice", "disk.qcow2")]
     assert after.size == 10 and after.sha512 != before.sha512  # type: ignore[attr-defined]
     assert ("bob", "b.img") not in files
+
+
+def test_registered_files_are_counted_in_their_owners_usage(store: Store, tree: Path) -> None:
+    """Each registration, change and removal moves the owner's upload_bytes in its own transaction."""
+    scan(store, tree, settle=0)
+    assert upload_bytes(store, "alice") == 5000 + 4 and upload_bytes(store, "bob") == 5
+    (tree / "alice" / "disk.qcow2").write_bytes(b"B" * 10)
+    os.utime(tree / "alice" / "disk.qcow2", ns=(1, 1_000_000_000))
+    (tree / "bob" / "b.img").unlink()
+    scan(store, tree, settle=0)
+    assert upload_bytes(store, "alice") == 10 + 4 and upload_bytes(store, "bob") == 0
+
+
+def upload_bytes(store: Store, user: str) -> int:
+    usage = store.get(USAGES, user)
+    assert usage is not None
+    return usage.value.upload_bytes
 
 
 def test_a_file_being_written_is_left_for_the_next_run(store: Store, tree: Path) -> None:

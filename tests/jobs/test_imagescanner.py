@@ -23,6 +23,7 @@ from ucloud_common.image import IMAGES, Image, ImageStatus
 from ucloud_common import imagestore
 from ucloud_common.imagestore import local_image_path
 from ucloud_common.logs import PrintableFormatter
+from ucloud_common.quota import QUOTAS, USAGES, Quota
 from ucloud_common.store import Store
 from ucloud_common.user import USERS, User
 from ucloud_filescan.scan import scan as filescan
@@ -355,19 +356,23 @@ def test_compressed_data_is_accepted_up_to_its_expansion_limit(store: Store, set
 
 
 def test_a_users_images_stay_within_their_quota(store: Store, settings_for: Settings) -> None:
+    """The quota an admin set (PUT /users/alice/quota), counted in alice's usage as each image is made."""
     folder = settings_for.upload_dir / "alice"
     folder.mkdir(parents=True)
     for name in ("one.qcow2", "two.qcow2"):
         qemu_img("create", "-f", "qcow2", str(folder / name), "768M")
     filescan(store, settings_for.upload_dir, settle=0)
     images = [request(store, "alice", name) for name in ("one.qcow2", "two.qcow2")]
-    report = scan(store, settings_for.model_copy(update={"image_quota": 1}))
+    store.create(QUOTAS, "alice", Quota(user="alice", image_bytes=2**30))
+    report = scan(store, settings_for)
     outcomes = sorted(status_of(store, uuid) for uuid in images)
     assert (report.created, report.refused) == (1, 1)
     assert outcomes[0] == (ImageStatus.CREATED, "")
     assert outcomes[1] == (ImageStatus.ERROR, "virtual size 0.8 GiB is more than the 0.2 GiB left of the owner's "
-                                              "image quota (1 GiB): delete an image first")
+                                              "quota image_bytes: delete an image first, or ask an admin for a larger "
+                                              "quota")
     assert sorted(store.get(IMAGES, uuid).value.size for uuid in images) == [0, 768 * 2**20]  # type: ignore[union-attr]
+    assert store.get(USAGES, "alice").value.image_bytes == 768 * 2**20  # type: ignore[union-attr]
 
 
 def test_a_file_too_large_is_refused_before_it_is_copied(store: Store, settings_for: Settings, mocker) -> None:  # type: ignore[no-untyped-def]

@@ -18,6 +18,7 @@ from ucloud_common.image import IMAGES, Image, ImageStatus
 from ucloud_common.imagestore import Outcome, local_image_path
 from ucloud_common.store import Store
 from ucloud_common.vm import VM
+from ucloud_common.quota import USAGES
 from ucloud_vm import qemu
 from ucloud_vm.accel import choose
 from ucloud_vm.images import import_image
@@ -98,6 +99,14 @@ def test_import_makes_the_image_and_refuses_what_points_elsewhere(store: Store, 
 
     assert imported(tiny_image() / "tiny.qcow2", "tiny") == Outcome(ImageStatus.CREATED)
     assert local_image_path(settings.image_dir, "tiny").read_bytes() == (tiny_image() / "tiny.raw").read_bytes()
+    # Counted in its owner's usage once, also when imported again over itself.
+    assert imported(tiny_image() / "tiny.qcow2", "tiny") == Outcome(ImageStatus.CREATED)
+    tiny = store.get(IMAGES, "tiny")
+    usage = store.get(USAGES, "admin")
+    assert tiny is not None and usage is not None and tiny.value.size > 0
+    assert (usage.value.images, usage.value.image_bytes) == (1, tiny.value.size)
+    with pytest.raises(PermanentError, match="image tiny is admin's"):
+        import_image(store, settings, tiny_image() / "tiny.qcow2", tiny.value.evolve(owner="alice"))
     backed = tmp_path / "backed.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", "/etc/passwd", str(backed)],
                    check=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid as uuidlib
+from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
@@ -12,7 +13,6 @@ from ucloud_api.body import parse
 from ucloud_api.cache import list_reply
 from ucloud_api.errors import APIError, not_found
 from ucloud_api.idempotency import idempotent
-from ucloud_api.limits import IMAGES_PER_USER
 from ucloud_api.naming import create_named
 from ucloud_api.replies import check_if_match, created_reply, lookup, lookup_own, object_reply, store
 from ucloud_api.schemas import ImageCreate
@@ -20,7 +20,8 @@ from ucloud_common.claim import IMAGE_NAMES, owned
 from ucloud_common.event import Kind
 from ucloud_common.file import FILES
 from ucloud_common.image import IMAGES, Image
-from ucloud_common.store import Remove, Versioned
+from ucloud_common.quota import change, charged, transact_counted
+from ucloud_common.store import Put, Remove, Versioned
 from ucloud_common.vm import VMS
 
 images = Blueprint("images", __name__, url_prefix="/api/v1/images")
@@ -54,8 +55,9 @@ def create() -> Response:
     image = Image(uuid=uuid, owner=caller.name, name=body.name, store_name=body.store,
                   file_uuid=body.file, public=body.public)
     created = create_named(IMAGES, IMAGE_NAMES, caller.name, body.name, uuid, lambda: (image, [
+        charged(store(), caller.name, change(None, image)),
         told(Kind.IMAGE, uuid, f"create image {body.name} from file {body.file} in store {body.store}"
-                               f"{' (public)' if body.public else ''}")]), "image", IMAGES_PER_USER)
+                               f"{' (public)' if body.public else ''}")]), "image")
     return created_reply(created, f"/api/v1/images/{uuid}")
 
 
@@ -76,19 +78,22 @@ def get(uuid: str) -> Response:
 
 @images.delete("/<uuid>")
 def delete(uuid: str) -> Response:
-    image = lookup_own(IMAGES, uuid, f"image {uuid}")
-    check_if_match(image)
-    remove(image)
+    def removal() -> tuple[list[Remove[Any] | Put[Any]], dict[str, float]]:
+        image = lookup_own(IMAGES, uuid, f"image {uuid}")
+        check_if_match(image)
+        return removal_of(image)
+
+    transact_counted(store(), lookup_own(IMAGES, uuid, f"image {uuid}").value.owner, removal)
     return Response(status=204)
 
 
-def remove(image: Versioned[Image], why: str = "") -> None:
-    """Delete the image as read, with its name claim; 409 if a VM is based on it, `Conflict` if it
-    changed."""
+def removal_of(image: Versioned[Image], why: str = "") -> tuple[list[Remove[Any] | Put[Any]], dict[str, float]]:
+    """The writes that delete the image as read, with its name claim, and the change of its owner's
+    usage (for `transact_counted`); 409 if a VM is based on it."""
     uuid = image.name
     users = [vm.value.name for vm in store().list(VMS).items.values() if vm.value.image == uuid]
     if users:
         raise APIError(409, "in_use", f"image {uuid} is the base of VM {users[0]}; delete the VM first")
-    store().transact([Remove(IMAGES, uuid, image.mod_revision),
-                      Remove(IMAGE_NAMES, owned(image.value.owner, image.value.name), None),
-                      told(Kind.IMAGE, uuid, f"delete image {image.value.name}{why}")])
+    return [Remove(IMAGES, uuid, image.mod_revision),
+            Remove(IMAGE_NAMES, owned(image.value.owner, image.value.name), None),
+            told(Kind.IMAGE, uuid, f"delete image {image.value.name}{why}")], change(image.value, None)

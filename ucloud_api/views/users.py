@@ -20,6 +20,7 @@ from ucloud_api.passwords import check_password, hash_password
 from ucloud_api.query import flag
 from ucloud_api.replies import check_if_match, dump, lookup, object_reply, store
 from ucloud_api.schemas import PasswordChange, UserCreate
+from ucloud_api.views.quotas import shown
 from ucloud_common.event import Kind
 from ucloud_common.store import Conflict, Put
 from ucloud_common.uploads import make_user_folder
@@ -58,6 +59,11 @@ def list_() -> Response:
 
 @bp.get("/<name>")
 def get(name: str) -> Response:
+    """A user (admin); `me`: the caller's own record, with their quota and usage."""
+    if name == "me":
+        mine = current().name
+        user = lookup(USERS, mine, f"user {mine}")
+        return object_reply(user, body={**dump(user.value), "quota": shown(mine)})
     require_admin()
     return object_reply(lookup(USERS, name, f"user {name}"))
 

@@ -17,7 +17,6 @@ from ucloud_api.body import parse
 from ucloud_api.cache import cache, compact_json, fresh, get_cached, list_reply
 from ucloud_api.errors import APIError
 from ucloud_api.idempotency import idempotent
-from ucloud_api.limits import VMS_PER_USER
 from ucloud_api.naming import create_named, new_nic
 from ucloud_api.replies import check_if_match, created_reply, dump, if_match, lookup_own, object_reply, store
 from ucloud_api.schemas import Migrate, VMCreate
@@ -30,6 +29,7 @@ from ucloud_common.record import check_key_part, check_name
 from ucloud_common.retry import Backoff, sleeps
 from ucloud_common.states import Action, ActionRefused, Status
 from ucloud_common.ipv6 import slaac_address
+from ucloud_common.quota import USAGES, change, charged
 from ucloud_common.quoting import quote
 from ucloud_common.network import NETWORKS, detached
 from ucloud_common.store import Conflict, Put, Remove, Versioned
@@ -89,9 +89,10 @@ def create() -> Response:
             storage=body.storage, ssh_keys=tuple(user_keys[k] for k in body.ssh_keys),
             anti_affinity=body.anti_affinity or "", networks=tuple(nics), request_id=request_id(),
         )
-        return vm, [*writes, told(Kind.VM, uuid, f"create VM {body.name} from image {body.image}")]
+        return vm, [*writes, charged(store(), caller.name, change(None, vm)),
+                    told(Kind.VM, uuid, f"create VM {body.name} from image {body.image}")]
 
-    created = create_named(VMS, VM_NAMES, caller.name, body.name, uuid, make, "VM", VMS_PER_USER)
+    created = create_named(VMS, VM_NAMES, caller.name, body.name, uuid, make, "VM")
     return created_reply(created, f"/api/v1/vms/{uuid}", shown_one(created.value))
 
 
@@ -222,8 +223,9 @@ def _act(uuid: str, action: Action) -> Response:
         try:
             written = write_request(current_vm, action, {**asked, **extra},
                                     f"{action.value} to {target}" if target else action.value)
-        except Conflict:
-            if conditional:
+        except Conflict as exc:
+            # The owner's usage changing (their other requests) is no change of the VM's.
+            if conditional and exc.key != USAGES.key(vm.owner):
                 raise APIError(412, "precondition_failed", "the VM changed; read it again") from None
             continue
         if written is None:
@@ -243,6 +245,7 @@ def write_request(current_vm: Versioned[VM], action: Action, fields: dict[str, A
         store().transact([Remove(VMS, uuid, current_vm.mod_revision),
                           *held_by(store(), uuid, vm_claims(vm)),
                           *detached(store(), uuid, (nic.network for nic in vm.networks)),
+                          charged(store(), vm.owner, change(vm, None)),
                           told(Kind.VM, uuid, f"{asking} (it was never placed: deleted at once)")])
         return None
     new = vm.evolve(**fields, request_id=request_id())

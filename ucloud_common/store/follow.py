@@ -140,7 +140,8 @@ class Follower(Generic[R]):
                     self._next_revision = change.revision + 1
                     yield change if after is None or after.revision != change.revision \
                         else replace(change, whole=False)
-                self._next_revision = events[-1].mod_revision + 1
+                if events:  # none in a progress answer (a quiet watch kept alive)
+                    self._next_revision = events[-1].mod_revision + 1
         finally:
             watch.cancel()
 

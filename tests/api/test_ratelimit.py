@@ -1,0 +1,60 @@
+"""One user's writes past UCLOUD_USER_WRITE_RATE are refused with 429 and Retry-After, before they
+change anything; reads, admins and other users go on."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from tests.api.conftest import As
+from ucloud_api.app import create_app
+from ucloud_api.auth import create_user
+from ucloud_common.config import Settings, load_settings
+from ucloud_common.image import IMAGES, Image, ImageStatus
+from ucloud_common.store import Store
+from ucloud_common.user import Role
+from ucloud_common.vm import VMS
+
+
+@pytest.fixture
+def users(settings: Settings, store: Store) -> Iterator[tuple[As, As, As]]:
+    app = create_app(settings.model_copy(update={"user_write_rate": "3/minute"}), store)
+    app.testing = False  # errors go through the app's handlers, as in production
+    store.create(IMAGES, "tiny", Image(uuid="tiny", owner="admin", name="tiny", store_name="local",
+                                        public=True, status=ImageStatus.CREATED))
+    made = []
+    for name, role in (("admin", Role.ADMIN), ("alice", Role.USER), ("bob", Role.USER)):
+        _, token = create_user(store, name, role)
+        made.append(As(app.test_client(), token, name))
+    yield made[0], made[1], made[2]
+    app.extensions["ucloud.cache"].stop()
+
+
+def test_a_user_past_the_rate_is_refused_and_nothing_is_written(users: tuple[As, As, As], store: Store) -> None:
+    admin, alice, bob = users
+    for i in range(3):
+        alice.create_vm(f"web{i}")
+    refused = alice.post("/api/v1/vms", json={"name": "web3", "specs": {"cpu": 1, "ram": 1, "ssd": 10},
+                                              "image": "tiny"})
+    assert refused.status_code == 429, refused.json
+    assert refused.json["error"]["code"] == "too_many_writes"
+    assert "3 per 1 minute" in refused.json["error"]["message"]
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert sorted(v.value.name for v in store.list(VMS).items.values()) == ["web0", "web1", "web2"]
+    assert alice.get("/api/v1/vms").status_code == 200  # reads go on
+    # Refused writes use up nothing; other users and admins have their own room, or no limit.
+    bob.create_vm("b1")
+    for i in range(5):
+        assert admin.post("/api/v1/networks", json={"name": f"n{i}"}).status_code == 201
+
+
+def test_a_rate_that_names_no_limit_is_refused_at_start(tmp_path: Path) -> None:
+    conf = tmp_path / "ucloud.conf"
+    conf.write_text("UCLOUD_USER_WRITE_RATE=lots\n")
+    with pytest.raises(ValidationError, match="lots"):
+        load_settings(config_file=conf)
+    conf.write_text("UCLOUD_USER_WRITE_RATE=\n")
+    assert load_settings(config_file=conf).user_write_rate == ""
