@@ -14,13 +14,16 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from ucloud_api.auth import Caller
 from ucloud_api.errors import APIError
 from ucloud_api.readdeadline import still_reading
-from ucloud_common.config import Settings
-from ucloud_common.uploads import FILE_MODE, TEMPORARY_PREFIX, make_user_folder
+from ucloud_common.file import FILES
+from ucloud_common.quota import room
+from ucloud_common.store import Store
+from ucloud_common.uploads import FILE_MODE, TEMPORARY_PREFIX, make_user_folder, user_folder
 
 log = logging.getLogger(__name__)
 
@@ -29,23 +32,58 @@ log = logging.getLogger(__name__)
 BLOCK = 256 * 1024
 
 
-def allowed_size(settings: Settings, caller: Caller) -> int:
-    """The most bytes an upload of `caller` may have. The one place this is decided: a quota of
-    upload bytes per user narrows it here."""
-    return int(settings.upload_max_size * 2**30)
+@dataclass(frozen=True)
+class Allowance:
+    """The most bytes an upload may have, and which rule decides it (said in a 413)."""
+
+    size: int
+    by: str
+    code: str = "too_large"
 
 
-def receive(settings: Settings, caller: Caller, name: str, body: BinaryIO, length: int | None,
+def allowed_size(store: Store, caller: Caller, name: str, replace: bool) -> Allowance:
+    """The most bytes the upload `name` of `caller` may have: the one place this is decided. The
+    smaller of UCLOUD_UPLOAD_MAX_SIZE and what their quota `upload_bytes` leaves. file-scan charges
+    a file to the quota when it registers it, so the files of the folder it has not registered yet
+    (uploads of a moment ago, others under way) are taken off here too; a file this one replaces is
+    given back."""
+    most = int(store.settings.upload_max_size * 2**30)
+    left = room(store, caller.name, "upload_bytes") - _not_counted_yet(store, caller.name, name if replace else None)
+    if left < most:
+        return Allowance(max(0, left), f"your quota upload_bytes leaves {max(0, left)} bytes (`ucloud quota`)",
+                         "quota_exceeded")
+    return Allowance(most, f"an upload may have at most {most} bytes (UCLOUD_UPLOAD_MAX_SIZE)")
+
+
+def _not_counted_yet(store: Store, user: str, replaced: str | None) -> int:
+    """Bytes of the user's folder that their usage does not count (files file-scan has not registered
+    yet, uploads under way), less what `replaced` holds (counted or not: it goes)."""
+    registered = {f.value.filename: f.value.size for f in store.list(FILES, where={"owner": user}).items.values()}
+    pending = 0
+    try:
+        entries = list(os.scandir(user_folder(store.settings.upload_dir, user)))
+    except (FileNotFoundError, NotADirectoryError):
+        entries = []
+    for entry in entries:
+        if entry.name not in registered and entry.name != replaced and entry.is_file(follow_symlinks=False):
+            try:
+                pending += entry.stat(follow_symlinks=False).st_size
+            except FileNotFoundError:  # renamed or removed meanwhile
+                pass
+    return pending - (registered.get(replaced, 0) if replaced else 0)
+
+
+def receive(store: Store, caller: Caller, name: str, body: BinaryIO, length: int | None,
             replace: bool) -> os.stat_result:
     """Store `body` (`length` bytes, or up to its end when sent chunked) as the caller's file `name`;
     the stored file's stat. An APIError if it is not stored, and then nothing of it is left:
     409 the name is taken (unless `replace`), 413 larger than `allowed_size`, 400 the body ended
     short, 507 no room."""
-    limit = allowed_size(settings, caller)
-    if length is not None and length > limit:
+    limit = allowed_size(store, caller, name, replace)
+    if length is not None and length > limit.size:
         raise _too_large(name, limit)
     try:
-        folder = make_user_folder(settings.upload_dir, caller.name)  # a user made before uploads existed
+        folder = make_user_folder(store.settings.upload_dir, caller.name)  # a user made before uploads existed
     except OSError as exc:  # the API may not write UCLOUD_UPLOAD_DIR: the operator's to mend
         log.error("the upload folder of %s cannot be made: %s", caller.name, exc)
         raise APIError(503, "uploads_unavailable", f"uploads cannot be stored now ({exc.strerror}); the reason is "
@@ -79,7 +117,7 @@ def receive(settings: Settings, caller: Caller, name: str, body: BinaryIO, lengt
         os.close(directory)
 
 
-def _copy(name: str, body: BinaryIO, file: BinaryIO, length: int | None, limit: int) -> None:
+def _copy(name: str, body: BinaryIO, file: BinaryIO, length: int | None, limit: Allowance) -> None:
     received = 0
     while length is None or received < length:
         want = BLOCK if length is None else min(BLOCK, length - received)
@@ -92,7 +130,7 @@ def _copy(name: str, body: BinaryIO, file: BinaryIO, length: int | None, limit: 
         if not block:
             break
         received += len(block)
-        if received > limit:
+        if received > limit.size:
             raise _too_large(name, limit)
         try:
             file.write(block)
@@ -139,9 +177,8 @@ def _taken(name: str) -> APIError:
     return APIError(409, "exists", f"you already have a file {name}; upload with ?replace=true to replace it")
 
 
-def _too_large(name: str, limit: int) -> APIError:
-    return APIError(413, "too_large", f"{name}: an upload may have at most {limit} bytes; nothing was stored",
-                    limit=limit)
+def _too_large(name: str, limit: Allowance) -> APIError:
+    return APIError(413, limit.code, f"{name} is too large: {limit.by}; nothing was stored", limit=limit.size)
 
 
 def _ended_short(name: str, received: int) -> APIError:

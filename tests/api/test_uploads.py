@@ -218,3 +218,14 @@ def test_an_upload_folder_the_api_cannot_write_is_503_not_500(alice: As, app, se
     settings.upload_dir.write_text("not a folder")  # as a misconfigured UCLOUD_UPLOAD_DIR
     response = alice.put("/api/v1/files/a.img", data=b"x")
     assert response.status_code == 503 and response.json["error"]["code"] == "uploads_unavailable"
+
+
+def test_an_upload_past_the_users_quota_is_413_counting_files_not_registered_yet(admin: As, alice: As,
+                                                                                  settings: Settings) -> None:
+    assert admin.put("/api/v1/users/alice/quota", json={"upload_bytes": 1000}).status_code == 200
+    assert alice.put("/api/v1/files/a.img", data=b"a" * 600).status_code == 201
+    refused = alice.put("/api/v1/files/b.img", data=b"b" * 600)  # a.img is not registered yet: it counts
+    assert refused.status_code == 413 and refused.json["error"]["code"] == "quota_exceeded", refused.json
+    assert "upload_bytes leaves 400 bytes" in refused.json["error"]["message"]
+    assert alice.put("/api/v1/files/a.img?replace=true", data=b"c" * 1000).status_code == 201, "a.img given back"
+    assert sorted(os.listdir(folder_of(settings, "alice"))) == ["a.img"]

@@ -50,7 +50,7 @@ def upload(filename: str) -> Response:
     if not length and not request.environ.get("wsgi.input_terminated"):
         raise APIError(400, "no_body", "the body is the file: send it, with Content-Length or chunked (an empty "
                        "file makes no image)")
-    stored = uploads.receive(store().settings, caller, filename, request.environ["wsgi.input"], length, replace)
+    stored = uploads.receive(store(), caller, filename, request.environ["wsgi.input"], length, replace)
     try:
         store().transact([told(Kind.USER, caller.name, f"upload file {filename} ({stored.st_size} bytes"
                                                        f"{', replacing any of that name' if replace else ''})")])
