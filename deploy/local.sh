@@ -19,6 +19,8 @@ api=http://127.0.0.1:$api_port
 export UCLOUD_ETCD_ENDPOINTS=127.0.0.1:$etcd_port
 export UCLOUD_RUN_DIR=$state/run UCLOUD_IMAGE_DIR=$state/images UCLOUD_DISK_DIR=$state/disks
 export UCLOUD_PROBE_IMAGE_DIR=$state/tiny UCLOUD_UPLOAD_DIR=$state/uploads
+# VMs' HDD disks (`ucloud vm create --hdd GIB`) beside the others: the host offers that file system as HDD.
+export UCLOUD_HDD_DIR=$state/hdd
 bin=$repo/.venv/bin
 host=local
 # VM networks need an underlay: by default this machine's own, the device and address of its default

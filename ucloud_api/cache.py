@@ -30,7 +30,8 @@ from ucloud_common.image import IMAGES
 from ucloud_common.network import NETWORKS
 from ucloud_common.record import Family, R, check_key_part
 from ucloud_common.store import AbstractStore, StoreError, Versioned
-from ucloud_common.store.mirror import Index, Mirror, Render, Table
+from ucloud_common.store.mirror import Index, Mirror, Render
+from ucloud_common.store.watch import WATCH_IDLE_S
 from ucloud_common.user import TOKENS, USERS
 from ucloud_common.vm import VMS
 
@@ -63,16 +64,25 @@ class ReadCache:
         def owner(record: Any) -> str:
             return str(record.owner)
 
-        self.vms = Mirror(store, VMS, {"owner": owner, "host": lambda vm: vm.host, "status": lambda vm: vm.status.value},
+        # A live watch hears from etcd at least every WATCH_IDLE_S (a progress answer when nothing
+        # changes), within etcd_timeout; a mirror silent for longer is cut off, and not trusted.
+        # And like every daemon's follower, each lists again every resync_interval: a change the
+        # watch lost (a bug: a transaction's changes once were) costs one cadence, not the worker's life.
+        stale, resync = WATCH_IDLE_S + store.settings.etcd_timeout + 1.0, store.settings.resync_interval
+
+        def mirror(family: Family[R], indexes: dict[str, Index] | None = None, render: Render | None = None) -> Mirror[R]:
+            return Mirror(store, family, indexes, render, stale_after=stale, resync_interval=resync)
+
+        self.vms = mirror(VMS, {"owner": owner, "host": lambda vm: vm.host, "status": lambda vm: vm.status.value},
                           vm_render)
-        self.networks = Mirror(store, NETWORKS, {"owner": owner}, _rendered)
-        self.images = Mirror(store, IMAGES, {"owner": owner}, _rendered)
-        self.files = Mirror(store, FILES, {"owner": owner}, _rendered)
-        self.hosts = Mirror(store, HOSTS)
-        self.alive = Mirror(store, HOSTS_ALIVE)
-        self.events = Mirror(store, EVENTS, {"object": lambda event: event.object})
-        self.users = Mirror(store, USERS)
-        self.tokens = Mirror(store, TOKENS)
+        self.networks = mirror(NETWORKS, {"owner": owner}, _rendered)
+        self.images = mirror(IMAGES, {"owner": owner}, _rendered)
+        self.files = mirror(FILES, {"owner": owner}, _rendered)
+        self.hosts = mirror(HOSTS)
+        self.alive = mirror(HOSTS_ALIVE)
+        self.events = mirror(EVENTS, {"object": lambda event: event.object})
+        self.users = mirror(USERS)
+        self.tokens = mirror(TOKENS)
         self._mirrors: list[Mirror[Any]] = [self.vms, self.networks, self.images, self.files, self.hosts,
                                              self.alive, self.events, self.users, self.tokens]
         self._written: OrderedDict[str, int] = OrderedDict()
@@ -154,17 +164,39 @@ def needed_revision() -> int:
     return max(sent_revision(), cache().written(caller.name) if caller is not None else 0)
 
 
-def fresh(mirror: Mirror[R], wait: float = WAIT_S) -> bool:
-    """Whether `mirror` may answer this request (it has seen what the request needs)."""
-    return mirror.wait_for(needed_revision(), wait)
+def fresh(mirror: Mirror[R], wait: float = WAIT_S, at_least: int = 0) -> bool:
+    """Whether `mirror` may answer this request (it has seen what the request needs, and `at_least`)."""
+    return mirror.wait_for(max(needed_revision(), at_least), wait)
 
 
-def caught_up(mirror: Mirror[R]) -> Mirror[R]:
-    """`mirror`, having seen what this request needs: waited for, or else given a listing from etcd."""
-    if not fresh(mirror):
+def caught_up(mirror: Mirror[R], at_least: int = 0) -> Mirror[R]:
+    """`mirror`, having seen what this request needs: waited for, or else given a listing from etcd.
+    400 for a sent revision etcd has not reached: no mirror and no listing ever reaches it, and each
+    such request would list the whole family (any caller may send any number)."""
+    if fresh(mirror, at_least=at_least):
+        return mirror
+    # One listing at a time per mirror: readers that need it meanwhile wait for it and are served
+    # by it, rather than each list the whole family at once (a watch that lags under load, with
+    # every reader adding a listing to the load).
+    with mirror.refreshing:
+        if fresh(mirror, wait=0, at_least=at_least):
+            return mirror
         store: AbstractStore = current_app.extensions["ucloud.store"]
+        sent, present = max(sent_revision(), at_least), store.revision()  # one small read, before a large one
+        if sent > present:
+            raise APIError(400, "bad_request", f"{REVISION_HEADER} {sent} is ahead of etcd (at revision "
+                           f"{present}): send back a revision this API answered")
         mirror.refresh(store.list(mirror.family))
     return mirror
+
+
+def get_settled(family: Family[R], name: str, fallback: Callable[[], Versioned[R] | None]) -> Versioned[R] | None:
+    """One record from the mirror whatever its revision, else from `fallback` (etcd): for what a
+    reader needs of a record that never changes once made (a network's prefix). No freshness to
+    wait for, so never a round trip per record for a reader whose own write the mirror has not
+    passed (a list of 1,000 VMs with NICs made 1,000 of them)."""
+    found = cache().mirror(family).table.items.get(name)
+    return found if found is not None else fallback()
 
 
 def get_cached(family: Family[R], name: str, fallback: Callable[[], Versioned[R] | None]) -> Versioned[R] | None:
@@ -181,8 +213,9 @@ def get_cached(family: Family[R], name: str, fallback: Callable[[], Versioned[R]
 # -- pages --------------------------------------------------------------------------------------
 
 
-def page_args() -> tuple[str, int | None]:
-    """`?continue=` (the name to go on after) and `?limit=`, or 400 saying what is wrong."""
+def page_args() -> tuple[str, int | None, int]:
+    """`?continue=` (the name to go on after, and the revision of the page it follows) and `?limit=`,
+    or 400 saying what is wrong."""
     limit_text = request.args.get("limit")
     limit = None
     if limit_text is not None:
@@ -190,14 +223,17 @@ def page_args() -> tuple[str, int | None]:
             raise APIError(400, "bad_request", f"limit must be a whole number from 1 to {MAX_LIMIT}")
         limit = int(limit_text)
     token = request.args.get("continue")
-    return (_after(token) if token else ""), limit  # an empty one: the first page
+    after, revision = _after(token) if token else ("", 0)  # an empty one: the first page
+    return after, limit, revision
 
 
-def continue_token(after: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"after": after}).encode()).decode().rstrip("=")
+def continue_token(after: str, revision: int = 0) -> str:
+    """The next page's token: the last name shown, and the page's revision, which the next page is
+    at least as new as (pages served by workers whose mirrors differ never go back in time)."""
+    return base64.urlsafe_b64encode(json.dumps({"after": after, "revision": revision}).encode()).decode().rstrip("=")
 
 
-def _after(token: str) -> str:
+def _after(token: str) -> tuple[str, int]:
     bad = APIError(400, "bad_request", "continue: not a token this API gave (send back the "
                    f"{CONTINUE_HEADER} header of the previous page as it is)")
     try:
@@ -205,35 +241,39 @@ def _after(token: str) -> str:
     except (binascii.Error, ValueError):
         raise bad from None
     after = decoded.get("after") if isinstance(decoded, dict) else None
-    if not isinstance(after, str):
+    revision = decoded.get("revision", 0) if isinstance(decoded, dict) else None  # (none in older tokens)
+    if not isinstance(after, str) or type(revision) is not int or not 0 <= revision < 2**63:
         raise bad
     try:
-        return check_key_part(after)
+        return check_key_part(after), revision
     except ValueError:
         raise bad from None
 
 
-Show = Callable[[Table[Any], Versioned[Any]], bytes]
+Show = Callable[[Versioned[Any]], bytes]
 
 
 def list_reply(family: Family[R], show: Show | None = None, index: str | None = None, value: str = "",
                keep: Callable[[R], bool] | None = None) -> Response:
-    """A page of the family (found by `index` = `value`, kept by `keep`), each record as `show`
-    makes it (default: its JSON made once), with its revision and, if more follow, the token of the
-    next page. From the mirror when it is fresh, else from one etcd listing (which the mirror keeps)."""
-    after, limit = page_args()
-    with caught_up(cache().mirror(family)).locked() as table:
-        return _page_reply(table, after, limit, index, value, keep, show)
+    """A page of the family (found by `index` = `value`, kept by `keep`), each record as the mirror
+    rendered it, or else as `show` makes it (default: its JSON), with its revision and, if more
+    follow, the token of the next page. From the mirror when it is fresh, else from one etcd listing
+    (which the mirror keeps).
 
-
-def _page_reply(table: Table[R], after: str, limit: int | None, index: str | None, value: str,
-                keep: Callable[[R], bool] | None, show: Show | None) -> Response:
-    items, more = table.page(after, limit, index, value, keep)
-    body = b"[" + b",".join(show(table, i) if show else table.rendered[i.name] for i in items) + b"]"
+    Only the page's records are taken under the mirror's lock; what is left to render is rendered
+    after it (records are frozen): the watch thread waits for the same lock, and a page of 1,000
+    VMs with NICs rendered under it kept every change, and every other reader, waiting."""
+    after, limit, at_least = page_args()
+    with caught_up(cache().mirror(family), at_least).locked() as table:
+        items, more = table.page(after, limit, index, value, keep)
+        made = [table.rendered.get(item.name) for item in items]
+        revision = table.revision
+    shown = show or _rendered
+    body = b"[" + b",".join(m if m is not None else shown(i) for i, m in zip(items, made)) + b"]"
     response = Response(body, mimetype="application/json")
-    response.headers[REVISION_HEADER] = str(table.revision)
+    response.headers[REVISION_HEADER] = str(revision)
     if more:
-        response.headers[CONTINUE_HEADER] = continue_token(items[-1].name)
+        response.headers[CONTINUE_HEADER] = continue_token(items[-1].name, revision)
     return response
 
 
@@ -246,6 +286,7 @@ __all__ = [
     "compact_json",
     "fresh",
     "get_cached",
+    "get_settled",
     "install",
     "list_reply",
     "needed_revision",

@@ -20,11 +20,12 @@ from ucloud_api.schemas import (
     ConsoleRequest,
     ImageCreate,
     Maintenance,
-    Migrate,
     Login,
+    Migrate,
     NetworkCreate,
     PasswordChange,
     QuotaUpdate,
+    Resize,
     SSHKeyCreate,
     TokenCreate,
     UserCreate,
@@ -112,6 +113,10 @@ ROUTES: dict[tuple[str, str], Route] = {
         "Ask a VM to start, shutdown, reboot, suspend, resume or migrate (migrate: admin, optional body)",
         Migrate, 202, "VM", errors=(403, 404, 405, 409, 422), idempotent=True, if_match=True),
     # 403: migrate is for admins; 405: "delete" is DELETE /vms/{uuid}; 422: migrate to no such host
+    ("post", "/api/v1/vms/{uuid}/resize"): Route(
+        "Ask for new specs for a STOPPED VM (disks only grow): the scheduler writes them into its specs if its host "
+        "has room, else says why in its error; the disks grow at its next start", Resize, 202, "VM",
+        errors=(404, 409, 422), idempotent=True, if_match=True),
     ("delete", "/api/v1/vms/{uuid}/migration"): Route(
         "Cancel the VM's migration, asked or under way: it stays on (or returns to) its host", ok=202, returns="VM",
         admin=True, errors=(404, 409)),
@@ -172,8 +177,8 @@ SCHEMAS: dict[str, type[BaseModel]] = {
 _PATH_SCHEMAS: dict[str, dict[str, Any]] = {
     "name": NAME_SCHEMA, "uuid": NAME_SCHEMA, "token_id": NAME_SCHEMA,
     "filename": {"type": "string", "minLength": 1, "maxLength": NAME_MAX_BYTES, "pattern": UPLOAD_NAME_PATTERN},
-    # "delete" is an action too, but DELETE /vms/{uuid} asks for it (POST answers 405)
-    "action": {"type": "string", "enum": [a.value for a in Action if a is not Action.DELETE]},
+    # "delete" is an action too, but DELETE /vms/{uuid} asks for it (POST answers 405); resize has a path of its own
+    "action": {"type": "string", "enum": [a.value for a in Action if a not in (Action.DELETE, Action.RESIZE)]},
 }
 
 
@@ -225,8 +230,8 @@ _PAGE_HEADERS = {
 def document(app: Flask) -> dict[str, Any]:
     components: dict[str, Any] = {"Error": _error_schema()}
     paths: dict[str, dict[str, Any]] = {}
-    bodies = (VMCreate, Migrate, UserCreate, NetworkCreate, Attachment, SSHKeyCreate, ImageCreate, Maintenance,
-              PasswordChange, Login, TokenCreate, ConsoleRequest, QuotaUpdate)
+    bodies = (VMCreate, Migrate, Resize, UserCreate, NetworkCreate, Attachment, SSHKeyCreate, ImageCreate,
+              Maintenance, PasswordChange, Login, TokenCreate, ConsoleRequest, QuotaUpdate)
     for model_name, model in {**SCHEMAS, **{m.__name__: m for m in bodies}}.items():
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}", mode="serialization")
         components.update(schema.pop("$defs", {}))

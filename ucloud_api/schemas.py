@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ucloud_common.quota import QuotaSettings
 from ucloud_common.record import Name
@@ -40,12 +40,40 @@ class VMSpecs(Specs):
     @field_validator("ram")
     @classmethod
     def _whole_mib(cls, value: float) -> float:
-        if value * 1024 != round(value * 1024):
-            raise ValueError("must be a whole number of MiB (a multiple of 1/1024 GiB, e.g. 0.125 or 1.5)")
-        return value
+        return _whole_mib(value)
 
     def as_specs(self) -> Specs:
         return Specs(**self.model_dump())
+
+
+def _whole_mib(value: float) -> float:
+    if value * 1024 != round(value * 1024):
+        raise ValueError("must be a whole number of MiB (a multiple of 1/1024 GiB, e.g. 0.125 or 1.5)")
+    return value
+
+
+class Resize(Strict):
+    """New specs for a STOPPED VM: only those that change (the others stay); disks only grow."""
+
+    cpu: int | None = Field(None, ge=1, le=1024)
+    ram: float | None = Field(None, ge=RAM_MIN_MIB / 1024, le=16384, description=f"GiB, in steps of 1 MiB "
+                              f"(1/1024), at least {RAM_MIN_MIB} MiB")
+    ssd: int | None = Field(None, ge=1, le=1_000_000, description="GiB, at least the VM's ssd now")
+    hdd: int | None = Field(None, ge=0, le=1_000_000, description="GiB, at least the VM's hdd now")
+
+    @field_validator("ram")
+    @classmethod
+    def _whole_mib(cls, value: float | None) -> float | None:
+        return None if value is None else _whole_mib(value)
+
+    @model_validator(mode="after")
+    def _something(self) -> Resize:
+        if not self.model_fields_set:
+            raise ValueError("name at least one of cpu, ram, ssd, hdd")
+        return self
+
+    def applied_to(self, specs: Specs) -> Specs:
+        return specs.model_copy(update=self.model_dump(exclude_none=True))
 
 
 class VMCreate(Strict):

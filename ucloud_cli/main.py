@@ -23,7 +23,8 @@ from ucloud_cli.output import Column, error, field, show
 VM_COLUMNS: list[Column] = [
     ("UUID", field("uuid")), ("NAME", field("name")), ("STATUS", field("status")),
     ("REQUESTED", field("requested")), ("CPU", lambda v: v["specs"]["cpu"]), ("RAM", lambda v: v["specs"]["ram"]),
-    ("SSD", lambda v: v["specs"]["ssd"]), ("HOST", lambda v: v["hostname"].rsplit("/", 1)[-1]),
+    ("SSD", lambda v: v["specs"]["ssd"]), ("HDD", lambda v: v["specs"]["hdd"]),
+    ("HOST", lambda v: v["hostname"].rsplit("/", 1)[-1]),
     ("ERROR", field("error")),
 ]
 NETWORK_COLUMNS: list[Column] = [("UUID", field("uuid")), ("NAME", field("name")), ("TYPE", field("type")),
@@ -41,6 +42,7 @@ HOST_COLUMNS: list[Column] = [
     ("CPU", lambda h: f"{_n(h['allocated']['cpu'])}/{_n(h['capacity']['cpu'])}"),
     ("RAM", lambda h: f"{_n(h['allocated']['ram'])}/{_n(h['capacity']['ram'])}"),
     ("SSD", lambda h: f"{_n(h['allocated']['ssd'])}/{_n(h['capacity']['ssd'])}"),
+    ("HDD", lambda h: f"{_n(h['allocated']['hdd'])}/{_n(h['capacity']['hdd'])}"),
 ]
 TOKEN_COLUMNS: list[Column] = [("ID", field("id")), ("NAME", field("name")), ("CREATED", field("created_at")),
                                ("EXPIRES", field("expires_at"))]
@@ -303,6 +305,51 @@ def _action(action: str) -> click.Command:
 
 for _name in TARGETS:
     _action(_name)
+
+
+@vm.command("resize")
+@vm_argument
+@click.option("--cpu", type=int, default=None, help="Virtual CPUs [default: as now].")
+@click.option("--ram", type=float, default=None, help="GiB [default: as now].")
+@click.option("--ssd", type=int, default=None, help="GiB, at least as now: disks only grow [default: as now].")
+@click.option("--hdd", type=int, default=None, help="GiB, at least as now: disks only grow [default: as now].")
+@click.option("--wait", is_flag=True, help="Follow the VM until the scheduler has written the new specs (or "
+              "refused them, and why).")
+@click.option("--timeout", type=float, default=60, show_default=True, help="Seconds --wait waits.")
+@output_option
+@handle_errors
+def vm_resize(vm_ref: str, cpu: int | None, ram: float | None, ssd: int | None, hdd: int | None, wait: bool,
+              timeout: float, fmt: str) -> None:
+    """Give a STOPPED VM (by name or uuid) new specs: the scheduler checks that its host has room for
+    them; its disks grow at its next start.
+
+    Example: ucloud vm resize web1 --cpu 4 --ram 8 --hdd 100 --wait
+    """
+    body = {k: v for k, v in (("cpu", cpu), ("ram", ram), ("ssd", ssd), ("hdd", hdd)) if v is not None}
+    if not body:
+        raise CLIError("name at least one of --cpu, --ram, --ssd, --hdd", code=2)
+    api = client()
+    accepted = api.request("POST", f"/vms/{api.find('vms', vm_ref, 'VM')['uuid']}/resize", body)
+    if wait:
+        accepted = follow_resize(api, accepted, timeout)
+    show(accepted, fmt)
+
+
+def follow_resize(api: Client, vm: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Wait until the scheduler has decided the resize this answer asked for: the VM with its new specs;
+    CLIError with the reason if refused, or after `timeout`."""
+    asked = vm["resize"]
+    deadline = time.monotonic() + timeout
+    while True:
+        vm = api.request("GET", f"/vms/{vm['uuid']}")
+        if vm["resize"] is None:
+            if vm["specs"] == asked:
+                click.echo(f"{vm['name']}: resized; its disks grow at its next start", err=True)
+                return vm
+            raise CLIError(f"VM {vm['name']} was not resized: {vm['error'] or 'see its events'}")
+        if time.monotonic() > deadline:
+            raise CLIError(f"VM {vm['name']}'s resize is still waiting for the scheduler after {timeout:g} s")
+        time.sleep(0.5)
 
 
 @vm.command("delete")

@@ -30,3 +30,10 @@ def allocations(vms: Iterable[VM]) -> dict[str, Specs]:
         if vm.host:
             totals[vm.host] = add(totals.get(vm.host, ZERO), vm.specs)
     return totals
+
+
+def resize_delta(vm: VM) -> Specs:
+    """What the VM's asked-for resize would take from its host beyond what it holds now (negative where
+    it gives back: fewer CPUs, less RAM); ZERO without one. The one place a resize's cost is reckoned:
+    the scheduler checks it against the host's room."""
+    return add(vm.resize, vm.specs, -1) if vm.resize is not None else ZERO

@@ -2,7 +2,8 @@
 
 An image in an RBD store is `<pool>/<image uuid>` with a protected snapshot `base`; a VM disk is
 `<vm pool>/<vm uuid>`, a copy-on-write clone of that snapshot, with the exclusive-lock feature, so
-only one QEMU at a time writes it.
+only one QEMU at a time writes it; a VM's HDD disk is an empty image with the same feature in the HDD
+pool (ucloud_common.vmdisks names them).
 
 Fencing needs more than that lock: librbd takes it lazily, at a client's first write, and hands it
 over when another client asks, so a QEMU whose guest has not written yet has the disk open without
@@ -126,12 +127,22 @@ class Ceph:
                 raise CephError(f"image {image} is not in pool {image_pool}") from None
             except rbd.Error as exc:
                 raise _failed(f"cannot clone {image_pool}/{image}@{SNAPSHOT}", exc) from None
+            _grow(child, vm_pool, disk, size_gib)
+
+    def empty_disk(self, pool: str, disk: str, size_gib: int) -> None:
+        """Make `pool/disk` an empty image of size_gib (kept if it exists, grown if smaller), with the
+        exclusive-lock feature as every VM disk has, so a fence treats it like the system disk."""
+        import rbd
+
+        with self.pool(pool) as ioctx:
             try:
-                with rbd.Image(child, disk) as handle:
-                    if handle.size() < size_gib * GIB:
-                        handle.resize(size_gib * GIB)
+                rbd.RBD().create(ioctx, disk, size_gib * GIB,
+                                 features=rbd.RBD_FEATURE_LAYERING | rbd.RBD_FEATURE_EXCLUSIVE_LOCK)
+            except rbd.ImageExists:
+                pass
             except rbd.Error as exc:
-                raise _failed(f"cannot resize {vm_pool}/{disk}", exc) from None
+                raise _failed(f"cannot create {pool}/{disk}", exc) from None
+            _grow(ioctx, pool, disk, size_gib)
 
     def exists(self, pool: str, name: str) -> bool:
         import rbd
@@ -293,6 +304,19 @@ class Ceph:
                 self.remove_image(pool, name)
                 raise _failed(f"cannot store image {pool}/{name}", exc) from None
 
+    def clones(self, pool: str, name: str) -> list[str]:
+        """The clones of `pool/name@base` (VM disks, as `pool/disk`); [] if the image is gone."""
+        import rbd
+
+        with self.pool(pool) as ioctx:
+            try:
+                with rbd.Image(ioctx, name, snapshot=SNAPSHOT, read_only=True) as handle:
+                    return sorted(f"{child['pool']}/{child['image']}" for child in handle.list_children2())
+            except rbd.ImageNotFound:
+                return []
+            except rbd.Error as exc:
+                raise _failed(f"cannot list the clones of {pool}/{name}@{SNAPSHOT}", exc) from None
+
     def remove_image(self, pool: str, name: str) -> None:
         """Remove an image with its snapshot (it must have no clones left)."""
         import rbd
@@ -309,6 +333,18 @@ class Ceph:
             except rbd.Error as exc:
                 raise _failed(f"cannot remove image {pool}/{name}", exc) from None
         self.remove(pool, name)
+
+
+def _grow(ioctx: Any, pool: str, name: str, size_gib: int) -> None:
+    """Grow the image to size_gib if it is smaller (never shrink it: that would cut off the guest's data)."""
+    import rbd
+
+    try:
+        with rbd.Image(ioctx, name) as handle:
+            if handle.size() < size_gib * GIB:
+                handle.resize(size_gib * GIB)
+    except rbd.Error as exc:
+        raise _failed(f"cannot resize {pool}/{name}", exc) from None
 
 
 def _failed(what: str, exc: Exception) -> CephError:

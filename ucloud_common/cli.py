@@ -53,7 +53,7 @@ def daemon_group(name: str, description: str) -> click.Group:
         """
         settings = settings_from(ctx)
         for field, value in settings.model_dump(mode="json").items():
-            if field == "etcd_password" and value:
+            if value and type(settings).model_fields[field].repr is False:  # a secret: never printed
                 value = "********"
             elif field == "etcd_endpoints":
                 value = ",".join(str(ep) for ep in settings.etcd_endpoints)

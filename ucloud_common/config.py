@@ -134,6 +134,9 @@ class Settings(BaseSettings):
                             "file per image.")
     disk_dir: Path = Field(Path("/var/lib/ucloud/disks"), description="Where the local storage backend "
                            "keeps VM disks (qcow2 overlays on their image).")
+    hdd_dir: Path | None = Field(None, description="Where the local storage backend keeps VMs' HDD disks (empty "
+                                 "qcow2 files), e.g. on a file system of spinning disks; a host offers its size "
+                                 "as HDD capacity. Unset: local VMs get no HDD disk on this host.")
     accel: Literal["auto", "kvm", "tcg"] = Field(
         "auto", description="auto: KVM if a probe boot under KVM succeeds at agent start, else TCG. "
         "/dev/kvm existing is not proof that it boots a guest."
@@ -299,6 +302,19 @@ class Settings(BaseSettings):
     ceph_client: str = Field("admin", description="The Ceph client (user) name ucloud connects as.")
     ceph_image_pool: str = Field("images", description="The pool holding images (an image store of that name).")
     ceph_vm_pool: str = Field("vms", description="The pool holding VM disks (clones of images).")
+    ceph_hdd_pool: str = Field("", description="The pool holding VMs' HDD disks (empty images), e.g. one on HDD "
+                               "OSDs. Empty: rbd VMs get no HDD disk.")
+
+    # Images between hosts (ucloud_vm/imageserver.py, ucloud_vm/imagefetch.py): a host whose local
+    # store lacks a VM's image fetches it from a host that has it.
+    image_secret: str = Field("", repr=False, pattern="^(.{32,})?$", description="A secret shared by every "
+                              "host (32 characters or more): a host's agent serves its local images only to "
+                              "requests signed with it, and signs its own. Empty: this host neither serves nor "
+                              "fetches images (a local-disk VM is then placed only where its image is).")
+    image_port: int = Field(9473, ge=0, le=65535, description="The port of the agent's image server, on the "
+                            "host's address (0: any free port, for simulated hosts sharing one machine).")
+    image_fetch_timeout: float = Field(30.0, gt=0, description="Seconds a fetch waits for a peer's next "
+                                       "bytes before it resumes (from where it stopped) or gives up on that peer.")
 
     # Prometheus metrics (ucloud_common/metrics.py). The API serves them at its own /metrics; the
     # scheduler and the agent, which serve no HTTP otherwise, on a port each (several agents may run

@@ -15,6 +15,9 @@ class File(Record):
     filename: str = Field(min_length=1)  # relative to the owner's upload folder
     size: int = Field(ge=0)
     sha512: str = Field(pattern=r"^([0-9a-f]{128})?$")  # "" when `refused`: such a file is never read through
+    # Its content digest (ucloud_common/contentdigest.py), what image-scanner checks its copy against;
+    # "" when `refused`, and for files registered before it was kept (then the sha512 is checked).
+    digest: str = Field("", pattern=r"^([0-9a-f]{64})?$")
     mtime: datetime
     refused: str = ""  # why it can never become an image (too large, by its size or its qcow2 header)
 

@@ -41,7 +41,20 @@ class Host(Record):
     # Written by the scheduler while it drains the host: the VMs it cannot move, by uuid, with why.
     drain_blocked: dict[str, str] = Field(default_factory=dict)
     storage_backends: tuple[str, ...] = ("local",)
+    # Those of `storage_backends` that have a place for HDD disks (a directory, a pool): a VM asking
+    # for `hdd` is placed only where its backend makes them.
+    hdd_backends: tuple[str, ...] = ()
     router: bool = False  # it joins every VM network and routes it (UCLOUD_ROUTER): a peer of every network
+    # The images in its local store, by uuid, as its agent last listed them. None: an agent that does
+    # not say (one older than this field), counted as holding every image, as such hosts were used.
+    images: tuple[str, ...] | None = None
+    # Where its agent serves those images to the other hosts ("http://address:port"); "" where it
+    # serves none (no UCLOUD_IMAGE_SECRET): such a host can neither give nor fetch an image.
+    image_url: str = ""
+
+    def holds(self, image: str) -> bool:
+        """Whether a local disk on `image` can be made here without fetching anything."""
+        return self.images is None or image in self.images
 
 
 class HostAlive(Record):

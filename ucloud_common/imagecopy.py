@@ -1,4 +1,4 @@
-"""Copying an untrusted file into a private staging file, keeping its holes, with its sha512 when asked.
+"""Copying an untrusted file into a private staging file, keeping its holes (its digest computed by the caller).
 
 From the copy on, the file's owner can change nothing of what is checked and converted.
 """
@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import queue
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,26 +27,6 @@ def copy_sparse(source_fd: int, target: Path, on_chunk: Callable[[bytes], None] 
             else:
                 dst.write(chunk)
         dst.truncate()
-
-
-def copy_hashed(source_fd: int, target: Path) -> str:
-    """`copy_sparse`, returning the sha512 of what was copied, computed in a second thread beside
-    the copy (hashlib releases the GIL)."""
-    digest = hashlib.sha512()
-    chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
-
-    def hash_all() -> None:
-        while (chunk := chunks.get()) is not None:
-            digest.update(chunk)
-
-    hasher = threading.Thread(target=hash_all, name="sha512")
-    hasher.start()
-    try:
-        copy_sparse(source_fd, target, chunks.put)
-    finally:
-        chunks.put(None)
-        hasher.join()
-    return digest.hexdigest()
 
 
 def sha512_of(path: Path) -> str:

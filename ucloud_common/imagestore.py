@@ -9,7 +9,8 @@ images with `build` and record what came of it with `settle`, so both apply the 
 write the image record the same way. `build` judges the file's header and size first (a file too
 large for `image_max_size`, or for what is left of its owner's quota `image_bytes`, is refused before it
 is read through), copies it into a private staging file (from then on nobody can change what is
-checked), compares its sha512 with what file-scan registered (for an upload), judges the copy
+checked) while computing its content digest (`contentdigest`), compares it with what file-scan
+registered (for an upload: the file is the one it read), judges the copy
 (`diskformat.judge`), lets qemu-img check it too, with an explicit format and under limits, reads a
 qcow2's tables (`qcow2tables`: nothing beyond the end of the file, no cluster used twice, no more
 data than `image_max_expansion` times the file), converts it to raw, and only then puts it in the
@@ -22,16 +23,17 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from ucloud_common.ceph import Ceph, CephError, CephUnavailable
 from ucloud_common.config import Settings
-from ucloud_common.diskformat import HEADER_BYTES, QCOW2_MAGIC, Refused, Verdict, judge
+from ucloud_common.contentdigest import ContentDigest, digest_of
+from ucloud_common.diskformat import HEADER_BYTES, Refused, Verdict, judge
 from ucloud_common.errors import PermanentError, TemporaryError, classify
+from ucloud_common.file import File
 from ucloud_common.image import IMAGES, Image, ImageStatus
-from ucloud_common.imagecopy import copy_hashed, copy_sparse, sha512_of
+from ucloud_common.imagecopy import copy_sparse, sha512_of
 from ucloud_common.qcow2tables import check_tables
 from ucloud_common.qemuimg import Limits, QemuImgError, qemu_img
 from ucloud_common.quota import change, transact_counted
@@ -48,6 +50,24 @@ def local_image_path(image_dir: Path, uuid: str) -> Path:
     return image_dir / f"{check_key_part(uuid)}.raw"
 
 
+def local_images(image_dir: Path) -> tuple[str, ...]:
+    """The uuids of the images in the local store under `image_dir`, sorted (what a host reports)."""
+    try:
+        names = os.listdir(image_dir)
+    except FileNotFoundError:
+        return ()
+    return tuple(sorted(name[:-4] for name in names
+                        if name.endswith(".raw") and _is_key_part(name[:-4]) and (image_dir / name).is_file()))
+
+
+def _is_key_part(text: str) -> bool:
+    try:
+        check_key_part(text)
+    except ValueError:
+        return False
+    return True
+
+
 def served_pool(settings: Settings, store_name: str, ceph: Ceph | None) -> str | None:
     """The Ceph pool that serves image store `store_name`, None for the local store; PermanentError
     if neither serves it here."""
@@ -60,6 +80,15 @@ def served_pool(settings: Settings, store_name: str, ceph: Ceph | None) -> str |
 
 
 @dataclass(frozen=True)
+class Built:
+    """An image made in its store: its virtual size, and the content digest of its raw file in the local
+    store ("" in Ceph, where no host copies it from another)."""
+
+    size: int
+    digest: str = ""
+
+
+@dataclass(frozen=True)
 class Outcome:
     """What came of one image: CREATED; ERROR with `reason`; or still TO_BE_CREATED with `reason`
     when the failure was temporary and the image is left for the next run."""
@@ -69,9 +98,9 @@ class Outcome:
 
 
 def build(settings: Settings, image: Image, source_fd: int, ceph: Ceph | None = None,
-          sha512: str | None = None, room: int | None = None) -> int:
+          registered: File | None = None, room: int | None = None) -> Built:
     """Make `image` in its store (`image.store_name`, see `served_pool`) from the open file
-    `source_fd` (left open) and return its virtual size; with `sha512`, the file must still be the
+    `source_fd` (left open) and say what was built; with `registered`, the file must still be the
     one file-scan registered; with `room`, its virtual size must be at most that many bytes.
 
     Raises PermanentError (the file is `Refused`, the store is not served here, Ceph refused),
@@ -86,15 +115,16 @@ def build(settings: Settings, image: Image, source_fd: int, ceph: Ceph | None = 
     converted = staging / f"{image.uuid}.out"
     for leftover in (staged, converted):
         leftover.unlink(missing_ok=True)  # of a run that died
-    hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha512")
     try:
-        verify_sha512 = _stage(source_fd, staged, sha512, hashing)
-        size = _convert(settings, staged, converted, room)
-        verify_sha512()  # before anything reaches the store
+        staged_digest = _stage(source_fd, staged, registered)
+        verdict = _convert(settings, staged, converted, room)
+        size = verdict.virtual_size
         if pool is None:
             converted.chmod(0o444)  # the image's snapshot: VM disks are overlays on it and never write it
+            # A raw file is stored as it was staged: its digest is the one just computed.
+            digest = staged_digest if verdict.format == "raw" else digest_of(converted)
             os.replace(converted, local_image_path(settings.image_dir, image.uuid))
-            return size
+            return Built(size, digest)
         assert ceph is not None  # served_pool names a pool only with a client
         try:
             ceph.store_image(pool, image.uuid, converted)  # snapshot `base`, protected
@@ -102,16 +132,15 @@ def build(settings: Settings, image: Image, source_fd: int, ceph: Ceph | None = 
             raise  # temporary: built again on the next run
         except CephError as exc:
             raise PermanentError(str(exc)) from None
-        return size
+        return Built(size)
     finally:
-        hashing.shutdown(wait=True)
         for leftover in (staged, converted):
             leftover.unlink(missing_ok=True)
 
 
-def settle(store: Store, image: Image, make: Callable[[], int]) -> Outcome:
-    """Run `make` (which builds `image` and returns its virtual size, e.g. with `build`) and record
-    what came of it on the image's record: CREATED with its size, or ERROR with the reason of a permanent or unexpected failure, written by one
+def settle(store: Store, image: Image, make: Callable[[], Built]) -> Outcome:
+    """Run `make` (which builds `image`, e.g. with `build`) and record what came of it on the
+    image's record: CREATED with its size and digest, or ERROR with the reason of a permanent or unexpected failure, written by one
     compare-and-swap and only while the record still asks for the image (TO_BE_CREATED). A temporary
     failure writes nothing: the image stays TO_BE_CREATED for the next run.
 
@@ -119,9 +148,9 @@ def settle(store: Store, image: Image, make: Callable[[], int]) -> Outcome:
     image never stops the others. Raises StoreUnavailable if the record cannot be written; building
     again later is safe (`build` replaces a half-stored image).
     """
-    size = 0
+    built = Built(0)
     try:
-        size = make()
+        built = make()
         outcome = Outcome(ImageStatus.CREATED)
     except Exception as exc:  # whatever one image does, the next one is still made
         failure = classify(exc)
@@ -133,13 +162,14 @@ def settle(store: Store, image: Image, make: Callable[[], int]) -> Outcome:
     if outcome.status is ImageStatus.TO_BE_CREATED:
         log.warning("%s left for the next run: %s", what, outcome.reason)
         return outcome
+
     def recorded() -> tuple[list[Put[Image]], dict[str, float]] | None:
         current = store.get(IMAGES, image.uuid)
         if current is None:
             raise NotFound(IMAGES.key(image.uuid))
         if current.value.status is not ImageStatus.TO_BE_CREATED:
             return None
-        new = current.value.evolve(status=outcome.status, error=outcome.reason, size=size)
+        new = current.value.evolve(status=outcome.status, error=outcome.reason, size=built.size, digest=built.digest)
         return [Put(IMAGES, image.uuid, new, current.mod_revision)], change(current.value, new)
 
     try:
@@ -159,25 +189,29 @@ def settle(store: Store, image: Image, make: Callable[[], int]) -> Outcome:
     return outcome
 
 
-def _stage(source_fd: int, staged: Path, sha512: str | None, pool: ThreadPoolExecutor) -> Callable[[], None]:
-    """Copy the file to `staged`; return the check that the copy's sha512 is `sha512` (a no-op
-    without one). A raw file's is checked at once, before anything looks inside it; a qcow2 must be
-    converted anyway, so it is copied quickly and hashed (our own copy, which the user cannot touch)
-    while qemu-img checks and converts it."""
-    if sha512 is None:
-        copy_sparse(source_fd, staged)
-        return lambda: None
-    if os.pread(source_fd, len(QCOW2_MAGIC), 0) != QCOW2_MAGIC:
-        _same_sha512(copy_hashed(source_fd, staged), sha512)
-        return lambda: None
-    copy_sparse(source_fd, staged)
-    hashing = pool.submit(sha512_of, staged)
-    return lambda: _same_sha512(hashing.result(), sha512)
+def _stage(source_fd: int, staged: Path, registered: File | None) -> str:
+    """Copy the file to `staged`, computing the content digest of what is copied on the other cores
+    meanwhile, and return it once it is the digest file-scan registered (`Refused` otherwise): from
+    then on the copy is ours, the user can change nothing of what is looked at. A file registered
+    before digests were kept is checked by its sha512 instead: one more pass over the copy."""
+    content = ContentDigest()
+    try:
+        copy_sparse(source_fd, staged, content.update)
+    except BaseException:
+        content.close()
+        raise
+    digest = content.hexdigest()
+    if registered is not None:
+        if registered.digest:
+            _same(digest, registered.digest, "digest")
+        else:
+            _same(sha512_of(staged), registered.sha512, "sha512")
+    return digest
 
 
-def _same_sha512(actual: str, registered: str) -> None:
+def _same(actual: str, registered: str, what: str) -> None:
     if actual != registered:
-        raise Refused("the file changed since file-scan registered it (its sha512 differs)")
+        raise Refused(f"the file changed since file-scan registered it (its {what} differs)")
 
 
 def _judge(settings: Settings, header: bytes, file_size: int, room: int | None) -> Verdict:
@@ -190,9 +224,9 @@ def _judge(settings: Settings, header: bytes, file_size: int, room: int | None) 
     return verdict
 
 
-def _convert(settings: Settings, staged: Path, converted: Path, room: int | None) -> int:
+def _convert(settings: Settings, staged: Path, converted: Path, room: int | None) -> Verdict:
     """Judge the staged file, let qemu-img check it, read a qcow2's tables, and write it as raw to
-    `converted`; return its virtual size, or raise Refused."""
+    `converted` (a raw file is moved there as it is); return the verdict, or raise Refused."""
     with open(staged, "rb") as head:
         size = os.fstat(head.fileno()).st_size
         verdict = _judge(settings, head.read(HEADER_BYTES), size, room)
@@ -202,7 +236,7 @@ def _convert(settings: Settings, staged: Path, converted: Path, room: int | None
         raise Refused("qemu-img sees a backing or data file that the header check missed")
     if verdict.format == "raw":
         os.replace(staged, converted)  # raw is stored as it is: the staged copy is the image
-        return verdict.virtual_size
+        return verdict
     try:
         _untrusted_qemu_img(limits, "check", "-q", "-f", "qcow2", str(staged))
     except Refused:
@@ -212,7 +246,7 @@ def _convert(settings: Settings, staged: Path, converted: Path, room: int | None
     with open(staged, "rb") as tables:  # what check misses (see qcow2tables), before convert expands it
         check_tables(tables.fileno(), size, verdict.qcow2, settings.image_max_expansion)
     _untrusted_qemu_img(limits, "convert", "-q", "-f", "qcow2", "-O", "raw", str(staged), str(converted))
-    return verdict.virtual_size
+    return verdict
 
 
 def _untrusted_qemu_img(limits: Limits, *args: str) -> str:

@@ -25,3 +25,8 @@ def guest_ram_mib(ram: float) -> int:
     """The MiB QEMU is given for `ram` GiB (a record older than the API's checks may hold less than
     the minimum, or a fraction of a MiB)."""
     return max(RAM_MIN_MIB, round(ram * 1024))
+
+
+def described(specs: Specs) -> str:
+    """The specs in the words of events and refusals: "2 CPUs, 1.5 GiB RAM, 10 GiB SSD, 0 GiB HDD"."""
+    return f"{specs.cpu} CPUs, {specs.ram:g} GiB RAM, {specs.ssd} GiB SSD, {specs.hdd} GiB HDD"

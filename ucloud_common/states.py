@@ -59,6 +59,7 @@ class Action(StrEnum):
     RESUME = "resume"
     DELETE = "delete"
     MIGRATE = "migrate"
+    RESIZE = "resize"
 
 
 class Writer(StrEnum):
@@ -76,6 +77,8 @@ class ActionRule:
     """What `requested` becomes (None: it stays). Reboot keeps RUNNING and is told apart by the VM's
     `reboot_generation`; migrate keeps whatever is requested (a suspended VM moves suspended), and is
     told by `migrate_generation`: fields the API writes with the same request."""
+    only_requested: Requested | None = None
+    """Accepted only while `requested` is this (None: whatever it is)."""
 
 
 ACTIONS: dict[Action, ActionRule] = {
@@ -88,6 +91,10 @@ ACTIONS: dict[Action, ActionRule] = {
     Action.RESUME: ActionRule(frozenset({S.SUSPENDED}), Requested.RUNNING),
     Action.DELETE: ActionRule(frozenset(Status), Requested.DELETED),
     Action.MIGRATE: ActionRule(frozenset({S.RUNNING, S.SUSPENDED}), None),
+    # Only STOPPED: QEMU is started with the specs, and a disk grows only while no QEMU has it open.
+    # It stays STOPPED: the scheduler checks its host's room, the agent grows the disks at the next start.
+    # A STOPPED VM asked to start (requested RUNNING) may be starting this moment: not resized.
+    Action.RESIZE: ActionRule(frozenset({S.STOPPED}), None, only_requested=Requested.STOPPED),
 }
 
 
@@ -174,6 +181,9 @@ def check_action(action: Action, status: Status, requested: Requested) -> Reques
         raise ActionRefused(
             action, status, f"the VM is {status} ({action.value} is possible when it is {possible})"
         )
+    if rule.only_requested is not None and requested is not rule.only_requested:
+        raise ActionRefused(action, status, f"the VM is {status} but asked to be {requested} "
+                            f"({action.value} is possible when it is asked to be {rule.only_requested} too)")
     return rule.requested or requested
 
 

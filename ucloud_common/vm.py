@@ -2,8 +2,10 @@
 
 Field families and their one writer each: the spec (`owner`, `name`, `specs`, `image`, `networks`,
 `ssh_keys`, `storage`) and the request (`requested`, `request_id`, `generation`, `reboot_generation`,
-`migrate_to`, `migrate_generation`) belong to the API; placement (`hostname`) to the scheduler — and
-to the source agent of a live migration, which hands the VM over when its target runs it; what is
+`migrate_to`, `migrate_generation`, `resize`) belong to the API; placement (`hostname`) to the
+scheduler — and to the source agent of a live migration, which hands the VM over when its target runs
+it; a resize the scheduler found room for is carried into `specs` by the scheduler, which clears
+`resize` in the same write (the API writes `resize` only while it is None, so they never race); what is
 true (`status`, `observed_generation`, `error`, `restarts`, `started_at`, `disk_clients`, `deadline`,
 `nic_errors`, `guacamole`, `migration`, `migrated_generation`) to the scheduler and the agents, as
 `states.TRANSITIONS` and `states.MIGRATION_STEPS` allow.
@@ -20,7 +22,7 @@ from pydantic.json_schema import SkipJsonSchema
 from ucloud_common.host import HOSTS
 from ucloud_common.record import Family, Name, Record
 from ucloud_common.specs import Specs
-from ucloud_common.states import Action, MigrationPhase, Requested, Status, check_action
+from ucloud_common.states import Action, ActionRefused, MigrationPhase, Requested, Status, check_action
 
 
 # The PCI slots a VM's NICs are put in, one each, kept for the NIC's life: a live migration's
@@ -123,6 +125,9 @@ class VM(Record):
     guacamole: SkipJsonSchema[VNCEndpoint | None] = None
     ssh_keys: tuple[str, ...] = ()
     anti_affinity: str = ""
+    # The specs a resize asks for (the API writes it, for a STOPPED VM); None once the scheduler has
+    # carried it into `specs` or refused it (with the reason in `error`). See `allocation.resize_delta`.
+    resize: Specs | None = None
 
     def wants_migration(self) -> bool:
         """A migrate request that no migration has served yet."""
@@ -142,8 +147,12 @@ def placed_on(host: str) -> dict[str, str]:
 
 def request_fields(vm: VM, action: Action) -> dict[str, Any]:
     """The request fields the API writes for `action` on `vm`: what is `requested`, and a new
-    generation (which a reboot also records). `ActionRefused` if the VM's status does not allow it."""
+    generation (which a reboot also records). `ActionRefused` if the VM's status does not allow it, or
+    if a resize waits for the scheduler (started now, the VM would run with the old specs)."""
     requested = check_action(action, vm.status, vm.requested)
+    if vm.resize is not None and action in (Action.START, Action.RESIZE):
+        raise ActionRefused(action, vm.status, "a resize of the VM waits for the scheduler to check its host's "
+                            "room (a moment; its error then says if it was refused)")
     generation = vm.generation + 1
     fields: dict[str, Any] = {"requested": requested, "generation": generation}
     if action is Action.REBOOT:

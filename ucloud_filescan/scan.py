@@ -36,6 +36,7 @@ from itertools import chain, zip_longest
 from pathlib import Path
 
 from ucloud_common.config import Settings
+from ucloud_common.contentdigest import ContentDigest
 from ucloud_common.diskformat import size_refusal
 from ucloud_common.file import FILES, File
 from ucloud_common.quota import change, transact_counted
@@ -185,9 +186,10 @@ class TooLarge(Exception):
     """The file can never become an image; `str()` says why."""
 
 
-def sha512_of(item: Seen, max_size: int) -> str | None:
-    """The file's sha512 if it is still the regular file that was seen, unchanged while read; None
-    if it is not. Raises TooLarge, before reading it through, if it could never be an image of at
+def hashes_of(item: Seen, max_size: int) -> tuple[str, str] | None:
+    """The file's sha512 and content digest (ucloud_common/contentdigest.py, hashed on the other
+    cores meanwhile) if it is still the regular file that was seen, unchanged while read; None if it
+    is not. Raises TooLarge, before reading it through, if it could never be an image of at
     most `max_size` bytes."""
     try:
         fd = os.open(item.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -202,14 +204,20 @@ def sha512_of(item: Seen, max_size: int) -> str | None:
             return None
         if why := size_refusal(os.pread(fd, 32, 0), before.st_size, max_size):
             raise TooLarge(why)
-        digest = hashlib.sha512()
-        while chunk := file.read(CHUNK):
-            digest.update(chunk)
+        sha512, content = hashlib.sha512(), ContentDigest()
+        try:
+            while chunk := file.read(CHUNK):
+                sha512.update(chunk)
+                content.update(chunk)
+        except BaseException:
+            content.close()
+            raise
+        digest = content.hexdigest()
         after = os.fstat(fd)
     if (after.st_size, after.st_mtime_ns) != (item.size, item.mtime_ns):
         log.info("skipping %s of %s: it was written to while being read", quote(item.filename), item.owner)
         return None
-    return digest.hexdigest()
+    return sha512.hexdigest(), digest
 
 
 def in_turns(items: list[Seen], share: int) -> Iterator[Seen]:
@@ -260,24 +268,26 @@ def scan(store: Store, upload_dir: Path, settle: float, limits: Limits = Limits(
     for item in read:
         refused = ""
         try:
-            digest = sha512_of(item, limits.image_max_size * 2**30)
+            hashes = hashes_of(item, limits.image_max_size * 2**30)
         except TooLarge as exc:  # registered unread, with the reason: its owner sees why it is no image
             log.info("%s of %s is not read: %s", quote(item.filename), item.owner, exc)
             report.too_large += 1
-            digest, refused = "", str(exc)
-        if digest is None:
+            hashes, refused = ("", ""), str(exc)
+        if hashes is None:
             report.skipped += 1
             continue
+        sha512, digest = hashes
         mtime = _mtime(item)
         known = registered.get((item.owner, item.filename))
         if known is None:
             uuid = str(uuidlib.uuid4())
             _write(store, None, File(uuid=uuid, owner=item.owner, filename=item.filename, size=item.size,
-                                     sha512=digest, mtime=mtime, refused=refused))
+                                     sha512=sha512, digest=digest, mtime=mtime, refused=refused))
             log.info("registered %s of %s as %s (%d bytes)", quote(item.filename), item.owner, uuid, item.size)
             report.registered += 1
         else:
-            _write(store, known, known.value.evolve(size=item.size, sha512=digest, mtime=mtime, refused=refused))
+            _write(store, known, known.value.evolve(size=item.size, sha512=sha512, digest=digest, mtime=mtime,
+                                                    refused=refused))
             log.info("updated %s of %s (%s): it changed", quote(item.filename), item.owner, known.name)
             report.updated += 1
     for key, known in registered.items():

@@ -20,12 +20,12 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from ucloud_common.ceph import Ceph
+from ucloud_common.ceph import Ceph, CephError
 from ucloud_common.config import Settings
 from ucloud_common.diskformat import Refused
 from ucloud_common.file import FILES, File
-from ucloud_common.image import IMAGES, Image, ImageStatus
-from ucloud_common.imagestore import build, settle
+from ucloud_common.image import IMAGE_DELETIONS, IMAGES, Image, ImageStatus
+from ucloud_common.imagestore import Built, build, settle
 from ucloud_common.quota import room
 from ucloud_common.quoting import quote
 from ucloud_common.store import Store
@@ -39,13 +39,16 @@ class Report:
     refused: int = 0
     waiting: int = 0
     retrying: int = 0
+    removed: int = 0  # RBD images of deleted images removed
+    removing: int = 0  # … left for a later run (clones still on them, Ceph failed)
 
     def figures(self) -> dict[str, float]:
         return {f"images_{name}": count for name, count in vars(self).items()}
 
     def sentence(self) -> str:
         return (f"{self.created} images created, {self.refused} refused, {self.waiting} waiting for their file, "
-                f"{self.retrying} left for the next run")
+                f"{self.retrying} left for the next run; {self.removed} deleted images removed from Ceph, "
+                f"{self.removing} waiting")
 
 
 def open_beneath(base: Path, relative: str) -> int:
@@ -72,14 +75,14 @@ def open_beneath(base: Path, relative: str) -> int:
 
 
 def create_image(settings: Settings, image: Image, file: File, ceph: Ceph | None = None,
-                 room: int | None = None) -> int:
-    """Make the image from the user's file, at most `room` bytes large, and return its virtual size
-    (see `imagestore.build`, which says what it raises)."""
+                 room: int | None = None) -> Built:
+    """Make the image from the user's file, at most `room` bytes large (see `imagestore.build`,
+    which says what it returns and raises)."""
     if file.refused:  # file-scan found it too large and never read it
         raise Refused(file.refused)
     fd = open_beneath(settings.upload_dir / file.owner, file.filename)
     try:
-        return build(settings, image, fd, ceph, sha512=file.sha512, room=room)
+        return build(settings, image, fd, ceph, registered=file, room=room)
     finally:
         os.close(fd)
 
@@ -97,7 +100,7 @@ def scan(store: Store, settings: Settings, ceph: Ceph | None = None) -> Report:
             report.waiting += 1
             continue
 
-        def make(image: Image = image, file: File = file.value) -> int:
+        def make(image: Image = image, file: File = file.value) -> Built:
             return create_image(settings, image, file, ceph, room=room(store, image.owner, "image_bytes"))
 
         outcome = settle(store, image, make)
@@ -107,4 +110,36 @@ def scan(store: Store, settings: Settings, ceph: Ceph | None = None) -> Report:
             report.refused += 1
         else:
             report.retrying += 1
+    if ceph is not None:
+        remove_deleted(store, settings, ceph, report)
     return report
+
+
+def remove_deleted(store: Store, settings: Settings, ceph: Ceph, report: Report) -> None:
+    """Remove the RBD image and snapshot of each image deleted through the API (`IMAGE_DELETIONS`),
+    then its deletion's record. An image that still has clones waits for them to go, run after run:
+    the API refuses to delete an image a VM is made from, so a clone left is a VM disk whose
+    deletion is under way (its agent removes it); flattening it instead would copy the whole image
+    into that disk only to delete it."""
+    for uuid, deletion in store.list(IMAGE_DELETIONS).items.items():
+        pool = deletion.value.store_name
+        if pool != settings.ceph_image_pool:
+            log.warning("deleted image %s was in pool %s, which this image-scanner does not serve (%s): left",
+                        uuid, quote(pool), settings.ceph_image_pool)
+            report.removing += 1
+            continue
+        try:
+            clones = ceph.clones(pool, uuid)
+            if clones:
+                log.info("deleted image %s stays in %s while it has clones: %s", uuid, pool, ", ".join(clones[:5]))
+                report.removing += 1
+                continue
+            ceph.remove_image(pool, uuid)
+        except CephError as exc:  # temporary or not, the next run tries again; nothing is half removed
+            log.warning("deleted image %s not removed from %s yet: %s", uuid, pool, exc)
+            report.removing += 1
+            continue
+        store.delete(IMAGE_DELETIONS, uuid)  # written once, by the API: nothing to compare
+
+        log.info("deleted image %s removed from %s with its snapshot", uuid, pool)
+        report.removed += 1

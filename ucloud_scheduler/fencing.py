@@ -22,6 +22,7 @@ from typing import Protocol, TypeVar
 from ucloud_common.ceph import Ceph, CephError, ImageClients
 from ucloud_common.host import Host
 from ucloud_common.vm import VM
+from ucloud_common.vmdisks import RBDPools
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,8 @@ R = TypeVar("R")
 class RBDFence:
     """Stops every Ceph client that has one of the dead host's VM disks open, and proves it.
 
-    For each disk (`<vm pool>/<vm uuid>`) it lists the clients that have it open: the watchers of its
+    For each disk (`<vm pool>/<vm uuid>`, and `<hdd pool>/<vm uuid>-hdd` for a VM with an HDD disk:
+    ucloud_common.vmdisks) it lists the clients that have it open: the watchers of its
     header and the holders of its lock (an idle QEMU holds no lock, since librbd locks at the first
     write, but it does watch). It blocklists every such client instance, waits until this client has
     the OSD map with the entries, checks that the blocklist holds each one, waits until the OSDs have
@@ -112,14 +114,15 @@ class RBDFence:
     """
 
     def __init__(self, ceph: Ceph, vm_pool: str, timeout: float = FENCE_TIMEOUT_S,
-                 workers: int = FENCE_WORKERS) -> None:
+                 workers: int = FENCE_WORKERS, hdd_pool: str = "") -> None:
         self._ceph = ceph
-        self._vm_pool = vm_pool
+        self._pools = RBDPools(vm_pool, hdd_pool)
         self._timeout = timeout
         self._workers = workers
 
     def fence(self, host: Host, vms: list[VM]) -> None:
-        disks = sorted({vm.uuid for vm in vms if vm.storage == "rbd"})
+        # Each VM's HDD disk too: its QEMU has it open through a Ceph client of its own.
+        disks = sorted({disk for vm in vms if vm.storage == "rbd" for disk in self._pools.disks(vm)})
         if not disks:
             return
         started = time.monotonic()
@@ -147,8 +150,8 @@ class RBDFence:
         log.info("fenced host %s: %d disk(s), %d client(s) blocklisted, verified in %.2f s", host.name, len(disks),
                  len(added), time.monotonic() - started)
 
-    def _clients_of(self, disk: str) -> ImageClients | None:
-        return self._ceph.image_clients(self._vm_pool, disk)
+    def _clients_of(self, disk: tuple[str, str]) -> ImageClients | None:
+        return self._ceph.image_clients(*disk)
 
     def _verified_blocklisted(self, addresses: set[str], failures: list[str]) -> set[str]:
         """Those of `addresses` that the blocklist of the newest OSD map (which this client then has)
@@ -166,26 +169,26 @@ class RBDFence:
             failures.append(f"{', '.join(missing)} not in the OSD blocklist after being added (osd blocklist ls)")
         return addresses - set(missing)
 
-    def _settle(self, opened: tuple[str, ImageClients], deadline: float) -> None:
+    def _settle(self, opened: tuple[tuple[str, str], ImageClients], deadline: float) -> None:
         """Wait until the OSD has dropped the blocklisted clients' watches on the disk (proof that it
         refuses them), then break their locks and check that no blocklisted client is left on it."""
-        disk, clients = opened
-        image = f"{self._vm_pool}/{disk}"
+        (pool, disk), clients = opened
+        image = f"{pool}/{disk}"
         fenced = clients.addresses
-        while still := (self._ceph.watchers(self._vm_pool, disk) or frozenset()) & fenced:
+        while still := (self._ceph.watchers(pool, disk) or frozenset()) & fenced:
             if time.monotonic() > deadline:
                 raise FenceFailed(f"{image} is still watched by {', '.join(sorted(still))} {self._timeout:g} s "
                                   f"after blocklisting (the OSD has not dropped their watches)")
             time.sleep(POLL_S)
         for locker in clients.lockers:
-            self._ceph.break_lock(self._vm_pool, disk, locker)
-        after = self._ceph.image_clients(self._vm_pool, disk)
+            self._ceph.break_lock(pool, disk, locker)
+        after = self._ceph.image_clients(pool, disk)
         left = sorted(after.addresses & fenced) if after else []
         if left:
             raise FenceFailed(f"{image} is still open by {', '.join(left)} after blocklisting and breaking the lock")
 
-    def _log(self, host: Host, disk: str, clients: ImageClients | None, added: set[str]) -> None:
-        image = f"{self._vm_pool}/{disk}"
+    def _log(self, host: Host, disk: tuple[str, str], clients: ImageClients | None, added: set[str]) -> None:
+        image = "/".join(disk)
         if clients is None:
             log.info("fenced host %s: %s does not exist, nothing to fence", host.name, image)
             return

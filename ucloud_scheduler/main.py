@@ -31,7 +31,8 @@ def run(ctx: click.Context, name: str | None) -> None:
         fences.append(CommandFence(settings.fence_command, settings.fence_timeout))
     if settings.ceph_conf:
         try:
-            fences.append(RBDFence(Ceph(settings.ceph_conf, settings.ceph_client), settings.ceph_vm_pool))
+            fences.append(RBDFence(Ceph(settings.ceph_conf, settings.ceph_client), settings.ceph_vm_pool,
+                                   hdd_pool=settings.ceph_hdd_pool))
         except CephError as exc:
             raise click.ClickException(str(exc)) from None
     fence: Fence = AllFences(fences) if fences else NoFence()

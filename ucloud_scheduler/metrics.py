@@ -18,7 +18,7 @@ CYCLE_SECONDS = Histogram("ucloud_scheduler_cycle_seconds", "Seconds one cycle t
                           "writing the decisions.", buckets=FAST_BUCKETS)
 PENDING = Gauge("ucloud_scheduler_pending_vms", "VMs waiting for a host at the start of the last cycle.")
 UNPLACEABLE = Gauge("ucloud_scheduler_unplaceable_vms", "VMs no host could take in the last cycle, by kind of "
-                    "reason (no_room_cpu, no_room_ram, no_room_ssd, no_room_hdd, no_room, storage, anti_affinity, "
+                    "reason (no_room_cpu, no_room_ram, no_room_ssd, no_room_hdd, no_room, storage, image, anti_affinity, "
                     "no_host_up, no_host).", ["reason"])
 
 

@@ -15,9 +15,10 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
-from ucloud_common.allocation import SHARED_STORAGE
+from ucloud_common.allocation import SHARED_STORAGE, resize_delta
 from ucloud_common.config import Settings
 from ucloud_common.host import HOSTS, Host, HostStatus
+from ucloud_common.specs import Specs, described
 from ucloud_common.states import (ON_HOST, MigrationPhase, Party, Status, Writer, check_migration_step,
                                   check_transition)
 from ucloud_common.store import Versioned
@@ -96,6 +97,8 @@ class Plan:
     noted: tuple[VMWrite, ...] = ()  # a fence failure told on the VMs that wait for it (when new)
     forgotten: tuple[str, ...] = ()  # hosts back alive: their fencing bookkeeping is dropped
     unfenced: tuple[str, ...] = ()  # hosts whose `fenced` flag is cleared
+    resized: tuple[VMWrite, ...] = ()  # resizes its host has room for: the new specs written
+    not_resized: tuple[VMWrite, ...] = ()  # resizes refused: the reason as error
     placed: tuple[VMWrite, ...] = ()
     refused: tuple[VMWrite, ...] = ()  # VMs no host can take, the reason as error (written when new)
     moves: tuple[VMWrite, ...] = ()  # migrations started (a target chosen), and stopped VMs placed elsewhere
@@ -112,6 +115,8 @@ class Plan:
         parts += [f"fencing host {failure.host} failed: {failure.reason}" for failure in self.fence_failures]
         parts += [f"host {name} is back: its fencing forgotten" for name in self.forgotten]
         parts += [f"host {name} no longer fenced" for name in self.unfenced]
+        parts += _count(self.resized, "resized")
+        parts += _count(self.not_resized, "not resized")
         parts += _count(self.placed, "placed")
         parts += _count(self.refused, "unplaceable")
         parts += _count(self.moves, "to migrate")
@@ -177,6 +182,8 @@ class _Builder:
     noted: list[VMWrite] = field(default_factory=list)
     forgotten: list[str] = field(default_factory=list)
     unfenced: list[str] = field(default_factory=list)
+    resized: list[VMWrite] = field(default_factory=list)
+    not_resized: list[VMWrite] = field(default_factory=list)
     placed: list[VMWrite] = field(default_factory=list)
     refused: list[VMWrite] = field(default_factory=list)
     moves: list[VMWrite] = field(default_factory=list)
@@ -261,11 +268,16 @@ def _placed(vm: Versioned[VM], host: str) -> VMWrite:
 
 
 def _place(plan: _Builder, view: View, settings: Settings, rng: random.Random, draining: bool) -> Placer | None:
-    """Place the VMs that wait for a host; the placer (with their room taken), if one is needed."""
-    if not view.pending and not view.to_move and not draining:
+    """Check the resizes asked, then place the VMs that wait for a host; the placer (with their room
+    taken), if one is needed. Resizes first: their owners wait for an answer, and a new VM may go elsewhere."""
+    if not view.pending and not view.to_move and not draining and not view.to_resize:
         return None
     ratios = Ratios(settings.cpu_allocation_ratio, settings.ram_allocation_ratio, settings.disk_allocation_ratio)
     placer = Placer(view, ratios, settings.placement, rng)
+    for uuid in view.to_resize:
+        vm = view.vms[uuid]
+        if vm.value.resize is not None:
+            _resize(plan, vm, vm.value.resize, placer)
     for uuid in view.pending:
         vm = view.vms[uuid]
         host = placer.place(vm.value)
@@ -275,6 +287,25 @@ def _place(plan: _Builder, view: View, settings: Settings, rng: random.Random, d
         reason = placer.why_not(vm.value)
         plan.refused.append(_write(vm, f"unschedulable: {reason}", error=reason))
     return placer
+
+
+RESIZE_REFUSED = "resize refused: "  # how a refused resize's error begins
+
+
+def refused_resize(vm: Versioned[VM], why: str) -> VMWrite:
+    return _write(vm, f"not resized: {why}", resize=None, error=RESIZE_REFUSED + why)
+
+
+def _resize(plan: _Builder, vm: Versioned[VM], asked: Specs, placer: Placer) -> None:
+    """The asked specs written if the VM's host has room for them (a VM on no host has nothing to
+    check), else the reason; the VM stays where it is either way."""
+    why = placer.grow(vm.value, resize_delta(vm.value)) if vm.value.host else None
+    if why is None:
+        # An earlier refusal no longer holds; any other error (why it stopped) is not the resize's to clear.
+        error = "" if vm.value.error.startswith(RESIZE_REFUSED) else vm.value.error
+        plan.resized.append(_write(vm, f"resized to {described(asked)}", specs=asked, resize=None, error=error))
+    else:
+        plan.not_resized.append(refused_resize(vm, why))
 
 
 def _move(plan: _Builder, view: View, settings: Settings, placer: Placer, draining: list[Host]) -> None:

@@ -47,6 +47,7 @@ from ucloud_common.store import (
     StoreUnavailable,
     Versioned,
 )
+from ucloud_common.quota import QuotaExceeded, change, charged
 from ucloud_common.supervise import Supervisor
 from ucloud_common.vm import VMS
 from ucloud_scheduler import metrics
@@ -58,6 +59,7 @@ from ucloud_scheduler.plan import (
     Plan,
     VMWrite,
     plan_cycle,
+    refused_resize,
 )
 from ucloud_scheduler.view import View
 
@@ -234,6 +236,8 @@ class Scheduler:
             self._fencing.pop(name, None)
         for name in plan.unfenced:
             self._store.update(HOSTS, name, lambda h: h.evolve(fenced=False, down_since=None), guard=guard)
+        self._commit_resizes(plan.resized)
+        self._commit(plan.not_resized)
         metrics.PLACEMENTS.inc(self._commit(plan.placed))
         self._commit(plan.refused)
         self._commit(plan.moves)
@@ -309,6 +313,34 @@ class Scheduler:
                 written += len(batch)
                 break
         return written
+
+
+    def _commit_resizes(self, writes: tuple[VMWrite, ...]) -> None:
+        """Write the resizes its host has room for, each with its owner's usage in the same transaction
+        (a resize changes what the VM counts against the quotas): one that would pass a quota is
+        refused with that reason instead. The API checked the quota when it took the resize; this
+        check is the one that holds against concurrent creations."""
+        for write in writes:
+            vm, new = write.seen, write.seen.value.evolve(**write.changes)
+            for _ in range(self._settings.cas_attempts):
+                try:
+                    usage = charged(self._store, new.owner, change(vm.value, new))
+                except QuotaExceeded as exc:
+                    self._commit((refused_resize(vm, str(exc)),))
+                    break
+                try:
+                    revision = self._store.transact([
+                        Put(VMS, vm.name, new, vm.mod_revision), usage,
+                        new_event(self._store, ref(Kind.VM, vm.name), self._source, write.message,
+                                  request_id=new.request_id)], guard=self.election.guard)
+                except Conflict as exc:
+                    if exc.key == VMS.key(vm.name):
+                        break  # the VM changed under the decision: decided again next cycle
+                    continue  # the owner's usage changed: charged again
+                self.view.set_vm(Versioned(vm.name, new, revision, vm.create_revision))
+                with acting_for(new.request_id):
+                    log.info("vm=%s %s", vm.name, write.message)
+                break
 
 
 def _observed(book: Fencing, future: Future[frozenset[str]] | None) -> Fencing:

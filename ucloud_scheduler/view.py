@@ -29,6 +29,11 @@ def needs_host(vm: VM) -> bool:
     return not vm.host and vm.status in WAITS_FOR_HOST and vm.requested in WANTS_TO_RUN
 
 
+def needs_resize(vm: VM) -> bool:
+    """A resize was asked (of a STOPPED VM): the scheduler checks its host's room."""
+    return vm.resize is not None and vm.requested is not Requested.DELETED
+
+
 def needs_target(vm: VM) -> bool:
     """Asked to move, and in a state to: the scheduler chooses where to."""
     return vm.wants_migration() and bool(vm.host) and vm.status in MOVABLE
@@ -46,6 +51,7 @@ class View:
     by_host: dict[str, set[str]] = field(default_factory=dict)  # host name → uuids
     to_move: dict[str, None] = field(default_factory=dict)  # uuids waiting for a migration target, oldest first
     migrating: dict[str, tuple[str, str]] = field(default_factory=dict)  # uuid → (source, target) under way
+    to_resize: dict[str, None] = field(default_factory=dict)  # uuids whose resize waits for a check, oldest first
     # Hosts a cycle must look at beyond placing: not alive, fenced, or draining (kept change by
     # change, so a cycle does not go through every host).
     unsettled: set[str] = field(default_factory=set)
@@ -114,6 +120,8 @@ class View:
             self.pending[vm.name] = None
         if needs_target(value):
             self.to_move[vm.name] = None
+        if needs_resize(value):
+            self.to_resize[vm.name] = None
         if value.migration is not None:
             # A VM being moved holds room on both hosts until it is on one of them.
             target = value.migration.target
@@ -129,6 +137,7 @@ class View:
         old = self.vms.pop(uuid, None)
         self.pending.pop(uuid, None)
         self.to_move.pop(uuid, None)
+        self.to_resize.pop(uuid, None)
         if self.migrating.pop(uuid, None) is not None and old is not None and old.value.migration is not None:
             self._allocate(old.value.migration.target, old.value.specs, -1)
         if old is None or not old.value.host:

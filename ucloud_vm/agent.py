@@ -61,6 +61,7 @@ from ucloud_common.cidata import hostname_for, seed_files
 from ucloud_vm import metrics
 from ucloud_vm.decide import Act, Seen, Step, decide, decide_incoming
 from ucloud_vm.driver import LIVE, Hypervisor, RunState
+from ucloud_vm.peerimages import PeerImages
 from ucloud_vm.storage import StorageBackend, StorageError
 from ucloud_vm.vmnet import VMNetworks
 from ucloud_vm.workers import KeyedWorkers
@@ -80,15 +81,20 @@ class HostSpec:
 
 class Agent:
     def __init__(self, store: AbstractStore, settings: Settings, host: HostSpec, driver: Hypervisor,
-                 storage: dict[str, StorageBackend], networks: VMNetworks | None = None) -> None:
+                 storage: dict[str, StorageBackend], networks: VMNetworks | None = None,
+                 images: PeerImages | None = None) -> None:
         """`networks`: this host's share of the VM networks; None where no underlay is configured
-        (a VM's networks are then records only: its QEMU gets no NIC)."""
+        (a VM's networks are then records only: its QEMU gets no NIC). `images`: the local image
+        store as the other hosts see it (reported on the host record, missing images fetched before
+        a local disk is made); None: the host record says nothing of images (counted as holding all)."""
         self._store = store
         self._settings = settings
         self.host = host
         self._driver = driver
         self._storage = storage
         self._networks = networks
+        self._images = images
+        self._reported_images: tuple[str, ...] | None = None  # as last written on the host record
         self._source = f"agent {host.name}"
         self._agent_id = uuidlib.uuid4().hex
         self._lease: KeptLease | None = None
@@ -125,6 +131,9 @@ class Agent:
         self._supervisor.loop("host-check", self.check_host, every=self._settings.host_check_interval,
                               expected=(StoreUnavailable,))
         self._supervisor.follow("follow-vm", follower, self._fold)
+        if self._images is not None:
+            self._supervisor.loop("image-cleanup", self.remove_deleted_images, every=self._settings.resync_interval,
+                                  expected=(StoreUnavailable,))
         if self._settings.vm_stats_interval:
             self._supervisor.loop("vm-stats", self.sample_usage, every=self._settings.vm_stats_interval,
                                   expected=(StoreUnavailable,))
@@ -196,6 +205,25 @@ class Agent:
             self._store_host_up()
         if self._networks:
             self._networks.refresh()
+        self._report_images()
+
+    def remove_deleted_images(self) -> None:
+        """Free the local store of images deleted through the API, but those a VM placed here is
+        made from (its disk is an overlay on the image's file)."""
+        if self._images is None:
+            return
+        with self._lock:
+            in_use = {vm.image for vm in self._mine.values()}
+        if self._images.remove_deleted(in_use):
+            self._report_images()
+
+    def _report_images(self) -> None:
+        """Write the local store's images on the host record when they changed (a fetch, an import,
+        image-scanner beside this agent, a deletion): what the scheduler places local disks by."""
+        if self._images is None or (held := self._images.held()) == self._reported_images:
+            return
+        self._store.update(HOSTS, self.host.name, lambda h: h.evolve(images=held) if h.images != held else None)
+        self._reported_images = held
 
     def _host_fenced(self) -> bool:
         """Whether the scheduler recorded this host fenced (for its last outage); unknown counts as
@@ -208,14 +236,18 @@ class Agent:
 
     def _store_host_up(self) -> None:
         backends = tuple(sorted(self._storage))
+        hdd = tuple(name for name in backends if self._storage[name].offers_hdd)
+        images = {"images": self._images.held(), "image_url": self._images.url} if self._images else {}
         try:
             self._store.update(HOSTS, self.host.name, lambda h: h.evolve(
                 status=HostStatus.UP, address=self.host.address, capacity=self.host.capacity,
-                storage_backends=backends, down_since=None, router=self._settings.router))
+                storage_backends=backends, hdd_backends=hdd, down_since=None, router=self._settings.router,
+                **images))
         except NotFound:
             self._store.create(HOSTS, self.host.name, Host(
                 name=self.host.name, address=self.host.address, capacity=self.host.capacity,
-                storage_backends=backends, router=self._settings.router))
+                storage_backends=backends, hdd_backends=hdd, router=self._settings.router, **images))
+        self._reported_images = images.get("images")
 
     def _concerns(self, vm: VM) -> bool:
         """Placed here, or migrating here."""
@@ -356,8 +388,9 @@ class Agent:
             else:
                 raise
         except TemporaryError as exc:
-            if step.act is Act.START:  # not a crash: the next look starts it again after the delay
-                self._record(current, Step(fields={"deadline": utcnow() + timedelta(seconds=exc.delay)}))
+            if step.act is Act.START:  # not a crash: the next look starts it again after the delay, the reason shown
+                self._record(current, Step(fields={"deadline": utcnow() + timedelta(seconds=exc.delay),
+                                                   "error": exc.reason}))
             raise
         if failed_nics:
             current = self._record(current, Step(fields={"nic_errors": {**current.value.nic_errors, **failed_nics}}))
@@ -426,7 +459,7 @@ class Agent:
         if failed:  # the guest's devices must be the same on both sides
             raise StorageError("cannot give it its NICs here: " + "; ".join(f"{m}: {r}" for m, r in failed.items()))
         return self._driver.receive(vm, backend.drive(vm), seed=seed_files(vm, hostname_for(vm.name), vm.networks),
-                                    nics=nics, address=self.host.address)
+                                    nics=nics, address=self.host.address, hdd=backend.hdd_drive(vm))
 
     def _act(self, vm: VM, step: Step) -> dict[str, str]:
         """Carry out `step`; return the NICs (MAC → reason) the VM could not be given."""
@@ -434,13 +467,17 @@ class Agent:
             backend = self._storage.get(vm.storage)
             if backend is None:
                 raise StorageError(f"this host has no {vm.storage} storage")
+            if (self._images is not None and vm.storage not in SHARED_STORAGE and not backend.exists(vm)
+                    and self._images.ensure(vm.image)):
+                self._report_images()  # fetched: the scheduler may send the image's next VMs here
             backend.create(vm)
             if step.act is Act.START:
                 # A VM requested SUSPENDED starts with its CPUs stopped: its guest never runs a cycle.
                 nics, failed = self._networks.plug(vm) if self._networks else ({}, {})
                 started = time.perf_counter()
                 self._driver.start(vm, backend.drive(vm), paused=vm.requested is Requested.SUSPENDED,
-                                   seed=seed_files(vm, hostname_for(vm.name), vm.networks), nics=nics)
+                                   seed=seed_files(vm, hostname_for(vm.name), vm.networks), nics=nics,
+                                   hdd=backend.hdd_drive(vm))
                 metrics.QEMU_START_SECONDS.observe(time.perf_counter() - started)
                 if step.fields.get("restarts"):
                     metrics.RESTARTS.inc()
@@ -566,9 +603,15 @@ _STATS_PER_TRANSACTION = 100
 _PERMANENT_WHEN_FAILED = frozenset({Act.CREATE_DISK, Act.START, Act.DELETE})
 
 
-def machine_capacity(disk_dir: Path) -> Specs:
+def machine_capacity(disk_dir: Path, hdd_dir: Path | None = None) -> Specs:
+    """What this machine has: its CPUs and RAM, the size of the file system of `disk_dir` as ssd and
+    of `hdd_dir` as hdd (none without an HDD directory)."""
     ram_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
                    if line.startswith("MemTotal:"))
-    disk_dir.mkdir(parents=True, exist_ok=True)
-    return Specs(cpu=os.cpu_count() or 1, ram=round(ram_kib / 1024**2, 1),
-                 ssd=max(1, shutil.disk_usage(disk_dir).total // 1024**3))
+    return Specs(cpu=os.cpu_count() or 1, ram=round(ram_kib / 1024**2, 1), ssd=max(1, _gib_of(disk_dir)),
+                 hdd=_gib_of(hdd_dir) if hdd_dir is not None else 0)
+
+
+def _gib_of(directory: Path) -> int:
+    directory.mkdir(parents=True, exist_ok=True)
+    return shutil.disk_usage(directory).total // 1024**3

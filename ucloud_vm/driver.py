@@ -105,8 +105,9 @@ class Hypervisor(Protocol):
         ...
 
     def start(self, vm: VM, disk: list[str], *, paused: bool, seed: Mapping[str, bytes],
-              nics: Mapping[str, str]) -> None:
-        """Start the VM's process on `disk` (its `-drive` options), with CPUs stopped if `paused`,
+              nics: Mapping[str, str], hdd: list[str] | None = None) -> None:
+        """Start the VM's process on `disk` (its `-drive` options) and, when the VM has one, its HDD
+        disk `hdd` (the guest's second disk), with CPUs stopped if `paused`,
         `seed` (cloud-init's NoCloud files, see ucloud_vm.cidata) on a read-only second drive,
         made afresh at every start (a key added to the VM reaches the guest at its next boot), and
         one virtio NIC per entry of `nics` (MAC → the tap it is plugged into, made beforehand).
@@ -126,7 +127,7 @@ class Hypervisor(Protocol):
         ...
 
     def receive(self, vm: VM, disk: list[str], *, seed: Mapping[str, bytes], nics: Mapping[str, str],
-                address: str) -> str:
+                address: str, hdd: list[str] | None = None) -> str:
         """Start the VM's process as `start` does, but empty: waiting for the guest to arrive by live
         migration on `address` (this host's), on a port the hypervisor chooses. Returns where it
         listens, "host:port". The guest runs here (or stays paused, as it was) once it has arrived.

@@ -26,6 +26,7 @@ _RECEIVERS: dict[str, tuple[FakeDriver, str]] = {}
 class FakeGuest:
     state: RunState
     disk: tuple[str, ...]
+    hdd: tuple[str, ...] | None  # the HDD disk's drive options (None: the VM has none)
     seed: dict[str, bytes]  # the cloud-init files it was started with
     nics: dict[str, str]  # MAC → tap
     powers_off_at: float | None = None  # clock.now() at which it obeys the ACPI button
@@ -80,7 +81,7 @@ class FakeDriver:
         return Observation(guest.state, guest.state.value, frozenset(guest.nics))
 
     def start(self, vm: VM, disk: list[str], *, paused: bool, seed: Mapping[str, bytes],
-              nics: Mapping[str, str]) -> None:
+              nics: Mapping[str, str], hdd: list[str] | None = None) -> None:
         self.calls.append(f"start {vm.uuid}")
         if vm.uuid in self.guests:
             raise DriverError(f"{vm.uuid} runs already")  # the agent must never start twice
@@ -92,12 +93,12 @@ class FakeDriver:
             raise DriverError(f"QEMU failed to start: {reason}")
         if trouble.first_answer_fails:
             trouble.first_answer_fails, trouble.failing = False, trouble.failing + 1
-        self.guests[vm.uuid] = FakeGuest(RunState.PAUSED if paused else RunState.RUNNING, tuple(disk), dict(seed),
-                                         dict(nics))
+        self.guests[vm.uuid] = FakeGuest(RunState.PAUSED if paused else RunState.RUNNING, tuple(disk),
+                                         tuple(hdd) if hdd is not None else None, dict(seed), dict(nics))
 
     def receive(self, vm: VM, disk: list[str], *, seed: Mapping[str, bytes], nics: Mapping[str, str],
-                address: str) -> str:
-        self.start(vm, disk, paused=False, seed=seed, nics=nics)
+                address: str, hdd: list[str] | None = None) -> str:
+        self.start(vm, disk, paused=False, seed=seed, nics=nics, hdd=hdd)
         self.guests[vm.uuid].state = RunState.INMIGRATE
         where = f"{address}:{len(_RECEIVERS) + 49152}"
         _RECEIVERS[where] = (self, vm.uuid)

@@ -15,7 +15,7 @@ from pathlib import Path
 from ucloud_common.ceph import Ceph
 from ucloud_common.config import Settings
 from ucloud_common.image import IMAGES, Image
-from ucloud_common.imagestore import Outcome, build, served_pool, settle
+from ucloud_common.imagestore import Built, Outcome, build, served_pool, settle
 from ucloud_common.errors import PermanentError
 from ucloud_common.quota import change, transact_counted
 from ucloud_common.store import Put, Store
@@ -38,7 +38,7 @@ def import_image(store: Store, settings: Settings, path: Path, request: Image, c
     # An admin's import is counted in the owner's usage, not refused by their quota.
     transact_counted(store, request.owner, requested, enforce=False)
 
-    def make() -> int:
+    def make() -> Built:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             return build(settings, request, fd, ceph)

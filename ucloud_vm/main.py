@@ -26,6 +26,8 @@ from ucloud_vm.accel import choose
 from ucloud_vm.agent import Agent, HostSpec, machine_capacity
 from ucloud_vm.console import ConsoleProxyServer, proxy_url, register, serve_consoles
 from ucloud_vm.images import import_image
+from ucloud_vm.imageserver import ImageServer
+from ucloud_vm.peerimages import PeerImages
 from ucloud_common.network import NETWORKS
 from ucloud_vm.hostnet import HostNetwork, Underlay, UnderlayError
 from ucloud_vm.qemu import GuacamoleVNC, QemuDriver
@@ -51,9 +53,14 @@ def _name(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @click.option("--cpu", type=click.IntRange(1), default=None, help="CPUs to offer [default: this machine's].")
 @click.option("--ram", type=click.FloatRange(min=0.1), default=None, help="GiB of RAM to offer [default: this machine's].")
 @click.option("--ssd", type=click.IntRange(1), default=None, help="GiB of disk to offer [default: the disk dir's size].")
+@click.option("--hdd", type=click.IntRange(0), default=None, help="GiB of HDD disks to offer [default: the size of "
+              "UCLOUD_HDD_DIR's file system; 0 without it]. A host with only an HDD pool (UCLOUD_CEPH_HDD_POOL) "
+              "offers what this says.")
+@click.option("--image-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="This host's local image store [default: UCLOUD_IMAGE_DIR].")
 @click.pass_context
 def run(ctx: click.Context, hostname: str, address: str | None, run_dir: Path | None, cpu: int | None,
-        ram: float | None, ssd: int | None) -> None:
+        ram: float | None, ssd: int | None, hdd: int | None, image_dir: Path | None) -> None:
     """Run the agent for one host until SIGTERM or SIGINT (its VMs keep running).
 
     Several agents with different --hostname and --run-dir may run on one machine, as simulated hosts.
@@ -63,22 +70,27 @@ def run(ctx: click.Context, hostname: str, address: str | None, run_dir: Path | 
     # One socket held per QEMU (its events), beside QMP sessions and etcd's: 1024 would not do for hundreds.
     _all_descriptors()
     settings = settings_from(ctx)
-    machine = machine_capacity(settings.disk_dir)
-    capacity = Specs(cpu=cpu or machine.cpu, ram=ram or machine.ram, ssd=ssd or machine.ssd)
+    machine = machine_capacity(settings.disk_dir, settings.hdd_dir)
+    capacity = Specs(cpu=cpu or machine.cpu, ram=ram or machine.ram, ssd=ssd or machine.ssd,
+                     hdd=machine.hdd if hdd is None else hdd)
     # Other hosts reach this one at its address, also for VXLAN: the underlay address when one is set.
     host = HostSpec(hostname, address or settings.underlay_address or _address(), capacity)
-    accel = choose(settings.accel, settings.probe_image_dir)
-    store = Store(settings)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    backends: dict[str, StorageBackend] = {"local": LocalStorage(settings.image_dir, settings.disk_dir)}
+    image_dir = image_dir or settings.image_dir
+    backends: dict[str, StorageBackend] = {"local": LocalStorage(image_dir, settings.disk_dir, settings.hdd_dir)}
     if settings.ceph_conf:
         try:
             ceph = Ceph(settings.ceph_conf, settings.ceph_client)
         except CephError as exc:
             raise click.ClickException(str(exc)) from None
-        backends["rbd"] = RBDStorage(ceph, settings.ceph_image_pool, settings.ceph_vm_pool)
+        backends["rbd"] = RBDStorage(ceph, settings.ceph_image_pool, settings.ceph_vm_pool, settings.ceph_hdd_pool)
+    if capacity.hdd and not any(backend.offers_hdd for backend in backends.values()):
+        raise click.ClickException(f"--hdd {capacity.hdd} offers HDD, but no storage here can make HDD disks: "
+                                   "set UCLOUD_HDD_DIR (local) or UCLOUD_CEPH_HDD_POOL (rbd)")
+    accel = choose(settings.accel, settings.probe_image_dir)
+    store = Store(settings)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
     run_dir = run_dir or settings.run_dir / hostname
     guacamole = GuacamoleVNC(settings.guacamole_vnc_address, settings.guacamole_vnc_ports) \
         if settings.guacamole_vnc_address else None
@@ -96,12 +108,28 @@ def run(ctx: click.Context, hostname: str, address: str | None, run_dir: Path | 
     else:
         logging.getLogger(__name__).warning("no underlay configured (UCLOUD_UNDERLAY_DEVICE, UCLOUD_UNDERLAY_ADDRESS): "
                                             "VM networks are records only on host %s, its QEMUs get no NIC", hostname)
-    agent = Agent(store, settings, host, driver, backends, networks)
+    server = None
+    if settings.image_secret:
+        try:
+            server = ImageServer(image_dir, settings.image_secret, host.address, settings.image_port,
+                                 settings.image_fetch_timeout)
+        except OSError as exc:
+            raise click.ClickException(f"cannot serve images at {host.address} port {settings.image_port} "
+                                       f"(UCLOUD_IMAGE_PORT): {exc}") from None
+        server.start()
+    else:
+        logging.getLogger(__name__).warning("no UCLOUD_IMAGE_SECRET: host %s neither serves nor fetches images; "
+                                            "local-disk VMs are placed here only with their image here", hostname)
+    images = PeerImages(store, image_dir, hostname, settings.image_secret, server.url if server else "",
+                        settings.image_fetch_timeout)
+    agent = Agent(store, settings, host, driver, backends, networks, images)
     REGISTRY.register(agent.collector)
     serve_metrics(settings, settings.agent_metrics_port, "UCLOUD_AGENT_METRICS_PORT")
     try:
         agent.run(stop)
     finally:
+        if server is not None:
+            server.close()
         driver.close()
         store.close()
     exit_if_failed(f"ucloud-vm {hostname}", agent.failure)

@@ -96,8 +96,10 @@ def machine_args(accel: str, cpus: int, ram_mib: int) -> list[str]:
 def command_line(vm: VM, disk: list[str], paths: VMPaths, accel: str, binary: str = "qemu-system-x86_64",
                  paused: bool = False, seed: list[str] | None = None,
                  nics: Mapping[str, str] | None = None, guacamole: GuacamoleVNC | None = None,
-                 incoming: bool = False) -> list[str]:
-    """The whole QEMU command line for `vm`; `disk` is the drive's `-drive` options (with format=);
+                 incoming: bool = False, hdd: list[str] | None = None) -> list[str]:
+    """The whole QEMU command line for `vm`; `disk` is the drive's `-drive` options (with format=),
+    `hdd` the HDD disk's, right after it (the guest's /dev/vdb: a data disk's name should not move
+    with the seed drive);
     `paused`: the CPUs stay stopped until QMP `cont` (-S); `seed`: the cloud-init drive's options,
     after the disk so that the disk stays the guest's first (/dev/vda); `nics`: MAC → the tap each
     virtio NIC is on (ids from the MAC, so that what runs can be compared with the record);
@@ -116,6 +118,8 @@ def command_line(vm: VM, disk: list[str], paths: VMPaths, accel: str, binary: st
         "-device", "pvpanic", "-action", "panic=pause",
         "-drive", ",".join([*disk, "if=virtio", "id=disk0"]),
     ]
+    if hdd is not None:
+        argv += ["-drive", ",".join([*hdd, "if=virtio", "id=disk1"])]
     if guacamole is not None:
         # The password from a file (root's), not the command line, which every local user can read
         # in /proc; the unix socket above stays without one (only root and the console proxy reach it).
@@ -399,12 +403,12 @@ class QemuDriver:
         session(self._paths(uuid), "device_del", remove, self._timeout)
 
     def start(self, vm: VM, disk: list[str], *, paused: bool, seed: Mapping[str, bytes],
-              nics: Mapping[str, str]) -> None:
-        self._launch(vm, disk, paused=paused, seed=seed, nics=nics, incoming=False)
+              nics: Mapping[str, str], hdd: list[str] | None = None) -> None:
+        self._launch(vm, disk, paused=paused, seed=seed, nics=nics, incoming=False, hdd=hdd)
 
     def receive(self, vm: VM, disk: list[str], *, seed: Mapping[str, bytes], nics: Mapping[str, str],
-                address: str) -> str:
-        self._launch(vm, disk, paused=False, seed=seed, nics=nics, incoming=True)
+                address: str, hdd: list[str] | None = None) -> str:
+        self._launch(vm, disk, paused=False, seed=seed, nics=nics, incoming=True, hdd=hdd)
         paths = self._paths(vm.uuid)
         host = f"[{address}]" if ":" in address else address
 
@@ -439,7 +443,7 @@ class QemuDriver:
         execute(self._paths(uuid), "migrate_cancel", self._timeout)
 
     def _launch(self, vm: VM, disk: list[str], *, paused: bool, seed: Mapping[str, bytes],
-                nics: Mapping[str, str], incoming: bool) -> None:
+                nics: Mapping[str, str], incoming: bool, hdd: list[str] | None) -> None:
         paths = self._paths(vm.uuid)
         paths.root.mkdir(parents=True, exist_ok=True)
         build_seed(paths.cidata, seed)
@@ -448,7 +452,7 @@ class QemuDriver:
 
         def argv(guacamole: GuacamoleVNC | None) -> list[str]:
             line = command_line(vm, disk, paths, self.accel, paused=paused, seed=drive_options(paths.cidata),
-                                nics=nics, guacamole=guacamole, incoming=incoming)
+                                nics=nics, guacamole=guacamole, incoming=incoming, hdd=hdd)
             return ["ip", "netns", "exec", self._netns, *line] if self._netns else line
 
         try:

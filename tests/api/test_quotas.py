@@ -18,7 +18,7 @@ from ucloud_common.config import Settings
 from ucloud_common.file import FILES, File
 from ucloud_common.image import IMAGES, Image, ImageStatus
 from ucloud_common.quota import GiB, USAGES, QuotaExceeded, Usage, change, transact_counted
-from ucloud_common.states import Status
+from ucloud_common.states import Requested, Status
 from ucloud_common.store import Conflict, Put, Store
 from ucloud_common.user import Role
 from ucloud_common.vm import VMS
@@ -216,3 +216,15 @@ def test_a_usage_that_keeps_changing_is_a_409_to_retry_not_a_500(alice: As, stor
     assert created.status_code == 409 and created.json["error"]["code"] == "busy", created.json
     mocker.stopall()
     assert store.get(IMAGES, image["uuid"]) is not None and used(store, "alice").images == 1
+
+
+def test_a_resize_past_a_quota_is_refused_when_asked(admin: As, alice: As, store: Store) -> None:
+    assert admin.put("/api/v1/users/alice/quota", json={"ssd": 15}).status_code == 200
+    vm = alice.create_vm(specs={"cpu": 1, "ram": 1, "ssd": 10})
+    store.update(VMS, vm["uuid"], lambda v: v.evolve(status=Status.STOPPED, requested=Requested.STOPPED,
+                                                     hostname="/v1/host/h1"))
+    response = alice.post(f"/api/v1/vms/{vm['uuid']}/resize", json={"ssd": 20})
+    refused(response, "ssd", 15, 10)
+    current = store.get(VMS, vm["uuid"])
+    assert current is not None and current.value.resize is None
+    assert alice.post(f"/api/v1/vms/{vm['uuid']}/resize", json={"ssd": 15}).status_code == 202

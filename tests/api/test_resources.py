@@ -361,3 +361,15 @@ def test_the_last_admin_cannot_be_deleted(admin: As, client, store: Store) -> No
 def test_a_new_user_name_has_no_colon(admin: As) -> None:
     response = admin.post("/api/v1/users", json={"name": "alice:x"})
     assert response.status_code == 422 and response.json["error"]["fields"][0]["field"] == "name"
+
+
+def test_deleting_an_image_in_ceph_records_its_deletion_for_image_scanner(admin: As, store: Store) -> None:
+    from ucloud_common.image import IMAGE_DELETIONS, IMAGES, Image, ImageStatus
+
+    store.create(IMAGES, "in-ceph", Image(uuid="in-ceph", owner="admin", name="in-ceph", store_name="images",
+                                          status=ImageStatus.CREATED))
+    assert admin.delete("/api/v1/images/in-ceph").status_code == 204
+    deletion = store.get(IMAGE_DELETIONS, "in-ceph")
+    assert deletion is not None and deletion.value.store_name == "images"
+    assert admin.delete("/api/v1/images/tiny").status_code == 204
+    assert store.get(IMAGE_DELETIONS, "tiny") is None, "a local image's files go with its record (each agent)"

@@ -51,7 +51,7 @@ def test_concurrent_creates_of_one_name_make_one_vm(app, alice: As, store: Store
     assert len([v for v in store.list(VMS).items.values() if v.value.name == "race"]) == 1
 
 
-@pytest.mark.parametrize("action", [a for a in Action if a not in (Action.DELETE, Action.MIGRATE)])
+@pytest.mark.parametrize("action", [a for a in Action if a not in (Action.DELETE, Action.MIGRATE, Action.RESIZE)])
 @pytest.mark.parametrize("status", list(Status))
 def test_every_action_in_every_status(alice: As, store: Store, action: Action, status: Status) -> None:
     vm = alice.create_vm()
@@ -133,6 +133,72 @@ def test_migrate_is_for_admins_of_vms_on_shared_storage_one_at_a_time(alice: As,
     assert again.status_code == 409 and "already under way" in again.json["error"]["message"]
     cancelled = admin.delete(f"{path}/migration")
     assert cancelled.status_code == 202 and cancelled.json["migrate_to"] == ""
+
+
+def stopped_vm(alice: As, store: Store, **specs: int) -> str:
+    vm = alice.create_vm(specs={"cpu": 1, "ram": 1, "ssd": 10, **specs})
+    store.update(VMS, vm["uuid"], lambda v: v.evolve(status=Status.STOPPED, requested=Requested.STOPPED,
+                                                     hostname="/v1/host/h1"))
+    return str(vm["uuid"])
+
+
+@pytest.mark.parametrize("status", list(Status))
+def test_resize_only_a_stopped_vm(alice: As, store: Store, status: Status) -> None:
+    uuid = stopped_vm(alice, store)
+    set_status(store, uuid, status)
+    before = store.get(VMS, uuid)
+    response = alice.post(f"/api/v1/vms/{uuid}/resize", json={"cpu": 2})
+    after = store.get(VMS, uuid)
+    assert before is not None and after is not None
+    if status is Status.STOPPED:
+        assert response.status_code == 202, response.json
+        assert response.json["resize"] == {"cpu": 2, "ram": 1.0, "ssd": 10, "hdd": 0}
+        assert response.json["specs"]["cpu"] == 1, "written by the scheduler once it found room"
+        assert after.value.requested is Requested.STOPPED and after.value.generation == before.value.generation + 1
+    else:
+        assert response.status_code == 409
+        assert response.json["error"]["message"] == (f"cannot resize: the VM is {status} (resize is possible when "
+                                                     "it is STOPPED)")
+        assert after.mod_revision == before.mod_revision, "a refused request writes nothing"
+
+
+def test_resize_grows_disks_only_and_says_what_is_wrong(alice: As, store: Store) -> None:
+    uuid = stopped_vm(alice, store, hdd=20)
+    path = f"/api/v1/vms/{uuid}/resize"
+    for body, field, words in [({"ssd": 5}, "ssd", "disks only grow: the VM has 10 GiB, 5 GiB would cut off"),
+                               ({"hdd": 0}, "hdd", "disks only grow: the VM has 20 GiB, 0 GiB"),
+                               ({"ram": 0.0001}, "ram", "greater than or equal to 0.0625"),
+                               ({"cpu": "2"}, "cpu", "valid integer"),
+                               ({"disk": 5}, "disk", "Extra inputs are not permitted"),
+                               ({}, "", "name at least one of cpu, ram, ssd, hdd")]:
+        response = alice.post(path, json=body)
+        assert response.status_code == 422, (body, response.json)
+        assert words in str(response.json["error"]), (body, response.json)
+        if field:
+            assert field in {f["field"] for f in response.json["error"]["fields"]}, response.json
+    assert alice.post(path).status_code == 400  # a body is needed
+    stored = store.get(VMS, uuid)
+    assert stored is not None and stored.value.resize is None and stored.value.specs.ssd == 10
+    # Growing both disks and changing cpu and ram at once; the others stay as they are.
+    response = alice.post(path, json={"ssd": 15, "hdd": 30, "ram": 0.5})
+    assert response.status_code == 202 and response.json["resize"] == {"cpu": 1, "ram": 0.5, "ssd": 15, "hdd": 30}
+    assert [e["message"] for e in alice.get(f"/api/v1/vms/{uuid}/events").json][-1] == \
+        "resize to 1 CPUs, 0.5 GiB RAM, 15 GiB SSD, 30 GiB HDD"
+
+
+def test_a_pending_resize_holds_off_a_start_and_another_resize(alice: As, store: Store) -> None:
+    uuid = stopped_vm(alice, store)
+    assert alice.post(f"/api/v1/vms/{uuid}/resize", json={"cpu": 2}).status_code == 202
+    for action, body in (("start", None), ("resize", {"cpu": 3})):
+        response = alice.post(f"/api/v1/vms/{uuid}/{action}", json=body)
+        assert response.status_code == 409, response.json
+        assert f"cannot {action}: a resize of the VM waits for the scheduler" in response.json["error"]["message"]
+    # Once the scheduler wrote the specs (what plan._resize does), it starts with them.
+    store.update(VMS, uuid, lambda v: v.evolve(specs=v.resize, resize=None))
+    assert alice.post(f"/api/v1/vms/{uuid}/start").status_code == 202
+    # And a VM asked to start is not resized while it may be starting.
+    refused = alice.post(f"/api/v1/vms/{uuid}/resize", json={"cpu": 4})
+    assert refused.status_code == 409 and "asked to be RUNNING" in refused.json["error"]["message"]
 
 
 def test_unknown_action(alice: As) -> None:

@@ -151,7 +151,8 @@ def main() -> None:
             port, ceiling_port = free_port(), free_port()
             # No per-user limit: user0 owns 100 VMs already, and every POST would be a 409.
             env = {**os.environ, "UCLOUD_ETCD_ENDPOINTS": etcd.endpoint, "UCLOUD_LOG_LEVEL": "WARNING",
-                   "UCLOUD_MAX_VMS_PER_USER": "1000000", "UCLOUD_USER_WRITE_RATE": ""}
+                   "UCLOUD_MAX_VMS_PER_USER": "1000000", "UCLOUD_USER_WRITE_RATE": "",
+                   **{f"UCLOUD_MAX_{what}_PER_USER": "100000000" for what in ("CPU", "RAM", "SSD")}}
             workers = ["--workers", str(args.workers)] if args.workers else []
             api = serve([str(BIN / "ucloud-api"), "serve", "--bind", f"127.0.0.1:{port}", *workers], env, port)
             ceiling = serve([sys.executable, "-m", "gunicorn", "--config", str(GUNICORN_CONFIG), "--bind",

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -30,9 +31,11 @@ TICK = re.compile(r"tick-(\d+)")
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, ceph_server: CephServer) -> Iterator[Cluster]:
-    """Two hosts; migrations at full speed (a second or so for the tiny guest here)."""
-    with running_cluster(tmp_path_factory.mktemp("migration"), hosts=("h1", "h2"),
-                         UCLOUD_CEPH_CONF=str(ceph_server.conf), UCLOUD_MIGRATION_TIMEOUT="120") as the_cluster:
+    """Two hosts offering HDD disks in an HDD pool (the VM pool stands in for one); migrations at full
+    speed (a second or so for the tiny guest here)."""
+    with running_cluster(tmp_path_factory.mktemp("migration"), hosts=("h1", "h2"), capacity={"hdd": "100"},
+                         UCLOUD_CEPH_CONF=str(ceph_server.conf), UCLOUD_MIGRATION_TIMEOUT="120",
+                         UCLOUD_CEPH_HDD_POOL="vms") as the_cluster:
         wait_until(lambda: all("rbd" in the_cluster.call("GET", f"/api/v1/hosts/{h}")[1].get("storage_backends", [])
                                for h in ("h1", "h2")), 30, "both hosts offering rbd")
         yield the_cluster
@@ -67,10 +70,10 @@ def _restart_agents(cluster: Cluster, **settings: str) -> None:
         cluster.restart_agent(host, **settings)
 
 
-def counting_vm(cluster: Cluster, name: str) -> tuple[str, str]:
+def counting_vm(cluster: Cluster, name: str, hdd: int = 0) -> tuple[str, str]:
     """A VM on rbd whose guest prints tick-1, tick-2, … on its serial console, once a second: (uuid, host)."""
     status, vm = cluster.call("POST", "/api/v1/vms", {"name": name, "image": "tiny-rbd", "storage": "rbd",
-                                                       "specs": SPECS})
+                                                       "specs": {**SPECS, "hdd": hdd}})
     assert status == 201, vm
     uuid = vm["uuid"]
     host = cluster.wait(uuid, "RUNNING", timeout=90)["hostname"].rsplit("/", 1)[-1]
@@ -102,8 +105,16 @@ def events(cluster: Cluster, uuid: str) -> list[str]:
     return [event["message"] for event in cluster.call("GET", f"/api/v1/vms/{uuid}/events")[1]]
 
 
+def hdd_drive(cluster: Cluster, host: str, uuid: str) -> bool:
+    """Whether the VM's QEMU on `host` has its HDD disk (the RBD image in the HDD pool) as a drive."""
+    pid = cluster.qemu_pid(host, uuid)
+    return pid is not None and f"file=rbd:vms/{uuid}-hdd:" in Path(f"/proc/{pid}/cmdline").read_text()
+
+
 def test_a_running_vm_moves_live_and_its_counter_goes_on(cluster: Cluster) -> None:
-    uuid, source = counting_vm(cluster, "mover")
+    """With its HDD disk: both disks are shared, so both QEMUs open both, and nothing is copied."""
+    uuid, source = counting_vm(cluster, "mover", hdd=1)
+    assert hdd_drive(cluster, source, uuid)
     target = OTHER[source]
     before = ticks(cluster, source, uuid)  # (the source's files go once the VM has left)
     cli = subprocess.run([str(BIN / "ucloud"), "vm", "migrate", "mover", "--host", target, "--wait", "-o", "json"],
@@ -119,6 +130,7 @@ def test_a_running_vm_moves_live_and_its_counter_goes_on(cluster: Cluster) -> No
     assert BOOTED not in cluster.serial(target, uuid)
     assert after == list(range(after[0], after[0] + len(after))) and after[0] > before[-1], (before, after)
     assert any(f"migrated from {source} to {target}" in e for e in events(cluster, uuid))
+    assert hdd_drive(cluster, target, uuid)
     wait_until(lambda: cluster.qemu_pid(source, uuid) is None, 30, "the source's QEMU to end")
 
 

@@ -24,7 +24,8 @@ ED25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okW
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with running_cluster(tmp_path_factory.mktemp("cli-cluster")) as the_cluster:
+    root = tmp_path_factory.mktemp("cli-cluster")
+    with running_cluster(root, UCLOUD_HDD_DIR=str(root / "hdd")) as the_cluster:
         yield the_cluster
 
 
@@ -100,6 +101,40 @@ def test_vm_lifecycle_with_wait(cluster: Cluster, home: Path) -> None:
     assert "cannot resume: the VM is RUNNING" in refused
     assert "deleted" in ok(ucloud(home, "vm", "delete", uuid, "--wait", cluster=cluster))
     assert "does not exist" in one_error_line(ucloud(home, "vm", "show", uuid, cluster=cluster), 1)
+
+
+def virtual_gib(path: Path) -> float:
+    info = subprocess.run(["qemu-img", "info", "-U", "--output=json", str(path)], check=True, capture_output=True,
+                          text=True).stdout
+    return int(json.loads(info)["virtual-size"]) / 1024**3
+
+
+def test_resize_a_stopped_vm_whose_disks_grow_at_its_next_start(cluster: Cluster, home: Path) -> None:
+    created = as_json(ucloud(home, "vm", "create", "grow1", "--ram", "0.25", "--ssd", "2", "--image", "tiny",
+                             "--wait", "-o", "json", cluster=cluster))
+    uuid = created["uuid"]
+    refused = one_error_line(ucloud(home, "vm", "resize", "grow1", "--ssd", "3", cluster=cluster), 1)
+    assert "cannot resize: the VM is RUNNING (resize is possible when it is STOPPED)" in refused
+    assert "name at least one of" in one_error_line(ucloud(home, "vm", "resize", "grow1", cluster=cluster), 2)
+    ok(ucloud(home, "vm", "shutdown", "grow1", "--wait", cluster=cluster))
+    assert "disks only grow" in one_error_line(ucloud(home, "vm", "resize", "grow1", "--ssd", "1", cluster=cluster), 1)
+    resized = ucloud(home, "vm", "resize", "grow1", "--cpu", "2", "--ram", "0.5", "--ssd", "3", "--hdd", "1",
+                     "--wait", "-o", "json", cluster=cluster)
+    assert as_json(resized)["specs"] == {"cpu": 2, "ram": 0.5, "ssd": 3, "hdd": 1} and "resized" in resized.stderr
+    assert virtual_gib(cluster.root / "disks" / f"{uuid}.qcow2") == 2, "grown at the next start, not before"
+    too_big = ucloud(home, "vm", "resize", "grow1", "--hdd", "1000000", "--wait", cluster=cluster)
+    assert "was not resized: resize refused: its host h1 has" in one_error_line(too_big, 1)
+    assert as_json(ucloud(home, "vm", "show", "grow1", "-o", "json", cluster=cluster))["specs"]["hdd"] == 1
+    started = as_json(ucloud(home, "vm", "start", "grow1", "--wait", "-o", "json", cluster=cluster))
+    assert started["status"] == "RUNNING"
+    assert virtual_gib(cluster.root / "disks" / f"{uuid}.qcow2") == 3
+    assert virtual_gib(cluster.root / "hdd" / f"{uuid}-hdd.qcow2") == 1
+    command_line = (cluster.root / "run" / "h1" / "vms" / uuid / "qemu.pid").read_text().strip()
+    argv = Path(f"/proc/{command_line}/cmdline").read_bytes().split(b"\0")
+    assert b"-smp" in argv and argv[argv.index(b"-smp") + 1] == b"2" and argv[argv.index(b"-m") + 1] == b"512"
+    assert "HDD" in ok(ucloud(home, "vm", "list", cluster=cluster)).splitlines()[0]
+    ok(ucloud(home, "vm", "delete", "grow1", "--wait", cluster=cluster))
+    assert not (cluster.root / "hdd" / f"{uuid}-hdd.qcow2").exists()
 
 
 def test_wait_fails_with_the_reason_on_error(cluster: Cluster, home: Path) -> None:

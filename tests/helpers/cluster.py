@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 from ucloud_common.host import HOSTS, HOSTS_ALIVE, Host, HostAlive
 from ucloud_common.specs import Specs
-from ucloud_common.store import KeptLease, Store
+from ucloud_common.states import Requested
+from ucloud_common.store import Conflict, KeptLease, Store
 from ucloud_common.vm import VMS, VM
 
 
@@ -53,3 +54,20 @@ def vm(store: Store, uuid: str) -> VM:
     found = store.get(VMS, uuid)
     assert found is not None, uuid
     return found.value
+
+
+def request_deletion(store: Store, uuid: str, timeout: float = 15) -> None:
+    """Ask for the VM's deletion as the API does (requested DELETED, a new generation), by
+    compare-and-swap, again while the agent writes meanwhile."""
+
+    def ask() -> bool:
+        current = store.get(VMS, uuid)
+        assert current is not None, uuid
+        try:
+            store.replace(VMS, uuid, current.value.evolve(requested=Requested.DELETED,
+                                                          generation=current.value.generation + 1),
+                          current.mod_revision)
+        except Conflict:
+            return False
+        return True
+    wait_for(ask, timeout, f"the deletion of {uuid} requested")

@@ -43,11 +43,11 @@ class IdleQEMU:
     def stdout(self) -> Path:
         return self.paths.root / "stdout.log"
 
-    def qemu_io(self, command: str) -> str:
-        """Run `qemu-io disk0 "<command>"` (a read or a write) in this QEMU's monitor; return what it
+    def qemu_io(self, command: str, drive: str = DRIVE) -> str:
+        """Run `qemu-io <drive> "<command>"` (a read or a write) in this QEMU's monitor; return what it
         printed: "wrote …"/"read …" on success, "… failed: <why>" on failure."""
         before = self.stdout.stat().st_size
-        self.monitor(f'qemu-io {DRIVE} "{command}"')
+        self.monitor(f'qemu-io {drive} "{command}"')
         deadline = time.monotonic() + QEMU_IO_TIMEOUT_S
         while time.monotonic() < deadline:
             text = self.stdout.read_bytes()[before:].decode(errors="replace")
@@ -101,7 +101,8 @@ def start_idle_qemu(ceph: Ceph, storage: RBDStorage, vm: VM, run_dir: Path) -> I
     storage.create(vm)
     paths = VMPaths.of(run_dir, vm.uuid)
     paths.root.mkdir(parents=True, exist_ok=True)
-    argv = [arg for arg in qemu.command_line(vm, storage.drive(vm), paths, "tcg") if arg != "-daemonize"]
+    argv = [arg for arg in qemu.command_line(vm, storage.drive(vm), paths, "tcg", hdd=storage.hdd_drive(vm))
+            if arg != "-daemonize"]
     with open(paths.root / "stdout.log", "wb") as out:
         process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                    start_new_session=True)

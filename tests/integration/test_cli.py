@@ -58,10 +58,22 @@ def test_bad_configuration_is_one_clear_line_and_exit_2(tmp_path: Path) -> None:
 
 def test_config_output_is_a_valid_config_file(tmp_path: Path) -> None:
     shown = run(["ucloud-api", "config"], UCLOUD_ETCD_ENDPOINTS="10.1.1.1:2379,10.1.1.2:2379",
-                UCLOUD_ETCD_USER="root", UCLOUD_ETCD_PASSWORD="s3cret")
+                UCLOUD_ETCD_USER="root", UCLOUD_ETCD_PASSWORD="s3cret", UCLOUD_IMAGE_SECRET="i" * 32)
     assert shown.returncode == 0
     assert "s3cret" not in shown.stdout and "UCLOUD_ETCD_PASSWORD=********" in shown.stdout
+    assert "i" * 32 not in shown.stdout and "UCLOUD_IMAGE_SECRET=********" in shown.stdout
     conf = tmp_path / "ucloud.conf"
-    conf.write_text(shown.stdout.replace("********", "s3cret"))
+    conf.write_text(shown.stdout.replace("UCLOUD_ETCD_PASSWORD=********", "UCLOUD_ETCD_PASSWORD=s3cret")
+                    .replace("UCLOUD_IMAGE_SECRET=********", "UCLOUD_IMAGE_SECRET=" + "i" * 32))
     again = run(["ucloud-api", "--config", str(conf), "config"])
     assert again.returncode == 0 and again.stdout == shown.stdout
+
+
+def test_an_agent_offering_hdd_without_a_place_for_hdd_disks_refuses_to_start(tmp_path: Path) -> None:
+    """Else the scheduler would count HDD that no VM can be given: each would end in ERROR."""
+    result = run(["ucloud-vm", "run", "--hostname", "h9", "--hdd", "10"], UCLOUD_ACCEL="tcg",
+                 UCLOUD_DISK_DIR=str(tmp_path / "disks"), UCLOUD_RUN_DIR=str(tmp_path / "run"),
+                 UCLOUD_ETCD_ENDPOINTS="127.0.0.1:9", UCLOUD_ETCD_TIMEOUT="1")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr == ("Error: --hdd 10 offers HDD, but no storage here can make HDD disks: set UCLOUD_HDD_DIR "
+                             "(local) or UCLOUD_CEPH_HDD_POOL (rbd)\n")

@@ -4,14 +4,14 @@ ever had), nor its resources in its owner's usage. Against a real etcd, the agen
 
 from __future__ import annotations
 
-from tests.helpers.cluster import vm, wait_for
+from tests.helpers.cluster import request_deletion, vm, wait_for
 from tests.integration.test_follow import a_vm
 from tests.integration.test_supervision import Running
 from ucloud_common.claim import MACS, VM_NAMES, Claim, mac_claim, owned
 from ucloud_common.network import NETWORKS, Network
-from ucloud_common.states import Requested, Status
+from ucloud_common.states import Status
 from ucloud_common.quota import USAGES, change, charged
-from ucloud_common.store import Conflict, Put, Store
+from ucloud_common.store import Put, Store
 from ucloud_common.vm import NIC, VMS, placed_on
 from ucloud_vm.agent import Agent
 
@@ -29,18 +29,7 @@ def test_the_agent_deletes_a_vm_with_its_claims_and_its_place_on_its_network(sto
     running = Running(agent.run)
     try:
         wait_for(lambda: vm(store, "vm1").status is Status.RUNNING, 15, "vm1 running")
-
-        def delete() -> bool:
-            current = store.get(VMS, "vm1")
-            assert current is not None
-            try:
-                store.replace(VMS, "vm1", current.value.evolve(requested=Requested.DELETED,
-                                                                generation=current.value.generation + 1),
-                              current.mod_revision)
-            except Conflict:  # the agent wrote meanwhile
-                return False
-            return True
-        wait_for(delete, 15, "the deletion requested")
+        request_deletion(store, "vm1")
         wait_for(lambda: store.get(VMS, "vm1") is None, 15, "vm1 deleted")
     finally:
         running.end()

@@ -14,6 +14,7 @@ import pytest
 
 from tests.helpers.metrics import parse, value
 from tests.helpers.tiny import tiny_image
+from tests.unit.test_contentdigest import by_hand
 from ucloud_common.cli import run_periodic_job
 from ucloud_common import qemuimg
 from ucloud_common.ceph import CephError, CephUnavailable
@@ -121,6 +122,42 @@ def test_good_images_are_created_and_hostile_ones_refused(store: Store, settings
     assert local_image_path(settings_for.image_dir, images["good.raw"]).stat().st_mode & 0o222 == 0, "not read-only"
     again = scan(store, settings_for)
     assert again.created == again.refused == 0, "a second run redoes nothing"
+
+
+def test_a_local_image_records_the_digest_of_its_raw_file(store: Store, settings_for: Settings,
+                                                          uploads: dict[str, Path]) -> None:
+    """What a host fetching the image from another checks the transfer against (ucloud_vm.peerimages);
+    for a raw upload, the digest file-scan recorded (the file is stored as it is)."""
+    filescan(store, settings_for.upload_dir, settle=0)
+    uuids = [request(store, "alice", name) for name in ("good.qcow2", "good.raw")]
+    scan(store, settings_for)
+    raw = (tiny_image() / "tiny.raw").read_bytes()
+    for uuid in uuids:
+        image = store.get(IMAGES, uuid)
+        assert image is not None and image.value.status is ImageStatus.CREATED
+        assert image.value.digest == by_hand(raw) and image.value.size == len(raw)
+    registered = {f.value.filename: f.value for f in store.list(FILES).items.values()}
+    assert registered["good.raw"].digest == by_hand(raw)
+    assert registered["good.qcow2"].digest == by_hand(uploads["good.qcow2"].read_bytes())
+
+
+def test_the_copy_is_checked_by_its_digest_or_the_sha512_of_a_file_registered_before_digests(
+        store: Store, settings_for: Settings, uploads: dict[str, Path]) -> None:
+    filescan(store, settings_for.upload_dir, settle=0)
+    files = {f.value.filename: f for f in store.list(FILES).items.values()}
+    # good.raw: the digest says another content (the sha512 still says this one): refused by its digest.
+    store.replace(FILES, files["good.raw"].name, files["good.raw"].value.evolve(digest="0" * 64),
+                  files["good.raw"].mod_revision)
+    # good.qcow2: registered before digests were kept, and changed since: refused by its sha512.
+    store.replace(FILES, files["good.qcow2"].name, files["good.qcow2"].value.evolve(digest=""),
+                  files["good.qcow2"].mod_revision)
+    with open(uploads["good.qcow2"], "ab") as file:
+        file.write(b"\0" * 512)
+    by_digest, by_sha512 = request(store, "alice", "good.raw"), request(store, "alice", "good.qcow2")
+    scan(store, settings_for)
+    changed = "the file changed since file-scan registered it"
+    assert status_of(store, by_digest) == (ImageStatus.ERROR, f"{changed} (its digest differs)")
+    assert status_of(store, by_sha512) == (ImageStatus.ERROR, f"{changed} (its sha512 differs)")
 
 
 def test_a_file_changed_after_registration_is_refused(store: Store, settings_for: Settings,
@@ -384,7 +421,7 @@ def test_a_file_too_large_is_refused_before_it_is_copied(store: Store, settings_
         file.truncate(2 * 2**30)
     filescan(store, settings_for.upload_dir, settle=0)
     uuid = request(store, "alice", "big.raw")
-    copying = mocker.spy(imagestore, "copy_hashed")
+    copying = mocker.spy(imagestore, "copy_sparse")
     scan(store, settings_for.model_copy(update={"image_max_size": 1}))
     assert status_of(store, uuid) == (ImageStatus.ERROR, "virtual size 2.0 GiB exceeds the limit of 1 GiB")
     assert copying.call_count == 0

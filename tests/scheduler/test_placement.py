@@ -116,3 +116,45 @@ def test_a_host_is_known_dead_only_once_liveness_was_seen_past_its_record() -> N
     assert not view.known_dead(record)
     view.apply_alive(Change("h1", None, 200))  # the lease expired
     assert view.known_dead(record)
+
+
+def test_a_vm_with_an_hdd_disk_goes_only_where_its_backend_makes_hdd_disks_with_room() -> None:
+    view = view_with(host("no-hdd"), host("small", hdd=5, hdd_backends=("local",)),
+                     host("rbd-hdd", hdd=500, storage_backends=("local", "rbd"), hdd_backends=("rbd",)),
+                     host("big", hdd=100, hdd_backends=("local",)))
+    placer = Placer(view, Ratios())
+    assert [placer.place(vm(f"v{i}", hdd=40)) for i in range(3)] == ["big", "big", None]
+    assert placer.why_not(vm("v", hdd=40)) == "no host has 40 GiB HDD free; the most free is 20 GiB HDD on big"
+    assert placer.place(vm("small-one", hdd=5)) == "small"
+    assert placer.place(vm("r", storage="rbd", hdd=400)) == "rbd-hdd"
+    assert {placer.place(vm(f"plain{i}")) for i in range(20)} >= {"no-hdd"}  # no hdd asked: any host
+    only_plain = Placer(view_with(host("no-hdd"), host("rbd-only", storage_backends=("local", "rbd"))), Ratios())
+    assert only_plain.place(vm("v", hdd=1)) is None
+    assert only_plain.why_not(vm("v", hdd=1)) == "no UP host offers HDD disks on storage local (it asks for 1 GiB HDD)"
+
+
+def test_a_local_disk_vm_goes_where_its_image_is_or_can_be_fetched() -> None:
+    # h1 holds the image and serves it; h2 can fetch (it serves too); h3 serves nothing, so it could not fetch.
+    view = view_with(host("h1", cpu=1, images=("tiny",), image_url="http://h1:9473"),
+                     host("h2", images=(), image_url="http://h2:9473"), host("h3", cpu=64, images=()))
+    placer = Placer(view, Ratios(cpu=1.0))
+    assert [placer.place(vm(f"v{i}")) for i in range(6)] == ["h1", "h2", "h2", "h2", "h2", None]
+    assert placer.why_not(vm("v")).kind == "no_room_cpu"
+    # Shared storage needs no copy on the host: h3 offers rbd and takes it.
+    rbd = view_with(host("h3", images=(), storage_backends=("local", "rbd")))
+    assert Placer(rbd, Ratios()).place(vm("r", storage="rbd")) == "h3"
+
+
+def test_a_local_disk_vm_waits_with_the_reason_while_no_live_host_serves_its_image() -> None:
+    served = {"images": ("tiny",), "image_url": "http://h1:9473"}
+    lonely = view_with(host("h1", **served), host("h2", images=(), image_url="http://h2:9473"), alive=("h2",))
+    placer = Placer(lonely, Ratios())
+    assert placer.place(vm("v")) is None
+    refusal = placer.why_not(vm("v"))
+    assert refusal.kind == "image"
+    assert refusal == ("image tiny is only on h1, which cannot take the VM, and no UP host can fetch it from a live "
+                       "one (hosts exchange images only with UCLOUD_IMAGE_SECRET set, both alive)")
+    nowhere = Placer(view_with(host("h2", images=("other",))), Ratios())
+    assert nowhere.why_not(vm("v")).startswith("no host holds image tiny in its local store")
+    # An agent that does not list its images (older than the list) is taken as holding every image.
+    assert Placer(view_with(host("old")), Ratios()).place(vm("v")) == "old"

@@ -10,7 +10,7 @@ from tests.scheduler.views import host, view_with, vm
 from ucloud_common.config import Settings
 from ucloud_common.host import HostStatus
 from ucloud_common.states import MigrationPhase, Requested, Status
-from ucloud_common.store import Versioned
+from ucloud_common.store import Snapshot, Versioned
 from ucloud_common.vm import Migration, placed_on
 from ucloud_scheduler.plan import FenceDone, FenceFailure, FenceStart, Fencing, Plan, plan_cycle
 from ucloud_scheduler.view import View
@@ -205,3 +205,44 @@ def test_a_draining_host_is_emptied_in_turns_and_says_what_cannot_leave() -> Non
     assert cold.seen.name == "d" and cold.changes["hostname"] == "/v1/host/h2"  # stopped: placed elsewhere
     [(name, blocked)] = decided.blocked
     assert name == "h1" and dict(blocked) == {"e": "its disk is on local storage, which only this host reaches"}
+
+
+def test_a_resize_is_written_where_its_host_has_room_and_refused_with_the_reason_where_not() -> None:
+    from ucloud_common.specs import Specs
+
+    def stopped(uuid: str, on: str, resize: dict[str, float], **fields: object) -> object:
+        return vm(uuid, cpu=1, ram=1, ssd=10, status=Status.STOPPED, requested=Requested.STOPPED, **placed_on(on),
+                  resize={"cpu": 1, "ram": 1, "ssd": 10, **resize}, **fields)
+
+    view = view_with(host("h1", cpu=1, ram=8, ssd=60), host("h2", cpu=1, ram=4, ssd=100, hdd=50, hdd_backends=("local",)),
+                     host("h3", maintenance=True),
+                     vms=(stopped("grows", "h1", {"ram": 3, "ssd": 20}),  # 2 GiB RAM and 10 GiB SSD more: fits
+                          stopped("too-big", "h1", {"ssd": 40}),  # 30 GiB SSD free on h1, 20 after `grows`
+                          stopped("no-hdd-here", "h1", {"hdd": 5}),
+                          stopped("hdd", "h2", {"hdd": 50, "cpu": 3}),  # 4 vCPUs (over-committed 4×), 2 free
+                          stopped("shrinks-ram", "h2", {"ram": 0.5}),
+                          stopped("in-maintenance", "h3", {"cpu": 2})))
+    decided = plan(view)
+    assert decided.sentence() == "3 VMs resized; 3 VMs not resized"
+    assert {w.seen.name: w.changes for w in decided.resized} == {
+        "grows": {"specs": Specs(cpu=1, ram=3, ssd=20), "resize": None, "error": ""},
+        "hdd": {"specs": Specs(cpu=3, ram=1, ssd=10, hdd=50), "resize": None, "error": ""},
+        "shrinks-ram": {"specs": Specs(cpu=1, ram=0.5, ssd=10), "resize": None, "error": ""},
+    }
+    assert {w.seen.name: w.changes["error"] for w in decided.not_resized} == {
+        "too-big": "resize refused: its host h1 has 20 GiB SSD free, the resize needs 30 GiB SSD more",
+        "no-hdd-here": "resize refused: its host h1 makes no HDD disks on storage local",
+        "in-maintenance": "resize refused: its host h3 is not UP, not alive or in maintenance; ask again once it is",
+    }
+    assert all(w.changes["resize"] is None for w in decided.not_resized)
+    # A later resize that fits clears an earlier refusal, never another error.
+    again = view_with(host("h1"), vms=(stopped("refused-before", "h1", {"cpu": 2}, error="resize refused: no room"),
+                                       stopped("crashed", "h1", {"cpu": 2}, error="disk: full")))
+    assert {w.seen.name: w.changes["error"] for w in plan(again).resized} == {"refused-before": "", "crashed": "disk: full"}
+    assert {w.message for w in decided.resized} >= {"resized to 1 CPUs, 3 GiB RAM, 20 GiB SSD, 0 GiB HDD"}
+    # The room the resizes took is gone for a new VM in the same plan: h1 has 30 GiB SSD free without
+    # `grows`' resize and 20 with it, h2 no CPU left after `hdd`'s.
+    view.apply_vms(Snapshot({**view.vms, "new": Versioned("new", vm("new", cpu=1, ram=1, ssd=25), 2, 2)}, 2))
+    assert plan(view).placed == ()
+    view.apply_vms(Snapshot({**view.vms, "new": Versioned("new", vm("new", cpu=1, ram=1, ssd=20), 2, 2)}, 2))
+    assert [w.changes["hostname"] for w in plan(view).placed] == ["/v1/host/h1"]

@@ -8,13 +8,14 @@ from ucloud_common.vm import VM
 from ucloud_scheduler.view import View
 
 
-def vm(uuid: str, cpu: int = 1, ram: float = 1, ssd: int = 10, **fields: object) -> VM:
+def vm(uuid: str, cpu: int = 1, ram: float = 1, ssd: int = 10, hdd: int = 0, **fields: object) -> VM:
     return VM.model_validate({"uuid": uuid, "owner": "alice", "name": uuid, "image": "tiny",
-                              "specs": {"cpu": cpu, "ram": ram, "ssd": ssd}, **fields})
+                              "specs": {"cpu": cpu, "ram": ram, "ssd": ssd, "hdd": hdd}, **fields})
 
 
-def host(name: str, cpu: int = 4, ram: float = 16, ssd: int = 100, **fields: object) -> Host:
-    return Host.model_validate({"name": name, "capacity": {"cpu": cpu, "ram": ram, "ssd": ssd}, **fields})
+def host(name: str, cpu: int = 4, ram: float = 16, ssd: int = 100, hdd: int = 0, **fields: object) -> Host:
+    return Host.model_validate({"name": name, "capacity": {"cpu": cpu, "ram": ram, "ssd": ssd, "hdd": hdd},
+                                **fields})
 
 
 def view_with(*hosts: Host, alive: tuple[str, ...] | None = None, vms: tuple[VM, ...] = ()) -> View:

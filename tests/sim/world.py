@@ -42,7 +42,10 @@ class InvariantBroken(AssertionError):
 
 
 class Disks:
-    """A storage backend: `rbd` shared by all hosts, `local` one per host."""
+    """A storage backend: `rbd` shared by all hosts, `local` one per host (no HDD disks: the scenarios'
+    VMs ask for none)."""
+
+    offers_hdd = False
 
     def __init__(self, name: str, shared: set[str], client: str, world: World) -> None:
         self.name = name
@@ -62,6 +65,9 @@ class Disks:
 
     def drive(self, vm: VM) -> list[str]:
         return [f"file={self.name}:{vm.uuid}", "format=raw"]
+
+    def hdd_drive(self, vm: VM) -> list[str] | None:
+        return None
 
     def delete(self, vm: VM) -> None:
         self._disks.discard(vm.uuid)

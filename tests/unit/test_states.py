@@ -30,7 +30,8 @@ def test_the_seeds_problem_case_a_killed_vm_asked_to_suspend_is_refused_with_the
 def test_every_action_in_every_status_follows_the_table(action: Action, status: Status) -> None:
     rule = ACTIONS[action]
     if status in rule.valid_in:
-        assert check_action(action, status, Requested.SUSPENDED) is (rule.requested or Requested.SUSPENDED)
+        requested = rule.only_requested or Requested.SUSPENDED
+        assert check_action(action, status, requested) is (rule.requested or requested)
     else:
         with pytest.raises(ActionRefused, match=f"the VM is {status}"):
             check_action(action, status, Requested.RUNNING)
@@ -51,6 +52,16 @@ def test_expected_request_results() -> None:
         check_action(Action.RESUME, Status.RUNNING, Requested.RUNNING)
     with pytest.raises(ActionRefused):
         check_action(Action.START, Status.RUNNING, Requested.RUNNING)
+
+
+def test_a_resize_needs_a_vm_stopped_and_asked_to_stay_so() -> None:
+    assert check_action(Action.RESIZE, Status.STOPPED, Requested.STOPPED) is Requested.STOPPED
+    with pytest.raises(ActionRefused) as refused:
+        check_action(Action.RESIZE, Status.STOPPED, Requested.RUNNING)  # a start was asked: it may start now
+    assert str(refused.value) == ("cannot resize: the VM is STOPPED but asked to be RUNNING (resize is possible "
+                                  "when it is asked to be STOPPED too)")
+    with pytest.raises(ActionRefused, match="the VM is RUNNING"):
+        check_action(Action.RESIZE, Status.RUNNING, Requested.RUNNING)
 
 
 def test_the_scheduler_reschedules_killed_vms_and_kills_those_of_dead_hosts() -> None:

@@ -3,6 +3,7 @@ real qemu-img (import with a real etcd), per-VM serialization."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import threading
 import time
@@ -51,6 +52,13 @@ def test_the_command_line() -> None:
     assert "-vnc unix:/run/x/vms/u1/vnc.sock" in guacamole  # the console proxy's stays as it was
     assert "-object secret,id=vncpass,file=/run/x/vms/u1/vnc-password" in guacamole
     assert "-vnc [fd00::7]:0,to=99,id=guacamole,password-secret=vncpass" in guacamole
+    assert "id=disk1" not in joined
+    with_hdd = qemu.command_line(a_vm(), ["file=/d/u1.qcow2", "format=qcow2"], paths, "tcg",
+                                 seed=["file=/s", "format=raw", "id=cidata"], hdd=["file=/h/u1-hdd.qcow2", "format=qcow2"])
+    drives = [with_hdd[i + 1] for i, arg in enumerate(with_hdd) if arg == "-drive"]
+    # The HDD disk right after the system disk: the guest's /dev/vdb, the seed drive after it.
+    assert drives == ["file=/d/u1.qcow2,format=qcow2,if=virtio,id=disk0",
+                      "file=/h/u1-hdd.qcow2,format=qcow2,if=virtio,id=disk1", "file=/s,format=raw,id=cidata"]
 
 
 def test_paths_refuse_names_that_escape() -> None:
@@ -75,6 +83,43 @@ def test_local_storage_makes_an_overlay_grown_to_the_ssd_size(tmp_path: Path) ->
     storage.delete(vm)
     storage.delete(vm)
     assert not storage.exists(vm)
+
+
+def virtual_size(path: Path) -> int:
+    info = subprocess.run(["qemu-img", "info", "--output=json", str(path)], check=True, capture_output=True,
+                          text=True).stdout
+    return int(json.loads(info)["virtual-size"])
+
+
+def test_local_storage_makes_an_empty_hdd_disk_grows_both_and_deletes_both(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(local_image_path(images, "img")), "64M"], check=True)
+    storage = LocalStorage(images, tmp_path / "disks", tmp_path / "hdd")
+    vm = a_vm(specs={"cpu": 1, "ram": 0.5, "ssd": 1, "hdd": 3})
+    storage.create(vm)
+    hdd = tmp_path / "hdd" / "u1-hdd.qcow2"
+    assert storage.hdd_path(vm) == hdd and virtual_size(hdd) == 3 * 1024**3
+    assert "backing-filename" not in subprocess.run(["qemu-img", "info", "--output=json", str(hdd)], check=True,
+                                                    capture_output=True, text=True).stdout, "an empty disk"
+    assert storage.hdd_drive(vm) == [f"file={hdd}", "format=qcow2", "cache=writeback", "discard=unmap"]
+    assert storage.hdd_drive(a_vm()) is None, "no hdd asked: no second drive"
+    # A resize reaches the disks at the next start, through create: grown, never shrunk.
+    storage.create(vm.evolve(specs=vm.specs.model_copy(update={"ssd": 2, "hdd": 5})))
+    assert (virtual_size(storage.disk_path(vm)), virtual_size(hdd)) == (2 * 1024**3, 5 * 1024**3)
+    storage.create(vm)
+    assert (virtual_size(storage.disk_path(vm)), virtual_size(hdd)) == (2 * 1024**3, 5 * 1024**3)
+    storage.delete(vm)
+    assert not hdd.exists() and not storage.exists(vm)
+    # A VM grown from no HDD disk gets one at its next start.
+    storage.create(a_vm())
+    assert not hdd.exists()
+    storage.create(vm)
+    assert virtual_size(hdd) == 3 * 1024**3
+    without = LocalStorage(images, tmp_path / "other")
+    assert not without.offers_hdd and storage.offers_hdd
+    with pytest.raises(StorageError, match="asks for 3 GiB HDD but this host keeps no HDD disks"):
+        without.create(vm)
 
 
 def test_local_storage_errors_say_why(tmp_path: Path) -> None:

@@ -48,7 +48,7 @@ def list_() -> Response:
     require_admin()
     vms, alive = [vm.value for vm in _cached_all(VMS)], {h.name for h in _cached_all(HOSTS_ALIVE)}
     totals, counts = _allocations(vms), _vms_on(vms)
-    return list_reply(HOSTS, lambda _, h: compact_json(_describe(h, alive, totals, counts.get(h.name, 0))))
+    return list_reply(HOSTS, lambda h: compact_json(_describe(h, alive, totals, counts.get(h.name, 0))))
 
 
 def _cached_all(family: Family[R]) -> list[Versioned[R]]:
@@ -62,7 +62,15 @@ def get(name: str) -> Response:
     require_admin()
     host = lookup(HOSTS, name, f"host {name}")
     alive = {name} if store().get(HOSTS_ALIVE, name) else set()
-    return object_reply(host, body=_describe(host, alive, _allocations(), _vms_on().get(name, 0)))
+    return object_reply(host, body=_summed_up(host, alive))
+
+
+def _summed_up(host: Versioned[Host], alive: set[str]) -> dict[str, Any]:
+    """`_describe` of what the cache holds of every VM (fresh for this request): a reply, never a
+    decision, which reads etcd (`delete`). From two etcd listings of every VM, a GET of one host
+    cost two listings of ~27 MB at 10,000 VMs."""
+    vms = [vm.value for vm in _cached_all(VMS)]
+    return _describe(host, alive, _allocations(vms), _vms_on(vms).get(host.name, 0))
 
 
 @bp.post("/<name>/maintenance")
@@ -78,7 +86,7 @@ def maintenance(name: str) -> Response:
                              else h.evolve(maintenance=asked.on, drain=asked.drain, drain_blocked={}),
                              also=[told(Kind.HOST, name, asking)])
     alive = {name} if store().get(HOSTS_ALIVE, name) else set()
-    return object_reply(updated, body=_describe(updated, alive, _allocations(), _vms_on().get(name, 0)))
+    return object_reply(updated, body=_summed_up(updated, alive))
 
 
 @bp.delete("/<name>")

@@ -19,7 +19,8 @@ from ucloud_api.schemas import ImageCreate
 from ucloud_common.claim import IMAGE_NAMES, owned
 from ucloud_common.event import Kind
 from ucloud_common.file import FILES
-from ucloud_common.image import IMAGES, Image
+from ucloud_common.image import IMAGE_DELETIONS, IMAGES, Image, ImageDeletion
+from ucloud_common.imagestore import LOCAL
 from ucloud_common.quota import change, charged, transact_counted
 from ucloud_common.store import Put, Remove, Versioned
 from ucloud_common.vm import VMS
@@ -94,6 +95,10 @@ def removal_of(image: Versioned[Image], why: str = "") -> tuple[list[Remove[Any]
     users = [vm.value.name for vm in store().list(VMS).items.values() if vm.value.image == uuid]
     if users:
         raise APIError(409, "in_use", f"image {uuid} is the base of VM {users[0]}; delete the VM first")
+    # Its data goes after the record: a local image's files by each host's agent, an RBD image by
+    # image-scanner, told by the deletion's record.
+    in_ceph: list[Put[Any]] = [Put(IMAGE_DELETIONS, uuid, ImageDeletion(uuid=uuid, store_name=image.value.store_name),
+                                   None)] if image.value.store_name != LOCAL else []
     return [Remove(IMAGES, uuid, image.mod_revision),
-            Remove(IMAGE_NAMES, owned(image.value.owner, image.value.name), None),
+            Remove(IMAGE_NAMES, owned(image.value.owner, image.value.name), None), *in_ceph,
             told(Kind.IMAGE, uuid, f"delete image {image.value.name}{why}")], change(image.value, None)

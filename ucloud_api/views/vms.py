@@ -14,12 +14,12 @@ from flask import Blueprint, Response, jsonify, request
 from ucloud_api.audit import request_id, told
 from ucloud_api.auth import current, require_admin
 from ucloud_api.body import parse
-from ucloud_api.cache import cache, compact_json, fresh, get_cached, list_reply
+from ucloud_api.cache import cache, compact_json, fresh, get_settled, list_reply
 from ucloud_api.errors import APIError
 from ucloud_api.idempotency import idempotent
 from ucloud_api.naming import create_named, new_nic
 from ucloud_api.replies import check_if_match, created_reply, dump, if_match, lookup_own, object_reply, store
-from ucloud_api.schemas import Migrate, VMCreate
+from ucloud_api.schemas import Migrate, Resize, VMCreate
 from ucloud_common.allocation import SHARED_STORAGE
 from ucloud_common.claim import MACS, VM_NAMES, Claim, held_by, mac_claim, vm_claims
 from ucloud_common.event import Kind, object_events, ref
@@ -27,13 +27,14 @@ from ucloud_common.host import HOSTS
 from ucloud_common.image import IMAGES, ImageStatus
 from ucloud_common.record import check_key_part, check_name
 from ucloud_common.retry import Backoff, sleeps
+from ucloud_common.specs import Specs, described
 from ucloud_common.states import Action, ActionRefused, Status
 from ucloud_common.ipv6 import slaac_address
+from ucloud_common import quota
 from ucloud_common.quota import USAGES, change, charged
 from ucloud_common.quoting import quote
 from ucloud_common.network import NETWORKS, detached
 from ucloud_common.store import Conflict, Put, Remove, Versioned
-from ucloud_common.store.mirror import Table
 from ucloud_common.user import USERS
 from ucloud_common.vm import VMS, VM, request_fields
 from ucloud_common.vmstats import VM_STATS
@@ -129,15 +130,15 @@ def rendered(item: Versioned[VM]) -> bytes | None:
     return None if item.value.networks else compact_json(shown(item.value, {}))
 
 
-def _listed(table: Table[VM], item: Versioned[VM]) -> bytes:
-    made: bytes | None = table.rendered.get(item.name)
-    return made if made is not None else compact_json(shown_one(item.value))
+def _listed(item: Versioned[VM]) -> bytes:
+    """A VM the cache did not render (one with NICs), as lists show it."""
+    return compact_json(shown_one(item.value))
 
 
 @bp.get("/<uuid>")
 def get(uuid: str) -> Response:
     vm = lookup_own(VMS, uuid, f"VM {uuid}", cached=True)
-    return object_reply(vm, body={**shown_one(vm.value), "events": _events(uuid, cached=True)[-EVENTS_SHOWN:]})
+    return object_reply(vm, body={**shown_one(vm.value), "events": _events(uuid, cached=True, last=EVENTS_SHOWN)})
 
 
 def shown(vm: VM, prefixes: dict[str, str]) -> dict[str, Any]:
@@ -157,8 +158,9 @@ def shown(vm: VM, prefixes: dict[str, str]) -> dict[str, Any]:
 def shown_one(vm: VM) -> dict[str, Any]:
     """`shown`, reading only this VM's networks: every answer that is a VM looks the same. A network's
     prefix never changes, and a network is never deleted while a VM is attached: the cache's copy is
-    as good as etcd's."""
-    networks = (get_cached(NETWORKS, nic.network, lambda n=nic.network: store().get(NETWORKS, n))
+    as good as etcd's, whatever its revision (`get_settled`: a caller's write to a VM, which the
+    networks' mirror never passes, once cost a round trip per VM of a list)."""
+    networks = (get_settled(NETWORKS, nic.network, lambda n=nic.network: store().get(NETWORKS, n))
                 for nic in vm.networks)
     return shown(vm, {n.name: n.value.ipv6_prefix for n in networks if n is not None})
 
@@ -188,8 +190,8 @@ def delete(uuid: str) -> Response:
 
 
 # Only the actions: any other word (`events`) is not a POST route, so OPTIONS and a 405's Allow list
-# exactly the methods each path has.
-@bp.post(f"/<uuid>/<any({', '.join(Action)}):action>")
+# exactly the methods each path has. (Resize, with a body of its own, is a route of its own.)
+@bp.post(f"/<uuid>/<any({', '.join(a for a in Action if a is not Action.RESIZE)}):action>")
 @idempotent
 def act(uuid: str, action: str) -> Response:
     chosen = Action(action)  # the route's converter lets only actions through
@@ -200,8 +202,28 @@ def act(uuid: str, action: str) -> Response:
     return _act(uuid, chosen)
 
 
+@bp.post("/<uuid>/resize")
+@idempotent
+def resize(uuid: str) -> Response:
+    """Ask for new specs for a STOPPED VM: the scheduler checks that its host has room for them (and
+    writes them, or the reason in `error`); the agent grows its disks at its next start."""
+    return _act(uuid, Action.RESIZE)
+
+
+def _resized(vm: VM, asked: Resize) -> Specs:
+    """The VM's specs with `asked` applied, or 422 naming a disk that would shrink."""
+    new = asked.applied_to(vm.specs)
+    for disk in ("ssd", "hdd"):
+        before, after = getattr(vm.specs, disk), getattr(new, disk)
+        if after < before:
+            raise APIError(422, "invalid", f"{disk}: disks only grow: the VM has {before} GiB, {after} GiB would cut "
+                           "off the guest's data", fields=[{"field": disk, "message": f"at least {before}"}])
+    return new
+
+
 def _act(uuid: str, action: Action) -> Response:
     target: str | None = None
+    asked_specs = parse(Resize) if action is Action.RESIZE else None
     if action is Action.MIGRATE:
         require_admin()
         target = parse(Migrate, optional=True).host
@@ -220,9 +242,16 @@ def _act(uuid: str, action: Action) -> Response:
         if action is Action.MIGRATE:
             check_migratable(vm, target)
             extra = {"migrate_to": HOSTS.key(target) if target else "*", "migrate_generation": asked["generation"]}
+        if asked_specs is not None:
+            extra = {"resize": _resized(vm, asked_specs)}
+            # Refused now, clearly; the scheduler charges it when it writes the specs (and checks again).
+            quota.check(vm.owner, quota.usage(store(), vm.owner)[0], quota.limits(store(), vm.owner),
+                        change(vm, vm.evolve(specs=extra["resize"])))
         try:
-            written = write_request(current_vm, action, {**asked, **extra},
-                                    f"{action.value} to {target}" if target else action.value)
+            asking = f"{action.value} to {target}" if target else action.value
+            if asked_specs is not None:
+                asking = f"resize to {described(extra['resize'])}"
+            written = write_request(current_vm, action, {**asked, **extra}, asking)
         except Conflict as exc:
             # The owner's usage changing (their other requests) is no change of the VM's.
             if conditional and exc.key != USAGES.key(vm.owner):
@@ -286,14 +315,20 @@ def cancel_migration(uuid: str) -> Response:
     raise APIError(409, "busy", "the VM kept changing; retry the request")
 
 
-def _events(uuid: str, cached: bool = False) -> list[dict[str, Any]]:
-    """The VM's events, oldest first (from the cache when `cached` and it is fresh)."""
+def _events(uuid: str, cached: bool = False, last: int | None = None) -> list[dict[str, Any]]:
+    """The VM's events (the `last` ones if given), oldest first (from the cache when `cached` and it
+    is fresh). From the cache, only those are taken, and under the lock only: a VM's events are kept
+    for event_retention (a week), and a VM that restarts often has thousands, all of which every GET
+    of it dumped under the lock before keeping the last 20. (Names sort by time: `event_name`.)"""
     obj = ref(Kind.VM, uuid)
     mirror = cache().events
     if cached and fresh(mirror, wait=0):
         with mirror.locked() as table:
-            return [dump(table.items[name].value) for name in table.names("object", obj)]
-    return [dump(e) for e in object_events(store(), obj)]
+            names = table.names("object", obj)
+            found = [table.items[name].value for name in (names[-last:] if last else names)]
+        return [dump(e) for e in found]
+    every = [dump(e) for e in object_events(store(), obj)]
+    return every[-last:] if last else every
 
 
 def _user_keys(name: str) -> dict[str, str]:

@@ -84,12 +84,16 @@ class Follower(Generic[R]):
         self.relists = 0  # how many times following had to list again (observable in tests and logs)
         self.failures = 0  # how many times listing or watching failed and was retried
         self._backoff = _BACKOFF.delays()
+        # When etcd last answered (a listing, a watch response, a progress answer: at least every
+        # WATCH_IDLE_S on a live stream): how old what this follower gave may be, at most.
+        self.heard_at = float("-inf")
         # An etcd outage breaks the watch every couple of seconds: told once, and when it is over.
         self._told = Failures(f"following {family.prefix}", (StoreUnavailable,))
 
     def _heard(self) -> None:
         """The store answered: the backoff starts afresh, and a failure told is over."""
         self._backoff = _BACKOFF.delays()
+        self.heard_at = time.monotonic()
         self._told.succeeded()
 
     def stop(self) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Generic
@@ -19,10 +20,13 @@ from typing import Any, Generic
 from sortedcontainers import SortedSet
 
 from ucloud_common.record import Family, R
+from ucloud_common.retry import Backoff
 from ucloud_common.store.contract import AbstractStore, Listing, Versioned
 from ucloud_common.store.follow import Change, Follower, Snapshot
 
 log = logging.getLogger(__name__)
+
+_RELIST_BACKOFF = Backoff(initial=0.1, maximum=5.0)
 
 Index = Callable[[Any], str]  # a record → the value it is found under (e.g. its owner); "" for none
 Render = Callable[[Versioned[Any]], Any]  # a record → what readers are served (e.g. its JSON), made once
@@ -42,6 +46,9 @@ class Table(Generic[R]):
         self._render = render
         self._names: SortedSet = SortedSet()
         self._by: dict[str, dict[str, SortedSet]] = {index: {} for index in indexes}
+        # Where each record was filed, by index (None: its index raised): a removal takes it out of
+        # those buckets without asking the index again, which may raise again or answer otherwise.
+        self._filed: dict[str, tuple[str | None, ...]] = {}
 
     @classmethod
     def of(cls, listing: Listing[R], indexes: Mapping[str, Index], render: Render | None) -> Table[R]:
@@ -53,16 +60,46 @@ class Table(Generic[R]):
     def replace(self, items: Mapping[str, Versioned[R]], revision: int) -> None:
         """Take a listing at `revision` instead of what the table holds, unless the table is newer
         (a reader refreshed it, `Mirror.refresh`): a table never goes back in time."""
-        if revision < self.revision:
-            return
-        kept = {name: made for name, made in self.rendered.items()
-                if name in items and items[name].mod_revision == self.items[name].mod_revision}
+        self.take(self.prepared(items, revision))
+
+    def copies(self) -> tuple[dict[str, Versioned[R]], dict[str, Any]]:
+        """What `prepared` needs of this table, taken at one revision (under the mirror's lock)."""
+        return dict(self.items), dict(self.rendered)
+
+    def prepared(self, items: Mapping[str, Versioned[R]], revision: int,
+                 old: tuple[Mapping[str, Versioned[R]], Mapping[str, Any]] | None = None) -> Table[R]:
+        """A new table of `items` at `revision`, keeping the renderings of `old` (this table's
+        `copies()`, by default taken now) of records unchanged since. With `old` given it needs no
+        lock: a mirror builds it outside its lock and only swaps it in under it (`take`), since
+        building one of 10,000 VMs took over a second here, a second the watch and every reader
+        waited. Indexes are built in bulk: adding names one by one cost most of that second."""
+        old_items, old_rendered = old if old is not None else self.copies()
         fresh: Table[R] = Table(self._indexes, self._render)
+        by_value: dict[str, dict[str, list[str]]] = {index: {} for index in self._indexes}
         for item in items.values():
-            fresh._put(item, kept.get(item.name))
-        # Swapped in whole: a render that raises halfway leaves the table as it was.
+            before = old_items.get(item.name)
+            kept = old_rendered.get(item.name) if before is not None and before.mod_revision == item.mod_revision \
+                else None
+            fresh.items[item.name] = item
+            filed = fresh._filed[item.name] = fresh._index_values(item)
+            for index, value in zip(self._indexes, filed):
+                if value is not None:
+                    by_value[index].setdefault(value, []).append(item.name)
+            if self._render is not None:
+                fresh.rendered[item.name] = kept if kept is not None else fresh._rendering(item)
+        fresh._names = SortedSet(fresh.items)
+        fresh._by = {index: {value: SortedSet(names) for value, names in values.items()}
+                     for index, values in by_value.items()}
+        fresh.revision = revision
+        return fresh
+
+    def take(self, fresh: Table[R]) -> None:
+        """Become `fresh` (from `prepared`), unless this table is newer."""
+        if fresh.revision < self.revision:
+            return
         self.items, self.rendered, self._names, self._by = fresh.items, fresh.rendered, fresh._names, fresh._by
-        self.revision = revision
+        self._filed = fresh._filed
+        self.revision = fresh.revision
 
     def apply(self, change: Change[R]) -> None:
         # Older than the table: already in a listing it took (see replace). Not so one of the same
@@ -74,13 +111,41 @@ class Table(Generic[R]):
             self._put(change.value)
         self.revision = change.revision
 
-    def _put(self, item: Versioned[R], rendered: Any = None) -> None:
+    def _put(self, item: Versioned[R]) -> None:
         self.items[item.name] = item
         self._names.add(item.name)
-        for index, of in self._indexes.items():
-            self._by[index].setdefault(of(item.value), SortedSet()).add(item.name)
+        filed = self._filed[item.name] = self._index_values(item)
+        for index, value in zip(self._indexes, filed):
+            if value is not None:
+                bucket = self._by[index].get(value)
+                if bucket is None:
+                    bucket = self._by[index][value] = SortedSet()
+                bucket.add(item.name)
         if self._render is not None:
-            self.rendered[item.name] = rendered if rendered is not None else self._render(item)
+            self.rendered[item.name] = self._rendering(item)
+
+    # An index or a render that raises (a bug, a record it cannot take) costs that record its place
+    # in that index, or its rendering made in advance (readers render it when they show it), and is
+    # logged; never the mirror: one such record once stopped the whole family's mirror in every
+    # worker, listing the family again and again as fast as etcd answered.
+
+    def _index_values(self, item: Versioned[R]) -> tuple[str | None, ...]:
+        values: list[str | None] = []
+        for index, of in self._indexes.items():
+            try:
+                values.append(of(item.value))
+            except Exception as exc:  # noqa: BLE001 - logged, and the record stays out of this index only
+                log.warning("mirror: record %s is in no %r index: %s: %s", item.name, index, type(exc).__name__, exc)
+                values.append(None)
+        return tuple(values)
+
+    def _rendering(self, item: Versioned[R]) -> Any:
+        assert self._render is not None
+        try:
+            return self._render(item)
+        except Exception as exc:  # noqa: BLE001 - logged; readers render it themselves
+            log.warning("mirror: record %s is not rendered in advance: %s: %s", item.name, type(exc).__name__, exc)
+            return None
 
     def _remove(self, name: str) -> None:
         old = self.items.pop(name, None)
@@ -88,12 +153,14 @@ class Table(Generic[R]):
             return
         self._names.discard(name)
         self.rendered.pop(name, None)
-        for index, of in self._indexes.items():
-            bucket = self._by[index].get(of(old.value))
+        for index, value in zip(self._indexes, self._filed.pop(name, ())):
+            if value is None:
+                continue
+            bucket = self._by[index].get(value)
             if bucket is not None:
                 bucket.discard(name)
                 if not bucket:
-                    del self._by[index][of(old.value)]
+                    del self._by[index][value]
 
     def names(self, index: str | None = None, value: str = "") -> SortedSet:
         """Every name (or those whose `index` is `value`), sorted."""
@@ -120,11 +187,20 @@ class Mirror(Generic[R]):
     """A family followed into a `Table` by a thread of its own, from `start()` until `stop()`.
 
     Readers take `locked()` and read the table; `wait_for(revision)` first when they need to have
-    seen a write. `ready` is False until the first listing arrived (etcd unreachable at start)."""
+    seen a write. `ready` is False until the first listing arrived (etcd unreachable at start), and
+    again from a failure to take in a change until the listing that repairs it."""
 
     def __init__(self, store: AbstractStore, family: Family[R], indexes: Mapping[str, Index] | None = None,
-                 render: Render | None = None) -> None:
+                 render: Render | None = None, stale_after: float | None = None,
+                 resync_interval: float | None = None) -> None:
         self.family = family
+        # Seconds after which a mirror that has not heard from etcd (its watch cut off: a partition,
+        # a member gone) is no longer trusted by `wait_for`, so that its readers go to etcd. Without
+        # it, a worker cut off from etcd went on serving what it last knew, and accepting the
+        # tokens revoked meanwhile, for as long as the cut lasted. None: trusted however old.
+        self.stale_after = stale_after
+        self._refreshed_at = float("-inf")
+        self.refreshing = threading.Lock()  # held by the one reader listing for `refresh` (never the table's lock)
         self.indexes = dict(indexes or {})
         self.render = render
         self.table: Table[R] = Table(self.indexes, render)
@@ -133,7 +209,11 @@ class Mirror(Generic[R]):
         self._changed = threading.Condition()
         self._store = store
         self._stopped = False
-        self._follower = Follower(store, family)
+        self._stop = threading.Event()  # wakes the pause between two failed attempts
+        # Listing again on this cadence repairs a change the watch lost, as every daemon's follower
+        # does (a lost event costs one cadence): a mirror once kept a missed KILLED for good.
+        self._resync_interval = resync_interval
+        self._follower = Follower(store, family, resync_interval=resync_interval)
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"mirror {family.prefix}")
 
     def start(self) -> Mirror[R]:
@@ -143,6 +223,7 @@ class Mirror(Generic[R]):
     def stop(self) -> None:
         with self._changed:
             self._stopped = True
+            self._stop.set()
             self._follower.stop()
 
     def join(self, timeout: float) -> None:
@@ -154,18 +235,22 @@ class Mirror(Generic[R]):
         return self._follower.relists
 
     def _run(self) -> None:
-        # The follower never ends before stop(). Should taking in a change fail (a bug, a record a
-        # render cannot show), the mirror lists the family again rather than go on with a hole.
+        # The follower never ends before stop(). Should taking in a change fail (a bug), the mirror
+        # lists the family again rather than go on with a hole, after a pause that grows while it
+        # keeps failing: at once and forever, it listed the family hundreds of times a second.
+        pauses = _RELIST_BACKOFF.delays()
         while True:
             try:
                 self._take_in()
                 return
             except Exception:  # a mirror that stops leaves its readers on stale data for good
                 log.exception("mirror of %s: taking in a change failed; listing again", self.family.prefix)
+                if self._stop.wait(next(pauses)):
+                    return
                 with self._changed:
                     if self._stopped:
                         return
-                    self._follower = Follower(self._store, self.family)
+                    self._follower = Follower(self._store, self.family, resync_interval=self._resync_interval)
                     self.relisted_after_failure += 1
 
     def _take_in(self) -> None:
@@ -175,11 +260,19 @@ class Mirror(Generic[R]):
         held = False
         try:
             for item in self._follower:
+                fresh = None
+                if isinstance(item, Snapshot) and not held:  # (a snapshot never comes mid-revision)
+                    with self._changed:
+                        old = self.table.copies()
+                    fresh = self.table.prepared(item.items, item.revision, old)  # without the lock
                 if not held:
                     self._changed.acquire()
                     held = True
                 if isinstance(item, Snapshot):
-                    self.table.replace(item.items, item.revision)
+                    if fresh is not None:
+                        self.table.take(fresh)
+                    else:
+                        self.table.replace(item.items, item.revision)
                     self.ready = True
                 else:
                     self.table.apply(item)
@@ -189,22 +282,41 @@ class Mirror(Generic[R]):
                     held = False
         finally:
             if held:
+                # Left halfway through a revision (taking in a change failed): what the table holds
+                # is no revision at all. Readers go to etcd until the next listing is taken in.
+                self.ready = False
                 self._changed.release()
 
     def wait_for(self, revision: int, timeout: float) -> bool:
-        """Whether the mirror is ready and has seen `revision` (waiting up to `timeout` s for it). One
-        not loaded yet is not waited for: its first listing may take long, and etcd answers meanwhile."""
+        """Whether the mirror is ready, has seen `revision` and heard from etcd within `stale_after`
+        (waiting up to `timeout` s for it). One not loaded yet is not waited for: its first listing
+        may take long, and etcd answers meanwhile."""
         with self._changed:
             if not self.ready:
                 return False
-            return self._changed.wait_for(lambda: self.ready and self.table.revision >= revision, timeout)
+            return self._changed.wait_for(
+                lambda: self.ready and self.table.revision >= revision and self._current(), timeout)
+
+    def _current(self) -> bool:
+        """Whether etcd was heard lately enough: by the follower, or by a reader's listing (`refresh`)."""
+        if self.stale_after is None:
+            return True
+        return time.monotonic() - max(self._follower.heard_at, self._refreshed_at) <= self.stale_after
 
     def refresh(self, listing: Listing[R]) -> None:
         """Take a listing a reader made from etcd because the mirror was not fresh enough: a family
         nobody writes never delivers the revision a reader waits for, and a listing proves it."""
+        listed_at = time.monotonic()  # (a listing made before the call: a bound on its age)
         with self._changed:
-            self.table.replace(listing.items, listing.revision)
-            self.ready = True
+            old = self.table.copies()
+        fresh = self.table.prepared(listing.items, listing.revision, old)  # without the lock (see prepared)
+        with self._changed:
+            self.table.take(fresh)
+            if self.table.revision == listing.revision:
+                self._refreshed_at = max(self._refreshed_at, listed_at)
+                # Ready only when taken: a table newer than the listing may be one that taking in a
+                # change left halfway (not ready until a listing at least as new repairs it).
+                self.ready = True
             self._changed.notify_all()
 
     @contextmanager
