@@ -17,7 +17,8 @@ preload_app = False
 timeout = 30  # a request stuck longer than this (etcd timeout is 5 s) means a wedged worker
 graceful_timeout = 10
 keepalive = 5  # seconds an idle connection is kept (in the selector, holding no thread)
-# Bodies are limited to 1 MiB by the app (also when chunked); headers and the request line here.
+# Bodies are limited to 1 MiB by the app (also when chunked), but uploads, which it streams to disk
+# (ucloud_api/uploads.py: UCLOUD_UPLOAD_MAX_SIZE); headers and the request line here.
 limit_request_line = 8190
 limit_request_fields = 100
 limit_request_field_size = 8190

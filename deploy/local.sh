@@ -117,8 +117,8 @@ ucloud runs on this machine:
   host agent  host "$host" (log in $state/ucloud-vm.log)
   consoles    $api/console/  (the console site: log in as "demo", password $(cat "$state/demo.password"))
               proxy ws://127.0.0.1:${UCLOUD_CONSOLE_PORT:-6080} (log in $state/ucloud-console.log)
-  file-scan and image-scanner every 30 s (log in $state/ucloud-jobs.log): a user's uploads go in
-              $state/uploads/<user>/, then \`ucloud file list\`, \`ucloud image create\`
+  file-scan and image-scanner every 30 s (log in $state/ucloud-jobs.log): \`ucloud file upload PATH\`
+              (or a copy into $state/uploads/<user>/), then \`ucloud file list\`, \`ucloud image create\`
   admin token $state/admin.token
 
 The demo user's VM "demo" ($uuid) is $vm_status, on network "demo" at $address.

@@ -76,7 +76,8 @@ install -d -m 0750 -o root -g ucloud "$etc"
 if [ ! -e "$etc/ucloud.conf" ]; then
     echo "install: $etc/ucloud.conf (every setting with its default; edit it)"
     (umask 027 && env -i PATH="$PATH" "$prefix/.venv/bin/ucloud-api" config \
-        | sed "s#^UCLOUD_IMAGE_DIR=.*#UCLOUD_IMAGE_DIR=$state/images#" > "$etc/ucloud.conf")
+        | sed -e "s#^UCLOUD_IMAGE_DIR=.*#UCLOUD_IMAGE_DIR=$state/images#" \
+              -e "s#^UCLOUD_UPLOAD_DIR=.*#UCLOUD_UPLOAD_DIR=$state/uploads#" > "$etc/ucloud.conf")
 fi
 # Also an older one: the services read it themselves now, as ucloud (systemd read it as root).
 chown root:ucloud "$etc/ucloud.conf"
@@ -84,6 +85,13 @@ chmod 0640 "$etc/ucloud.conf"
 install -d -m 0755 "$state"
 install -d -m 0755 -o ucloud -g ucloud "$state/images"
 chown -R ucloud:ucloud "$state/images"  # an image scanner that ran as root left its files root's
+# Users' upload folders: the API (ucloud) makes, writes and removes them, file-scan (ucloud) reads
+# them; no one else. The API's unit may write $state/uploads only (ReadWritePaths): an upload folder
+# elsewhere needs a drop-in with its own ReadWritePaths=.
+uploads=$(sed -n 's/^UCLOUD_UPLOAD_DIR=//p' "$etc/ucloud.conf" | tail -1)
+install -d -m 0750 -o ucloud -g ucloud "${uploads:-/var/www}"
+[ "${uploads:-/var/www}" = "$state/uploads" ] || echo "install: UCLOUD_UPLOAD_DIR is ${uploads:-/var/www}:" \
+    "give ucloud-api.service ReadWritePaths=${uploads:-/var/www} in a drop-in (systemctl edit ucloud-api)"
 
 echo "install: systemd units into $units"
 install -d -m 0755 "$units"

@@ -48,9 +48,11 @@ def ceph_server() -> Iterator[CephServer]:
 
 @pytest.fixture
 def settings(etcd_server: EtcdServer, tmp_path: Path) -> Settings:
+    (tmp_path / "www").mkdir(exist_ok=True)
     return load_settings(
         config_file=_empty_config(tmp_path), etcd_endpoints=etcd_server.endpoint, etcd_timeout=2.0,
         host_lease_ttl=10, heartbeat_interval=1.0, leader_lease_ttl=3,
+        upload_dir=tmp_path / "www",  # the API makes users' folders: never in the machine's /var/www
         user_write_rate="",  # tests write faster than a user may (tests/api/test_ratelimit.py checks the limit)
     )
 

@@ -11,7 +11,7 @@ from werkzeug.exceptions import HTTPException
 from ucloud_api import audit, cache, metrics, openapi, ratelimit, site
 from ucloud_api.auth import Authenticator
 from ucloud_api.errors import APIError
-from ucloud_api.views import consoles, events, guacamole, hosts, images, keys, networks, quotas, tokens, users, vms
+from ucloud_api.views import consoles, events, files, guacamole, hosts, images, keys, networks, quotas, tokens, users, vms
 from ucloud_common.config import Settings
 from ucloud_common.quota import QuotaExceeded
 from ucloud_common.store import Conflict, Store, StoreError, StoreRefused, StoreUnavailable, TooLarge
@@ -43,7 +43,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Flask:
 
     ratelimit.install(app, settings.user_write_rate)
 
-    for blueprint in (users.bp, quotas.bp, consoles.bp, guacamole.bp, vms.bp, networks.bp, keys.bp, images.files,
+    for blueprint in (users.bp, quotas.bp, consoles.bp, guacamole.bp, vms.bp, networks.bp, keys.bp, files.files,
                       images.images, images.stores, hosts.bp, tokens.bp, tokens.login_bp, site.bp, events.bp):
         app.register_blueprint(blueprint)
 

@@ -99,7 +99,7 @@ class Authenticator:
         if _expired(token.value.expires_at):
             raise APIError(401, "unauthenticated", "the token has expired")
         user = self._read(self._users, USERS, token.value.user)
-        if user is None:
+        if user is None or user.value.deleting:  # a user being deleted makes nothing new meanwhile
             raise refused
         return Caller(user.value.name, user.value.role)
 

@@ -40,6 +40,7 @@ from ucloud_common.record import KEY_PART_MAX, NAME_PATTERN, NAME_SCHEMA
 from ucloud_common.states import Action, Status
 from ucloud_common.user import User
 from ucloud_common.vm import VM
+from ucloud_common.uploads import NAME_MAX_BYTES, NAME_PATTERN as UPLOAD_NAME_PATTERN
 from ucloud_common.vmstats import VMStats
 
 
@@ -55,6 +56,7 @@ class Route:
     if_match: bool = False  # honours If-Match (a stale or malformed one: 412)
     query: tuple[str, ...] = ()  # filters, each a name of `_QUERY_SCHEMAS`
     media_type: str = "application/json"  # of the answer's body
+    upload: bool = False  # the body is the bytes of a file (application/octet-stream), streamed
     paged: bool = False  # a list from the worker's cache: ?limit=&continue=, its revision (ucloud_api.cache)
 
 
@@ -87,8 +89,11 @@ ROUTES: dict[tuple[str, str], Route] = {
                                      query=("user",)),
     ("delete", "/api/v1/tokens/{token_id}"): Route("Revoke one of your API tokens (an admin: anyone's)", ok=204,
                                                    errors=(404,)),
-    ("delete", "/api/v1/users/{name}"): Route("Delete a user and its tokens (not the last admin)", ok=204, admin=True,
-                                              errors=(404, 409), if_match=True),
+    # 409: the user still owns something (the answer lists it); 202: ?cascade=true and VMs are still going.
+    ("delete", "/api/v1/users/{name}"): Route(
+        "Delete a user who owns nothing (with its tokens, SSH keys and upload folder); ?cascade=true: with all it "
+        "owns, 202 saying what is still going until the user is gone (repeat the request until 204)", ok=202,
+        returns="UserDeletion", admin=True, errors=(204, 404, 409), if_match=True, query=("cascade",)),
     ("post", "/api/v1/vms"): Route("Create a VM", VMCreate, 201, "VM", errors=(409, 422), idempotent=True),
     ("get", "/api/v1/vms"): Route("List your VMs (an admin: all, filtered by owner, host, status)", returns="[VM]",
                                   query=("owner", "host", "status"), paged=True),
@@ -138,6 +143,10 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("delete", "/api/v1/ssh-keys/{name}"): Route("Delete an SSH key", ok=204, errors=(404,)),
     ("get", "/api/v1/files"): Route("List your uploaded files (registered by file-scan)", returns="[File]",
                                         paged=True),
+    ("put", "/api/v1/files/{filename}"): Route(
+        "Upload a file into your upload folder, streamed (file-scan registers it on its next run); ?replace=true "
+        "replaces one of that name", ok=201, returns="Upload", errors=(409, 507), query=("replace",),
+        upload=True),
     ("post", "/api/v1/images"): Route("Create an image from one of your files", ImageCreate, 201, "Image",
                                       errors=(409, 422), idempotent=True),
     ("get", "/api/v1/images"): Route("List public images and yours", returns="[Image]", paged=True),
@@ -167,6 +176,7 @@ SCHEMAS: dict[str, type[BaseModel]] = {
 # The names in paths are keys: a name that cannot be one is a 404, as nothing can be stored under it.
 _PATH_SCHEMAS: dict[str, dict[str, Any]] = {
     "name": NAME_SCHEMA, "uuid": NAME_SCHEMA, "token_id": NAME_SCHEMA,
+    "filename": {"type": "string", "minLength": 1, "maxLength": NAME_MAX_BYTES, "pattern": UPLOAD_NAME_PATTERN},
     # "delete" is an action too, but DELETE /vms/{uuid} asks for it (POST answers 405); resize has a path of its own
     "action": {"type": "string", "enum": [a.value for a in Action if a not in (Action.DELETE, Action.RESIZE)]},
 }
@@ -178,6 +188,7 @@ _QUERY_SCHEMAS: dict[str, dict[str, Any]] = {
     "object": {"type": "string", "pattern": f"^({'|'.join(Kind)}):" + NAME_PATTERN[1:], "maxLength": KEY_PART_MAX},
     "since": {"type": "string", "format": "date-time"},
     "limit": {"type": "integer", "minimum": 1, "maximum": LIMIT_MAX},
+    "replace": {"type": "boolean"}, "cascade": {"type": "boolean"},
 }
 
 
@@ -258,6 +269,14 @@ def document(app: Flask) -> dict[str, Any]:
                                        "additionalProperties": {"type": "string"}}}}}}},
             "expires_in": {"type": "integer"},
             "data": {"type": ["string", "null"]}, "query": {"type": ["string", "null"]}}}
+    components["Upload"] = {"type": "object", "required": ["owner", "filename", "size"], "properties": {
+        "owner": {"type": "string"}, "filename": {"type": "string"}, "size": {"type": "integer"},
+        "registered": {"type": "boolean"}, "note": {"type": "string"}}}
+    components["UserDeletion"] = {"type": "object", "required": ["name", "deleting", "left"], "properties": {
+        "name": {"type": "string"}, "deleting": {"type": "boolean"},
+        "left": {"type": "object", "description": "what the user still owns, by kind: a count and some names",
+                 "additionalProperties": {"type": "object", "properties": {
+                     "count": {"type": "integer"}, "some": {"type": "array", "items": {"type": "string"}}}}}}}
     components["Quota"] = {"type": "object", "description": "each resource's usage and quota", "additionalProperties": {
         "type": "object", "required": ["used", "limit", "unit", "what", "set"], "properties": {
             "used": {"type": "number"}, "limit": {"type": "number"},
@@ -306,6 +325,9 @@ def document(app: Flask) -> dict[str, Any]:
                                "schema": {"type": "string"}})
         if parameters:
             operation["parameters"] = parameters
+        if route.upload:
+            operation["requestBody"] = {"required": True, "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary", "minLength": 1}}}}
         if route.body is not None:
             operation["requestBody"] = {
                 "required": route.body is not Migrate,

@@ -6,7 +6,11 @@ it, though, it reads the request line, headers and body with blocking reads and 
 client sending one header line every 2 s holds that thread as long as it likes (with sync workers,
 4 such connections left a 2-worker API unanswered for 60 s). Here a request must arrive whole within
 UCLOUD_API_READ_TIMEOUT of a thread taking its connection: past it, the connection's reading side is
-shut down, the thread's next read ends, gunicorn closes the connection, and the thread is free.
+shut down, the thread's next read ends, gunicorn closes the connection, and the thread is free. A
+streamed upload moves its deadline on after each block it reads (`ucloud_api.readdeadline`).
+
+gunicorn's own `timeout` does not cut long requests here: a gthread worker tells the master it
+lives from its main loop, which a thread busy with an upload does not hold up.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 
 from gunicorn.workers.gthread import ThreadWorker
 
+from ucloud_api import readdeadline
 from ucloud_common.config import load_settings
 
 # How often the deadlines are looked at: a slow client is cut off at most this late.
@@ -36,13 +41,19 @@ class ReadDeadlineWorker(ThreadWorker):  # type: ignore[misc]
         # The deadline also runs while the app answers (the app reads the body itself): a request
         # whose answer takes longer only loses its connection's keep-alive, as its reading side is
         # shut down; the answer is still written.
-        with self._reading_lock:
-            self._reading[id(conn)] = (time.monotonic() + self.read_timeout, conn)
+        self._read_by(conn)
+        readdeadline.bind(lambda: self._read_by(conn))
         try:
             return super().handle(conn)
         finally:
+            readdeadline.bind(None)
             with self._reading_lock:
                 self._reading.pop(id(conn), None)
+
+    def _read_by(self, conn: Any) -> None:
+        """`conn` must send what it is asked for within the read timeout from now."""
+        with self._reading_lock:
+            self._reading[id(conn)] = (time.monotonic() + self.read_timeout, conn)
 
     def _cut_late_readers(self) -> None:
         while True:

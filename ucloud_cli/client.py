@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import configparser
+import http.client
 import json
 import os
+import select
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+UPLOAD_BLOCK = 256 * 1024  # as the API reads it: the progress bar moves by what the API took in
 
 
 def config_path() -> Path:
@@ -85,9 +90,44 @@ class Client:
         except urllib.error.HTTPError as exc:
             raise CLIError(_message(exc.code, exc.read()), http_status=exc.code) from None
         except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise CLIError(f"cannot reach the API at {self.url}: {reason}", 3) from None
+            raise self._unreachable(getattr(exc, "reason", exc)) from None
         return (json.loads(text) if text else None), headers
+
+    def upload(self, name: str, source: BinaryIO, size: int, replace: bool,
+               advance: Callable[[int], None] = lambda _: None) -> Any:
+        """Stream `size` bytes of `source` as the file `name` (`PUT /files/{name}`), block by block,
+        telling `advance` of each. The API may refuse before the body is through (the name is taken,
+        too large): it answers at once, so the answer is looked for between blocks and the sending
+        stops there (urllib would send it all first, and with its `Connection: close` the API hangs
+        up on the rest: the answer was lost to a broken pipe)."""
+        url = urllib.parse.urlsplit(self.url)
+        connection = (http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection)(
+            url.hostname or "", url.port, timeout=self.timeout)
+        try:
+            connection.putrequest("PUT", f"{url.path}/api/v1/files/{urllib.parse.quote(name, safe='')}"
+                                         f"{'?replace=true' if replace else ''}")
+            for header, value in (("Authorization", f"Bearer {self.token}"), ("Accept", "application/json"),
+                                  ("Content-Type", "application/octet-stream"), ("Content-Length", str(size))):
+                connection.putheader(header, value)
+            connection.endheaders()
+            try:
+                while (block := source.read(UPLOAD_BLOCK)) and not _answered(connection):
+                    connection.send(block)
+                    advance(len(block))
+            except OSError:
+                pass  # the API hung up: its answer, if it gave one, says why
+            response = connection.getresponse()
+            status, text = response.status, response.read()
+        except OSError as exc:
+            raise self._unreachable(exc) from None
+        finally:
+            connection.close()
+        if status >= 400:
+            raise CLIError(_message(status, text), http_status=status)
+        return json.loads(text) if text else None
+
+    def _unreachable(self, reason: object) -> CLIError:
+        return CLIError(f"cannot reach the API at {self.url}: {reason}", 3)
 
     def find(self, collection: str, ref: str, what: str, name: str = "name") -> dict[str, Any]:
         """The `what` (VM, network, image, file) of `collection` whose uuid or `name` field is `ref`.
@@ -105,6 +145,11 @@ class Client:
             owners = ", ".join(sorted(item["owner"] for item in named))
             raise CLIError(f"{len(named)} {what}s are named {ref!r} (owners {owners}): give the uuid")
         return named[0]
+
+
+def _answered(connection: http.client.HTTPConnection) -> bool:
+    """Whether the API sent something (its answer) before the request's body was through."""
+    return connection.sock is not None and bool(select.select([connection.sock], [], [], 0)[0])
 
 
 def _message(status: int, text: bytes) -> str:

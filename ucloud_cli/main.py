@@ -595,6 +595,29 @@ def file_list(fmt: str) -> None:
     show(client().list("/files"), fmt, FILE_COLUMNS)
 
 
+@file_group.command("upload")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--name", default=None, help="The file's name in your upload folder [default: PATH's own].")
+@click.option("--replace", is_flag=True, help="Replace a file you already have of that name.")
+@output_option
+@handle_errors
+def file_upload(path: Path, name: str | None, replace: bool, fmt: str) -> None:
+    """Upload a file into your upload folder (a progress bar on stderr when it is a terminal);
+    file-scan registers it within a few minutes, then `ucloud image create --file NAME` takes it.
+
+    Example: ucloud file upload debian-12.qcow2
+    """
+    api = client()
+    size = path.stat().st_size
+    with path.open("rb") as source:
+        if sys.stderr.isatty():
+            with click.progressbar(length=size, label=f"uploading {path.name}", file=sys.stderr) as bar:
+                stored = api.upload(name or path.name, source, size, replace, bar.update)
+        else:
+            stored = api.upload(name or path.name, source, size, replace)
+    show(stored, fmt)
+
+
 # -- SSH keys -------------------------------------------------------------------------------------
 
 
@@ -752,13 +775,29 @@ def user_list(fmt: str) -> None:
 
 @user.command("delete")
 @click.argument("name")
+@click.option("--cascade", is_flag=True, help="Also delete everything the user owns: VMs, networks, images, "
+              "files (without it, a user who owns anything is not deleted: the error lists what).")
+@click.option("--wait", is_flag=True, help="With --cascade: repeat until the user is gone (its VMs are stopped "
+              "and deleted by their hosts), showing what is left.")
+@click.option("--timeout", type=float, default=300, show_default=True, help="Seconds --wait waits.")
 @handle_errors
-def user_delete(name: str) -> None:
-    """Delete a user and its tokens.
+def user_delete(name: str, cascade: bool, wait: bool, timeout: float) -> None:
+    """Delete a user with its tokens, SSH keys and upload folder (--cascade: with all it owns).
 
-    Example: ucloud user delete alice
+    Example: ucloud user delete alice --cascade --wait
     """
-    client().request("DELETE", f"/users/{name}")
+    api = client()
+    path = f"/users/{urllib.parse.quote(name, safe='')}{'?cascade=true' if cascade else ''}"
+    deadline = time.monotonic() + timeout
+    while (going := api.request("DELETE", path)) is not None:
+        left = ", ".join(f"{what['count']} {kind} ({', '.join(what['some'])})" for kind, what in going["left"].items())
+        click.echo(f"user {name} is being deleted; left: {left or 'nothing (finishing)'}", err=True)
+        if not wait:
+            click.echo(f"user {name} is being deleted (repeat the command, or add --wait, until it is gone)")
+            return
+        if time.monotonic() > deadline:
+            raise CLIError(f"user {name} is not gone within {timeout:g} s; left: {left}")
+        time.sleep(1)
     click.echo(f"user {name} deleted")
 
 

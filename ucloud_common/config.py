@@ -266,6 +266,9 @@ class Settings(BaseSettings):
 
     upload_dir: Path = Field(Path("/var/www"), description="Where users upload files: one folder per user, "
                              "named as the user.")
+    upload_max_size: float = Field(256.0, gt=0, description="GiB: the largest file a user may upload through "
+                                   "the API (PUT /api/v1/files/{name}); a larger one is refused (413) before or as "
+                                   "its bytes arrive, and nothing of it is kept.")
     filescan_settle: float = Field(2.0, ge=0, description="Seconds file-scan waits between its two looks at "
                                    "the tree: a file whose size or mtime changed meanwhile is still being "
                                    "written and is left for the next run.")

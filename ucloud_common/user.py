@@ -43,6 +43,13 @@ class User(Record):
     name: Name
     role: Role = Role.USER
     ssh_keys: dict[str, str] = Field(default_factory=dict)  # key name → OpenSSH public key
+    # Set by `DELETE /users/<name>?cascade=true`: everything the user owns is being deleted, and
+    # nothing new is made for them; the record goes once nothing is left (`ucloud_api.userdeletion`).
+    deleting_since: datetime | None = None
+
+    @property
+    def deleting(self) -> bool:
+        return self.deleting_since is not None
 
 
 class Token(Record):

@@ -1,5 +1,8 @@
 """File-scan: register the files users uploaded (`<upload_dir>/<user>/…`) in `/v1/file/`.
 
+Only the folders of users that exist (and are not being deleted) are looked at, and an upload the
+API is still receiving (`ucloud_common.uploads.TEMPORARY_PREFIX`) is left alone.
+
 Users control everything in their folder, so the walk trusts nothing: it never follows a symlink,
 never opens anything but a regular file (a FIFO would block it, a device would be read), skips names
 with control characters, and never reads a file still being written: it looks at the tree twice,
@@ -40,6 +43,8 @@ from ucloud_common.quota import change, transact_counted
 from ucloud_common.quoting import quote
 from ucloud_common.record import check_name
 from ucloud_common.store import Put, Remove, Store, Versioned
+from ucloud_common.uploads import is_temporary
+from ucloud_common.user import USERS
 
 log = logging.getLogger(__name__)
 
@@ -100,19 +105,24 @@ class Tree:
     partial: set[str] = field(default_factory=set)
 
 
-def look(upload_dir: Path, limits: Limits) -> Tree:
-    """Every regular file under every user's folder, within `limits`; nothing is opened."""
+def look(upload_dir: Path, limits: Limits, users: frozenset[str]) -> Tree:
+    """Every regular file under the folder of each of `users`, within `limits`; nothing is opened.
+    A folder of no user (a deleted one's, one made by hand for a name no user has) is skipped: its
+    files would be owned by whoever is later created with that name."""
     tree = Tree()
     try:
-        users = sorted(os.scandir(upload_dir), key=lambda e: e.name)
+        folders = sorted(os.scandir(upload_dir), key=lambda e: e.name)
     except FileNotFoundError:
         log.warning("upload directory %s does not exist", upload_dir)
         return tree
-    for user in users:
+    for user in folders:
         try:
             check_name(user.name)
         except ValueError:
             log.warning("skipping %s: not a user name", quote(user.path))
+            continue
+        if user.name not in users:
+            log.warning("skipping %s: no user is named %s (or it is being deleted)", quote(user.path), user.name)
             continue
         if not user.is_dir(follow_symlinks=False):
             log.warning("skipping %s: not a directory", quote(user.path))
@@ -148,6 +158,9 @@ def _walk(owner: str, root: Path, limits: Limits, tree: Tree) -> Iterator[Seen]:
                     return
                 path = Path(entry.path)
                 relative = str(path.relative_to(root))
+                if is_temporary(entry.name):
+                    log.info("skipping %s of %s: an upload still being received", quote(relative), owner)
+                    continue
                 if not relative.isprintable():
                     log.warning("skipping %s of %s: control characters in its name", quote(relative), owner)
                     continue
@@ -230,10 +243,11 @@ def in_turns(items: list[Seen], share: int) -> Iterator[Seen]:
 
 def scan(store: Store, upload_dir: Path, settle: float, limits: Limits = Limits()) -> Report:
     report = Report()
-    first = look(upload_dir, limits)
+    users = frozenset(u.name for u in store.list(USERS).items.values() if not u.value.deleting)
+    first = look(upload_dir, limits, users)
     if settle:
         time.sleep(settle)
-    second = look(upload_dir, limits)
+    second = look(upload_dir, limits, users)
     registered: dict[tuple[str, str], Versioned[File]] = {
         (f.value.owner, f.value.filename): f for f in store.list(FILES).items.values()}
     to_read = []

@@ -28,12 +28,14 @@ from ucloud_common.user import Role
 
 BIN = Path(sys.executable).parent
 READ_TIMEOUT = 4  # UCLOUD_API_READ_TIMEOUT of the gunicorn below
+UPLOAD_MAX = 16 * 1024 * 1024  # its UCLOUD_UPLOAD_MAX_SIZE, in bytes
 
 
 def env_for(endpoint: str, tmp_path: Path) -> dict[str, str]:
     conf = tmp_path / "ucloud.conf"
+    (tmp_path / "www").mkdir(exist_ok=True)
     # No write rate: the failover test writes as fast as it can (tests/api/test_ratelimit.py checks it).
-    conf.write_text(f"UCLOUD_ETCD_ENDPOINTS={endpoint}\nUCLOUD_USER_WRITE_RATE=\n")
+    conf.write_text(f"UCLOUD_ETCD_ENDPOINTS={endpoint}\nUCLOUD_UPLOAD_DIR={tmp_path / 'www'}\nUCLOUD_USER_WRITE_RATE=\n")
     clean = {k: v for k, v in os.environ.items() if not k.startswith("UCLOUD_")}
     return {**clean, "UCLOUD_CONFIG": str(conf)}
 
@@ -57,6 +59,7 @@ def gunicorn(etcd_server: EtcdServer, store: Store, tmp_path: Path) -> Iterator[
     port = free_port()
     env = env_for(etcd_server.endpoint, tmp_path)
     env["UCLOUD_API_READ_TIMEOUT"] = str(READ_TIMEOUT)
+    env["UCLOUD_UPLOAD_MAX_SIZE"] = str(UPLOAD_MAX / 2**30)
     process = subprocess.Popen([str(BIN / "ucloud-api"), "serve", "--bind", f"127.0.0.1:{port}", "--workers", "2"],
                                env=env, stdout=subprocess.DEVNULL,
                                stderr=open(tmp_path / "gunicorn.log", "w"))

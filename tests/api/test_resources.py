@@ -17,11 +17,13 @@ from ucloud_api.schemas import MAX_VM_KEYS
 from ucloud_common.cidata import MAX_USER_DATA, hostname_for, seed_files
 from ucloud_common.claim import MACS, VXLAN_IDS
 from ucloud_common.file import FILES, File
+from ucloud_common.image import IMAGES
 from ucloud_common.host import HOSTS, HOSTS_ALIVE, Host, HostAlive
 from ucloud_common.specs import Specs
 from ucloud_common.states import Status
 from ucloud_common.sshkey import MAX_KEY_LINE
 from ucloud_common.store import Store
+from ucloud_common.user import USERS
 from ucloud_common.vm import NIC, VM, VMS
 
 ED25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl alice@laptop"
@@ -312,19 +314,20 @@ def test_image_stores_are_listed(alice: As) -> None:
 
 
 def test_a_new_user_of_a_deleted_users_name_inherits_nothing(admin: As, client, store: Store) -> None:  # type: ignore[no-untyped-def]
-    """An admin deleted alice and created a new alice, who then saw and used the old one's files and images."""
+    """An admin deleted alice and created a new alice, who then saw and used the old one's files and images.
+    (A user who owns anything is not deleted any more; what an older ucloud left behind is still found.)"""
     old = As(client, admin.post("/api/v1/users", json={"name": "alice"}).json["token"], "alice")
     store.create(FILES, "f1", File(uuid="f1", owner="alice", filename="disk.raw", size=1, sha512="0" * 128,
                                    mtime=datetime.now(UTC)))
     image = old.post("/api/v1/images", json={"name": "mine", "file": "f1", "store": "local"}).json["uuid"]
     vm = old.create_vm()["uuid"]
     net = old.post("/api/v1/networks", json={"name": "n"}).json["uuid"]
-    assert old.post("/api/v1/vms", json={"name": "x"}, headers={"Idempotency-Key": "k"}).status_code == 422
-    assert old.post("/api/v1/networks", json={"name": "m"}, headers={"Idempotency-Key": "k"}).status_code == 201
-    assert admin.delete("/api/v1/users/alice").status_code == 204
+    assert old.post("/api/v1/networks", json={"name": "m"}).status_code == 201
+    assert admin.delete("/api/v1/users/alice").status_code == 409
+    store.delete(USERS, "alice")  # as an older ucloud deleted a user who owned things
     again = admin.post("/api/v1/users", json={"name": "alice"})
     assert again.status_code == 409 and again.json["error"]["code"] == "name_in_use"
-    assert "1 VMs, 2 networks, 1 images, 1 files" in again.json["error"]["message"]
+    assert "1 VM (web1), 2 networks (m, n), 1 image (mine), 1 file (disk.raw)" in again.json["error"]["message"]
     for path in (f"/api/v1/vms/{vm}", f"/api/v1/networks/{net}", f"/api/v1/images/{image}"):
         assert admin.delete(path).status_code == 204
     for network in admin.get("/api/v1/networks").json:
@@ -332,14 +335,23 @@ def test_a_new_user_of_a_deleted_users_name_inherits_nothing(admin: As, client, 
     store.delete(FILES, "f1")
     new = As(client, admin.post("/api/v1/users", json={"name": "alice"}).json["token"], "alice")
     assert new.get("/api/v1/files").json == new.get("/api/v1/images").json[1:] == []
+
+
+def test_a_deleted_users_kept_replies_are_not_a_new_users(admin: As, client) -> None:  # type: ignore[no-untyped-def]
+    old = As(client, admin.post("/api/v1/users", json={"name": "alice"}).json["token"], "alice")
+    net = old.post("/api/v1/networks", json={"name": "m"}, headers={"Idempotency-Key": "k"}).json["uuid"]
+    assert admin.delete(f"/api/v1/networks/{net}").status_code == 204
+    assert admin.delete("/api/v1/users/alice").status_code == 204
+    new = As(client, admin.post("/api/v1/users", json={"name": "alice"}).json["token"], "alice")
     # The old alice's kept reply is not the new one's: the request is done, not replayed.
     fresh = new.post("/api/v1/networks", json={"name": "m"}, headers={"Idempotency-Key": "k"})
     assert fresh.status_code == 201 and "Idempotent-Replayed" not in fresh.headers
 
 
-def test_the_last_admin_cannot_be_deleted(admin: As, client) -> None:  # type: ignore[no-untyped-def]
+def test_the_last_admin_cannot_be_deleted(admin: As, client, store: Store) -> None:  # type: ignore[no-untyped-def]
     refused = admin.delete("/api/v1/users/admin")
     assert refused.status_code == 409 and refused.json["error"]["code"] == "last_admin"
+    store.delete(IMAGES, "tiny")  # the fixture's image is admin's: a user who owns something is not deleted
     second = As(client, admin.post("/api/v1/users", json={"name": "root", "role": "admin"}).json["token"], "root")
     assert second.delete("/api/v1/users/admin").status_code == 204
     assert second.delete("/api/v1/users/root").status_code == 409

@@ -20,6 +20,7 @@ from ucloud_common.image import IMAGES, Image, ImageStatus
 from ucloud_common.imagestore import Outcome
 from ucloud_common.specs import Specs
 from ucloud_common.store import Store
+from ucloud_common.user import USERS, User
 from ucloud_common.vm import VM
 from ucloud_scheduler.fencing import RBDFence
 from ucloud_vm.images import import_image
@@ -107,6 +108,7 @@ def test_image_scanner_fills_the_rbd_store_and_refuses_into_nothing(
 
     own = settings.model_copy(update={"upload_dir": tmp_path / "www", "image_dir": tmp_path / "images",
                                       "ceph_image_pool": "images"})
+    store.create(USERS, "alice", User(name="alice"))  # file-scan looks only at the folders of users
     folder = own.upload_dir / "alice"
     folder.mkdir(parents=True)
     (folder / "good.qcow2").write_bytes((tiny_image() / "tiny.qcow2").read_bytes())

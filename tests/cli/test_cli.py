@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import stat
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.helpers.processes import Cluster, running_cluster
+from tests.helpers.tiny import tiny_image
 from tests.helpers.etcd import free_port
 
 BIN = Path(sys.executable).parent
@@ -197,6 +199,51 @@ def test_networks_keys_images_files(cluster: Cluster, home: Path, tmp_path: Path
     assert "file 'nope' does not exist" in one_error_line(
         ucloud(home, "image", "create", "x", "--file", "nope", cluster=cluster), 1)
     assert "does not exist" in one_error_line(ucloud(home, "image", "delete", "nope", cluster=cluster), 1)
+
+
+def test_a_user_without_a_shell_uploads_makes_an_image_runs_a_vm_and_is_deleted_with_it_all(
+        cluster: Cluster, home: Path) -> None:
+    """`ucloud file upload` → `ucloud image create` → `ucloud vm create --image NAME`: a user needed a
+    shell on the upload machine to put a file in their folder; then `ucloud user delete --cascade
+    --wait` takes it all away again (a plain delete refuses, saying what the user owns)."""
+    token = as_json(ucloud(home, "user", "create", "uma", "-o", "json", cluster=cluster))["token"]
+    stored = as_json(ucloud(home, "file", "upload", str(tiny_image() / "tiny.qcow2"), "--name", "my.qcow2", "-o",
+                            "json", cluster=cluster, token=token))
+    assert stored["filename"] == "my.qcow2" and stored["size"] == (tiny_image() / "tiny.qcow2").stat().st_size
+    assert "already have a file my.qcow2" in one_error_line(ucloud(
+        home, "file", "upload", str(tiny_image() / "tiny.qcow2"), "--name", "my.qcow2", cluster=cluster, token=token), 1)
+    for job in ("ucloud-filescan", "ucloud-imagescanner"):
+        if job == "ucloud-imagescanner":
+            ok(ucloud(home, "image", "create", "mine", "--file", "my.qcow2", cluster=cluster, token=token))
+        ran = subprocess.run([str(BIN / job), "run"], env=cluster.env, capture_output=True, text=True, timeout=120)
+        assert ran.returncode == 0, ran.stderr
+    image = as_json(ucloud(home, "image", "list", "-o", "json", cluster=cluster, token=token))
+    assert [i["status"] for i in image if i["name"] == "mine"] == ["CREATED"], image
+    vm = as_json(ucloud(home, "vm", "create", "up1", "--ram", "0.25", "--ssd", "1", "--image", "mine", "--wait",
+                        "-o", "json", cluster=cluster, token=token))
+    assert vm["status"] == "RUNNING"
+    refused = one_error_line(ucloud(home, "user", "delete", "uma", cluster=cluster), 1)
+    assert "1 VM (up1)" in refused and "1 image (mine)" in refused and "1 file (my.qcow2)" in refused
+    deleted = ucloud(home, "user", "delete", "uma", "--cascade", "--wait", cluster=cluster)
+    assert ok(deleted).strip() == "user uma deleted" and "is being deleted; left:" in deleted.stderr
+    assert cluster.call("GET", f"/api/v1/vms/{vm['uuid']}")[0] == 404
+    assert "uma" not in {u["name"] for u in as_json(ucloud(home, "user", "list", "-o", "json", cluster=cluster))}
+
+
+def test_the_upload_progress_bar_is_shown_on_a_terminal_only(cluster: Cluster, home: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data.raw"
+    data.write_bytes(os.urandom(2 * 1024 * 1024))
+    plain = ucloud(home, "file", "upload", str(data), cluster=cluster)
+    assert ok(plain) and plain.stderr == ""
+    controller, terminal = pty.openpty()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("UCLOUD_")}, "HOME": str(home),
+           "UCLOUD_API_URL": f"http://127.0.0.1:{cluster.api_port}", "UCLOUD_TOKEN": cluster.token}
+    shown = subprocess.run([str(BIN / "ucloud"), "file", "upload", str(data), "--name", "again.raw"], env=env,
+                           stdout=subprocess.PIPE, stderr=terminal, timeout=120)
+    os.close(terminal)
+    bar = os.read(controller, 65536).decode(errors="replace")
+    os.close(controller)
+    assert shown.returncode == 0 and "uploading data.raw" in bar and "100%" in bar, bar
 
 
 def test_images_are_named_and_names_complete(cluster: Cluster, home: Path) -> None:

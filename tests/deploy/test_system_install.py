@@ -48,6 +48,10 @@ def test_the_system_install_gives_units_systemd_accepts_and_a_config_only_ucloud
         assert "UCLOUD_ETCD_ENDPOINTS=" in conf.read_text()
         assert f"UCLOUD_IMAGE_DIR={ROOT}/state/images" in conf.read_text()
         assert (ROOT / "state" / "images").stat().st_uid == pwd.getpwnam("ucloud").pw_uid
+        # Users' upload folders: the API (ucloud) makes and writes them, file-scan (ucloud) reads them.
+        uploads = (ROOT / "state" / "uploads").stat()
+        assert f"UCLOUD_UPLOAD_DIR={ROOT}/state/uploads" in conf.read_text()
+        assert uploads.st_uid == pwd.getpwnam("ucloud").pw_uid and stat.S_IMODE(uploads.st_mode) == 0o750
         # The ucloud user reads the config and runs the installed code; the dev packages are not there.
         shown = subprocess.run(["runuser", "-u", "ucloud", "--", str(prefix / ".venv" / "bin" / "ucloud-api"),
                                 "--config", str(conf), "config"], capture_output=True, text=True, timeout=60)
@@ -58,6 +62,7 @@ def test_the_system_install_gives_units_systemd_accepts_and_a_config_only_ucloud
         text = (units / "ucloud-api.service").read_text()
         assert f"ExecStart={prefix}/.venv/bin/ucloud-api serve --bind [::]:8080" in text
         assert f"UCLOUD_CONFIG={conf}" in text and "=/opt/ucloud" not in text and " /opt/ucloud" not in text
+        assert f"ReadWritePaths={ROOT}/state/uploads" in text
         for hardened in ("ucloud-api", "ucloud-scheduler", "ucloud-filescan", "ucloud-imagescanner"):
             text = (units / f"{hardened}.service").read_text()
             assert "User=ucloud" in text and "ProtectSystem=strict" in text and "CapabilityBoundingSet=\n" in text

@@ -132,10 +132,12 @@ def running_cluster(root: Path, hosts: tuple[str, ...] = ("h1",), schedulers: tu
     tiny = tiny_image()
     etcd = EtcdServer(root / "etcd")
     etcd.start()
+    (root / "uploads").mkdir(exist_ok=True)
     conf = root / "ucloud.conf"
     lines = {
         "UCLOUD_ETCD_ENDPOINTS": etcd.endpoint, "UCLOUD_RUN_DIR": str(root / "run"),
         "UCLOUD_IMAGE_DIR": str(root / "images"), "UCLOUD_DISK_DIR": str(root / "disks"),
+        "UCLOUD_UPLOAD_DIR": str(root / "uploads"),
         "UCLOUD_ACCEL": "tcg", "UCLOUD_SHUTDOWN_TIMEOUT": "20", "UCLOUD_HOST_LEASE_TTL": "6",
         "UCLOUD_HEARTBEAT_INTERVAL": "1", "UCLOUD_LEADER_LEASE_TTL": "6", "UCLOUD_ETCD_TIMEOUT": "2",
         "UCLOUD_USER_WRITE_RATE": "", **settings,

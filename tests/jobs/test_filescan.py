@@ -18,6 +18,7 @@ from ucloud_common.file import FILES
 from ucloud_common.joblock import AlreadyRunning, single_run
 from ucloud_common.quota import USAGES
 from ucloud_common.store import Store
+from ucloud_common.user import USERS, User
 from ucloud_filescan.scan import Limits, Seen, in_turns, scan
 
 BIN = Path(sys.executable).parent
@@ -28,8 +29,11 @@ def registered(store: Store) -> dict[tuple[str, str], object]:
 
 
 @pytest.fixture
-def tree(tmp_path: Path) -> Path:
+def tree(tmp_path: Path, store: Store) -> Path:
+    for name in ("alice", "bob"):
+        store.create(USERS, name, User(name=name))
     root = tmp_path / "www"
+    root.mkdir(exist_ok=True)
     (root / "alice" / "isos" / "old").mkdir(parents=True)
     (root / "bob").mkdir()
     (root / "alice" / "disk.qcow2").write_bytes(b"A" * 5000)
@@ -235,3 +239,21 @@ def test_a_run_writes_its_figures_for_the_node_exporter(tmp_path: Path, store: S
     assert value(figures, "ucloud_filescan_files_unchanged") == 3
     assert started <= value(figures, "ucloud_filescan_last_run_timestamp_seconds") <= time.time()
     assert [p.name for p in textfiles.iterdir()] == ["ucloud_filescan.prom"], "no temporary file left"
+
+
+def test_a_folder_of_no_user_and_uploads_being_received_are_skipped(store: Store, tree: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A folder named as no user (made by hand, or a deleted user's) had its files registered, to be
+    inherited by whoever was later created with that name; an upload the API was still receiving
+    would have been registered half written."""
+    (tree / "carol").mkdir()
+    (tree / "carol" / "orphan.img").write_bytes(b"nobody's")
+    (tree / "alice" / ".upload-0123456789abcdef").write_bytes(b"half")
+    with caplog.at_level(logging.INFO):
+        scan(store, tree, settle=0)
+    files = registered(store)
+    assert ("carol", "orphan.img") not in files and ("alice", ".upload-0123456789abcdef") not in files
+    assert "no user is named carol" in caplog.text and "an upload still being received" in caplog.text
+    store.update(USERS, "bob", lambda bob: bob.evolve(deleting_since=bob.created_at))
+    assert scan(store, tree, settle=0).removed == 1, "a user being deleted keeps no registered file"
+    assert ("bob", "b.img") not in registered(store)

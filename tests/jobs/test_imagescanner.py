@@ -26,6 +26,7 @@ from ucloud_common.imagestore import local_image_path
 from ucloud_common.logs import PrintableFormatter
 from ucloud_common.quota import QUOTAS, USAGES, Quota
 from ucloud_common.store import Store
+from ucloud_common.user import USERS, User
 from ucloud_filescan.scan import scan as filescan
 from ucloud_common.diskformat import Refused, judge
 from ucloud_imagescanner import scanner
@@ -59,7 +60,8 @@ def with_data_file_named(path: Path, name: bytes) -> None:
 
 
 @pytest.fixture
-def settings_for(settings: Settings, tmp_path: Path) -> Settings:
+def settings_for(settings: Settings, tmp_path: Path, store: Store) -> Settings:
+    store.create(USERS, "alice", User(name="alice"))  # file-scan looks only at the folders of users
     return settings.model_copy(update={"upload_dir": tmp_path / "www", "image_dir": tmp_path / "images",
                                        "lock_dir": tmp_path / "lock"})
 

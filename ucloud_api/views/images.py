@@ -1,4 +1,4 @@
-"""Files (registered by file-scan) and images (made from them by image-scanner)."""
+"""Images (made by image-scanner from files users uploaded, `ucloud_api.views.files`)."""
 
 from __future__ import annotations
 
@@ -22,10 +22,9 @@ from ucloud_common.file import FILES
 from ucloud_common.image import IMAGE_DELETIONS, IMAGES, Image, ImageDeletion
 from ucloud_common.imagestore import LOCAL
 from ucloud_common.quota import change, charged, transact_counted
-from ucloud_common.store import Put, Remove
+from ucloud_common.store import Put, Remove, Versioned
 from ucloud_common.vm import VMS
 
-files = Blueprint("files", __name__, url_prefix="/api/v1/files")
 images = Blueprint("images", __name__, url_prefix="/api/v1/images")
 
 
@@ -36,12 +35,6 @@ stores = Blueprint("image_stores", __name__, url_prefix="/api/v1/image-stores")
 def list_stores() -> Response:
     return jsonify([{"name": name, "type": "local" if name == "local" else "rbd"}
                     for name in store().settings.image_stores])
-
-
-@files.get("")
-def list_files() -> Response:
-    caller = current()
-    return list_reply(FILES, index=None if caller.is_admin else "owner", value=caller.name)
 
 
 @images.post("")
@@ -89,16 +82,23 @@ def delete(uuid: str) -> Response:
     def removal() -> tuple[list[Remove[Any] | Put[Any]], dict[str, float]]:
         image = lookup_own(IMAGES, uuid, f"image {uuid}")
         check_if_match(image)
-        users = [vm.value.name for vm in store().list(VMS).items.values() if vm.value.image == uuid]
-        if users:
-            raise APIError(409, "in_use", f"image {uuid} is the base of VM {users[0]}; delete the VM first")
-        # Its data goes after the record: a local image's files by each host's agent, an RBD image by
-        # image-scanner, told by the deletion's record.
-        in_ceph: list[Put[Any]] = [Put(IMAGE_DELETIONS, uuid, ImageDeletion(uuid=uuid, store_name=image.value.store_name),
-                                       None)] if image.value.store_name != LOCAL else []
-        return [Remove(IMAGES, uuid, image.mod_revision),
-                Remove(IMAGE_NAMES, owned(image.value.owner, image.value.name), None), *in_ceph,
-                told(Kind.IMAGE, uuid, f"delete image {image.value.name}")], change(image.value, None)
+        return removal_of(image)
 
     transact_counted(store(), lookup_own(IMAGES, uuid, f"image {uuid}").value.owner, removal)
     return Response(status=204)
+
+
+def removal_of(image: Versioned[Image], why: str = "") -> tuple[list[Remove[Any] | Put[Any]], dict[str, float]]:
+    """The writes that delete the image as read, with its name claim, and the change of its owner's
+    usage (for `transact_counted`); 409 if a VM is based on it."""
+    uuid = image.name
+    users = [vm.value.name for vm in store().list(VMS).items.values() if vm.value.image == uuid]
+    if users:
+        raise APIError(409, "in_use", f"image {uuid} is the base of VM {users[0]}; delete the VM first")
+    # Its data goes after the record: a local image's files by each host's agent, an RBD image by
+    # image-scanner, told by the deletion's record.
+    in_ceph: list[Put[Any]] = [Put(IMAGE_DELETIONS, uuid, ImageDeletion(uuid=uuid, store_name=image.value.store_name),
+                                   None)] if image.value.store_name != LOCAL else []
+    return [Remove(IMAGES, uuid, image.mod_revision),
+            Remove(IMAGE_NAMES, owned(image.value.owner, image.value.name), None), *in_ceph,
+            told(Kind.IMAGE, uuid, f"delete image {image.value.name}{why}")], change(image.value, None)

@@ -84,21 +84,26 @@ def delete(uuid: str) -> Response:
     for _ in sleeps(_RETRY, attempts=store().settings.cas_attempts):
         network = lookup_own(NETWORKS, uuid, f"network {uuid}")
         check_if_match(network)
-        users = [vm for vm in (store().get(VMS, v) for v in network.value.attached)
-                 if vm is not None and any(nic.network == uuid for nic in vm.value.networks)]
-        if users:
-            raise APIError(409, "in_use", f"network {uuid} is attached to VM {users[0].name}; detach it first")
-        n = network.value
         try:
-            store().transact([Remove(NETWORKS, uuid, network.mod_revision),
-                              Remove(NETWORK_NAMES, owned(n.owner, n.name), None),
-                              Remove(VXLAN_IDS, str(n.vxlan_id), None),
-                              *([Remove(IPV6_PREFIXES, prefix_claim(n.ipv6_prefix), None)] if n.ipv6_prefix else []),
-                              told(Kind.NETWORK, uuid, f"delete network {n.name}")])
+            remove(network)
         except Conflict:
             continue  # a VM was attached meanwhile: look again
         return Response(status=204)
     raise APIError(409, "busy", "the network kept changing; retry the request")
+
+
+def remove(network: Versioned[Network], why: str = "") -> None:
+    """Delete the network as read, with its claims; 409 if a VM uses it, `Conflict` if it changed."""
+    uuid, n = network.name, network.value
+    users = [vm for vm in (store().get(VMS, v) for v in n.attached)
+             if vm is not None and any(nic.network == uuid for nic in vm.value.networks)]
+    if users:
+        raise APIError(409, "in_use", f"network {uuid} is attached to VM {users[0].name}; detach it first")
+    store().transact([Remove(NETWORKS, uuid, network.mod_revision),
+                      Remove(NETWORK_NAMES, owned(n.owner, n.name), None),
+                      Remove(VXLAN_IDS, str(n.vxlan_id), None),
+                      *([Remove(IPV6_PREFIXES, prefix_claim(n.ipv6_prefix), None)] if n.ipv6_prefix else []),
+                      told(Kind.NETWORK, uuid, f"delete network {n.name}{why}")])
 
 
 @bp.post("/<uuid>/attach")

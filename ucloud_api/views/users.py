@@ -7,29 +7,26 @@ inherits a deleted user's VMs, networks, images or files. The last admin cannot 
 
 from __future__ import annotations
 
-from typing import Any
+import logging
 
 from flask import Blueprint, Response, jsonify, request
 
-from ucloud_api import throttle
+from ucloud_api import throttle, userdeletion
 from ucloud_api.audit import told
 from ucloud_api.auth import create_user, current, require_admin
 from ucloud_api.body import parse
 from ucloud_api.errors import APIError
-from ucloud_api.idempotency import REPLIES
 from ucloud_api.passwords import check_password, hash_password
+from ucloud_api.query import flag
 from ucloud_api.replies import check_if_match, dump, lookup, object_reply, store
 from ucloud_api.schemas import PasswordChange, UserCreate
 from ucloud_api.views.quotas import shown
-from ucloud_common.claim import owned
 from ucloud_common.event import Kind
-from ucloud_common.file import FILES
-from ucloud_common.image import IMAGES
-from ucloud_common.network import NETWORKS
-from ucloud_common.quota import QUOTAS, USAGES
-from ucloud_common.store import Conflict, Put, Remove
-from ucloud_common.user import PASSWORDS, TOKENS, USERS, Password, Role
-from ucloud_common.vm import VMS
+from ucloud_common.store import Conflict, Put
+from ucloud_common.uploads import make_user_folder
+from ucloud_common.user import PASSWORDS, USERS, Password
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("users", __name__, url_prefix="/api/v1/users")
 
@@ -44,6 +41,11 @@ def create() -> Response:
         _check_nothing_owned_by(body.name)
     user, token = create_user(store(), body.name, body.role, body.password,
                               also=[told(Kind.USER, body.name, f"create user {body.name} ({body.role.value})")])
+    try:
+        make_user_folder(store().settings.upload_dir, user.name)
+    except OSError as exc:
+        # The user exists and works; their first upload makes the folder again (or says why it cannot).
+        log.error("the upload folder of user %s was not made: %s", user.name, exc)
     created = store().get(USERS, user.name)
     assert created is not None
     return object_reply(created, 201, {**dump(user), "token": token})
@@ -68,31 +70,27 @@ def get(name: str) -> Response:
 
 @bp.delete("/<name>")
 def delete(name: str) -> Response:
+    """A user who owns nothing goes at once (204). Else 409 listing what they own, or with
+    ?cascade=true all of it is deleted (`ucloud_api.userdeletion`): 202 saying what is still going,
+    until a repeat of the request finds nothing left and removes the user (204)."""
     require_admin()
+    cascade = flag("cascade")
     user = lookup(USERS, name, f"user {name}")
     check_if_match(user)
-    tokens = [t for t in store().list(TOKENS).items.values() if t.value.user == name]
-    writes: list[Put[Any] | Remove[Any]] = [Remove(USERS, name, user.mod_revision),
-                                            *(Remove(TOKENS, t.name, None) for t in tokens), Remove(PASSWORDS, name, None),
-                                            # A new user of the name starts at the default quota;
-                                            # what stays owned by the name is counted again if needed.
-                                            Remove(QUOTAS, name, None), Remove(USAGES, name, None),
-                                            told(Kind.USER, name, f"delete user {name}")]
-    if user.value.role is Role.ADMIN:
-        admins = [u for u in store().list(USERS).items.values() if u.value.role is Role.ADMIN and u.name != name]
-        if not admins:
-            raise APIError(409, "last_admin", f"user {name} is the last admin; make another admin first")
-        # Another admin must still exist when this one goes: rewritten unchanged under compare-and-swap,
-        # so that two admins deleting each other at once conflict instead of leaving no admin.
-        keeper = admins[0]
-        writes.append(Put(USERS, keeper.name, keeper.value, keeper.mod_revision))
-    try:
-        store().transact(writes)
-    except Conflict:
-        raise APIError(409, "busy", "the users changed meanwhile; retry the request") from None
-    # Replies kept for the user's Idempotency-Key retries would be replayed to a new user of the name.
-    store().delete_all(REPLIES, owned(name, ""))
-    return Response(status=204)
+    userdeletion.check_not_last_admin(user)  # the first thing to say: no cascade helps
+    if not cascade and not user.value.deleting:
+        owns = userdeletion.holdings(name)
+        if not owns.empty:
+            raise APIError(409, "owns_things", f"user {name} owns {owns.sentence()}: delete those first, or "
+                           "delete the user with all of it (?cascade=true)", owns=owns.left())
+        userdeletion.remove_user(user, f"delete user {name}")
+        return Response(status=204)
+    marked = userdeletion.mark(user)
+    left = userdeletion.sweep(marked)
+    if store().get(USERS, name) is None:
+        return Response(status=204)
+    return jsonify({"name": name, "deleting": True, "left": left.left(),
+                    "note": "deleting; repeat this request until it answers 204 (the user is gone)"}), 202
 
 
 @bp.put("/<name>/password")
@@ -104,6 +102,8 @@ def set_password(name: str) -> Response:
         raise APIError(403, "forbidden", "you may set only your own password (an admin may set anyone's)")
     body = parse(PasswordChange)
     user = lookup(USERS, name, f"user {name}")
+    if user.value.deleting:
+        raise APIError(409, "user_deleted", f"user {name} is being deleted")
     existing = store().get(PASSWORDS, name)
     if existing is not None and not caller.is_admin:
         keys = throttle.subjects(name, request.remote_addr or "unknown")
@@ -126,13 +126,14 @@ def set_password(name: str) -> Response:
 def _check_nothing_owned_by(name: str) -> None:
     """409 if a VM, network, image or registered file still has `owner` `name` (a deleted user's):
     everything is owned by name, so a new user of that name would inherit it all. The records are
-    read, not the name claims: an imported image has none. (A deleted user's token still working in a
-    worker whose watch has not delivered the deletion yet, for milliseconds, could race this; nothing
-    else creates objects of a user who does not exist.) Not checked by `ucloud-api create-admin`, the operator's at the console:
-    `ucloud-vm import-image` makes images owned by "admin" before the first admin exists."""
-    counts = {what: len(store().list(family, where={"owner": name}).items)
-             for what, family in (("VMs", VMS), ("networks", NETWORKS), ("images", IMAGES), ("files", FILES))}
-    if any(counts.values()):
-        held = ", ".join(f"{count} {what}" for what, count in counts.items() if count)
-        raise APIError(409, "name_in_use", f"the name {name} still owns {held} of a deleted user: a new user of "
-                       f"that name would inherit them; delete them first (files: from the upload folder {name}/)")
+    read, not the name claims: an imported image has none; nor the upload folder, which an operator
+    may make before the user (the seed's way). (A user deleted at once, owning nothing, whose token
+    still works in a worker whose watch has not delivered the deletion yet, for milliseconds, could
+    race this; a cascade waits `userdeletion.SETTLE_SECONDS`.) Not checked by `ucloud-api
+    create-admin`, the operator's at the console: `ucloud-vm import-image` makes images owned by
+    "admin" before the first admin exists."""
+    owns = userdeletion.holdings(name, folder=False)
+    if not owns.empty:
+        raise APIError(409, "name_in_use", f"the name {name} still owns {owns.sentence()} of a deleted user: a new "
+                       f"user of that name would inherit them; delete them first (files: from the upload folder "
+                       f"{name}/)")

@@ -248,27 +248,38 @@ def _act(uuid: str, action: Action) -> Response:
             quota.check(vm.owner, quota.usage(store(), vm.owner)[0], quota.limits(store(), vm.owner),
                         change(vm, vm.evolve(specs=extra["resize"])))
         try:
-            if action is Action.DELETE and vm.status is Status.REQUESTED_NEW and not vm.host:
-                # Nothing exists anywhere yet: no agent will ever clean up, so the VM goes now.
-                store().transact([Remove(VMS, uuid, current_vm.mod_revision),
-                                  *held_by(store(), uuid, vm_claims(vm)),
-                                  *detached(store(), uuid, (nic.network for nic in vm.networks)),
-                                  charged(store(), vm.owner, change(vm, None)),
-                                  told(Kind.VM, uuid, "delete (it was never placed: deleted at once)")])
-                return Response(status=204)
-            new = vm.evolve(**asked, **extra, request_id=request_id())
             asking = f"{action.value} to {target}" if target else action.value
             if asked_specs is not None:
                 asking = f"resize to {described(extra['resize'])}"
-            revision = store().transact([Put(VMS, uuid, new, current_vm.mod_revision), told(Kind.VM, uuid, asking)])
-            written = Versioned(uuid, new, revision, current_vm.create_revision)
+            written = write_request(current_vm, action, {**asked, **extra}, asking)
         except Conflict as exc:
             # The owner's usage changing (their other requests) is no change of the VM's.
             if conditional and exc.key != USAGES.key(vm.owner):
                 raise APIError(412, "precondition_failed", "the VM changed; read it again") from None
             continue
+        if written is None:
+            return Response(status=204)
         return object_reply(written, 202, shown_one(written.value))
     raise APIError(409, "busy", "the VM kept changing; retry the request")
+
+
+def write_request(current_vm: Versioned[VM], action: Action, fields: dict[str, Any],
+                  asking: str) -> Versioned[VM] | None:
+    """Write the request `fields` (`request_fields` and the action's own) of `action` on the VM as
+    read, with its event saying `asking`; the VM as written, or None if it was deleted at once (it
+    was never placed). `Conflict` if it changed since it was read."""
+    vm, uuid = current_vm.value, current_vm.name
+    if action is Action.DELETE and vm.status is Status.REQUESTED_NEW and not vm.host:
+        # Nothing exists anywhere yet: no agent will ever clean up, so the VM goes now.
+        store().transact([Remove(VMS, uuid, current_vm.mod_revision),
+                          *held_by(store(), uuid, vm_claims(vm)),
+                          *detached(store(), uuid, (nic.network for nic in vm.networks)),
+                          charged(store(), vm.owner, change(vm, None)),
+                          told(Kind.VM, uuid, f"{asking} (it was never placed: deleted at once)")])
+        return None
+    new = vm.evolve(**fields, request_id=request_id())
+    revision = store().transact([Put(VMS, uuid, new, current_vm.mod_revision), told(Kind.VM, uuid, asking)])
+    return Versioned(uuid, new, revision, current_vm.create_revision)
 
 
 def check_migratable(vm: VM, target: str | None) -> None:
