@@ -395,7 +395,7 @@ def follow(api: Client, vm: dict[str, Any], target: str | None, timeout: float) 
         if target is not None and vm["status"] == target and acted:
             return vm
         if time.monotonic() > deadline:
-            error = f": {vm['error']}" if vm["status"] == "ERROR" else ""
+            error = f": {vm['error']}" if vm["error"] else ""  # e.g. why the scheduler cannot place it
             raise CLIError(f"VM {vm['name']} is still {vm['status']} after {timeout:g} s (waiting for "
                            f"{target or 'its deletion'}){error}")
         time.sleep(0.5)
