@@ -171,8 +171,9 @@ def fresh(mirror: Mirror[R], wait: float = WAIT_S, at_least: int = 0) -> bool:
 
 def caught_up(mirror: Mirror[R], at_least: int = 0) -> Mirror[R]:
     """`mirror`, having seen what this request needs: waited for, or else given a listing from etcd.
-    400 for a sent revision etcd has not reached: no mirror and no listing ever reaches it, and each
-    such request would list the whole family (any caller may send any number)."""
+    A sent revision etcd has not reached is no write's: no mirror and no listing ever reaches it, and
+    listing for it would let any caller make every request list the whole family. Such a request is
+    answered from the mirror as it is (its revision in the header), as one without the header."""
     if fresh(mirror, at_least=at_least):
         return mirror
     # One listing at a time per mirror: readers that need it meanwhile wait for it and are served
@@ -184,8 +185,7 @@ def caught_up(mirror: Mirror[R], at_least: int = 0) -> Mirror[R]:
         store: AbstractStore = current_app.extensions["ucloud.store"]
         sent, present = max(sent_revision(), at_least), store.revision()  # one small read, before a large one
         if sent > present:
-            raise APIError(400, "bad_request", f"{REVISION_HEADER} {sent} is ahead of etcd (at revision "
-                           f"{present}): send back a revision this API answered")
+            return mirror
         mirror.refresh(store.list(mirror.family))
     return mirror
 
