@@ -192,14 +192,16 @@ def test_an_error_vm_whose_qemu_runs_is_adopted(cluster: Cluster) -> None:
     from ucloud_common.states import Status
 
     uuid = create(cluster, "adoptee")
-    cluster.wait(uuid, "RUNNING", timeout=30)
-    pid = cluster.qemu_pid("h1", uuid)
-    cluster.stop_agent("h1", signal.SIGKILL)
+    host = cluster.wait(uuid, "RUNNING", timeout=30)["hostname"].rsplit("/", 1)[1]  # h1 or h2, as spread chose
+    pid = cluster.qemu_pid(host, uuid)
+    cluster.stop_agent(host, signal.SIGKILL)
     cluster.store.update(VMS, uuid, lambda vm: vm.evolve(status=Status.ERROR, error="QMP query-status failed"))
-    cluster.start_agent("h1")
+    cluster.start_agent(host)
+    # Waited for by its event: the API's cache may still show the RUNNING from before the ERROR
+    # written here behind its back (read-your-writes covers a client's writes through the API only).
+    wait_until(lambda: "re-adopted its QEMU" in events(cluster, uuid), 30, "the QEMU re-adopted")
     vm = cluster.wait(uuid, "RUNNING", timeout=30)
-    assert vm["error"] == "" and cluster.qemu_pid("h1", uuid) == pid
-    assert "re-adopted its QEMU" in events(cluster, uuid)
+    assert vm["error"] == "" and cluster.qemu_pid(host, uuid) == pid
 
 
 def test_the_owners_keys_reach_the_vm_on_its_cloud_init_drive(cluster: Cluster, tmp_path: Path) -> None:
