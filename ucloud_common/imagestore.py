@@ -37,7 +37,7 @@ from ucloud_common.imagecopy import copy_sparse, sha512_of
 from ucloud_common.qcow2tables import check_tables
 from ucloud_common.qemuimg import Limits, QemuImgError, qemu_img
 from ucloud_common.quota import change, transact_counted
-from ucloud_common.record import check_key_part
+from ucloud_common.record import check_key_part, is_key_part
 from ucloud_common.store import Conflict, NotFound, Put, Store
 
 log = logging.getLogger(__name__)
@@ -57,15 +57,7 @@ def local_images(image_dir: Path) -> tuple[str, ...]:
     except FileNotFoundError:
         return ()
     return tuple(sorted(name[:-4] for name in names
-                        if name.endswith(".raw") and _is_key_part(name[:-4]) and (image_dir / name).is_file()))
-
-
-def _is_key_part(text: str) -> bool:
-    try:
-        check_key_part(text)
-    except ValueError:
-        return False
-    return True
+                        if name.endswith(".raw") and is_key_part(name[:-4]) and (image_dir / name).is_file()))
 
 
 def served_pool(settings: Settings, store_name: str, ceph: Ceph | None) -> str | None:

@@ -43,6 +43,11 @@ def check_key_part(part: str) -> str:
     return part
 
 
+def is_key_part(text: str) -> bool:
+    """Whether `text` may be part of a key (`check_key_part` without the error)."""
+    return len(text) <= KEY_PART_MAX and _NAME.fullmatch(text) is not None
+
+
 # The schema states the rule for the OpenAPI document; `check_name` enforces it with a sentence.
 NAME_SCHEMA: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": NAME_MAX, "pattern": NAME_PATTERN}
 Name = Annotated[str, AfterValidator(check_name), WithJsonSchema(NAME_SCHEMA)]

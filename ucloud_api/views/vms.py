@@ -25,7 +25,7 @@ from ucloud_common.claim import MACS, VM_NAMES, Claim, held_by, mac_claim, vm_cl
 from ucloud_common.event import Kind, object_events, ref
 from ucloud_common.host import HOSTS
 from ucloud_common.image import IMAGES, ImageStatus
-from ucloud_common.record import check_key_part, check_name
+from ucloud_common.record import check_name, is_key_part
 from ucloud_common.retry import Backoff, sleeps
 from ucloud_common.specs import Specs, described
 from ucloud_common.states import Action, ActionRefused, Status
@@ -75,7 +75,7 @@ def create() -> Response:
         writes: list[Put[Any]] = []
         nics = []
         for network_uuid in body.networks:
-            network = store().get(NETWORKS, network_uuid) if _is_key_part(network_uuid) else None
+            network = store().get(NETWORKS, network_uuid) if is_key_part(network_uuid) else None
             if network is None or network.value.owner != caller.name:
                 raise APIError(422, "invalid", f"networks: you have no network {network_uuid}",
                                fields=[{"field": "networks", "message": f"no network {network_uuid}"}])
@@ -334,11 +334,3 @@ def _events(uuid: str, cached: bool = False, last: int | None = None) -> list[di
 def _user_keys(name: str) -> dict[str, str]:
     user = store().get(USERS, name)
     return dict(user.value.ssh_keys) if user else {}
-
-
-def _is_key_part(text: str) -> bool:
-    try:
-        check_key_part(text)
-    except ValueError:
-        return False
-    return True
