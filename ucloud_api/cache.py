@@ -16,6 +16,7 @@ import base64
 import binascii
 import json
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -99,6 +100,16 @@ class ReadCache:
             mirror.stop()
         for mirror in self._mirrors:
             mirror.join(timeout)
+
+    def loaded(self, timeout: float) -> bool:
+        """Whether every mirror holds its first listing (waiting up to `timeout` s for it)."""
+        deadline = time.monotonic() + timeout
+        for mirror in self._mirrors:
+            while not mirror.ready:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.05)
+        return True
 
     def mirror(self, family: Family[R]) -> Mirror[R]:
         found: Mirror[R] = next(m for m in self._mirrors if m.family is family)

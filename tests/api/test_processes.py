@@ -156,6 +156,11 @@ def test_under_gunicorn(gunicorn: int, store: Store, tmp_path: Path, etcd_server
     assert response.status == 413 and json.loads(response.read())["error"]["code"] == "too_large"
     status, spec = call(gunicorn, "GET", "/api/v1/openapi.json")
     assert status == 200 and "/api/v1/vms" in spec["paths"]
+    # Each worker froze its loaded cache out of garbage collection (ucloud_api/worker.py).
+    deadline = time.monotonic() + 20
+    while (tmp_path / "gunicorn.log").read_text().count("frozen out of garbage collection") < 2:
+        assert time.monotonic() < deadline, (tmp_path / "gunicorn.log").read_text()
+        time.sleep(0.2)
 
 
 def test_etcd_down_is_503_and_nothing_half_written_then_recovery(tmp_path: Path) -> None:

@@ -51,6 +51,16 @@ def test_a_table_never_goes_back_in_time() -> None:
     assert sorted(t.items) == ["b"] and t.revision == 21
 
 
+def test_a_listing_keeps_the_objects_of_records_unchanged_since() -> None:
+    # A resync lists every record again: the table keeps what it holds of those unchanged (the
+    # listing's copies die young, never reaching the collector's oldest generation), and takes the rest.
+    held = vm("a")
+    t = table(held, vm("b"), revision=20)
+    t.replace({"a": vm("a"), "b": vm("b", "bob", 25)}, 30)
+    assert t.items["a"] is held and t.items["b"].value.owner == "bob"
+    assert [i.name for i in t.page("", None, "owner", "bob")[0]] == ["b"] and t.revision == 30
+
+
 def test_every_change_of_one_transaction_is_taken_in() -> None:
     # One transaction changes several keys at one revision (the scheduler's KILLED for all the VMs
     # of a fenced host): each comes as a change of that revision, and each must land.

@@ -121,7 +121,10 @@ def list_() -> Response:
         return (caller.is_admin or vm.owner == caller.name) and (not owner or vm.owner == owner) \
             and (not host or vm.host == host) and (not status or vm.status == status)
 
-    return list_reply(VMS, _listed, index, value, keep)
+    # Found by the one filter asked (or a user's own VMs by the owner index): nothing left to check.
+    asked = [f for f in (owner, host, status) if f]
+    exact = (not caller.is_admin and not asked) or (caller.is_admin and len(asked) <= 1)
+    return list_reply(VMS, _listed, index, value, None if exact else keep)
 
 
 def rendered(item: Versioned[VM]) -> bytes | None:

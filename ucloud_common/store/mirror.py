@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from itertools import islice
 from typing import Any, Generic
 
 from sortedcontainers import SortedSet
@@ -76,10 +77,14 @@ class Table(Generic[R]):
         old_items, old_rendered = old if old is not None else self.copies()
         fresh: Table[R] = Table(self._indexes, self._render)
         by_value: dict[str, dict[str, list[str]]] = {index: {} for index in self._indexes}
-        for item in items.values():
-            before = old_items.get(item.name)
-            kept = old_rendered.get(item.name) if before is not None and before.mod_revision == item.mod_revision \
-                else None
+        for listed in items.values():
+            before = old_items.get(listed.name)
+            unchanged = before is not None and before.mod_revision == listed.mod_revision
+            # A record unchanged since keeps the objects the table holds, and the listing's copy dies
+            # young: a resync of 10,000 VMs then adds no long-lived objects, which would each be
+            # traversed by every full collection of the garbage collector (`ucloud_api.worker`).
+            item = before if unchanged and before is not None else listed
+            kept = old_rendered.get(item.name) if unchanged else None
             fresh.items[item.name] = item
             filed = fresh._filed[item.name] = fresh._index_values(item)
             for index, value in zip(self._indexes, filed):
@@ -172,8 +177,13 @@ class Table(Generic[R]):
         (if given) and kept by `keep`; and whether more follow. Name order is what makes paging
         through a changing family safe: a record is never shown twice, and one that exists from
         the first page to the last is always shown, wherever others come and go."""
-        found: list[Versioned[R]] = []
-        for name in self.names(index, value).irange(minimum=after or None, inclusive=(not after, True)):
+        names = self.names(index, value).irange(minimum=after or None, inclusive=(not after, True))
+        if keep is None:  # (most pages: a user's own records, found by the owner index)
+            found = [self.items[name] for name in islice(names, None if limit is None else limit + 1)]
+            more = limit is not None and len(found) > limit
+            return (found[:limit] if more else found), more
+        found = []
+        for name in names:
             item = self.items[name]
             if keep is not None and not keep(item.value):
                 continue
