@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import secrets
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -66,12 +67,16 @@ class Authenticator:
     # Ids revoked through this process, refused even before its own watch delivers the deletion.
     # Token ids are random and never reused, so one refused here can never come back.
     _REVOKED_KEPT = 10_000
+    _READ_KEPT = 10_000
 
     def __init__(self, store: Store, tokens: Mirror[Token], users: Mirror[User]) -> None:
         self._store = store
         self._tokens = tokens
         self._users = users
         self._revoked: set[str] = set()
+        # Tokens and users read from etcd for a revision their mirror had not reached: the record
+        # (None: absent) and the revision it was read at, the least recently read forgotten first.
+        self._read_at: OrderedDict[tuple[str, str], tuple[Versioned[Any] | None, int]] = OrderedDict()
         self._lock = threading.Lock()
 
     def caller(self) -> Caller:
@@ -107,11 +112,26 @@ class Authenticator:
         # The client's X-Ucloud-Revision counts here too: after a revocation it sends back, the
         # token is refused by every worker, whatever its watch has delivered so far. Not waited
         # for: it is mostly the revision of a write to another family, which these never reach.
-        if mirror.wait_for(sent_revision(), 0):
-            found = mirror.table.items.get(name)
-            if found is not None:
-                return found
-        return self._store.get(family, name)
+        needed = sent_revision()
+        if mirror.wait_for(needed, 0):
+            mirrored = mirror.table.items.get(name)
+            return mirrored if mirrored is not None else self._store.get(family, name)  # (made a moment ago)
+        # Read from etcd then, at a revision at least the one sent, and kept: the next requests
+        # sending no newer one are answered by it (the CLI sends its last write's revision with
+        # every request until its next write: each cost two etcd reads). A mirror that reaches
+        # the revision sent is newer than what was kept, and answers instead (above).
+        key = (family.prefix, name)
+        with self._lock:
+            kept = self._read_at.get(key)
+        if kept is not None and kept[1] >= needed:
+            return kept[0]
+        found, revision = self._store.read(family, name)
+        with self._lock:
+            self._read_at[key] = (found, revision)
+            self._read_at.move_to_end(key)
+            if len(self._read_at) > self._READ_KEPT:
+                self._read_at.popitem(last=False)
+        return found
 
     def forget(self, token_id: str) -> None:
         with self._lock:

@@ -191,6 +191,21 @@ def test_a_token_revoked_through_one_instance_is_refused_by_another(
     assert elsewhere.get("/api/v1/vms").status_code == 401
 
 
+def test_a_token_revoked_after_its_check_was_kept_is_refused_for_the_revocations_revision(
+        alice: As, second: tuple[Flask, Store]) -> None:
+    """What a worker keeps of a token read for a revision never answers a client that sends a newer
+    one: revoked through one instance, the token is refused by the other at once for the revision of
+    the revocation, though its check at an earlier revision was kept there."""
+    made = alice.post("/api/v1/tokens", json={"name": "laptop"}).json
+    elsewhere = As(second[0].test_client(), made["token"], "alice")
+    wrote = alice.post("/api/v1/networks", json={"name": "n"})  # a revision the token mirror never reaches
+    before = {"X-Ucloud-Revision": wrote.headers["X-Ucloud-Revision"]}
+    assert elsewhere.get("/api/v1/vms", headers=before).status_code == 200  # read from etcd, kept
+    revoked = alice.delete(f"/api/v1/tokens/{made['id']}")
+    after = {"X-Ucloud-Revision": revoked.headers["X-Ucloud-Revision"]}
+    assert elsewhere.get("/api/v1/vms", headers=after).status_code == 401
+
+
 def test_token_checks_do_not_read_etcd(alice: As, app: Flask, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     cache: ReadCache = app.extensions["ucloud.cache"]
     now = store.revision()

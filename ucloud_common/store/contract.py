@@ -113,9 +113,14 @@ class AbstractStore(ABC):
     def revision(self) -> int:
         """The store's current revision."""
 
-    @abstractmethod
     def get(self, family: Family[R], name: str) -> Versioned[R] | None:
         """The record, or None if absent; `InvalidRecord` if the stored value is not one."""
+        return self.read(family, name)[0]
+
+    @abstractmethod
+    def read(self, family: Family[R], name: str) -> tuple[Versioned[R] | None, int]:
+        """The record (as `get`), and the store's revision it was read at: what a reader that must
+        have seen some revision can tell from it (`ucloud_api.auth`)."""
 
     @abstractmethod
     def list(self, family: Family[R], within: str = "", where: Mapping[str, str] | None = None) -> Listing[R]:

@@ -110,13 +110,14 @@ class Store(AbstractStore):
             lambda m, left, metadata: m.kv.Range(request, timeout=left, metadata=metadata), retry_safe=True,
             operation="range")
 
-    def get(self, family: Family[R], name: str) -> Versioned[R] | None:
+    def read(self, family: Family[R], name: str) -> tuple[Versioned[R] | None, int]:
         key = family.key(name)
         response = self._range(key)
+        revision = int(response.header.revision)
         if not response.kvs:
-            return None
+            return None, revision
         kv = response.kvs[0]
-        return Versioned(name, family.decode(key, kv.value), kv.mod_revision, kv.create_revision)
+        return Versioned(name, family.decode(key, kv.value), kv.mod_revision, kv.create_revision), revision
 
     def count(self, family: Family[R], within: str) -> int:
         prefix = (family.prefix + within).encode()

@@ -283,13 +283,14 @@ class MemoryStore(AbstractStore):
         with self._call("revision") as ks:
             return ks.revision
 
-    def get(self, family: Family[R], name: str) -> Versioned[R] | None:
+    def read(self, family: Family[R], name: str) -> tuple[Versioned[R] | None, int]:
         key = family.key(name)
         with self._call(f"read {key}") as ks:
             entry = ks.entries.get(key.encode())
             if entry is None:
-                return None
-            return Versioned(name, family.decode(key, entry.value), entry.mod_revision, entry.create_revision)
+                return None, ks.revision
+            return Versioned(name, family.decode(key, entry.value), entry.mod_revision, entry.create_revision), \
+                ks.revision
 
     def count(self, family: Family[R], within: str) -> int:
         prefix = (family.prefix + within).encode()
