@@ -126,6 +126,9 @@ class Authenticator:
         if kept is not None and kept[1] >= needed:
             return kept[0]
         found, revision = self._store.read(family, name)
+        # A revision etcd has not reached is no write's (anyone can send one, or a CLI that kept it
+        # from an etcd since replaced): read once, as for any other, not on every request.
+        revision = max(revision, needed)
         with self._lock:
             self._read_at[key] = (found, revision)
             self._read_at.move_to_end(key)

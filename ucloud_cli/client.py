@@ -42,6 +42,9 @@ class Client:
     # The newest X-Ucloud-Revision a write answered, sent with every request: whichever API worker
     # answers next reflects this command's own writes (a new connection may reach another worker).
     seen: dict[str, int] = field(default_factory=lambda: {"revision": 0}, repr=False, compare=False)
+    # Whether that revision is also kept for the next command (`remembered`): `ucloud vm stop x`
+    # then `ucloud vm show x` are two processes, and the second may reach a worker a few ms behind.
+    remember: bool = False
 
     @classmethod
     def from_environment(cls) -> Client:
@@ -53,7 +56,8 @@ class Client:
         token = os.environ.get("UCLOUD_TOKEN") or section.get("token")
         if not url or not token:
             raise CLIError("not logged in: run `ucloud login --url URL` or set UCLOUD_API_URL and UCLOUD_TOKEN", 2)
-        return cls(url.rstrip("/"), token)
+        url = url.rstrip("/")
+        return cls(url, token, seen={"revision": remembered(url)}, remember=True)
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
         return self._call(method, path, body)[0]
@@ -87,6 +91,8 @@ class Client:
                 revision = headers.get("X-Ucloud-Revision", "")
                 if method != "GET" and revision.isascii() and revision.isdigit():
                     self.seen["revision"] = max(self.seen["revision"], int(revision))
+                    if self.remember:
+                        remember(self.url, int(revision))
         except urllib.error.HTTPError as exc:
             raise CLIError(_message(exc.code, exc.read()), http_status=exc.code) from None
         except (urllib.error.URLError, OSError) as exc:
@@ -158,6 +164,38 @@ def _message(status: int, text: bytes) -> str:
         return str(error["message"])
     except (ValueError, KeyError, TypeError):
         return f"the API answered {status}"
+
+
+def revisions_path() -> Path:
+    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return base / "ucloud" / "revisions.json"
+
+
+def remembered(url: str) -> int:
+    """The revision of the last write a command made through the API at `url` (0: none kept, or
+    the file unreadable: it is a hint for freshness, never needed to work)."""
+    try:
+        kept = json.loads(revisions_path().read_text()).get(url, 0)
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return kept if type(kept) is int and kept >= 0 else 0
+
+
+def remember(url: str, revision: int) -> None:
+    """Keep `revision` for the next command, replacing the last one kept for `url` (the latest
+    write's, not the largest: an etcd replaced since counts from 0 again). Written whole and
+    renamed into place; a failure is ignored (see `remembered`)."""
+    path = revisions_path()
+    try:
+        kept = json.loads(path.read_text()) if path.exists() else {}
+        kept = kept if isinstance(kept, dict) else {}
+        kept[url] = revision
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        partial = path.with_name(f".{path.name}.{os.getpid()}")
+        partial.write_text(json.dumps(kept))
+        os.replace(partial, path)
+    except (OSError, ValueError):
+        pass
 
 
 def save_login(url: str, token: str) -> Path:
