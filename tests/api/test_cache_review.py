@@ -12,7 +12,7 @@ import pytest
 from flask import Flask
 
 from tests.api.conftest import As
-from ucloud_api.cache import ReadCache
+from ucloud_api.cache import LAST_EVENTS, ReadCache
 from ucloud_common.specs import Specs
 from ucloud_common.store import Store
 from ucloud_common.user import TOKENS, USERS
@@ -187,9 +187,11 @@ def test_get_one_vm_dumps_only_the_events_it_shows(
     real_dump = vms_view.dump
     monkeypatch.setattr(vms_view, "dump", lambda record: dumped.append(record) or real_dump(record))
     shown = alice.get(f"/api/v1/vms/{uuid}", headers={"X-Ucloud-Revision": str(store.revision())})
-    assert shown.status_code == 200 and len(shown.json["events"]) == vms_view.EVENTS_SHOWN
+    assert shown.status_code == 200 and len(shown.json["events"]) == LAST_EVENTS
     assert shown.json["events"][-1]["message"] == "restart 3.49"
-    assert len(dumped) <= vms_view.EVENTS_SHOWN + 1, f"{len(dumped)} records dumped for one VM"
+    assert len(dumped) <= LAST_EVENTS + 1, f"{len(dumped)} records dumped for one VM"
+    # And the cache holds no more than those: a week of a crash-looping VM's events was all kept.
+    assert len(cache.events.table.names("object", obj)) == LAST_EVENTS
 
 
 def test_the_next_page_is_never_older_than_the_page_before(

@@ -61,6 +61,19 @@ def test_a_listing_keeps_the_objects_of_records_unchanged_since() -> None:
     assert [i.name for i in t.page("", None, "owner", "bob")[0]] == ["b"] and t.revision == 30
 
 
+def test_a_table_keeps_only_the_last_records_of_each_value_it_is_told_to() -> None:
+    def kept(t: Table[VM], owner: str) -> list[str]:
+        return [i.name for i in t.page("", None, "owner", owner)[0]]
+
+    t: Table[VM] = Table({"owner": lambda v: v.owner}, None, keep_last=("owner", 2))
+    t.replace({n: vm(n, owner) for n, owner in (("a1", "a"), ("a2", "a"), ("a3", "a"), ("b1", "b"))}, 10)
+    assert kept(t, "a") == ["a2", "a3"] and kept(t, "b") == ["b1"] and sorted(t.items) == ["a2", "a3", "b1"]
+    t.apply(Change("a4", vm("a4", "a", 11), 11))
+    t.apply(Change("b2", vm("b2", "b", 12), 12))
+    assert kept(t, "a") == ["a3", "a4"] and kept(t, "b") == ["b1", "b2"]
+    assert sorted(t.items) == ["a3", "a4", "b1", "b2"] and t.page("", None)[0][0].name == "a3"
+
+
 def test_every_change_of_one_transaction_is_taken_in() -> None:
     # One transaction changes several keys at one revision (the scheduler's KILLED for all the VMs
     # of a fenced host): each comes as a change of that revision, and each must land.

@@ -14,7 +14,7 @@ from flask import Blueprint, Response, jsonify, request
 from ucloud_api.audit import request_id, told
 from ucloud_api.auth import current, require_admin
 from ucloud_api.body import parse
-from ucloud_api.cache import cache, compact_json, fresh, get_settled, list_reply
+from ucloud_api.cache import LAST_EVENTS, cache, compact_json, fresh, get_settled, list_reply
 from ucloud_api.errors import APIError
 from ucloud_api.idempotency import idempotent
 from ucloud_api.naming import create_named, new_nic
@@ -41,7 +41,6 @@ from ucloud_common.vmstats import VM_STATS
 
 bp = Blueprint("vms", __name__, url_prefix="/api/v1/vms")
 
-EVENTS_SHOWN = 20
 _RETRY = Backoff(initial=0.002, maximum=0.1)
 
 
@@ -141,7 +140,7 @@ def _listed(item: Versioned[VM]) -> bytes:
 @bp.get("/<uuid>")
 def get(uuid: str) -> Response:
     vm = lookup_own(VMS, uuid, f"VM {uuid}", cached=True)
-    return object_reply(vm, body={**shown_one(vm.value), "events": _events(uuid, cached=True, last=EVENTS_SHOWN)})
+    return object_reply(vm, body={**shown_one(vm.value), "events": _events(uuid, cached=True, last=LAST_EVENTS)})
 
 
 def shown(vm: VM, prefixes: dict[str, str]) -> dict[str, Any]:

@@ -4,7 +4,7 @@ indexes, for readers that must not ask etcd each time (the API's lists, its toke
 The Kubernetes API server's watch cache in small: list, watch from the list's revision, list again
 after a compaction (all of it the `Follower`'s), and readers that page in key order at the revision
 the mirror has reached. A reader that needs a revision at least as new as some write waits for the
-mirror to pass it (`Mirror.wait_for`), and reads from etcd instead (`Table.of`) when it does not in
+mirror to pass it (`Mirror.wait_for`), and reads from etcd instead when it does not in
 time: a mirror is never trusted to be fresher than it says.
 """
 
@@ -39,7 +39,8 @@ class Table(Generic[R]):
     Not locked itself: a `Mirror` changes its table only under its lock, and readers read it under
     the same lock (`Mirror.locked`), so that a page is always of one revision."""
 
-    def __init__(self, indexes: Mapping[str, Index], render: Render | None) -> None:
+    def __init__(self, indexes: Mapping[str, Index], render: Render | None,
+                 keep_last: tuple[str, int] | None = None) -> None:
         self.items: dict[str, Versioned[R]] = {}
         self.rendered: dict[str, Any] = {}
         self.revision = 0
@@ -50,13 +51,9 @@ class Table(Generic[R]):
         # Where each record was filed, by index (None: its index raised): a removal takes it out of
         # those buckets without asking the index again, which may raise again or answer otherwise.
         self._filed: dict[str, tuple[str | None, ...]] = {}
-
-    @classmethod
-    def of(cls, listing: Listing[R], indexes: Mapping[str, Index], render: Render | None) -> Table[R]:
-        """A table of a listing read from etcd (what a reader uses when the mirror is not fresh enough)."""
-        table: Table[R] = cls(indexes, render)
-        table.replace(listing.items, listing.revision)
-        return table
+        # (index, n): at most the last n records in name order of each value of that index; older
+        # ones are dropped as newer ones come (an object's events: they sort by time).
+        self._keep_last = keep_last
 
     def replace(self, items: Mapping[str, Versioned[R]], revision: int) -> None:
         """Take a listing at `revision` instead of what the table holds, unless the table is newer
@@ -75,7 +72,9 @@ class Table(Generic[R]):
         building one of 10,000 VMs took over a second here, a second the watch and every reader
         waited. Indexes are built in bulk: adding names one by one cost most of that second."""
         old_items, old_rendered = old if old is not None else self.copies()
-        fresh: Table[R] = Table(self._indexes, self._render)
+        fresh: Table[R] = Table(self._indexes, self._render, self._keep_last)
+        if self._keep_last is not None:
+            items = self._last_of_each(items)
         by_value: dict[str, dict[str, list[str]]] = {index: {} for index in self._indexes}
         for listed in items.values():
             before = old_items.get(listed.name)
@@ -97,6 +96,22 @@ class Table(Generic[R]):
                      for index, values in by_value.items()}
         fresh.revision = revision
         return fresh
+
+    def _last_of_each(self, items: Mapping[str, Versioned[R]]) -> dict[str, Versioned[R]]:
+        """`items` but for those past the last `n` in name order of their `keep_last` index's value."""
+        assert self._keep_last is not None
+        index, n = self._keep_last
+        of = self._indexes[index]
+        by_value: dict[str | None, list[str]] = {}
+        for item in items.values():
+            try:
+                value: str | None = of(item.value)
+            except Exception:  # noqa: BLE001 - filed in no bucket (logged as it is taken in): never dropped
+                value = None
+            by_value.setdefault(value, []).append(item.name)
+        kept = {name for value, names in by_value.items()
+                for name in (names if value is None else sorted(names)[-n:])}
+        return {name: item for name, item in items.items() if name in kept}
 
     def take(self, fresh: Table[R]) -> None:
         """Become `fresh` (from `prepared`), unless this table is newer."""
@@ -128,6 +143,13 @@ class Table(Generic[R]):
                 bucket.add(item.name)
         if self._render is not None:
             self.rendered[item.name] = self._rendering(item)
+        if self._keep_last is not None:
+            index, n = self._keep_last
+            value = filed[list(self._indexes).index(index)]
+            bucket = self._by[index].get(value) if value is not None else None
+            while bucket is not None and len(bucket) > n:
+                self._remove(bucket[0])  # (the last one removed takes the bucket with it)
+                bucket = self._by[index].get(value)
 
     # An index or a render that raises (a bug, a record it cannot take) costs that record its place
     # in that index, or its rendering made in advance (readers render it when they show it), and is
@@ -202,7 +224,7 @@ class Mirror(Generic[R]):
 
     def __init__(self, store: AbstractStore, family: Family[R], indexes: Mapping[str, Index] | None = None,
                  render: Render | None = None, stale_after: float | None = None,
-                 resync_interval: float | None = None) -> None:
+                 resync_interval: float | None = None, keep_last: tuple[str, int] | None = None) -> None:
         self.family = family
         # Seconds after which a mirror that has not heard from etcd (its watch cut off: a partition,
         # a member gone) is no longer trusted by `wait_for`, so that its readers go to etcd. Without
@@ -213,7 +235,7 @@ class Mirror(Generic[R]):
         self.refreshing = threading.Lock()  # held by the one reader listing for `refresh` (never the table's lock)
         self.indexes = dict(indexes or {})
         self.render = render
-        self.table: Table[R] = Table(self.indexes, render)
+        self.table: Table[R] = Table(self.indexes, render, keep_last)
         self.ready = False
         self.relisted_after_failure = 0
         self._changed = threading.Condition()
