@@ -10,6 +10,7 @@ from ucloud_api.errors import APIError
 from ucloud_api.limits import Limit
 from ucloud_api.replies import store
 from ucloud_common.claim import Claim, owned
+from ucloud_common.quota import charging
 from ucloud_common.record import Family, R
 from ucloud_common.retry import Backoff, sleeps
 from ucloud_common.store import Conflict, Put, Versioned
@@ -33,21 +34,22 @@ def create_named(family: Family[R], claims: Family[Claim], owner: str, name: str
     if limit is not None:
         limit.check(store().count(claims, owned(owner, "")))
     lost = Conflict("")
-    for _ in sleeps(_RETRY, attempts=10):
-        record, also = make()
-        claim = store().get(claims, claim_name)
-        expect = 0
-        if claim is not None:
-            if store().get(family, claim.value.holder) is not None:
-                raise APIError(409, "exists", f"you already have a {what} named {name}")
-            expect = claim.mod_revision
-        try:
-            revision = store().transact([Put(claims, claim_name, Claim(holder=uuid), expect),
-                                         Put(family, uuid, record, 0), *also])
-        except Conflict as exc:
-            lost = exc
-            continue
-        return Versioned(uuid, record, revision, revision)
+    with charging(owner):  # (most creations charge the owner's usage)
+        for _ in sleeps(_RETRY, attempts=10):
+            record, also = make()
+            claim = store().get(claims, claim_name)
+            expect = 0
+            if claim is not None:
+                if store().get(family, claim.value.holder) is not None:
+                    raise APIError(409, "exists", f"you already have a {what} named {name}")
+                expect = claim.mod_revision
+            try:
+                revision = store().transact([Put(claims, claim_name, Claim(holder=uuid), expect),
+                                             Put(family, uuid, record, 0), *also])
+            except Conflict as exc:
+                lost = exc
+                continue
+            return Versioned(uuid, record, revision, revision)
     if lost.key == claims.key(claim_name):
         raise APIError(409, "exists", f"you already have a {what} named {name}")
     # Other creations of the owner kept winning the race for the usage record (`quota.charged`).

@@ -17,10 +17,7 @@ import json
 import logging
 import os
 import random
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -31,6 +28,7 @@ from ucloud_common.host import HOSTS, HOSTS_ALIVE
 from ucloud_common.image import IMAGES, ImageStatus
 from ucloud_common.imagecopy import CHUNK, ZEROS
 from ucloud_common.imagestore import local_image_path, local_images
+from ucloud_common.keyedlock import KeyedLocks
 from ucloud_common.quoting import quote
 from ucloud_common.store import AbstractStore
 from ucloud_vm import imagetoken
@@ -73,8 +71,7 @@ class PeerImages:
         self._secret = secret
         self.url = url
         self._timeout = timeout
-        self._locks: dict[str, threading.Lock] = {}
-        self._locks_lock = threading.Lock()
+        self._fetching = KeyedLocks()  # one fetch per image at a time
 
     def held(self) -> tuple[str, ...]:
         return local_images(self._image_dir)
@@ -105,17 +102,10 @@ class PeerImages:
         target = local_image_path(self._image_dir, image)
         if target.is_file() or not self._secret:
             return None  # without a secret nothing is fetched: the disk's creation says the image is missing
-        with self._lock(image):
+        with self._fetching.held(image):
             if target.is_file():
                 return None  # another VM's worker fetched it meanwhile
             return self._fetch(image, target)
-
-    @contextmanager
-    def _lock(self, image: str) -> Iterator[None]:
-        with self._locks_lock:
-            lock = self._locks.setdefault(image, threading.Lock())
-        with lock:
-            yield
 
     def _fetch(self, image: str, target: Path) -> Fetched:
         record = self._store.get(IMAGES, image)

@@ -70,6 +70,32 @@ def test_concurrent_creations_pass_exactly_the_quota(settings: Settings, store: 
     assert (used(store, "alice").vms, used(store, "alice").cpu) == (3, 3)
 
 
+def test_one_users_concurrent_creations_within_the_quota_all_pass(settings: Settings, store: Store) -> None:
+    """Each creation of a user changes the user's usage: sixteen clients of one user creating at once
+    (a tool with parallelism 16) lost that compare-and-swap to each other until some gave up with
+    409 busy (27 of 400 through gunicorn). One process now charges one user's usage at a time."""
+    app = create_app(settings, store)
+    store.create(IMAGES, "tiny", Image(uuid="tiny", owner="admin", name="tiny", store_name="local", public=True,
+                                       status=ImageStatus.CREATED))
+    _, token = create_user(store, "alice", Role.USER)
+    barrier = threading.Barrier(16)
+    answers: list[int] = []
+
+    def create(n: int) -> None:
+        client = As(app.test_client(), token, "alice")
+        barrier.wait()
+        for i in range(4):
+            answers.append(client.post("/api/v1/vms", json=vm_body(f"vm{n}-{i}")).status_code)
+
+    threads = [threading.Thread(target=create, args=(n,)) for n in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert answers == [201] * 64, sorted(answers)
+    assert used(store, "alice").vms == 64
+
+
 @pytest.mark.parametrize("resource, asked, quota, usage", [
     ("vms", {}, 1, 1), ("cpu", {"cpu": 3}, 4, 2), ("ram", {"ram": 3}, 4, 2), ("ssd", {"ssd": 15}, 25, 20),
     ("hdd", {"hdd": 3}, 5, 4)])
