@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ucloud_common.ceph import Ceph, CephError, CephUnavailable
 from ucloud_common.config import Settings
-from ucloud_common.contentdigest import ContentDigest, digest_of
+from ucloud_common.contentdigest import digest_of
 from ucloud_common.diskformat import HEADER_BYTES, Refused, Verdict, judge
 from ucloud_common.errors import PermanentError, TemporaryError, classify
 from ucloud_common.file import File
@@ -182,17 +182,11 @@ def settle(store: Store, image: Image, make: Callable[[], Built]) -> Outcome:
 
 
 def _stage(source_fd: int, staged: Path, registered: File | None) -> str:
-    """Copy the file to `staged`, computing the content digest of what is copied on the other cores
+    """Copy the file to `staged`, computing the content digest of what is copied on the other core
     meanwhile, and return it once it is the digest file-scan registered (`Refused` otherwise): from
     then on the copy is ours, the user can change nothing of what is looked at. A file registered
     before digests were kept is checked by its sha512 instead: one more pass over the copy."""
-    content = ContentDigest()
-    try:
-        copy_sparse(source_fd, staged, content.update)
-    except BaseException:
-        content.close()
-        raise
-    digest = content.hexdigest()
+    digest = copy_sparse(source_fd, staged)
     if registered is not None:
         if registered.digest:
             _same(digest, registered.digest, "digest")
