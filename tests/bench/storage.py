@@ -4,11 +4,11 @@ overlay) and what image-scanner's safety costs over a plain `qemu-img convert` o
 Starts its own one-node Ceph (on /dev/shm). Prints median / p99 provisioning times and conversion
 throughput in MB/s for a 1 GiB image, as qcow2 and as raw: image-scanner checking the copy by the
 file's content digest (what file-scan records now) and by its sha512 alone (a file registered before
-digests were kept), each beside a plain `qemu-img convert` timed right before it (the machine is
-shared: only figures taken minutes apart compare); and what file-scan's hashing of the raw file costs
-with and without the content digest.
+digests were kept), each beside a plain `qemu-img convert` timed right before it, the medians of
+`--rounds` such pairs (the machine is shared: one pair varied by ±20%, and only figures taken minutes
+apart compare); and what file-scan's hashing of the raw file costs with and without the content digest.
 
-    .venv/bin/python -m tests.bench.storage [--disks 20] [--size-mib 1024]
+    .venv/bin/python -m tests.bench.storage [--disks 20] [--size-mib 1024] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--disks", type=int, default=20)
     parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=5, help="conversions of each kind (their median is printed)")
     args = parser.parse_args()
     tiny = tiny_image()
     with tempfile.TemporaryDirectory(prefix="ucloud-bench-", dir="/dev/shm") as tmp:
@@ -67,7 +68,9 @@ def main() -> None:
                 rbd_storage.delete(vm)
                 local.delete(vm)
 
-            # A 1 GiB image, half of it random data (incompressible, not sparse), as raw and qcow2.
+            # A 1 GiB image, half of it random data (incompressible), the other half a hole (as truncate
+            # leaves it, and as both copies skip it), as raw and qcow2; and as raw with its zeros written,
+            # as an upload through the API writes them (both copies read them and compare them with zeros).
             uploads = work / "www" / "bench"
             uploads.mkdir(parents=True)
             raw = uploads / "big.raw"
@@ -77,22 +80,34 @@ def main() -> None:
                 out.truncate(args.size_mib << 20)
             qcow2 = uploads / "big.qcow2"
             subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow2)], check=True)
+            written = uploads / "written.raw"
+            written.write_bytes(raw.read_bytes())
             settings = load_settings(upload_dir=work / "www", image_dir=work / "store")
             results = {}
             size_mb = (args.size_mib << 20) / 1e6
-            for path, fmt in ((qcow2, "qcow2"), (raw, "raw")):
+            files = ((qcow2, "qcow2", "qcow2"), (raw, "raw", "raw"), (written, "raw", "raw, zeros written"))
+            for path, fmt, what in files:
                 sha512 = hashlib.sha512(path.read_bytes()).hexdigest()
                 registered = {"digest": digest_of(path), "sha512 only": ""}
                 for check, digest in registered.items():
-                    plain = timed(lambda fmt=fmt, path=path: subprocess.run(
-                        ["qemu-img", "convert", "-f", fmt, "-O", "raw", str(path), str(work / "plain.raw")], check=True))
-                    (work / "plain.raw").unlink()
                     file = File(uuid="f", owner="bench", filename=path.name, size=path.stat().st_size, sha512=sha512,
                                 digest=digest, mtime=datetime.now(UTC))
                     image = Image(uuid=f"img-{fmt}", owner="bench", name=fmt, store_name="local")
-                    safe = timed(lambda image=image, file=file: create_image(settings, image, file))
-                    local_image_path(settings.image_dir, image.uuid).unlink()
-                    results[f"{fmt}, by {check}"] = {
+
+                    def pair(fmt: str = fmt, path: Path = path, image: Image = image, file: File = file
+                             ) -> tuple[float, float]:
+                        plain = timed(lambda: subprocess.run(
+                            ["qemu-img", "convert", "-f", fmt, "-O", "raw", str(path), str(work / "plain.raw")],
+                            check=True))
+                        (work / "plain.raw").unlink()
+                        safe = timed(lambda: create_image(settings, image, file))
+                        local_image_path(settings.image_dir, image.uuid).unlink()
+                        return plain, safe
+
+                    pairs = [pair() for _ in range(args.rounds)]
+                    plain = statistics.median(p for p, _ in pairs)
+                    safe = statistics.median(s for _, s in pairs)
+                    results[f"{what}, by {check}"] = {
                         "plain_s": round(plain, 2), "ucloud_s": round(safe, 2), "plain_mb_s": round(size_mb / plain),
                         "ucloud_mb_s": round(size_mb / safe), "overhead_pct": round(100 * (safe - plain) / plain)}
             info = raw.stat()
