@@ -78,6 +78,8 @@ def digest_reading(fd: int, on_chunk: Callable[[memoryview | None], None] | None
                     pending.append(_ZERO_CHUNK)
                     chunk = None
                 elif length:
+                    # The copy and the hash read these same private bytes: reading the user's file twice,
+                    # or mapping it, would let its owner change it in between (a copy not the one digested).
                     chunk = memoryview(buffer)[:length]
                     pending.append((hashing.submit(_digest, chunk), buffer))
                 else:
