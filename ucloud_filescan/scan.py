@@ -36,7 +36,7 @@ from itertools import chain, zip_longest
 from pathlib import Path
 
 from ucloud_common.config import Settings
-from ucloud_common.contentdigest import ContentDigest
+from ucloud_common.contentdigest import ZEROS, digest_reading
 from ucloud_common.diskformat import size_refusal
 from ucloud_common.file import FILES, File
 from ucloud_common.quota import change, transact_counted
@@ -48,7 +48,6 @@ from ucloud_common.user import USERS
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1024 * 1024
 _DEFAULTS = Settings.model_fields
 
 
@@ -196,7 +195,7 @@ def hashes_of(item: Seen, max_size: int) -> tuple[str, str] | None:
     except OSError as exc:
         log.info("skipping %s of %s: %s", quote(item.filename), item.owner, exc.strerror)
         return None
-    with os.fdopen(fd, "rb") as file:
+    try:
         before = os.fstat(fd)
         if not stat.S_ISREG(before.st_mode) or (before.st_dev, before.st_ino, before.st_size, before.st_mtime_ns) != (
                 item.device, item.inode, item.size, item.mtime_ns):
@@ -204,16 +203,11 @@ def hashes_of(item: Seen, max_size: int) -> tuple[str, str] | None:
             return None
         if why := size_refusal(os.pread(fd, 32, 0), before.st_size, max_size):
             raise TooLarge(why)
-        sha512, content = hashlib.sha512(), ContentDigest()
-        try:
-            while chunk := file.read(CHUNK):
-                sha512.update(chunk)
-                content.update(chunk)
-        except BaseException:
-            content.close()
-            raise
-        digest = content.hexdigest()
+        sha512 = hashlib.sha512()
+        digest = digest_reading(fd, lambda chunk: sha512.update(ZEROS if chunk is None else chunk))
         after = os.fstat(fd)
+    finally:
+        os.close(fd)
     if (after.st_size, after.st_mtime_ns) != (item.size, item.mtime_ns):
         log.info("skipping %s of %s: it was written to while being read", quote(item.filename), item.owner)
         return None

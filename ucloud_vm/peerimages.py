@@ -22,11 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from ucloud_common.contentdigest import digest_of
+from ucloud_common.contentdigest import CHUNK, ZEROS, digest_of
 from ucloud_common.errors import PermanentError, TemporaryError
 from ucloud_common.host import HOSTS, HOSTS_ALIVE
 from ucloud_common.image import IMAGES, ImageStatus
-from ucloud_common.imagecopy import CHUNK, ZEROS
 from ucloud_common.imagestore import local_image_path, local_images
 from ucloud_common.keyedlock import KeyedLocks
 from ucloud_common.quoting import quote
