@@ -9,11 +9,16 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from tests.api.conftest import As
+from tests.api.conftest import As, set_status
+from tests.api.test_console_site import PASSWORD, csrf, sign_in
+from ucloud_api.site import session
 from ucloud_api.app import create_app
 from ucloud_api.auth import create_user
 from ucloud_common.config import Settings, load_settings
+from ucloud_common.console import PROXIES, ConsoleProxy
+from ucloud_common.event import Kind, object_events, ref
 from ucloud_common.image import IMAGES, Image, ImageStatus
+from ucloud_common.states import Status
 from ucloud_common.store import Store
 from ucloud_common.user import Role
 from ucloud_common.vm import VMS
@@ -58,3 +63,20 @@ def test_a_rate_that_names_no_limit_is_refused_at_start(tmp_path: Path) -> None:
         load_settings(config_file=conf)
     conf.write_text("UCLOUD_USER_WRITE_RATE=\n")
     assert load_settings(config_file=conf).user_write_rate == ""
+
+
+def test_the_console_sites_tickets_count_against_the_rate_too(users: tuple[As, As, As], store: Store) -> None:
+    # Each ticket is a write with an event kept for the retention: past the rate, a signed-in user
+    # clicking (or scripting) the site's console button would fill etcd as the API's route cannot.
+    admin, alice, _ = users
+    assert admin.put("/api/v1/users/alice/password", json={"password": PASSWORD}).status_code == 204
+    vm = alice.create_vm()["uuid"]
+    set_status(store, vm, Status.RUNNING)
+    store.create(PROXIES, "h1", ConsoleProxy(url="ws://192.0.2.1:6080"))
+    browser = alice.client
+    sign_in(browser, "alice")
+    token = csrf(browser)
+    answers = [browser.post(f"/console/vms/{vm}/console", json={"type": "serial"},
+                            headers={session.CSRF_HEADER: token}).status_code for _ in range(4)]
+    assert answers == [201, 201, 429, 429]
+    assert [e.message for e in object_events(store, ref(Kind.VM, vm))].count("open the serial console") == 2
