@@ -77,6 +77,23 @@ def test_the_console_sites_tickets_count_against_the_rate_too(users: tuple[As, A
     sign_in(browser, "alice")
     token = csrf(browser)
     answers = [browser.post(f"/console/vms/{vm}/console", json={"type": "serial"},
-                            headers={session.CSRF_HEADER: token}).status_code for _ in range(4)]
-    assert answers == [201, 201, 429, 429]
-    assert [e.message for e in object_events(store, ref(Kind.VM, vm))].count("open the serial console") == 2
+                            headers={session.CSRF_HEADER: token}).status_code for _ in range(3)]
+    assert answers == [201, 429, 429]  # the VM, the login, one ticket: 3 per minute
+    assert [e.message for e in object_events(store, ref(Kind.VM, vm))].count("open the serial console") == 1
+
+
+def test_logins_count_against_the_rate_too(users: tuple[As, As, As], store: Store) -> None:
+    # A login writes a token and an event kept for the retention, and the console site's evicts the
+    # oldest session to make room: without the rate, a user who knows their password could log in
+    # without end (each costs only a password hash) and fill etcd with events.
+    admin, alice, _ = users
+    assert admin.put("/api/v1/users/alice/password", json={"password": PASSWORD}).status_code == 204
+    signed = [sign_in(alice.client.application.test_client(), "alice").status_code for _ in range(4)]  # type: ignore[attr-defined]
+    assert signed == [303, 303, 303, 429]
+    api = alice.client.post("/api/v1/login", json={"name": "alice", "password": PASSWORD})
+    assert api.status_code == 429 and api.json["error"]["code"] == "too_many_writes"
+    logins = [e.message for e in object_events(store, ref(Kind.USER, "alice")) if e.message.startswith("create token")]
+    assert len(logins) == 3
+    assert admin.put("/api/v1/users/admin/password", json={"password": PASSWORD}).status_code == 204
+    for _ in range(4):  # an admin is not limited
+        assert admin.client.post("/api/v1/login", json={"name": "admin", "password": PASSWORD}).status_code == 201

@@ -12,9 +12,9 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from ucloud_api import throttle
+from ucloud_api import ratelimit, throttle
 from ucloud_api.audit import told
-from ucloud_api.auth import current, forget, new_token
+from ucloud_api.auth import Caller, current, forget, new_token
 from ucloud_api.body import parse
 from ucloud_api.errors import APIError, not_found
 from ucloud_api.limits import TOKENS_PER_USER
@@ -24,7 +24,7 @@ from ucloud_api.schemas import Login, TokenCreate
 from ucloud_common.record import check_key_part, check_name, utcnow
 from ucloud_common.event import Kind
 from ucloud_common.store import Put, Remove, Store, Versioned
-from ucloud_common.user import PASSWORDS, TOKENS, Token
+from ucloud_common.user import PASSWORDS, TOKENS, USERS, Role, Token
 
 bp = Blueprint("tokens", __name__, url_prefix="/api/v1/tokens")
 login_bp = Blueprint("login", __name__, url_prefix="/api/v1/login")
@@ -133,5 +133,7 @@ def log_in(the_store: Store, name: str, password: str, token_name: str,
     if not check_password(stored.value.argon2 if stored else None, password):
         throttle.count_failure(the_store, keys)
         raise APIError(401, "unauthenticated", "wrong name or password")
+    user = the_store.get(USERS, name)
+    ratelimit.check_login(Caller(name, user.value.role if user else Role.USER))
     throttle.clear(the_store, keys[0])
     return mint_token(the_store, name, token_name, the_store.settings.login_token_hours * 3600, evict, asked_by=name)
