@@ -37,8 +37,12 @@ def create_app(settings: Settings, store: Store | None = None) -> Flask:
 
     @app.before_request
     def authenticate() -> None:
-        # The console site signs its users in with its own session cookie (`ucloud_api.site`).
-        if request.path not in PUBLIC_PATHS and not site.serves(request.path):
+        if site.serves(request.path):
+            # The console site signs its users in with its own session cookie (`ucloud_api.site`), whose
+            # views refuse a request without one. Known here already, so that its writes (a console
+            # ticket and its event) count against the user's write rate as the API's do.
+            site.session.signed_in(app, request)
+        elif request.path not in PUBLIC_PATHS:
             g.caller = authenticator.caller()
 
     ratelimit.install(app, settings.user_write_rate)

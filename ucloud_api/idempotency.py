@@ -43,7 +43,7 @@ class Reply(Record):
 
 
 REPLIES: Family[Reply] = Family("/v1/idempotency/", Reply)  # <user>:<hash of the key>
-LEASES: Family[SharedLease] = Family("/v1/idempotency-lease/", SharedLease)  # <bucket number>
+LEASES: Family[SharedLease] = Family("/v1/idempotency-lease/", SharedLease)  # <bucket number>-<TTL>
 _LEASES = SharedLeases(LEASES, BUCKET_SECONDS, KEEP_SECONDS)
 
 # What the OpenAPI document promises is taken; the check below also takes printable non-ASCII, which

@@ -14,6 +14,10 @@ PATH = "/metrics"
 # A request that matched no route (a 404, a probe for /wp-admin) is counted under this one label:
 # the raw path would give every scanner on the internet its own series.
 UNMATCHED = "unmatched"
+# The same for a method: gunicorn passes any token of 3-20 characters (`PROBE1`, `PROBE2`, …), and each
+# would add a counter and a histogram to every worker's file, summed by each scrape, without end.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "other"
 
 REQUESTS = Counter("ucloud_api_requests_total", "Requests answered, per route (Flask's rule, e.g. "
                    "/api/v1/vms/<uuid>), method and status.", ["route", "method", "status"])
@@ -32,9 +36,10 @@ def instrument(app: Flask) -> None:
     @app.after_request
     def answered(response: Response) -> Response:
         route = request.url_rule.rule if request.url_rule is not None else UNMATCHED
-        REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+        method = request.method if request.method in METHODS else OTHER_METHOD
+        REQUESTS.labels(route, method, str(response.status_code)).inc()
         if "metrics_started" in g:
-            REQUEST_SECONDS.labels(route, request.method).observe(time.perf_counter() - g.metrics_started)
+            REQUEST_SECONDS.labels(route, method).observe(time.perf_counter() - g.metrics_started)
         return response
 
     @app.get(PATH)

@@ -43,7 +43,7 @@ class Event(Record):
 
 
 EVENTS: Family[Event] = Family("/v1/event/", Event)
-EVENT_LEASES: Family[SharedLease] = Family("/v1/event-lease/", SharedLease)  # <bucket number>
+EVENT_LEASES: Family[SharedLease] = Family("/v1/event-lease/", SharedLease)  # <bucket number>-<TTL>
 
 _leases: dict[float, SharedLeases] = {}
 

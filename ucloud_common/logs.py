@@ -7,8 +7,8 @@ for the request it answers, the scheduler's and the agent's for the last request
 they act on, so that `grep request=<id>` follows one request through every daemon.
 A message is always one line of printable text (`quoting.printable`): a file name or a request
 field holding a newline cannot forge a line, nor an escape sequence rewrite an admin's terminal.
-With `UCLOUD_LOG_FORMAT=json`, each entry is one JSON object per line instead (JSON escapes every
-control character, so the same holds).
+With `UCLOUD_LOG_FORMAT=json`, each entry is one JSON object per line instead, in ASCII (every other
+character escaped as `\\uXXXX`, so the same holds).
 """
 
 from __future__ import annotations
@@ -82,7 +82,9 @@ class JSONFormatter(logging.Formatter):
         entry.update({field: getattr(record, field) for field in FIELDS if hasattr(record, field)})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False, default=str)
+        # ASCII: JSON escapes only the C0 controls, and a name or path may hold a C1 one (NEL, CSI), a
+        # line separator or a bidi override, which a line splitter or an admin's terminal would obey.
+        return json.dumps(entry, default=str)
 
 
 def setup_logging(level: str = "INFO", log_format: str = "text") -> None:

@@ -3,7 +3,8 @@ one per key (500 idempotent replies or 5,000 events made within an hour ride on 
 
 A key written in bucket b lives until b's end plus `keep` seconds: between `keep` and `keep + bucket`.
 The first process that needs a bucket's lease grants it and publishes it under the family given
-(on that lease itself, so it goes with it); the others use the published one.
+(on that lease itself, so it goes with it, named by the bucket and the lease's TTL); the others
+that keep for as long use the published one.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ class SharedLeases:
         self.family = family
         self.bucket = bucket
         self.keep = keep
+        # Whole seconds (etcd's unit), rounded up: a key never goes before `keep` has passed.
+        self.ttl = int(bucket + keep) + 1
         # Per store (tests run several etcds in one process): (bucket number, lease), the current one only.
         self._cache: weakref.WeakKeyDictionary[AbstractStore, tuple[int, int]] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
@@ -40,20 +43,22 @@ class SharedLeases:
             cached = self._cache.get(store)
         if cached is not None and cached[0] == bucket:
             return cached[1]
+        # Named by its TTL too: processes configured to keep for different times (the API's settings
+        # and an agent's) must not ride on whichever lease was published first.
+        name = f"{bucket}-{self.ttl}"
         for _ in range(3):
-            published = store.get(self.family, str(bucket))
+            published = store.get(self.family, name)
             if published is not None:
                 lease = published.value.lease
                 break
-            # Whole seconds (etcd's unit), rounded up: a key never goes before `keep` has passed.
-            lease = store.grant_lease(int(self.bucket + self.keep) + 1)
+            lease = store.grant_lease(self.ttl)
             try:
-                store.create(self.family, str(bucket), SharedLease(lease=lease), lease=lease)
+                store.create(self.family, name, SharedLease(lease=lease), lease=lease)
                 break
             except AlreadyExists:  # another process published one first: use it, give ours up
                 store.revoke_lease(lease)
         else:
-            raise Conflict(f"the shared lease of {self.family.prefix}{bucket} kept vanishing; retry")
+            raise Conflict(f"the shared lease of {self.family.prefix}{name} kept vanishing; retry")
         with self._lock:
             self._cache[store] = (bucket, lease)
         return lease

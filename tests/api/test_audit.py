@@ -173,3 +173,15 @@ def test_an_upgrade_deletes_the_events_of_the_layout_before_the_audit_trail(alic
     assert store.read_key(old)[0] is None
     assert [m for _, _, m in told(store, Kind.VM, vm)] == ["create VM web1 from image tiny"]  # today's stay
     assert forget_old_events(store) == 0
+
+
+@pytest.mark.parametrize("hostile", ["\x85", "\u2028", "\u2029", "\x9b2J", "\u202e"])
+def test_a_json_log_line_stays_one_line_of_printable_text(hostile: str) -> None:
+    # JSON escapes only the C0 controls: a path holding a C1 control (NEL, CSI), a line or paragraph
+    # separator or a bidi override would reach a line splitter or an admin's terminal as it is.
+    path = f"/api/v1/{hostile}FORGED"
+    record = logging.LogRecord("ucloud_api.access", logging.INFO, __file__, 1, "GET %s", (path,), None)
+    record.__dict__.update(path=path)
+    line = JSONFormatter().format(record)
+    assert line.isprintable() and len(line.splitlines()) == 1, line
+    assert json.loads(line)["path"] == path

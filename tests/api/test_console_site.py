@@ -13,6 +13,7 @@ from tests.api.conftest import As, set_status
 from ucloud_api.app import create_app
 from ucloud_api.site import session
 from ucloud_common.console import PROXIES, ConsoleProxy
+from ucloud_common.event import Kind, object_events, ref
 from ucloud_common.states import Status
 from ucloud_common.config import Settings
 from ucloud_common.store import Store
@@ -175,3 +176,31 @@ def test_the_viewer_pages_and_the_browser_parts_are_served(client: FlaskClient, 
     assert client.get("/console/vendor/novnc/core/rfb.js").mimetype == "text/javascript"
     assert client.get("/console/vendor/../../auth.py").status_code == 404
     assert client.get("/console/rdp").status_code == 404
+
+
+def test_signing_out_and_a_session_evicted_are_told_in_the_users_log(alice: As, client: FlaskClient,
+                                                                     store: Store, settings: Settings) -> None:
+    # Every accepted write tells its object's log: a revoked session token is a revoked token,
+    # whether the API's DELETE, signing out or a login making room did it.
+    assert alice.put("/api/v1/users/alice/password", json={"password": PASSWORD}).status_code == 204
+
+    def sessions() -> list[str]:
+        return [t.name for t in store.list(TOKENS, where={"user": "alice"}).items.values() if t.value.name == "console"]
+
+    sign_in(client, "alice")
+    first = sessions()
+    assert client.post("/console/logout", data={"csrf": csrf(client)}).status_code == 303
+    assert sessions() == []
+    full = Store(settings.model_copy(update={"max_tokens_per_user": 2}))
+    app = create_app(full.settings, full)
+    try:
+        browser = app.test_client()
+        sign_in(browser, "alice")  # alice's first token and this session: at the limit
+        second = sessions()
+        sign_in(app.test_client(), "alice")  # another browser: the oldest session makes room
+        assert len(sessions()) == 1 and sessions() != second
+    finally:
+        app.extensions["ucloud.cache"].stop()
+        full.close()
+    revoked = [e.message for e in object_events(store, ref(Kind.USER, "alice")) if e.message.startswith("revoke")]
+    assert revoked == [f"revoke token {first[0]} (console)", f"revoke token {second[0]} (console) to make room"]

@@ -59,3 +59,13 @@ def test_under_gunicorn_metrics_answer_without_a_token_and_sum_every_worker(guni
     after = scrape(f"{url}/metrics")
     assert total(after, "ucloud_api_requests_total", route="/healthz") - before == 20
     assert total(after, "ucloud_etcd_call_seconds_count", operation="range") >= 20  # each /healthz reads the revision
+
+
+def test_a_method_nobody_serves_adds_no_series(client: FlaskClient) -> None:
+    # gunicorn passes any method of 3-20 letters, digits and !#$%&'*+-.^_`|~: as a label, each one a
+    # scanner invents would add series (and, with every worker's files, bytes on disk) without end.
+    for n in range(30):
+        assert client.open("/healthz", method=f"PROBE{n}").status_code == 405
+    after = metrics(client)
+    assert not any(value.startswith("PROBE") for _, labels in after for _, value in labels)
+    assert value(after, "ucloud_api_requests_total", route="unmatched", method="other", status="405") == 30

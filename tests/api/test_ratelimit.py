@@ -9,11 +9,16 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from tests.api.conftest import As
+from tests.api.conftest import As, set_status
+from tests.api.test_console_site import PASSWORD, csrf, sign_in
+from ucloud_api.site import session
 from ucloud_api.app import create_app
 from ucloud_api.auth import create_user
 from ucloud_common.config import Settings, load_settings
+from ucloud_common.console import PROXIES, ConsoleProxy
+from ucloud_common.event import Kind, object_events, ref
 from ucloud_common.image import IMAGES, Image, ImageStatus
+from ucloud_common.states import Status
 from ucloud_common.store import Store
 from ucloud_common.user import Role
 from ucloud_common.vm import VMS
@@ -58,3 +63,37 @@ def test_a_rate_that_names_no_limit_is_refused_at_start(tmp_path: Path) -> None:
         load_settings(config_file=conf)
     conf.write_text("UCLOUD_USER_WRITE_RATE=\n")
     assert load_settings(config_file=conf).user_write_rate == ""
+
+
+def test_the_console_sites_tickets_count_against_the_rate_too(users: tuple[As, As, As], store: Store) -> None:
+    # Each ticket is a write with an event kept for the retention: past the rate, a signed-in user
+    # clicking (or scripting) the site's console button would fill etcd as the API's route cannot.
+    admin, alice, _ = users
+    assert admin.put("/api/v1/users/alice/password", json={"password": PASSWORD}).status_code == 204
+    vm = alice.create_vm()["uuid"]
+    set_status(store, vm, Status.RUNNING)
+    store.create(PROXIES, "h1", ConsoleProxy(url="ws://192.0.2.1:6080"))
+    browser = alice.client
+    sign_in(browser, "alice")
+    token = csrf(browser)
+    answers = [browser.post(f"/console/vms/{vm}/console", json={"type": "serial"},
+                            headers={session.CSRF_HEADER: token}).status_code for _ in range(3)]
+    assert answers == [201, 429, 429]  # the VM, the login, one ticket: 3 per minute
+    assert [e.message for e in object_events(store, ref(Kind.VM, vm))].count("open the serial console") == 1
+
+
+def test_logins_count_against_the_rate_too(users: tuple[As, As, As], store: Store) -> None:
+    # A login writes a token and an event kept for the retention, and the console site's evicts the
+    # oldest session to make room: without the rate, a user who knows their password could log in
+    # without end (each costs only a password hash) and fill etcd with events.
+    admin, alice, _ = users
+    assert admin.put("/api/v1/users/alice/password", json={"password": PASSWORD}).status_code == 204
+    signed = [sign_in(alice.client.application.test_client(), "alice").status_code for _ in range(4)]  # type: ignore[attr-defined]
+    assert signed == [303, 303, 303, 429]
+    api = alice.client.post("/api/v1/login", json={"name": "alice", "password": PASSWORD})
+    assert api.status_code == 429 and api.json["error"]["code"] == "too_many_writes"
+    logins = [e.message for e in object_events(store, ref(Kind.USER, "alice")) if e.message.startswith("create token")]
+    assert len(logins) == 3
+    assert admin.put("/api/v1/users/admin/password", json={"password": PASSWORD}).status_code == 204
+    for _ in range(4):  # an admin is not limited
+        assert admin.client.post("/api/v1/login", json={"name": "admin", "password": PASSWORD}).status_code == 201

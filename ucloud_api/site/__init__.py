@@ -22,7 +22,7 @@ from ucloud_api.replies import store
 from ucloud_api.schemas import ConsoleRequest, Login
 from ucloud_api.site import session
 from ucloud_api.views import consoles
-from ucloud_api.views.tokens import log_in
+from ucloud_api.views.tokens import log_in, revoked
 from ucloud_common.console import PROXIES, ConsoleKind
 from ucloud_common.user import TOKENS
 from ucloud_common.vm import VMS
@@ -108,7 +108,9 @@ def logout() -> Response:
 
 def _revoke(token: str) -> None:
     token_id = token.partition(".")[0]
-    store().delete(TOKENS, token_id)  # False if already revoked: out either way
+    found = store().get(TOKENS, token_id)
+    if found is not None:  # else already revoked: out either way
+        store().transact(revoked(found))
     forget(token_id)
 
 

@@ -12,9 +12,9 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from ucloud_api import throttle
+from ucloud_api import ratelimit, throttle
 from ucloud_api.audit import told
-from ucloud_api.auth import current, forget, new_token
+from ucloud_api.auth import Caller, current, forget, new_token
 from ucloud_api.body import parse
 from ucloud_api.errors import APIError, not_found
 from ucloud_api.limits import TOKENS_PER_USER
@@ -24,7 +24,7 @@ from ucloud_api.schemas import Login, TokenCreate
 from ucloud_common.record import check_key_part, check_name, utcnow
 from ucloud_common.event import Kind
 from ucloud_common.store import Put, Remove, Store, Versioned
-from ucloud_common.user import PASSWORDS, TOKENS, Token
+from ucloud_common.user import PASSWORDS, TOKENS, USERS, Role, Token
 
 bp = Blueprint("tokens", __name__, url_prefix="/api/v1/tokens")
 login_bp = Blueprint("login", __name__, url_prefix="/api/v1/login")
@@ -38,20 +38,28 @@ def mint_token(store: Store, user: str, name: str, lifetime: float | None,
     event log as asked by the caller (or `asked_by`, for a login). Returns the text, to be shown once,
     and the record."""
     held = store.list(TOKENS, where={"user": user}).items
+    evicted: list[Versioned[Token]] = []
     if evict and len(held) >= store.settings.max_tokens_per_user:
         alike = sorted((t for t in held.values() if t.value.name == name), key=lambda t: t.create_revision)
-        if alike:
-            store.delete(TOKENS, alike[0].name)
-            forget(alike[0].name)
-            held = {k: v for k, v in held.items() if k != alike[0].name}
-    TOKENS_PER_USER.check(len(held))
+        evicted = alike[:1]
+    TOKENS_PER_USER.check(len(held) - len(evicted))
     expires_at = None if lifetime is None else utcnow() + timedelta(seconds=lifetime)
     token_id, text, token = new_token(user, name, expires_at)
     # A second more than the lifetime: the record, not the lease, says when it stops working.
     lease = None if lifetime is None else store.grant_lease(int(lifetime) + 1)
-    revision = store.transact([Put(TOKENS, token_id, token, 0, lease=lease),
+    revision = store.transact([*(write for old in evicted for write in revoked(old, " to make room", asked_by)),
+                               Put(TOKENS, token_id, token, 0, lease=lease),
                                told(Kind.USER, user, f"create token {token_id} ({name})", user=asked_by)])
+    for old in evicted:
+        forget(old.name)
     return text, Versioned(token_id, token, revision, revision)
+
+
+def revoked(token: Versioned[Token], why: str = "", asked_by: str | None = None) -> list[Put[Any] | Remove[Any]]:
+    """The writes that revoke `token`, with its event in its user's log as asked by the caller (or
+    `asked_by`: a login), then `forget` it."""
+    return [Remove(TOKENS, token.name, None),
+            told(Kind.USER, token.value.user, f"revoke token {token.name} ({token.value.name}){why}", user=asked_by)]
 
 
 def shown(token: Versioned[Token]) -> dict[str, Any]:
@@ -95,8 +103,7 @@ def revoke(token_id: str) -> Response:
     token = store().get(TOKENS, token_id)
     if token is None or (token.value.user != caller.name and not caller.is_admin):
         raise not_found(f"token {token_id}")
-    store().transact([Remove(TOKENS, token_id, None),
-                      told(Kind.USER, token.value.user, f"revoke token {token_id} ({token.value.name})")])
+    store().transact(revoked(token))
     forget(token_id)
     return Response(status=204)
 
@@ -133,5 +140,7 @@ def log_in(the_store: Store, name: str, password: str, token_name: str,
     if not check_password(stored.value.argon2 if stored else None, password):
         throttle.count_failure(the_store, keys)
         raise APIError(401, "unauthenticated", "wrong name or password")
+    user = the_store.get(USERS, name)
+    ratelimit.check_login(Caller(name, user.value.role if user else Role.USER))
     throttle.clear(the_store, keys[0])
     return mint_token(the_store, name, token_name, the_store.settings.login_token_hours * 3600, evict, asked_by=name)
