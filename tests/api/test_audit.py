@@ -151,6 +151,27 @@ def test_only_an_admin_lists_events(admin: As, alice: As) -> None:
         assert answer.status_code == 400 and answer.json["error"]["code"] == "bad_request", bad
 
 
+def test_all_events_are_read_a_page_at_a_time_and_answered_oldest_first(
+        admin: As, alice: As, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GET /events listed the whole family into one worker (a week of a cluster's events) to answer
+    the oldest `limit`: now it reads pages and keeps only those."""
+    import ucloud_api.views.events as events_view
+
+    for i in range(7):
+        alice.create_vm(f"p{i}")
+    everything = admin.get("/api/v1/events?limit=5000").json
+    listed: list[str] = []
+    real_list = Store.list
+    monkeypatch.setattr(Store, "list", lambda self, family, *a, **k: listed.append(family.prefix)
+                        or real_list(self, family, *a, **k))
+    monkeypatch.setattr(events_view, "_PAGE", 3)
+    paged = admin.get("/api/v1/events?limit=5000").json
+    assert paged == everything and len(paged) >= 7 and listed == []
+    times = [e["created_at"] for e in paged]
+    assert times == sorted(times)
+    assert admin.get("/api/v1/events?limit=4").json == everything[:4]
+
+
 def test_json_log_lines_are_one_object_each_with_the_request_id() -> None:
     formatter = JSONFormatter()
     record = logging.LogRecord("ucloud_api.access", logging.INFO, __file__, 1, "user=%s %s", ("a\nb", "GET"), None)

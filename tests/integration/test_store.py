@@ -54,6 +54,22 @@ def test_create_get_list_delete(store: AbstractStore) -> None:
     assert store.get(VMS, "vm1") is None
 
 
+def test_pages_go_through_a_family_in_name_order_past_keys_that_are_no_records(store: AbstractStore) -> None:
+    for name in ("a", "b", "d", "e", "f"):
+        store.create(VMS, name, a_vm(name).evolve(owner="bob" if name == "e" else "alice"))
+    store.create_key("/v1/vm/c\nd", "{not json", store.grant_lease(60))  # no record, and no name either
+    seen, after, pages = [], "", 0
+    while True:
+        page, after = store.page(VMS, after=after, limit=2, where={"owner": "alice"})
+        seen += [item.name for item in page]
+        pages += 1
+        if not after:
+            break
+    assert seen == ["a", "b", "d", "f"] and pages == 3  # [a b] [c\nd d] [e f]: e is bob's, skipped
+    assert [i.name for i in store.page(VMS, within="d", limit=10)[0]] == ["d"]
+    assert store.page(VMS, after="f") == ([], "")
+
+
 def test_replace_is_a_compare_and_swap(store: AbstractStore) -> None:
     first = store.create(VMS, "vm1", a_vm())
     second = store.replace(VMS, "vm1", first.value.evolve(status=Status.SCHEDULED_DEPLOY), first.mod_revision)

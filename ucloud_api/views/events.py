@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Iterator
 from datetime import datetime
 
 from flask import Blueprint, Response, jsonify, request
@@ -10,13 +12,14 @@ from flask import Blueprint, Response, jsonify, request
 from ucloud_api.auth import require_admin
 from ucloud_api.errors import APIError
 from ucloud_api.replies import dump, store
-from ucloud_common.event import EVENTS, Kind, events_of
+from ucloud_common.event import EVENTS, Event, Kind, events_of
 from ucloud_common.record import check_key_part
 
 bp = Blueprint("events", __name__, url_prefix="/api/v1/events")
 
 LIMIT_DEFAULT = 500
 LIMIT_MAX = 5000
+_PAGE = 1000  # events read from etcd at a time
 
 
 @bp.get("")
@@ -25,10 +28,21 @@ def list_() -> Response:
     last one's `created_at`."""
     require_admin()
     obj, since, limit = _object(), _since(), _limit()
-    listing = store().list(EVENTS, within=events_of(obj) if obj else "", where={"object": obj} if obj else None)
-    chosen = sorted((e.value for e in listing.items.values() if since is None or e.value.created_at > since),
-                    key=lambda e: e.created_at)
-    return jsonify([dump(e) for e in chosen[:limit]])
+    events = (e for e in _every(obj) if since is None or e.created_at > since)
+    return jsonify([dump(e) for e in heapq.nsmallest(limit, events, key=lambda e: e.created_at)])
+
+
+def _every(obj: str) -> Iterator[Event]:
+    """The events (of `obj` if given), page by page: a worker holds one page and the `limit` oldest
+    so far, never the whole family (a week of a cluster's events: hundreds of thousands, 1.3 KB each
+    in memory, which one listing held at once)."""
+    after = ""
+    while True:
+        page, after = store().page(EVENTS, events_of(obj) if obj else "", after, _PAGE,
+                                   where={"object": obj} if obj else None)
+        yield from (item.value for item in page)
+        if not after:
+            return
 
 
 def _object() -> str:

@@ -128,6 +128,14 @@ class AbstractStore(ABC):
         fields equal `where`), as one consistent snapshot at `Listing.revision`."""
 
     @abstractmethod
+    def page(self, family: Family[R], within: str = "", after: str = "", limit: int = 500,
+             where: Mapping[str, str] | None = None) -> tuple[list[Versioned[R]], str]:
+        """Up to `limit` keys of the family (names starting with `within`) after the name `after`,
+        in name order, as their valid records matching `where`; and the name to go on after ("" when
+        no key follows). Each page is read at its own revision: for a reader that must hold only a
+        page at a time (a whole family of events does not fit in a worker), not a snapshot."""
+
+    @abstractmethod
     def count(self, family: Family[R], within: str) -> int:
         """How many keys of the family have a name starting with `within`, valid records or not
         (etcd counts them without sending them: cheap enough for a limit checked on every create)."""

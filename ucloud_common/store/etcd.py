@@ -162,6 +162,22 @@ class Store(AbstractStore):
                 return Listing(items, revision)
             start = response.kvs[-1].key + b"\0"
 
+    def page(self, family: Family[R], within: str = "", after: str = "", limit: int = 500,
+             where: Mapping[str, str] | None = None) -> tuple[list[Versioned[R]], str]:
+        prefix = (family.prefix + within).encode()
+        # The name to go on after is the last key's, whatever it holds (a bad key is no record, and
+        # no name a Family would take): the next page starts right after that key.
+        start = (family.prefix + after).encode(errors="surrogateescape") + b"\0" if after else prefix
+        response = self._range(start, range_end=_prefix_end(prefix), limit=limit, what=f"list {prefix.decode()}")
+        found = []
+        for kv in response.kvs:
+            record = listed(family, kv.key, kv.value, where)
+            if record is not None:
+                name = family.name_of(kv.key)
+                found.append(Versioned(name, record, kv.mod_revision, kv.create_revision))
+        last = response.kvs[-1].key if response.more else family.prefix.encode()
+        return found, last[len(family.prefix):].decode(errors="surrogateescape")
+
     # -- writes -----------------------------------------------------------------------------------
 
     def create(self, family: Family[R], name: str, record: R, *, lease: int | None = None,

@@ -309,6 +309,24 @@ class MemoryStore(AbstractStore):
                     items[name] = Versioned(name, record, entry.mod_revision, entry.create_revision)
             return Listing(items, ks.revision)
 
+    def page(self, family: Family[R], within: str = "", after: str = "", limit: int = 500,
+             where: Mapping[str, str] | None = None) -> tuple[list[Versioned[R]], str]:
+        prefix = (family.prefix + within).encode()
+        # The name to go on after is the last key's, whatever it holds (a bad key is no record, and
+        # no name a Family would take): the next page starts right after that key.
+        start = (family.prefix + after).encode(errors="surrogateescape") + b"\0" if after else prefix
+        found = []
+        with self._call(f"list {prefix.decode()}") as ks:
+            keys = ks.in_range(start, pyetcd.utils.prefix_range_end(prefix))
+            for key in keys[:limit]:
+                entry = ks.entries[key]
+                record = listed(family, key, entry.value, where)
+                if record is not None:
+                    name = family.name_of(key)
+                    found.append(Versioned(name, record, entry.mod_revision, entry.create_revision))
+        last = keys[limit - 1] if len(keys) > limit else family.prefix.encode()
+        return found, last[len(family.prefix):].decode(errors="surrogateescape")
+
     # -- writes -----------------------------------------------------------------------------------
 
     def create(self, family: Family[R], name: str, record: R, *, lease: int | None = None,
