@@ -9,9 +9,13 @@ import tempfile
 # workers, 4 connections sending a header line every 2 s left a 2-worker API unanswered for 60 s).
 # Idle kept-alive connections wait in the worker's selector, not in a thread. A request is a few etcd
 # round trips that release the GIL, so threads add concurrency; their number is bounded per process.
-workers = 2 * multiprocessing.cpu_count() + 1
+# One process per core: each runs Python on one core at a time (the GIL), and keeps its own read cache
+# (≈ 50 MiB and 9 etcd watches per 10,000 VMs). gunicorn's 2 × cores + 1 is for sync workers, one
+# request per process: measured with threads (tests/bench/api.py, 2 cores, README), 5 processes
+# instead of 2 had every p99 10-20 ms worse (context switches among 5 processes and wrk on 2 cores).
+workers = multiprocessing.cpu_count()
 worker_class = "ucloud_api.worker.ReadDeadlineWorker"
-threads = 8
+threads = 16  # (a long upload holds one for its length)
 # The app is created in each worker after the fork: gRPC channels do not survive a fork.
 preload_app = False
 timeout = 30  # a request stuck longer than this (etcd timeout is 5 s) means a wedged worker

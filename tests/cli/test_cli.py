@@ -258,9 +258,10 @@ def test_images_are_named_and_names_complete(cluster: Cluster, home: Path) -> No
     cluster.store.create(IMAGES, "b0b0b0b0-0000-4000-8000-000000000001", Image(
         uuid="b0b0b0b0-0000-4000-8000-000000000001", owner="admin", name="nowhere", store_name="local",
         public=True, status=ImageStatus.CREATED))
-    # By name: the VM gets the image's uuid (which no host has: so it ends in ERROR, saying which).
+    # By name: the VM gets the image's uuid (which no host has: so it waits to be placed, the scheduler
+    # saying why, which the wait's timeout tells; the reason is written within a cycle or two).
     failed = ucloud(home, "vm", "create", "named", "--ram", "0.25", "--ssd", "1", "--image", "nowhere", "--wait",
-                    "--timeout", "60", cluster=cluster)
+                    "--timeout", "10", cluster=cluster)
     assert "no host holds image b0b0b0b0-0000-4000-8000-000000000001" in failed.stderr
     assert "image 'nowhere' does not exist" not in failed.stderr
     env = {"COMP_WORDS": "ucloud vm show na", "COMP_CWORD": "3", "_UCLOUD_COMPLETE": "bash_complete"}

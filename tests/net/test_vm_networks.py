@@ -180,10 +180,16 @@ def test_two_vms_of_one_network_on_two_hosts_reach_each_other_and_their_owner_lo
     h1 = agents["h1"].netns
     assert vm_of(store, "vm-c").nic_errors == {"02:00:00:43:00:0d": "network gone does not exist"}
     assert any("without NIC 02:00:00:43:00:0d: network gone does not exist" in e for e in events(store, "vm-c"))
-    # The owner logs into vm-a with their key, over the network's bridge on its host...
-    login = subprocess.run(["ip", "netns", "exec", h1, *SSH, "-i", str(key),
-                            f"root@fe80::ff:fe42:a%{bridge_name(VNI)}", "hostname"],
-                           capture_output=True, text=True, timeout=60)
+    # The owner logs into vm-a with their key, over the network's bridge on its host, once its sshd
+    # listens (the guest tells its address before it starts sshd: seconds apart under TCG on a busy
+    # machine, where a first try was refused)...
+    def log_in() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["ip", "netns", "exec", h1, *SSH, "-i", str(key),
+                               f"root@fe80::ff:fe42:a%{bridge_name(VNI)}", "hostname"],
+                              capture_output=True, text=True, timeout=60)
+
+    wait_for(lambda: "Connection refused" not in log_in().stderr, 60, "vm-a's sshd listening")
+    login = log_in()
     assert login.returncode == 0 and login.stdout.strip() == "vm-a", login.stderr
     # ...and from there reaches vm-b on the other host, through VXLAN over the underlay.
     ping = subprocess.run(["ip", "netns", "exec", h1, *SSH, "-i", str(key), f"root@fe80::ff:fe42:a%{bridge_name(VNI)}",
