@@ -44,6 +44,8 @@ MAX_LIMIT = 1000
 # caller wrote a VM, then lists images) never passes it, and costs this once, then one listing
 # (which the mirror keeps: the next such read is served from memory).
 WAIT_S = 0.1
+# Bytes of list pages a worker keeps to answer again (`Pages`).
+PAGES_BUDGET = 16 * 2**20
 # Events of each object the cache keeps: the last ones, which GET /vms/{id} shows.
 LAST_EVENTS = 20
 # Callers whose last write a worker remembers: the least recently writing are forgotten first.
@@ -92,6 +94,7 @@ class ReadCache:
         self.tokens = mirror(TOKENS)
         self._mirrors: list[Mirror[Any]] = [self.vms, self.networks, self.images, self.files, self.hosts,
                                              self.alive, self.events, self.users, self.tokens]
+        self.pages = Pages(PAGES_BUDGET)
         self._written: OrderedDict[str, int] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -281,17 +284,56 @@ def list_reply(family: Family[R], show: Show | None = None, index: str | None = 
     after it (records are frozen): the watch thread waits for the same lock, and a page of 1,000
     VMs with NICs rendered under it kept every change, and every other reader, waiting."""
     after, limit, at_least = page_args()
+    pages = cache().pages
     with caught_up(cache().mirror(family), at_least).locked() as table:
-        items, more = table.page(after, limit, index, value, keep)
-        made = [table.rendered.get(item.name) for item in items]
         revision = table.revision
-    shown = show or _rendered
-    body = b"[" + b",".join(m if m is not None else shown(i) for i, m in zip(items, made)) + b"]"
-    response = Response(body, mimetype="application/json")
+        # Pages found by an index alone (a user's own VMs) are kept: the same page at the same
+        # revision is the same bytes, asked again and again by a client that polls its list.
+        key = (family.prefix, index, value, after, limit, revision) if keep is None else None
+        kept = pages.get(key) if key is not None else None
+        if kept is None:
+            items, more = table.page(after, limit, index, value, keep)
+            made = [table.rendered.get(item.name) for item in items]
+    if kept is None:
+        shown = show or _rendered
+        body = b"[" + b",".join(m if m is not None else shown(i) for i, m in zip(items, made)) + b"]"
+        kept = body, items[-1].name if more else ""
+        if key is not None:
+            pages.put(key, kept)
+    response = Response(kept[0], mimetype="application/json")
     response.headers[REVISION_HEADER] = str(revision)
-    if more:
-        response.headers[CONTINUE_HEADER] = continue_token(items[-1].name, revision)
+    if kept[1]:
+        response.headers[CONTINUE_HEADER] = continue_token(kept[1], revision)
     return response
+
+
+class Pages:
+    """Pages answered lately (their body, and the name the next one goes on after, "" for none), by
+    what made them; at most `budget` bytes of bodies, the least recently answered dropped first."""
+
+    def __init__(self, budget: int) -> None:
+        self._budget = budget
+        self._held = 0
+        self._pages: OrderedDict[tuple[Any, ...], tuple[bytes, str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[Any, ...]) -> tuple[bytes, str] | None:
+        with self._lock:
+            found = self._pages.get(key)
+            if found is not None:
+                self._pages.move_to_end(key)
+            return found
+
+    def put(self, key: tuple[Any, ...], page: tuple[bytes, str]) -> None:
+        if len(page[0]) > self._budget // 4:
+            return  # (an admin's page of 1,000: kept, it would push out every user's)
+        with self._lock:
+            old = self._pages.pop(key, None)
+            self._held += len(page[0]) - (len(old[0]) if old else 0)
+            self._pages[key] = page
+            while self._held > self._budget:
+                _, dropped = self._pages.popitem(last=False)
+                self._held -= len(dropped[0])
 
 
 __all__ = [

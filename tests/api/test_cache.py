@@ -242,3 +242,35 @@ def test_concurrent_pages_are_consistent(admin: As, store: Store) -> None:
     finally:
         stop.set()
         thread.join()
+
+
+def test_a_page_asked_again_at_the_same_revision_is_answered_as_kept_and_a_change_makes_it_anew(
+        alice: As, app: Flask, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ucloud_common.store.mirror import Table
+
+    alice.create_vm("k1")
+    cache: ReadCache = app.extensions["ucloud.cache"]
+    assert cache.vms.wait_for(store.revision(), 10)
+    paged: list[int] = []
+    real_page = Table.page
+    monkeypatch.setattr(Table, "page", lambda self, *a, **k: paged.append(1) or real_page(self, *a, **k))
+    first, again = alice.get("/api/v1/vms?limit=1"), alice.get("/api/v1/vms?limit=1")
+    assert first.data == again.data and len(paged) == 1
+    assert first.headers["X-Ucloud-Revision"] == again.headers["X-Ucloud-Revision"]
+    assert "X-Ucloud-Continue" not in again.headers
+    alice.create_vm("k2")
+    changed = alice.get("/api/v1/vms?limit=1")
+    assert len(paged) == 2 and "X-Ucloud-Continue" in changed.headers  # a second VM follows now
+    assert {vm["name"] for vm in alice.get("/api/v1/vms").json} == {"k1", "k2"}
+
+
+def test_kept_pages_stay_within_their_budget() -> None:
+    from ucloud_api.cache import Pages
+
+    pages = Pages(400)
+    for n in range(10):
+        pages.put(("p", n), (b"x" * 90, ""))
+    assert pages.get(("p", 0)) is None and pages.get(("p", 9)) == (b"x" * 90, "")
+    assert sum(pages.get(("p", n)) is not None for n in range(10)) == 4
+    pages.put(("big",), (b"x" * 101, ""))  # more than a quarter of the budget: never kept
+    assert pages.get(("big",)) is None
