@@ -43,55 +43,46 @@ def used(store: Store, user: str) -> Usage:
     return found.value
 
 
-def test_concurrent_creations_pass_exactly_the_quota(settings: Settings, store: Store) -> None:
-    """Twelve creations at once against a default of 3 VMs: the count checked before the create
-    (limits.py, before quotas) let most of them through; in the creation's transaction, 3 pass."""
-    small = Store(settings.model_copy(update={"max_vms_per_user": 3}))
-    app = create_app(small.settings, small)
-    small.create(IMAGES, "tiny", Image(uuid="tiny", owner="admin", name="tiny", store_name="local", public=True,
-                                       status=ImageStatus.CREATED))
+def alice_creates_at_once(served: Store, store: Store, clients: int, each: int) -> list[int]:
+    """A new user alice creating VMs through an app on `served` from `clients` threads started
+    together, `each` VMs apiece; the answers' statuses."""
+    app = create_app(served.settings, served)
+    served.create(IMAGES, "tiny", Image(uuid="tiny", owner="admin", name="tiny", store_name="local", public=True,
+                                        status=ImageStatus.CREATED))
     _, token = create_user(store, "alice", Role.USER)
-    barrier = threading.Barrier(12)
+    barrier = threading.Barrier(clients)
     answers: list[int] = []
 
     def create(n: int) -> None:
         client = As(app.test_client(), token, "alice")
         barrier.wait()
-        answers.append(client.post("/api/v1/vms", json=vm_body(f"vm{n}")).status_code)
+        for i in range(each):
+            answers.append(client.post("/api/v1/vms", json=vm_body(f"vm{n}-{i}")).status_code)
 
-    threads = [threading.Thread(target=create, args=(n,)) for n in range(12)]
+    threads = [threading.Thread(target=create, args=(n,)) for n in range(clients)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    return answers
+
+
+def test_concurrent_creations_pass_exactly_the_quota(settings: Settings, store: Store) -> None:
+    """Twelve creations at once against a default of 3 VMs: the count checked before the create
+    (limits.py, before quotas) let most of them through; in the creation's transaction, 3 pass."""
+    small = Store(settings.model_copy(update={"max_vms_per_user": 3}))
+    answers = alice_creates_at_once(small, store, clients=12, each=1)
     small.close()
     assert len(store.list(VMS, where={"owner": "alice"}).items) == 3
     assert sorted(answers) == [201] * 3 + [409] * 9
     assert (used(store, "alice").vms, used(store, "alice").cpu) == (3, 3)
 
 
-def test_one_users_concurrent_creations_within_the_quota_all_pass(settings: Settings, store: Store) -> None:
+def test_one_users_concurrent_creations_within_the_quota_all_pass(store: Store) -> None:
     """Each creation of a user changes the user's usage: sixteen clients of one user creating at once
     (a tool with parallelism 16) lost that compare-and-swap to each other until some gave up with
     409 busy (27 of 400 through gunicorn). One process now charges one user's usage at a time."""
-    app = create_app(settings, store)
-    store.create(IMAGES, "tiny", Image(uuid="tiny", owner="admin", name="tiny", store_name="local", public=True,
-                                       status=ImageStatus.CREATED))
-    _, token = create_user(store, "alice", Role.USER)
-    barrier = threading.Barrier(16)
-    answers: list[int] = []
-
-    def create(n: int) -> None:
-        client = As(app.test_client(), token, "alice")
-        barrier.wait()
-        for i in range(4):
-            answers.append(client.post("/api/v1/vms", json=vm_body(f"vm{n}-{i}")).status_code)
-
-    threads = [threading.Thread(target=create, args=(n,)) for n in range(16)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    answers = alice_creates_at_once(store, store, clients=16, each=4)
     assert answers == [201] * 64, sorted(answers)
     assert used(store, "alice").vms == 64
 
