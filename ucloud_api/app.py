@@ -11,6 +11,7 @@ from werkzeug.exceptions import HTTPException
 from ucloud_api import audit, cache, metrics, openapi, ratelimit, site
 from ucloud_api.auth import Authenticator
 from ucloud_api.errors import APIError
+from ucloud_api.query import APIRequest
 from ucloud_api.views import consoles, events, files, guacamole, hosts, images, keys, networks, quotas, tokens, users, vms
 from ucloud_common.config import Settings
 from ucloud_common.quota import QuotaExceeded
@@ -24,6 +25,7 @@ PUBLIC_PATHS = frozenset({"/healthz", "/api/v1/openapi.json", "/api/v1/login", m
 
 def create_app(settings: Settings, store: Store | None = None) -> Flask:
     app = Flask("ucloud_api")
+    app.request_class = APIRequest
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]
     the_store = store or Store(settings)

@@ -24,6 +24,7 @@ from typing import Any
 from flask import Flask, Response, current_app, g, request
 
 from ucloud_api.errors import APIError
+from ucloud_api.query import header
 from ucloud_common.event import EVENTS
 from ucloud_common.file import FILES
 from ucloud_common.host import HOSTS, HOSTS_ALIVE
@@ -168,7 +169,7 @@ def install(app: Flask, store: AbstractStore, vm_render: Render) -> ReadCache:
 
 def sent_revision() -> int:
     """The revision in the client's `X-Ucloud-Revision` (0 if none); 400 for one that is no revision."""
-    sent = request.headers.get(REVISION_HEADER)
+    sent = header(REVISION_HEADER)
     if sent is None:
         return 0
     sent = sent.strip()
