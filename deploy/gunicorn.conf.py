@@ -34,9 +34,14 @@ errorlog = "-"
 # files of one directory and /metrics on any worker sums them all. A fresh directory per start (files
 # left by an earlier run would be counted again), set here in the master, before it forks the workers
 # that import prometheus-client (which chooses the mode when imported); removed when the master exits.
-# An operator who sets PROMETHEUS_MULTIPROC_DIR must empty it before each start.
+# A reload (SIGHUP) reads this file again in the same master: the directory is kept (the counts go on)
+# and still removed at the end. An operator who sets PROMETHEUS_MULTIPROC_DIR must empty it before
+# each start. (A dead worker's files stay while the master runs: its counts are part of the totals.)
+_MADE = "UCLOUD_API_METRICS_DIR_MADE"
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="ucloud-api-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ[_MADE] = tempfile.mkdtemp(prefix="ucloud-api-metrics-")
 
-    def on_exit(server: object) -> None:
-        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+
+def on_exit(server: object) -> None:
+    if os.environ.get(_MADE) == os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        shutil.rmtree(os.environ[_MADE], ignore_errors=True)

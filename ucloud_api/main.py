@@ -29,7 +29,7 @@ GUNICORN_CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "gunicorn.con
 @click.option("--bind", default="127.0.0.1:8080", show_default=True,
               help="HOST:PORT to listen on ([::]:8080: every address, IPv6 and IPv4, as the systemd unit does).")
 @click.option("--workers", type=click.IntRange(1, 64), default=None,
-              help="Worker processes [default: from the gunicorn config: 2 per CPU + 1].")
+              help="Worker processes [default: from the gunicorn config: one per CPU, 16 threads each].")
 @click.option("--gunicorn-config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=GUNICORN_CONFIG, show_default=True, help="gunicorn settings (timeouts, limits, logging).")
 @click.pass_context

@@ -204,7 +204,7 @@ class Settings(BaseSettings):
                                      "the VMs of this host may take for Guacamole (each QEMU takes the first free "
                                      "one): the range a firewall opens to guacd; at most this many VMs get one. "
                                      "It may not hold the console proxy's port, which a QEMU could take first.")
-    guacamole_secret_key: str = Field("", pattern="^([0-9A-Fa-f]{32})?$", description="guacamole-auth-json's "
+    guacamole_secret_key: str = Field("", repr=False, pattern="^([0-9A-Fa-f]{32})?$", description="guacamole-auth-json's "
                                       "json-secret-key (32 hex digits): with it, the API also answers the signed and "
                                       "encrypted login data for Guacamole's `?data=`; without, the plain JSON only.")
 

@@ -54,6 +54,19 @@ def call(port: int, method: str, path: str, token: str | None = None, body: Any 
     return response.status, json.loads(text) if text else None
 
 
+def answering(port: int, log: Path) -> None:
+    """Wait until the API on `port` answers /healthz (its log in the failure)."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if call(port, "GET", "/healthz")[0] == 200:
+                return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+
+
 @pytest.fixture
 def gunicorn(etcd_server: EtcdServer, store: Store, tmp_path: Path) -> Iterator[int]:
     port = free_port()
@@ -63,15 +76,7 @@ def gunicorn(etcd_server: EtcdServer, store: Store, tmp_path: Path) -> Iterator[
     process = subprocess.Popen([str(BIN / "ucloud-api"), "serve", "--bind", f"127.0.0.1:{port}", "--workers", "2"],
                                env=env, stdout=subprocess.DEVNULL,
                                stderr=open(tmp_path / "gunicorn.log", "w"))
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            if call(port, "GET", "/healthz")[0] == 200:
-                break
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, (tmp_path / "gunicorn.log").read_text()
-        time.sleep(0.1)
+    answering(port, tmp_path / "gunicorn.log")
     yield port
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=15) == 0
@@ -203,3 +208,32 @@ def _empty(tmp_path: Path) -> Path:
     path = tmp_path / "empty.conf"
     path.write_text("")
     return path
+
+
+def test_the_metrics_directory_lasts_through_a_reload_and_goes_with_the_api(etcd_server: EtcdServer, store: Store,
+                                                                            tmp_path: Path) -> None:
+    """gunicorn reads its config file again on SIGHUP, in the same master: the workers' metrics
+    directory made at the start must be kept (the counts go on) and still removed at the end."""
+    port = free_port()
+    env = {**env_for(etcd_server.endpoint, tmp_path), "TMPDIR": str(tmp_path / "tmp")}
+    (tmp_path / "tmp").mkdir()
+    process = subprocess.Popen([str(BIN / "ucloud-api"), "serve", "--bind", f"127.0.0.1:{port}", "--workers", "1"],
+                               env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "gunicorn.log", "w"))
+    try:
+        def answered() -> set[str]:
+            answering(port, tmp_path / "gunicorn.log")
+            return {p.name for p in (tmp_path / "tmp").glob("ucloud-api-metrics-*")}
+
+        made = answered()
+        assert len(made) == 1
+        process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while "Hang up" not in (tmp_path / "gunicorn.log").read_text() or \
+                (tmp_path / "gunicorn.log").read_text().count("Booting worker") < 2:
+            assert time.monotonic() < deadline, (tmp_path / "gunicorn.log").read_text()
+            time.sleep(0.1)
+        assert answered() == made
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+    assert not list((tmp_path / "tmp").glob("ucloud-api-metrics-*"))

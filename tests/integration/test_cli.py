@@ -58,13 +58,16 @@ def test_bad_configuration_is_one_clear_line_and_exit_2(tmp_path: Path) -> None:
 
 def test_config_output_is_a_valid_config_file(tmp_path: Path) -> None:
     shown = run(["ucloud-api", "config"], UCLOUD_ETCD_ENDPOINTS="10.1.1.1:2379,10.1.1.2:2379",
-                UCLOUD_ETCD_USER="root", UCLOUD_ETCD_PASSWORD="s3cret", UCLOUD_IMAGE_SECRET="i" * 32)
+                UCLOUD_ETCD_USER="root", UCLOUD_ETCD_PASSWORD="s3cret", UCLOUD_IMAGE_SECRET="i" * 32,
+                UCLOUD_GUACAMOLE_SECRET_KEY="ab" * 16)
     assert shown.returncode == 0
     assert "s3cret" not in shown.stdout and "UCLOUD_ETCD_PASSWORD=********" in shown.stdout
     assert "i" * 32 not in shown.stdout and "UCLOUD_IMAGE_SECRET=********" in shown.stdout
+    assert "ab" * 16 not in shown.stdout and "UCLOUD_GUACAMOLE_SECRET_KEY=********" in shown.stdout
     conf = tmp_path / "ucloud.conf"
     conf.write_text(shown.stdout.replace("UCLOUD_ETCD_PASSWORD=********", "UCLOUD_ETCD_PASSWORD=s3cret")
-                    .replace("UCLOUD_IMAGE_SECRET=********", "UCLOUD_IMAGE_SECRET=" + "i" * 32))
+                    .replace("UCLOUD_IMAGE_SECRET=********", "UCLOUD_IMAGE_SECRET=" + "i" * 32)
+                    .replace("UCLOUD_GUACAMOLE_SECRET_KEY=********", "UCLOUD_GUACAMOLE_SECRET_KEY=" + "ab" * 16))
     again = run(["ucloud-api", "--config", str(conf), "config"])
     assert again.returncode == 0 and again.stdout == shown.stdout
 
