@@ -101,7 +101,8 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("get", "/api/v1/vms/{uuid}/events"): Route("A VM's event log", returns="[Event]", errors=(404,)),
     ("get", "/api/v1/events"): Route("Events of all objects, or of one (object=vm:<uuid>, user:<name>, host:<name>, "
                                      "network:<uuid>, image:<uuid>), also of deleted ones, oldest first, after "
-                                     "`since`, at most `limit`", returns="[Event]", admin=True,
+                                     "`since`, at most `limit` (or more of the last one's time: page on with "
+                                     "`since` = its created_at)", returns="[Event]", admin=True,
                                      query=("object", "since", "limit")),
     ("get", "/api/v1/vms/{uuid}/stats"): Route(
         "A running VM's CPU time, resident memory, disk and network I/O (totals since its QEMU started), as its "

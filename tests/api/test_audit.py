@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,7 +17,7 @@ from tests.api.conftest import As, set_status
 from ucloud_api.app import create_app
 from ucloud_api.auth import create_user
 from ucloud_common.config import Settings
-from ucloud_common.event import Kind, forget_old_events, object_events, ref
+from ucloud_common.event import Event, Kind, forget_old_events, new_event, object_events, ref
 from ucloud_common.host import HOSTS, Host
 from ucloud_common.logs import JSONFormatter, acting_for
 from ucloud_common.specs import Specs
@@ -170,6 +171,26 @@ def test_all_events_are_read_a_page_at_a_time_and_answered_oldest_first(
     times = [e["created_at"] for e in paged]
     assert times == sorted(times)
     assert admin.get("/api/v1/events?limit=4").json == everything[:4]
+
+
+def test_paging_events_by_since_loses_none_that_share_a_time(admin: As, store: Store) -> None:
+    """Paging on with `since` = the last one's time skipped the others of that microsecond that the
+    limit had cut off: a page now ends with every event of its last one's time."""
+    at = datetime(2026, 1, 1, 12, 0, 0, 123456, tzinfo=UTC)
+    written = [f"step {i}" for i in range(7)]
+    for i, message in enumerate(written):  # four of them in the same microsecond
+        event = Event(object="host:h1", source="test", message=message,
+                      created_at=at if 1 <= i <= 4 else at.replace(microsecond=i if i < 1 else 123456 + i))
+        store.transact([replace(new_event(store, ref(Kind.HOST, "h1"), "test", message), record=event)])
+    seen: list[str] = []
+    since = ""
+    for _ in range(10):
+        page = admin.get(f"/api/v1/events?object=host:h1&limit=2{since}").json
+        if not page:
+            break
+        seen += [e["message"] for e in page]
+        since = "&since=" + page[-1]["created_at"].replace("+", "%2B")
+    assert sorted(seen) == written and len(seen) == len(written)
 
 
 def test_json_log_lines_are_one_object_each_with_the_request_id() -> None:

@@ -24,12 +24,20 @@ _PAGE = 1000  # events read from etcd at a time
 
 @bp.get("")
 def list_() -> Response:
-    """Events oldest first, after `since` if given, at most `limit`: page on with `since` set to the
-    last one's `created_at`."""
+    """Events oldest first, after `since` if given, at most `limit` — or a few more: a page ends with
+    every event of its last one's time, so that paging on with `since` set to that time loses none
+    (events written in the same microsecond have the same `created_at`)."""
     require_admin()
     obj, since, limit = _object(), _since(), _limit()
-    events = (e for e in _every(obj) if since is None or e.created_at > since)
-    return jsonify([dump(e) for e in heapq.nsmallest(limit, events, key=lambda e: e.created_at)])
+    page = heapq.nsmallest(limit, _after(obj, since), key=lambda e: e.created_at)
+    if len(page) == limit:
+        last = page[-1].created_at
+        page = [e for e in page if e.created_at < last] + [e for e in _after(obj, since) if e.created_at == last]
+    return jsonify([dump(e) for e in page])
+
+
+def _after(obj: str, since: datetime | None) -> Iterator[Event]:
+    return (e for e in _every(obj) if since is None or e.created_at > since)
 
 
 def _every(obj: str) -> Iterator[Event]:
