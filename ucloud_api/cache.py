@@ -4,8 +4,10 @@ from etcd's watch (`ucloud_common.store.mirror`), and what makes a read from it 
 - **Lists** are served from memory in key order, one page at one revision (`X-Ucloud-Revision`), with
   `?limit=` and an opaque `?continue=` token (the last name shown), as the Kubernetes API does.
 - **Read-your-writes.** Every accepted write answers `X-Ucloud-Revision` (its revision), and the
-  worker that took it remembers it for the caller. A read waits, at most `WAIT_S`, for the mirror to pass the newer of that and the revision the client sends back in the same header;
-  past that it reads etcd, so a read never shows the state before the caller's own write. A
+  worker that took it remembers it for the caller. A read waits, at most `WAIT_S`, for the mirror to
+  pass the newer of that and the revision the client sends back in the same header; past that (at
+  once for a family that was quiet) it asks etcd whether the family changed since the mirror's
+  revision, and lists it only if it did, so a read never shows the state before the caller's own write. A
   client's kept-alive connection stays with one worker, which remembers; a client that opens a new
   connection for each request reaches any worker, and sends the revision back (the CLI does).
 """
@@ -40,11 +42,13 @@ from ucloud_common.vm import VMS
 REVISION_HEADER = "X-Ucloud-Revision"
 CONTINUE_HEADER = "X-Ucloud-Continue"
 MAX_LIMIT = 1000
-# How long a read waits for the mirror to pass the revision it needs before it lists etcd instead.
-# The watch delivers a write to every worker within a few ms here; a family nobody writes (the
-# caller wrote a VM, then lists images) never passes it, and costs this once, then one listing
-# (which the mirror keeps: the next such read is served from memory).
+# How long a read waits for the mirror to pass the revision it needs before it asks etcd. The watch
+# delivers a write to every worker within a few ms here.
 WAIT_S = 0.1
+# A family none of whose changes came for this long is quiet: a read that needs a later revision
+# (the caller wrote a VM, then lists images) asks etcd at once whether it changed, rather than wait
+# for a revision that its watch may never deliver (`Mirror.confirm`).
+QUIET_S = 1.0
 # Bytes of list pages a worker keeps to answer again (`Pages`).
 PAGES_BUDGET = 16 * 2**20
 # Events of each object the cache keeps: the last ones, which GET /vms/{id} shows.
@@ -195,18 +199,20 @@ def caught_up(mirror: Mirror[R], at_least: int = 0) -> Mirror[R]:
     A sent revision etcd has not reached is no write's: no mirror and no listing ever reaches it, and
     listing for it would let any caller make every request list the whole family. Such a request is
     answered from the mirror as it is (its revision in the header), as one without the header."""
-    if fresh(mirror, at_least=at_least):
+    quiet = mirror.quiet_for() >= QUIET_S
+    if fresh(mirror, wait=0 if quiet else WAIT_S, at_least=at_least):
         return mirror
-    # One listing at a time per mirror: readers that need it meanwhile wait for it and are served
-    # by it, rather than each list the whole family at once (a watch that lags under load, with
-    # every reader adding a listing to the load).
+    # One reader at a time per mirror asks etcd: readers that need it meanwhile wait for it and are
+    # served by it, rather than each list the whole family at once (a watch that lags under load,
+    # with every reader adding a listing to the load).
     with mirror.refreshing:
         if fresh(mirror, wait=0, at_least=at_least):
             return mirror
-        store: AbstractStore = current_app.extensions["ucloud.store"]
-        sent, present = max(sent_revision(), at_least), store.revision()  # one small read, before a large one
-        if sent > present:
+        sent, present = max(sent_revision(), at_least), mirror.confirm()  # one small read, before a large one
+        # (A quiet family that did change: the caller's own write, which its watch delivers soon.)
+        if sent > present or fresh(mirror, wait=WAIT_S if quiet else 0, at_least=at_least):
             return mirror
+        store: AbstractStore = current_app.extensions["ucloud.store"]
         mirror.refresh(store.list(mirror.family))
     return mirror
 

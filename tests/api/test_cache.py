@@ -6,6 +6,7 @@ elsewhere refused as soon as the watch says so."""
 from __future__ import annotations
 
 import threading
+import time
 import uuid as uuidlib
 from collections.abc import Iterator
 from typing import Any
@@ -21,6 +22,7 @@ from ucloud_api.cache import ReadCache
 from ucloud_common.config import Settings
 from ucloud_common.specs import Specs
 from ucloud_common.store import Store
+from ucloud_common.network import NETWORKS
 from ucloud_common.vm import VM, VMS
 
 
@@ -133,6 +135,33 @@ def test_a_write_through_one_instance_is_read_through_another_with_its_revision(
         deleted = alice.delete(f"/api/v1/networks/{created.json['uuid']}")
         revision = {"X-Ucloud-Revision": deleted.headers["X-Ucloud-Revision"]}
         assert created.json["uuid"] not in {n["uuid"] for n in other.get("/api/v1/networks", headers=revision).json}
+
+
+def test_a_quiet_familys_list_after_a_write_to_another_is_answered_without_listing_it(
+        alice: As, second: tuple[Flask, Store], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The caller wrote a VM, then lists networks through another worker with the VM's revision: the
+    networks mirror never reaches it (nobody writes networks). It waited, then listed the family
+    from etcd; etcd now says the family did not change since the mirror's revision."""
+    import ucloud_api.cache as cache_module
+
+    monkeypatch.setattr(cache_module, "QUIET_S", 0.2)
+    other = As(second[0].test_client(), alice.token, "alice")
+    network = alice.post("/api/v1/networks", json={"name": "n1"})
+    mirror = second[0].extensions["ucloud.cache"].mirror(NETWORKS)
+    assert mirror.wait_for(int(network.headers["X-Ucloud-Revision"]), 10)
+    time.sleep(0.3)
+    listed: list[str] = []
+    real_list = Store.list
+    monkeypatch.setattr(Store, "list", lambda self, family, *a, **k: listed.append(family.prefix)
+                        or real_list(self, family, *a, **k))
+    for i in range(3):
+        wrote = alice.post("/api/v1/vms", json={"name": f"w{i}", "specs": {"cpu": 1, "ram": 1, "ssd": 10},
+                                                "image": "tiny"})
+        revision = int(wrote.headers["X-Ucloud-Revision"])
+        answer = other.get("/api/v1/networks", headers={"X-Ucloud-Revision": str(revision)})
+        assert [n["uuid"] for n in answer.json] == [network.json["uuid"]]
+        assert int(answer.headers["X-Ucloud-Revision"]) >= revision
+    assert NETWORKS.prefix not in listed
 
 
 def test_a_user_never_sees_anothers_objects(alice: As, bob: As, admin: As, store: Store) -> None:

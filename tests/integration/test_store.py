@@ -251,6 +251,27 @@ def test_count_counts_keys_by_name_prefix(store: AbstractStore) -> None:
     assert store.count(VMS, "c:") == 0
 
 
+def test_a_family_is_unchanged_since_a_revision_until_a_key_of_it_is_made_changed_or_deleted(
+        store: AbstractStore) -> None:
+    from ucloud_common.image import IMAGES, Image, ImageStatus
+
+    for name in ("a", "b"):
+        store.create(VMS, name, a_vm(name))
+    at = store.revision()
+    store.create(IMAGES, "i", Image(uuid="i", owner="o", name="i", store_name="local", status=ImageStatus.CREATED))
+    assert store.unchanged(VMS, at, 2) == (True, store.revision())  # another family's write
+    assert store.unchanged(VMS, at, 3)[0] is False  # (a mirror that holds what etcd does not)
+    assert store.unchanged(VMS, at - 1, 2)[0] is False  # b was made after at - 1
+    store.delete(VMS, "a")
+    assert store.unchanged(VMS, at, 2)[0] is False  # a deletion leaves no newer key: the count tells
+    after_delete = store.revision()
+    assert store.unchanged(VMS, after_delete, 1)[0] is True
+    b = store.get(VMS, "b")
+    assert b is not None
+    store.replace(VMS, "b", b.value, b.mod_revision)
+    assert store.unchanged(VMS, after_delete, 1)[0] is False
+
+
 def test_writes_on_a_revoked_lease_are_refused_and_its_keys_gone(store: AbstractStore) -> None:
     lease = store.grant_lease(60)
     store.create(VMS, "on-lease", a_vm("on-lease"), lease=lease)

@@ -136,6 +136,13 @@ class AbstractStore(ABC):
         page at a time (a whole family of events does not fit in a worker), not a snapshot."""
 
     @abstractmethod
+    def unchanged(self, family: Family[R], revision: int, count: int) -> tuple[bool, int]:
+        """Whether the family holds `count` keys of which none changed after `revision` (so it holds
+        today what it held at `revision`: a key deleted since would be missing from the count, one
+        made or changed since would be newer), and the present revision. One small read: what proves
+        a mirror of a family nobody wrote to current, without listing the family."""
+
+    @abstractmethod
     def count(self, family: Family[R], within: str) -> int:
         """How many keys of the family have a name starting with `within`, valid records or not
         (etcd counts them without sending them: cheap enough for a limit checked on every create)."""

@@ -292,6 +292,12 @@ class MemoryStore(AbstractStore):
             return Versioned(name, family.decode(key, entry.value), entry.mod_revision, entry.create_revision), \
                 ks.revision
 
+    def unchanged(self, family: Family[R], revision: int, count: int) -> tuple[bool, int]:
+        prefix = family.prefix.encode()
+        with self._call(f"check {family.prefix} unchanged") as ks:
+            keys = ks.in_range(prefix, pyetcd.utils.prefix_range_end(prefix))
+            return len(keys) == count and all(ks.entries[k].mod_revision <= revision for k in keys), ks.revision
+
     def count(self, family: Family[R], within: str) -> int:
         prefix = (family.prefix + within).encode()
         with self._call(f"count {prefix.decode()}") as ks:

@@ -232,6 +232,7 @@ class Mirror(Generic[R]):
         # tokens revoked meanwhile, for as long as the cut lasted. None: trusted however old.
         self.stale_after = stale_after
         self._refreshed_at = float("-inf")
+        self._changed_at = float("-inf")  # when the table last took in a change of the family
         self.refreshing = threading.Lock()  # held by the one reader listing for `refresh` (never the table's lock)
         self.indexes = dict(indexes or {})
         self.render = render
@@ -309,6 +310,7 @@ class Mirror(Generic[R]):
                 else:
                     self.table.apply(item)
                 if isinstance(item, Snapshot) or item.whole:
+                    self._changed_at = time.monotonic()
                     self._changed.notify_all()
                     self._changed.release()
                     held = False
@@ -350,6 +352,27 @@ class Mirror(Generic[R]):
                 # change left halfway (not ready until a listing at least as new repairs it).
                 self.ready = True
             self._changed.notify_all()
+
+    def quiet_for(self) -> float:
+        """Seconds since the table last took in a change of the family from the watch."""
+        return time.monotonic() - self._changed_at
+
+    def confirm(self) -> int:
+        """Ask etcd whether the family changed after the table's revision (`Store.unchanged`, one
+        small read); if not, the table is current at etcd's present revision, which readers waiting
+        for a later write's revision (to another family) may then have. The present revision.
+        A family nobody writes to never delivers such a revision, and was listed whole to prove it."""
+        asked_at = time.monotonic()  # (a bound on the answer's age, as for a listing)
+        with self._changed:
+            revision, held, ready = self.table.revision, len(self.table.items), self.ready
+        same, present = self._store.unchanged(self.family, revision, held)
+        with self._changed:
+            # Unless the table moved meanwhile (then the watch is ahead of the answer anyway).
+            if same and ready and self.ready and self.table.revision == revision < present:
+                self.table.revision = present
+                self._refreshed_at = max(self._refreshed_at, asked_at)
+                self._changed.notify_all()
+        return present
 
     @contextmanager
     def locked(self) -> Iterator[Table[R]]:
