@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
@@ -23,8 +24,20 @@ MAX_BODY_BYTES = 1024 * 1024
 PUBLIC_PATHS = frozenset({"/healthz", "/api/v1/openapi.json", "/api/v1/login", metrics.PATH})
 
 
+class _App(Flask):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self._synced: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        # Flask asks inspect whether each view and hook is a coroutine function on every call: eight
+        # times a request here, as much as the authentication. They are the app's own, made once.
+        synced = self._synced.get(func)
+        return synced if synced is not None else self._synced.setdefault(func, super().ensure_sync(func))
+
+
 def create_app(settings: Settings, store: Store | None = None) -> Flask:
-    app = Flask("ucloud_api")
+    app = _App("ucloud_api")
     app.request_class = APIRequest
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]
