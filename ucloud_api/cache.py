@@ -226,6 +226,13 @@ def get_settled(family: Family[R], name: str, fallback: Callable[[], Versioned[R
     return found if found is not None else fallback()
 
 
+def kept_rendering(family: Family[R], item: Versioned[R]) -> bytes | None:
+    """The JSON the mirror made of `item` when it took it in, if `item` is what it holds (a record
+    read from the mirror, not since changed), else None."""
+    with cache().mirror(family).locked() as table:
+        return table.rendered.get(item.name) if table.items.get(item.name) is item else None
+
+
 def get_cached(family: Family[R], name: str, fallback: Callable[[], Versioned[R] | None]) -> Versioned[R] | None:
     """One record from the mirror when it is fresh, else (or when it is not there, e.g. made a
     moment ago through another worker) from `fallback` (etcd)."""

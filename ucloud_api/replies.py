@@ -21,8 +21,10 @@ def store() -> Store:
     return the_store
 
 
-def object_reply(obj: Versioned[Any], status: int = 200, body: dict[str, Any] | None = None) -> Response:
-    response = jsonify(body if body is not None else dump(obj.value))
+def object_reply(obj: Versioned[Any], status: int = 200, body: dict[str, Any] | bytes | None = None) -> Response:
+    """The object (or `body`, how it is shown; JSON already made if bytes) with its ETag."""
+    response = (Response(body, mimetype="application/json") if isinstance(body, bytes)
+                else jsonify(body if body is not None else dump(obj.value)))
     response.status_code = status
     response.headers["ETag"] = f'"{obj.mod_revision}"'
     return response

@@ -164,6 +164,22 @@ def test_a_quiet_familys_list_after_a_write_to_another_is_answered_without_listi
     assert NETWORKS.prefix not in listed
 
 
+def test_get_one_answers_a_vm_as_its_list_shows_it_with_its_events(alice: As) -> None:
+    """GET one joins the JSON the cache made of the VM (none for one with NICs) and its events."""
+    network = alice.post("/api/v1/networks", json={"name": "n1"}).json["uuid"]
+    plain, wired = alice.create_vm("plain"), alice.create_vm("wired", networks=[network])
+    assert alice.post(f"/api/v1/vms/{plain['uuid']}/shutdown").status_code in (202, 409)
+    listed = {vm["uuid"]: vm for vm in alice.get("/api/v1/vms").json}
+    for vm in (plain, wired):
+        one = alice.get(f"/api/v1/vms/{vm['uuid']}")
+        assert one.status_code == 200 and one.headers["ETag"] and one.mimetype == "application/json"
+        shown = dict(one.json)
+        events = shown.pop("events")
+        assert shown == listed[vm["uuid"]]
+        assert events == alice.get(f"/api/v1/vms/{vm['uuid']}/events").json[-len(events):] and events
+    assert listed[wired["uuid"]]["networks"][0]["ipv6"]
+
+
 def test_a_user_never_sees_anothers_objects(alice: As, bob: As, admin: As, store: Store) -> None:
     for i in range(3):
         alice.create_vm(f"a{i}")

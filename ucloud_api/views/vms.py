@@ -14,7 +14,7 @@ from flask import Blueprint, Response, jsonify, request
 from ucloud_api.audit import request_id, told
 from ucloud_api.auth import current, require_admin
 from ucloud_api.body import parse
-from ucloud_api.cache import LAST_EVENTS, cache, compact_json, fresh, get_settled, list_reply
+from ucloud_api.cache import LAST_EVENTS, cache, compact_json, fresh, get_settled, kept_rendering, list_reply
 from ucloud_api.errors import APIError
 from ucloud_api.idempotency import idempotent
 from ucloud_api.naming import create_named, new_nic
@@ -140,7 +140,11 @@ def _listed(item: Versioned[VM]) -> bytes:
 @bp.get("/<uuid>")
 def get(uuid: str) -> Response:
     vm = lookup_own(VMS, uuid, f"VM {uuid}", cached=True)
-    return object_reply(vm, body={**shown_one(vm.value), "events": _events(uuid, cached=True, last=LAST_EVENTS)})
+    # As `object_reply` would answer `{**shown_one(vm), "events": …}`, from the VM's JSON the cache
+    # made once (the same as its lists show): a VM read from the cache is not dumped again.
+    shown_json = kept_rendering(VMS, vm) or compact_json(shown_one(vm.value))
+    events = compact_json(_events(uuid, cached=True, last=LAST_EVENTS))
+    return object_reply(vm, body=shown_json[:-1] + b',"events":' + events + b"}")
 
 
 def shown(vm: VM, prefixes: dict[str, str]) -> dict[str, Any]:
