@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
 
 from ucloud_api.errors import APIError
 from ucloud_api.limits import Limit
@@ -13,14 +12,14 @@ from ucloud_common.claim import Claim, owned
 from ucloud_common.quota import charging
 from ucloud_common.record import Family, R
 from ucloud_common.retry import Backoff, sleeps
-from ucloud_common.store import Conflict, Put, Versioned
+from ucloud_common.store import Conflict, Put, Versioned, Write
 from ucloud_common.vm import NIC, free_slot
 
 _RETRY = Backoff(initial=0.002, maximum=0.1)
 
 
 def create_named(family: Family[R], claims: Family[Claim], owner: str, name: str, uuid: str,
-                 make: Callable[[], tuple[R, list[Put[Any]]]], what: str, limit: Limit | None = None) -> Versioned[R]:
+                 make: Callable[[], tuple[R, Sequence[Write]]], what: str, limit: Limit | None = None) -> Versioned[R]:
     """Create the record `make()` returns under `uuid`, claiming `name` for `owner`, together with
     the other writes `make()` returns (claims, records that must change with it, the owner's usage
     charged by `quota.charged`); 409 if the name is taken, or if `owner` has as many of them as `limit`

@@ -29,7 +29,7 @@ from ucloud_api.views import images, networks, vms
 from ucloud_common.claim import owned
 from ucloud_common.event import Kind
 from ucloud_common.file import FILES
-from ucloud_common.image import IMAGES, Image
+from ucloud_common.image import IMAGES
 from ucloud_common.network import NETWORKS
 from ucloud_common.quota import QUOTAS, USAGES, change, transact_counted
 from ucloud_common.record import R, utcnow
@@ -158,7 +158,7 @@ def sweep(user: Versioned[User]) -> Holdings:
     for network in store().list(NETWORKS, where={"owner": name}).items.values():
         _try(networks.remove, network, why)
     for image in store().list(IMAGES, where={"owner": name}).items.values():
-        _try(_remove_image, image, why)
+        _try(images.deleted, image, why)
     remove_user_folder(store().settings.upload_dir, name)
     for file in store().list(FILES, where={"owner": name}).items.values():
         try:  # with the release of its bytes from the user's usage, as file-scan removes a file gone
@@ -180,9 +180,3 @@ def _try(remove: Callable[[Versioned[R], str], None], obj: Versioned[R], why: st
         log.info("%s is not deleted yet: %s", obj.name, exc)
 
 
-def _remove_image(image: Versioned[Image], why: str) -> None:
-    """Delete the image as read (409 if a VM is based on it), releasing it from its owner's usage."""
-    def removal() -> tuple[list[Put[Any] | Remove[Any]], dict[str, float]] | None:
-        current = store().get(IMAGES, image.name)
-        return None if current is None else images.removal_of(current, why)
-    transact_counted(store(), image.value.owner, removal)

@@ -31,6 +31,10 @@ class Image(Record):
     # there (its length is `size`): what a host fetching the image from another checks before using
     # it. "" in Ceph, and for images made before it was kept.
     digest: str = Field("", pattern="^([0-9a-f]{64})?$")
+    # Set by the API's deletion before it looks for VMs based on the image: a VM creation that read
+    # the image before compares its revision (`Unchanged`) and fails, so no VM is made from an image
+    # whose deletion did not see it. No VM is made from an image being deleted.
+    deleting: bool = False
 
 
 IMAGES: Family[Image] = Family("/v1/image/", Image, identity="uuid")

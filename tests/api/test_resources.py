@@ -9,6 +9,9 @@ import subprocess
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from flask import Flask
 
@@ -22,7 +25,7 @@ from ucloud_common.host import HOSTS, HOSTS_ALIVE, Host, HostAlive
 from ucloud_common.specs import Specs
 from ucloud_common.states import Status
 from ucloud_common.sshkey import MAX_KEY_LINE
-from ucloud_common.store import Store
+from ucloud_common.store import Conflict, Put, Store, Unchanged
 from ucloud_common.user import USERS
 from ucloud_common.vm import NIC, VM, VMS
 
@@ -196,6 +199,64 @@ def test_an_image_in_use_is_not_deleted(alice: As, admin: As) -> None:
     alice.create_vm()
     response = admin.delete("/api/v1/images/tiny")
     assert response.status_code == 409 and "delete the VM first" in response.json["error"]["message"]
+
+
+def test_a_vm_whose_creation_read_the_image_before_its_deletion_is_not_made(
+        alice: As, admin: As, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The deletion looked for VMs based on the image, found none, and removed it, while a creation
+    that had read the image went on to make a VM of it: the creation now compares the image's
+    revision, and the deletion marks it first."""
+    read_before = store.get(IMAGES, "tiny")
+    assert admin.delete("/api/v1/images/tiny").status_code == 204
+    real_get = Store.get
+    stale = {"reads": 0}
+
+    def get(self: Store, family: Any, name: str) -> Any:
+        if family is IMAGES and name == "tiny" and stale["reads"] == 0:
+            stale["reads"] += 1
+            return read_before  # the creation's read, made before the deletion
+        return real_get(self, family, name)
+
+    monkeypatch.setattr(Store, "get", get)
+    refused = alice.post("/api/v1/vms", json={"name": "late", "specs": {"cpu": 1, "ram": 1, "ssd": 10},
+                                               "image": "tiny"})
+    assert refused.status_code == 422 and refused.json["error"]["fields"][0]["field"] == "image"
+    monkeypatch.setattr(Store, "get", real_get)
+    assert store.list(VMS).items == {}
+
+
+def test_an_image_is_marked_before_its_vms_are_looked_for_and_unmarked_if_one_is_found(
+        alice: As, admin: As, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A VM created between the deletion's look and its removal compared an unmarked image, and was
+    made of a deleted one; now that look comes after the mark, which such a creation fails on."""
+    real_list = Store.list
+    seen_marked = []
+
+    def list_(self: Store, family: Any, *args: Any, **kwargs: Any) -> Any:
+        if family is VMS:
+            image = real_get_image()
+            seen_marked.append(image.value.deleting)
+            # A creation that read the image before the mark comes in now: its comparison fails.
+            with pytest.raises(Conflict):
+                store.transact([Put(VMS, "racer", VM(uuid="racer", owner="alice", name="racer",
+                                                     specs=Specs(cpu=1, ram=1, ssd=10), image="tiny"), 0),
+                                Unchanged(IMAGES, "tiny", before.mod_revision)])
+        return real_list(self, family, *args, **kwargs)
+
+    def real_get_image() -> Any:
+        found = store.get(IMAGES, "tiny")
+        assert found is not None
+        return found
+
+    before = real_get_image()
+    alice.create_vm()
+    monkeypatch.setattr(Store, "list", list_)
+    assert admin.delete("/api/v1/images/tiny").status_code == 409
+    assert seen_marked == [True]
+    monkeypatch.setattr(Store, "list", real_list)
+    assert real_get_image().value.deleting is False  # unmarked: the VM based on it stays
+    assert alice.post("/api/v1/vms", json={"name": "again", "specs": {"cpu": 1, "ram": 1, "ssd": 10},
+                                            "image": "tiny"}).status_code == 201
 
 
 def test_hosts(admin: As, alice: As, store: Store) -> None:

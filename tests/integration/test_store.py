@@ -24,6 +24,7 @@ from ucloud_common.store import (
     Remove,
     StoreRefused,
     TooLarge,
+    Unchanged,
 )
 from ucloud_common.vm import VMS, VM
 
@@ -270,6 +271,20 @@ def test_a_family_is_unchanged_since_a_revision_until_a_key_of_it_is_made_change
     assert b is not None
     store.replace(VMS, "b", b.value, b.mod_revision)
     assert store.unchanged(VMS, after_delete, 1)[0] is False
+
+
+def test_a_transaction_applies_only_while_what_it_depends_on_is_unchanged(store: AbstractStore) -> None:
+    base = store.create(VMS, "base", a_vm("base"))
+    store.transact([Put(VMS, "made", a_vm("made"), 0), Unchanged(VMS, "base", base.mod_revision)])
+    assert store.get(VMS, "made") is not None
+    assert store.get(VMS, "base") == base  # compared, never written
+    store.replace(VMS, "base", base.value, base.mod_revision)
+    with pytest.raises(Conflict) as lost:
+        store.transact([Put(VMS, "other", a_vm("other"), 0), Unchanged(VMS, "base", base.mod_revision)])
+    assert lost.value.key == VMS.key("base") and store.get(VMS, "other") is None
+    store.transact([Put(VMS, "alone", a_vm("alone"), 0), Unchanged(VMS, "absent", 0)])  # 0: must not exist
+    with pytest.raises(Conflict):
+        store.transact([Put(VMS, "never", a_vm("never"), 0), Unchanged(VMS, "alone", 0)])
 
 
 def test_writes_on_a_revoked_lease_are_refused_and_its_keys_gone(store: AbstractStore) -> None:

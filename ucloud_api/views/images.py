@@ -22,7 +22,7 @@ from ucloud_common.file import FILES
 from ucloud_common.image import IMAGE_DELETIONS, IMAGES, Image, ImageDeletion
 from ucloud_common.imagestore import LOCAL
 from ucloud_common.quota import change, charged, transact_counted
-from ucloud_common.store import Put, Remove, Versioned
+from ucloud_common.store import Conflict, Put, Remove, Versioned
 from ucloud_common.vm import VMS
 
 images = Blueprint("images", __name__, url_prefix="/api/v1/images")
@@ -79,22 +79,46 @@ def get(uuid: str) -> Response:
 
 @images.delete("/<uuid>")
 def delete(uuid: str) -> Response:
-    def removal() -> tuple[list[Remove[Any] | Put[Any]], dict[str, float]]:
-        image = lookup_own(IMAGES, uuid, f"image {uuid}")
-        check_if_match(image)
-        return removal_of(image)
-
-    transact_counted(store(), lookup_own(IMAGES, uuid, f"image {uuid}").value.owner, removal)
+    image = lookup_own(IMAGES, uuid, f"image {uuid}")
+    check_if_match(image)
+    deleted(image)
     return Response(status=204)
+
+
+def deleted(image: Versioned[Image], why: str = "") -> None:
+    """Delete the image as read, with its name claim, releasing it from its owner's usage; 409 if a VM
+    is based on it, or if it changed meanwhile. It is marked `deleting` before the VMs are looked at:
+    a VM created before the mark is found, one being created from what was read before fails its
+    comparison of the image's revision (`ucloud_api.views.vms.create`), one after sees the mark."""
+    uuid = image.name
+    try:
+        marked = image if image.value.deleting else store().replace(
+            IMAGES, uuid, image.value.evolve(deleting=True), image.mod_revision)
+    except Conflict:
+        raise APIError(409, "busy", f"image {uuid} changed meanwhile; read it again") from None
+    users = [vm.value.name for vm in store().list(VMS, where={"image": uuid}).items.values()]
+    if users:
+        try:
+            store().replace(IMAGES, uuid, image.value.evolve(deleting=False), marked.mod_revision)
+        except Conflict:
+            pass  # changed meanwhile (another deletion's mark): theirs to settle
+        raise APIError(409, "in_use", f"image {uuid} is the base of VM {users[0]}; delete the VM first")
+
+    def removal() -> tuple[list[Remove[Any] | Put[Any]], dict[str, float]] | None:
+        current = store().get(IMAGES, uuid)
+        if current is None:
+            return None  # (deleted by another request meanwhile)
+        if current.mod_revision != marked.mod_revision:
+            raise APIError(409, "busy", f"image {uuid} changed while it was being deleted; retry")
+        return removal_of(current, why)
+
+    transact_counted(store(), image.value.owner, removal)
 
 
 def removal_of(image: Versioned[Image], why: str = "") -> tuple[list[Remove[Any] | Put[Any]], dict[str, float]]:
     """The writes that delete the image as read, with its name claim, and the change of its owner's
-    usage (for `transact_counted`); 409 if a VM is based on it."""
+    usage (for `transact_counted`)."""
     uuid = image.name
-    users = [vm.value.name for vm in store().list(VMS).items.values() if vm.value.image == uuid]
-    if users:
-        raise APIError(409, "in_use", f"image {uuid} is the base of VM {users[0]}; delete the VM first")
     # Its data goes after the record: a local image's files by each host's agent, an RBD image by
     # image-scanner, told by the deletion's record.
     in_ceph: list[Put[Any]] = [Put(IMAGE_DELETIONS, uuid, ImageDeletion(uuid=uuid, store_name=image.value.store_name),

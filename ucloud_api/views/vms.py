@@ -24,7 +24,7 @@ from ucloud_common.allocation import SHARED_STORAGE
 from ucloud_common.claim import MACS, VM_NAMES, Claim, held_by, mac_claim, vm_claims
 from ucloud_common.event import Kind, object_events, ref
 from ucloud_common.host import HOSTS
-from ucloud_common.image import IMAGES, ImageStatus
+from ucloud_common.image import IMAGES, Image, ImageStatus
 from ucloud_common.record import check_name, is_key_part
 from ucloud_common.retry import Backoff, sleeps
 from ucloud_common.specs import Specs, described
@@ -34,7 +34,7 @@ from ucloud_common import quota
 from ucloud_common.quota import USAGES, change, charged
 from ucloud_common.quoting import quote
 from ucloud_common.network import NETWORKS, detached
-from ucloud_common.store import Conflict, Put, Remove, Versioned
+from ucloud_common.store import Conflict, Put, Remove, Unchanged, Versioned, Write
 from ucloud_common.user import USERS
 from ucloud_common.vm import VMS, VM, request_fields
 from ucloud_common.vmstats import VM_STATS
@@ -49,17 +49,7 @@ _RETRY = Backoff(initial=0.002, maximum=0.1)
 def create() -> Response:
     caller = current()
     body = parse(VMCreate)
-    image = store().get(IMAGES, body.image)
-    if image is None or image.value.status is not ImageStatus.CREATED or not (
-            image.value.public or image.value.owner == caller.name):
-        raise APIError(422, "invalid", f"image: no usable image {quote(body.image)}", fields=[
-            {"field": "image", "message": "no such image, or it is not CREATED"}])
-    # A local disk is an overlay on a file in the host's image directory; an rbd disk is a clone in
-    # Ceph: each needs its image in the matching kind of store.
-    if (body.storage == "local") != (image.value.store_name == "local"):
-        raise APIError(422, "invalid", f"storage: image {quote(body.image)} is in store {image.value.store_name}, which "
-                       f"{body.storage} disks cannot use", fields=[{"field": "storage", "message": "does not match "
-                                                                   "the image's store"}])
+    _usable_image(body, caller.name)
     user_keys = _user_keys(caller.name)
     missing = [k for k in body.ssh_keys if k not in user_keys]
     if missing:
@@ -70,8 +60,11 @@ def create() -> Response:
                        fields=[{"field": "networks", "message": "listed twice"}])
     uuid = str(uuidlib.uuid4())
 
-    def make() -> tuple[VM, list[Put[Any]]]:
-        writes: list[Put[Any]] = []
+    def make() -> tuple[VM, list[Write]]:
+        # The image as read now, unchanged until the creation: one whose deletion began meanwhile
+        # (`ucloud_api.views.images.deleted`) fails the creation, which then reads it again.
+        image = _usable_image(body, caller.name)
+        writes: list[Write] = [Unchanged(IMAGES, image.name, image.mod_revision)]
         nics = []
         for network_uuid in body.networks:
             network = store().get(NETWORKS, network_uuid) if is_key_part(network_uuid) else None
@@ -94,6 +87,22 @@ def create() -> Response:
 
     created = create_named(VMS, VM_NAMES, caller.name, body.name, uuid, make, "VM")
     return created_reply(created, f"/api/v1/vms/{uuid}", shown_one(created.value))
+
+
+def _usable_image(body: VMCreate, user: str) -> Versioned[Image]:
+    """The image `body` names, or 422 if `user` may not make a VM of it (with `body.storage`)."""
+    image = store().get(IMAGES, body.image)
+    if image is None or image.value.status is not ImageStatus.CREATED or image.value.deleting or not (
+            image.value.public or image.value.owner == user):
+        raise APIError(422, "invalid", f"image: no usable image {quote(body.image)}", fields=[
+            {"field": "image", "message": "no such image, or it is not CREATED, or it is being deleted"}])
+    # A local disk is an overlay on a file in the host's image directory; an rbd disk is a clone in
+    # Ceph: each needs its image in the matching kind of store.
+    if (body.storage == "local") != (image.value.store_name == "local"):
+        raise APIError(422, "invalid", f"storage: image {quote(body.image)} is in store {image.value.store_name}, which "
+                       f"{body.storage} disks cannot use", fields=[{"field": "storage", "message": "does not match "
+                                                                   "the image's store"}])
+    return image
 
 
 @bp.get("")

@@ -7,7 +7,7 @@ then watch, relisting when needed, never ending before it is stopped), `KeptLeas
 its keep-alive) and `Election` (one leader among many). Everything they raise is a `StoreError`.
 """
 
-from ucloud_common.store.contract import AbstractStore, Guard, Listing, Put, Remove, Versioned
+from ucloud_common.store.contract import AbstractStore, Guard, Listing, Put, Remove, Unchanged, Versioned, Write
 from ucloud_common.store.election import Election
 from ucloud_common.store.errors import (
     AlreadyExists,
@@ -29,5 +29,6 @@ from ucloud_common.store.memory import MemoryStore, MemoryWatch
 __all__ = [
     "AbstractStore", "AlreadyExists", "Change", "Compacted", "Conflict", "Election", "Follower", "Guard",
     "GuardFailed", "KeptLease", "LeaseExpired", "Listing", "MemoryStore", "MemoryWatch", "NotFound", "Put",
-    "Remove", "Snapshot", "Store", "StoreError", "StoreRefused", "StoreUnavailable", "TooLarge", "Versioned", "apply",
+    "Remove", "Snapshot", "Store", "StoreError", "StoreRefused", "StoreUnavailable", "TooLarge", "Unchanged", "Versioned",
+    "Write", "apply",
 ]

@@ -78,6 +78,19 @@ class Remove(Generic[R]):
 
 
 @dataclass(frozen=True)
+class Unchanged(Generic[R]):
+    """No write: the transaction applies only if the key is still at `expect` (its mod_revision; 0:
+    absent). What a write depends on without changing it: a VM on the image it is made from."""
+
+    family: Family[R]
+    name: str
+    expect: int
+
+
+Write = Put[Any] | Remove[Any] | Unchanged[Any]
+
+
+@dataclass(frozen=True)
 class Guard:
     """A precondition a write must satisfy besides its own: `key` still has this `create_revision`.
 
@@ -198,7 +211,7 @@ class AbstractStore(ABC):
         Raises `Conflict` if it changed since `mod_revision`."""
 
     @abstractmethod
-    def transact(self, writes: list[Put[Any] | Remove[Any]], *, guard: Guard | None = None) -> int:
+    def transact(self, writes: list[Write], *, guard: Guard | None = None) -> int:
         """Apply several writes atomically, each under its own expectation; return the revision.
         Raises `Conflict` naming the first key that was not as expected (nothing is written then),
         or `GuardFailed`."""
@@ -284,7 +297,7 @@ def changed_since(key: str, mod_revision: int) -> Conflict:
     return Conflict(f"{key} changed since revision {mod_revision}", key)
 
 
-def first_conflict(writes: Sequence[Put[Any] | Remove[Any]], actual: Iterable[int]) -> Conflict:
+def first_conflict(writes: Sequence[Write], actual: Iterable[int]) -> Conflict:
     """The `Conflict` of a failed transaction: the first write with an expectation whose key's
     actual mod_revision (0: absent; `actual` lists them for those writes, in order) differs."""
     expected = [w for w in writes if w.expect is not None]

@@ -38,6 +38,7 @@ from ucloud_common.store.contract import (
     Put,
     Remove,
     Versioned,
+    Write,
     already_exists,
     changed_since,
     check_guard,
@@ -236,7 +237,7 @@ class Store(AbstractStore):
             raise changed_since(key, mod_revision)
         return response.responses[0].response_delete_range.deleted > 0
 
-    def transact(self, writes: list[Put[Any] | Remove[Any]], *, guard: Guard | None = None) -> int:
+    def transact(self, writes: list[Write], *, guard: Guard | None = None) -> int:
         """Apply several writes atomically, each under its own expectation; return the revision.
 
         For keeping records consistent with each other (a VM and the claim on its name, a network
@@ -251,7 +252,7 @@ class Store(AbstractStore):
                 compare.append(tx.mod(key) == write.expect if write.expect else tx.create(key) == 0)
             if isinstance(write, Put):
                 success.append(self._put(key, write.family.encode(write.record), write.lease))
-            else:
+            elif isinstance(write, Remove):
                 success.append(tx.delete(key))
         response = self._txn(compare, success, guard)
         if not response.succeeded:

@@ -33,7 +33,6 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
 
 import pyetcd.utils
 
@@ -47,6 +46,7 @@ from ucloud_common.store.contract import (
     Put,
     Remove,
     Versioned,
+    Write,
     already_exists,
     changed_since,
     check_guard,
@@ -367,7 +367,7 @@ class MemoryStore(AbstractStore):
                 raise changed_since(key, mod_revision or 0)
             return existed
 
-    def transact(self, writes: list[Put[Any] | Remove[Any]], *, guard: Guard | None = None) -> int:
+    def transact(self, writes: list[Write], *, guard: Guard | None = None) -> int:
         expect: list[tuple[bytes, int]] = []
         ops: list[_Write] = []
         for write in writes:
@@ -376,7 +376,7 @@ class MemoryStore(AbstractStore):
                 expect.append((key, write.expect))
             if isinstance(write, Put):
                 ops.append((key, write.family.encode(write.record), write.lease or 0))
-            else:
+            elif isinstance(write, Remove):
                 ops.append((key, None, 0))
         what = f"transaction ({', '.join(sorted({key.decode() for key, _ in expect})) or 'no compare'})"
         with self._call(what) as ks:
