@@ -149,8 +149,8 @@ def sweep(user: Versioned[User]) -> Holdings:
     mark may still make something, which a later sweep must find."""
     name, why = user.name, f" (its owner {user.name} is being deleted)"
     for vm in store().list(VMS, where={"owner": name}).items.values():
-        if vm.value.requested is Requested.DELETED:
-            continue  # asked already: its agent is at it
+        if vm.value.requested is Requested.DELETED and vms.stranded_on(vm.value) is None:
+            continue  # asked already: its agent is at it (one whose host is down, never: deleted now)
         try:
             vms.write_request(vm, Action.DELETE, request_fields(vm.value, Action.DELETE), f"delete{why}")
         except (ActionRefused, Conflict) as exc:  # looked at again by the next sweep

@@ -57,6 +57,7 @@ from ucloud_common.store import (
 from ucloud_common.supervise import Supervisor
 from ucloud_common.vm import VMS, VM, Migration
 from ucloud_common.vmstats import VM_STATS, Usage, VMStats
+from ucloud_common.leftover import LEFTOVERS, leftover_name, leftovers_of
 from ucloud_common.cidata import hostname_for, seed_files
 from ucloud_vm import metrics
 from ucloud_vm.decide import Act, Seen, Step, decide, decide_incoming
@@ -207,6 +208,17 @@ class Agent:
             self._networks.refresh()
         self._report_images()
 
+    def _deleted_while_down(self) -> set[str]:
+        """The VMs the API deleted while this host was down (`_let_go` removes them here): a disk
+        alone is no process or file that `leftovers` would find. None known if etcd does not answer:
+        the next listing (a resync) asks again."""
+        try:
+            listing = self._store.list(LEFTOVERS, within=leftovers_of(self.host.name))
+        except StoreError as exc:
+            log.warning("host %s: VMs deleted while it was down not known yet: %s", self.host.name, exc)
+            return set()
+        return {leftover.value.vm.uuid for leftover in listing.items.values()}
+
     def remove_deleted_images(self) -> None:
         """Free the local store of images deleted through the API, but those a VM placed here is
         made from (its disk is an overlay on the image's file)."""
@@ -259,7 +271,7 @@ class Agent:
                 self._mine = {u: v.value for u, v in item.items.items() if v.value.host == self.host.name}
             leftovers = self._driver.leftovers()
             incoming = {u for u, v in item.items.items() if self._concerns(v.value)}
-            keys = set(self._mine) | leftovers | incoming
+            keys = set(self._mine) | leftovers | incoming | self._deleted_while_down()
             log.info("host %s: %d VMs placed here, %d with files here", self.host.name, len(self._mine),
                      len(leftovers))
             for uuid in keys:
@@ -517,7 +529,15 @@ class Agent:
 
     def _let_go(self, uuid: str, current: Versioned[VM] | None) -> Step:
         """A VM with files here that is no longer this host's: stop its process, keep its disk (it
-        may be shared and in use elsewhere now)."""
+        may be shared and in use elsewhere now) — unless the API deleted it while this host was
+        down and left it to this agent (`ucloud_common.leftover`): then everything of it goes."""
+        leftover = self._store.get(LEFTOVERS, leftover_name(self.host.name, uuid)) if current is None else None
+        if leftover is not None:
+            self._remove_here(leftover.value.vm)
+            self._store.delete(LEFTOVERS, leftover.name, mod_revision=leftover.mod_revision)
+            log.warning("vm=%s was deleted while host %s was down: its process, NICs, disk and files here are "
+                        "removed", uuid, self.host.name)
+            return Step(Act.KILL, note="deleted while this host was down: removed here")
         note = "not placed here"
         if self._driver.observe(uuid).state is not RunState.ABSENT:
             where = current.value.host if current else "nowhere (its record is gone)"
@@ -533,7 +553,8 @@ class Agent:
         self._driver.forget(uuid)
         return Step(note=note)
 
-    def _delete(self, vm: VM) -> None:
+    def _remove_here(self, vm: VM) -> None:
+        """Stop the VM's process and remove its NICs, disk and files from this host. Idempotent."""
         self._driver.kill(vm.uuid)
         if self._networks:
             self._networks.unplug(vm)
@@ -541,6 +562,9 @@ class Agent:
         if backend is not None:
             backend.delete(vm)
         self._driver.forget(vm.uuid)
+
+    def _delete(self, vm: VM) -> None:
+        self._remove_here(vm)
 
         def removal() -> tuple[list[Put[Any] | Remove[Any]], dict[str, float]] | None:
             latest = self._store.get(VMS, vm.uuid)

@@ -14,7 +14,10 @@ from ucloud_common.config import Settings
 from ucloud_common.file import FILES, File
 from ucloud_common.image import IMAGES
 from ucloud_common.network import NETWORKS
-from ucloud_common.states import Status
+from ucloud_common.host import HOSTS, Host, HostStatus
+from ucloud_common.leftover import LEFTOVERS, leftover_name
+from ucloud_common.specs import Specs
+from ucloud_common.states import Requested, Status
 from ucloud_common.store import Store
 from ucloud_common.user import PASSWORDS, TOKENS, USERS
 from ucloud_common.vm import VMS, placed_on
@@ -105,3 +108,18 @@ def test_an_unused_folder_left_by_hand_does_not_stop_a_plain_deletion(admin: As,
     (settings.upload_dir / "carol" / "notes.txt").unlink()
     assert admin.delete("/api/v1/users/carol").status_code == 204
     assert not Path(settings.upload_dir / "carol").exists()
+
+
+def test_a_cascade_is_not_held_by_a_vm_on_a_host_that_is_down(admin: As, alice: As, store: Store) -> None:
+    """Its VM, asked deleted before its host went down, was skipped by every sweep: "its agent is at
+    it" — an agent that may never come back. Such a VM is now deleted at once."""
+    store.create(HOSTS, "h1", Host(name="h1", capacity=Specs(cpu=8, ram=32, ssd=100), status=HostStatus.DOWN))
+    vm = alice.create_vm()["uuid"]
+    store.update(VMS, vm, lambda v: v.evolve(status=Status.KILLED, hostname=HOSTS.key("h1"),
+                                             requested=Requested.DELETED))
+    assert admin.delete("/api/v1/users/alice?cascade=true").status_code == 202
+    assert store.get(VMS, vm) is None and store.get(LEFTOVERS, leftover_name("h1", vm)) is not None
+
+    def gone() -> bool:
+        return admin.delete("/api/v1/users/alice?cascade=true").status_code == 204
+    wait_for(gone, 30, "alice deleted")

@@ -9,7 +9,9 @@ import pytest
 from tests.api.conftest import As, seen, set_status
 from ucloud_api.idempotency import REPLIES
 from ucloud_common.states import ACTIONS, Action, Requested, Status
-from ucloud_common.host import HOSTS, Host
+from ucloud_common.host import HOSTS, Host, HostStatus
+from ucloud_common.leftover import LEFTOVERS, leftover_name
+from ucloud_common.quota import usage
 from ucloud_common.specs import Specs
 from ucloud_common.store import Store
 from ucloud_common.vm import VMS
@@ -330,3 +332,39 @@ def test_the_storage_must_match_the_images_store(alice: As, store: Store) -> Non
     assert wrong.status_code == 422 and wrong.json["error"]["fields"][0]["field"] == "storage"
     assert alice.post("/api/v1/vms", json={**body, "image": "in-ceph"}).status_code == 422
     assert alice.post("/api/v1/vms", json={**body, "image": "in-ceph", "storage": "rbd"}).status_code == 201
+
+
+def _on_host(store: Store, vm: dict[str, object], status: HostStatus, **fields: object) -> str:
+    """Place `vm` on host h1 (in `status`), KILLED as the scheduler leaves a DOWN host's VMs."""
+    if store.get(HOSTS, "h1") is None:
+        store.create(HOSTS, "h1", Host(name="h1", capacity=Specs(cpu=8, ram=32, ssd=100), status=status))
+    uuid = str(vm["uuid"])
+    store.update(VMS, uuid, lambda v: v.evolve(status=Status.KILLED, hostname=HOSTS.key("h1"), **fields))
+    return uuid
+
+
+def test_a_vm_whose_disk_is_on_a_down_host_is_deleted_at_once_and_left_to_that_hosts_agent(
+        alice: As, admin: As, store: Store) -> None:
+    """A host that died for good held its VMs' deletions (202 for ever), their names, addresses and
+    their owners' usage, and with them the deletion of their owners and of the host itself."""
+    uuid = _on_host(store, alice.create_vm("web1"), HostStatus.DOWN)
+    assert alice.delete(f"/api/v1/vms/{uuid}").status_code == 204
+    assert store.get(VMS, uuid) is None
+    leftover = store.get(LEFTOVERS, leftover_name("h1", uuid))
+    assert leftover is not None and leftover.value.vm.uuid == uuid and leftover.value.host == "h1"
+    assert usage(store, "alice")[0].vms == 0
+    assert alice.post("/api/v1/vms", json={"name": "web1", "specs": {"cpu": 1, "ram": 1, "ssd": 10},
+                                           "image": "tiny"}).status_code == 201  # its name is free
+    told = admin.get(f"/api/v1/events?object=vm:{uuid}").json
+    assert "its host h1 is down: deleted at once" in told[-1]["message"]
+    assert admin.delete("/api/v1/hosts/h1").status_code == 204
+
+
+def test_a_vm_whose_host_is_up_or_whose_disk_is_shared_waits_for_its_hosts_agent(alice: As, store: Store) -> None:
+    up = _on_host(store, alice.create_vm("a"), HostStatus.UP)
+    assert alice.delete(f"/api/v1/vms/{up}").status_code == 202
+    store.update(HOSTS, "h1", lambda h: h.evolve(status=HostStatus.DOWN))
+    shared = _on_host(store, alice.create_vm("b"), HostStatus.DOWN, storage="rbd")
+    assert alice.delete(f"/api/v1/vms/{shared}").status_code == 202  # restarted elsewhere once fenced
+    assert store.get(VMS, shared) is not None and store.list(LEFTOVERS).items == {}
+    assert alice.delete(f"/api/v1/vms/{up}").status_code == 204  # asked before, its host down since

@@ -99,7 +99,8 @@ def delete(name: str) -> Response:
     held = _vms_on().get(name, 0)
     if held:
         raise APIError(409, "conflict", f"host {name} still holds {held} VMs: drain it first "
-                       "(POST /api/v1/hosts/<name>/maintenance {\"on\": true, \"drain\": true})", vms=held)
+                       "(POST /api/v1/hosts/<name>/maintenance {\"on\": true, \"drain\": true}); a DOWN host's "
+                       "VMs on local storage cannot move: DELETE /api/v1/vms/<uuid> deletes them at once", vms=held)
     if host.value.status is not HostStatus.DOWN and not host.value.maintenance:
         raise APIError(409, "conflict", f"host {name} is {host.value.status} and in service: put it in maintenance "
                        "or stop its agent first")

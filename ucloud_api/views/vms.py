@@ -23,13 +23,14 @@ from ucloud_api.schemas import Migrate, Resize, VMCreate
 from ucloud_common.allocation import SHARED_STORAGE
 from ucloud_common.claim import MACS, VM_NAMES, Claim, held_by, mac_claim, vm_claims
 from ucloud_common.event import Kind, object_events, ref
-from ucloud_common.host import HOSTS
+from ucloud_common.host import HOSTS, HostStatus
 from ucloud_common.image import IMAGES, Image, ImageStatus
 from ucloud_common.record import check_name, is_key_part
 from ucloud_common.retry import Backoff, sleeps
 from ucloud_common.specs import Specs, described
 from ucloud_common.states import Action, ActionRefused, Status
 from ucloud_common.ipv6 import slaac_address
+from ucloud_common.leftover import LEFTOVERS, Leftover, leftover_name
 from ucloud_common import quota
 from ucloud_common.quota import USAGES, change, charged
 from ucloud_common.quoting import quote
@@ -282,19 +283,44 @@ def write_request(current_vm: Versioned[VM], action: Action, fields: dict[str, A
                   asking: str) -> Versioned[VM] | None:
     """Write the request `fields` (`request_fields` and the action's own) of `action` on the VM as
     read, with its event saying `asking`; the VM as written, or None if it was deleted at once (it
-    was never placed). `Conflict` if it changed since it was read."""
+    was never placed, or its disk is on a host that is down). `Conflict` if it changed since it was read."""
     vm, uuid = current_vm.value, current_vm.name
     if action is Action.DELETE and vm.status is Status.REQUESTED_NEW and not vm.host:
         # Nothing exists anywhere yet: no agent will ever clean up, so the VM goes now.
-        store().transact([Remove(VMS, uuid, current_vm.mod_revision),
-                          *held_by(store(), uuid, vm_claims(vm)),
-                          *detached(store(), uuid, (nic.network for nic in vm.networks)),
-                          charged(store(), vm.owner, change(vm, None)),
-                          told(Kind.VM, uuid, f"{asking} (it was never placed: deleted at once)")])
+        _delete_at_once(current_vm, f"{asking} (it was never placed: deleted at once)")
+        return None
+    if action is Action.DELETE and (host_revision := stranded_on(vm)) is not None:
+        # Its disk is on that host alone, whose agent may never come back: the VM goes now, and
+        # the host's agent removes what is left of it there if it does (`ucloud_common.leftover`).
+        _delete_at_once(current_vm, f"{asking} (its host {vm.host} is down: deleted at once; what is left of "
+                        f"it there goes when {vm.host}'s agent is back)",
+                        Unchanged(HOSTS, vm.host, host_revision),
+                        Put(LEFTOVERS, leftover_name(vm.host, uuid), Leftover(host=vm.host, vm=vm), None))
         return None
     new = vm.evolve(**fields, request_id=request_id())
     revision = store().transact([Put(VMS, uuid, new, current_vm.mod_revision), told(Kind.VM, uuid, asking)])
     return Versioned(uuid, new, revision, current_vm.create_revision)
+
+
+def _delete_at_once(current_vm: Versioned[VM], told_as: str, *also: Write) -> None:
+    """Remove the VM as read, with its claims, its networks' mention of it and its owner's usage,
+    and `also` (`Conflict` if any of it changed since read)."""
+    vm, uuid = current_vm.value, current_vm.name
+    store().transact([Remove(VMS, uuid, current_vm.mod_revision),
+                      *held_by(store(), uuid, vm_claims(vm)),
+                      *detached(store(), uuid, (nic.network for nic in vm.networks)),
+                      charged(store(), vm.owner, change(vm, None)), *also,
+                      told(Kind.VM, uuid, told_as)])
+
+
+def stranded_on(vm: VM) -> int | None:
+    """If the VM's host is DOWN and alone holds the VM's disk, the mod_revision of its record, for
+    the deletion to depend on; else None. (A VM on shared storage is restarted elsewhere once its
+    host is fenced: that host deletes it.)"""
+    if not vm.host or vm.storage in SHARED_STORAGE:
+        return None
+    host = store().get(HOSTS, vm.host)
+    return host.mod_revision if host is not None and host.value.status is HostStatus.DOWN else None
 
 
 def check_migratable(vm: VM, target: str | None) -> None:
