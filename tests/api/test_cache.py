@@ -20,9 +20,9 @@ from tests.helpers.proxy import CuttableProxy
 from ucloud_api.app import create_app
 from ucloud_api.cache import ReadCache
 from ucloud_common.config import Settings
+from ucloud_common.network import NETWORKS
 from ucloud_common.specs import Specs
 from ucloud_common.store import Store
-from ucloud_common.network import NETWORKS
 from ucloud_common.vm import VM, VMS
 
 

@@ -28,7 +28,7 @@ from ucloud_common.store import (
     TooLarge,
 )
 from ucloud_common.store.mirror import Mirror
-from ucloud_common.vm import VMS, VM
+from ucloud_common.vm import VM, VMS
 
 
 @pytest.fixture
