@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from itertools import chain
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
@@ -27,13 +28,23 @@ PUBLIC_PATHS = frozenset({"/healthz", "/api/v1/openapi.json", "/api/v1/login", m
 class _App(Flask):
     def __init__(self, name: str) -> None:
         super().__init__(name)
-        self._synced: dict[Callable[..., Any], Callable[..., Any]] = {}
+        self._own_sync: frozenset[Callable[..., Any]] = frozenset()
+
+    def seal(self) -> None:
+        """Remember which of the app's views and hooks, all registered by now, Flask need not wrap."""
+        own = [*self.view_functions.values(), *chain.from_iterable(self.before_request_funcs.values()),
+               *chain.from_iterable(self.after_request_funcs.values()),
+               *chain.from_iterable(self.teardown_request_funcs.values()), *self.teardown_appcontext_funcs,
+               *(handler for by_code in self.error_handler_spec.values() for by_class in by_code.values()
+                 for handler in by_class.values())]
+        self._own_sync = frozenset(func for func in own if Flask.ensure_sync(self, func) is func)
 
     def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
         # Flask asks inspect whether each view and hook is a coroutine function on every call: eight
-        # times a request here, as much as the authentication. They are the app's own, made once.
-        synced = self._synced.get(func)
-        return synced if synced is not None else self._synced.setdefault(func, super().ensure_sync(func))
+        # times a request here, as much as the authentication. Only the app's own are remembered:
+        # Flask also asks of functions made for one request (`after_this_request`, a class-based
+        # view's bound method), which a cache of every function asked kept, one per request, for good.
+        return func if func in self._own_sync else super().ensure_sync(func)
 
 
 def create_app(settings: Settings, store: Store | None = None) -> Flask:
@@ -140,4 +151,5 @@ def create_app(settings: Settings, store: Store | None = None) -> Flask:
                                         "its log").body()
         return jsonify(body), 500
 
+    app.seal()
     return app

@@ -208,11 +208,16 @@ def caught_up(mirror: Mirror[R], at_least: int = 0) -> Mirror[R]:
     with mirror.refreshing:
         if fresh(mirror, wait=0, at_least=at_least):
             return mirror
-        sent, present = max(sent_revision(), at_least), mirror.confirm()  # one small read, before a large one
-        # (A quiet family that did change: the caller's own write, which its watch delivers soon.)
-        if sent > present or fresh(mirror, wait=WAIT_S if quiet else 0, at_least=at_least):
-            return mirror
         store: AbstractStore = current_app.extensions["ucloud.store"]
+        sent, present = max(sent_revision(), at_least), store.revision()  # one small read, before larger ones
+        if sent > present:
+            return mirror
+        # Whether the family changed since the table's revision: etcd reads every key of the family
+        # to answer, so never for a revision from the future, which any caller may send on every
+        # request. (A quiet family that did change: the caller's own write, which its watch
+        # delivers soon.)
+        if mirror.confirm() or fresh(mirror, wait=WAIT_S if quiet else 0, at_least=at_least):
+            return mirror
         mirror.refresh(store.list(mirror.family))
     return mirror
 

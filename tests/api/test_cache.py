@@ -20,9 +20,9 @@ from tests.helpers.proxy import CuttableProxy
 from ucloud_api.app import create_app
 from ucloud_api.cache import ReadCache
 from ucloud_common.config import Settings
+from ucloud_common.network import NETWORKS
 from ucloud_common.specs import Specs
 from ucloud_common.store import Store
-from ucloud_common.network import NETWORKS
 from ucloud_common.vm import VM, VMS
 
 
@@ -178,6 +178,28 @@ def test_get_one_answers_a_vm_as_its_list_shows_it_with_its_events(alice: As) ->
         assert shown == listed[vm["uuid"]]
         assert events == alice.get(f"/api/v1/vms/{vm['uuid']}/events").json[-len(events):] and events
     assert listed[wired["uuid"]]["networks"][0]["ipv6"]
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_a_revision_from_the_future_costs_etcd_no_look_at_the_family(
+        alice: As, store: Store, monkeypatch: pytest.MonkeyPatch, quiet: bool) -> None:
+    """No write has a revision etcd has not reached, and any caller may send one on every request:
+    asking etcd whether the family changed (which reads every key of it) was made for each."""
+    import ucloud_api.cache as cache_module
+
+    monkeypatch.setattr(cache_module, "QUIET_S", 0.0 if quiet else 3600.0)
+    created = alice.post("/api/v1/networks", json={"name": "n1"})
+    assert alice.get("/api/v1/networks", headers={"X-Ucloud-Revision": created.headers["X-Ucloud-Revision"]}).json
+    asked: list[str] = []
+    for method in ("list", "unchanged"):
+        real = getattr(Store, method)
+        monkeypatch.setattr(Store, method, lambda self, family, *a, _real=real, _method=method, **k:
+                            asked.append(f"{_method} {family.prefix}") or _real(self, family, *a, **k))
+    future = {"X-Ucloud-Revision": str(store.revision() + 1000)}
+    for _ in range(3):
+        answer = alice.get("/api/v1/networks", headers=future)
+        assert answer.status_code == 200 and [n["name"] for n in answer.json] == ["n1"]
+    assert asked == []
 
 
 def test_a_user_never_sees_anothers_objects(alice: As, bob: As, admin: As, store: Store) -> None:

@@ -149,11 +149,14 @@ class AbstractStore(ABC):
         page at a time (a whole family of events does not fit in a worker), not a snapshot."""
 
     @abstractmethod
-    def unchanged(self, family: Family[R], revision: int, count: int) -> tuple[bool, int]:
-        """Whether the family holds `count` keys of which none changed after `revision` (so it holds
-        today what it held at `revision`: a key deleted since would be missing from the count, one
-        made or changed since would be newer), and the present revision. One small read: what proves
-        a mirror of a family nobody wrote to current, without listing the family."""
+    def unchanged(self, family: Family[R], revision: int) -> tuple[bool, int]:
+        """Whether the family holds today the keys it held at `revision`, none changed since (as many
+        keys then as now, and none newer than `revision`: a key deleted since would be missing from
+        today's count, one made or changed since would be newer), and the present revision. Its keys,
+        valid records or not: what proves a mirror of a family nobody wrote to current without listing
+        it (a mirror that skips a key that is no record, or keeps only some records, cannot count
+        what etcd counts). One read; etcd reads every key of the family to answer, but sends none.
+        `Compacted` if `revision` is no longer kept (list instead)."""
 
     @abstractmethod
     def count(self, family: Family[R], within: str) -> int:

@@ -129,12 +129,15 @@ class Store(AbstractStore):
             operation="count")
         return int(response.count)
 
-    def unchanged(self, family: Family[R], revision: int, count: int) -> tuple[bool, int]:
+    def unchanged(self, family: Family[R], revision: int) -> tuple[bool, int]:
         prefix = family.prefix.encode()
         end = _prefix_end(prefix)
-        # Both ranges in one transaction: at one revision. (etcd reads every key of the range to
-        # filter by mod_revision; it sends none of them.)
+        # The ranges in one transaction: the present ones at one revision. (Counts come from etcd's
+        # index, also at a past revision; etcd reads every key of the range to filter by
+        # mod_revision, and sends none of them.)
         request = rpc_pb2.TxnRequest(success=[
+            rpc_pb2.RequestOp(request_range=rpc_pb2.RangeRequest(key=prefix, range_end=end, count_only=True,
+                                                                 revision=revision)),
             rpc_pb2.RequestOp(request_range=rpc_pb2.RangeRequest(key=prefix, range_end=end, count_only=True)),
             rpc_pb2.RequestOp(request_range=rpc_pb2.RangeRequest(key=prefix, range_end=end, keys_only=True, limit=1,
                                                                  min_mod_revision=revision + 1))])
@@ -142,8 +145,8 @@ class Store(AbstractStore):
             f"check {family.prefix} unchanged", lambda m, left, metadata: m.kv.Txn(request, timeout=left,
                                                                                metadata=metadata),
             retry_safe=True, operation="txn")
-        counted, newer = (r.response_range for r in response.responses)
-        return counted.count == count and not newer.kvs, int(response.header.revision)
+        then, now, newer = (r.response_range for r in response.responses)
+        return then.count == now.count and not newer.kvs, int(response.header.revision)
 
     def list(self, family: Family[R], within: str = "", where: Mapping[str, str] | None = None) -> Listing[R]:
         """Every valid record of the family (whose name starts with `within`, and whose top-level

@@ -292,11 +292,24 @@ class MemoryStore(AbstractStore):
             return Versioned(name, family.decode(key, entry.value), entry.mod_revision, entry.create_revision), \
                 ks.revision
 
-    def unchanged(self, family: Family[R], revision: int, count: int) -> tuple[bool, int]:
+    def unchanged(self, family: Family[R], revision: int) -> tuple[bool, int]:
         prefix = family.prefix.encode()
-        with self._call(f"check {family.prefix} unchanged") as ks:
-            keys = ks.in_range(prefix, pyetcd.utils.prefix_range_end(prefix))
-            return len(keys) == count and all(ks.entries[k].mod_revision <= revision for k in keys), ks.revision
+        end = pyetcd.utils.prefix_range_end(prefix)
+        what = f"check {family.prefix} unchanged"
+        with self._call(what) as ks:
+            if revision < ks.compacted:
+                raise Compacted(f"etcd at {ENDPOINT}: {what}: revision {revision} was compacted (compacted up "
+                                f"to {ks.compacted})", ks.compacted)
+            keys = ks.in_range(prefix, end)
+            # The keys at `revision`: today's, less those made since, plus those deleted since.
+            then = set(keys)
+            for event in reversed(ks.history[bisect.bisect_right(ks.history, revision, key=lambda e: e.mod_revision):]):
+                if prefix <= event.key < end:
+                    if event.value is None:
+                        then.add(event.key)
+                    elif event.create_revision == event.mod_revision:
+                        then.discard(event.key)
+            return len(then) == len(keys) and all(ks.entries[k].mod_revision <= revision for k in keys), ks.revision
 
     def count(self, family: Family[R], within: str) -> int:
         prefix = (family.prefix + within).encode()

@@ -23,6 +23,7 @@ from sortedcontainers import SortedSet
 from ucloud_common.record import Family, R
 from ucloud_common.retry import Backoff
 from ucloud_common.store.contract import AbstractStore, Listing, Versioned
+from ucloud_common.store.errors import Compacted
 from ucloud_common.store.follow import Change, Follower, Snapshot
 
 log = logging.getLogger(__name__)
@@ -361,22 +362,34 @@ class Mirror(Generic[R]):
         """Seconds since the table last took in a change of the family from the watch."""
         return time.monotonic() - self._changed_at
 
-    def confirm(self) -> int:
+    def confirm(self) -> bool:
         """Ask etcd whether the family changed after the table's revision (`Store.unchanged`, one
-        small read); if not, the table is current at etcd's present revision, which readers waiting
-        for a later write's revision (to another family) may then have. The present revision.
-        A family nobody writes to never delivers such a revision, and was listed whole to prove it."""
+        read); if not, the table is current at etcd's present revision, which readers waiting for a
+        later write's revision (to another family) may then have. Whether it was. A family nobody
+        writes to never delivers such a revision, and was listed whole to prove it.
+
+        Sound only because `unchanged` compares etcd's own counts, then and now: the table's size
+        is no count of the family's keys (it skips keys that are no records, and keeps only the last
+        events of each object), and a deletion it did not see once passed for no change at all;
+        the table then claimed a revision past the deletion, and dropped the deletion when its watch
+        delivered it (`Table.apply`), keeping a deleted record until the next resync."""
         asked_at = time.monotonic()  # (a bound on the answer's age, as for a listing)
         with self._changed:
-            revision, held, ready = self.table.revision, len(self.table.items), self.ready
-        same, present = self._store.unchanged(self.family, revision, held)
+            revision, ready = self.table.revision, self.ready
+        if not ready:
+            return False
+        try:
+            same, present = self._store.unchanged(self.family, revision)
+        except Compacted:
+            return False  # (a table quiet for longer than etcd keeps history: a listing proves it)
         with self._changed:
             # Unless the table moved meanwhile (then the watch is ahead of the answer anyway).
-            if same and ready and self.ready and self.table.revision == revision < present:
-                self.table.revision = present
-                self._refreshed_at = max(self._refreshed_at, asked_at)
-                self._changed.notify_all()
-        return present
+            if not (same and self.ready and self.table.revision == revision):
+                return False
+            self.table.revision = present
+            self._refreshed_at = max(self._refreshed_at, asked_at)
+            self._changed.notify_all()
+            return True
 
     @contextmanager
     def locked(self) -> Iterator[Table[R]]:
