@@ -2,8 +2,18 @@
 # Run ucloud's whole test suite on this machine: installs what the tests need first (deploy/install.sh),
 # then runs pytest, whose fixtures start the real services (etcd, …) on free ports. Extra arguments
 # go to pytest, e.g. `bash deploy/test.sh -k follow -x`.
+#
+# In two processes (pytest-xdist), each test file in one of them as a whole (tests/helpers/xdist_scheduling.py):
+# most slow tests wait (leases, deadlines, guests booting under TCG), so on 2 cores two workers take about
+# half the wall time of one. Arguments that choose (`-n N`, or `-p no:xdist` for one process) replace that.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash deploy/install.sh
+parallel=(-n 2 --dist loadgroup)
+for arg in "$@"; do
+    case $arg in
+        -n | -n[0-9]* | -nauto | -nlogical | --numprocesses | --numprocesses=* | no:xdist | -pno:xdist) parallel=() ;;
+    esac
+done
 # pytest exits 5 when it collected nothing: that is a failure here, never a pass.
-exec .venv/bin/pytest "$@"
+exec .venv/bin/pytest "${parallel[@]}" "$@"

@@ -16,6 +16,11 @@ import pytest
 from tests.helpers.processes import Cluster, running_cluster, wait_until
 from ucloud_vm.netnames import bridge_name, tap_name, vxlan_name
 
+# The mark of every test file whose cluster uses router_cluster: its agent owns the machine's own
+# namespace (it removes every ucb*/ucx* device whose VNI its etcd does not know, and rewrites the nftables
+# table `ucloud`), so pytest's workers run such files one after another, never two at once.
+MACHINE_NAMESPACE = pytest.mark.xdist_group("the-machines-network-namespace")
+
 SSH = ["ssh", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
        "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR"]
 
