@@ -12,7 +12,7 @@ bash deploy/install.sh
 # In collection order (xdist would start the files with the most tests first, the quick unit tables):
 # the slow files of clusters and guests (ceph/, cli/, e2e/, faults/) start early, and the many short
 # files of unit/ near the end keep both workers busy until the last one.
-parallel=(-n 2 --dist loadgroup --no-loadscope-reorder)
+parallel=(-n 2 --dist loadfile --no-loadscope-reorder)
 for arg in "$@"; do
     case $arg in
         -n | -n[0-9]* | -nauto | -nlogical | --numprocesses | --numprocesses=* | no:xdist | -pno:xdist) parallel=() ;;

@@ -31,7 +31,7 @@ def _shm_or_tmp() -> str | None:
 
 @pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: unknown with `-p no:xdist`
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Producer) -> Scheduling | None:
-    if config.getoption("dist") != "loadgroup":
+    if config.getoption("dist") != "loadfile":
         return None  # another --dist chosen on the command line: xdist's own
     from tests.helpers.xdist_scheduling import FileOrGroupScheduling
     return FileOrGroupScheduling(config, log)

@@ -24,7 +24,6 @@ import pytest
 
 from tests.helpers.processes import BIN, Cluster, wait_until
 from tests.helpers.reach import (
-    MACHINE_NAMESPACE,
     delete_and_check_nothing_is_left,
     key_laptop_and_network_net,
     router_cluster,
@@ -34,9 +33,8 @@ from tests.helpers.reach import (
 from tests.helpers.tiny import debian_image
 
 TOOLS = ("radvd", "ssh", "nft", "mmdebstrap", "sfdisk", "mkfs.ext4", "syslinux")
-pytestmark = [MACHINE_NAMESPACE,
-              pytest.mark.skipif(os.geteuid() != 0 or not all(shutil.which(t) for t in TOOLS),
-                                 reason=f"needs root and {', '.join(TOOLS)}")]
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not all(shutil.which(t) for t in TOOLS),
+                                reason=f"needs root and {', '.join(TOOLS)}")
 # Cloud-init's last line on the console (Debian's cloud-final.service writes to journal+console).
 FINISHED = re.compile(r"Cloud-init v\. \S+ finished at")
 

@@ -18,7 +18,6 @@ import pytest
 
 from tests.helpers.processes import Cluster, wait_until
 from tests.helpers.reach import (
-    MACHINE_NAMESPACE,
     delete_and_check_nothing_is_left,
     key_laptop_and_network_net,
     router_cluster,
@@ -26,9 +25,8 @@ from tests.helpers.reach import (
     ucloud,
 )
 
-pytestmark = [MACHINE_NAMESPACE,
-              pytest.mark.skipif(os.geteuid() != 0 or not all(shutil.which(t) for t in ("radvd", "ssh", "nft")),
-                                 reason="needs root, radvd, openssh-client, nftables")]
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not all(shutil.which(t) for t in ("radvd", "ssh", "nft")),
+                                reason="needs root, radvd, openssh-client, nftables")
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,6 @@ import pytest
 from tests.helpers.processes import Cluster, running_cluster, wait_until
 from ucloud_vm.netnames import bridge_name, tap_name, vxlan_name
 
-# The mark of every test file whose cluster uses router_cluster: its agent owns the machine's own
-# namespace (it removes every ucb*/ucx* device whose VNI its etcd does not know, and rewrites the nftables
-# table `ucloud`), so pytest's workers run such files one after another, never two at once.
-MACHINE_NAMESPACE = pytest.mark.xdist_group("the-machines-network-namespace")
-
 SSH = ["ssh", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
        "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR"]
 
@@ -35,7 +30,9 @@ def default_route() -> tuple[str, str]:
 
 @contextmanager
 def router_cluster(root: Path) -> Iterator[Cluster]:
-    """One host, this machine in its own network namespace, the router of every network."""
+    """One host, this machine in its own network namespace, the router of every network. A test file
+    that uses it is in tests/helpers/xdist_scheduling.py's GROUPS, so that no other such cluster runs
+    beside it in the other worker (tests/unit/test_two_workers.py checks)."""
     device, address = default_route()
     with running_cluster(root, UCLOUD_UNDERLAY_DEVICE=device, UCLOUD_UNDERLAY_ADDRESS=address,
                          UCLOUD_ROUTER="true") as the_cluster:

@@ -1,17 +1,15 @@
 """What lets deploy/test.sh run the suite in two pytest-xdist workers: a file stays in one worker, the
-files of one group in one worker one after another, every file whose cluster owns this machine's own
-network namespace is in that group, and a test image asked for by both workers at once is built once."""
+files of one group go to one worker together, every file whose cluster owns this machine's own network
+namespace is in that group, and a test image asked for by both workers at once is built once."""
 
 from __future__ import annotations
 
-import importlib
 import shutil
 import threading
 from pathlib import Path
 
-from tests.helpers.reach import MACHINE_NAMESPACE
 from tests.helpers.tiny import _built, cache_dir
-from tests.helpers.xdist_scheduling import FileOrGroupScheduling
+from tests.helpers.xdist_scheduling import GROUPS, MACHINE_NAMESPACE, FileOrGroupScheduling
 
 TESTS = Path(__file__).resolve().parents[1]
 
@@ -23,20 +21,17 @@ def scope(nodeid: str) -> str:
 
 def test_a_file_goes_to_one_worker_and_a_group_of_files_together() -> None:
     assert scope("tests/api/test_vms.py::test_create_read_list") == "tests/api/test_vms.py"
-    assert scope("tests/api/test_vms.py::Class::test_x[a@b]") == "tests/api/test_vms.py"  # an @ in a parameter
-    group = "the-machines-network-namespace"
-    assert scope(f"tests/e2e/test_reach_the_vm.py::test_the_owner_logs_in@{group}") == group
-    assert scope(f"tests/e2e/test_debian_guest.py::test_a_stock_debian_guest@{group}") == group
+    assert scope("tests/api/test_vms.py::test_x[a::b]") == "tests/api/test_vms.py"
+    assert scope("tests/e2e/test_reach_the_vm.py::test_the_owner_logs_in") == MACHINE_NAMESPACE
+    assert scope("tests/e2e/test_debian_guest.py::test_a_stock_debian_guest") == MACHINE_NAMESPACE
 
 
 def test_every_file_whose_cluster_owns_the_machines_namespace_is_in_its_group() -> None:
-    owners = [path for path in sorted(TESTS.rglob("test_*.py"))
-              if "router_cluster(" in path.read_text() and path != Path(__file__)]
+    owners = {path.relative_to(TESTS.parent).as_posix() for path in TESTS.rglob("test_*.py")
+              if "router_cluster(" in path.read_text() and path != Path(__file__)}
     assert owners, "no test uses router_cluster any more: this check checks nothing"
-    for path in owners:
-        module = importlib.import_module(".".join(path.relative_to(TESTS.parent).with_suffix("").parts))
-        marks = module.pytestmark if isinstance(module.pytestmark, list) else [module.pytestmark]
-        assert MACHINE_NAMESPACE.mark in [mark.mark for mark in marks], f"{path} runs a router_cluster unmarked"
+    assert {path for path in owners if GROUPS.get(path) != MACHINE_NAMESPACE} == set()
+    assert all((TESTS.parent / path).is_file() for path in GROUPS), "a grouped file was moved or renamed"
 
 
 def test_an_image_two_workers_ask_for_at_once_is_built_once(tmp_path: Path) -> None:
