@@ -9,7 +9,11 @@ import threading
 from pathlib import Path
 
 from tests.helpers.tiny import _built, cache_dir
-from tests.helpers.xdist_scheduling import GROUPS, MACHINE_NAMESPACE, FileOrGroupScheduling
+from tests.helpers.xdist_scheduling import (
+    GROUPS,
+    MACHINE_NAMESPACE,
+    FileOrGroupScheduling,
+)
 
 TESTS = Path(__file__).resolve().parents[1]
 
