@@ -5,7 +5,8 @@
 #
 # In two processes (pytest-xdist), each test file in one of them as a whole (tests/helpers/xdist_scheduling.py):
 # most slow tests wait (leases, deadlines, guests booting under TCG), so on 2 cores two workers take about
-# half the wall time of one. Arguments that choose (`-n N`, or `-p no:xdist` for one process) replace that.
+# half the wall time of one. `-n N` among the arguments overrides the number (`-n 0`: one process), and
+# `-p no:xdist` leaves xdist and its options out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash deploy/install.sh
@@ -14,9 +15,7 @@ bash deploy/install.sh
 # files of unit/ near the end keep both workers busy until the last one.
 parallel=(-n 2 --dist loadfile --no-loadscope-reorder)
 for arg in "$@"; do
-    case $arg in
-        -n | -n[0-9]* | -nauto | -nlogical | --numprocesses | --numprocesses=* | no:xdist | -pno:xdist) parallel=() ;;
-    esac
+    case $arg in no:xdist | -pno:xdist) parallel=() ;; esac
 done
 # pytest exits 5 when it collected nothing: that is a failure here, never a pass.
 exec .venv/bin/pytest "${parallel[@]}" "$@"
