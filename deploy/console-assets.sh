@@ -6,6 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# One run at a time (a lock on this script's own file): two at once, as two test workers starting
+# together, would both fetch and swap the same directories over each other.
+exec 9<"$0"
+flock 9
+
 vendor=ucloud_api/site/vendor
 # name  version  tarball url  sha256  what to keep (paths inside the tarball's package/)
 # (The registry publishes each tarball's sha512 as dist.integrity — novnc 1.7.0: sha512-ucEJOx4T2avIRCleod…;

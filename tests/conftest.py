@@ -8,6 +8,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -18,10 +19,22 @@ from ucloud_common.clock import SimClock
 from ucloud_common.config import Settings, load_settings
 from ucloud_common.store import AbstractStore, MemoryStore, Store
 
+if TYPE_CHECKING:  # pytest-xdist is imported only when it runs the suite
+    from xdist.remote import Producer
+    from xdist.scheduler.protocol import Scheduling
+
 
 def _shm_or_tmp() -> str | None:
     # etcd on tmpfs writes ≈45% faster (LAB.md); fall back to the default temp dir elsewhere.
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: unknown with `-p no:xdist`
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Producer) -> Scheduling | None:
+    if config.getoption("dist") != "loadfile":
+        return None  # another --dist chosen on the command line: xdist's own
+    from tests.helpers.xdist_scheduling import FileOrGroupScheduling
+    return FileOrGroupScheduling(config, log)
 
 
 @pytest.fixture(scope="session")

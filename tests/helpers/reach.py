@@ -30,7 +30,9 @@ def default_route() -> tuple[str, str]:
 
 @contextmanager
 def router_cluster(root: Path) -> Iterator[Cluster]:
-    """One host, this machine in its own network namespace, the router of every network."""
+    """One host, this machine in its own network namespace, the router of every network. A test file
+    that uses it is in tests/helpers/xdist_scheduling.py's GROUPS, so that no other such cluster runs
+    beside it in the other worker (tests/unit/test_two_workers.py checks)."""
     device, address = default_route()
     with running_cluster(root, UCLOUD_UNDERLAY_DEVICE=device, UCLOUD_UNDERLAY_ADDRESS=address,
                          UCLOUD_ROUTER="true") as the_cluster:

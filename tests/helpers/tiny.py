@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import subprocess
 from pathlib import Path
@@ -22,7 +23,12 @@ def cache_dir(script: Path = SCRIPT) -> Path:
 
 def _built(script: Path, timeout: float | None = None) -> Path:
     cache = cache_dir(script)
-    subprocess.run(["bash", str(script), str(cache)], check=True, capture_output=True, timeout=timeout)
+    # One build at a time on this machine: pytest's two workers (and other checkouts) asking at once would
+    # otherwise both build, and the second one's copy into the cache would rewrite the image under a QEMU
+    # the first one's test already booted from it. The waiter then finds it built and returns at once.
+    with open(cache.with_name(cache.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        subprocess.run(["bash", str(script), str(cache)], check=True, capture_output=True, timeout=timeout)
     return cache
 
 
