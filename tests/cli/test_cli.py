@@ -133,7 +133,7 @@ def test_resize_a_stopped_vm_whose_disks_grow_at_its_next_start(cluster: Cluster
     assert started["status"] == "RUNNING"
     assert virtual_gib(cluster.root / "disks" / f"{uuid}.qcow2") == 3
     assert virtual_gib(cluster.root / "hdd" / f"{uuid}-hdd.qcow2") == 1
-    command_line = (cluster.root / "run" / "h1" / "vms" / uuid / "qemu.pid").read_text().strip()
+    command_line = (cluster.run_dir("h1") / "vms" / uuid / "qemu.pid").read_text().strip()
     argv = Path(f"/proc/{command_line}/cmdline").read_bytes().split(b"\0")
     assert b"-smp" in argv and argv[argv.index(b"-smp") + 1] == b"2" and argv[argv.index(b"-m") + 1] == b"512"
     assert "HDD" in ok(ucloud(home, "vm", "list", cluster=cluster)).splitlines()[0]

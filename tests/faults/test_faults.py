@@ -158,7 +158,7 @@ def test_an_agent_gone_past_its_lease_fences_its_host_and_its_vms_run_once(
     # One guest wrote (its QEMU holds the disk's exclusive lock); the others never did and hold none.
     write_through(cluster, victim, rbd_wrote, GIB // 2)
     assert rbd_bytes(ceph_server.conf, "vms", rbd_wrote, GIB // 2) == bytes([PATTERN]) * 4096
-    old = {uuid: pids for uuid, pids in qemus(cluster.root).items() if uuid in shared}
+    old = {uuid: pids for uuid, pids in qemus(cluster.runs).items() if uuid in shared}
 
     process = cluster.agents[victim]
     died = time.monotonic()
@@ -208,11 +208,11 @@ def test_a_killed_qemu_is_restarted_running_or_suspended(cluster: Cluster, histo
     uuids = [create(cluster, "q-run", networks=(network["uuid"],)), create(cluster, "q-susp", suspended=True),
              create(cluster, "q-rbd-susp", "rbd", suspended=True)]
     converged(cluster, uuids, timeout=120)
-    before = qemus(cluster.root)
+    before = qemus(cluster.runs)
     for uuid in uuids:
         os.kill(before[uuid][0][1], signal.SIGKILL)
     converged(cluster, uuids, timeout=60)
-    after = qemus(cluster.root)
+    after = qemus(cluster.runs)
     for uuid in uuids:
         assert after[uuid] != before[uuid]
         assert any(e.startswith("killed: QEMU exited unexpectedly") for e in events(cluster, uuid))
@@ -224,11 +224,11 @@ def test_a_guest_panic_is_reported_and_the_vm_restarted(cluster: Cluster, histor
     uuid = create(cluster, "panics")
     converged(cluster, [uuid], timeout=90)
     wait_until(lambda: "booted" in cluster.serial(host_of(cluster, uuid), uuid), 60, "the boot")
-    host, pid = qemus(cluster.root)[uuid][0]
+    host, pid = qemus(cluster.runs)[uuid][0]
     hmp(cluster, host, uuid, "nmi")  # the tiny guest panics on an NMI
     wait_until(lambda: "killed: the guest kernel panicked" in events(cluster, uuid), 30, "the panic reported")
     converged(cluster, [uuid], timeout=60)
-    assert qemus(cluster.root)[uuid][0][1] != pid
+    assert qemus(cluster.runs)[uuid][0][1] != pid
 
 
 def test_crashes_far_apart_are_not_a_crash_loop(cluster: Cluster, history: History) -> None:
@@ -238,7 +238,7 @@ def test_crashes_far_apart_are_not_a_crash_loop(cluster: Cluster, history: Histo
     converged(cluster, [uuid], timeout=90)
     for crash in range(1, 5):
         time.sleep(5)
-        os.kill(qemus(cluster.root)[uuid][0][1], signal.SIGKILL)
+        os.kill(qemus(cluster.runs)[uuid][0][1], signal.SIGKILL)
         # KILLED lasts about a second (the first backoff): count it in the events, not by polling.
         wait_until(lambda: sum(e.startswith("killed: QEMU exited") for e in events(cluster, uuid)) == crash, 20,
                    f"crash {crash} reported")
@@ -369,7 +369,7 @@ def test_a_host_back_after_its_fence_restarts_its_vms_and_never_adopts_a_fenced_
     their old QEMUs (cut off from their disks) are replaced by new ones, not reported RUNNING."""
     victim = "h2"
     [uuid] = on_one_host(cluster, victim, [("fenced-stays", "rbd", False)])
-    old_pid = qemus(cluster.root)[uuid][0][1]
+    old_pid = qemus(cluster.runs)[uuid][0][1]
     for other in HOSTS_:
         if other != victim:
             _maintenance(cluster, other, True)
@@ -380,7 +380,7 @@ def test_a_host_back_after_its_fence_restarts_its_vms_and_never_adopts_a_fenced_
     finally:
         os.kill(process.pid, signal.SIGCONT)
     converged(cluster, [uuid], timeout=60)
-    assert qemus(cluster.root)[uuid] != [(victim, old_pid)], "a QEMU cut off from its disk was adopted"
+    assert qemus(cluster.runs)[uuid] != [(victim, old_pid)], "a QEMU cut off from its disk was adopted"
     write_through(cluster, host_of(cluster, uuid), uuid, LAST_BLOCK)
     assert rbd_bytes(ceph_server.conf, "vms", uuid, LAST_BLOCK) == bytes([PATTERN]) * 4096, "the new QEMU cannot write"
     wait_until(lambda: not cluster.store.get(HOSTS, victim).value.fenced, 30, f"{victim} unfenced")  # type: ignore[union-attr]

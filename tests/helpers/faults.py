@@ -85,10 +85,10 @@ class History:
             return [str(s.status) for s in self.seen.get(uuid, [])]
 
 
-def qemus(root: Path) -> dict[str, list[tuple[str, int]]]:
-    """The live QEMU processes of the cluster under `root`: VM uuid → [(host, pid)]."""
+def qemus(runs: Path) -> dict[str, list[tuple[str, int]]]:
+    """The live QEMU processes of the cluster whose run directory is `runs`: VM uuid → [(host, pid)]."""
     found: dict[str, list[tuple[str, int]]] = defaultdict(list)
-    prefix = f"{root}/run/"
+    prefix = f"{runs}/"
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -147,7 +147,7 @@ def converged(cluster: Cluster, uuids: list[str], timeout: float) -> None:
 
 
 def _not_converged(cluster: Cluster, uuids: list[str]) -> list[str]:
-    running = qemus(cluster.root)
+    running = qemus(cluster.runs)
     problems = []
     for uuid in uuids:
         found = cluster.store.get(VMS, uuid)
@@ -203,9 +203,9 @@ def _leftovers(cluster: Cluster) -> dict[str, list[str]]:
     found = {
         "name claims": list(cluster.store.list(VM_NAMES).items),
         "MAC claims": list(cluster.store.list(MACS).items),
-        "runtime dirs": [str(p) for p in (cluster.root / "run").glob("*/vms/*")],
+        "runtime dirs": [str(p) for p in cluster.runs.glob("*/vms/*")],
         "local disks": [str(p) for p in (cluster.root / "disks").glob("*")],
-        "QEMUs": list(qemus(cluster.root)),
+        "QEMUs": list(qemus(cluster.runs)),
     }
     conf = _setting(cluster, "UCLOUD_CEPH_CONF")
     if conf:

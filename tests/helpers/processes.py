@@ -6,9 +6,11 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +29,7 @@ BIN = Path(sys.executable).parent
 @dataclass
 class Cluster:
     root: Path
+    runs: Path  # UCLOUD_RUN_DIR: short, for the VMs' sockets (see `running_cluster`)
     env: dict[str, str]
     api_port: int
     token: str
@@ -63,7 +66,7 @@ class Cluster:
             time.sleep(0.1)
 
     def run_dir(self, host: str) -> Path:
-        return self.root / "run" / host
+        return self.runs / host
 
     def serial(self, host: str, uuid: str) -> str:
         path = self.run_dir(host) / "vms" / uuid / "serial.log"
@@ -130,12 +133,15 @@ def running_cluster(root: Path, hosts: tuple[str, ...] = ("h1",), schedulers: tu
     `schedulers`; stop it all (and every QEMU) at the end. With `UCLOUD_CEPH_CONF` among the
     settings, the tiny image is also imported into the Ceph image pool as `tiny-rbd`."""
     tiny = tiny_image()
+    # The VMs' sockets live in the run directory, and a unix socket's path must be under 108 bytes:
+    # <root>/run/h1/vms/<uuid>/serial.sock was not under pytest's temporary directory in two workers.
+    runs = Path(tempfile.mkdtemp(prefix="ucloud-run-"))
     etcd = EtcdServer(root / "etcd")
     etcd.start()
     (root / "uploads").mkdir(exist_ok=True)
     conf = root / "ucloud.conf"
     lines = {
-        "UCLOUD_ETCD_ENDPOINTS": etcd.endpoint, "UCLOUD_RUN_DIR": str(root / "run"),
+        "UCLOUD_ETCD_ENDPOINTS": etcd.endpoint, "UCLOUD_RUN_DIR": str(runs),
         "UCLOUD_IMAGE_DIR": str(root / "images"), "UCLOUD_DISK_DIR": str(root / "disks"),
         "UCLOUD_UPLOAD_DIR": str(root / "uploads"),
         "UCLOUD_ACCEL": "tcg", "UCLOUD_SHUTDOWN_TIMEOUT": "20", "UCLOUD_HOST_LEASE_TTL": "6",
@@ -156,7 +162,7 @@ def running_cluster(root: Path, hosts: tuple[str, ...] = ("h1",), schedulers: tu
     api = _spawn([str(BIN / "ucloud-api"), "serve", "--bind", f"127.0.0.1:{api_port}", "--workers", "2"], env,
                  root / "api.log")
     store = Store(load_settings(conf))
-    the_cluster = Cluster(root, env, api_port, token, store, others=[api], etcd=etcd, capacity=capacity or {})
+    the_cluster = Cluster(root, runs, env, api_port, token, store, others=[api], etcd=etcd, capacity=capacity or {})
     for name in schedulers:
         the_cluster.start_scheduler(name)
     for host in hosts:
@@ -176,9 +182,10 @@ def running_cluster(root: Path, hosts: tuple[str, ...] = ("h1",), schedulers: tu
             except subprocess.TimeoutExpired:
                 process.kill()
         # QEMUs outlive agents by design: whoever started the cluster cleans them up.
-        subprocess.run(["pkill", "-9", "-f", f"{root}/run/"], check=False)
+        subprocess.run(["pkill", "-9", "-f", f"{runs}/"], check=False)
         store.close()
         etcd.stop()
+        shutil.rmtree(runs, ignore_errors=True)
 
 
 def _answers(cluster: Cluster) -> bool:
